@@ -1,0 +1,8 @@
+"""Batched ensemble-MLP forward passes: the hot path of every planner.
+
+One public entry point per operation; callers never choose the implementation.
+"""
+
+from kernels.reference import ensemble_gaussian_mlp, ensemble_mlp
+
+__all__ = ["ensemble_mlp", "ensemble_gaussian_mlp"]

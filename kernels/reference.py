@@ -1,0 +1,64 @@
+"""PyTorch implementation of the stacked ensemble MLP.
+
+Shapes: E members, B rows. x is [E, B, in]; weights[l] is [E, in_l, out_l]; biases[l] is [E, out_l].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda t: t}
+
+
+def _select(params: Sequence[Tensor], members: Tensor | None) -> list[Tensor]:
+    return list(params) if members is None else [p.index_select(0, members) for p in params]
+
+
+def ensemble_mlp(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    activation: str = "silu",
+    members: Tensor | None = None,
+) -> Tensor:
+    """[E, B, in] -> [E, B, out]; `activation` after every layer but the last.
+
+    `members` (long tensor [M]) runs only those members; x is then [M, B, in].
+    """
+    act = _ACTIVATIONS[activation]
+    weights, biases = _select(weights, members), _select(biases, members)
+    h = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w)
+        if i < len(weights) - 1:
+            h = act(h)
+    return h
+
+
+def soft_clamp_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:
+    """Softly bound a log-variance between learned limits (PETS): [E, B, D] with [E, D] bounds."""
+    logvar = max_logvar.unsqueeze(1) - F.softplus(max_logvar.unsqueeze(1) - raw)
+    return min_logvar.unsqueeze(1) + F.softplus(logvar - min_logvar.unsqueeze(1))
+
+
+def ensemble_gaussian_mlp(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    max_logvar: Tensor,
+    min_logvar: Tensor,
+    activation: str = "silu",
+    members: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Ensemble MLP with a Gaussian head: the last layer's 2*D outputs are (mean, raw log-variance).
+
+    Returns mean and soft-clamped log-variance, each [E, B, D]. Bounds are [E, D].
+    """
+    out = ensemble_mlp(x, weights, biases, activation, members)
+    mean, raw = out.chunk(2, dim=-1)
+    max_lv, min_lv = _select((max_logvar, min_logvar), members)
+    return mean, soft_clamp_logvar(raw, max_lv, min_lv)

@@ -1,0 +1,1 @@
+"""Planners that act with a learned dynamics model: MPC (MPPI, CEM) and Dyna (MBPO, MOPO, RAVL)."""
