@@ -1,0 +1,145 @@
+"""Transition validation and the replay buffer: bad data is refused by name, saves are atomic."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from worldmodel import CheckpointError, ReplayBuffer, validate_transitions
+
+O, A = 4, 2
+
+
+def transitions(n: int, start: float = 0.0) -> TensorDict:
+    obs = torch.arange(n * O, dtype=torch.float32).view(n, O) + start
+    return TensorDict(
+        {
+            "obs": obs,
+            "action": torch.rand(n, A) * 2 - 1,
+            "reward": torch.randn(n, 1),
+            "next_obs": obs + 0.1,
+            "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            "truncated": torch.zeros(n, dtype=torch.bool),
+        },
+        batch_size=[n],
+    )
+
+
+def test_validate_canonicalises_shapes_and_dtypes():
+    data = transitions(5)
+    data["obs"] = data["obs"].double()
+    out = validate_transitions(data, O, A)
+    assert out["obs"].dtype == torch.float32
+    assert out["reward"].shape == (5,) and out["terminated"].shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("obs", torch.zeros(5, O + 1), r"field 'obs' has shape \[5, 5\], expected \[5, 4\]"),
+        ("action", torch.zeros(5), r"field 'action' has shape \[5\]"),
+        ("next_obs", torch.full((5, O), float("nan")), r"field 'next_obs' has non-finite values"),
+        ("reward", torch.tensor([0.0, float("inf"), 0, 0, 0]), r"field 'reward' has non-finite values .* rows \[1\]"),
+        ("obs", torch.zeros(5, O, dtype=torch.int64), r"field 'obs' must be floating point"),
+        ("terminated", torch.zeros(5), r"field 'terminated' must be bool"),
+        ("reward", torch.zeros(5, 3), r"field 'reward' has shape \[5, 3\]"),
+    ],
+)
+def test_bad_field_is_refused_by_name(field, value, message):
+    data = transitions(5)
+    data.set(field, value)
+    with pytest.raises(ValueError, match=message):
+        validate_transitions(data, O, A)
+
+
+def test_missing_and_unknown_fields_are_refused():
+    data = transitions(3)
+    with pytest.raises(ValueError, match=r"lack field\(s\) \['next_obs'\]"):
+        validate_transitions(data.exclude("next_obs"))
+    data["extra"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['extra'\]"):
+        validate_transitions(data)
+
+
+def test_buffer_grows_then_overwrites_oldest_at_capacity():
+    buffer = ReplayBuffer(O, A, capacity=8)
+    buffer.extend(transitions(5))
+    assert len(buffer) == 5
+    buffer.extend(transitions(5, start=1000.0))
+    assert len(buffer) == 8
+    firsts = sorted(buffer.data()["obs"][:, 0].tolist())
+    assert firsts == [8.0, 12.0, 16.0] + [1000.0 + 4 * i for i in range(5)]  # rows 0.0 and 4.0 are gone
+
+
+def test_buffer_refuses_bad_batches_and_keeps_its_contents():
+    buffer = ReplayBuffer(O, A, capacity=10)
+    buffer.extend(transitions(3))
+    bad = transitions(2)
+    bad["obs"][1, 0] = float("nan")
+    with pytest.raises(ValueError, match="'obs' has non-finite"):
+        buffer.extend(bad)
+    with pytest.raises(ValueError, match="'action' has shape"):
+        buffer.extend(transitions(2).set("action", torch.zeros(2, A + 1)))
+    assert len(buffer) == 3
+
+
+def test_sample_draws_uniformly_from_stored_rows():
+    buffer = ReplayBuffer(O, A, capacity=100)
+    buffer.extend(transitions(4))
+    batch = buffer.sample(4000)
+    counts = torch.bincount((batch["obs"][:, 0] / O).long(), minlength=4)
+    assert batch.batch_size == (4000,)
+    assert (counts > 850).all() and (counts < 1150).all()
+
+
+def test_empty_buffer_sampling_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="empty replay buffer"):
+        ReplayBuffer(O, A).sample(1)
+
+
+def test_save_load_round_trip_keeps_rows_and_write_position(tmp_path):
+    buffer = ReplayBuffer(O, A, capacity=6)
+    buffer.extend(transitions(8))
+    buffer.save(tmp_path / "buffer.pt")
+    loaded = ReplayBuffer.load(tmp_path / "buffer.pt")
+    assert torch.equal(loaded.data()["obs"], buffer.data()["obs"])
+    buffer.extend(transitions(1, start=500.0))
+    loaded.extend(transitions(1, start=500.0))
+    assert torch.equal(loaded.data()["obs"], buffer.data()["obs"])  # same slot overwritten next
+    assert list(tmp_path.iterdir()) == [tmp_path / "buffer.pt"]  # no temporary file left behind
+
+
+def test_corrupt_truncated_or_foreign_file_is_a_clear_error(tmp_path):
+    buffer = ReplayBuffer(O, A)
+    buffer.extend(transitions(5))
+    path = tmp_path / "buffer.pt"
+    buffer.save(path)
+    blob = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        ReplayBuffer.load(tmp_path / "truncated.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        ReplayBuffer.load(tmp_path / "garbage.pt")
+    torch.save({"format": "worldmodel.EnsembleDynamics"}, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="expected 'worldmodel.ReplayBuffer'"):
+        ReplayBuffer.load(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ReplayBuffer.load(tmp_path / "missing.pt")
+
+
+def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "buffer.pt"
+    buffer = ReplayBuffer(O, A)
+    buffer.extend(transitions(3))
+    buffer.save(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    buffer.extend(transitions(3, start=100.0))
+    with pytest.raises(OSError, match="disk full"):
+        buffer.save(path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,0 +1,59 @@
+"""Atomic writes and checked reads for everything the engine saves (models, buffers, runs).
+
+A file is written beside its destination, flushed to disk, then renamed over it, so a
+crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_KEY = "format"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, truncated, or of the wrong kind."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written with `{"format": kind, ...}`; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no {kind} checkpoint at {path}: the file does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/garbled files
+        raise CheckpointError(
+            f"{path} is not a readable {kind} checkpoint (corrupt or truncated?): {e}"
+        ) from e
+    found = obj.get(FORMAT_KEY) if isinstance(obj, dict) else type(obj).__name__
+    if found != kind:
+        raise CheckpointError(f"{path} holds a {found!r} checkpoint, expected {kind!r}")
+    return obj

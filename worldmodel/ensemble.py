@@ -1,0 +1,374 @@
+"""The probabilistic ensemble dynamics model: E MLPs, each a Gaussian over (next_obs - obs, reward).
+
+Inputs (obs, action) and targets (delta, reward) are standardised on the training data.
+All members run in one stacked forward pass (`kernels.ensemble_gaussian_mlp`), the same
+code for training and for planning. Shapes: E members, B rows, O obs dims, A action dims.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import kernels
+from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
+from worldmodel.normalization import Standardizer
+from worldmodel.termination import TerminationFn
+from worldmodel.transitions import validate_transitions
+from worldmodel.uncertainty import Uncertainty
+
+_FORMAT = "worldmodel.EnsembleDynamics"
+# MBPO's per-layer L2 coefficients for 4 hidden layers + output; other depths interpolate.
+_MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+LOGVAR_BOUND_PENALTY = 0.01
+
+Mode = Literal["random", "fixed", "mean"]
+
+
+class EnsembleDynamics(nn.Module):
+    """E probabilistic MLP members over standardised (obs, action), `num_elites` best kept as elites.
+
+    `predict` gives every member's Gaussian; `step` samples a next state (and reward,
+    termination, uncertainty) the way a planner or a Dyna rollout needs it.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        ensemble_size: int = 7,
+        num_elites: int = 5,
+        hidden: int = 200,
+        layers: int = 4,
+        weight_decay: Sequence[float] | None = None,
+        termination_fn: TerminationFn | None = None,
+    ):
+        super().__init__()
+        if not 1 <= num_elites <= ensemble_size:
+            raise ValueError(f"num_elites must be in [1, ensemble_size={ensemble_size}], got {num_elites}")
+        if min(obs_dim, act_dim, hidden, layers) < 1:
+            raise ValueError("obs_dim, act_dim, hidden and layers must all be >= 1")
+        weight_decay = tuple(weight_decay or _default_weight_decay(layers))
+        if len(weight_decay) != layers + 1:
+            raise ValueError(f"weight_decay needs {layers + 1} values (one per layer), got {len(weight_decay)}")
+        self.config = dict(
+            obs_dim=obs_dim, act_dim=act_dim, ensemble_size=ensemble_size, num_elites=num_elites,
+            hidden=hidden, layers=layers, weight_decay=list(weight_decay),
+        )  # fmt: skip
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.ensemble_size, self.num_elites = ensemble_size, num_elites
+        self.weight_decay = weight_decay
+        self.termination_fn = termination_fn
+        out_dim = obs_dim + 1
+        sizes = [obs_dim + act_dim] + [hidden] * layers + [2 * out_dim]
+        self.weights = nn.ParameterList(
+            nn.Parameter(_truncated_normal((ensemble_size, i, o), std=1 / (2 * math.sqrt(i))))
+            for i, o in zip(sizes[:-1], sizes[1:])
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(ensemble_size, o)) for o in sizes[1:])
+        self.max_logvar = nn.Parameter(torch.full((ensemble_size, out_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((ensemble_size, out_dim), -10.0))
+        self.input_norm = Standardizer(obs_dim + act_dim)
+        self.target_norm = Standardizer(out_dim)
+        self.register_buffer("elites", torch.arange(num_elites))
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.max_logvar.device
+
+    # ------------------------------------------------------------------ forward
+
+    def forward_normalized(self, x: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Standardised inputs x [M, B, O+A] -> standardised (mean, logvar), each [M, B, O+1].
+
+        M = E, or len(members) when only those members run.
+        """
+        return kernels.ensemble_gaussian_mlp(
+            x, list(self.weights), list(self.biases), self.max_logvar, self.min_logvar, members=members
+        )
+
+    def predict(
+        self, obs: Tensor, action: Tensor, members: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Every member's Gaussian over (next_obs - obs, reward) in original units.
+
+        obs [B, O] and action [B, A] are shared by all members; [M, B, O] / [M, B, A] give each
+        member its own rows (M = E, or len(members)). Returns mean, var, each [M, B, O+1].
+        """
+        obs, action = self._check_inputs(obs, action, members)
+        x = self.input_norm(torch.cat([obs, action], dim=-1))
+        m = self.ensemble_size if members is None else members.numel()
+        if x.dim() == 2:
+            x = x.expand(m, *x.shape)
+        mean, logvar = self.forward_normalized(x, members)
+        std = self.target_norm.std
+        return self.target_norm.inverse(mean), logvar.exp() * std.square()
+
+    def step(
+        self,
+        obs: Tensor,
+        action: Tensor,
+        mode: Mode = "random",
+        members: Tensor | None = None,
+        deterministic: bool = False,
+        uncertainty: Uncertainty | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TensorDict:
+        """One imagined step from obs [B, O], action [B, A].
+
+        mode "random": each row a random elite (TS1); "fixed": row b uses member
+        members[b] (TS-infinity; default elites[b % num_elites]); "mean": the elites' average.
+        deterministic: use the chosen mean instead of sampling. Returns a TensorDict [B] with
+        next_obs [B, O], reward [B], terminated [B] (from termination_fn; all False without
+        one), member [B] and, with `uncertainty`, its score [B].
+        """
+        all_members = uncertainty is not None and not uncertainty.elites_only
+        mean, var = self.predict(obs, action, None if all_members else self.elites)
+        row = torch.arange(obs.shape[0], device=obs.device)
+        if mode == "mean":
+            elite_mean = mean if not all_members else mean.index_select(0, self.elites)
+            elite_var = var if not all_members else var.index_select(0, self.elites)
+            mu, sigma2 = elite_mean.mean(0), elite_var.mean(0)
+            chosen = torch.full_like(row, -1)
+        else:
+            chosen = self._choose_members(mode, members, obs.shape[0], generator)
+            slot = chosen if all_members else _position_in(self.elites, chosen)
+            mu, sigma2 = mean[slot, row], var[slot, row]
+        if deterministic:
+            outcome = mu
+        else:
+            outcome = mu + sigma2.sqrt() * torch.randn(mu.shape, generator=generator, device=mu.device)
+        next_obs = obs + outcome[:, :-1]
+        terminated = (
+            self.termination_fn(obs, action, next_obs)
+            if self.termination_fn is not None
+            else torch.zeros_like(row, dtype=torch.bool)
+        )
+        result = {"next_obs": next_obs, "reward": outcome[:, -1], "terminated": terminated, "member": chosen}
+        if uncertainty is not None:
+            elites = self.elites if all_members else None
+            result["uncertainty"] = uncertainty(mean, var, elites=elites, sample=outcome)
+        return TensorDict(result, batch_size=[obs.shape[0]])
+
+    def _choose_members(
+        self, mode: Mode, members: Tensor | None, batch: int, generator: torch.Generator | None
+    ) -> Tensor:
+        if mode == "random":
+            pick = torch.randint(self.num_elites, (batch,), generator=generator, device=self.device)
+            return self.elites[pick]
+        if mode == "fixed":
+            if members is None:
+                return self.elites[torch.arange(batch, device=self.device) % self.num_elites]
+            if members.shape != (batch,):
+                raise ValueError(f"members must have shape [{batch}], got {list(members.shape)}")
+            if not torch.isin(members, self.elites).all():
+                raise ValueError(f"fixed-mode members must be elites {self.elites.tolist()}")
+            return members
+        raise ValueError(f"unknown mode {mode!r}; choose from 'random', 'fixed', 'mean'")
+
+    def _check_inputs(self, obs: Tensor, action: Tensor, members: Tensor | None) -> tuple[Tensor, Tensor]:
+        m = self.ensemble_size if members is None else members.numel()
+        ok = (
+            obs.dim() in (2, 3)
+            and obs.shape[-1] == self.obs_dim
+            and action.shape[-1:] == (self.act_dim,)
+            and obs.shape[:-1] == action.shape[:-1]
+            and (obs.dim() == 2 or obs.shape[0] == m)
+        )
+        if not ok:
+            raise ValueError(
+                f"obs {list(obs.shape)} and action {list(action.shape)} must be [B, {self.obs_dim}] "
+                f"and [B, {self.act_dim}] (or [{m}, B, ...] with one slice per member)"
+            )
+        return obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        data: TensorDict,
+        *,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        holdout_ratio: float = 0.2,
+        max_holdout: int = 5000,
+        max_epochs: int | None = None,
+        patience: int = 5,
+        bootstrap: bool = True,
+        progress: bool = True,
+    ) -> dict:
+        """Fit on transitions (a TensorDict [N], see worldmodel.transitions); warm-starts from
+        the current weights, so calling it again fine-tunes on new data.
+
+        Gaussian NLL + log-variance-bound penalty + per-layer L2, each member on its own
+        bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
+        by 1% for `patience` epochs, keeps each member's best weights, and makes the
+        `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
+        (standardised units), elites, epochs, train loss and wall seconds.
+        """
+        start = time.perf_counter()
+        data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
+        inputs = torch.cat([data["obs"], data["action"]], -1)
+        targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
+        n = inputs.shape[0]
+        n_holdout = min(int(n * holdout_ratio), max_holdout)
+        if n_holdout < 5 or n - n_holdout < batch_size // 4 or n - n_holdout < 10:
+            raise ValueError(
+                f"{n} transitions are too few to fit with a holdout split (holdout_ratio={holdout_ratio} "
+                f"gives {n_holdout} holdout rows; need at least 5, and 10 or more for training): collect more data"
+            )
+        perm = torch.randperm(n, device=self.device)
+        train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
+        self.input_norm.fit(inputs[train_idx])
+        self.target_norm.fit(targets[train_idx])
+        x = self.input_norm(inputs)
+        y = self.target_norm(targets)
+        x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
+
+        if self._optimizer is None or self._optimizer.param_groups[0]["lr"] != lr:
+            self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        best_mse = self._holdout_metrics(x_hold, y_hold)[0]
+        best_state = [p.detach().clone() for p in self.parameters()]
+        epochs_since_update, epoch, train_loss = 0, 0, float("nan")
+        bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs)
+        while epochs_since_update <= patience and (max_epochs is None or epoch < max_epochs):
+            train_loss = self._train_epoch(x_train, y_train, batch_size, bootstrap)
+            epoch += 1
+            mse = self._holdout_metrics(x_hold, y_hold)[0]
+            improved = (best_mse - mse) / best_mse.abs().clamp_min(1e-12) > 0.01
+            if improved.any():
+                best_mse = torch.where(improved, mse, best_mse)
+                with torch.no_grad():
+                    for saved, p in zip(best_state, self.parameters()):
+                        saved[improved] = p[improved]
+                epochs_since_update = 0
+            else:
+                epochs_since_update += 1
+            bar.update()
+            bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
+        bar.close()
+        with torch.no_grad():
+            for saved, p in zip(best_state, self.parameters()):
+                p.copy_(saved)
+        mse, nll = self._holdout_metrics(x_hold, y_hold)
+        self.elites.copy_(mse.argsort()[: self.num_elites].sort().values)
+        return {
+            "epochs": epoch,
+            "train_loss": train_loss,
+            "holdout_mse": mse.tolist(),
+            "holdout_nll": nll.tolist(),
+            "elites": self.elites.tolist(),
+            "n_train": n - n_holdout,
+            "n_holdout": n_holdout,
+            "wall_s": time.perf_counter() - start,
+        }
+
+    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, bootstrap: bool) -> float:
+        n, e = x.shape[0], self.ensemble_size
+        if bootstrap:
+            order = torch.randint(n, (e, n), device=self.device)
+        else:
+            order = torch.rand(e, n, device=self.device).argsort(dim=1)
+        total, batches = 0.0, 0
+        self.train()
+        for start in range(0, n, batch_size):
+            idx = order[:, start : start + batch_size]
+            mean, logvar = self.forward_normalized(x[idx])
+            loss = self._loss(mean, logvar, y[idx])
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._optimizer.step()
+            total += loss.item()
+            batches += 1
+        return total / batches
+
+    def _loss(self, mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
+        nll = (((mean - target) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
+        bounds = LOGVAR_BOUND_PENALTY * (self.max_logvar.sum() - self.min_logvar.sum())
+        decay = sum(0.5 * wd * w.square().sum() for wd, w in zip(self.weight_decay, self.weights))
+        return nll + bounds + decay
+
+    @torch.no_grad()
+    def _holdout_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-member MSE and Gaussian NLL per output on standardised holdout rows, each [E]."""
+        mean, logvar = self.forward_normalized(x.expand(self.ensemble_size, *x.shape))
+        err2 = (mean - y) ** 2
+        nll = 0.5 * (err2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+        return err2.mean(dim=(1, 2)), nll.mean(dim=(1, 2))
+
+    @torch.no_grad()
+    def evaluate(self, data: TensorDict) -> dict:
+        """How well the elites explain held-out transitions (original units).
+
+        r2_delta: R^2 of the elites' mean prediction of next_obs - obs, averaged over dims;
+        r2_reward: the same for the reward; calibration: mean over elites, rows and outputs
+        of squared error / predicted variance (1 is perfectly calibrated).
+        """
+        data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
+        target = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
+        mean, var = self.predict(data["obs"], data["action"], members=self.elites)
+        err2 = (mean.mean(0) - target) ** 2
+        r2 = 1 - err2.mean(0) / target.var(0, unbiased=False).clamp_min(1e-12)
+        return {
+            "r2_delta": r2[:-1].mean().item(),
+            "r2_reward": r2[-1].item(),
+            "r2_per_dim": r2[:-1].tolist(),
+            "calibration": (((mean - target) ** 2) / var).mean().item(),
+            "mse": err2.mean().item(),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config and weights atomically."""
+        atomic_save({"format": _FORMAT, "version": 1, "config": self.config, "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        termination_fn: TerminationFn | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> "EnsembleDynamics":
+        """Rebuild a saved model; obs_dim/act_dim, when given, must match the checkpoint's."""
+        ckpt = load_checked(path, _FORMAT, map_location)
+        config = ckpt["config"]
+        for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+            if want is not None and config.get(name) != want:
+                raise CheckpointError(
+                    f"{path} is a model with {name}={config.get(name)}, but {want} was expected: "
+                    "it was trained on another task"
+                )
+        try:
+            model = cls(**config, termination_fn=termination_fn)
+            model.load_state_dict(ckpt["state"])
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path}: model weights do not match its config: {e}") from e
+        return model.to(map_location)
+
+
+def _default_weight_decay(layers: int) -> tuple[float, ...]:
+    if layers == 4:
+        return _MBPO_WEIGHT_DECAY
+    return tuple(torch.linspace(2.5e-5, 1e-4, layers + 1).tolist())
+
+
+def _truncated_normal(shape: tuple[int, ...], std: float) -> Tensor:
+    return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std)
+
+
+def _position_in(elites: Tensor, members: Tensor) -> Tensor:
+    """Index of each member id within the (sorted) elites tensor."""
+    return torch.searchsorted(elites, members)

@@ -1,0 +1,141 @@
+"""Every supported task behind one function, `make_env(name, seed)`.
+
+Gymnasium MuJoCo v5 tasks (`halfcheetah`) and dm-control suite tasks (`dmc/cartpole-swingup`)
+come back as TorchRL environments with one interface: a flat float32 "observation", a
+bounded "action", "reward", "terminated"/"truncated", plus `env.task_spec` (dims, action
+bounds, episode length and the task's termination function).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from worldmodel.termination import (
+    TerminationFn,
+    ant_termination,
+    hopper_termination,
+    inverted_pendulum_termination,
+    walker2d_termination,
+)
+
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "disable"  # headless: dm-control would otherwise probe GLFW and warn
+
+# name -> (gymnasium id, termination function)
+GYM_TASKS: dict[str, tuple[str, TerminationFn | None]] = {
+    "halfcheetah": ("HalfCheetah-v5", None),
+    "hopper": ("Hopper-v5", hopper_termination),
+    "walker2d": ("Walker2d-v5", walker2d_termination),
+    "ant": ("Ant-v5", ant_termination),
+    "reacher": ("Reacher-v5", None),
+    "pusher": ("Pusher-v5", None),
+    "swimmer": ("Swimmer-v5", None),
+    "inverted_pendulum": ("InvertedPendulum-v5", inverted_pendulum_termination),
+}
+# dm-control suite tasks never terminate; episodes end on the time limit (1000 steps).
+DMC_TASKS: tuple[str, ...] = (
+    "dmc/cartpole-balance",
+    "dmc/cartpole-swingup",
+    "dmc/cheetah-run",
+    "dmc/finger-spin",
+    "dmc/hopper-stand",
+    "dmc/pendulum-swingup",
+    "dmc/reacher-easy",
+    "dmc/reacher-hard",
+    "dmc/walker-run",
+    "dmc/walker-stand",
+    "dmc/walker-walk",
+)
+DMC_EPISODE_STEPS = 1000
+
+
+def task_names() -> list[str]:
+    """Every name `make_env` accepts."""
+    return sorted(GYM_TASKS) + list(DMC_TASKS)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model and a planner need to know about a task."""
+
+    name: str
+    obs_dim: int
+    act_dim: int
+    action_low: Tensor  # [A]
+    action_high: Tensor  # [A]
+    max_episode_steps: int  # agent decisions per episode (after action repeat)
+    termination_fn: TerminationFn | None  # None: the task never terminates
+
+
+def _check_name(name: str) -> None:
+    if name not in GYM_TASKS and name not in DMC_TASKS:
+        raise ValueError(f"unknown env {name!r}; supported: {', '.join(task_names())}")
+
+
+def make_env(
+    name: str,
+    seed: int | None = 0,
+    *,
+    action_repeat: int = 1,
+    max_episode_steps: int | None = None,
+    device: str | torch.device = "cpu",
+    **backend_kwargs,
+):
+    """Make a task by name, seeded, as a TorchRL env with `env.task_spec` attached.
+
+    action_repeat: each action is applied that many times and the rewards summed.
+    max_episode_steps: cap on agent decisions per episode, on top of the task's own limit.
+    backend_kwargs go to gymnasium.make (e.g. reset_noise_scale=0.5) or dm-control's
+    task_kwargs.
+    """
+    from torchrl.envs import (
+        CatTensors,
+        Compose,
+        DMControlEnv,
+        DoubleToFloat,
+        FrameSkipTransform,
+        GymEnv,
+        StepCounter,
+        TransformedEnv,
+    )
+
+    _check_name(name)
+    if action_repeat < 1:
+        raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+    transforms = []
+    if name in GYM_TASKS:
+        env_id, termination_fn = GYM_TASKS[name]
+        base = GymEnv(env_id, device=device, **backend_kwargs)
+        native_steps = base._env.spec.max_episode_steps
+    else:
+        domain, task = name.removeprefix("dmc/").split("-", 1)
+        termination_fn = None
+        base = DMControlEnv(domain, task, device=device, **backend_kwargs)
+        native_steps = DMC_EPISODE_STEPS
+        obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]
+        transforms.append(CatTensors(in_keys=obs_keys, out_key="observation", del_keys=True))
+    transforms.append(DoubleToFloat())
+    if action_repeat > 1:
+        transforms.append(FrameSkipTransform(action_repeat))
+    episode_steps = -(-native_steps // action_repeat)
+    if max_episode_steps is not None:
+        episode_steps = min(episode_steps, max_episode_steps)
+        transforms.append(StepCounter(max_steps=max_episode_steps))
+    env = TransformedEnv(base, Compose(*transforms))
+    if seed is not None:
+        env.set_seed(seed)
+    action_box = env.action_spec.space
+    env.task_spec = TaskSpec(
+        name=name,
+        obs_dim=env.observation_spec["observation"].shape[-1],
+        act_dim=env.action_spec.shape[-1],
+        action_low=action_box.low.float().cpu(),
+        action_high=action_box.high.float().cpu(),
+        max_episode_steps=episode_steps,
+        termination_fn=termination_fn,
+    )
+    return env

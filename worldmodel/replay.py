@@ -1,0 +1,74 @@
+"""A transition replay buffer: TorchRL's ReplayBuffer with validation and atomic save/load."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage
+from torchrl.data import ReplayBuffer as _TorchRLReplayBuffer
+
+from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
+from worldmodel.transitions import validate_transitions
+
+logging.getLogger("torchrl").setLevel(logging.WARNING)  # silence per-storage INFO lines
+
+_FORMAT = "worldmodel.ReplayBuffer"
+
+
+class ReplayBuffer:
+    """Holds up to `capacity` transitions (oldest overwritten first); samples uniformly.
+
+    Every batch given to `extend` is validated (shapes, dtypes, finite values), so what is
+    stored can always be trained on.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int = 1_000_000, device: str = "cpu"):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.obs_dim, self.act_dim, self.capacity = obs_dim, act_dim, capacity
+        self.device = torch.device(device)
+        self._rb = _TorchRLReplayBuffer(
+            storage=LazyTensorStorage(capacity, device=self.device), batch_size=None
+        )
+
+    def __len__(self) -> int:
+        return len(self._rb)
+
+    def extend(self, transitions: TensorDict) -> None:
+        """Append a batch [N] of transitions (see worldmodel.transitions)."""
+        batch = validate_transitions(transitions, self.obs_dim, self.act_dim)
+        if len(batch):
+            self._rb.extend(batch.to(self.device))
+
+    def sample(self, batch_size: int) -> TensorDict:
+        """`batch_size` transitions drawn uniformly with replacement (torch's global RNG)."""
+        if len(self) == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer; extend it first")
+        return self._rb.sample(batch_size)
+
+    def data(self) -> TensorDict:
+        """Every stored transition, [len(self)] (storage order, not insertion order once full)."""
+        if len(self) == 0:
+            raise RuntimeError("the replay buffer is empty")
+        return self._rb[:]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the buffer (contents and write position) atomically."""
+        meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity}
+        atomic_save({"format": _FORMAT, "version": 1, **meta, "state": self._rb.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "ReplayBuffer":
+        """Read a buffer written by `save`; a clear CheckpointError if missing or corrupt."""
+        ckpt = load_checked(path, _FORMAT)
+        buffer = cls(ckpt["obs_dim"], ckpt["act_dim"], ckpt["capacity"], device)
+        try:
+            buffer._rb.load_state_dict(ckpt["state"])
+            if len(buffer):
+                validate_transitions(buffer._rb[:], buffer.obs_dim, buffer.act_dim)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path}: replay buffer contents do not match its header: {e}") from e
+        return buffer
