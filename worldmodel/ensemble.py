@@ -213,7 +213,7 @@ class EnsembleDynamics(nn.Module):
         bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
         by 1% for `patience` epochs, keeps each member's best weights, and makes the
         `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
-        (standardised units), elites, epochs, train loss and wall seconds.
+        (standardised units), elites, epochs, train loss, wall seconds and a per-epoch history.
         """
         start = time.perf_counter()
         data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
@@ -238,7 +238,7 @@ class EnsembleDynamics(nn.Module):
             self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         best_mse = self._holdout_metrics(x_hold, y_hold)[0]
         best_state = [p.detach().clone() for p in self.parameters()]
-        epochs_since_update, epoch, train_loss = 0, 0, float("nan")
+        epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
         bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs)
         while epochs_since_update <= patience and (max_epochs is None or epoch < max_epochs):
             train_loss = self._train_epoch(x_train, y_train, batch_size, bootstrap)
@@ -253,6 +253,7 @@ class EnsembleDynamics(nn.Module):
                 epochs_since_update = 0
             else:
                 epochs_since_update += 1
+            history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item()})
             bar.update()
             bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
         bar.close()
@@ -270,6 +271,7 @@ class EnsembleDynamics(nn.Module):
             "n_train": n - n_holdout,
             "n_holdout": n_holdout,
             "wall_s": time.perf_counter() - start,
+            "history": history,
         }
 
     def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, bootstrap: bool) -> float:
@@ -371,4 +373,4 @@ def _truncated_normal(shape: tuple[int, ...], std: float) -> Tensor:
 
 def _position_in(elites: Tensor, members: Tensor) -> Tensor:
     """Index of each member id within the (sorted) elites tensor."""
-    return torch.searchsorted(elites, members)
+    return torch.searchsorted(elites, members.contiguous())

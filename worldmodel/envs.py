@@ -71,7 +71,8 @@ class TaskSpec:
     termination_fn: TerminationFn | None  # None: the task never terminates
 
 
-def _check_name(name: str) -> None:
+def check_task_name(name: str) -> None:
+    """Raise a ValueError listing the supported names if `name` is not one of them."""
     if name not in GYM_TASKS and name not in DMC_TASKS:
         raise ValueError(f"unknown env {name!r}; supported: {', '.join(task_names())}")
 
@@ -103,7 +104,7 @@ def make_env(
         TransformedEnv,
     )
 
-    _check_name(name)
+    check_task_name(name)
     if action_repeat < 1:
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
     transforms = []

@@ -1,0 +1,236 @@
+"""EnsembleDynamics: shapes, sampling modes, fitting, bad input and checkpoints (small, fast models)."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from worldmodel import CheckpointError, EnsembleDynamics, ReplayBuffer, Uncertainty
+
+O, A = 3, 2
+
+
+def small_model(**kwargs) -> EnsembleDynamics:
+    defaults = dict(ensemble_size=4, num_elites=2, hidden=32, layers=2)
+    return EnsembleDynamics(O, A, **{**defaults, **kwargs})
+
+
+def linear_system(n: int, noise: float = 0.05, seed: int = 0) -> TensorDict:
+    """next_obs = obs + obs @ M + action @ N + noise; reward = -|obs|^2 + noise."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, O, generator=g)
+    action = torch.rand(n, A, generator=g) * 2 - 1
+    m = torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, 0.1], [0.0, 0.2, -0.1]])
+    nm = torch.tensor([[0.5, 0.0, -0.3], [0.0, 0.4, 0.2]])
+    delta = obs @ m + action @ nm + noise * torch.randn(n, O, generator=g)
+    reward = -(obs**2).sum(-1) + noise * torch.randn(n, generator=g)
+    flags = torch.zeros(n, dtype=torch.bool)
+    return TensorDict(
+        {"obs": obs, "action": action, "reward": reward, "next_obs": obs + delta,
+         "terminated": flags, "truncated": flags.clone()},
+        batch_size=[n],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    model = small_model(hidden=64)
+    metrics = model.fit(linear_system(3000), max_epochs=60, progress=False)
+    return model, metrics
+
+
+def test_predict_gives_every_member_in_original_units():
+    model = small_model()
+    mean, var = model.predict(torch.randn(5, O), torch.randn(5, A))
+    assert mean.shape == var.shape == (4, 5, O + 1)
+    assert (var > 0).all()
+
+
+def test_per_member_inputs_and_member_subsets_match_the_shared_forward():
+    model = small_model()
+    obs, action = torch.randn(4, 6, O), torch.randn(4, 6, A)
+    mean, var = model.predict(obs, action)
+    for e in range(4):
+        m_e, v_e = model.predict(obs[e], action[e])
+        torch.testing.assert_close(mean[e], m_e[e])
+        torch.testing.assert_close(var[e], v_e[e])
+    subset = torch.tensor([1, 3])
+    m_sub, _ = model.predict(obs[0], action[0], members=subset)
+    torch.testing.assert_close(m_sub, model.predict(obs[0], action[0])[0][subset])
+
+
+@pytest.mark.parametrize(
+    "obs, action",
+    [
+        (torch.zeros(5, O + 1), torch.zeros(5, A)),
+        (torch.zeros(5, O), torch.zeros(4, A)),
+        (torch.zeros(O), torch.zeros(A)),
+        (torch.zeros(3, 5, O), torch.zeros(3, 5, A)),  # 3 slices for 4 members
+    ],
+)
+def test_wrong_input_shapes_are_a_clear_error(obs, action):
+    with pytest.raises(ValueError, match=r"must be \[B, 3\] and \[B, 2\]"):
+        small_model().predict(obs, action)
+
+
+def test_random_mode_draws_only_elites(fitted):
+    model, _ = fitted
+    out = model.step(torch.randn(400, O), torch.randn(400, A), mode="random")
+    assert set(out["member"].tolist()) == set(model.elites.tolist())
+    assert out["next_obs"].shape == (400, O) and out["reward"].shape == (400,)
+
+
+def test_deterministic_step_uses_the_chosen_members_mean(fitted):
+    model, _ = fitted
+    obs, action = torch.randn(6, O), torch.randn(6, A)
+    mean, _ = model.predict(obs, action)
+    members = model.elites[torch.tensor([0, 1, 1, 0, 0, 1])]
+    out = model.step(obs, action, mode="fixed", members=members, deterministic=True)
+    torch.testing.assert_close(out["next_obs"], obs + mean[members, torch.arange(6), :O])
+    torch.testing.assert_close(out["reward"], mean[members, torch.arange(6), O])
+    default = model.step(obs, action, mode="fixed", deterministic=True)
+    assert default["member"].tolist() == model.elites[torch.arange(6) % 2].tolist()
+    averaged = model.step(obs, action, mode="mean", deterministic=True)
+    torch.testing.assert_close(averaged["next_obs"], obs + mean[model.elites].mean(0)[:, :O])
+
+
+def test_sampled_steps_spread_like_the_predicted_variance(fitted):
+    model, _ = fitted
+    obs, action = torch.zeros(1, O).expand(20000, O), torch.zeros(1, A).expand(20000, A)
+    out = model.step(obs, action, mode="fixed", members=model.elites[:1].expand(20000))
+    _, var = model.predict(obs[:1], action[:1])
+    expected = var[model.elites[0], 0, :O]
+    torch.testing.assert_close(out["next_obs"].var(0), expected, rtol=0.1, atol=1e-6)
+
+
+def test_fixed_mode_refuses_non_elite_members(fitted):
+    model, _ = fitted
+    outsider = next(m for m in range(4) if m not in model.elites.tolist())
+    with pytest.raises(ValueError, match="must be elites"):
+        model.step(torch.randn(2, O), torch.randn(2, A), mode="fixed", members=torch.tensor([outsider] * 2))
+    with pytest.raises(ValueError, match="unknown mode 'ts1'"):
+        model.step(torch.randn(2, O), torch.randn(2, A), mode="ts1")
+
+
+def test_step_applies_the_termination_function_to_the_predicted_next_state(fitted):
+    model, _ = fitted
+    model.termination_fn = lambda obs, act, next_obs: next_obs[:, 0] > 0
+    try:
+        out = model.step(torch.randn(50, O), torch.randn(50, A))
+        assert torch.equal(out["terminated"], out["next_obs"][:, 0] > 0)
+    finally:
+        model.termination_fn = None
+    assert not model.step(torch.randn(50, O), torch.randn(50, A))["terminated"].any()
+
+
+def test_step_reports_the_requested_uncertainty(fitted):
+    model, _ = fitted
+    obs, action = torch.randn(7, O), torch.randn(7, A)
+    measure = Uncertainty("max_pairwise_difference", elites_only=False, include_reward=True)
+    out = model.step(obs, action, uncertainty=measure)
+    mean, var = model.predict(obs, action)
+    torch.testing.assert_close(out["uncertainty"], measure(mean, var))
+    far = model.step(obs * 50, action, uncertainty=measure)["uncertainty"]
+    assert far.mean() > 5 * out["uncertainty"].mean()  # members disagree off the data
+
+
+def test_fit_learns_a_noisy_linear_system_with_calibrated_variance(fitted):
+    model, metrics = fitted
+    report = model.evaluate(linear_system(2000, seed=1))
+    assert report["r2_delta"] > 0.95 and report["r2_reward"] > 0.95
+    assert 0.7 < report["calibration"] < 1.4
+    assert metrics["epochs"] <= 60 and len(metrics["holdout_mse"]) == 4
+
+
+def test_elites_are_the_members_best_on_holdout(fitted):
+    model, metrics = fitted
+    mse = torch.tensor(metrics["holdout_mse"])
+    assert sorted(metrics["elites"]) == sorted(mse.argsort()[:2].tolist())
+    assert metrics["elites"] == model.elites.tolist()
+
+
+def test_refit_warm_starts_from_the_current_weights(fitted):
+    model, metrics = fitted
+    data = linear_system(3000, seed=2)
+    cold = small_model(hidden=64).fit(data, max_epochs=1, progress=False)
+    warm = model.fit(data, max_epochs=1, progress=False)
+    assert max(warm["holdout_mse"]) < 0.3 * min(cold["holdout_mse"])
+
+
+def test_early_stopping_ends_fit_when_holdout_stops_improving():
+    data = linear_system(1000)
+    data["next_obs"] = data["obs"] + torch.randn(1000, O)  # pure noise: nothing to learn
+    data["reward"] = torch.randn(1000)
+    metrics = small_model().fit(data, max_epochs=300, patience=3, progress=False)
+    assert metrics["epochs"] < 100
+
+
+def test_same_seed_same_fit():
+    def weights():
+        torch.manual_seed(7)
+        model = small_model()
+        model.fit(linear_system(600), max_epochs=3, progress=False)
+        return model.weights[0].detach()
+
+    assert torch.equal(weights(), weights())
+
+
+def test_fit_refuses_bad_data_naming_the_field():
+    data = linear_system(500)
+    data["action"][10, 1] = float("nan")
+    with pytest.raises(ValueError, match="field 'action' has non-finite"):
+        small_model().fit(data, progress=False)
+    with pytest.raises(ValueError, match=r"field 'obs' has shape \[500, 3\], expected \[500, 5\]"):
+        EnsembleDynamics(5, A).fit(linear_system(500), progress=False)
+
+
+def test_too_few_samples_for_a_holdout_is_a_clear_error():
+    with pytest.raises(ValueError, match="too few to fit with a holdout split"):
+        small_model().fit(linear_system(20), progress=False)
+
+
+def test_invalid_construction_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_elites"):
+        EnsembleDynamics(O, A, ensemble_size=3, num_elites=5)
+    with pytest.raises(ValueError, match="weight_decay needs 3 values"):
+        EnsembleDynamics(O, A, layers=2, weight_decay=[1e-4])
+
+
+def test_save_load_round_trip_predicts_identically(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "model.pt")
+    loaded = EnsembleDynamics.load(tmp_path / "model.pt", obs_dim=O, act_dim=A)
+    obs, action = torch.randn(9, O), torch.randn(9, A)
+    for a, b in zip(model.predict(obs, action), loaded.predict(obs, action)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(loaded.elites, model.elites)
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]
+
+
+def test_mismatched_corrupt_or_foreign_checkpoint_is_a_clear_error(fitted, tmp_path):
+    model, _ = fitted
+    path = tmp_path / "model.pt"
+    model.save(path)
+    with pytest.raises(CheckpointError, match="obs_dim=3, but 17 was expected"):
+        EnsembleDynamics.load(path, obs_dim=17)
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        EnsembleDynamics.load(tmp_path / "cut.pt")
+    buffer = ReplayBuffer(O, A)
+    buffer.extend(linear_system(10))
+    buffer.save(tmp_path / "buffer.pt")
+    with pytest.raises(CheckpointError, match="holds a 'worldmodel.ReplayBuffer' checkpoint"):
+        EnsembleDynamics.load(tmp_path / "buffer.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["hidden"] = 16
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="weights do not match its config"):
+        EnsembleDynamics.load(tmp_path / "edited.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_and_predict_on_cuda():
+    model = small_model().cuda()
+    model.fit(linear_system(600).cuda(), max_epochs=2, progress=False)
+    mean, var = model.predict(torch.randn(5, O, device="cuda"), torch.randn(5, A, device="cuda"))
+    assert mean.is_cuda and torch.isfinite(var).all()

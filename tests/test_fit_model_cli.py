@@ -1,0 +1,43 @@
+"""`python -m worldmodel.fit_model`: a short real run writes every artifact; bad input is a clear error."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from worldmodel import EnsembleDynamics, ReplayBuffer
+from worldmodel.fit_model import main
+
+
+def test_short_run_writes_config_data_model_history_and_report(tmp_path):
+    run_dir = tmp_path / "run"
+    report = main([
+        "env=hopper", "steps=400", "holdout_steps=100", "model.fit.max_epochs=2",
+        "model.ensemble_size=3", "model.num_elites=2", f"run_dir={run_dir}",
+    ])  # fmt: skip
+    assert "env: hopper" in (run_dir / "config.yaml").read_text()
+    assert len(ReplayBuffer.load(run_dir / "data.pt")) == 800
+    model = EnsembleDynamics.load(run_dir / "model.pt", obs_dim=11, act_dim=3)
+    assert model.ensemble_size == 3
+    rows = list(csv.DictReader(open(run_dir / "fit_history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    saved = json.loads((run_dir / "report.json").read_text())
+    assert saved["holdout"]["r2_delta"] == pytest.approx(report["holdout"]["r2_delta"])
+    assert saved["fit"]["epochs"] == 2
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(SystemExit, match="valid keys for fit_model: .*model.hidden"):
+        main(["model.hiden=3"])
+
+
+def test_unknown_env_exits_with_the_supported_names(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "worldmodel.fit_model", "env=cheetah", f"run_dir={tmp_path / 'r'}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "error: unknown env 'cheetah'; supported: ant, halfcheetah" in result.stderr
+    assert not (tmp_path / "r").exists()
