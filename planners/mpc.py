@@ -1,0 +1,165 @@
+"""What every MPC planner shares: its settings, the batched trajectory evaluation, and the warm start.
+
+Shapes: N start states, C candidate action sequences per state, P particles per candidate,
+H horizon steps, O obs dims, A action dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from planners.base import Planner
+from planners.noise import colored_noise
+from worldmodel.envs import TaskSpec
+from worldmodel.uncertainty import Uncertainty
+
+Propagation = Literal["ts1", "tsinf", "expectation"]
+_MODEL_MODE = {"ts1": "random", "tsinf": "fixed", "expectation": "mean"}
+
+
+@dataclass
+class MPCConfig:
+    """Settings shared by the MPC planners."""
+
+    horizon: int = 15
+    particles: int = 1  # model samples per candidate; returns are averaged over them
+    propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
+    discount: float = 1.0
+    uncertainty_penalty: float = 0.0  # lambda: reward - lambda * uncertainty (0 disables it)
+    uncertainty: str = "ensemble_std"  # the measure used for the penalty
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.propagation not in _MODEL_MODE:
+            raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
+        if self.horizon < 1 or self.particles < 1:
+            raise ValueError("horizon and particles must be >= 1")
+
+
+class PlanningError(RuntimeError):
+    """The model produced non-finite values while planning; no action was taken from them."""
+
+
+class MPCPlanner(Planner):
+    """Base of the sampling-based MPC planners: evaluates candidate sequences in the model
+    and keeps the plan (a mean sequence [N, H, A]) between steps, shifted by one each step.
+
+    `terminal_value`, if given, maps states [B, O] to values [B] added after the last step.
+    """
+
+    def __init__(self, model, spec: TaskSpec, config: MPCConfig,
+                 terminal_value: Callable[[Tensor], Tensor] | None = None):
+        self.model, self.spec, self.config = model, spec, config
+        self.terminal_value = terminal_value
+        self.low = spec.action_low.to(model.device)
+        self.high = spec.action_high.to(model.device)
+        self.generator = torch.Generator(model.device)
+        if config.seed is not None:
+            self.generator.manual_seed(config.seed)
+        else:
+            self.generator.seed()
+        self._penalty = Uncertainty(config.uncertainty) if config.uncertainty_penalty > 0 else None
+        self._plan: Tensor | None = None  # [N, H, A] mean sequence carried between steps
+
+    # ---------------------------------------------------------------- the robot loop
+
+    def reset(self) -> None:
+        self._plan = None
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Plan, keep the plan (shifted) as the next step's warm start, return its first action.
+
+        Not deterministic: the first action is drawn from the planner's final spread.
+        """
+        plan, std = self._optimize(obs)
+        self._plan = self._shift(plan)
+        action = plan[:, 0]
+        if not deterministic and std is not None:
+            action = action + std[:, 0] * torch.randn(action.shape, generator=self.generator, device=action.device)
+        action = action.clamp(self.low, self.high)
+        return action[0] if obs.dim() == 1 else action
+
+    @torch.no_grad()
+    def plan(self, obs: Tensor) -> Tensor:
+        """The planned action sequence, for inspection (keeps no state): [O] -> [H, A], [N, O] -> [N, H, A]."""
+        plan, _ = self._optimize(obs)
+        return plan[0] if obs.dim() == 1 else plan
+
+    def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Improve the sequence mean [N, H, A] for start states obs [N, O].
+
+        Returns the planned sequence [N, H, A] and the final spread around it (or None).
+        """
+        raise NotImplementedError
+
+    def _optimize(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+        if obs.dim() not in (1, 2) or obs.shape[-1] != self.spec.obs_dim:
+            raise ValueError(f"obs must be [{self.spec.obs_dim}] or [N, {self.spec.obs_dim}], got {list(obs.shape)}")
+        obs = obs.to(self.model.device, torch.float32).reshape(-1, self.spec.obs_dim)
+        return self.optimize(obs, self._warm_start(obs.shape[0]))
+
+    # ---------------------------------------------------------------- shared machinery
+
+    def evaluate(self, obs: Tensor, actions: Tensor) -> Tensor:
+        """Expected return of each candidate: obs [N, O], actions [N, C, H, A] -> [N, C].
+
+        All N*C*P rollouts advance together, one batched model step per horizon step.
+        Rewards after a predicted termination do not count.
+        """
+        cfg = self.config
+        n, c, h, a = actions.shape
+        p = cfg.particles
+        rows = n * c * p
+        state = obs[:, None, None, :].expand(n, c, p, obs.shape[-1]).reshape(rows, -1)
+        seq = actions[:, :, None].expand(n, c, p, h, a).reshape(rows, h, a)
+        members = None
+        if cfg.propagation == "tsinf":
+            elites = self.model.elites
+            members = elites[torch.arange(p, device=elites.device) % elites.numel()].repeat(n * c)
+        total = torch.zeros(rows, device=obs.device)
+        alive = torch.ones(rows, device=obs.device)
+        for t in range(h):
+            out = self.model.step(state, seq[:, t], mode=_MODEL_MODE[cfg.propagation], members=members,
+                                  uncertainty=self._penalty, generator=self.generator)
+            reward = out["reward"]
+            if self._penalty is not None:
+                reward = reward - cfg.uncertainty_penalty * out["uncertainty"]
+            total += cfg.discount**t * alive * reward
+            alive = alive * (~out["terminated"]).float()
+            state = out["next_obs"]
+        if self.terminal_value is not None:
+            total += cfg.discount**h * alive * self.terminal_value(state)
+        returns = total.view(n, c, p).mean(-1)
+        if not torch.isfinite(returns).all():
+            raise PlanningError(
+                "the model predicted non-finite rewards or states while planning; "
+                "refit it (or check its training data) before acting"
+            )
+        return returns
+
+    def _half_range(self) -> Tensor:
+        return (self.high - self.low) / 2
+
+    def _warm_start(self, n: int) -> Tensor:
+        """The previous plan shifted by one step, or the middle of the action box."""
+        if self._plan is not None and self._plan.shape[0] == n:
+            return self._plan
+        middle = (self.low + self.high) / 2
+        return middle.expand(n, self.config.horizon, self.spec.act_dim).clone()
+
+    def _shift(self, plan: Tensor) -> Tensor:
+        """Drop the executed step; repeat the middle of the box at the end."""
+        middle = ((self.low + self.high) / 2).expand(plan.shape[0], 1, plan.shape[-1])
+        return torch.cat([plan[:, 1:], middle], dim=1)
+
+    def _sample(self, mean: Tensor, std: Tensor, count: int, beta: float = 0.0) -> Tensor:
+        """count sequences around mean [N, H, A] with std [N, H, A] (coloured if beta > 0),
+        clipped to the action box: [N, count, H, A]."""
+        n, h, a = mean.shape
+        noise = colored_noise(beta, (n, count, h, a), self.generator, mean.device)
+        return (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(self.low, self.high)

@@ -1,0 +1,42 @@
+"""MPPI: model-predictive path integral control (Williams et al. 2017), batched over start states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from planners.mpc import MPCConfig, MPCPlanner
+
+
+@dataclass
+class MPPIConfig(MPCConfig):
+    candidates: int = 512
+    iterations: int = 1  # >1 also refits the sampling spread from the weighted candidates
+    temperature: float = 0.5  # in units of the candidates' return spread: lower is greedier
+    noise_std: float = 0.5  # sampling std as a fraction of half the action range
+    min_std: float = 0.05
+    noise_beta: float = 0.0  # coloured noise exponent (0: white)
+
+
+class MPPI(MPCPlanner):
+    """Each iteration: sample candidates around the plan, weight them by exp(return / temperature),
+    and move the plan to the weighted average."""
+
+    def __init__(self, model, spec, config: MPPIConfig | None = None, terminal_value=None):
+        super().__init__(model, spec, config or MPPIConfig(), terminal_value)
+
+    def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        std = (cfg.noise_std * self._half_range()).expand_as(mean)
+        for _ in range(cfg.iterations):
+            candidates = self._sample(mean, std, cfg.candidates, cfg.noise_beta)  # [N, C, H, A]
+            returns = self.evaluate(obs, candidates)  # [N, C]
+            spread = returns.std(dim=1, keepdim=True).clamp_min(1e-6)
+            # softmax subtracts the max before exponentiating, so large returns cannot overflow
+            weights = torch.softmax(returns / (cfg.temperature * spread), dim=1)[..., None, None]
+            mean = (weights * candidates).sum(1)
+            var = (weights * (candidates - mean.unsqueeze(1)).square()).sum(1)
+            std = var.sqrt().clamp_min(cfg.min_std * self._half_range())
+        return mean, std

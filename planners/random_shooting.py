@@ -1,0 +1,29 @@
+"""Random shooting: the best of many uniformly random action sequences (Nagabandi et al. 2018)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from planners.mpc import MPCConfig, MPCPlanner
+
+
+@dataclass
+class RandomShootingConfig(MPCConfig):
+    candidates: int = 1000
+
+
+class RandomShooting(MPCPlanner):
+    """Samples sequences uniformly in the action box (plus the warm-started plan) and keeps the best."""
+
+    def __init__(self, model, spec, config: RandomShootingConfig | None = None, terminal_value=None):
+        super().__init__(model, spec, config or RandomShootingConfig(), terminal_value)
+
+    def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, None]:
+        n, h, a = mean.shape
+        uniform = torch.rand((n, self.config.candidates, h, a), generator=self.generator, device=mean.device)
+        candidates = torch.cat([mean.unsqueeze(1), self.low + (self.high - self.low) * uniform], dim=1)
+        best = self.evaluate(obs, candidates).argmax(dim=1)
+        return candidates[torch.arange(n, device=mean.device), best], None

@@ -1,0 +1,130 @@
+"""MPC planners on known dynamics: each must find the known optimum, respect bounds and reset cleanly."""
+
+import pytest
+import torch
+
+from known_dynamics import point_mass, single_integrator
+from planners import CEM, ICEM, MPPI, CEMConfig, ICEMConfig, MPPIConfig, PlanningError, RandomShooting
+from planners.random_shooting import RandomShootingConfig
+
+PLANNERS = {
+    "mppi": lambda m, s, **kw: MPPI(m, s, MPPIConfig(seed=0, **{"iterations": 4, **kw})),
+    "cem": lambda m, s, **kw: CEM(m, s, CEMConfig(seed=0, **kw)),
+    "icem": lambda m, s, **kw: ICEM(m, s, ICEMConfig(seed=0, **kw)),
+    "random": lambda m, s, **kw: RandomShooting(m, s, RandomShootingConfig(seed=0, **{"candidates": 4000, **kw})),
+}
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_one_step_plan_finds_the_known_optimum_for_a_batch_of_states(name):
+    model = single_integrator()
+    planner = PLANNERS[name](model, model.spec(), horizon=1)
+    obs = torch.tensor([[0.0, 0.0], [0.5, -0.2], [-0.4, 0.1]])
+    plan = planner.plan(obs)
+    assert plan.shape == (3, 1, 2)
+    torch.testing.assert_close(plan[:, 0], model.goal - obs, atol=0.06, rtol=0)
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_actions_stay_in_bounds_when_the_optimum_lies_outside(name):
+    model = single_integrator(goal=(5.0, -5.0))
+    planner = PLANNERS[name](model, model.spec(low=-0.5, high=0.5), horizon=2)
+    action = planner.act(torch.zeros(2))
+    assert action.shape == (2,)
+    assert (action.abs() <= 0.5).all()
+    torch.testing.assert_close(action, torch.tensor([0.5, -0.5]), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_closed_loop_drives_a_point_mass_to_its_goal(name):
+    model = point_mass(action_cost=0.01)
+    planner = PLANNERS[name](model, model.spec(), horizon=15)
+    state = torch.zeros(2)
+    for _ in range(40):
+        action = planner.act(state, deterministic=True)
+        state = model.a @ state + action @ model.b
+    assert abs(state[0] - 1.0) < 0.1 and abs(state[1]) < 0.2, state
+
+
+@pytest.mark.parametrize("name", ["mppi", "cem", "icem"])
+def test_act_warm_starts_the_next_step_and_reset_clears_it(name):
+    model = point_mass()
+    planner = PLANNERS[name](model, model.spec(), horizon=10)
+    seen = []  # (mean given to optimize, plan it returned)
+    optimize = planner.optimize
+    planner.optimize = lambda obs, mean: seen.append((mean.clone(), optimize(obs, mean)[0])) or (seen[-1][1], None)
+    obs = torch.tensor([0.2, 0.0])
+    action = planner.act(obs, deterministic=True)
+    torch.testing.assert_close(action, seen[0][1][0, 0])
+    planner.act(obs, deterministic=True)
+    torch.testing.assert_close(seen[1][0][0, :-1], seen[0][1][0, 1:])  # shifted by one step
+    planner.reset()
+    planner.act(obs, deterministic=True)
+    assert (seen[2][0] == 0).all()  # back to the middle of the action box
+    if name == "icem":
+        assert planner._kept is not None
+        planner.reset()
+        assert planner._kept is None  # carried elites are forgotten too
+
+
+def test_plan_is_for_inspection_and_keeps_no_state():
+    model = point_mass()
+    planner = PLANNERS["mppi"](model, model.spec(), horizon=5)
+    planner.plan(torch.zeros(2))
+    assert planner._plan is None
+
+
+def test_rewards_after_a_predicted_termination_do_not_count():
+    model = single_integrator(goal=(0.0, 0.0), terminate_above=0.5)
+    planner = MPPI(model, model.spec(), MPPIConfig(horizon=3, seed=0))
+    obs = torch.zeros(1, 2)
+    actions = torch.tensor([[[[1.0, 0.0]] * 3, [[0.1, 0.0]] * 3]])  # [1, 2, 3, 2]
+    returns = planner.evaluate(obs, actions)
+    # first candidate terminates on step 1 at x=1: only that step's reward (-1) counts
+    assert returns[0, 0].item() == pytest.approx(-1.0)
+    assert returns[0, 1].item() == pytest.approx(-(0.01 + 0.04 + 0.09))
+
+
+def test_uncertainty_penalty_pulls_actions_toward_certainty():
+    model = single_integrator(goal=(0.8, 0.0))
+    plain = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0))
+    cautious = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0, uncertainty_penalty=1.0))
+    # penalised reward -(a - 0.8)^2 - a^2 peaks at a = 0.4
+    assert plain.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.8, abs=0.03)
+    assert cautious.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.4, abs=0.03)
+
+
+def test_terminal_value_is_added_after_the_last_step():
+    model = single_integrator(goal=(0.0, 0.0))
+    value = lambda s: -(s - torch.tensor([0.6, 0.6])).square().sum(-1) * 10  # noqa: E731
+    planner = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0), terminal_value=value)
+    # -a^2 - 10 (a - 0.6)^2 peaks at a = 6/11 per dim
+    torch.testing.assert_close(planner.plan(torch.zeros(2))[0], torch.full((2,), 6 / 11), atol=0.03, rtol=0)
+
+
+def test_tsinf_gives_each_particle_a_fixed_elite_for_the_whole_horizon():
+    model = single_integrator()
+    planner = MPPI(model, model.spec(), MPPIConfig(horizon=3, particles=4, candidates=5, propagation="tsinf"))
+    planner.plan(torch.zeros(2, 2))
+    members = [c["members"] for c in model.calls]
+    assert all(c["mode"] == "fixed" and c["rows"] == 2 * 5 * 4 for c in model.calls)
+    assert all(torch.equal(m, members[0]) for m in members)
+    assert members[0][:8].tolist() == [0, 1, 2, 0, 0, 1, 2, 0]  # particle p -> elite p % 3
+
+
+def test_non_finite_model_output_is_reported_not_acted_on():
+    model = single_integrator()
+    model.goal = torch.tensor([float("nan"), 0.0])
+    planner = MPPI(model, model.spec(), MPPIConfig(horizon=2, seed=0))
+    with pytest.raises(PlanningError, match="non-finite"):
+        planner.act(torch.zeros(2))
+
+
+def test_bad_configs_and_inputs_are_clear_errors():
+    model = single_integrator()
+    with pytest.raises(ValueError, match="unknown propagation 'ts2'"):
+        MPPIConfig(propagation="ts2")
+    with pytest.raises(ValueError, match="num_elites must not exceed candidates"):
+        CEM(model, model.spec(), CEMConfig(candidates=10, num_elites=20))
+    with pytest.raises(ValueError, match=r"obs must be \[2\] or \[N, 2\]"):
+        MPPI(model, model.spec()).act(torch.zeros(3))
