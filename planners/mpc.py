@@ -117,14 +117,12 @@ class MPCPlanner(Planner):
         rows = n * c * p
         state = obs[:, None, None, :].expand(n, c, p, obs.shape[-1]).reshape(rows, -1)
         seq = actions[:, :, None].expand(n, c, p, h, a).reshape(rows, h, a)
-        members = None
-        if cfg.propagation == "tsinf":
-            elites = self.model.elites
-            members = elites[torch.arange(p, device=elites.device) % elites.numel()].repeat(n * c)
+        # tsinf: the model's default fixed assignment (row b -> elite b % num_elites) is constant
+        # over the horizon, and the P particles of a candidate (adjacent rows) get different elites
         total = torch.zeros(rows, device=obs.device)
         alive = torch.ones(rows, device=obs.device)
         for t in range(h):
-            out = self.model.step(state, seq[:, t], mode=_MODEL_MODE[cfg.propagation], members=members,
+            out = self.model.step(state, seq[:, t], mode=_MODEL_MODE[cfg.propagation],
                                   uncertainty=self._penalty, generator=self.generator)
             reward = out["reward"]
             if self._penalty is not None:

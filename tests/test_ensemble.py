@@ -103,6 +103,19 @@ def test_sampled_steps_spread_like_the_predicted_variance(fitted):
     torch.testing.assert_close(out["next_obs"].var(0), expected, rtol=0.1, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 40])
+def test_one_member_per_row_path_matches_running_every_elite(fitted, rows):
+    model, _ = fitted
+    obs, action = torch.randn(rows, O), torch.randn(rows, A)
+    fast = model.step(obs, action, mode="random", deterministic=True)
+    full = model.step(obs, action, mode="fixed", members=fast["member"], deterministic=True)
+    torch.testing.assert_close(fast["next_obs"], full["next_obs"])
+    torch.testing.assert_close(fast["reward"], full["reward"])
+    if rows >= 40:  # a balanced random assignment: every elite gets its share of rows
+        assert torch.bincount(fast["member"]).max() <= -(-rows // model.num_elites)
+        assert not torch.equal(fast["member"], model.step(obs, action)["member"])  # and reshuffled per call
+
+
 def test_fixed_mode_refuses_non_elite_members(fitted):
     model, _ = fitted
     outsider = next(m for m in range(4) if m not in model.elites.tolist())

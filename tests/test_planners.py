@@ -102,14 +102,14 @@ def test_terminal_value_is_added_after_the_last_step():
     torch.testing.assert_close(planner.plan(torch.zeros(2))[0], torch.full((2,), 6 / 11), atol=0.03, rtol=0)
 
 
-def test_tsinf_gives_each_particle_a_fixed_elite_for_the_whole_horizon():
+def test_propagation_modes_reach_the_model_as_its_step_modes():
     model = single_integrator()
-    planner = MPPI(model, model.spec(), MPPIConfig(horizon=3, particles=4, candidates=5, propagation="tsinf"))
-    planner.plan(torch.zeros(2, 2))
-    members = [c["members"] for c in model.calls]
-    assert all(c["mode"] == "fixed" and c["rows"] == 2 * 5 * 4 for c in model.calls)
-    assert all(torch.equal(m, members[0]) for m in members)
-    assert members[0][:8].tolist() == [0, 1, 2, 0, 0, 1, 2, 0]  # particle p -> elite p % 3
+    for propagation, mode in [("ts1", "random"), ("tsinf", "fixed"), ("expectation", "mean")]:
+        model.calls.clear()
+        MPPI(model, model.spec(), MPPIConfig(horizon=3, particles=4, candidates=5, propagation=propagation)).plan(
+            torch.zeros(2, 2)
+        )
+        assert [(c["mode"], c["rows"]) for c in model.calls] == [(mode, 2 * 5 * 4)] * 3
 
 
 def test_non_finite_model_output_is_reported_not_acted_on():

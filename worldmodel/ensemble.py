@@ -127,22 +127,31 @@ class EnsembleDynamics(nn.Module):
 
         mode "random": each row a random elite (TS1); "fixed": row b uses member
         members[b] (TS-infinity; default elites[b % num_elites]); "mean": the elites' average.
+        Without `uncertainty` or explicit members, each row runs through its member alone
+        (num_elites times fewer FLOPs than running every elite on every row).
         deterministic: use the chosen mean instead of sampling. Returns a TensorDict [B] with
         next_obs [B, O], reward [B], terminated [B] (from termination_fn; all False without
         one), member [B] and, with `uncertainty`, its score [B].
         """
-        all_members = uncertainty is not None and not uncertainty.elites_only
-        mean, var = self.predict(obs, action, None if all_members else self.elites)
-        row = torch.arange(obs.shape[0], device=obs.device)
-        if mode == "mean":
-            elite_mean = mean if not all_members else mean.index_select(0, self.elites)
-            elite_var = var if not all_members else var.index_select(0, self.elites)
-            mu, sigma2 = elite_mean.mean(0), elite_var.mean(0)
-            chosen = torch.full_like(row, -1)
+        if mode not in ("random", "fixed", "mean"):
+            raise ValueError(f"unknown mode {mode!r}; choose from 'random', 'fixed', 'mean'")
+        row = torch.arange(obs.shape[0], device=self.device)
+        if uncertainty is None and mode != "mean" and members is None:
+            mu, sigma2, chosen = self._predict_one_member_per_row(obs, action, mode == "random", generator)
         else:
-            chosen = self._choose_members(mode, members, obs.shape[0], generator)
-            slot = chosen if all_members else _position_in(self.elites, chosen)
-            mu, sigma2 = mean[slot, row], var[slot, row]
+            all_members = uncertainty is not None and not uncertainty.elites_only
+            mean, var = self.predict(obs, action, None if all_members else self.elites)
+            if all_members:
+                elite_mean, elite_var = mean.index_select(0, self.elites), var.index_select(0, self.elites)
+            else:
+                elite_mean, elite_var = mean, var
+            if mode == "mean":
+                mu, sigma2 = elite_mean.mean(0), elite_var.mean(0)
+                chosen = torch.full_like(row, -1)
+            else:
+                chosen = self._choose_members(mode, members, obs.shape[0], generator)
+                slot = _position_in(self.elites, chosen)
+                mu, sigma2 = elite_mean[slot, row], elite_var[slot, row]
         if deterministic:
             outcome = mu
         else:
@@ -159,21 +168,47 @@ class EnsembleDynamics(nn.Module):
             result["uncertainty"] = uncertainty(mean, var, elites=elites, sample=outcome)
         return TensorDict(result, batch_size=[obs.shape[0]])
 
+    def _predict_one_member_per_row(
+        self, obs: Tensor, action: Tensor, shuffle: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each row through its own elite only, in one stacked forward: rows are laid out as
+        [num_elites, ceil(B / num_elites)] blocks, flat position p going to elites[p % n].
+
+        Unshuffled, row b uses elites[b % n] (TS-infinity); shuffled, a random balanced
+        assignment (TS1: each row's member uniformly random, every elite with an equal share).
+        Returns the chosen mean and variance [B, O+1] and member [B].
+        """
+        b, n = obs.shape[0], self.num_elites
+        k = -(-b // n)
+        if shuffle:
+            order = torch.randperm(n * k, generator=generator, device=self.device)
+        else:
+            order = torch.arange(n * k, device=self.device)
+        rows = order.clamp_max(b - 1)  # padding slots repeat the last row; they are dropped below
+
+        def blocks(t: Tensor) -> Tensor:  # [B, D] -> [n, k, D]: slot (i, j) holds row order[j * n + i]
+            return t.to(self.device)[rows].view(k, n, -1).transpose(0, 1)
+
+        mean, var = self.predict(blocks(obs), blocks(action), members=self.elites)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(n * k, device=self.device)
+        position = position[:b]
+        flat = lambda t: t.transpose(0, 1).reshape(n * k, -1)[position]  # noqa: E731
+        return flat(mean), flat(var), self.elites.repeat(k)[position]
+
     def _choose_members(
         self, mode: Mode, members: Tensor | None, batch: int, generator: torch.Generator | None
     ) -> Tensor:
         if mode == "random":
             pick = torch.randint(self.num_elites, (batch,), generator=generator, device=self.device)
             return self.elites[pick]
-        if mode == "fixed":
-            if members is None:
-                return self.elites[torch.arange(batch, device=self.device) % self.num_elites]
-            if members.shape != (batch,):
-                raise ValueError(f"members must have shape [{batch}], got {list(members.shape)}")
-            if not torch.isin(members, self.elites).all():
-                raise ValueError(f"fixed-mode members must be elites {self.elites.tolist()}")
-            return members
-        raise ValueError(f"unknown mode {mode!r}; choose from 'random', 'fixed', 'mean'")
+        if members is None:  # fixed mode from here on
+            return self.elites[torch.arange(batch, device=self.device) % self.num_elites]
+        if members.shape != (batch,):
+            raise ValueError(f"members must have shape [{batch}], got {list(members.shape)}")
+        if not torch.isin(members, self.elites).all():
+            raise ValueError(f"fixed-mode members must be elites {self.elites.tolist()}")
+        return members
 
     def _check_inputs(self, obs: Tensor, action: Tensor, members: Tensor | None) -> tuple[Tensor, Tensor]:
         m = self.ensemble_size if members is None else members.numel()
