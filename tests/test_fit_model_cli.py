@@ -17,7 +17,7 @@ def test_short_run_writes_config_data_model_history_and_report(tmp_path):
         "env=hopper", "steps=400", "holdout_steps=100", "model.fit.max_epochs=2",
         "model.ensemble_size=3", "model.num_elites=2", f"run_dir={run_dir}",
     ])  # fmt: skip
-    assert "env: hopper" in (run_dir / "config.yaml").read_text()
+    assert "name: hopper" in (run_dir / "config.yaml").read_text()
     assert len(ReplayBuffer.load(run_dir / "data.pt")) == 800
     model = EnsembleDynamics.load(run_dir / "model.pt", obs_dim=11, act_dim=3)
     assert model.ensemble_size == 3
@@ -35,7 +35,7 @@ def test_unknown_key_lists_valid_keys():
 
 def test_unknown_env_exits_with_the_supported_names(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "worldmodel.fit_model", "env=cheetah", f"run_dir={tmp_path / 'r'}"],
+        [sys.executable, "-m", "worldmodel.fit_model", "env.name=cheetah", f"run_dir={tmp_path / 'r'}"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0

@@ -1,15 +1,9 @@
 """The real fit: an ensemble trained on MuJoCo transitions explains held-out dynamics, calibrated."""
 
 import pytest
-import torch
 
-from worldmodel import EnsembleDynamics, collect, correlated_noise_policy, make_env, uniform_policy
-
-
-def random_and_perturbed(name: str, steps: int, seed: int):
-    env = make_env(name, seed=seed)
-    data = torch.cat([collect(env, uniform_policy(env), steps), collect(env, correlated_noise_policy(env), steps)])
-    return env.task_spec, data
+from worldmodel import EnsembleDynamics
+from worldmodel.fit_model import random_and_perturbed
 
 
 @pytest.mark.parametrize("name", ["halfcheetah", "hopper"])

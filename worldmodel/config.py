@@ -20,8 +20,10 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
         try:
             return compose(config_name=name, overrides=overrides)
         except (HydraException, OmegaConfBaseException) as e:
-            keys = ", ".join(_dotted_keys(compose(config_name=name)))
-            raise SystemExit(f"error: {e}\nvalid keys for {name}: {keys}") from None
+            message = str(e).split("\nConfig search path")[0]
+            if "Available options" not in message:  # an unknown key rather than an unknown group option
+                message += f"\nvalid keys for {name}: {', '.join(_dotted_keys(compose(config_name=name)))}"
+            raise SystemExit(f"error: {message}") from None
 
 
 def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -31,12 +33,12 @@ def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def make_run_dir(cfg: DictConfig, kind: str) -> Path:
-    """Create the run directory (cfg.run_dir, or runs/<kind>/<env>-<time>) and save the resolved config."""
+def make_run_dir(cfg: DictConfig, kind: str, label: str) -> Path:
+    """Create the run directory (cfg.run_dir, or runs/<kind>/<label>-<time>) and save the resolved config."""
     if cfg.get("run_dir"):
         run_dir = Path(cfg.run_dir)
     else:
-        run_dir = Path("runs") / kind / f"{cfg.env.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir

@@ -256,7 +256,7 @@ class EnsembleDynamics(nn.Module):
         targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
         n = inputs.shape[0]
         n_holdout = min(int(n * holdout_ratio), max_holdout)
-        if n_holdout < 5 or n - n_holdout < batch_size // 4 or n - n_holdout < 10:
+        if n_holdout < 5 or n - n_holdout < 10:
             raise ValueError(
                 f"{n} transitions are too few to fit with a holdout split (holdout_ratio={holdout_ratio} "
                 f"gives {n_holdout} holdout rows; need at least 5, and 10 or more for training): collect more data"

@@ -21,19 +21,20 @@ from worldmodel.envs import check_task_name, make_env
 from worldmodel.replay import ReplayBuffer
 
 
-def random_and_perturbed(name: str, steps: int, seed: int, progress: bool = True):
-    """`steps` transitions with uniform actions, then `steps` with correlated noise."""
-    env = make_env(name, seed=seed)
+def random_and_perturbed(name: str, steps: int, seed: int, progress: bool = False, **env_kwargs):
+    """`steps` transitions with uniform actions, then `steps` with correlated noise: (TaskSpec, data)."""
+    env = make_env(name, seed=seed, **env_kwargs)
     policies = [uniform_policy(env), correlated_noise_policy(env)]
     return env.task_spec, torch.cat([collect(env, p, steps, progress) for p in policies])
 
 
 def fit_model(cfg: DictConfig) -> dict:
-    check_task_name(cfg.env)
+    check_task_name(cfg.env.name)
     torch.manual_seed(cfg.seed)
-    run_dir = make_run_dir(cfg, "fit_model")
-    spec, data = random_and_perturbed(cfg.env, cfg.steps, cfg.seed)
-    _, holdout = random_and_perturbed(cfg.env, cfg.holdout_steps, cfg.seed + 100)
+    run_dir = make_run_dir(cfg, "fit_model", cfg.env.name)
+    env_kwargs = {k: v for k, v in cfg.env.items() if k != "name"}
+    spec, data = random_and_perturbed(cfg.env.name, cfg.steps, cfg.seed, progress=True, **env_kwargs)
+    _, holdout = random_and_perturbed(cfg.env.name, cfg.holdout_steps, cfg.seed + 100, **env_kwargs)
     buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data))
     buffer.extend(data)
     buffer.save(run_dir / "data.pt")
@@ -47,11 +48,11 @@ def fit_model(cfg: DictConfig) -> dict:
         writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "holdout_mse"])
         writer.writeheader()
         writer.writerows(metrics.pop("history"))
-    report = {"env": cfg.env, "fit": metrics, "holdout": model.evaluate(holdout)}
+    report = {"env": cfg.env.name, "fit": metrics, "holdout": model.evaluate(holdout)}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     h = report["holdout"]
     print(
-        f"{cfg.env}: {len(data)} transitions, {metrics['epochs']} epochs in {metrics['wall_s']:.1f}s | "
+        f"{cfg.env.name}: {len(data)} transitions, {metrics['epochs']} epochs in {metrics['wall_s']:.1f}s | "
         f"fresh-episode R^2 delta {h['r2_delta']:.3f}, reward {h['r2_reward']:.3f}, "
         f"calibration {h['calibration']:.2f} | {run_dir}"
     )

@@ -55,20 +55,28 @@ class ReplayBuffer:
             raise RuntimeError("the replay buffer is empty")
         return self._rb[:]
 
+    def state_dict(self) -> dict:
+        """Contents, write position and dimensions, as plain tensors and numbers."""
+        meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity}
+        return {"format": _FORMAT, "version": 1, **meta, "state": self._rb.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str = "cpu", source: str = "state") -> "ReplayBuffer":
+        """Rebuild a buffer from `state_dict()`; CheckpointError (naming `source`) if it does not fit."""
+        try:
+            buffer = cls(state["obs_dim"], state["act_dim"], state["capacity"], device)
+            buffer._rb.load_state_dict(state["state"])
+            if len(buffer):
+                validate_transitions(buffer._rb[:], buffer.obs_dim, buffer.act_dim)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{source}: replay buffer contents do not match its header: {e}") from e
+        return buffer
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the buffer (contents and write position) atomically."""
-        meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity}
-        atomic_save({"format": _FORMAT, "version": 1, **meta, "state": self._rb.state_dict()}, path)
+        atomic_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "ReplayBuffer":
         """Read a buffer written by `save`; a clear CheckpointError if missing or corrupt."""
-        ckpt = load_checked(path, _FORMAT)
-        buffer = cls(ckpt["obs_dim"], ckpt["act_dim"], ckpt["capacity"], device)
-        try:
-            buffer._rb.load_state_dict(ckpt["state"])
-            if len(buffer):
-                validate_transitions(buffer._rb[:], buffer.obs_dim, buffer.act_dim)
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{path}: replay buffer contents do not match its header: {e}") from e
-        return buffer
+        return cls.from_state_dict(load_checked(path, _FORMAT), device, source=str(path))
