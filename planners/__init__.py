@@ -15,7 +15,7 @@ MPC_PLANNERS = {
 }
 
 
-def make_planner(name: str, model, spec, terminal_value=None, **settings) -> Planner:
+def make_planner(name: str, model, spec, terminal_value=None, buffer=None, **settings) -> Planner:
     """A planner by name with its config's fields as keyword settings; unknown names or fields are errors."""
     if name not in MPC_PLANNERS:
         raise ValueError(f"unknown planner {name!r}; choose from {sorted(MPC_PLANNERS)}")
@@ -24,7 +24,7 @@ def make_planner(name: str, model, spec, terminal_value=None, **settings) -> Pla
         config = config_cls(**settings)
     except TypeError as e:
         raise ValueError(f"bad setting for planner {name!r}: {e}") from None
-    return cls(model, spec, config, terminal_value)
+    return cls(model, spec, config, terminal_value, buffer)
 
 
 __all__ = [

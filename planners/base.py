@@ -28,6 +28,6 @@ class Planner(ABC):
     def observe(self, transition: TensorDict) -> None:
         """Take in real transitions (a TensorDict [N], see worldmodel.transitions)."""
 
-    def update(self) -> dict:
+    def update(self, **kwargs) -> dict:
         """Learn from what was observed; returns statistics."""
         return {}

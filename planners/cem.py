@@ -23,8 +23,8 @@ class CEM(MPCPlanner):
     """Each iteration: sample a population from a Gaussian over sequences, refit the Gaussian
     to the best `num_elites`. The plan is the final mean."""
 
-    def __init__(self, model, spec, config: CEMConfig | None = None, terminal_value=None):
-        super().__init__(model, spec, config or CEMConfig(), terminal_value)
+    def __init__(self, model, spec, config: CEMConfig | None = None, terminal_value=None, buffer=None):
+        super().__init__(model, spec, config or CEMConfig(), terminal_value, buffer)
         if self.config.num_elites > self.config.candidates:
             raise ValueError("num_elites must not exceed candidates")
 

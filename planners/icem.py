@@ -24,8 +24,8 @@ class ICEM(CEM):
     """Acts on the best sequence found, not the mean; elites survive across iterations and,
     shifted by one step, into the next control step."""
 
-    def __init__(self, model, spec, config: ICEMConfig | None = None, terminal_value=None):
-        super().__init__(model, spec, config or ICEMConfig(), terminal_value)
+    def __init__(self, model, spec, config: ICEMConfig | None = None, terminal_value=None, buffer=None):
+        super().__init__(model, spec, config or ICEMConfig(), terminal_value, buffer)
         self._kept: Tensor | None = None  # [N, K', H, A] elites carried over
         self._best: Tensor | None = None  # best sequence so far in this step [N, H, A]
         self._best_return: Tensor | None = None

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from tensordict import TensorDict
 from torch import Tensor
 
 from planners.base import Planner
 from planners.noise import colored_noise
 from worldmodel.envs import TaskSpec
+from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
 
 Propagation = Literal["ts1", "tsinf", "expectation"]
@@ -49,12 +51,14 @@ class MPCPlanner(Planner):
     and keeps the plan (a mean sequence [N, H, A]) between steps, shifted by one each step.
 
     `terminal_value`, if given, maps states [B, O] to values [B] added after the last step.
+    `observe` stores real transitions in `buffer`; `update` refits the model on them.
     """
 
     def __init__(self, model, spec: TaskSpec, config: MPCConfig,
-                 terminal_value: Callable[[Tensor], Tensor] | None = None):
+                 terminal_value: Callable[[Tensor], Tensor] | None = None, buffer: ReplayBuffer | None = None):
         self.model, self.spec, self.config = model, spec, config
         self.terminal_value = terminal_value
+        self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)
         self.generator = torch.Generator(model.device)
@@ -83,6 +87,13 @@ class MPCPlanner(Planner):
             action = action + std[:, 0] * torch.randn(action.shape, generator=self.generator, device=action.device)
         action = action.clamp(self.low, self.high)
         return action[0] if obs.dim() == 1 else action
+
+    def observe(self, transition: TensorDict) -> None:
+        self.buffer.extend(transition)
+
+    def update(self, **fit_kwargs) -> dict:
+        """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""
+        return self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})
 
     @torch.no_grad()
     def plan(self, obs: Tensor) -> Tensor:

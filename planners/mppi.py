@@ -24,8 +24,8 @@ class MPPI(MPCPlanner):
     """Each iteration: sample candidates around the plan, weight them by exp(return / temperature),
     and move the plan to the weighted average."""
 
-    def __init__(self, model, spec, config: MPPIConfig | None = None, terminal_value=None):
-        super().__init__(model, spec, config or MPPIConfig(), terminal_value)
+    def __init__(self, model, spec, config: MPPIConfig | None = None, terminal_value=None, buffer=None):
+        super().__init__(model, spec, config or MPPIConfig(), terminal_value, buffer)
 
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config

@@ -18,8 +18,8 @@ class RandomShootingConfig(MPCConfig):
 class RandomShooting(MPCPlanner):
     """Samples sequences uniformly in the action box (plus the warm-started plan) and keeps the best."""
 
-    def __init__(self, model, spec, config: RandomShootingConfig | None = None, terminal_value=None):
-        super().__init__(model, spec, config or RandomShootingConfig(), terminal_value)
+    def __init__(self, model, spec, config: RandomShootingConfig | None = None, terminal_value=None, buffer=None):
+        super().__init__(model, spec, config or RandomShootingConfig(), terminal_value, buffer)
 
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, None]:
         n, h, a = mean.shape

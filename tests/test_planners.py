@@ -128,3 +128,22 @@ def test_bad_configs_and_inputs_are_clear_errors():
         CEM(model, model.spec(), CEMConfig(candidates=10, num_elites=20))
     with pytest.raises(ValueError, match=r"obs must be \[2\] or \[N, 2\]"):
         MPPI(model, model.spec()).act(torch.zeros(3))
+
+
+def test_observe_stores_transitions_and_update_refits_the_model():
+    from tensordict import TensorDict
+
+    from worldmodel import EnsembleDynamics
+    from worldmodel.envs import TaskSpec
+
+    spec = TaskSpec("toy", 2, 1, torch.tensor([-1.0]), torch.tensor([1.0]), 10, None)
+    model = EnsembleDynamics(2, 1, ensemble_size=2, num_elites=1, hidden=16, layers=1)
+    planner = MPPI(model, spec, MPPIConfig(horizon=2, candidates=8, seed=0))
+    obs, action = torch.randn(200, 2), torch.rand(200, 1) * 2 - 1
+    flags = torch.zeros(200, dtype=torch.bool)
+    planner.observe(TensorDict({"obs": obs, "action": action, "reward": obs[:, 0], "next_obs": obs + action,
+                                "terminated": flags, "truncated": flags}, [200]))  # fmt: skip
+    assert len(planner.buffer) == 200
+    before = model.weights[0].detach().clone()
+    stats = planner.update(max_epochs=30, batch_size=32)
+    assert 0 < stats["epochs"] <= 30 and not torch.equal(before, model.weights[0])

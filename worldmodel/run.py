@@ -57,9 +57,9 @@ class OnlineRun:
         model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
         self.model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
         self.model.to(cfg.device)
-        self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=cfg.env_steps)
+        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=cfg.env_steps)
         settings = {k: v for k, v in cfg.planner.items() if k != "name"}
-        self.planner = make_planner(cfg.planner.name, self.model, spec, **{"seed": cfg.seed, **settings})
+        self.planner = make_planner(cfg.planner.name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
         self.random_policy = uniform_policy(self.env)
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": -math.inf, "final_eval": None}  # fmt: skip
@@ -70,7 +70,7 @@ class OnlineRun:
     def save(self) -> None:
         atomic_save({
             "format": _FORMAT, "version": 1, "progress": self.progress,
-            "model": self.model.state_dict(), "buffer": self.buffer.state_dict(),
+            "model": self.model.state_dict(), "buffer": self.planner.buffer.state_dict(),
             "torch_rng": torch.get_rng_state(), "planner_rng": self.planner.generator.get_state(),
         }, self.run_dir / "checkpoint.pt")  # fmt: skip
 
@@ -82,10 +82,10 @@ class OnlineRun:
         except RuntimeError as e:
             raise CheckpointError(f"{path}: the model does not match this run's config: {e}") from e
         saved = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(path))
-        if saved.capacity >= self.buffer.capacity:
-            self.buffer = saved
+        if saved.capacity >= self.planner.buffer.capacity:
+            self.planner.buffer = saved
         elif len(saved):  # a resumed run given more env_steps: move the data into the larger buffer
-            self.buffer.extend(saved.data())
+            self.planner.buffer.extend(saved.data())
         self.progress = ckpt["progress"]
         torch.set_rng_state(ckpt["torch_rng"])
         self.planner.generator.set_state(ckpt["planner_rng"])
@@ -102,7 +102,7 @@ class OnlineRun:
         while p["step"] < cfg.env_steps:
             td["action"] = self._act(td["observation"])
             transition, td = self.env.step_and_maybe_reset(td)
-            self.buffer.extend(from_rollout(transition.unsqueeze(0)))
+            self.planner.observe(from_rollout(transition.unsqueeze(0)))
             p["step"] += 1
             step = p["step"]
             episode_return += transition["next", "reward"].item()
@@ -144,7 +144,7 @@ class OnlineRun:
         fit_cfg = dict(self.cfg.model.fit)
         if self.progress["fits"] > 0:
             fit_cfg["max_epochs"] = self.cfg.fit_epochs
-        metrics = self.model.fit(self.buffer.data(), progress=False, **fit_cfg)
+        metrics = self.planner.update(**fit_cfg)
         self.progress["fits"] += 1
         self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
                         holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
