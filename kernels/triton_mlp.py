@@ -6,7 +6,8 @@ Three kernels, shapes [P, B, *] where P = run members (E, or len(members)):
                       same kernel does forward layers, dX = dZ @ W^T and dW = H^T @ dZ.
   _gaussian_kernel    last layer with the Gaussian head: mean and soft-clamped log-variance.
   _fused_mlp_kernel   whole MLP in one launch for hidden widths <= 256: each program keeps its
-                      BLOCK_M rows' activations in registers across all layers (no HBM round trip).
+                      BLOCK_M rows' activations in registers (four column chunks) across all
+                      layers, so activations never go to HBM; used for inference (no grad).
 e(p) = members[p] when a member subset (elites) is given: the weight pointer is offset by member
 id, the weights are never copied.
 
@@ -39,6 +40,11 @@ PREC_CODES = {"fp32": 0, "tf32": 1, "bf16": 2}
 # layers with their own pointer arguments. Wider or deeper nets use one launch per layer.
 FUSED_MAX_HIDDEN = 256
 FUSED_MAX_MID = 6
+# (BLOCK_M, num_warps) of the fused kernel for tf32 and bf16: the sm_90 builds with the least
+# register spilling among those tried by `python -m kernels.compile_check` (no GPU to time them).
+# Exact fp32 (input_precision="ieee") has no tensor-core path: its dots are FMA loops whose fused
+# sm_90 build spills ~20 KB per thread, so on CUDA fp32 takes the per-layer kernels instead.
+FUSED_TILES = {1: (64, 8), 2: (128, 8)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,25 +247,44 @@ def _load_block(base, rk, cn, K, N, ld):
 
 
 @triton.jit
-def _hidden_layer(h0, h1, w_ptr, b_ptr, e, H,
-                  ACT: tl.constexpr, PREC: tl.constexpr, EMU_BF16: tl.constexpr,
-                  BLOCK_M: tl.constexpr, HALF: tl.constexpr):
-    """[h0 | h1] ([BLOCK_M, 2*HALF] in registers) -> act([h0 | h1] @ W[e] + b[e]) as two halves.
+def _chunk_out(h0, h1, h2, h3, base, cols, K, N, ld,
+               PREC: tl.constexpr, EMU_BF16: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
+               NP: tl.constexpr):
+    """[h0 | h1 | h2 | h3] @ W[:, cols] for a row-major W [K, N] (leading dim ld): [BLOCK_M, NP].
 
-    Splitting the padded width in halves keeps each weight block at HALF x HALF, so an fp32
-    256-wide layer stages 64 KiB weight blocks in shared memory instead of one 256 KiB block.
+    The activations live in registers as four [BLOCK_M, CH] chunks, so each weight block staged
+    for a dot is only CH x NP (64 x 64 fp32 = 16 KiB for the 200/256-wide layers).
     """
+    r = tl.arange(0, CH)
+    acc = tl.zeros((BLOCK_M, NP), dtype=tl.float32)
+    acc = _mma(h0, _load_block(base, r, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h1, _load_block(base, r + CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h2, _load_block(base, r + 2 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h3, _load_block(base, r + 3 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    return acc
+
+
+@triton.jit
+def _bias_act(acc, b_ptr, cols, N, ACT: tl.constexpr):
+    return _act(acc + tl.load(b_ptr + cols, mask=cols < N, other=0.0)[None, :], ACT)
+
+
+@triton.jit
+def _hidden_layer(h0, h1, h2, h3, w_ptr, b_ptr, e, H,
+                  ACT: tl.constexpr, PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+                  BLOCK_M: tl.constexpr, CH: tl.constexpr):
+    """[h0|h1|h2|h3] -> act([h0|h1|h2|h3] @ W[e] + b[e]), W [E, H, H]; output chunk by chunk."""
     base = w_ptr + e * H * H
-    r = tl.arange(0, HALF)
-    acc0 = tl.zeros((BLOCK_M, HALF), dtype=tl.float32)
-    acc0 = _mma(h0, _load_block(base, r, r, H, H, H), acc0, PREC, EMU_BF16)
-    acc0 = _mma(h1, _load_block(base, r + HALF, r, H, H, H), acc0, PREC, EMU_BF16)
-    acc1 = tl.zeros((BLOCK_M, HALF), dtype=tl.float32)
-    acc1 = _mma(h0, _load_block(base, r, r + HALF, H, H, H), acc1, PREC, EMU_BF16)
-    acc1 = _mma(h1, _load_block(base, r + HALF, r + HALF, H, H, H), acc1, PREC, EMU_BF16)
-    b0 = tl.load(b_ptr + e * H + r, mask=r < H, other=0.0)
-    b1 = tl.load(b_ptr + e * H + HALF + r, mask=r + HALF < H, other=0.0)
-    return _act(acc0 + b0[None, :], ACT), _act(acc1 + b1[None, :], ACT)
+    bias = b_ptr + e * H
+    c = tl.arange(0, CH)
+    g0 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH), bias, c, H, ACT)
+    g1 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + CH, H, ACT)
+    g2 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 2 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + 2 * CH, H, ACT)
+    g3 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 3 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + 3 * CH, H, ACT)
+    return g0, g1, g2, g3
 
 
 @triton.jit
@@ -271,13 +296,13 @@ def _fused_mlp_kernel(
     s_op, s_ob, s_on,
     N_MID: tl.constexpr, ACT: tl.constexpr, GAUSS: tl.constexpr, HAS_MEMBERS: tl.constexpr,
     PREC: tl.constexpr, EMU_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, IN_P: tl.constexpr, HALF: tl.constexpr, OUT_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, IN_P: tl.constexpr, CH: tl.constexpr, OUT_P: tl.constexpr,
 ):
     """Whole MLP for BLOCK_M rows of member p: in -> H (-> H)*N_MID -> D_OUT (or 2*D_OUT, GAUSS).
 
-    Weights and biases are contiguous ([E, in, out], [E, out]); activations never leave the
-    program. With GAUSS the last layer writes the mean to out_ptr and the soft-clamped
-    log-variance to lv_ptr (bounds [E, D_OUT], contiguous).
+    H is padded to 4*CH and held in registers as four chunks across all layers. Weights and
+    biases are contiguous ([E, in, out], [E, out]). With GAUSS the last layer writes the mean to
+    out_ptr and the soft-clamped log-variance to lv_ptr (bounds [E, D_OUT], contiguous).
     """
     pid_b = tl.program_id(0)
     p = tl.program_id(1).to(tl.int64)
@@ -285,47 +310,47 @@ def _fused_mlp_kernel(
     rows = pid_b.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
 
-    # input layer: x [BLOCK_M, IN_P] @ W_in[e] [IN, H]
+    # input layer: x [BLOCK_M, IN_P] @ W_in[e] [IN, H], one output chunk at a time
     k = tl.arange(0, IN_P)
     x = tl.load(x_ptr + p * s_xp + rows[:, None] * s_xb + k[None, :] * s_xk,
                 mask=row_ok[:, None] & (k[None, :] < IN), other=0.0)
-    r = tl.arange(0, HALF)
     base = w_in + e * IN * H
-    h0 = _mma(x, _load_block(base, k, r, IN, H, H), tl.zeros((BLOCK_M, HALF), dtype=tl.float32), PREC, EMU_BF16)
-    h1 = _mma(x, _load_block(base, k, r + HALF, IN, H, H), tl.zeros((BLOCK_M, HALF), dtype=tl.float32), PREC, EMU_BF16)
-    h0 = _act(h0 + tl.load(b_in + e * H + r, mask=r < H, other=0.0)[None, :], ACT)
-    h1 = _act(h1 + tl.load(b_in + e * H + HALF + r, mask=r + HALF < H, other=0.0)[None, :], ACT)
+    bias = b_in + e * H
+    c = tl.arange(0, CH)
+    zero = tl.zeros((BLOCK_M, CH), dtype=tl.float32)
+    h0 = _bias_act(_mma(x, _load_block(base, k, c, IN, H, H), zero, PREC, EMU_BF16), bias, c, H, ACT)
+    h1 = _bias_act(_mma(x, _load_block(base, k, c + CH, IN, H, H), zero, PREC, EMU_BF16), bias, c + CH, H, ACT)
+    h2 = _bias_act(_mma(x, _load_block(base, k, c + 2 * CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + 2 * CH, H, ACT)
+    h3 = _bias_act(_mma(x, _load_block(base, k, c + 3 * CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + 3 * CH, H, ACT)
 
     # hidden -> hidden layers, unrolled at compile time
     if N_MID > 0:
-        h0, h1 = _hidden_layer(h0, h1, w1, b1, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w1, b1, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
     if N_MID > 1:
-        h0, h1 = _hidden_layer(h0, h1, w2, b2, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w2, b2, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
     if N_MID > 2:
-        h0, h1 = _hidden_layer(h0, h1, w3, b3, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w3, b3, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
     if N_MID > 3:
-        h0, h1 = _hidden_layer(h0, h1, w4, b4, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w4, b4, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
     if N_MID > 4:
-        h0, h1 = _hidden_layer(h0, h1, w5, b5, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w5, b5, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
     if N_MID > 5:
-        h0, h1 = _hidden_layer(h0, h1, w6, b6, e, H, ACT, PREC, EMU_BF16, BLOCK_M, HALF)
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w6, b6, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
 
-    # output layer: [h0 | h1] @ W_out[e] [H, N_TOT], N_TOT = D_OUT or 2 * D_OUT
+    # output layer: W_out[e] [H, N_TOT], N_TOT = D_OUT or 2 * D_OUT (mean | raw log-variance)
     o = tl.arange(0, OUT_P)
     o_ok = o < D_OUT
     n_tot = 2 * D_OUT if GAUSS else D_OUT
     base = w_out + e * H * n_tot
-    acc = tl.zeros((BLOCK_M, OUT_P), dtype=tl.float32)
-    acc = _mma(h0, _load_block(base, r, o, H, D_OUT, n_tot), acc, PREC, EMU_BF16)
-    acc = _mma(h1, _load_block(base, r + HALF, o, H, D_OUT, n_tot), acc, PREC, EMU_BF16)
+    acc = _chunk_out(h0, h1, h2, h3, base, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
     acc += tl.load(b_out + e * n_tot + o, mask=o_ok, other=0.0)[None, :]
     c_off = p * s_op + rows[:, None] * s_ob + o[None, :] * s_on
     c_mask = row_ok[:, None] & o_ok[None, :]
     tl.store(out_ptr + c_off, acc, mask=c_mask)
     if GAUSS:
-        raw = tl.zeros((BLOCK_M, OUT_P), dtype=tl.float32)
-        raw = _mma(h0, _load_block(base + D_OUT, r, o, H, D_OUT, n_tot), raw, PREC, EMU_BF16)
-        raw = _mma(h1, _load_block(base + D_OUT, r + HALF, o, H, D_OUT, n_tot), raw, PREC, EMU_BF16)
+        raw = _chunk_out(h0, h1, h2, h3, base + D_OUT, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
         raw += tl.load(b_out + e * n_tot + D_OUT + o, mask=o_ok, other=0.0)[None, :]
         hi = tl.load(maxlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
         lo = tl.load(minlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
@@ -412,14 +437,17 @@ def _gaussian(
     return mean, lv, raw
 
 
-def fusable(x: Tensor, weights: Sequence[Tensor]) -> bool:
-    """Whether the one-launch whole-MLP kernel covers this network (equal hidden widths <= 256)."""
+def fusable(x: Tensor, weights: Sequence[Tensor], precision: str = "tf32") -> bool:
+    """Whether the one-launch whole-MLP kernel takes this call: equal hidden widths <= 256, at most
+    FUSED_MAX_MID hidden->hidden layers, and on a GPU a tensor-core precision (tf32 or bf16)."""
+    if precision == "fp32" and not INTERPRET:
+        return False
     if len(weights) < 2 or len(weights) - 2 > FUSED_MAX_MID:
         return False
     H = weights[0].shape[2]
     if any(w.shape[1] != H or w.shape[2] != H for w in weights[1:-1]) or weights[-1].shape[1] != H:
         return False
-    return _pow2(H, 32) <= FUSED_MAX_HIDDEN and x.shape[2] <= 128 and weights[-1].shape[2] <= 256
+    return _pow2(H, 64) <= FUSED_MAX_HIDDEN and x.shape[2] <= 128 and weights[-1].shape[2] <= 256
 
 
 def _fused_forward(
@@ -437,9 +465,9 @@ def _fused_forward(
     if P and B and d_out:
         mids = [t for wb in zip(weights[1:-1], biases[1:-1]) for t in wb]
         mids += [weights[0], biases[0]] * (FUSED_MAX_MID - len(weights) + 2)  # unused slots
-        half = _pow2(H, 32) // 2
-        block_m = 64 if half >= 128 else 128
-        if INTERPRET:
+        ch = _pow2(H, 64) // 4
+        block_m, warps = FUSED_TILES.get(prec, (32, 4))
+        if INTERPRET:  # small blocks: the interpreter's cost is per element, and tests use small B
             block_m = 16 if B <= 16 else 32
         maxlv, minlv = (b.contiguous() for b in bounds) if bounds is not None else (x, x)
         _fused_mlp_kernel[(triton.cdiv(B, block_m), P)](
@@ -449,8 +477,8 @@ def _fused_forward(
             *x.stride(), *out.stride(),
             N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
             PREC=prec, EMU_BF16=INTERPRET,
-            BLOCK_M=block_m, IN_P=_pow2(IN), HALF=half, OUT_P=_pow2(d_out),
-            num_warps=8 if half >= 128 else 4, num_stages=1,
+            BLOCK_M=block_m, IN_P=_pow2(IN), CH=ch, OUT_P=_pow2(d_out),
+            num_warps=warps, num_stages=1,
         )
     return (out, lv) if bounds is not None else out
 
@@ -566,7 +594,7 @@ def ensemble_mlp(
     params = [*weights, *biases, *(logvar_bounds or ())]
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _EnsembleMLPFunction.apply(x, members, act, prec, logvar_bounds is not None, len(weights), *params)
-    if fusable(x, weights):
+    if fusable(x, weights, precision):
         return _fused_forward(x, weights, biases, members, act, prec, logvar_bounds)
     out, _ = _layers_forward(x, weights, biases, members, act, prec, logvar_bounds, save=False)
     return out
