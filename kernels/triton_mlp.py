@@ -277,7 +277,8 @@ def _hidden_layer(h0, h1, h2, h3, w_ptr, b_ptr, e, H,
     base = w_ptr + e * H * H
     bias = b_ptr + e * H
     c = tl.arange(0, CH)
-    g0 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH), bias, c, H, ACT)
+    g0 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c, H, ACT)
     g1 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
                    bias, c + CH, H, ACT)
     g2 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 2 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
@@ -319,7 +320,8 @@ def _fused_mlp_kernel(
     c = tl.arange(0, CH)
     zero = tl.zeros((BLOCK_M, CH), dtype=tl.float32)
     h0 = _bias_act(_mma(x, _load_block(base, k, c, IN, H, H), zero, PREC, EMU_BF16), bias, c, H, ACT)
-    h1 = _bias_act(_mma(x, _load_block(base, k, c + CH, IN, H, H), zero, PREC, EMU_BF16), bias, c + CH, H, ACT)
+    h1 = _bias_act(_mma(x, _load_block(base, k, c + CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + CH, H, ACT)
     h2 = _bias_act(_mma(x, _load_block(base, k, c + 2 * CH, IN, H, H), zero, PREC, EMU_BF16),
                    bias, c + 2 * CH, H, ACT)
     h3 = _bias_act(_mma(x, _load_block(base, k, c + 3 * CH, IN, H, H), zero, PREC, EMU_BF16),
@@ -375,6 +377,12 @@ def _tiles(R: int, N: int) -> tuple[int, int, int, int]:
     return block_m, block_n, 32, 4 if block_m * block_n <= 64 * 64 else 8
 
 
+def _gaussian_tiles(R: int, D: int) -> tuple[int, int, int, int]:
+    """Tiles of the Gaussian-head kernel: as _tiles, with more warps for its two accumulators."""
+    bm, bn, bk, warps = _tiles(R, D)
+    return bm, bn, bk, 8 if bm * bn >= 64 * 64 // 2 else warps
+
+
 def _linear(
     a: Tensor, w: Tensor, bias: Tensor | None, members: Tensor | None, act: int, prec: int,
     *, w_by_member: bool = True, w_transposed: bool = False, store_z: bool = False,
@@ -423,7 +431,7 @@ def _gaussian(
     raw = _common.empty((P, R, D), torch.float32, a.device) if store_raw else None
     if P == 0 or R == 0 or D == 0:
         return mean, lv, raw
-    bm, bn, bk, warps = _tiles(R, D)
+    bm, bn, bk, warps = _gaussian_tiles(R, D)
     grid = (triton.cdiv(R, bm), triton.cdiv(D, bn), P)
     _gaussian_kernel[grid](
         a, w, bias, max_lv, min_lv, mean, lv, raw if raw is not None else mean,
