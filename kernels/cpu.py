@@ -18,18 +18,22 @@ _ACT = {"silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda t
 _ACT_INPLACE = {"silu": lambda t: F.silu(t, inplace=True), "relu": torch.relu_, "tanh": torch.tanh_,
                 "identity": lambda t: t}
 
-# The measured choice (see `choose` and tools/cpu_thresholds in kernels/README.md). Measured with
-# kernels.bench-style medians on this project's 2-core AVX-512 machine (torch 2.13, 2 threads),
-# in=23, 4 hidden layers, out=36, E=7:
-#  * inference: stacked baddbmm wins while B is small (fewer, larger ops; Python overhead of the
-#    per-member loop dominates); from B = INFER_LOOP_MIN_ROWS rows per member the per-member
-#    addmm loop with in-place activations wins (1.3-2x), and past CHUNK_ROWS it is processed in
-#    row chunks so each member's activations stay in cache (a single 65536-row pass ran at about
-#    half the GFLOP/s of 4096-row chunks).
-#  * training (forward+backward under autograd): same crossover, loop from TRAIN_LOOP_MIN_ROWS.
+# The measured choice (`choose`), from `python -m kernels.tune_cpu` on this project's machine:
+# 2-core AMD EPYC (Zen 5, AVX-512, 1 MiB L2 per core, 32 MiB L3), torch 2.13, 2 threads; E=7,
+# in=23, 4 hidden layers of 200 or 512, out=36; medians of 5 calls, variants interleaved.
+#  * inference: stacked baddbmm wins up to B=128 rows per member (fewer, larger ops; at B=1 the
+#    call is bound by reading the weights); from B=256 the per-member addmm loop wins (1.1x at
+#    256, 1.4x at 4096 for hidden 200), because bmm splits its 7 members over 2 threads (4+3).
+#  * inference past CHUNK_ELEMS activations per layer: rows are processed in chunks so each
+#    member's activations stay in L3 (hidden 200, B=65536: 0.78 s in 2048-8192-row chunks against
+#    1.39 s in one pass).
+#  * training (forward+backward under autograd): baddbmm up to B=512 (B=256: 8.8 ms against
+#    10.8), the loop from B=1024 (B=1024: 34 ms against 42; B=4096: 134 against 151).
+# The machine is shared: under load from other processes the many small OpenMP regions of the
+# loop and of small chunks stall far more than one baddbmm, so re-measure on a quiet machine.
 INFER_LOOP_MIN_ROWS = 256
-TRAIN_LOOP_MIN_ROWS = 256
-CHUNK_ROWS = 4096
+TRAIN_LOOP_MIN_ROWS = 1024
+CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
 
 
 def _member_ids(P: int, members: Tensor | None) -> list[int]:
@@ -62,12 +66,17 @@ def mlp_loop(
 
 def mlp_loop_inference(
     x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
-    members: Tensor | None = None, chunk_rows: int = CHUNK_ROWS,
+    members: Tensor | None = None, chunk_rows: int | None = None,
 ) -> Tensor:
-    """No-grad loop over members and row chunks, in-place activations, output written in place."""
+    """No-grad loop over members and row chunks, in-place activations, output written in place.
+
+    chunk_rows defaults to CHUNK_ELEMS / (widest layer), at least 256 rows.
+    """
     act = _ACT_INPLACE[activation]
     P, B, _ = x.shape
     L = len(weights)
+    if chunk_rows is None:
+        chunk_rows = max(256, CHUNK_ELEMS // max(w.shape[2] for w in weights))
     out = _common.empty((P, B, weights[-1].shape[2]), x.dtype, x.device)
     with torch.no_grad():
         for p, e in enumerate(_member_ids(P, members)):
@@ -86,21 +95,18 @@ def mlp_baddbmm_inference(
     x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
     members: Tensor | None = None,
 ) -> Tensor:
-    """No-grad stacked baddbmm with in-place activations (the small-batch inference variant)."""
+    """No-grad stacked baddbmm with in-place activations (small-batch inference)."""
     act = _ACT_INPLACE[activation]
     if members is not None:
         weights = [w.index_select(0, members) for w in weights]
         biases = [b.index_select(0, members) for b in biases]
-    L = len(weights)
-    P, B, _ = x.shape
-    out = _common.empty((P, B, weights[-1].shape[2]), x.dtype, x.device)
-    with torch.no_grad():
-        h = x
-        for i in range(L - 1):
-            h = torch.baddbmm(biases[i].unsqueeze(1), h, weights[i])
+    last = len(weights) - 1
+    h = x  # only called when nothing requires grad, so in-place activations are safe
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w)
+        if i < last:
             act(h)
-        torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1], out=out)
-    return out
+    return h
 
 
 def choose(batch: int, needs_grad: bool) -> str:
@@ -128,12 +134,12 @@ def ensemble_mlp(
     result is never less accurate than asked); "bf16" casts x and parameters to bfloat16 for the
     matmuls (AVX-512 BF16) and returns x's dtype. bf16 is only ever used when asked for.
     """
-    dtype = x.dtype
     if precision == "bf16":
+        dtype = x.dtype
         x = x.to(torch.bfloat16)
         weights = [w.to(torch.bfloat16) for w in weights]
         biases = [b.to(torch.bfloat16) for b in biases]
+        return ensemble_mlp(x, weights, biases, activation, members).to(dtype)
     needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(t.requires_grad for t in (*weights, *biases)))
-    out = VARIANTS[choose(x.shape[1], needs_grad)](x, weights, biases, activation, members)
-    return out.to(dtype)
+        x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
+    return VARIANTS[choose(x.shape[1], needs_grad)](x, weights, biases, activation, members)

@@ -19,9 +19,13 @@ from kernels import _common, cpu
 from kernels.reference import soft_clamp_logvar
 
 
+# Read once, like Triton itself: the interpreter flag only counts if set before the import.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    """True when Triton's CPU interpreter is requested (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton's CPU interpreter was requested (TRITON_INTERPRET=1 before import)."""
+    return _INTERPRET
 
 
 def _triton():
@@ -30,15 +34,15 @@ def _triton():
     mod = sys.modules.get("kernels.triton_mlp")
     if mod is None:
         from kernels import triton_mlp as mod
-    if interpreting() and not mod.INTERPRET:
-        raise RuntimeError("TRITON_INTERPRET=1 was set after kernels.triton_mlp was imported; set it "
-                           "before the process imports triton (e.g. run the tests in a subprocess)")
+    if interpreting() != mod.INTERPRET:
+        raise RuntimeError("TRITON_INTERPRET changed between importing kernels and triton; set it "
+                           "before the process starts (e.g. run the tests in a subprocess)")
     return mod
 
 
 def backend(x: Tensor) -> str:
     """Which implementation a call on x takes: "triton" or "cpu"."""
-    if x.is_cuda or interpreting():
+    if x.is_cuda or _INTERPRET:
         return "triton"
     if x.device.type != "cpu":
         raise ValueError(f"unsupported device {x.device}: expected cuda or cpu")

@@ -2,7 +2,7 @@
 
 For each batch size, times every variant of kernels.cpu (inference and forward+backward),
 interleaved call by call, and prints the median ms and the winner. Re-run it on a new machine
-and update INFER_LOOP_MIN_ROWS / TRAIN_LOOP_MIN_ROWS / CHUNK_ROWS if the crossover moves.
+and update INFER_LOOP_MIN_ROWS / TRAIN_LOOP_MIN_ROWS / CHUNK_ELEMS if the crossover moves.
 """
 
 from __future__ import annotations

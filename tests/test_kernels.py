@@ -22,7 +22,7 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 @pytest.fixture(autouse=True)
 def cpu_backend_and_poisoned_outputs(monkeypatch):
     """CPU path (even if the caller exported TRITON_INTERPRET) and NaN-filled output buffers."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(dispatch, "_INTERPRET", False)
     monkeypatch.setattr(_common, "POISON", True)
 
 
@@ -48,7 +48,7 @@ SHAPES = [
     (5, 1, [23, 64, 64, 64, 36]),
     (7, 37, [23, 40, 40, 40, 10]),
     (3, cpu.INFER_LOOP_MIN_ROWS, [5, 17, 17, 3]),
-    (2, cpu.CHUNK_ROWS + 37, [23, 24, 24, 6]),
+    (2, 700, [23, 24, 24, 6]),
     (2, 9, [23, 36]),
 ]
 
@@ -68,6 +68,14 @@ def test_every_cpu_variant_matches_float64_reference(variant, E, B, widths):
     with torch.no_grad():
         out = cpu.VARIANTS[variant](x, ws, bs, "silu", None)
     assert out.shape == (E, B, widths[-1]) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), reference.ensemble_mlp(x.double(), f64(ws), f64(bs)), **TOL)
+
+
+@pytest.mark.parametrize("chunk_rows", [256, 699, 700, None])
+def test_row_chunks_cover_every_row(chunk_rows):
+    ws, bs = make_params(2, [23, 24, 24, 6], seed=14)
+    x = rand_x(2, 700, 23)  # 700 = 2 x 256 + a ragged 188-row chunk
+    out = cpu.mlp_loop_inference(x, ws, bs, chunk_rows=chunk_rows)
     torch.testing.assert_close(out.double(), reference.ensemble_mlp(x.double(), f64(ws), f64(bs)), **TOL)
 
 
