@@ -445,7 +445,7 @@ def _gaussian(
     return mean, lv, raw
 
 
-def fusable(x: Tensor, weights: Sequence[Tensor], precision: str = "tf32") -> bool:
+def fusable(x: Tensor, weights: Sequence[Tensor], precision: str) -> bool:
     """Whether the one-launch whole-MLP kernel takes this call: equal hidden widths <= 256, at most
     FUSED_MAX_MID hidden->hidden layers, and on a GPU a tensor-core precision (tf32 or bf16)."""
     if precision == "fp32" and not INTERPRET:

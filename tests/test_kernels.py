@@ -127,6 +127,18 @@ def test_elite_subset_and_its_gradients(members, B):
     assert got[0][unused].abs().max() == 0
 
 
+def test_int32_member_ids_are_accepted():
+    ws, bs = make_params(3, [6, 8, 4], seed=15, requires_grad=True)
+    x = rand_x(2, 300, 6)
+    m32, m64 = torch.tensor([2, 0], dtype=torch.int32), torch.tensor([2, 0])
+    out32, out64 = kernels.ensemble_mlp(x, ws, bs, members=m32), kernels.ensemble_mlp(x, ws, bs, members=m64)
+    torch.testing.assert_close(out32, out64)
+    g32 = torch.autograd.grad(out32.sum(), ws)
+    g64 = torch.autograd.grad(out64.sum(), ws)
+    for a, b in zip(g32, g64):
+        torch.testing.assert_close(a, b)
+
+
 def test_gradcheck_float64_both_variants():
     for B in (3, cpu.TRAIN_LOOP_MIN_ROWS):
         ws, bs = make_params(2, [3, 4, 4, 2], seed=7, dtype=torch.float64, requires_grad=True)

@@ -131,11 +131,12 @@ def test_noncontiguous_input():
         torch.testing.assert_close(run_layered(x, ws, bs).double(), ref, **FP32_TOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("members", [[2, 0], [1, 1, 1], [3]])
-def test_elite_subset_reads_member_weights(members):
+def test_elite_subset_reads_member_weights(members, dtype):
     E, widths = 4, [23, 40, 40, 40, 10]
     ws, bs = make_params(E, widths, seed=6)
-    m = torch.tensor(members, device=DEVICE)
+    m = torch.tensor(members, device=DEVICE, dtype=dtype)
     x = rand_x(len(members), 13, widths[0])
     ref = reference_out(x, ws, bs, members=m)
     with torch.no_grad():
