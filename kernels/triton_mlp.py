@@ -431,6 +431,7 @@ def _gaussian(
     raw = _common.empty((P, R, D), torch.float32, a.device) if store_raw else None
     if P == 0 or R == 0 or D == 0:
         return mean, lv, raw
+    max_lv, min_lv = max_lv.contiguous(), min_lv.contiguous()  # the kernel takes one stride pair
     bm, bn, bk, warps = _gaussian_tiles(R, D)
     grid = (triton.cdiv(R, bm), triton.cdiv(D, bn), P)
     _gaussian_kernel[grid](

@@ -195,8 +195,12 @@ def test_gaussian_head_elites():
                                                     min_lv.double(), members=m)
     with torch.no_grad():
         mean, logvar = kernels.ensemble_gaussian_mlp(x, ws, bs, max_lv, min_lv, members=m)
-    torch.testing.assert_close(mean.double(), ref_m, **FP32_TOL)
-    torch.testing.assert_close(logvar.double(), ref_lv, **FP32_TOL)
+        # bounds with different strides (a transposed copy viewed back) on the per-layer path
+        min_t = min_lv.t().contiguous().t()
+        lm, llv = run_layered(x, ws, bs, members=m, bounds=(max_lv, min_t))
+    for out_m, out_lv in ((mean, logvar), (lm, llv)):
+        torch.testing.assert_close(out_m.double(), ref_m, **FP32_TOL)
+        torch.testing.assert_close(out_lv.double(), ref_lv, **FP32_TOL)
 
 
 def check_grads(out, ref, inputs, ref_inputs, seed=10):
