@@ -1,0 +1,145 @@
+"""CPU variants of the ensemble MLP and the measured choice between them.
+
+Shapes: x [P, B, in], weights[l] [E, in_l, out_l], biases[l] [E, out_l]; P = E or len(members).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels import _common
+from kernels.reference import ensemble_mlp as mlp_baddbmm  # noqa: F401  (re-exported variant)
+
+_ACT = {"silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda t: t}
+_ACT_INPLACE = {"silu": lambda t: F.silu(t, inplace=True), "relu": torch.relu_, "tanh": torch.tanh_,
+                "identity": lambda t: t}
+
+# The measured choice (`choose`), from `python -m kernels.tune_cpu` on this project's machine:
+# 2-core AMD EPYC (Zen 5, AVX-512, 1 MiB L2 per core, 32 MiB L3), torch 2.13, 2 threads; E=7,
+# in=23, 4 hidden layers of 200 or 512, out=36; medians of 5 calls, variants interleaved.
+#  * inference: stacked baddbmm wins up to B=128 rows per member (fewer, larger ops; at B=1 the
+#    call is bound by reading the weights); from B=256 the per-member addmm loop wins (1.1x at
+#    256, 1.4x at 4096 for hidden 200), because bmm splits its 7 members over 2 threads (4+3).
+#  * inference past CHUNK_ELEMS activations per layer: rows are processed in chunks so each
+#    member's activations stay in L3 (hidden 200, B=65536: 0.78 s in 2048-8192-row chunks against
+#    1.39 s in one pass).
+#  * training (forward+backward under autograd): baddbmm up to B=512 (B=256: 8.8 ms against
+#    10.8), the loop from B=1024 (B=1024: 34 ms against 42; B=4096: 134 against 151).
+# The machine is shared: under load from other processes the many small OpenMP regions of the
+# loop and of small chunks stall far more than one baddbmm, so re-measure on a quiet machine.
+INFER_LOOP_MIN_ROWS = 256
+TRAIN_LOOP_MIN_ROWS = 1024
+CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
+
+
+def _member_ids(P: int, members: Tensor | None) -> list[int]:
+    return list(range(P)) if members is None else members.tolist()
+
+
+def mlp_loop(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None,
+) -> Tensor:
+    """Python loop over members, one addmm per layer; differentiable. [P, B, in] -> [P, B, out].
+
+    Weights are unbound into per-member views (no copy); autograd stacks their gradients once.
+    """
+    act = _ACT[activation]
+    ids = _member_ids(x.shape[0], members)
+    ws = [w.unbind(0) for w in weights]
+    bs = [b.unbind(0) for b in biases]
+    L = len(weights)
+    outs = []
+    for p, e in enumerate(ids):
+        h = x[p]
+        for i in range(L):
+            h = torch.addmm(bs[i][e], h, ws[i][e])
+            if i < L - 1:
+                h = act(h)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def mlp_loop_inference(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None, chunk_rows: int | None = None,
+) -> Tensor:
+    """No-grad loop over members and row chunks, in-place activations, output written in place.
+
+    chunk_rows defaults to CHUNK_ELEMS / (widest layer), at least 256 rows.
+    """
+    act = _ACT_INPLACE[activation]
+    P, B, _ = x.shape
+    L = len(weights)
+    if chunk_rows is None:
+        chunk_rows = max(256, CHUNK_ELEMS // max(w.shape[2] for w in weights))
+    out = _common.empty((P, B, weights[-1].shape[2]), x.dtype, x.device)
+    with torch.no_grad():
+        for p, e in enumerate(_member_ids(P, members)):
+            ws = [w[e] for w in weights]
+            bs = [b[e] for b in biases]
+            for s in range(0, B, chunk_rows):
+                h = x[p, s:s + chunk_rows]
+                for i in range(L - 1):
+                    h = torch.addmm(bs[i], h, ws[i])
+                    act(h)
+                torch.addmm(bs[-1], h, ws[-1], out=out[p, s:s + chunk_rows])
+    return out
+
+
+def mlp_baddbmm_inference(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None,
+) -> Tensor:
+    """No-grad stacked baddbmm with in-place activations (small-batch inference)."""
+    act = _ACT_INPLACE[activation]
+    if members is not None:
+        weights = [w.index_select(0, members) for w in weights]
+        biases = [b.index_select(0, members) for b in biases]
+    last = len(weights) - 1
+    h = x  # only called when nothing requires grad, so in-place activations are safe
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w)
+        if i < last:
+            act(h)
+    return h
+
+
+def choose(batch: int, needs_grad: bool) -> str:
+    """Name of the fastest measured variant for B rows per member."""
+    if needs_grad:
+        return "loop" if batch >= TRAIN_LOOP_MIN_ROWS else "baddbmm"
+    return "loop_inference" if batch >= INFER_LOOP_MIN_ROWS else "baddbmm_inference"
+
+
+VARIANTS = {
+    "baddbmm": mlp_baddbmm,
+    "loop": mlp_loop,
+    "loop_inference": mlp_loop_inference,
+    "baddbmm_inference": mlp_baddbmm_inference,
+}
+
+
+def ensemble_mlp(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None, *, precision: str = "fp32",
+) -> Tensor:
+    """CPU ensemble MLP (arguments already validated): the measured-fastest variant.
+
+    precision: "fp32" computes in x's dtype; "tf32" is the same on CPU (no TF32 units, so the
+    result is never less accurate than asked); "bf16" casts x and parameters to bfloat16 for the
+    matmuls (AVX-512 BF16) and returns x's dtype. bf16 is only ever used when asked for.
+    """
+    if precision == "bf16":
+        dtype = x.dtype
+        x = x.to(torch.bfloat16)
+        weights = [w.to(torch.bfloat16) for w in weights]
+        biases = [b.to(torch.bfloat16) for b in biases]
+        return ensemble_mlp(x, weights, biases, activation, members).to(dtype)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
+    return VARIANTS[choose(x.shape[1], needs_grad)](x, weights, biases, activation, members)

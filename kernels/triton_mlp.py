@@ -1,0 +1,609 @@
+"""Triton kernels for the stacked ensemble MLP, forward and backward, with the Gaussian head.
+
+Three kernels, shapes [P, B, *] where P = run members (E, or len(members)):
+  _linear_kernel      C[p] = act(A[p] @ W[e(p)] + b[e(p)]), optional stores of the pre-activation,
+                      or C[p] = (A[p] @ W[e(p)]) * act'(Z[p]) for the backward. Any strides, so the
+                      same kernel does forward layers, dX = dZ @ W^T and dW = H^T @ dZ.
+  _gaussian_kernel    last layer with the Gaussian head: mean and soft-clamped log-variance.
+  _fused_mlp_kernel   whole MLP in one launch for hidden widths <= 256: each program keeps its
+                      BLOCK_M rows' activations in registers (four column chunks) across all
+                      layers, so activations never go to HBM; used for inference (no grad).
+e(p) = members[p] when a member subset (elites) is given: the weight pointer is offset by member
+id, the weights are never copied.
+
+Precision (constexpr PREC): 0 = fp32 (input_precision="ieee", exact), 1 = tf32, 2 = bf16 inputs
+with fp32 accumulation. Activations between layers are kept in fp32 in every mode.
+Under TRITON_INTERPRET=1 (CPU tests) fp32 and tf32 dots are exact fp32, and bf16 is emulated by
+rounding operands to bf16 (round-to-nearest-even) and multiplying in fp32: Triton 3.9's
+interpreter computes a bf16 tl.dot on the raw uint16 bit patterns, so its real bf16 path is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels import _common
+
+# Triton fixes interpreter mode when it is imported; this module must agree with it.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+ACT_CODES = {"identity": 0, "silu": 1, "relu": 2, "tanh": 3}
+PREC_CODES = {"fp32": 0, "tf32": 1, "bf16": 2}
+
+# Fused whole-MLP path limits: padded hidden width (power of two) and number of hidden->hidden
+# layers with their own pointer arguments. Wider or deeper nets use one launch per layer.
+FUSED_MAX_HIDDEN = 256
+FUSED_MAX_MID = 6
+# (BLOCK_M, num_warps) of the fused kernel for tf32 and bf16: the sm_90 builds with the least
+# register spilling among those tried by `python -m kernels.compile_check` (no GPU to time them).
+# Exact fp32 (input_precision="ieee") has no tensor-core path: its dots are FMA loops whose fused
+# sm_90 build spills ~20 KB per thread, so on CUDA fp32 takes the per-layer kernels instead.
+FUSED_TILES = {1: (64, 8), 2: (128, 8)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    if ACT == 1:  # silu
+        y = z * tl.sigmoid(z)
+    elif ACT == 2:  # relu; written so NaN stays NaN (tl.maximum may drop it)
+        y = tl.where(z < 0.0, 0.0, z)
+    elif ACT == 3:  # tanh
+        y = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+    else:
+        y = z
+    return y
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr):
+    if ACT == 1:
+        s = tl.sigmoid(z)
+        g = s * (1.0 + z * (1.0 - s))
+    elif ACT == 2:
+        g = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACT == 3:
+        t = 2.0 * tl.sigmoid(2.0 * z) - 1.0
+        g = 1.0 - t * t
+    else:
+        g = tl.full(z.shape, 1.0, tl.float32)
+    return g
+
+
+@triton.jit
+def _round_bf16(v):
+    # fp32 -> nearest bf16 value (ties to even), kept in fp32; NaN passes through.
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _mma(a, w, acc, PREC: tl.constexpr, EMU_BF16: tl.constexpr):
+    """acc + a @ w with the precision stated by PREC (see module docstring)."""
+    if PREC == 2:
+        if EMU_BF16:
+            acc = tl.dot(_round_bf16(a), _round_bf16(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a.to(tl.bfloat16), w.to(tl.bfloat16), acc)
+    elif PREC == 1:
+        acc = tl.dot(a, w, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(a, w, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _softplus(v):
+    # max(v, 0) + log(1 + exp(-|v|)): no overflow; NaN propagates (tl.where, not tl.maximum).
+    return tl.where(v > 0.0, v, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(v)))
+
+
+@triton.jit
+def _soft_clamp(raw, max_lv, min_lv):
+    lv = max_lv - _softplus(max_lv - raw)
+    return min_lv + _softplus(lv - min_lv)
+
+
+@triton.jit
+def _member(mem_ptr, p, HAS_MEMBERS: tl.constexpr):
+    if HAS_MEMBERS:
+        e = tl.load(mem_ptr + p).to(tl.int64)
+    else:
+        e = p.to(tl.int64)
+    return e
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _linear_kernel(
+    a_ptr, w_ptr, bias_ptr, c_ptr, z_ptr, mem_ptr,
+    R, K, N,
+    s_ap, s_ar, s_ak,
+    s_we, s_wk, s_wn,
+    s_be, s_bn,
+    s_cp, s_cr, s_cn,
+    HAS_MEMBERS: tl.constexpr, W_BY_MEMBER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr, STORE_Z: tl.constexpr, GRAD_Z: tl.constexpr,
+    PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile of C[p] = epilogue(A[p] @ W[.]) for program member p.
+
+    Forward:  epilogue = act(acc + bias[e]); with STORE_Z the pre-activation goes to z_ptr.
+    Backward: GRAD_Z, epilogue = acc * act'(Z[p]) (Z read from z_ptr, same strides as C).
+    W is indexed by member id e(p) when W_BY_MEMBER, else by p (dW = H^T @ dZ).
+    """
+    pid_r = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    p = tl.program_id(2).to(tl.int64)
+    e = _member(mem_ptr, p, HAS_MEMBERS)
+    we = e if W_BY_MEMBER else p
+
+    rows = pid_r.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok = rows < R
+    col_ok = cols < N
+
+    a_base = a_ptr + p * s_ap + rows[:, None] * s_ar
+    w_base = w_ptr + we * s_we + cols[None, :] * s_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + ks
+        k_ok = kk < K
+        a = tl.load(a_base + kk[None, :] * s_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_base + kk[:, None] * s_wk, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = _mma(a, w, acc, PREC, EMU_BF16)
+
+    c_off = p * s_cp + rows[:, None] * s_cr + cols[None, :] * s_cn
+    c_mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + e * s_be + cols * s_bn, mask=col_ok, other=0.0)[None, :]
+    if GRAD_Z:
+        z = tl.load(z_ptr + c_off, mask=c_mask, other=0.0)
+        acc = acc * _act_grad(z, ACT)
+    else:
+        if STORE_Z:
+            tl.store(z_ptr + c_off, acc, mask=c_mask)
+        acc = _act(acc, ACT)
+    tl.store(c_ptr + c_off, acc, mask=c_mask)
+
+
+@triton.jit
+def _gaussian_kernel(
+    a_ptr, w_ptr, bias_ptr, maxlv_ptr, minlv_ptr, mean_ptr, lv_ptr, raw_ptr, mem_ptr,
+    R, K, D,
+    s_ap, s_ar, s_ak,
+    s_we, s_wk, s_wn,
+    s_be, s_bn,
+    s_le, s_ld,
+    s_cp, s_cr, s_cn,
+    HAS_MEMBERS: tl.constexpr, STORE_RAW: tl.constexpr,
+    PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Last layer + Gaussian head: columns [0, D) are the mean, [D, 2D) the raw log-variance.
+
+    Each program computes matching mean and log-variance tiles (two accumulators sharing the
+    A loads) and writes mean and soft-clamped log-variance; the raw value optionally for backward.
+    """
+    pid_r = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    p = tl.program_id(2).to(tl.int64)
+    e = _member(mem_ptr, p, HAS_MEMBERS)
+
+    rows = pid_r.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok = rows < R
+    col_ok = cols < D
+
+    a_base = a_ptr + p * s_ap + rows[:, None] * s_ar
+    w_base = w_ptr + e * s_we + cols[None, :] * s_wn
+    acc_m = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_v = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + ks
+        k_ok = kk < K
+        a = tl.load(a_base + kk[None, :] * s_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        w_m = tl.load(w_base + kk[:, None] * s_wk, mask=w_mask, other=0.0)
+        w_v = tl.load(w_base + D * s_wn + kk[:, None] * s_wk, mask=w_mask, other=0.0)
+        acc_m = _mma(a, w_m, acc_m, PREC, EMU_BF16)
+        acc_v = _mma(a, w_v, acc_v, PREC, EMU_BF16)
+
+    acc_m += tl.load(bias_ptr + e * s_be + cols * s_bn, mask=col_ok, other=0.0)[None, :]
+    acc_v += tl.load(bias_ptr + e * s_be + (D + cols) * s_bn, mask=col_ok, other=0.0)[None, :]
+    hi = tl.load(maxlv_ptr + e * s_le + cols * s_ld, mask=col_ok, other=0.0)[None, :]
+    lo = tl.load(minlv_ptr + e * s_le + cols * s_ld, mask=col_ok, other=0.0)[None, :]
+
+    c_off = p * s_cp + rows[:, None] * s_cr + cols[None, :] * s_cn
+    c_mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(mean_ptr + c_off, acc_m, mask=c_mask)
+    if STORE_RAW:
+        tl.store(raw_ptr + c_off, acc_v, mask=c_mask)
+    tl.store(lv_ptr + c_off, _soft_clamp(acc_v, hi, lo), mask=c_mask)
+
+
+@triton.jit
+def _load_block(base, rk, cn, K, N, ld):
+    """W[rk, cn] of a row-major [K, N] matrix with leading dimension ld; zero outside."""
+    return tl.load(base + rk[:, None] * ld + cn[None, :], mask=(rk[:, None] < K) & (cn[None, :] < N), other=0.0)
+
+
+@triton.jit
+def _chunk_out(h0, h1, h2, h3, base, cols, K, N, ld,
+               PREC: tl.constexpr, EMU_BF16: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
+               NP: tl.constexpr):
+    """[h0 | h1 | h2 | h3] @ W[:, cols] for a row-major W [K, N] (leading dim ld): [BLOCK_M, NP].
+
+    The activations live in registers as four [BLOCK_M, CH] chunks, so each weight block staged
+    for a dot is only CH x NP (64 x 64 fp32 = 16 KiB for the 200/256-wide layers).
+    """
+    r = tl.arange(0, CH)
+    acc = tl.zeros((BLOCK_M, NP), dtype=tl.float32)
+    acc = _mma(h0, _load_block(base, r, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h1, _load_block(base, r + CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h2, _load_block(base, r + 2 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    acc = _mma(h3, _load_block(base, r + 3 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
+    return acc
+
+
+@triton.jit
+def _bias_act(acc, b_ptr, cols, N, ACT: tl.constexpr):
+    return _act(acc + tl.load(b_ptr + cols, mask=cols < N, other=0.0)[None, :], ACT)
+
+
+@triton.jit
+def _hidden_layer(h0, h1, h2, h3, w_ptr, b_ptr, e, H,
+                  ACT: tl.constexpr, PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+                  BLOCK_M: tl.constexpr, CH: tl.constexpr):
+    """[h0|h1|h2|h3] -> act([h0|h1|h2|h3] @ W[e] + b[e]), W [E, H, H]; output chunk by chunk."""
+    base = w_ptr + e * H * H
+    bias = b_ptr + e * H
+    c = tl.arange(0, CH)
+    g0 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c, H, ACT)
+    g1 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + CH, H, ACT)
+    g2 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 2 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + 2 * CH, H, ACT)
+    g3 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 3 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
+                   bias, c + 3 * CH, H, ACT)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _fused_mlp_kernel(
+    x_ptr, out_ptr, lv_ptr, mem_ptr, maxlv_ptr, minlv_ptr,
+    w_in, b_in, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, w6, b6, w_out, b_out,
+    B, IN, H, D_OUT,
+    s_xp, s_xb, s_xk,
+    s_op, s_ob, s_on,
+    N_MID: tl.constexpr, ACT: tl.constexpr, GAUSS: tl.constexpr, HAS_MEMBERS: tl.constexpr,
+    PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, IN_P: tl.constexpr, CH: tl.constexpr, OUT_P: tl.constexpr,
+):
+    """Whole MLP for BLOCK_M rows of member p: in -> H (-> H)*N_MID -> D_OUT (or 2*D_OUT, GAUSS).
+
+    H is padded to 4*CH and held in registers as four chunks across all layers. Weights and
+    biases are contiguous ([E, in, out], [E, out]). With GAUSS the last layer writes the mean to
+    out_ptr and the soft-clamped log-variance to lv_ptr (bounds [E, D_OUT], contiguous).
+    """
+    pid_b = tl.program_id(0)
+    p = tl.program_id(1).to(tl.int64)
+    e = _member(mem_ptr, p, HAS_MEMBERS)
+    rows = pid_b.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+
+    # input layer: x [BLOCK_M, IN_P] @ W_in[e] [IN, H], one output chunk at a time
+    k = tl.arange(0, IN_P)
+    x = tl.load(x_ptr + p * s_xp + rows[:, None] * s_xb + k[None, :] * s_xk,
+                mask=row_ok[:, None] & (k[None, :] < IN), other=0.0)
+    base = w_in + e * IN * H
+    bias = b_in + e * H
+    c = tl.arange(0, CH)
+    zero = tl.zeros((BLOCK_M, CH), dtype=tl.float32)
+    h0 = _bias_act(_mma(x, _load_block(base, k, c, IN, H, H), zero, PREC, EMU_BF16), bias, c, H, ACT)
+    h1 = _bias_act(_mma(x, _load_block(base, k, c + CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + CH, H, ACT)
+    h2 = _bias_act(_mma(x, _load_block(base, k, c + 2 * CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + 2 * CH, H, ACT)
+    h3 = _bias_act(_mma(x, _load_block(base, k, c + 3 * CH, IN, H, H), zero, PREC, EMU_BF16),
+                   bias, c + 3 * CH, H, ACT)
+
+    # hidden -> hidden layers, unrolled at compile time
+    if N_MID > 0:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w1, b1, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+    if N_MID > 1:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w2, b2, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+    if N_MID > 2:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w3, b3, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+    if N_MID > 3:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w4, b4, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+    if N_MID > 4:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w5, b5, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+    if N_MID > 5:
+        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w6, b6, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+
+    # output layer: W_out[e] [H, N_TOT], N_TOT = D_OUT or 2 * D_OUT (mean | raw log-variance)
+    o = tl.arange(0, OUT_P)
+    o_ok = o < D_OUT
+    n_tot = 2 * D_OUT if GAUSS else D_OUT
+    base = w_out + e * H * n_tot
+    acc = _chunk_out(h0, h1, h2, h3, base, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
+    acc += tl.load(b_out + e * n_tot + o, mask=o_ok, other=0.0)[None, :]
+    c_off = p * s_op + rows[:, None] * s_ob + o[None, :] * s_on
+    c_mask = row_ok[:, None] & o_ok[None, :]
+    tl.store(out_ptr + c_off, acc, mask=c_mask)
+    if GAUSS:
+        raw = _chunk_out(h0, h1, h2, h3, base + D_OUT, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
+        raw += tl.load(b_out + e * n_tot + D_OUT + o, mask=o_ok, other=0.0)[None, :]
+        hi = tl.load(maxlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
+        lo = tl.load(minlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
+        tl.store(lv_ptr + c_off, _soft_clamp(raw, hi, lo), mask=c_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+# Tile sizes are fixed heuristics, not autotuned: no GPU was available to tune them on.
+# All tile dimensions are >= 16 so tl.dot is legal for bf16 on NVIDIA GPUs.
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _tiles(R: int, N: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for a [R, K] @ [K, N] product."""
+    block_n = min(64, _pow2(N))
+    block_m = 128 if R >= 4096 else (64 if R > 16 else 16)
+    return block_m, block_n, 32, 4 if block_m * block_n <= 64 * 64 else 8
+
+
+def _gaussian_tiles(R: int, D: int) -> tuple[int, int, int, int]:
+    """Tiles of the Gaussian-head kernel: as _tiles, with more warps for its two accumulators."""
+    bm, bn, bk, warps = _tiles(R, D)
+    return bm, bn, bk, 8 if bm * bn >= 64 * 64 // 2 else warps
+
+
+def _linear(
+    a: Tensor, w: Tensor, bias: Tensor | None, members: Tensor | None, act: int, prec: int,
+    *, w_by_member: bool = True, w_transposed: bool = False, store_z: bool = False,
+    grad_z: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """C[p] = epilogue(A[p] @ W), see _linear_kernel. A [P, R, K]; W [E or P, K, N] (or [*, N, K]
+    used transposed). Returns (C [P, R, N] fp32, Z or None)."""
+    P, R, K = a.shape
+    s_we, s_wk, s_wn = w.stride()
+    N = w.shape[2]
+    if w_transposed:
+        s_wk, s_wn = s_wn, s_wk
+        N = w.shape[1]
+    c = _common.empty((P, R, N), torch.float32, a.device)
+    z = _common.empty((P, R, N), torch.float32, a.device) if store_z else None
+    if P == 0 or R == 0 or N == 0:
+        return c, z
+    bm, bn, bk, warps = _tiles(R, N)
+    grid = (triton.cdiv(R, bm), triton.cdiv(N, bn), P)
+    _linear_kernel[grid](
+        a, w, bias if bias is not None else w, c,
+        grad_z if grad_z is not None else (z if z is not None else c),
+        members if members is not None else a,
+        R, K, N,
+        *a.stride(),
+        s_we, s_wk, s_wn,
+        *(bias.stride() if bias is not None else (0, 0)),
+        *c.stride(),
+        HAS_MEMBERS=members is not None, W_BY_MEMBER=w_by_member, HAS_BIAS=bias is not None,
+        ACT=act, STORE_Z=store_z, GRAD_Z=grad_z is not None,
+        PREC=prec, EMU_BF16=INTERPRET,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=3,
+    )
+    return c, z
+
+
+def _gaussian(
+    a: Tensor, w: Tensor, bias: Tensor, max_lv: Tensor, min_lv: Tensor, members: Tensor | None,
+    prec: int, store_raw: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Last layer with the Gaussian head. a [P, R, K], w [E, K, 2D] -> mean, logvar (, raw) [P, R, D]."""
+    P, R, K = a.shape
+    D = w.shape[2] // 2
+    mean = _common.empty((P, R, D), torch.float32, a.device)
+    lv = _common.empty((P, R, D), torch.float32, a.device)
+    raw = _common.empty((P, R, D), torch.float32, a.device) if store_raw else None
+    if P == 0 or R == 0 or D == 0:
+        return mean, lv, raw
+    max_lv, min_lv = max_lv.contiguous(), min_lv.contiguous()  # the kernel takes one stride pair
+    bm, bn, bk, warps = _gaussian_tiles(R, D)
+    grid = (triton.cdiv(R, bm), triton.cdiv(D, bn), P)
+    _gaussian_kernel[grid](
+        a, w, bias, max_lv, min_lv, mean, lv, raw if raw is not None else mean,
+        members if members is not None else a,
+        R, K, D,
+        *a.stride(), *w.stride(), *bias.stride(), *max_lv.stride(), *mean.stride(),
+        HAS_MEMBERS=members is not None, STORE_RAW=store_raw,
+        PREC=prec, EMU_BF16=INTERPRET,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=3,
+    )
+    return mean, lv, raw
+
+
+def fusable(x: Tensor, weights: Sequence[Tensor], precision: str) -> bool:
+    """Whether the one-launch whole-MLP kernel takes this call: equal hidden widths <= 256, at most
+    FUSED_MAX_MID hidden->hidden layers, and on a GPU a tensor-core precision (tf32 or bf16)."""
+    if precision == "fp32" and not INTERPRET:
+        return False
+    if len(weights) < 2 or len(weights) - 2 > FUSED_MAX_MID:
+        return False
+    H = weights[0].shape[2]
+    if any(w.shape[1] != H or w.shape[2] != H for w in weights[1:-1]) or weights[-1].shape[1] != H:
+        return False
+    return _pow2(H, 64) <= FUSED_MAX_HIDDEN and x.shape[2] <= 128 and weights[-1].shape[2] <= 256
+
+
+def _fused_forward(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], members: Tensor | None,
+    act: int, prec: int, bounds: tuple[Tensor, Tensor] | None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    P, B, IN = x.shape
+    weights = [w.contiguous() for w in weights]
+    biases = [b.contiguous() for b in biases]
+    H = weights[0].shape[2]
+    n_out = weights[-1].shape[2]
+    d_out = n_out // 2 if bounds is not None else n_out
+    out = _common.empty((P, B, d_out), torch.float32, x.device)
+    lv = _common.empty((P, B, d_out), torch.float32, x.device) if bounds is not None else out
+    if P and B and d_out:
+        mids = [t for wb in zip(weights[1:-1], biases[1:-1]) for t in wb]
+        mids += [weights[0], biases[0]] * (FUSED_MAX_MID - len(weights) + 2)  # unused slots
+        ch = _pow2(H, 64) // 4
+        block_m, warps = FUSED_TILES.get(prec, (32, 4))
+        if INTERPRET:  # small blocks: the interpreter's cost is per element, and tests use small B
+            block_m = 16 if B <= 16 else 32
+        maxlv, minlv = (b.contiguous() for b in bounds) if bounds is not None else (x, x)
+        _fused_mlp_kernel[(triton.cdiv(B, block_m), P)](
+            x, out, lv, members if members is not None else x, maxlv, minlv,
+            weights[0], biases[0], *mids, weights[-1], biases[-1],
+            B, IN, H, d_out,
+            *x.stride(), *out.stride(),
+            N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
+            PREC=prec, EMU_BF16=INTERPRET,
+            BLOCK_M=block_m, IN_P=_pow2(IN), CH=ch, OUT_P=_pow2(d_out),
+            num_warps=warps, num_stages=1,
+        )
+    return (out, lv) if bounds is not None else out
+
+
+def _layers_forward(x, weights, biases, members, act, prec, bounds, save):
+    """One launch per layer. Returns (outputs, saved) with saved = (inputs of each layer,
+    pre-activations of each hidden layer, raw log-variance or None) when save."""
+    h, hs, zs = x, [], []
+    L = len(weights)
+    for i in range(L - 1):
+        hs.append(h)
+        h, z = _linear(h, weights[i], biases[i], members, act, prec, store_z=save)
+        zs.append(z)
+    hs.append(h)
+    if bounds is not None:
+        mean, lv, raw = _gaussian(h, weights[-1], biases[-1], bounds[0], bounds[1], members, prec, save)
+        return (mean, lv), (hs, zs, raw)
+    out, _ = _linear(h, weights[-1], biases[-1], members, ACT_CODES["identity"], prec)
+    return out, (hs, zs, None)
+
+
+def _scatter(grad: Tensor, members: Tensor | None, E: int) -> Tensor:
+    """Per-run-member gradients [P, ...] -> per-member [E, ...] (summed over repeated ids)."""
+    if members is None:
+        return grad
+    return grad.new_zeros((E, *grad.shape[1:])).index_add_(0, members, grad)
+
+
+class _EnsembleMLPFunction(torch.autograd.Function):
+    """Training path: forward with one kernel per layer storing pre-activations; backward with
+    the same GEMM kernel (dX = dZ @ W^T with act' fused in its epilogue, dW = H^T @ dZ), the
+    bias sums and the soft-clamp derivative in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x, members, act, prec, gauss, n_layers, *params):
+        weights, biases = params[:n_layers], params[n_layers:2 * n_layers]
+        bounds = params[2 * n_layers:] if gauss else None
+        out, (hs, zs, raw) = _layers_forward(x, weights, biases, members, act, prec, bounds, save=True)
+        ctx.act, ctx.prec, ctx.gauss, ctx.n_layers = act, prec, gauss, n_layers
+        ctx.x_dtype = x.dtype
+        ctx.save_for_backward(members, *hs, *zs, *(raw,) if gauss else (), *params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        L, act, prec = ctx.n_layers, ctx.act, ctx.prec
+        saved = ctx.saved_tensors
+        members = saved[0]
+        hs = saved[1:L + 1]
+        zs = saved[L + 1:2 * L]
+        rest = saved[2 * L:]
+        if ctx.gauss:
+            raw, rest = rest[0], rest[1:]
+        weights, biases = rest[:L], rest[L:2 * L]
+        E = weights[0].shape[0]
+        need = ctx.needs_input_grad  # (x, members, act, prec, gauss, n_layers, *params)
+        need_w = need[6:6 + L]
+        need_b = need[6 + L:6 + 2 * L]
+        grad_bounds: list[Tensor | None] = [None, None]
+
+        if ctx.gauss:
+            g_mean, g_lv = grads
+            max_lv, min_lv = rest[2 * L], rest[2 * L + 1]
+            if members is not None:
+                max_lv, min_lv = max_lv.index_select(0, members), min_lv.index_select(0, members)
+            hi, lo = max_lv.unsqueeze(1), min_lv.unsqueeze(1)
+            s1 = torch.sigmoid(hi - raw)
+            lv1 = hi - torch.nn.functional.softplus(hi - raw)
+            s2 = torch.sigmoid(lv1 - lo)
+            g_raw = g_lv * s2 * s1
+            if need[6 + 2 * L]:
+                grad_bounds[0] = _scatter((g_lv * s2 * (1 - s1)).sum(1), members, E)
+            if need[7 + 2 * L]:
+                grad_bounds[1] = _scatter((g_lv * (1 - s2)).sum(1), members, E)
+            g = torch.cat((g_mean, g_raw), dim=-1).float()
+        else:
+            g = grads[0].float()
+
+        grad_w: list[Tensor | None] = [None] * L
+        grad_b: list[Tensor | None] = [None] * L
+        grad_x = None
+        for i in range(L - 1, -1, -1):
+            h = hs[i]
+            if need_w[i]:
+                # dW[p] = h[p]^T @ g[p]: A = h viewed [P, K, B] by strides, "W" = g indexed by p
+                dw, _ = _linear(h.transpose(1, 2), g, None, None, 0, prec, w_by_member=False)
+                grad_w[i] = _scatter(dw, members, E).to(weights[i].dtype)
+            if need_b[i]:
+                grad_b[i] = _scatter(g.sum(1), members, E).to(biases[i].dtype)
+            if i > 0:
+                g, _ = _linear(g, weights[i], None, members, act, prec, w_transposed=True, grad_z=zs[i - 1])
+            elif need[0]:
+                grad_x, _ = _linear(g, weights[0], None, members, 0, prec, w_transposed=True)
+                grad_x = grad_x.to(ctx.x_dtype)
+        return (grad_x, None, None, None, None, None, *grad_w, *grad_b, *grad_bounds[: 2 if ctx.gauss else 0])
+
+
+def ensemble_mlp(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None, *, precision: str = "fp32",
+    logvar_bounds: tuple[Tensor, Tensor] | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Triton ensemble MLP (arguments already validated by kernels.dispatch).
+
+    x [P, B, in] fp32 -> [P, B, out]; with logvar_bounds (max, min) [E, D] -> (mean, logvar) [P, B, D].
+    Inference (no grad needed) takes the fused one-launch kernel when the widths allow;
+    training goes through _EnsembleMLPFunction.
+    """
+    if x.dtype != torch.float32:
+        raise ValueError(f"the Triton path takes float32 tensors (precision= picks tf32/bf16 math), got {x.dtype}")
+    act, prec = ACT_CODES[activation], PREC_CODES[precision]
+    params = [*weights, *biases, *(logvar_bounds or ())]
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _EnsembleMLPFunction.apply(x, members, act, prec, logvar_bounds is not None, len(weights), *params)
+    if fusable(x, weights, precision):
+        return _fused_forward(x, weights, biases, members, act, prec, logvar_bounds)
+    out, _ = _layers_forward(x, weights, biases, members, act, prec, logvar_bounds, save=False)
+    return out

@@ -1,0 +1,289 @@
+"""kernels.ensemble_mlp / ensemble_gaussian_mlp on CPU against a float64 reference, argument
+checks, and (in a subprocess under TRITON_INTERPRET=1) the Triton kernels' own test file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import _common, cpu, dispatch, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def cpu_backend_and_poisoned_outputs(monkeypatch):
+    """CPU path (even if the caller exported TRITON_INTERPRET) and NaN-filled output buffers."""
+    monkeypatch.setattr(dispatch, "_INTERPRET", False)
+    monkeypatch.setattr(_common, "POISON", True)
+
+
+def make_params(E, widths, seed=0, dtype=torch.float32, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    ws = [(torch.randn(E, a, b, generator=g, dtype=torch.float64) / a**0.5).to(dtype)
+          for a, b in zip(widths[:-1], widths[1:])]
+    bs = [(0.1 * torch.randn(E, b, generator=g, dtype=torch.float64)).to(dtype) for b in widths[1:]]
+    return [w.requires_grad_(requires_grad) for w in ws], [b.requires_grad_(requires_grad) for b in bs]
+
+
+def rand_x(P, B, n, seed=1, dtype=torch.float32):
+    return torch.randn(P, B, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def f64(ts):
+    return [t.detach().double().requires_grad_(t.requires_grad) for t in ts]
+
+
+# B=1, B around the variant crossover, B past one row chunk with a ragged tail, odd widths, E=1.
+SHAPES = [
+    (1, 1, [23, 200, 200, 36]),
+    (5, 1, [23, 64, 64, 64, 36]),
+    (7, 37, [23, 40, 40, 40, 10]),
+    (3, cpu.INFER_LOOP_MIN_ROWS, [5, 17, 17, 3]),
+    (2, 700, [23, 24, 24, 6]),
+    (2, 9, [23, 36]),
+]
+
+
+def test_variant_choice_switches_at_the_measured_thresholds():
+    assert cpu.choose(1, needs_grad=False) == "baddbmm_inference"
+    assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS, needs_grad=False) == "loop_inference"
+    assert cpu.choose(1, needs_grad=True) == "baddbmm"
+    assert cpu.choose(cpu.TRAIN_LOOP_MIN_ROWS, needs_grad=True) == "loop"
+
+
+@pytest.mark.parametrize("variant", sorted(cpu.VARIANTS))
+@pytest.mark.parametrize("E,B,widths", SHAPES)
+def test_every_cpu_variant_matches_float64_reference(variant, E, B, widths):
+    ws, bs = make_params(E, widths)
+    x = rand_x(E, B, widths[0])
+    with torch.no_grad():
+        out = cpu.VARIANTS[variant](x, ws, bs, "silu", None)
+    assert out.shape == (E, B, widths[-1]) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), reference.ensemble_mlp(x.double(), f64(ws), f64(bs)), **TOL)
+
+
+@pytest.mark.parametrize("chunk_rows", [256, 699, 700, None])
+def test_row_chunks_cover_every_row(chunk_rows):
+    ws, bs = make_params(2, [23, 24, 24, 6], seed=14)
+    x = rand_x(2, 700, 23)  # 700 = 2 x 256 + a ragged 188-row chunk
+    out = cpu.mlp_loop_inference(x, ws, bs, chunk_rows=chunk_rows)
+    torch.testing.assert_close(out.double(), reference.ensemble_mlp(x.double(), f64(ws), f64(bs)), **TOL)
+
+
+@pytest.mark.parametrize("E,B,widths", SHAPES)
+def test_entry_point_forward_and_gradients_match_float64_autograd(E, B, widths):
+    ws, bs = make_params(E, widths, seed=2, requires_grad=True)
+    x = rand_x(E, B, widths[0], seed=3).requires_grad_()
+    out = kernels.ensemble_mlp(x, ws, bs)
+    xd, wd, bd = x.detach().double().requires_grad_(), f64(ws), f64(bs)
+    ref = reference.ensemble_mlp(xd, wd, bd)
+    torch.testing.assert_close(out.double(), ref, **TOL)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    got = torch.autograd.grad(out, [x, *ws, *bs], g)
+    want = torch.autograd.grad(ref, [xd, *wd, *bd], g.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("B", [3, cpu.INFER_LOOP_MIN_ROWS + 1])
+def test_other_activations(activation, B):
+    ws, bs = make_params(2, [9, 24, 24, 5], seed=5)
+    x = rand_x(2, B, 9)
+    with torch.no_grad():
+        out = kernels.ensemble_mlp(x, ws, bs, activation)
+    torch.testing.assert_close(out.double(), reference.ensemble_mlp(x.double(), f64(ws), f64(bs), activation),
+                               **TOL)
+
+
+@pytest.mark.parametrize("B", [2, cpu.INFER_LOOP_MIN_ROWS])
+@pytest.mark.parametrize("members", [[3, 0], [1, 1, 1], [2]])
+def test_elite_subset_and_its_gradients(members, B):
+    E, widths = 4, [23, 24, 24, 6]
+    ws, bs = make_params(E, widths, seed=6, requires_grad=True)
+    m = torch.tensor(members)
+    x = rand_x(len(members), B, widths[0])
+    with torch.no_grad():
+        fwd = kernels.ensemble_mlp(x, ws, bs, members=m)
+    out = kernels.ensemble_mlp(x, ws, bs, members=m)
+    wd, bd = f64(ws), f64(bs)
+    ref = reference.ensemble_mlp(x.double(), wd, bd, members=m)
+    torch.testing.assert_close(fwd.double(), ref, **TOL)
+    torch.testing.assert_close(out.double(), ref, **TOL)
+    got = torch.autograd.grad(out.sum(), [*ws, *bs])
+    want = torch.autograd.grad(ref.sum(), [*wd, *bd])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-4)
+    unused = sorted(set(range(E)) - set(members))
+    assert got[0][unused].abs().max() == 0
+
+
+def test_int32_member_ids_are_accepted():
+    ws, bs = make_params(3, [6, 8, 4], seed=15, requires_grad=True)
+    x = rand_x(2, 300, 6)
+    m32, m64 = torch.tensor([2, 0], dtype=torch.int32), torch.tensor([2, 0])
+    out32, out64 = kernels.ensemble_mlp(x, ws, bs, members=m32), kernels.ensemble_mlp(x, ws, bs, members=m64)
+    torch.testing.assert_close(out32, out64)
+    g32 = torch.autograd.grad(out32.sum(), ws)
+    g64 = torch.autograd.grad(out64.sum(), ws)
+    for a, b in zip(g32, g64):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_float64_both_variants():
+    for B in (3, cpu.TRAIN_LOOP_MIN_ROWS):
+        ws, bs = make_params(2, [3, 4, 4, 2], seed=7, dtype=torch.float64, requires_grad=True)
+        x = rand_x(2, B, 3, dtype=torch.float64).requires_grad_(B < 10)
+        assert torch.autograd.gradcheck(lambda x, *p: kernels.ensemble_mlp(x, p[:3], p[3:]), (x, *ws, *bs))
+
+
+def gaussian_inputs(E, widths, seed=8, dtype=torch.float32, requires_grad=False):
+    ws, bs = make_params(E, widths, seed=seed, dtype=dtype, requires_grad=requires_grad)
+    D = widths[-1] // 2
+    g = torch.Generator().manual_seed(seed + 1)
+    hi = (0.5 + 0.1 * torch.randn(E, D, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+    lo = (-3.0 + 0.1 * torch.randn(E, D, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+    return ws, bs, hi, lo
+
+
+@pytest.mark.parametrize("B", [5, cpu.INFER_LOOP_MIN_ROWS + 3])
+def test_gaussian_head_matches_reference_and_elites(B):
+    E, widths = 4, [23, 40, 40, 36]
+    ws, bs, hi, lo = gaussian_inputs(E, widths)
+    x = rand_x(E, B, 23)
+    x[:, :2] *= 20  # raw log-variances far outside the bounds
+    for members in (None, torch.tensor([3, 1])):
+        xm = x if members is None else x[:2]
+        with torch.no_grad():
+            mean, logvar = kernels.ensemble_gaussian_mlp(xm, ws, bs, hi, lo, members=members)
+        rm, rlv = reference.ensemble_gaussian_mlp(xm.double(), f64(ws), f64(bs), hi.double(), lo.double(),
+                                                  members=members)
+        torch.testing.assert_close(mean.double(), rm, **TOL)
+        torch.testing.assert_close(logvar.double(), rlv, **TOL)
+
+
+def test_gaussian_gradcheck_including_bounds():
+    ws, bs, hi, lo = gaussian_inputs(2, [3, 4, 4], seed=9, dtype=torch.float64, requires_grad=True)
+    x = (3 * rand_x(2, 5, 3, dtype=torch.float64)).requires_grad_()
+
+    def f(x, *p):
+        mean, logvar = kernels.ensemble_gaussian_mlp(x, p[:2], p[2:4], p[4], p[5])
+        return torch.cat((mean, logvar), -1)
+
+    assert torch.autograd.gradcheck(f, (x, *ws, *bs, hi, lo))
+
+
+@pytest.mark.parametrize("B", [4, cpu.INFER_LOOP_MIN_ROWS + 5])
+@pytest.mark.parametrize("grad", [False, True])
+def test_nan_input_propagates_to_its_row_only(B, grad):
+    ws, bs = make_params(3, [23, 24, 24, 6], seed=10, requires_grad=grad)
+    x = rand_x(3, B, 23)
+    x[1, 2, 5] = float("nan")
+    with torch.set_grad_enabled(grad):
+        out = kernels.ensemble_mlp(x, ws, bs).detach().clone()
+    assert torch.isnan(out[1, 2]).all()
+    out[1, 2] = 0
+    assert torch.isfinite(out).all()
+
+
+def test_nan_weight_poisons_only_its_member():
+    ws, bs = make_params(3, [23, 24, 24, 6], seed=11)
+    ws[1][2, 4, 7] = float("nan")
+    with torch.no_grad():
+        out = kernels.ensemble_mlp(rand_x(3, 300, 23), ws, bs)
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1]]).all()
+
+
+def test_precision_modes_on_cpu():
+    ws, bs = make_params(2, [23, 64, 64, 12], seed=12)
+    x = rand_x(2, 300, 23)
+    ref = reference.ensemble_mlp(x.double(), f64(ws), f64(bs))
+    with torch.no_grad():
+        fp32 = kernels.ensemble_mlp(x, ws, bs)
+        tf32 = kernels.ensemble_mlp(x, ws, bs, precision="tf32")
+        bf16 = kernels.ensemble_mlp(x, ws, bs, precision="bf16")
+    assert (fp32.double() - ref).abs().max() < 1e-4  # default is exact fp32: bf16 never silently
+    torch.testing.assert_close(tf32, fp32)  # CPU has no TF32 units
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16.double(), ref, rtol=5e-2, atol=5e-2)
+    assert (bf16.double() - ref).abs().max() > 1e-3  # it really ran in bf16
+
+
+def test_bf16_precision_is_differentiable():
+    ws, bs = make_params(2, [5, 16, 3], seed=13, requires_grad=True)
+    out = kernels.ensemble_mlp(rand_x(2, 4, 5), ws, bs, precision="bf16")
+    grads = torch.autograd.grad(out.sum(), ws)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_cpu_tensors_take_the_cpu_backend():
+    assert dispatch.backend(torch.zeros(1, 1, 1)) == "cpu"
+
+
+def test_empty_batch():
+    ws, bs = make_params(2, [23, 24, 6])
+    with torch.no_grad():
+        assert kernels.ensemble_mlp(rand_x(2, 0, 23), ws, bs).shape == (2, 0, 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------
+
+BAD_CALLS = {
+    "x not 3-D": lambda x, ws, bs: kernels.ensemble_mlp(x[0], ws, bs),
+    "E mismatch": lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs),
+    "in width": lambda x, ws, bs: kernels.ensemble_mlp(x[..., :5], ws, bs),
+    "layer chain": lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0], ws[0]], bs),
+    "bias shape": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, [bs[0][:, :3], bs[1]]),
+    "bias count": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs[:1]),
+    "weight dtype": lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0].double(), ws[1]], bs),
+    "x dtype": lambda x, ws, bs: kernels.ensemble_mlp(x.long(), ws, bs),
+    "activation": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, "gelu"),
+    "precision": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, precision="fp16"),
+    "member out of range": lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs, members=torch.tensor([0, 3])),
+    "negative member": lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([-1])),
+    "member dtype": lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([0.0])),
+    "member count": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, members=torch.tensor([0])),
+    "odd gaussian width": lambda x, ws, bs: kernels.ensemble_gaussian_mlp(
+        x, [ws[0], torch.zeros(3, 8, 5)], [bs[0], torch.zeros(3, 5)], torch.zeros(3, 2), torch.zeros(3, 2)),
+    "bounds shape": lambda x, ws, bs: kernels.ensemble_gaussian_mlp(x, ws, bs, torch.zeros(3, 2), torch.zeros(3, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_arguments_raise_value_error(case):
+    ws, bs = make_params(3, [6, 8, 6])
+    with pytest.raises(ValueError):
+        BAD_CALLS[case](rand_x(3, 4, 6), ws, bs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels, under the CPU interpreter in a fresh process
+# ----------------------------------------------------------------------------------------------
+
+
+def test_triton_kernels_pass_under_the_interpreter():
+    """tests/test_kernels_triton.py with TRITON_INTERPRET=1, which must be set before triton is
+    imported: a subprocess keeps it away from everything else this pytest process runs."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         str(ROOT / "tests" / "test_kernels_triton.py")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= 30, tail  # the file really ran, not an empty collection
+    assert not re.search(r"\d+ (failed|error|skipped)", proc.stdout), tail
