@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kernels import _common, cpu
-from kernels.reference import soft_clamp_logvar
+from kernels.reference import gaussian_head
 
 
 # Read once, like Triton itself: the interpreter flag only counts if set before the import.
@@ -101,7 +101,4 @@ def ensemble_gaussian_mlp(
             return _triton().ensemble_mlp(x, weights, biases, activation, members, precision=precision,
                                           logvar_bounds=(max_logvar, min_logvar))
     out = cpu.ensemble_mlp(x, weights, biases, activation, members, precision=precision)
-    mean, raw = out.chunk(2, dim=-1)
-    if members is not None:
-        max_logvar, min_logvar = max_logvar.index_select(0, members), min_logvar.index_select(0, members)
-    return mean, soft_clamp_logvar(raw, max_logvar, min_logvar)
+    return gaussian_head(out, max_logvar, min_logvar, members)

@@ -45,6 +45,14 @@ def soft_clamp_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Te
     return min_logvar.unsqueeze(1) + F.softplus(logvar - min_logvar.unsqueeze(1))
 
 
+def gaussian_head(out: Tensor, max_logvar: Tensor, min_logvar: Tensor,
+                  members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Split the last layer's [E, B, 2D] output into mean and soft-clamped log-variance [E, B, D]."""
+    mean, raw = out.chunk(2, dim=-1)
+    max_lv, min_lv = _select((max_logvar, min_logvar), members)
+    return mean, soft_clamp_logvar(raw, max_lv, min_lv)
+
+
 def ensemble_gaussian_mlp(
     x: Tensor,
     weights: Sequence[Tensor],
@@ -58,7 +66,4 @@ def ensemble_gaussian_mlp(
 
     Returns mean and soft-clamped log-variance, each [E, B, D]. Bounds are [E, D].
     """
-    out = ensemble_mlp(x, weights, biases, activation, members)
-    mean, raw = out.chunk(2, dim=-1)
-    max_lv, min_lv = _select((max_logvar, min_logvar), members)
-    return mean, soft_clamp_logvar(raw, max_lv, min_lv)
+    return gaussian_head(ensemble_mlp(x, weights, biases, activation, members), max_logvar, min_logvar, members)
