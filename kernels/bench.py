@@ -299,6 +299,29 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def markdown_summary(rows: list[dict]) -> str:
+    """One line per shape: every variant's median ms, then ours: GFLOP/s, %peak, vs baddbmm and
+    ours / fastest other variant (<= 1.10 meets the CPU target)."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["device"], r["dtype"], r["pass"], r["hidden"], r["E"], r["B"]), {})[r["variant"]] = r
+    names = [v for v in VARIANTS if any(v in c for c in cells.values())]
+    head = ["device", "dtype", "pass", "hidden", "E", "B", *[f"{v} ms" for v in names],
+            "ours GFLOP/s", "ours %peak", "ours vs baddbmm", "ours / best other"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, c in cells.items():
+        ours = c.get("ours")
+        others = [r["ms"] for v, r in c.items() if not v.startswith("ours")]
+        line = [*map(str, key), *[f"{c[v]['ms']:.4g}" if v in c else "-" for v in names]]
+        if ours:
+            line += [f"{ours['gflops']:.1f}", f"{ours.get('pct_peak', float('nan')):.1f}",
+                     f"{ours['ratio_vs_baddbmm']:.2f}x", f"{ours['ms'] / min(others):.2f}"]
+        else:
+            line += ["-"] * 4
+        out.append("| " + " | ".join(line) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -314,7 +337,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--budget", type=float, default=1.0,
                     help="seconds of repeats per variant and shape (after warm-up; at least 2-10 repeats)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--markdown", action="store_true", help="also print a per-shape markdown summary")
+    ap.add_argument("--from-json", metavar="PATH", help="print the table (and --markdown) of a saved run")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)
+        print(format_table(rows))
+        if args.markdown:
+            print()
+            print(markdown_summary(rows))
+        return rows
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -348,6 +381,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()))
     print("# rows/s = E*B member-rows per second; vs baddbmm = baddbmm ms / variant ms (>1 is faster)")
     print(format_table(rows))
+    if args.markdown:
+        print()
+        print(markdown_summary(rows))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

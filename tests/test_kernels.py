@@ -48,7 +48,7 @@ SHAPES = [
     (5, 1, [23, 64, 64, 64, 36]),
     (7, 37, [23, 40, 40, 40, 10]),
     (3, cpu.INFER_LOOP_MIN_ROWS, [5, 17, 17, 3]),
-    (2, 700, [23, 24, 24, 6]),
+    (2, cpu.TRAIN_LOOP_MIN_ROWS + 3, [23, 24, 24, 6]),
     (2, 9, [23, 36]),
 ]
 
@@ -105,7 +105,7 @@ def test_other_activations(activation, B):
                                **TOL)
 
 
-@pytest.mark.parametrize("B", [2, cpu.INFER_LOOP_MIN_ROWS])
+@pytest.mark.parametrize("B", [2, cpu.INFER_LOOP_MIN_ROWS, cpu.TRAIN_LOOP_MIN_ROWS])
 @pytest.mark.parametrize("members", [[3, 0], [1, 1, 1], [2]])
 def test_elite_subset_and_its_gradients(members, B):
     E, widths = 4, [23, 24, 24, 6]
@@ -139,11 +139,12 @@ def test_int32_member_ids_are_accepted():
         torch.testing.assert_close(a, b)
 
 
-def test_gradcheck_float64_both_variants():
-    for B in (3, cpu.TRAIN_LOOP_MIN_ROWS):
-        ws, bs = make_params(2, [3, 4, 4, 2], seed=7, dtype=torch.float64, requires_grad=True)
-        x = rand_x(2, B, 3, dtype=torch.float64).requires_grad_(B < 10)
-        assert torch.autograd.gradcheck(lambda x, *p: kernels.ensemble_mlp(x, p[:3], p[3:]), (x, *ws, *bs))
+@pytest.mark.parametrize("variant", ["entry point", "loop", "baddbmm"])
+def test_gradcheck_float64(variant):
+    fn = kernels.ensemble_mlp if variant == "entry point" else cpu.VARIANTS[variant]
+    ws, bs = make_params(2, [3, 4, 4, 2], seed=7, dtype=torch.float64, requires_grad=True)
+    x = rand_x(2, 3, 3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, *p: fn(x, p[:3], p[3:]), (x, *ws, *bs))
 
 
 def gaussian_inputs(E, widths, seed=8, dtype=torch.float32, requires_grad=False):
