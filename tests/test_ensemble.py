@@ -202,11 +202,23 @@ def test_too_few_samples_for_a_holdout_is_a_clear_error():
         small_model().fit(linear_system(20), progress=False)
 
 
+def test_precision_reaches_the_kernels():
+    exact, low = small_model(), small_model(precision="bf16")
+    low.load_state_dict(exact.state_dict())
+    obs, action = torch.randn(64, O), torch.randn(64, A)
+    mean_exact, _ = exact.predict(obs, action)
+    mean_low, _ = low.predict(obs, action)
+    difference = (mean_exact - mean_low).abs().max().item()
+    assert 0 < difference < 0.1  # bf16 operands: close, but not bit-identical
+
+
 def test_invalid_construction_is_a_clear_error():
     with pytest.raises(ValueError, match="num_elites"):
         EnsembleDynamics(O, A, ensemble_size=3, num_elites=5)
     with pytest.raises(ValueError, match="weight_decay needs 3 values"):
         EnsembleDynamics(O, A, layers=2, weight_decay=[1e-4])
+    with pytest.raises(ValueError, match="precision must be"):
+        EnsembleDynamics(O, A, precision="fp16")
 
 
 def test_save_load_round_trip_predicts_identically(fitted, tmp_path):

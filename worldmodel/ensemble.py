@@ -49,6 +49,7 @@ class EnsembleDynamics(nn.Module):
         hidden: int = 200,
         layers: int = 4,
         weight_decay: Sequence[float] | None = None,
+        precision: str = "fp32",
         termination_fn: TerminationFn | None = None,
     ):
         super().__init__()
@@ -61,8 +62,11 @@ class EnsembleDynamics(nn.Module):
             raise ValueError(f"weight_decay needs {layers + 1} values (one per layer), got {len(weight_decay)}")
         self.config = dict(
             obs_dim=obs_dim, act_dim=act_dim, ensemble_size=ensemble_size, num_elites=num_elites,
-            hidden=hidden, layers=layers, weight_decay=list(weight_decay),
+            hidden=hidden, layers=layers, weight_decay=list(weight_decay), precision=precision,
         )  # fmt: skip
+        if precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+        self.precision = precision  # kernels' matmul precision; "tf32" selects the fused kernel on GPUs
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.ensemble_size, self.num_elites = ensemble_size, num_elites
         self.weight_decay = weight_decay
@@ -93,7 +97,8 @@ class EnsembleDynamics(nn.Module):
         M = E, or len(members) when only those members run.
         """
         return kernels.ensemble_gaussian_mlp(
-            x, list(self.weights), list(self.biases), self.max_logvar, self.min_logvar, members=members
+            x, list(self.weights), list(self.biases), self.max_logvar, self.min_logvar, members=members,
+            precision=self.precision,
         )
 
     def predict(
