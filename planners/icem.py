@@ -34,6 +34,13 @@ class ICEM(CEM):
         super().reset()
         self._kept = None
 
+    def plan(self, obs: Tensor) -> Tensor:
+        kept = self._kept  # inspection must not change what the next act() reuses
+        try:
+            return super().plan(obs)
+        finally:
+            self._kept = kept
+
     def population(self, iteration: int, obs: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         cfg = self.config
         count = max(int(cfg.candidates * cfg.population_decay**-iteration), 2 * cfg.num_elites)

@@ -259,3 +259,11 @@ def test_fit_and_predict_on_cuda():
     model.fit(linear_system(600).cuda(), max_epochs=2, progress=False)
     mean, var = model.predict(torch.randn(5, O, device="cuda"), torch.randn(5, A, device="cuda"))
     assert mean.is_cuda and torch.isfinite(var).all()
+
+
+def test_step_converts_inputs_and_refuses_members_outside_fixed_mode(fitted):
+    model, _ = fitted
+    out = model.step(torch.randn(5, O, dtype=torch.float64), torch.randn(5, A, dtype=torch.float64))
+    assert out["next_obs"].dtype == torch.float32
+    with pytest.raises(ValueError, match="members are only used in 'fixed' mode"):
+        model.step(torch.randn(2, O), torch.randn(2, A), mode="random", members=model.elites[:1].expand(2))

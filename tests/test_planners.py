@@ -67,11 +67,16 @@ def test_act_warm_starts_the_next_step_and_reset_clears_it(name):
         assert planner._kept is None  # carried elites are forgotten too
 
 
-def test_plan_is_for_inspection_and_keeps_no_state():
+@pytest.mark.parametrize("name", PLANNERS)
+def test_plan_is_for_inspection_and_keeps_no_state(name):
     model = point_mass()
-    planner = PLANNERS["mppi"](model, model.spec(), horizon=5)
-    planner.plan(torch.zeros(2))
-    assert planner._plan is None
+    planner = PLANNERS[name](model, model.spec(), horizon=5)
+    planner.act(torch.zeros(2))
+    carried = [k for k in ("_plan", "_kept") if hasattr(planner, k)]  # what the next act() reuses
+    before = {k: getattr(planner, k).clone() for k in carried}
+    planner.plan(torch.tensor([0.5, 0.5]))
+    for key in carried:
+        assert torch.equal(getattr(planner, key), before[key]), key
 
 
 def test_rewards_after_a_predicted_termination_do_not_count():

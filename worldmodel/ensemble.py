@@ -140,6 +140,9 @@ class EnsembleDynamics(nn.Module):
         """
         if mode not in ("random", "fixed", "mean"):
             raise ValueError(f"unknown mode {mode!r}; choose from 'random', 'fixed', 'mean'")
+        if members is not None and mode != "fixed":
+            raise ValueError(f"members are only used in 'fixed' mode, not {mode!r}")
+        obs, action = self._check_inputs(obs, action, None)
         row = torch.arange(obs.shape[0], device=self.device)
         if uncertainty is None and mode != "mean" and members is None:
             mu, sigma2, chosen = self._predict_one_member_per_row(obs, action, mode == "random", generator)
@@ -274,8 +277,7 @@ class EnsembleDynamics(nn.Module):
         y = self.target_norm(targets)
         x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
 
-        if self._optimizer is None or self._optimizer.param_groups[0]["lr"] != lr:
-            self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer(lr)
         best_mse = self._holdout_metrics(x_hold, y_hold)[0]
         best_state = [p.detach().clone() for p in self.parameters()]
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
@@ -313,6 +315,12 @@ class EnsembleDynamics(nn.Module):
             "wall_s": time.perf_counter() - start,
             "history": history,
         }
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The Adam optimiser that refits share (created on first use, or when lr changes)."""
+        if self._optimizer is None or self._optimizer.param_groups[0]["lr"] != lr:
+            self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        return self._optimizer
 
     def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, bootstrap: bool) -> float:
         n, e = x.shape[0], self.ensemble_size

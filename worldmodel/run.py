@@ -71,6 +71,7 @@ class OnlineRun:
         atomic_save({
             "format": _FORMAT, "version": 1, "progress": self.progress,
             "model": self.model.state_dict(), "buffer": self.planner.buffer.state_dict(),
+            "optimizer": self.model.optimizer(self.cfg.model.fit.lr).state_dict(),
             "torch_rng": torch.get_rng_state(), "planner_rng": self.planner.generator.get_state(),
         }, self.run_dir / "checkpoint.pt")  # fmt: skip
 
@@ -86,6 +87,7 @@ class OnlineRun:
             self.planner.buffer = saved
         elif len(saved):  # a resumed run given more env_steps: move the data into the larger buffer
             self.planner.buffer.extend(saved.data())
+        self.model.optimizer(self.cfg.model.fit.lr).load_state_dict(ckpt["optimizer"])
         self.progress = ckpt["progress"]
         torch.set_rng_state(ckpt["torch_rng"])
         self.planner.generator.set_state(ckpt["planner_rng"])
