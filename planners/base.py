@@ -3,7 +3,8 @@
     planner.reset()                  # new episode: forget warm starts
     action = planner.act(obs)        # one control step
     planner.observe(transition)      # feed back what happened
-    stats = planner.update()         # learn
+    stats = planner.learn()          # cheap learning after each step (agent gradient steps)
+    stats = planner.update()         # expensive learning on a schedule (refit the model)
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ class Planner(ABC):
     def observe(self, transition: TensorDict) -> None:
         """Take in real transitions (a TensorDict [N], see worldmodel.transitions)."""
 
-    def update(self, **kwargs) -> dict:
-        """Learn from what was observed; returns statistics."""
+    def learn(self, updates: int | None = None) -> dict:
+        """Cheap learning called after every real step (a Dyna agent's gradient steps); returns statistics."""
         return {}
+
+    def update(self, **kwargs) -> dict:
+        """Expensive learning on a schedule (refit the model); returns statistics."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What the planner learned beyond the model and the replay buffer (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`."""

@@ -91,6 +91,13 @@ class MPCPlanner(Planner):
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)
 
+    def state_dict(self) -> dict:
+        """The sampling RNG (the plan itself is per-episode and cleared on resume)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""
         return self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})

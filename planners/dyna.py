@@ -1,0 +1,214 @@
+"""Dyna planners: a SAC agent trained on short imagined rollouts of the ensemble mixed with real data.
+
+MBPO (Janner et al. 2019) is the base; MOPO (Yu et al. 2020) subtracts lambda x an
+uncertainty measure from imagined rewards; RAVL (Sims et al. 2024) uses no penalty but an
+EDAC critic ensemble, so values at the edge of the rollouts' reach are not overestimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+
+from planners.base import Planner
+from planners.sac import SAC, SACConfig
+from worldmodel.envs import TaskSpec
+from worldmodel.replay import ReplayBuffer
+from worldmodel.uncertainty import Uncertainty
+
+
+@dataclass
+class DynaConfig:
+    """Settings shared by MBPO, MOPO and RAVL (defaults: MBPO's and MOPO's published ones)."""
+
+    rollout_length: int = 5  # k imagined steps from each real start state
+    # [start, end, min_length, max_length]: k grows linearly with real steps observed (MBPO's schedule)
+    rollout_schedule: list[int] | None = None
+    rollout_batch_size: int = 50_000  # start states per rollout round
+    rollout_every: int = 1000  # agent updates between rollout rounds
+    retain_rounds: int = 5  # rollout rounds the model buffer keeps
+    real_ratio: float = 0.05  # share of real transitions in each agent batch
+    penalty: float = 0.0  # MOPO's lambda: imagined reward - lambda * uncertainty
+    uncertainty: str = "max_aleatoric"  # worldmodel.uncertainty measure for the penalty
+    updates_per_step: int = 20  # agent updates per real step when learning online (MBPO's G)
+    agent: dict = field(default_factory=dict)  # SACConfig fields
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.rollout_length < 1 or self.rollout_batch_size < 1 or self.rollout_every < 1 or self.retain_rounds < 1:
+            raise ValueError("rollout_length, rollout_batch_size, rollout_every and retain_rounds must be >= 1")
+        if not 0.0 <= self.real_ratio <= 1.0:
+            raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        if self.penalty < 0:
+            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        if self.rollout_schedule is not None and len(self.rollout_schedule) != 4:
+            raise ValueError("rollout_schedule is [start_step, end_step, min_length, max_length]")
+        Uncertainty(self.uncertainty)  # unknown measures fail here, not mid-training
+        known = {f.name for f in fields(SACConfig)}
+        if unknown := sorted(set(self.agent) - known):
+            raise ValueError(f"unknown agent setting(s) {unknown}; SAC takes {sorted(known)}")
+
+
+@dataclass
+class MBPOConfig(DynaConfig):
+    """MBPO's HalfCheetah setting (k = 1); its Hopper one is rollout_schedule=[20000, 100000, 1, 15]."""
+
+    rollout_length: int = 1
+    rollout_every: int = 5_000  # MBPO: every 250 env steps at 20 updates each
+
+
+@dataclass
+class MOPOConfig(DynaConfig):
+    penalty: float = 1.0
+
+
+@dataclass
+class RAVLConfig(DynaConfig):
+    """EDAC critics (10 of 3 x 256, min over all, gradient diversity eta) and no dynamics penalty."""
+
+    real_ratio: float = 0.5
+    agent: dict = field(default_factory=lambda: {"num_critics": 10, "critic_layers": 3, "eta": 1.0})
+
+
+class Dyna(Planner):
+    """Acts with the agent's policy; learns it from imagined rollouts (`learn`) and refits the
+    model on every observed real transition (`update`)."""
+
+    def __init__(self, model, spec: TaskSpec, config: DynaConfig, buffer: ReplayBuffer | None = None):
+        self.model, self.spec, self.config = model, spec, config
+        self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
+        self.agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**config.agent)).to(model.device)
+        self.generator = torch.Generator(model.device)
+        if config.seed is not None:
+            self.generator.manual_seed(config.seed)
+        else:
+            self.generator.seed()
+        capacity = config.rollout_batch_size * self._max_rollout_length() * config.retain_rounds
+        self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
+        self._penalty = Uncertainty(config.uncertainty) if config.penalty > 0 else None
+        self._updates_since_rollout = 0
+        self.last_rollout: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- the robot loop
+
+    def reset(self) -> None:
+        pass  # the policy keeps no state within an episode
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        return self.agent.act(obs.to(self.model.device), deterministic)
+
+    def observe(self, transition: TensorDict) -> None:
+        self.buffer.extend(transition)
+
+    def update(self, **fit_kwargs) -> dict:
+        """Refit the model (warm-started) on every real transition, then refresh the model buffer."""
+        stats = self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})
+        self.rollout()
+        return stats
+
+    def learn(self, updates: int | None = None) -> dict[str, float]:
+        """`updates` agent gradient steps (default: updates_per_step), with a rollout round every
+        `rollout_every`; returns the last step's losses and the last rollout's statistics."""
+        cfg = self.config
+        stats: dict[str, float] = {}
+        for _ in range(cfg.updates_per_step if updates is None else updates):
+            if len(self.model_buffer) == 0 or self._updates_since_rollout >= cfg.rollout_every:
+                self.rollout()
+            stats = self.agent.update(self._batch())
+            self._updates_since_rollout += 1
+        return {**stats, **self.last_rollout}
+
+    # ---------------------------------------------------------------- imagination
+
+    @property
+    def rollout_length(self) -> int:
+        """k now: fixed, or MBPO's linear schedule over the real steps observed so far."""
+        if self.config.rollout_schedule is None:
+            return self.config.rollout_length
+        start, end, low, high = self.config.rollout_schedule
+        progress = min(max((len(self.buffer) - start) / max(end - start, 1), 0.0), 1.0)
+        return int(low + progress * (high - low))
+
+    @torch.no_grad()
+    def rollout(self, start_obs: Tensor | None = None) -> dict[str, float]:
+        """Imagine `rollout_length` steps from start states (default: rollout_batch_size real
+        observations) with the current policy, a random elite per row and step; terminated or
+        non-finite rows stop. The transitions go to the model buffer; returns statistics."""
+        cfg = self.config
+        if start_obs is None:
+            start_obs = self.buffer.sample(cfg.rollout_batch_size)["obs"]
+        obs = start_obs.to(self.model.device)
+        started, steps, penalties, dropped = obs.shape[0], [], [], 0
+        for _ in range(self.rollout_length):
+            if obs.shape[0] == 0:
+                break
+            action = self.agent.act(obs)
+            out = self.model.step(obs, action, mode="random", uncertainty=self._penalty, generator=self.generator)
+            reward = out["reward"]
+            if self._penalty is not None:
+                penalties.append(out["uncertainty"])
+                reward = reward - cfg.penalty * out["uncertainty"]
+            finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(reward)
+            dropped += int((~finite).sum())
+            step = TensorDict({
+                "obs": obs, "action": action, "reward": reward, "next_obs": out["next_obs"],
+                "terminated": out["terminated"], "truncated": torch.zeros_like(out["terminated"]),
+            }, batch_size=[obs.shape[0]])[finite]  # fmt: skip
+            steps.append(step)
+            obs = step["next_obs"][~step["terminated"]]
+        imagined = torch.cat(steps) if steps else None
+        if imagined is not None and len(imagined):
+            self.model_buffer.extend(imagined)
+        self._updates_since_rollout = 0
+        penalty = torch.cat(penalties) if penalties else torch.zeros(1)
+        self.last_rollout = {
+            "rollout_length": self.rollout_length, "imagined": float(len(imagined) if imagined is not None else 0),
+            "mean_steps_per_start": (len(imagined) if imagined is not None else 0) / max(started, 1),
+            "imagined_reward": imagined["reward"].mean().item() if imagined is not None and len(imagined) else 0.0,
+            "penalty_mean": penalty.mean().item(), "penalty_max": penalty.max().item(), "nonfinite_rows": float(dropped),
+        }  # fmt: skip
+        return self.last_rollout
+
+    def _batch(self) -> TensorDict:
+        """One agent batch: real_ratio of it from real data, the rest imagined."""
+        size = self.agent.config.batch_size
+        real = round(size * self.config.real_ratio) if len(self.model_buffer) else size
+        parts = [self.buffer.sample(real)] if real else []
+        if size - real:
+            parts.append(self.model_buffer.sample(size - real))
+        return torch.cat([p.to(self.model.device) for p in parts])
+
+    def _max_rollout_length(self) -> int:
+        schedule = self.config.rollout_schedule
+        return max(self.config.rollout_length, schedule[3] if schedule else 0)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        """The agent (networks, optimisers, temperature) and the update counter; the model buffer
+        is not saved (a resumed run imagines a fresh one)."""
+        return {"agent": self.agent.training_state(), "updates_since_rollout": self._updates_since_rollout,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_training_state(state["agent"])
+        self._updates_since_rollout = state["updates_since_rollout"]
+        self.generator.set_state(state["generator"])
+
+
+class MBPO(Dyna):
+    def __init__(self, model, spec, config: DynaConfig | None = None, buffer=None):
+        super().__init__(model, spec, config or MBPOConfig(), buffer)
+
+
+class MOPO(Dyna):
+    def __init__(self, model, spec, config: DynaConfig | None = None, buffer=None):
+        super().__init__(model, spec, config or MOPOConfig(), buffer)
+
+
+class RAVL(Dyna):
+    def __init__(self, model, spec, config: DynaConfig | None = None, buffer=None):
+        super().__init__(model, spec, config or RAVLConfig(), buffer)

@@ -1,0 +1,211 @@
+"""Soft actor-critic with a vectorised critic ensemble: the agent inside the Dyna planners.
+
+The N critics are one stacked MLP (`kernels.ensemble_mlp`, one batched GEMM per layer for all
+of them). The TD target takes the min over all critics or over a random subset (REDQ);
+`eta` > 0 adds EDAC's gradient-diversity term (An et al. 2021), which RAVL relies on.
+Shapes: B rows, N critics, O obs dims, A action dims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+import kernels
+import kernels.reference
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass
+class SACConfig:
+    """SAC's settings; the defaults are MBPO's agent (2 critics of 2 x 256, min over both)."""
+
+    hidden: int = 256
+    actor_layers: int = 2
+    critic_layers: int = 2
+    num_critics: int = 2
+    critic_subset: int | None = None  # target: min over this many random critics (None: all of them)
+    eta: float = 0.0  # EDAC gradient-diversity weight (0: plain SAC critics)
+    discount: float = 0.99
+    tau: float = 0.005  # target critics: Polyak averaging rate
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    target_entropy: float | None = None  # default: -A
+    batch_size: int = 256
+
+    def __post_init__(self):
+        if self.num_critics < 1 or self.hidden < 1 or min(self.actor_layers, self.critic_layers) < 1:
+            raise ValueError("num_critics, hidden and the layer counts must be >= 1")
+        if self.critic_subset is not None and not 1 <= self.critic_subset <= self.num_critics:
+            raise ValueError(f"critic_subset must be in [1, num_critics={self.num_critics}]")
+        if self.eta > 0 and self.num_critics < 2:
+            raise ValueError("the gradient-diversity term (eta > 0) needs num_critics >= 2")
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy, scaled to the action box: obs [B, O] -> action [B, A]."""
+
+    def __init__(self, obs_dim: int, action_low: Tensor, action_high: Tensor, hidden: int, layers: int):
+        super().__init__()
+        act_dim = action_low.numel()
+        sizes = [obs_dim] + [hidden] * layers
+        body = [m for i, o in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(i, o), nn.ReLU())]
+        self.net = nn.Sequential(*body, nn.Linear(hidden, 2 * act_dim))
+        self.register_buffer("center", (action_high + action_low) / 2)
+        self.register_buffer("half_range", (action_high - action_low) / 2)
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Sample (reparameterised) an action and its log-probability [B]; deterministic: tanh(mean)."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        if deterministic:
+            return self.center + self.half_range * torch.tanh(mean), torch.zeros(obs.shape[:-1], device=obs.device)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        noise = torch.randn_like(mean)
+        u = mean + log_std.exp() * noise
+        # log N(u) - log|d action / d u|, with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
+        log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u)) + self.half_range.log()).sum(-1)
+        return self.center + self.half_range * torch.tanh(u), log_prob
+
+
+class CriticEnsemble(nn.Module):
+    """N Q-functions as one stacked MLP: (obs [B, O], action [B, A]) -> Q [N, B].
+
+    obs/action may also be [N, B, ...], one slice per critic (the EDAC term needs that).
+    twice_differentiable: run the pure-PyTorch reference (the Triton backward is not itself
+    differentiable, and the EDAC term differentiates a gradient).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden: int, layers: int):
+        super().__init__()
+        self.num_critics = num_critics
+        sizes = [obs_dim + act_dim] + [hidden] * layers + [1]
+        bounds = [1 / math.sqrt(i) for i in sizes[:-1]]  # nn.Linear's default initialisation
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_critics, i, o).uniform_(-b, b))
+            for i, o, b in zip(sizes[:-1], sizes[1:], bounds))  # fmt: skip
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.empty(num_critics, o).uniform_(-b, b)) for o, b in zip(sizes[1:], bounds))
+
+    def forward(self, obs: Tensor, action: Tensor, twice_differentiable: bool = False) -> Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        if x.dim() == 2:
+            x = x.expand(self.num_critics, *x.shape)
+        mlp = kernels.reference.ensemble_mlp if twice_differentiable else kernels.ensemble_mlp
+        return mlp(x, list(self.weights), list(self.biases), activation="relu").squeeze(-1)
+
+
+class SAC(nn.Module):
+    """Actor, critic ensemble, target critics and the entropy temperature, with their optimisers.
+
+    `update(batch)` takes one gradient step on a TensorDict of transitions (obs, action,
+    reward, next_obs, terminated; see worldmodel.transitions) and returns its losses.
+    """
+
+    def __init__(self, obs_dim: int, action_low: Tensor, action_high: Tensor, config: SACConfig | None = None):
+        super().__init__()
+        cfg = self.config = config or SACConfig()
+        act_dim = action_low.numel()
+        self.actor = Actor(obs_dim, action_low.float(), action_high.float(), cfg.hidden, cfg.actor_layers)
+        self.critics = CriticEnsemble(obs_dim, act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layers)
+        self.target_critics = CriticEnsemble(obs_dim, act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layers)
+        self.target_critics.load_state_dict(self.critics.state_dict())
+        self.target_critics.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.updates = 0
+
+    def training_state(self) -> dict:
+        """Networks, temperature, optimiser moments and the update count, for a checkpoint."""
+        return {"modules": self.state_dict(), "updates": self.updates,
+                "optimizers": [o.state_dict() for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]}
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
+            optim.load_state_dict(saved)
+        self.updates = state["updates"]
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp().detach()
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """obs [O] or [B, O] -> action [A] or [B, A]."""
+        action, _ = self.actor(obs.float().reshape(-1, obs.shape[-1]), deterministic)
+        return action.reshape(*obs.shape[:-1], -1)
+
+    @torch.no_grad()
+    def value(self, obs: Tensor) -> Tensor:
+        """Soft state value under the policy, min over critics: obs [B, O] -> [B]."""
+        action, log_prob = self.actor(obs)
+        return self.critics(obs, action).amin(0) - self.alpha * log_prob
+
+    def update(self, batch: TensorDict) -> dict[str, float]:
+        """One gradient step for the critics, the actor and the temperature."""
+        critic_loss, q, diversity = self._critic_loss(batch)
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+
+        action, log_prob = self.actor(batch["obs"])
+        actor_loss = (self.alpha * log_prob - self.critics(batch["obs"], action).amin(0)).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optim.step()
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+
+        with torch.no_grad():
+            for target, online in zip(self.target_critics.parameters(), self.critics.parameters()):
+                target.lerp_(online, self.config.tau)
+        self.updates += 1
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
+                "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity}  # fmt: skip
+
+    def _critic_loss(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
+        """Sum over critics of the TD error's mean square (+ eta x the EDAC diversity term)."""
+        cfg = self.config
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor(batch["next_obs"])
+            next_q = self.target_critics(batch["next_obs"], next_action)
+            if cfg.critic_subset is not None:
+                next_q = next_q[torch.randperm(cfg.num_critics)[: cfg.critic_subset]]
+            next_v = next_q.amin(0) - self.alpha * next_log_prob
+            target = batch["reward"] + cfg.discount * (~batch["terminated"]).float() * next_v
+        obs, action = batch["obs"], batch["action"]
+        if cfg.eta == 0:
+            q = self.critics(obs, action)
+            return (q - target).square().mean(1).sum(), q.detach(), 0.0
+        n = cfg.num_critics
+        action = action.expand(n, *action.shape).clone().requires_grad_(True)
+        q = self.critics(obs.expand(n, *obs.shape), action, twice_differentiable=True)
+        diversity = gradient_diversity(q, action)
+        loss = (q - target).square().mean(1).sum() + cfg.eta * diversity
+        return loss, q.detach(), diversity.item()
+
+
+def gradient_diversity(q: Tensor, action: Tensor) -> Tensor:
+    """EDAC's term: mean over rows of the summed pairwise cosine similarity of the critics'
+    action-gradients, divided by N - 1. q [N, B] computed from action [N, B, A] (requires grad)."""
+    n = q.shape[0]
+    (grad,) = torch.autograd.grad(q.sum(), action, create_graph=True)
+    grad = grad / (grad.norm(dim=-1, keepdim=True) + 1e-10)
+    cosine = torch.einsum("iba,jba->bij", grad, grad)
+    off_diagonal = cosine.sum((1, 2)) - cosine.diagonal(dim1=1, dim2=2).sum(-1)
+    return off_diagonal.mean() / (n - 1)

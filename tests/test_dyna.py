@@ -1,0 +1,157 @@
+"""Dyna planners (MBPO, MOPO, RAVL) and behaviour cloning on hand-made ensembles whose predictions are known."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from planners import MBPO, MOPO, RAVL, BehaviourCloning, DynaConfig, MOPOConfig, make_planner
+from worldmodel import EnsembleDynamics, TaskSpec
+
+O, A = 2, 1
+SPEC = TaskSpec("hand-made", O, A, torch.full((A,), -1.0), torch.full((A,), 1.0), 100, None)
+
+
+def constant_ensemble(delta, reward, std, termination_fn=None) -> EnsembleDynamics:
+    """Each member predicts a fixed Gaussian whatever the input: mean (delta[i], reward[i]),
+    standard deviation std[i] (per output), so every prediction is known in closed form."""
+    delta, reward, std = torch.as_tensor(delta).float(), torch.as_tensor(reward).float(), torch.as_tensor(std).float()
+    members = delta.shape[0]
+    model = EnsembleDynamics(O, A, ensemble_size=members, num_elites=members, hidden=4, layers=1,
+                             termination_fn=termination_fn)  # fmt: skip
+    with torch.no_grad():
+        for w in model.weights:
+            w.zero_()
+        model.max_logvar.fill_(10.0)
+        model.min_logvar.fill_(-30.0)
+        # invert the soft clamp lv = max - softplus(max - raw) (the lower bound is inactive here)
+        lv = (2 * std.log()).clamp_min(-25.0)
+        raw = model.max_logvar - torch.log(torch.expm1(model.max_logvar - lv))
+        model.biases[-1].copy_(torch.cat([delta, reward[:, None], raw], dim=-1))
+    return model
+
+
+def real_data(n: int, reward: float = 1000.0) -> TensorDict:
+    flags = torch.zeros(n, dtype=torch.bool)
+    return TensorDict({"obs": torch.randn(n, O), "action": torch.rand(n, A) * 2 - 1, "reward": torch.full((n,), reward),
+                       "next_obs": torch.randn(n, O), "terminated": flags, "truncated": flags.clone()}, [n])  # fmt: skip
+
+
+def test_constant_ensemble_predicts_what_it_was_built_with():
+    model = constant_ensemble([[1.0, 0.0], [0.0, 2.0]], [0.5, -0.5], [[0.1, 0.2, 0.01], [0.3, 0.4, 0.01]])
+    mean, var = model.predict(torch.randn(5, O), torch.randn(5, A))
+    torch.testing.assert_close(mean[1, 0], torch.tensor([0.0, 2.0, -0.5]))
+    torch.testing.assert_close(var[0, 0].sqrt(), torch.tensor([0.1, 0.2, 0.01]), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.5, 2.0])
+def test_mopo_subtracts_lambda_times_the_max_aleatoric_norm(penalty):
+    std = torch.tensor([[0.3, 0.4, 1e-3], [0.6, 0.8, 1e-3], [0.0, 0.5, 1e-3]])  # obs-std norms 0.5, 1.0, 0.5
+    model = constant_ensemble(torch.zeros(3, O), [1.0, 1.0, 1.0], std)
+    planner = MOPO(model, SPEC, MOPOConfig(penalty=penalty, rollout_length=1, rollout_batch_size=200, seed=0))
+    planner.observe(real_data(200))
+    stats = planner.rollout()
+    imagined = planner.model_buffer.data()
+    expected = 1.0 - penalty * 1.0  # max over members of ||sigma_obs||
+    assert torch.allclose(imagined["reward"], torch.full_like(imagined["reward"], expected), atol=0.02)
+    assert stats["penalty_mean"] == pytest.approx(1.0 if penalty else 0.0, abs=1e-3)
+
+
+def test_rollouts_stop_at_terminal_steps():
+    """obs[0] grows by 1 per step and the task ends once it passes 2.5: every rollout is 3 steps."""
+    model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]], termination_fn=lambda o, a, n: n[:, 0] > 2.5)
+    planner = MBPO(model, SPEC, DynaConfig(rollout_length=5, rollout_batch_size=50, seed=0))
+    data = real_data(50)
+    data["obs"][:, 0] = 0.0
+    planner.observe(data)
+    stats = planner.rollout()
+    imagined = planner.model_buffer.data()
+    assert len(imagined) == 150 and stats["mean_steps_per_start"] == pytest.approx(3.0)
+    assert imagined["terminated"].sum() == 50
+    assert (imagined["next_obs"][imagined["terminated"], 0] > 2.5).all()
+    assert (imagined["next_obs"][~imagined["terminated"], 0] < 2.5).all()
+
+
+def test_rollout_drops_rows_that_become_non_finite():
+    model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]])
+    planner = MBPO(model, SPEC, DynaConfig(rollout_length=2, rollout_batch_size=10, seed=0))
+    start = torch.zeros(10, O)
+    start[:3, 1] = float("nan")
+    planner.observe(real_data(10))
+    stats = planner.rollout(start)
+    assert stats["nonfinite_rows"] == 3 and len(planner.model_buffer) == 14
+    assert torch.isfinite(planner.model_buffer.data()["next_obs"]).all()
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_agent_batches_mix_real_and_imagined_data_by_real_ratio(ratio):
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = MBPO(model, SPEC, DynaConfig(rollout_length=1, rollout_batch_size=100, real_ratio=ratio, seed=0))
+    planner.observe(real_data(100, reward=1000.0))  # imagined rewards are ~0
+    planner.rollout()
+    batch = planner._batch()
+    assert len(batch) == planner.agent.config.batch_size
+    assert (batch["reward"] > 500).float().mean().item() == pytest.approx(ratio, abs=1 / 256)
+
+
+def test_learn_rolls_out_every_rollout_every_updates():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    config = DynaConfig(rollout_length=1, rollout_batch_size=20, rollout_every=3, retain_rounds=10,
+                        agent={"hidden": 16, "batch_size": 8}, seed=0)  # fmt: skip
+    planner = MBPO(model, SPEC, config)
+    planner.observe(real_data(20))
+    planner.learn(7)  # a round before updates 1, 4 and 7
+    assert len(planner.model_buffer) == 60 and planner.agent.updates == 7
+
+
+def test_mbpo_rollout_length_schedule_grows_with_real_data():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = MBPO(model, SPEC, DynaConfig(rollout_schedule=[10, 30, 1, 5], rollout_batch_size=4))
+    lengths = []
+    for _ in range(4):
+        planner.observe(real_data(10))
+        lengths.append(planner.rollout_length)
+    assert lengths == [1, 3, 5, 5]
+
+
+def test_ravl_defaults_are_edac_critics_without_a_penalty():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    ravl, mopo = RAVL(model, SPEC), MOPO(model, SPEC)
+    assert ravl.config.penalty == 0 and ravl.agent.config.num_critics == 10 and ravl.agent.config.eta > 0
+    assert mopo.config.penalty > 0 and mopo.agent.config.num_critics == 2 and mopo.agent.config.eta == 0
+
+
+def test_planner_registry_builds_dyna_planners_and_refuses_bad_settings():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = make_planner("mopo", model, SPEC, penalty=0.3, agent={"num_critics": 4})
+    assert isinstance(planner, MOPO) and planner.config.penalty == 0.3 and planner.agent.config.num_critics == 4
+    with pytest.raises(ValueError, match="unknown agent setting"):
+        make_planner("ravl", model, SPEC, agent={"critics": 4})
+    with pytest.raises(ValueError, match="uncertainty"):
+        make_planner("mopo", model, SPEC, uncertainty="nonsense")
+    with pytest.raises(ValueError, match="terminal value"):
+        make_planner("mbpo", model, SPEC, terminal_value=lambda s: s[:, 0])
+
+
+def test_behaviour_cloning_recovers_a_linear_behaviour_policy():
+    torch.manual_seed(0)
+    data = real_data(2000)
+    data["action"] = (0.5 * data["obs"][:, :1] - 0.2 * data["obs"][:, 1:]).clamp(-1, 1)
+    bc = BehaviourCloning(None, SPEC)
+    bc.observe(data)
+    bc.learn(800)
+    obs = torch.randn(200, O)
+    expected = (0.5 * obs[:, :1] - 0.2 * obs[:, 1:]).clamp(-1, 1)
+    assert (bc.act(obs) - expected).abs().mean() < 0.05
+
+
+def test_dyna_checkpoint_state_round_trip():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    config = DynaConfig(rollout_length=1, rollout_batch_size=20, agent={"hidden": 16, "batch_size": 8}, seed=0)
+    planner, other = MBPO(model, SPEC, config), MBPO(model, SPEC, DynaConfig(**{**config.__dict__, "seed": 1}))
+    planner.observe(real_data(20))
+    planner.learn(3)
+    other.load_state_dict(planner.state_dict())
+    obs = torch.randn(4, O)
+    torch.testing.assert_close(other.act(obs, deterministic=True), planner.act(obs, deterministic=True))
+    assert other.agent.updates == 3
+    assert torch.equal(other.generator.get_state(), planner.generator.get_state())

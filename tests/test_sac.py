@@ -1,0 +1,144 @@
+"""SAC and its critic ensemble: the policy's log-probability, the TD target, EDAC's term, learning."""
+
+import io
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from planners import SAC, SACConfig
+from planners.sac import gradient_diversity
+
+O, A = 3, 2
+LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
+
+
+def transitions(n: int, terminated: bool) -> TensorDict:
+    flags = torch.full((n,), terminated)
+    return TensorDict({
+        "obs": torch.randn(n, O), "action": torch.rand(n, A) * (HIGH - LOW) + LOW, "reward": torch.randn(n),
+        "next_obs": torch.randn(n, O), "terminated": flags, "truncated": torch.zeros(n, dtype=torch.bool),
+    }, batch_size=[n])  # fmt: skip
+
+
+def test_actor_log_prob_is_the_squashed_gaussians_density():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=16))
+    obs = torch.randn(64, O)
+    torch.manual_seed(1)
+    action, log_prob = agent.actor(obs)
+    mean, log_std = agent.actor.net(obs).chunk(2, dim=-1)
+    base = torch.distributions.Normal(mean, log_std.clamp(-5, 2).exp())
+    squash = [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(agent.actor.center, agent.actor.half_range)]
+    density = torch.distributions.TransformedDistribution(base, squash)
+    expected = density.log_prob(action.clamp(LOW + 1e-6, HIGH - 1e-6)).sum(-1)
+    assert ((action >= LOW) & (action <= HIGH)).all()
+    torch.testing.assert_close(log_prob, expected, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("terminated", [False, True])
+def test_td_target_bootstraps_only_from_non_terminal_steps(terminated):
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=3, discount=0.9, init_alpha=1e-9))
+    with torch.no_grad():  # every critic (and target) outputs the constant c: Q = c everywhere
+        for net in (agent.critics, agent.target_critics):
+            for w in net.weights:
+                w.zero_()
+            for b in net.biases:
+                b.zero_()
+            net.biases[-1].fill_(2.0)
+    batch = transitions(32, terminated)
+    loss, q, _ = agent._critic_loss(batch)
+    target = batch["reward"] + (0.0 if terminated else 0.9 * 2.0)
+    assert torch.allclose(q, torch.full_like(q, 2.0))
+    torch.testing.assert_close(loss, 3 * (2.0 - target).square().mean())
+
+
+def test_critic_subset_takes_the_min_over_that_many_random_critics():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=4, critic_subset=1, discount=1.0, init_alpha=1e-9))
+    with torch.no_grad():
+        for w in agent.target_critics.weights:
+            w.zero_()
+        for b in agent.target_critics.biases:
+            b.zero_()
+        agent.target_critics.biases[-1].copy_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+    batch = transitions(8, terminated=False)
+    batch["reward"].zero_()
+    seen = set()
+    for _ in range(40):
+        with torch.no_grad():
+            q = agent.critics(batch["obs"], batch["action"])
+            loss, _, _ = agent._critic_loss(batch)
+        # loss = sum_i mean((q_i - t)^2) with one scalar target t in {1, 2, 3, 4}
+        candidates = {t: (q - t).square().mean(1).sum().item() for t in (1.0, 2.0, 3.0, 4.0)}
+        seen.add(min(candidates, key=lambda t: abs(candidates[t] - loss.item())))
+    assert seen == {1.0, 2.0, 3.0, 4.0}
+
+
+def test_gradient_diversity_of_known_action_gradients():
+    action = torch.randn(3, 5, 2, requires_grad=True)
+    same = torch.tensor([1.0, 2.0])
+    q = (action * same).sum(-1)  # every critic has the same gradient
+    assert gradient_diversity(q, action).item() == pytest.approx(3.0, abs=1e-5)  # N(N-1)/(N-1)
+    pair = torch.randn(2, 5, 2, requires_grad=True)
+    directions = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, None, :]
+    assert gradient_diversity((pair * directions).sum(-1), pair).item() == pytest.approx(0.0, abs=1e-6)
+    opposite = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])[:, None, :]
+    assert gradient_diversity((pair * opposite).sum(-1), pair).item() == pytest.approx(-2.0, abs=1e-5)
+
+
+def test_edac_term_makes_critic_gradients_diverse():
+    torch.manual_seed(0)
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=32, num_critics=4, eta=5.0))
+    batch = transitions(256, terminated=True)
+    first = agent.update(batch)["diversity"]
+    for _ in range(150):
+        last = agent.update(batch)["diversity"]
+    assert last < first - 0.5
+
+
+def test_sac_solves_a_one_step_bandit():
+    """reward = -(a - a*)^2 with every step terminal: Q must learn the reward, the policy its peak."""
+    torch.manual_seed(0)
+    best = torch.tensor([0.5, 1.5])
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=64, actor_lr=3e-3, critic_lr=3e-3, alpha_lr=3e-3, init_alpha=0.1))
+    for _ in range(600):
+        batch = transitions(256, terminated=True)
+        batch["reward"] = -(batch["action"] - best).square().sum(-1)
+        agent.update(batch)
+    obs = torch.randn(100, O)
+    chosen = agent.act(obs, deterministic=True)
+    assert (chosen - best).abs().mean() < 0.08
+    q = agent.critics(obs, chosen).mean(0)
+    assert q.abs().mean() < 0.1  # the peak's reward is 0
+
+
+def test_training_state_round_trip_continues_identically():
+    config = SACConfig(hidden=16, num_critics=3, eta=1.0)
+    agent, copy = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, config)
+    batches = [transitions(32, terminated=False) for _ in range(3)]
+    agent.update(batches[0])
+    saved = io.BytesIO()
+    torch.save(agent.training_state(), saved)  # as a checkpoint holds it
+    saved.seek(0)
+    copy.load_training_state(torch.load(saved))
+    torch.manual_seed(5)
+    expected = [agent.update(b) for b in batches[1:]]
+    torch.manual_seed(5)
+    assert [copy.update(b) for b in batches[1:]] == expected
+    assert copy.updates == agent.updates == 3
+
+
+@pytest.mark.parametrize("bad", [dict(num_critics=0), dict(critic_subset=3), dict(num_critics=1, eta=1.0)])
+def test_bad_settings_are_clear_errors(bad):
+    with pytest.raises(ValueError):
+        SACConfig(**bad)
+
+
+def test_value_is_the_min_critic_minus_the_entropy_cost():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=2, init_alpha=math.e))
+    obs = torch.randn(16, O)
+    torch.manual_seed(3)
+    value = agent.value(obs)
+    torch.manual_seed(3)
+    action, log_prob = agent.actor(obs)
+    torch.testing.assert_close(value, agent.critics(obs, action).amin(0).detach() - math.e * log_prob.detach())
