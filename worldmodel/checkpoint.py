@@ -6,9 +6,11 @@ crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,16 +22,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, truncated, or of the wrong kind."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` atomically; returns the path."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`
+    (readable by all, like a normally created file), on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,7 +44,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically; returns the path."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:

@@ -1,0 +1,160 @@
+"""Behaviour policies for offline datasets by D4RL's recipe: SAC trained online in MuJoCo.
+
+One training run per (task, seed) yields every quality: the policy the first time its
+evaluation return reaches `medium_return` (medium), every transition seen until then
+(medium-replay) and the policy after `max_steps` (expert). The run is checkpointed in
+`policy_dir` after each evaluation, so an interrupted run resumes and the other qualities
+reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from planners.sac import SAC, SACConfig
+from worldmodel.checkpoint import atomic_save, load_checked
+from worldmodel.collect import collect, uniform_policy
+from worldmodel.datasets import REFERENCE_RETURNS, normalized_score, save_d4rl, save_minari
+from worldmodel.envs import make_env
+from worldmodel.replay import ReplayBuffer
+from worldmodel.transitions import from_rollout
+
+_FORMAT = "worldmodel.BehaviourRun"
+
+
+def default_medium_return(task: str) -> float:
+    """D4RL's medium: about a third of the expert's return (above the random one)."""
+    if task not in REFERENCE_RETURNS:
+        raise ValueError(f"no reference returns for {task!r}: set behaviour.medium_return explicitly")
+    low, high = REFERENCE_RETURNS[task]
+    return low + (high - low) / 3
+
+
+def policy_return(env, agent: SAC, episodes: int, deterministic: bool = True) -> float:
+    """Mean return of the agent's policy over `episodes` episodes."""
+    act = lambda td: td.set("action", agent.act(td["observation"], deterministic))  # noqa: E731
+    total = [env.rollout(env.task_spec.max_episode_steps, policy=act)["next", "reward"].sum().item()
+             for _ in range(episodes)]  # fmt: skip
+    return sum(total) / episodes
+
+
+class BehaviourTraining:
+    """Online SAC on one task with the snapshots the dataset qualities need."""
+
+    def __init__(self, task: str, seed: int, settings: DictConfig, path: Path):
+        self.task, self.seed, self.settings, self.path = task, seed, settings, path
+        self.env = make_env(task, seed=seed)
+        self.eval_env = make_env(task, seed=seed + 10_000)
+        spec = self.env.task_spec
+        self.agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**settings.agent))
+        self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=settings.max_steps)
+        self.medium_return = settings.medium_return if settings.medium_return is not None else default_medium_return(task)
+        self.state = {"step": 0, "medium": None, "history": []}
+        if path.is_file():
+            self._restore(load_checked(path, _FORMAT))
+
+    def train(self, until: str) -> None:
+        """Train until the medium snapshot exists (until="medium") or for max_steps ("expert")."""
+        s, cfg = self.state, self.settings
+        done = (lambda: s["medium"] is not None) if until == "medium" else (lambda: s["step"] >= cfg.max_steps)
+        if done():
+            return
+        torch.manual_seed(self.seed + s["step"])
+        random_policy = uniform_policy(self.env)
+        td = self.env.reset()
+        bar = tqdm(total=cfg.max_steps, initial=s["step"], desc=f"behaviour SAC {self.task}", unit="step")
+        while not done():
+            if s["step"] >= cfg.max_steps:
+                raise ValueError(f"the behaviour agent did not reach medium_return {self.medium_return:.0f} within "
+                                 f"behaviour.max_steps={cfg.max_steps}; raise it (best so far: {self._best():.0f})")  # fmt: skip
+            td["action"] = random_policy(None) if s["step"] < cfg.start_steps else self.agent.act(td["observation"])
+            transition, td = self.env.step_and_maybe_reset(td)
+            self.buffer.extend(from_rollout(transition.unsqueeze(0)))
+            s["step"] += 1
+            if s["step"] >= cfg.start_steps:
+                self.agent.update(self.buffer.sample(self.agent.config.batch_size))
+            if s["step"] % cfg.eval_every == 0 or s["step"] == cfg.max_steps:
+                self._evaluate(bar)
+            bar.update()
+        bar.close()
+
+    def _evaluate(self, bar) -> None:
+        s = self.state
+        ret = policy_return(self.eval_env, self.agent, self.settings.eval_episodes)
+        s["history"].append({"step": s["step"], "return": ret})
+        bar.set_postfix(ret=f"{ret:.0f}", medium=f"{self.medium_return:.0f}")
+        if s["medium"] is None and ret >= self.medium_return:
+            s["medium"] = {"actor": {k: v.clone() for k, v in self.agent.actor.state_dict().items()},
+                           "return": ret, "step": s["step"]}  # fmt: skip
+            tqdm.write(f"{self.task}: medium policy at step {s['step']} (return {ret:.0f})")
+        atomic_save({"format": _FORMAT, "version": 1, "state": s, "agent": self.agent.training_state(),
+                     "buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state()}, self.path)  # fmt: skip
+
+    def _restore(self, ckpt: dict) -> None:
+        self.state = ckpt["state"]
+        self.agent.load_training_state(ckpt["agent"])
+        self.buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.path))
+
+    def _best(self) -> float:
+        return max((h["return"] for h in self.state["history"]), default=-math.inf)
+
+    def policy(self, which: str) -> SAC:
+        """The agent with the medium snapshot's actor, or as trained (expert)."""
+        if which == "medium":
+            agent = SAC(self.env.task_spec.obs_dim, self.env.task_spec.action_low, self.env.task_spec.action_high,
+                        self.agent.config)  # fmt: skip
+            agent.actor.load_state_dict(self.state["medium"]["actor"])
+            return agent
+        return self.agent
+
+
+def make_dataset(cfg: DictConfig) -> dict:
+    """Build the dataset `cfg.quality` for `cfg.env.name` and write it to `cfg.out` (D4RL or Minari layout)."""
+    task, quality, size = cfg.env.name, cfg.quality, cfg.size
+    torch.manual_seed(cfg.seed)
+    env = make_env(task, seed=cfg.seed + 20_000)
+    metadata = {"env": task, "quality": quality, "seed": cfg.seed, "recipe": "D4RL (SAC behaviour policies)",
+                "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
+    parts = []
+    if quality == "random":
+        parts.append(collect(env, uniform_policy(env), size, progress=True))
+    else:
+        cache = Path(cfg.policy_dir) / f"{task}-seed{cfg.seed}-{cfg.behaviour.max_steps}.pt"
+        training = BehaviourTraining(task, cfg.seed, cfg.behaviour, cache)
+        training.train(until="expert" if "expert" in quality else "medium")
+        if quality == "medium-replay":
+            parts.append(training.buffer.data()[: training.state["medium"]["step"]])
+        for which in ("medium", "expert"):
+            if which in quality.split("-") and quality != "medium-replay":
+                agent = training.policy(which)
+                metadata[f"{which}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes)
+                parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
+        metadata["behaviour_history"] = training.state["history"]
+    data = torch.cat(parts)
+    returns = [r for part in parts for r in episode_returns(part)]
+    metadata.update(transitions=len(data), episodes=len(returns),
+                    mean_episode_return=sum(returns) / max(len(returns), 1))  # fmt: skip
+    score = normalized_score(task, metadata["mean_episode_return"])
+    if score is not None:
+        metadata["mean_normalized_score"] = score
+    (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)
+    print(f"{task} {quality}: {len(data)} transitions, {len(returns)} complete episodes, mean return "
+          f"{metadata['mean_episode_return']:.1f}" + (f" (normalised {score:.1f})" if score is not None else "")
+          + f" -> {cfg.out}")  # fmt: skip
+    return metadata
+
+
+def episode_returns(data) -> list[float]:
+    """Returns of the complete episodes (ending in a terminal or time-out flag) in a transitions batch."""
+    ends = (data["terminated"] | data["truncated"]).nonzero().squeeze(-1).tolist()
+    sums = torch.cumsum(data["reward"].double(), 0)
+    returns, previous = [], 0.0
+    for end in ends:
+        returns.append((sums[end] - previous).item())
+        previous = sums[end].item()
+    return returns

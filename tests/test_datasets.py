@@ -1,0 +1,111 @@
+"""Offline datasets: both layouts round-trip, bad files are clear errors, scores, and the make command."""
+
+import h5py
+import pytest
+import torch
+
+from worldmodel import collect, make_env, uniform_policy
+from worldmodel.checkpoint import load_checked
+from worldmodel.datasets import DatasetError, load_dataset, main, normalized_score, save_d4rl, save_minari
+
+
+@pytest.fixture(scope="module")
+def hopper_data():
+    env = make_env("hopper", seed=0)
+    return collect(env, uniform_policy(env), 400)  # several episodes: uniform actions fall over quickly
+
+
+def test_d4rl_layout_round_trips_transitions_and_metadata(hopper_data, tmp_path):
+    save_d4rl(tmp_path / "d.hdf5", hopper_data, {"env": "hopper", "quality": "random", "history": [1, 2]})
+    data, meta = load_dataset(tmp_path / "d.hdf5", obs_dim=11, act_dim=3)
+    for key in hopper_data.keys():
+        assert torch.equal(data[key], hopper_data[key]), key
+    assert meta["env"] == "hopper" and meta["history"] == [1, 2]
+    with h5py.File(tmp_path / "d.hdf5") as f:
+        assert {"observations", "actions", "rewards", "next_observations", "terminals", "timeouts"} <= set(f)
+
+
+def test_minari_layout_round_trips_by_episode(hopper_data, tmp_path):
+    save_minari(tmp_path / "m", hopper_data, {"env": "hopper"})
+    data, meta = load_dataset(tmp_path / "m", obs_dim=11, act_dim=3)
+    for key in hopper_data.keys():
+        assert torch.equal(data[key], hopper_data[key]), key
+    flags = int((hopper_data["terminated"] | hopper_data["truncated"]).sum())
+    last_open = not (hopper_data["terminated"][-1] or hopper_data["truncated"][-1])
+    assert meta["total_episodes"] == flags + last_open > 3
+    with h5py.File(tmp_path / "m" / "data" / "main_data.hdf5") as f:
+        ep = f["episode_0"]
+        assert len(ep["observations"]) == len(ep["actions"]) + 1
+
+
+def test_a_missing_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(DatasetError, match="worldmodel.datasets make"):
+        load_dataset(tmp_path / "nope.hdf5")
+
+
+def test_corrupt_and_truncated_files_are_clear_errors(hopper_data, tmp_path):
+    (tmp_path / "junk.hdf5").write_bytes(b"not an hdf5 file at all" * 10)
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        load_dataset(tmp_path / "junk.hdf5")
+    save_d4rl(tmp_path / "d.hdf5", hopper_data)
+    raw = (tmp_path / "d.hdf5").read_bytes()
+    (tmp_path / "cut.hdf5").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError):
+        load_dataset(tmp_path / "cut.hdf5")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.__delitem__("rewards"), "lacks \\['rewards'\\]"),
+    (lambda f: f["rewards"].__setitem__(5, float("nan")), "'reward' has non-finite values .* rows \\[5\\]"),
+    (lambda f: (f.__delitem__("actions"), f.create_dataset("actions", data=torch.zeros(10, 3).numpy())), "different lengths"),
+])  # fmt: skip
+def test_damaged_fields_are_named(hopper_data, tmp_path, damage, message):
+    save_d4rl(tmp_path / "d.hdf5", hopper_data)
+    with h5py.File(tmp_path / "d.hdf5", "a") as f:
+        damage(f)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path / "d.hdf5")
+
+
+def test_a_dataset_of_another_task_is_refused(hopper_data, tmp_path):
+    save_d4rl(tmp_path / "d.hdf5", hopper_data)
+    with pytest.raises(DatasetError, match="'obs' has shape \\[400, 11\\], expected \\[400, 17\\]"):
+        load_dataset(tmp_path / "d.hdf5", obs_dim=17, act_dim=6)
+
+
+def test_normalized_score_uses_d4rl_reference_returns():
+    assert normalized_score("hopper", -20.272305) == pytest.approx(0.0)
+    assert normalized_score("halfcheetah", 12135.0) == pytest.approx(100.0)
+    assert normalized_score("walker2d", (1.629008 + 4592.3) / 2) == pytest.approx(50.0)
+    assert normalized_score("dmc/cheetah-run", 500.0) is None
+
+
+def test_make_random_dataset(tmp_path, capsys):
+    meta = main(["make", "env=hopper", "quality=random", "size=300", f"out={tmp_path / 'r.hdf5'}"])
+    data, saved = load_dataset(tmp_path / "r.hdf5", obs_dim=11, act_dim=3)
+    assert len(data) == 300 and saved["quality"] == "random" and meta["episodes"] > 3
+    assert saved["mean_normalized_score"] == pytest.approx(normalized_score("hopper", saved["mean_episode_return"]))
+
+
+def test_make_medium_replay_then_medium_expert_reuses_the_behaviour_run(tmp_path):
+    common = ["env=hopper", "size=300", f"policy_dir={tmp_path / 'pol'}", "behaviour.start_steps=200",
+              "behaviour.eval_every=200", "behaviour.eval_episodes=1", "behaviour.max_steps=400",
+              "behaviour.medium_return=-1000", "behaviour.agent.hidden=32"]  # fmt: skip
+    main(["make", "quality=medium-replay", f"out={tmp_path / 'mr.hdf5'}", *common])
+    replay, meta = load_dataset(tmp_path / "mr.hdf5")
+    assert len(replay) == 200  # everything the agent saw until its medium snapshot (first evaluation)
+    checkpoint = tmp_path / "pol" / "hopper-seed0-400.pt"
+    assert load_checked(checkpoint, "worldmodel.BehaviourRun")["state"]["step"] == 200
+    main(["make", "quality=medium-expert", f"out={tmp_path / 'me.hdf5'}", *common])
+    both, meta = load_dataset(tmp_path / "me.hdf5")
+    assert len(both) == 600 and "medium_policy_return" in meta and "expert_policy_return" in meta
+    assert [h["step"] for h in meta["behaviour_history"]] == [200, 400]  # resumed, not retrained
+
+
+def test_make_refuses_unknown_quality_and_missing_out(tmp_path):
+    with pytest.raises(SystemExit, match="unknown quality 'great'"):
+        main(["make", "env=hopper", "quality=great", f"out={tmp_path / 'x.hdf5'}"])
+    with pytest.raises(SystemExit, match="out=<path>"):
+        main(["make", "env=hopper", "quality=random"])
+    with pytest.raises(SystemExit, match="usage"):
+        main([])

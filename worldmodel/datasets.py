@@ -1,0 +1,214 @@
+"""Offline datasets: the D4RL HDF5 layout and Minari's, D4RL-normalised scores, and the `make` command.
+
+    python -m worldmodel.datasets make env=hopper quality=medium-replay out=data/hopper-mr.hdf5
+
+The public D4RL/Minari files cannot be downloaded here, so `make` builds them by D4RL's
+recipe (random, medium, expert, medium-replay, medium-expert; see planners.behaviour).
+Both layouts read into transitions (see worldmodel.transitions); anything malformed is an
+error naming the file and the field, and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from worldmodel.checkpoint import atomic_write
+from worldmodel.transitions import validate_transitions
+
+# D4RL's reference returns (random, expert) for its normalised score. gymnasium v5 tasks
+# differ from the mujoco-py v2 tasks D4RL used, so compare with published tables with care.
+REFERENCE_RETURNS = {
+    "halfcheetah": (-280.178953, 12135.0),
+    "hopper": (-20.272305, 3234.3),
+    "walker2d": (1.629008, 4592.3),
+}
+QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
+_D4RL_KEYS = {"observations": "obs", "actions": "action", "rewards": "reward",
+              "next_observations": "next_obs", "terminals": "terminated", "timeouts": "truncated"}  # fmt: skip
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, corrupt, truncated or does not match the task."""
+
+
+def normalized_score(task: str, episode_return: float) -> float | None:
+    """D4RL's 100 * (R - random) / (expert - random), or None for tasks without reference returns."""
+    if task not in REFERENCE_RETURNS:
+        return None
+    low, high = REFERENCE_RETURNS[task]
+    return 100.0 * (episode_return - low) / (high - low)
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def save_d4rl(path: str | os.PathLike, data: TensorDict, metadata: dict | None = None) -> None:
+    """Write transitions in D4RL's layout (observations, actions, rewards, next_observations,
+    terminals, timeouts; metadata as 'metadata/...' attributes), atomically."""
+    data = validate_transitions(data)
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+        for d4rl_key, key in _D4RL_KEYS.items():
+            f.create_dataset(d4rl_key, data=data[key].numpy(), compression="gzip", compression_opts=1)
+        for key, value in (metadata or {}).items():
+            f.attrs[f"metadata/{key}"] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+
+
+def save_minari(path: str | os.PathLike, data: TensorDict, metadata: dict | None = None) -> None:
+    """Write transitions in Minari's layout: <path>/data/main_data.hdf5 with one group per episode
+    (observations [T+1], actions, rewards, terminations, truncations [T]) and <path>/data/metadata.json.
+
+    Episodes end at a terminal or time-out flag, or where next_obs does not lead on to the next obs.
+    """
+    data = validate_transitions(data)
+    root = Path(path)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    ends = episode_ends(data)
+    start = 0
+    with atomic_write(root / "data" / "main_data.hdf5") as tmp, h5py.File(tmp, "w") as f:
+        for i, end in enumerate(ends.tolist()):
+            ep = data[start:end + 1]
+            group = f.create_group(f"episode_{i}")
+            group.attrs["id"], group.attrs["total_steps"] = i, len(ep)
+            group.create_dataset("observations", data=torch.cat([ep["obs"], ep["next_obs"][-1:]]).numpy())
+            group.create_dataset("actions", data=ep["action"].numpy())
+            group.create_dataset("rewards", data=ep["reward"].numpy())
+            group.create_dataset("terminations", data=ep["terminated"].numpy())
+            group.create_dataset("truncations", data=ep["truncated"].numpy())
+            start = end + 1
+        f.attrs["total_episodes"], f.attrs["total_steps"] = len(ends), len(data)
+    meta = {"total_episodes": len(ends), "total_steps": len(data), **(metadata or {})}
+    with atomic_write(root / "data" / "metadata.json") as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2))
+
+
+def episode_ends(data: TensorDict) -> torch.Tensor:
+    """Row indices where an episode ends: a terminal or time-out flag, a break in continuity
+    (next_obs != the next row's obs), and the last row."""
+    flagged = data["terminated"] | data["truncated"]
+    broken = torch.zeros_like(flagged)
+    broken[:-1] = (data["next_obs"][:-1] != data["obs"][1:]).any(-1)
+    flagged[-1] = True
+    return (flagged | broken).nonzero().squeeze(-1)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None) -> tuple[TensorDict, dict]:
+    """Read a D4RL-layout .hdf5 file or a Minari dataset (its directory, or its main_data.hdf5).
+
+    Returns (transitions, metadata). Checks the dimensions against obs_dim/act_dim when given.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "data" / "main_data.hdf5"
+    if not path.is_file():
+        raise DatasetError(f"dataset {path} does not exist; make one with "
+                           f"`python -m worldmodel.datasets make env=<task> quality=<quality> out=<file>`")  # fmt: skip
+    try:
+        with h5py.File(path, "r") as f:
+            if "observations" in f:
+                data, metadata = _read_d4rl(f)
+            elif any(k.startswith("episode_") for k in f):
+                data, metadata = _read_minari(f, path)
+            else:
+                raise DatasetError(f"{path}: neither D4RL (observations, actions, ...) nor Minari (episode_*) layout; "
+                                   f"top-level keys: {sorted(f)[:10]}")  # fmt: skip
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read it as HDF5 (corrupt or truncated?): {e}") from None
+    try:
+        data = validate_transitions(data, obs_dim, act_dim)
+    except ValueError as e:
+        raise DatasetError(f"{path}: {e}") from None
+    if len(data) == 0:
+        raise DatasetError(f"{path}: the dataset holds no transitions")
+    return data, metadata
+
+
+def _read_d4rl(f: h5py.File) -> tuple[TensorDict, dict]:
+    if missing := [k for k in _D4RL_KEYS if k not in f]:
+        raise DatasetError(f"{f.filename}: D4RL layout lacks {missing} (needs {list(_D4RL_KEYS)})")
+    arrays = {key: torch.as_tensor(np.asarray(f[d4rl_key])) for d4rl_key, key in _D4RL_KEYS.items()}
+    lengths = {key: len(a) for key, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise DatasetError(f"{f.filename}: fields have different lengths {lengths} (truncated file?)")
+    metadata = {k.removeprefix("metadata/"): _attr(v) for k, v in f.attrs.items()}
+    return _transitions(arrays), metadata
+
+
+def _read_minari(f: h5py.File, path: Path) -> tuple[TensorDict, dict]:
+    episodes = []
+    for name in sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k.split("_")[1])):
+        g = f[name]
+        if missing := [k for k in ("observations", "actions", "rewards", "terminations", "truncations") if k not in g]:
+            raise DatasetError(f"{path}: {name} lacks {missing}")
+        obs = torch.as_tensor(np.asarray(g["observations"]))
+        steps = len(g["actions"])
+        if len(obs) != steps + 1:
+            raise DatasetError(f"{path}: {name} has {len(obs)} observations for {steps} actions (needs one more)")
+        episodes.append(_transitions({
+            "obs": obs[:-1], "next_obs": obs[1:], "action": torch.as_tensor(np.asarray(g["actions"])),
+            "reward": torch.as_tensor(np.asarray(g["rewards"])),
+            "terminated": torch.as_tensor(np.asarray(g["terminations"])),
+            "truncated": torch.as_tensor(np.asarray(g["truncations"])),
+        }))  # fmt: skip
+    meta_file = path.parent / "metadata.json"
+    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    metadata.update({k: _attr(v) for k, v in f.attrs.items()})
+    return torch.cat(episodes), metadata
+
+
+def _transitions(arrays: dict) -> TensorDict:
+    """Raw arrays to a transitions TensorDict: floats as float32, flags as bool."""
+    out = {k: (v.bool() if k in ("terminated", "truncated") else v.float()) for k, v in arrays.items()}
+    return TensorDict(out, batch_size=[len(out["obs"])])
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`make env=<task> quality=<quality> out=<file>` (Hydra-style overrides of configs/datasets.yaml)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "make":
+        raise SystemExit("usage: python -m worldmodel.datasets make env=<task> quality=<"
+                         + "|".join(QUALITIES) + "> out=<file.hdf5 or minari dir> [size=N seed=S ...]")
+    from planners.behaviour import make_dataset  # the command wires the behaviour agents (as run.py does)
+    from worldmodel.config import compose_config
+    from worldmodel.envs import check_task_name
+
+    cfg = compose_config("datasets", argv[1:])
+    try:
+        check_task_name(cfg.env.name)
+        if cfg.quality not in QUALITIES:
+            raise ValueError(f"unknown quality {cfg.quality!r}; choose from {list(QUALITIES)}")
+        if not cfg.out:
+            raise ValueError("give the output file: out=<path>.hdf5 (D4RL layout) or out=<dir> with format=minari")
+        return make_dataset(cfg)
+    except (ValueError, DatasetError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
