@@ -88,7 +88,7 @@ class Dyna(Planner):
             self.generator.seed()
         capacity = config.rollout_batch_size * self._max_rollout_length() * config.retain_rounds
         self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
-        self._penalty = Uncertainty(config.uncertainty) if config.penalty > 0 else None
+        self._measure = Uncertainty(config.uncertainty)
         self._updates_since_rollout = 0
         self.last_rollout: dict[str, float] = {}
 
@@ -141,14 +141,15 @@ class Dyna(Planner):
         if start_obs is None:
             start_obs = self.buffer.sample(cfg.rollout_batch_size)["obs"]
         obs = start_obs.to(self.model.device)
+        measure = self._measure if cfg.penalty > 0 else None  # read each round: the penalty may change online
         started, steps, penalties, dropped = obs.shape[0], [], [], 0
         for _ in range(self.rollout_length):
             if obs.shape[0] == 0:
                 break
             action = self.agent.act(obs)
-            out = self.model.step(obs, action, mode="random", uncertainty=self._penalty, generator=self.generator)
+            out = self.model.step(obs, action, mode="random", uncertainty=measure, generator=self.generator)
             reward = out["reward"]
-            if self._penalty is not None:
+            if measure is not None:
                 penalties.append(out["uncertainty"])
                 reward = reward - cfg.penalty * out["uncertainty"]
             finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(reward)

@@ -54,7 +54,7 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
 
 
 def test_unknown_planner_lists_the_choices():
-    with pytest.raises(SystemExit, match=r"(?s)Could not find 'planner/ppo'.*cem.*icem.*mppi.*random$"):
+    with pytest.raises(SystemExit, match=r"(?s)Could not find .planner/ppo.*bc.*cem.*icem.*mbpo.*mopo.*mppi.*random.*ravl$"):
         main(["planner=ppo"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -24,11 +25,11 @@ class MetricsLogger:
                 self.writer.add_scalar(f"{kind}/{name}", value, step)
         self.writer.flush()
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (resuming from a checkpoint taken at `step`)."""
+    def truncate(self, keep: Callable[[dict], bool]) -> None:
+        """Keep only the records for which keep(record) holds (resuming drops those past the checkpoint)."""
         if self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            kept = [line for line in self.path.read_text().splitlines() if keep(json.loads(line))]
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def records(self, kind: str) -> list[dict]:
         if not self.path.exists():

@@ -1,0 +1,92 @@
+"""`python -m worldmodel.run dataset=...`: offline learning, the switch to online, pretrained models, resume."""
+
+import json
+
+import pytest
+import torch
+
+from worldmodel import ReplayBuffer, collect, correlated_noise_policy, make_env
+from worldmodel.datasets import save_d4rl
+from worldmodel.run import main
+
+TINY = [
+    "env=hopper", "env.max_episode_steps=40", "train_every=30", "eval_every=30", "checkpoint_every=30",
+    "fit_epochs=1", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2", "model.hidden=32",
+    "offline.eval_every=20",
+]  # fmt: skip
+DYNA_TINY = ["planner.rollout_batch_size=200", "planner.rollout_every=20", "planner.updates_per_step=1",
+             "planner.agent.hidden=32", "planner.agent.batch_size=64"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    env = make_env("hopper", seed=1)
+    path = tmp_path_factory.mktemp("data") / "hopper-noise.hdf5"
+    save_d4rl(path, collect(env, correlated_noise_policy(env), 600), {"env": "hopper", "quality": "noise"})
+    return path
+
+
+def records(run_dir, kind):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("planner, extra", [("mopo", DYNA_TINY), ("ravl", DYNA_TINY + ["planner.agent.num_critics=3"]),
+                                            ("mbpo", DYNA_TINY), ("bc", [])])  # fmt: skip
+def test_offline_then_online_run_writes_every_artifact(tmp_path, dataset, planner, extra):
+    run_dir = tmp_path / planner
+    summary = main([f"planner={planner}", f"dataset={dataset}", "offline.updates=40", "env_steps=60",
+                    f"run_dir={run_dir}", *TINY, *extra])  # fmt: skip
+    for name in ["config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "learning_curve.png", "summary.json"]:
+        assert (run_dir / name).is_file(), name
+    assert summary["offline_updates"] == 40 and summary["dataset_transitions"] == 600 and summary["env_steps"] == 60
+    for key in ("normalized_score", "offline_normalized_score", "final_eval_return", "best_eval_return", "wall_s"):
+        assert summary[key] is not None, key
+    assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
+    evals = records(run_dir, "eval")
+    assert [r["step"] for r in evals] == [0, 30, 60]  # step 0: the offline policy, where online starts
+    assert evals[0]["ret"] == summary["offline_eval_return"]
+    saved = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"])
+    assert len(saved) == 660  # the dataset and every online step
+
+
+def test_online_penalty_replaces_the_offline_one_at_the_switch(tmp_path, dataset):
+    run_dir = tmp_path / "mopo"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=40", "env_steps=30", "online.penalty=0",
+          f"run_dir={run_dir}", *TINY, *DYNA_TINY])  # fmt: skip
+    assert all(r["penalty_mean"] > 0 for r in records(run_dir, "offline_train"))
+    assert [r["penalty_mean"] for r in records(run_dir, "train")] == [0.0]
+
+
+def test_an_online_setting_the_planner_lacks_is_a_clear_error(tmp_path, dataset):
+    with pytest.raises(SystemExit, match="online.penalty is set but planner 'bc' has no setting 'penalty'"):
+        main(["planner=bc", f"dataset={dataset}", "offline.updates=20", "env_steps=0", "online.penalty=1",
+              f"run_dir={tmp_path}", *TINY])  # fmt: skip
+
+
+def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset):
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={tmp_path / 'off'}",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    pretrained = tmp_path / "off" / "model.pt"
+    summary = main(["planner=mppi", f"model={pretrained}", "env_steps=30", f"run_dir={tmp_path / 'on'}",
+                    "planner.candidates=32", "planner.horizon=4", *TINY])  # fmt: skip
+    assert summary["env_steps"] == 30 and summary["model_fits"] == 1  # no seed steps: planning from step 1
+    assert summary["plan_ms_per_step"] > 0
+    with pytest.raises(SystemExit, match="neither a config in configs/model/ .*ensemble.* nor a model file"):
+        main(["planner=mppi", f"model={tmp_path / 'missing.pt'}"])
+
+
+def test_a_dataset_for_another_task_is_refused(tmp_path, dataset):
+    with pytest.raises(SystemExit, match="expected \\[600, 17\\]"):
+        main(["planner=mopo", f"dataset={dataset}", "env=halfcheetah", f"run_dir={tmp_path}"])
+
+
+def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
+    run_dir = tmp_path / "run"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    summary = main([f"resume={run_dir}", "offline.updates=40", "env_steps=30"])
+    assert summary["offline_updates"] == 40 and summary["env_steps"] == 30
+    assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
+    assert [r["step"] for r in records(run_dir, "fit")] == [0, 30]  # the dataset was fitted once
+    assert [r["step"] for r in records(run_dir, "eval")] == [0, 30]  # one switch point, the latest offline policy
