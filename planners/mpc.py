@@ -6,7 +6,7 @@ H horizon steps, O obs dims, A action dims.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from planners.base import Planner
 from planners.noise import colored_noise
+from planners.sac import SAC, SACConfig
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
@@ -33,6 +34,11 @@ class MPCConfig:
     discount: float = 1.0
     uncertainty_penalty: float = 0.0  # lambda: reward - lambda * uncertainty (0 disables it)
     uncertainty: str = "ensemble_std"  # the measure used for the penalty
+    # A learned terminal value (LOOP, TD-MPC): SAC critics trained off-policy on the real data;
+    # V(s_H) = min over critics of Q(s_H, mean action of pi(s_H)) is added after the last step.
+    value_learning: bool = False
+    value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
+    value_updates_per_step: int = 1
     seed: int | None = None
 
     def __post_init__(self):
@@ -50,14 +56,22 @@ class MPCPlanner(Planner):
     """Base of the sampling-based MPC planners: evaluates candidate sequences in the model
     and keeps the plan (a mean sequence [N, H, A]) between steps, shifted by one each step.
 
-    `terminal_value`, if given, maps states [B, O] to values [B] added after the last step.
-    `observe` stores real transitions in `buffer`; `update` refits the model on them.
+    `terminal_value`, if given, maps states [B, O] to values [B] added after the last step
+    (or set `value_learning` to learn one). `observe` stores real transitions in `buffer`;
+    `update` refits the model on them; `learn` trains the learned value, if any.
     """
 
     def __init__(self, model, spec: TaskSpec, config: MPCConfig,
                  terminal_value: Callable[[Tensor], Tensor] | None = None, buffer: ReplayBuffer | None = None):
         self.model, self.spec, self.config = model, spec, config
         self.terminal_value = terminal_value
+        self.value_agent = None
+        if config.value_learning:
+            if terminal_value is not None:
+                raise ValueError("give a terminal_value or set value_learning, not both")
+            self.value_agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**config.value_agent))
+            self.value_agent.to(model.device)
+            self.terminal_value = lambda state: self.value_agent.value(state, deterministic=True)
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)
@@ -91,12 +105,26 @@ class MPCPlanner(Planner):
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)
 
+    def learn(self, updates: int | None = None) -> dict[str, float]:
+        """Train the learned terminal value (if value_learning) on real transitions."""
+        if self.value_agent is None or len(self.buffer) == 0:
+            return {}
+        stats: dict[str, float] = {}
+        for _ in range(self.config.value_updates_per_step if updates is None else updates):
+            stats = self.value_agent.update(self.buffer.sample(self.value_agent.config.batch_size).to(self.model.device))
+        return stats
+
     def state_dict(self) -> dict:
-        """The sampling RNG (the plan itself is per-episode and cleared on resume)."""
-        return {"generator": self.generator.get_state()}
+        """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume)."""
+        state = {"generator": self.generator.get_state()}
+        if self.value_agent is not None:
+            state["value_agent"] = self.value_agent.training_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if self.value_agent is not None:
+            self.value_agent.load_training_state(state["value_agent"])
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""

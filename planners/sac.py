@@ -148,10 +148,13 @@ class SAC(nn.Module):
         return action.reshape(*obs.shape[:-1], -1)
 
     @torch.no_grad()
-    def value(self, obs: Tensor) -> Tensor:
-        """Soft state value under the policy, min over critics: obs [B, O] -> [B]."""
-        action, log_prob = self.actor(obs)
-        return self.critics(obs, action).amin(0) - self.alpha * log_prob
+    def value(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Soft state value under the policy, min over critics: obs [B, O] -> [B].
+
+        deterministic: Q at the policy's mean action, without the entropy bonus (no sampling noise,
+        as a planner's terminal value wants)."""
+        action, log_prob = self.actor(obs, deterministic)
+        return self.critics(obs, action).amin(0) - (0.0 if deterministic else self.alpha * log_prob)
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         """One gradient step for the critics, the actor and the temperature."""

@@ -152,3 +152,34 @@ def test_observe_stores_transitions_and_update_refits_the_model():
     before = model.weights[0].detach().clone()
     stats = planner.update(max_epochs=30, batch_size=32)
     assert 0 < stats["epochs"] <= 30 and not torch.equal(before, model.weights[0])
+
+
+def test_learned_terminal_value_is_the_value_agents_at_the_final_state():
+    model = single_integrator(goal=(0.0, 0.0))
+    config = dict(horizon=2, seed=0, discount=0.9)
+    plain = MPPI(model, model.spec(), MPPIConfig(**config))
+    learned = MPPI(model, model.spec(), MPPIConfig(**config, value_learning=True, value_agent={"hidden": 16}))
+    obs, actions = torch.zeros(1, 2), torch.rand(1, 5, 2, 2) * 2 - 1
+    final = actions.sum(2).reshape(5, 2)  # next = obs + action, twice
+    expected = plain.evaluate(obs, actions) + 0.81 * learned.value_agent.value(final, deterministic=True)
+    torch.testing.assert_close(learned.evaluate(obs, actions), expected)
+
+
+def test_learn_trains_the_value_agent_on_real_transitions_and_checkpoints_it():
+    from tensordict import TensorDict
+
+    model = single_integrator(goal=(0.0, 0.0))
+    settings = MPPIConfig(horizon=2, seed=0, value_learning=True, value_updates_per_step=3, value_agent={"hidden": 16})
+    planner = MPPI(model, model.spec(), settings)
+    assert planner.learn() == {}  # nothing observed yet
+    obs, action = torch.randn(64, 2), torch.rand(64, 2) * 2 - 1
+    flags = torch.zeros(64, dtype=torch.bool)
+    planner.observe(TensorDict({"obs": obs, "action": action, "reward": -obs.square().sum(-1), "next_obs": obs + action,
+                                "terminated": flags, "truncated": flags}, [64]))  # fmt: skip
+    assert "critic_loss" in planner.learn() and planner.value_agent.updates == 3
+    copy = MPPI(model, model.spec(), settings)
+    copy.load_state_dict(planner.state_dict())
+    torch.testing.assert_close(copy.terminal_value(obs), planner.terminal_value(obs))
+    with pytest.raises(ValueError, match="not both"):
+        MPPI(model, model.spec(), settings, terminal_value=lambda s: s[:, 0])
+    assert MPPI(model, model.spec(), MPPIConfig(horizon=2)).learn() == {}  # no learned value: nothing to learn
