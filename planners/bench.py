@@ -1,6 +1,6 @@
-"""`python -m planners.bench`: planning milliseconds per control step, ours against torchrl's CEMPlanner.
+"""`python -m planners.bench`: planning milliseconds per control step, ours against torchrl's planners.
 
-Both plan with the same (untrained) HalfCheetah ensemble through the same `model.step`, so
+Ours and torchrl's MPPIPlanner / CEMPlanner plan with the same (untrained) HalfCheetah ensemble through the same `model.step`, so
 the model work per candidate is identical and the ratio measures the planner around it.
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
 """
@@ -16,7 +16,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from planners import CEM, MPPI, CEMConfig, MPPIConfig
+from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import make_env
 
@@ -37,12 +37,11 @@ def _peak_gflops() -> float:
     return 2 * 2048**3 / _median_ms(lambda: a @ b, 5) / 1e6
 
 
-def torchrl_cem(model: EnsembleDynamics, spec, horizon: int, candidates: int, top_k: int, iterations: int):
-    """torchrl's CEMPlanner over a ModelBasedEnvBase whose world model is `model.step`."""
+def torchrl_env(model: EnsembleDynamics, spec):
+    """A torchrl ModelBasedEnvBase whose world model is `model.step` (for torchrl's planners)."""
     from tensordict.nn import TensorDictModule
     from torchrl.data import Bounded, Composite, Unbounded
     from torchrl.envs.model_based import ModelBasedEnvBase
-    from torchrl.modules.planners import CEMPlanner
 
     class Step(nn.Module):
         def forward(self, observation, action):
@@ -61,7 +60,27 @@ def torchrl_cem(model: EnsembleDynamics, spec, horizon: int, candidates: int, to
         def _reset(self, tensordict):
             raise NotImplementedError("the planner starts from given states")
 
-    return CEMPlanner(EnsembleEnv(), horizon, iterations, candidates, top_k)
+    return EnsembleEnv()
+
+
+def torchrl_cem(model: EnsembleDynamics, spec, horizon: int, candidates: int, top_k: int, iterations: int):
+    from torchrl.modules.planners import CEMPlanner
+
+    return CEMPlanner(torchrl_env(model, spec), horizon, iterations, candidates, top_k)
+
+
+def torchrl_mppi(model: EnsembleDynamics, spec, horizon: int, candidates: int, iterations: int):
+    """torchrl's MPPIPlanner with every candidate weighted (top_k = candidates) and a zero value
+    network (it requires an advantage module; ours plans without a terminal value here)."""
+    from torchrl.modules import ValueOperator
+    from torchrl.modules.planners import MPPIPlanner
+    from torchrl.objectives.value import TDLambdaEstimator
+
+    value = nn.Linear(spec.obs_dim, 1)
+    nn.init.zeros_(value.weight), nn.init.zeros_(value.bias)
+    advantage = TDLambdaEstimator(gamma=1.0, lmbda=1.0, value_network=ValueOperator(value, in_keys=["observation"]))
+    return MPPIPlanner(torchrl_env(model, spec), advantage, temperature=1.0, planning_horizon=horizon,
+                       optim_steps=iterations, num_candidates=candidates, top_k=candidates)  # fmt: skip
 
 
 def rows(repeats: int) -> list[dict]:
@@ -76,9 +95,11 @@ def rows(repeats: int) -> list[dict]:
     cem = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, seed=0))
     pets = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20, seed=0))
     theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
+    their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
     start = TensorDict({"observation": obs}, [])
     cases = [
         ("MPPI default (512 x 15)", "ours", lambda: mppi.act(obs), 512 * 15),
+        ("MPPI default (512 x 15)", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15),
         ("CEM 400 x 30 x 5", "ours", lambda: cem.act(obs), 400 * 30 * 5),
         ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5),
         ("CEM PETS (400 x 20 particles x 30 x 5)", "ours", lambda: pets.act(obs), 400 * 20 * 30 * 5),
@@ -95,19 +116,79 @@ def rows(repeats: int) -> list[dict]:
     return out
 
 
+def _mlp_flops(module_weights) -> int:
+    """2 x sum(in x out) over the layers: multiply-add FLOPs per row of one member."""
+    return 2 * sum(w.shape[-2] * w.shape[-1] for w in module_weights)
+
+
+def dyna_rows(repeats: int) -> list[dict]:
+    """Imagined transitions per second (a MOPO rollout round) and agent updates per second
+    (SAC with 2 critics, EDAC/RAVL with 10 and the diversity term, behaviour cloning)."""
+    spec = make_env("halfcheetah").task_spec
+    torch.manual_seed(0)
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim)
+    peak = _peak_gflops()
+    flags = torch.zeros(50_000, dtype=torch.bool)
+    real = TensorDict({"obs": torch.randn(50_000, spec.obs_dim), "action": torch.rand(50_000, spec.act_dim) * 2 - 1,
+                       "reward": torch.randn(50_000), "next_obs": torch.randn(50_000, spec.obs_dim),
+                       "terminated": flags, "truncated": flags}, [50_000])  # fmt: skip
+    out = []
+    per_row = _mlp_flops(model.weights)
+    for penalty in (0.0, 1.0):
+        mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
+        mopo.observe(real)
+        ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1)
+        # penalised rollouts run every elite on every row (the measure needs them all); plain ones one elite per row
+        flops = 5 * 50_000 * per_row * (model.num_elites if penalty else 1)
+        out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}", "per_s": 250_000 / ms * 1e3,
+                    "unit": "transitions/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})  # fmt: skip
+    for name, planner in (("MBPO/MOPO SAC (2 critics 2x256)", MOPO(model, spec)),
+                          ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL(model, spec))):  # fmt: skip
+        planner.observe(real)
+        planner.rollout(real["obs"][:5000])
+        agent = planner.agent
+        ms = _median_ms(lambda: planner.learn(10), max(2, repeats // 2), warmup=1) / 10
+        n, b = agent.config.num_critics, agent.config.batch_size
+        critic, actor = _mlp_flops(agent.critics.weights), _mlp_flops([m.weight.T for m in agent.actor.net[::2]])
+        # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+3 for EDAC's double backward); actor 4
+        flops = b * (n * critic * (6 + 3 * (agent.config.eta > 0)) + 4 * actor)
+        out.append({"work": name, "per_s": 1000 / ms, "unit": "updates/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})
+    bc = BehaviourCloning(model, spec)
+    bc.observe(real)
+    ms = _median_ms(lambda: bc.learn(10), repeats, warmup=1) / 10
+    out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
+                "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
+    for r in out:
+        r.update(peak_gflops=peak, device="cpu")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--dyna", action="store_true", help="Dyna throughput instead: imagined transitions/s, updates/s")
     args = parser.parse_args(argv)
+    if args.dyna:
+        table = dyna_rows(args.repeats)
+        print(f"{'work':42s} {'per second':>12s} {'unit':14s} {'ms':>8s} {'floor ms':>9s}")
+        for r in table:
+            print(f"{r['work']:42s} {r['per_s']:12,.0f} {r['unit']:14s} {r['ms']:8.2f} {r['floor_ms']:9.2f}")
+        print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)")
+        _write_json(args.json, table)
+        return
     table = rows(args.repeats)
     print(f"{'config':40s} {'planner':20s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
     for r in table:
         ratio = f"{r['speedup_vs_torchrl']:.2f}x" if r["speedup_vs_torchrl"] else "-"
         print(f"{r['config']:40s} {r['planner']:20s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} {ratio:>10s}")
     print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)")
-    if args.json:
-        with open(args.json, "w") as f:
+    _write_json(args.json, table)
+
+
+def _write_json(path: str | None, table: list[dict]) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(table, f, indent=2)
 
 
