@@ -1,0 +1,51 @@
+"""The true simulator as a model: it must reproduce the env's own transitions, and the edge-of-reach command runs."""
+
+import json
+
+import pytest
+import torch
+
+from worldmodel import collect, correlated_noise_policy, make_env
+from worldmodel.datasets import save_d4rl
+from worldmodel.simulator import VELOCITY_CLIP, SimulatorDynamics
+
+
+@pytest.mark.parametrize("task", ["halfcheetah", "hopper", "walker2d"])
+def test_simulator_steps_reproduce_the_environment(task):
+    env = make_env(task, seed=0)
+    data = collect(env, correlated_noise_policy(env), 300)
+    sim = SimulatorDynamics(task)
+    out = sim.step(data["obs"], data["action"])
+    # rows whose observed velocity sits at the clip do not determine the state; every other row is exact
+    exact = data["obs"][:, sim.nq - 1:].abs().amax(-1) < VELOCITY_CLIP.get(task, float("inf"))
+    assert exact.sum() >= 40
+    torch.testing.assert_close(out["next_obs"][exact], data["next_obs"][exact], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["reward"][exact], data["reward"][exact], atol=1e-4, rtol=1e-4)
+    assert torch.equal(out["terminated"][exact], data["terminated"][exact])
+    if task == "hopper":
+        assert data["terminated"][exact].any()  # the check covers terminal steps too
+
+
+def test_simulator_refuses_tasks_without_full_state_observations_and_penalties():
+    with pytest.raises(ValueError, match="only on"):
+        SimulatorDynamics("dmc/cheetah-run")
+    sim = SimulatorDynamics("hopper")
+    with pytest.raises(ValueError, match="no model uncertainty"):
+        sim.step(torch.zeros(1, 11), torch.zeros(1, 3), uncertainty=object())
+    with pytest.raises(ValueError, match="obs must be"):
+        sim.step(torch.zeros(1, 17), torch.zeros(1, 3))
+
+
+def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
+    from planners.edge_of_reach import main
+
+    env = make_env("hopper", seed=1)
+    save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 300))
+    summary = main([f"dataset={tmp_path / 'd.hdf5'}", "updates=20", "eval_every=10", "rollout_batch_size=50",
+                    "rollout_every=10", "eval_episodes=1", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+    assert set(summary) == {"mbpo", "ravl"}
+    for row in summary.values():
+        assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in rows] == [("mbpo", 10), ("mbpo", 20), ("ravl", 10), ("ravl", 20)]
+    assert (tmp_path / "run" / "q_vs_return.png").is_file()
