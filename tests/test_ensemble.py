@@ -267,3 +267,23 @@ def test_step_converts_inputs_and_refuses_members_outside_fixed_mode(fitted):
     assert out["next_obs"].dtype == torch.float32
     with pytest.raises(ValueError, match="members are only used in 'fixed' mode"):
         model.step(torch.randn(2, O), torch.randn(2, A), mode="random", members=model.elites[:1].expand(2))
+
+
+def test_elite_parameter_cache_follows_every_parameter_change(fitted):
+    model, _ = fitted
+    model = _copy(model)  # the module-scoped fixture stays untouched
+    obs, action = torch.randn(12, O), torch.rand(12, A) * 2 - 1
+    with torch.no_grad():
+        first = model.step(obs, action, mode="fixed", deterministic=True)["next_obs"]
+        model.weights[-1].mul_(0.5)  # an in-place change, as an optimiser step or load_state_dict makes
+        cached = model.step(obs, action, mode="fixed", deterministic=True)["next_obs"]
+        mean, _ = model.predict(obs, action)  # every member, no cache involved
+    expected = obs + mean[model.elites[torch.arange(12) % model.num_elites], torch.arange(12), :-1]
+    torch.testing.assert_close(cached, expected)
+    assert not torch.allclose(cached, first)
+
+
+def _copy(model: EnsembleDynamics) -> EnsembleDynamics:
+    clone = small_model(hidden=64)
+    clone.load_state_dict(model.state_dict())
+    return clone

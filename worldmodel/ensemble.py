@@ -96,10 +96,23 @@ class EnsembleDynamics(nn.Module):
 
         M = E, or len(members) when only those members run.
         """
-        return kernels.ensemble_gaussian_mlp(
-            x, list(self.weights), list(self.biases), self.max_logvar, self.min_logvar, members=members,
-            precision=self.precision,
-        )
+        if members is not None and not x.is_cuda and not torch.is_grad_enabled():
+            weights, biases, max_lv, min_lv = self._members_only(members)
+            members = None
+        else:
+            weights, biases, max_lv, min_lv = list(self.weights), list(self.biases), self.max_logvar, self.min_logvar
+        return kernels.ensemble_gaussian_mlp(x, weights, biases, max_lv, min_lv, members=members,
+                                             precision=self.precision)  # fmt: skip
+
+    def _members_only(self, members: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+        """The parameters of `members` alone, cached until a parameter changes in place (an optimiser
+        step or load_state_dict; edits through `.data` bypass the version counter). Planning asks
+        for the elites at every horizon step; on CPU copying them each time cost ~10% of a plan."""
+        key = (tuple(members.tolist()), tuple(p._version for p in self.parameters()))
+        if getattr(self, "_members_cache", (None,))[0] != key:
+            pick = lambda ps: [p.detach().index_select(0, members) for p in ps]  # noqa: E731
+            self._members_cache = (key, (pick(self.weights), pick(self.biases), *pick([self.max_logvar, self.min_logvar])))
+        return self._members_cache[1]
 
     def predict(
         self, obs: Tensor, action: Tensor, members: Tensor | None = None
