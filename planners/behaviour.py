@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from planners.sac import SAC, SACConfig
 from worldmodel.checkpoint import atomic_save, load_checked
 from worldmodel.collect import collect, uniform_policy
-from worldmodel.datasets import REFERENCE_RETURNS, normalized_score, save_d4rl, save_minari
+from worldmodel.datasets import REFERENCE_RETURNS, episode_ends, normalized_score, save_d4rl, save_minari
 from worldmodel.envs import make_env
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
@@ -58,13 +58,19 @@ class BehaviourTraining:
         if path.is_file():
             self._restore(load_checked(path, _FORMAT))
 
+    def _identity(self) -> dict:
+        """The settings a cached run must share to be reused (the training budget may grow)."""
+        same = {k: v for k, v in OmegaConf.to_container(self.settings, resolve=True).items() if k != "max_steps"}
+        return {"task": self.task, "seed": self.seed, **same, "medium_return": self.medium_return}
+
     def train(self, until: str) -> None:
         """Train until the medium snapshot exists (until="medium") or for max_steps ("expert")."""
         s, cfg = self.state, self.settings
         done = (lambda: s["medium"] is not None) if until == "medium" else (lambda: s["step"] >= cfg.max_steps)
         if done():
             return
-        torch.manual_seed(self.seed + s["step"])
+        if s["step"] == 0:
+            torch.manual_seed(self.seed)
         random_policy = uniform_policy(self.env)
         td = self.env.reset()
         bar = tqdm(total=cfg.max_steps, initial=s["step"], desc=f"behaviour SAC {self.task}", unit="step")
@@ -93,12 +99,22 @@ class BehaviourTraining:
                            "return": ret, "step": s["step"]}  # fmt: skip
             tqdm.write(f"{self.task}: medium policy at step {s['step']} (return {ret:.0f})")
         atomic_save({"format": _FORMAT, "version": 1, "state": s, "agent": self.agent.training_state(),
-                     "buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state()}, self.path)  # fmt: skip
+                     "buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "identity": self._identity()}, self.path)  # fmt: skip
 
     def _restore(self, ckpt: dict) -> None:
+        saved = ckpt.get("identity")
+        if saved is not None and saved != self._identity():
+            changed = sorted(k for k in set(saved) | set(self._identity()) if saved.get(k) != self._identity().get(k))
+            raise ValueError(f"{self.path} is a behaviour run with other settings ({', '.join(changed)}); "
+                             "use another policy_dir or delete it to train anew")  # fmt: skip
+        try:
+            self.agent.load_training_state(ckpt["agent"])
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"{self.path} does not match this behaviour agent: {e}") from None
         self.state = ckpt["state"]
-        self.agent.load_training_state(ckpt["agent"])
         self.buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.path))
+        torch.set_rng_state(ckpt["torch_rng"])
 
     def _best(self) -> float:
         return max((h["return"] for h in self.state["history"]), default=-math.inf)
@@ -121,18 +137,24 @@ def make_dataset(cfg: DictConfig) -> dict:
     metadata = {"env": task, "quality": quality, "seed": cfg.seed, "recipe": "D4RL (SAC behaviour policies)",
                 "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
     parts = []
-    if quality == "random":
-        parts.append(collect(env, uniform_policy(env), size, progress=True))
+    if quality == "random":  # D4RL: a randomly initialised policy
+        spec = env.task_spec
+        agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**cfg.behaviour.agent))
+        parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
     else:
         cache = Path(cfg.policy_dir) / f"{task}-seed{cfg.seed}-{cfg.behaviour.max_steps}.pt"
         training = BehaviourTraining(task, cfg.seed, cfg.behaviour, cache)
         training.train(until="expert" if "expert" in quality else "medium")
+        if "medium" in quality and training.state["medium"] is None:
+            raise ValueError(f"the behaviour agent never reached medium_return {training.medium_return:.0f} in "
+                             f"behaviour.max_steps={cfg.behaviour.max_steps}; raise it or lower medium_return")  # fmt: skip
         if quality == "medium-replay":
             parts.append(training.buffer.data()[: training.state["medium"]["step"]])
         for which in ("medium", "expert"):
             if which in quality.split("-") and quality != "medium-replay":
                 agent = training.policy(which)
-                metadata[f"{which}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes)
+                # as the data are collected: actions sampled from the policy
+                metadata[f"{which}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes, False)
                 parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
         metadata["behaviour_history"] = training.state["history"]
     data = torch.cat(parts)
@@ -150,11 +172,12 @@ def make_dataset(cfg: DictConfig) -> dict:
 
 
 def episode_returns(data) -> list[float]:
-    """Returns of the complete episodes (ending in a terminal or time-out flag) in a transitions batch."""
-    ends = (data["terminated"] | data["truncated"]).nonzero().squeeze(-1).tolist()
+    """Returns of the complete episodes in a transitions batch: segments between episode ends
+    (worldmodel.datasets.episode_ends) that end in a terminal or time-out flag."""
     sums = torch.cumsum(data["reward"].double(), 0)
     returns, previous = [], 0.0
-    for end in ends:
-        returns.append((sums[end] - previous).item())
+    for end in episode_ends(data).tolist():
+        if data["terminated"][end] or data["truncated"][end]:
+            returns.append((sums[end] - previous).item())
         previous = sums[end].item()
     return returns

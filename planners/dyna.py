@@ -33,6 +33,8 @@ class DynaConfig:
     real_ratio: float = 0.05  # share of real transitions in each agent batch
     penalty: float = 0.0  # MOPO's lambda: imagined reward - lambda * uncertainty
     uncertainty: str = "max_aleatoric"  # worldmodel.uncertainty measure for the penalty
+    uncertainty_elites_only: bool = True  # the measure over the elites (True) or every member
+    uncertainty_include_reward: bool = False  # the reward output enters the measure too
     updates_per_step: int = 20  # agent updates per real step when learning online (MBPO's G)
     agent: dict = field(default_factory=dict)  # SACConfig fields
     seed: int | None = None
@@ -44,17 +46,24 @@ class DynaConfig:
             raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         if self.penalty < 0:
             raise ValueError(f"penalty must be >= 0, got {self.penalty}")
-        if self.rollout_schedule is not None and len(self.rollout_schedule) != 4:
-            raise ValueError("rollout_schedule is [start_step, end_step, min_length, max_length]")
+        if self.rollout_schedule is not None and (len(self.rollout_schedule) != 4 or min(self.rollout_schedule[2:]) < 1):
+            raise ValueError("rollout_schedule is [start_step, end_step, min_length, max_length], lengths >= 1")
         Uncertainty(self.uncertainty)  # unknown measures fail here, not mid-training
         known = {f.name for f in fields(SACConfig)}
         if unknown := sorted(set(self.agent) - known):
             raise ValueError(f"unknown agent setting(s) {unknown}; SAC takes {sorted(known)}")
+        # settings given for the agent change this planner's defaults (RAVL's critics), not replace them
+        default = next(f for f in fields(self) if f.name == "agent").default_factory()
+        self.agent = {**default, **self.agent}
 
 
 @dataclass
 class MBPOConfig(DynaConfig):
-    """MBPO's HalfCheetah setting (k = 1); its Hopper one is rollout_schedule=[20000, 100000, 1, 15]."""
+    """MBPO's HalfCheetah rollout length (k = 1); its Hopper one is rollout_schedule=[20000, 100000, 1, 15].
+
+    MBPO itself also rolls out from 100k states, keeps one epoch (4 rounds) and takes 40 updates
+    per step on HalfCheetah; the shared defaults here are lighter, for CPUs.
+    """
 
     rollout_length: int = 1
     rollout_every: int = 5_000  # MBPO: every 250 env steps at 20 updates each
@@ -62,7 +71,11 @@ class MBPOConfig(DynaConfig):
 
 @dataclass
 class MOPOConfig(DynaConfig):
+    """MOPO's penalty as its code computes it: max over every member of the std norm, reward included."""
+
     penalty: float = 1.0
+    uncertainty_elites_only: bool = False
+    uncertainty_include_reward: bool = True
 
 
 @dataclass
@@ -88,7 +101,7 @@ class Dyna(Planner):
             self.generator.seed()
         capacity = config.rollout_batch_size * self._max_rollout_length() * config.retain_rounds
         self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
-        self._measure = Uncertainty(config.uncertainty)
+        self._measure = Uncertainty(config.uncertainty, config.uncertainty_elites_only, config.uncertainty_include_reward)
         self._updates_since_rollout = 0
         self.last_rollout: dict[str, float] = {}
 
@@ -125,7 +138,8 @@ class Dyna(Planner):
 
     @property
     def rollout_length(self) -> int:
-        """k now: fixed, or MBPO's linear schedule over the real steps observed so far."""
+        """k now: fixed, or MBPO's linear schedule over the real transitions observed so far
+        (an offline dataset counts; the model buffer is sized for the longest k)."""
         if self.config.rollout_schedule is None:
             return self.config.rollout_length
         start, end, low, high = self.config.rollout_schedule

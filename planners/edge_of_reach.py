@@ -3,7 +3,8 @@
 Offline MBPO and RAVL learn from rollouts in the true simulator (worldmodel.simulator: no
 model error at all) started from dataset states. At each evaluation the critics' value of
 the policy, min_i Q_i(s, pi(s)), is compared with the discounted return the policy really
-gets from the same start states. Without value pessimism the states at the edge of the
+gets from the same start states; `overestimation` subtracts the soft critics' entropy bonus
+(alpha H gamma / (1 - gamma)), which is not reward. Without value pessimism the states at the edge of the
 rollouts' reach are never corrected, so MBPO's Q drifts above any return it achieves; RAVL's
 EDAC critics keep it near. Writes metrics.jsonl, summary.json and q_vs_return.png.
 """
@@ -22,12 +23,13 @@ from worldmodel.config import compose_config, make_run_dir
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
 from worldmodel.metrics import MetricsLogger
+from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
 
 
 def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, float]:
     """Mean over episodes of V(s0) = min_i Q_i(s0, pi(s0)), the discounted and the plain return from s0."""
-    values, discounted, plain = [], [], []
+    values, discounted, plain = [], [], []  # V(s0) at the mean action, as the deterministic policy acts
     for _ in range(episodes):
         act = lambda td: td.set("action", agent.act(td["observation"], deterministic=True))  # noqa: E731
         rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
@@ -37,6 +39,14 @@ def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, flo
         plain.append(rewards.sum().item())
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {"q_start": mean(values), "discounted_return": mean(discounted), "ret": mean(plain)}
+
+
+def entropy_share(agent, obs) -> float:
+    """The part of a soft Q that is future entropy bonus, not reward: about
+    sum_{t>=1} gamma^t alpha H = alpha H gamma / (1 - gamma), with H the policy's mean entropy on obs."""
+    _, log_prob = agent.actor(obs)
+    gamma = agent.config.discount
+    return (agent.alpha * -log_prob.mean()).item() * gamma / (1 - gamma)
 
 
 def compare(cfg: DictConfig) -> dict:
@@ -49,18 +59,22 @@ def compare(cfg: DictConfig) -> dict:
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
         planner = make_planner(method, SimulatorDynamics(cfg.env), spec, seed=cfg.seed,
+                               buffer=ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data)),
                                rollout_length=cfg.rollout_length, rollout_batch_size=cfg.rollout_batch_size,
                                rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio)  # fmt: skip
         planner.observe(data)
-        for done in tqdm(range(cfg.eval_every, cfg.updates + 1, cfg.eval_every), desc=f"{method} (true dynamics)"):
-            stats = planner.learn(cfg.eval_every)
+        checkpoints = [*range(cfg.eval_every, cfg.updates, cfg.eval_every), cfg.updates]
+        for previous, done in tqdm(list(zip([0, *checkpoints], checkpoints)), desc=f"{method} (true dynamics)"):
+            stats = planner.learn(done - previous)
             row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
             row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
+            row["entropy_share"] = entropy_share(planner.agent, probe)
             row["critic_loss"] = stats["critic_loss"]
             logger.log(method, done, **row)
             tqdm.write(f"{method} {done}: V(s0) {row['q_start']:.1f} vs discounted return "
                        f"{row['discounted_return']:.1f} (return {row['ret']:.1f}); Q on dataset states {row['q_dataset']:.1f}")
-        summary[method] = {**row, "overestimation": row["q_start"] - row["discounted_return"]}
+        over = row["q_start"] - row["discounted_return"] - row["entropy_share"]
+        summary[method] = {**row, "overestimation": over}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.env)
     logger.close()

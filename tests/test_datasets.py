@@ -102,6 +102,22 @@ def test_make_medium_replay_then_medium_expert_reuses_the_behaviour_run(tmp_path
     assert [h["step"] for h in meta["behaviour_history"]] == [200, 400]  # resumed, not retrained
 
 
+def test_a_medium_policy_never_reached_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="never reached medium_return 100000"):
+        main(["make", "env=hopper", "quality=medium-expert", "size=10", f"out={tmp_path / 'x.hdf5'}",
+              f"policy_dir={tmp_path}", "behaviour.max_steps=60", "behaviour.start_steps=40", "behaviour.eval_every=30",
+              "behaviour.eval_episodes=1", "behaviour.medium_return=100000", "behaviour.agent.hidden=16"])  # fmt: skip
+
+
+def test_a_cached_behaviour_run_with_other_settings_is_not_reused(tmp_path):
+    common = ["make", "env=hopper", "quality=medium-replay", "size=10", f"out={tmp_path / 'x.hdf5'}",
+              f"policy_dir={tmp_path}", "behaviour.max_steps=60", "behaviour.start_steps=40", "behaviour.eval_every=30",
+              "behaviour.eval_episodes=1", "behaviour.medium_return=-1000", "behaviour.agent.hidden=16"]  # fmt: skip
+    main(common)
+    with pytest.raises(SystemExit, match="other settings \\(agent, start_steps\\)"):
+        main([*common, "behaviour.start_steps=20", "behaviour.agent.hidden=32"])
+
+
 def test_make_refuses_unknown_quality_and_missing_out(tmp_path):
     with pytest.raises(SystemExit, match="unknown quality 'great'"):
         main(["make", "env=hopper", "quality=great", f"out={tmp_path / 'x.hdf5'}"])

@@ -11,12 +11,12 @@ O, A = 2, 1
 SPEC = TaskSpec("hand-made", O, A, torch.full((A,), -1.0), torch.full((A,), 1.0), 100, None)
 
 
-def constant_ensemble(delta, reward, std, termination_fn=None) -> EnsembleDynamics:
+def constant_ensemble(delta, reward, std, termination_fn=None, num_elites=None) -> EnsembleDynamics:
     """Each member predicts a fixed Gaussian whatever the input: mean (delta[i], reward[i]),
     standard deviation std[i] (per output), so every prediction is known in closed form."""
     delta, reward, std = torch.as_tensor(delta).float(), torch.as_tensor(reward).float(), torch.as_tensor(std).float()
     members = delta.shape[0]
-    model = EnsembleDynamics(O, A, ensemble_size=members, num_elites=members, hidden=4, layers=1,
+    model = EnsembleDynamics(O, A, ensemble_size=members, num_elites=num_elites or members, hidden=4, layers=1,
                              termination_fn=termination_fn)  # fmt: skip
     with torch.no_grad():
         for w in model.weights:
@@ -47,13 +47,29 @@ def test_constant_ensemble_predicts_what_it_was_built_with():
 def test_mopo_subtracts_lambda_times_the_max_aleatoric_norm(penalty):
     std = torch.tensor([[0.3, 0.4, 1e-3], [0.6, 0.8, 1e-3], [0.0, 0.5, 1e-3]])  # obs-std norms 0.5, 1.0, 0.5
     model = constant_ensemble(torch.zeros(3, O), [1.0, 1.0, 1.0], std)
-    planner = MOPO(model, SPEC, MOPOConfig(penalty=penalty, rollout_length=1, rollout_batch_size=200, seed=0))
+    planner = MOPO(model, SPEC, MOPOConfig(penalty=penalty, rollout_length=1, rollout_batch_size=200, seed=0,
+                                           uncertainty_elites_only=True, uncertainty_include_reward=False))
     planner.observe(real_data(200))
     stats = planner.rollout()
     imagined = planner.model_buffer.data()
     expected = 1.0 - penalty * 1.0  # max over members of ||sigma_obs||
     assert torch.allclose(imagined["reward"], torch.full_like(imagined["reward"], expected), atol=0.02)
     assert stats["penalty_mean"] == pytest.approx(1.0 if penalty else 0.0, abs=1e-3)
+
+
+def test_mopo_default_penalty_is_its_codes_max_over_every_member_with_the_reward():
+    """Member 2 is not an elite but has the widest spread, and its reward std dominates: MOPO's code
+    (max over all members of the std norm over all outputs) must see it; elites-only would not."""
+    std = torch.tensor([[0.3, 0.4, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 3.0]])
+    model = constant_ensemble(torch.zeros(3, O), [1.0, 1.0, 1.0], std.clamp_min(1e-4), num_elites=2)
+    model.elites.copy_(torch.tensor([0, 1]))
+    planner = MOPO(model, SPEC, MOPOConfig(rollout_length=1, rollout_batch_size=100, seed=0))
+    planner.observe(real_data(100))
+    assert planner.rollout()["penalty_mean"] == pytest.approx(3.0, rel=1e-3)
+    elites_obs_only = MOPO(model, SPEC, MOPOConfig(rollout_length=1, rollout_batch_size=100, seed=0,
+                                                   uncertainty_elites_only=True, uncertainty_include_reward=False))
+    elites_obs_only.observe(real_data(100))
+    assert elites_obs_only.rollout()["penalty_mean"] == pytest.approx(1.0, rel=1e-3)
 
 
 def test_rollouts_stop_at_terminal_steps():
@@ -113,6 +129,14 @@ def test_mbpo_rollout_length_schedule_grows_with_real_data():
     assert lengths == [1, 3, 5, 5]
 
 
+def test_partial_agent_settings_keep_the_planners_other_defaults():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    ravl = make_planner("ravl", model, SPEC, agent={"num_critics": 5})
+    assert ravl.agent.config.num_critics == 5 and ravl.agent.config.eta == 1.0 and ravl.agent.config.critic_layers == 3
+    with pytest.raises(ValueError, match="lengths >= 1"):
+        make_planner("mbpo", model, SPEC, rollout_schedule=[0, 10, 0, 5])
+
+
 def test_ravl_defaults_are_edac_critics_without_a_penalty():
     model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     ravl, mopo = RAVL(model, SPEC), MOPO(model, SPEC)
@@ -153,5 +177,5 @@ def test_dyna_checkpoint_state_round_trip():
     other.load_state_dict(planner.state_dict())
     obs = torch.randn(4, O)
     torch.testing.assert_close(other.act(obs, deterministic=True), planner.act(obs, deterministic=True))
-    assert other.agent.updates == 3
+    assert other.agent.updates == 3 and other._updates_since_rollout == planner._updates_since_rollout == 3
     assert torch.equal(other.generator.get_state(), planner.generator.get_state())

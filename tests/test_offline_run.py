@@ -37,11 +37,13 @@ def test_offline_then_online_run_writes_every_artifact(tmp_path, dataset, planne
     run_dir = tmp_path / planner
     summary = main([f"planner={planner}", f"dataset={dataset}", "offline.updates=40", "env_steps=60",
                     f"run_dir={run_dir}", *TINY, *extra])  # fmt: skip
-    for name in ["config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "learning_curve.png", "summary.json"]:
+    for name in ["config.yaml", "metrics.jsonl", "checkpoint.pt", "learning_curve.png", "summary.json"]:
         assert (run_dir / name).is_file(), name
+    assert (run_dir / "model.pt").is_file() == (planner != "bc")  # behaviour cloning fits no model
     assert summary["offline_updates"] == 40 and summary["dataset_transitions"] == 600 and summary["env_steps"] == 60
-    for key in ("normalized_score", "offline_normalized_score", "final_eval_return", "best_eval_return", "wall_s"):
+    for key in ("final_eval_return", "best_eval_return", "offline_eval_return", "wall_s"):
         assert summary[key] is not None, key
+    assert "normalized_score" not in summary  # 40-step episodes: D4RL's reference returns do not apply
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
     evals = records(run_dir, "eval")
     assert [r["step"] for r in evals] == [0, 30, 60]  # step 0: the offline policy, where online starts
@@ -74,6 +76,27 @@ def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset):
     assert summary["plan_ms_per_step"] > 0
     with pytest.raises(SystemExit, match="neither a config in configs/model/ .*ensemble.* nor a model file"):
         main(["planner=mppi", f"model={tmp_path / 'missing.pt'}"])
+
+
+def test_mpc_learned_value_trains_offline_too(tmp_path, dataset):
+    run_dir = tmp_path / "mppi"
+    main(["planner=mppi", "planner.value_learning=true", "+planner.value_agent.hidden=32", f"dataset={dataset}",
+          "offline.updates=40", "env_steps=0", "planner.candidates=32", "planner.horizon=4", f"run_dir={run_dir}",
+          *TINY])  # fmt: skip
+    trained = records(run_dir, "offline_train")
+    assert [r["step"] for r in trained] == [20, 40] and all("critic_loss" in r for r in trained)
+
+
+def test_online_settings_without_a_dataset_and_old_checkpoints_are_clear_errors(tmp_path, dataset):
+    with pytest.raises(SystemExit, match="need dataset=<file>"):
+        main(["planner=mopo", "online.penalty=0", f"run_dir={tmp_path / 'a'}", *TINY])
+    run_dir = tmp_path / "run"
+    main(["planner=bc", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}", *TINY])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["version"] = 1
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="older worldmodel"):
+        main([f"resume={run_dir}"])
 
 
 def test_a_dataset_for_another_task_is_refused(tmp_path, dataset):

@@ -45,7 +45,8 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
                     "rollout_every=10", "eval_episodes=1", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
     assert set(summary) == {"mbpo", "ravl"}
     for row in summary.values():
-        assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"])
+        assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"] - row["entropy_share"])
+        assert row["entropy_share"] > 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in rows] == [("mbpo", 10), ("mbpo", 20), ("ravl", 10), ("ravl", 20)]
     assert (tmp_path / "run" / "q_vs_return.png").is_file()

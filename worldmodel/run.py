@@ -13,6 +13,7 @@ learning_curve.png and summary.json. `resume=<run dir>` continues from the last 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
 _FORMAT = "worldmodel.RunState"
+_VERSION = 2
 
 
 def evaluate(planner, env, episodes: int) -> float:
@@ -67,6 +69,9 @@ class Run:
             model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
             self.model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
         self.model.to(cfg.device)
+        if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
+            raise ValueError("online.* settings change a planner at the switch from offline learning; "
+                             "they need dataset=<file>")
         capacity = max(cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0), 1)
         buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity)
         settings = {k: v for k, v in cfg.planner.items() if k != "name"}
@@ -83,7 +88,7 @@ class Run:
 
     def save(self) -> None:
         atomic_save({
-            "format": _FORMAT, "version": 2, "progress": self.progress,
+            "format": _FORMAT, "version": _VERSION, "progress": self.progress,
             "model": self.model.state_dict(), "buffer": self.planner.buffer.state_dict(),
             "optimizer": self.model.optimizer(self.cfg.model.fit.lr).state_dict(),
             "planner": self.planner.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -92,6 +97,9 @@ class Run:
     def restore(self) -> None:
         path = self.run_dir / "checkpoint.pt"
         ckpt = load_checked(path, _FORMAT)
+        if ckpt.get("version") != _VERSION:
+            raise CheckpointError(f"{path} was written by an older worldmodel (checkpoint version "
+                                  f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
         try:
             self.model.load_state_dict(ckpt["model"])
             self.planner.load_state_dict(ckpt["planner"])
@@ -126,7 +134,8 @@ class Run:
             p["dataset_loaded"] = True
             self._fit(0)
             self._checkpoint(started)
-        total = 0 if isinstance(self.planner, MPCPlanner) else cfg.offline.updates
+        learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
+        total = cfg.offline.updates if learns else 0
         bar = tqdm(total=total, initial=p["offline_updates"], desc=f"offline {cfg.planner.name}", unit="update")
         while p["offline_updates"] < total or p["offline_eval"] is None:
             n = min(cfg.offline.eval_every, total - p["offline_updates"])
@@ -143,12 +152,18 @@ class Run:
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
             self.logger.log("eval", 0, ret=p["offline_eval"], **self._score("score", p["offline_eval"]))
             p["best_eval"], p["final_eval"] = max(p["best_eval"], p["offline_eval"]), p["offline_eval"]
-        self.model.save(self.run_dir / "model.pt")
-        for key, value in cfg.online.items():  # e.g. a different penalty or real-data ratio once online
-            if value is not None:
-                if not hasattr(self.planner.config, key):
-                    raise ValueError(f"online.{key} is set but planner {cfg.planner.name!r} has no setting {key!r}")
-                setattr(self.planner.config, key, value)
+        if p["fits"] or cfg.pretrained:
+            self.model.save(self.run_dir / "model.pt")
+        self._apply_online_settings()
+
+    def _apply_online_settings(self) -> None:
+        """online.* replace the planner's offline settings at the switch (validated like any setting)."""
+        changes = {k: v for k, v in self.cfg.online.items() if v is not None}
+        if not changes:
+            return
+        if unknown := [k for k in changes if not hasattr(self.planner.config, k)]:
+            raise ValueError(f"online.{unknown[0]} is set but planner {self.cfg.planner.name!r} has no setting {unknown[0]!r}")
+        self.planner.config = dataclasses.replace(self.planner.config, **changes)
 
     def _online(self, started: float) -> None:
         cfg, p = self.cfg, self.progress
@@ -170,7 +185,7 @@ class Run:
                 self.planner.reset()
             if step >= self.seed_steps and (step == self.seed_steps or step % cfg.train_every == 0):
                 self._fit(step)
-            if p["fits"] > 0 or cfg.pretrained:
+            if p["fits"] > 0 or cfg.pretrained or self.dataset is not None:
                 learned = self.planner.learn()
             if step % cfg.eval_every == 0 or step == cfg.env_steps:
                 if learned:
@@ -206,8 +221,8 @@ class Run:
         if self.progress["fits"] > 0 or self.cfg.pretrained:
             fit_cfg["max_epochs"] = self.cfg.fit_epochs
         metrics = self.planner.update(**fit_cfg)
-        self.progress["fits"] += 1
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
+            self.progress["fits"] += 1
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
                             holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
@@ -219,8 +234,10 @@ class Run:
         tqdm.write(f"step {step}: evaluation return {ret:.1f}")
 
     def _score(self, key: str, ret: float | None) -> dict:
-        """{key: D4RL-normalised score} where the task has reference returns, else {}."""
-        score = normalized_score(self.cfg.env.name, ret) if ret is not None else None
+        """{key: D4RL-normalised score} where the task has reference returns (and its usual
+        1000-step episodes and no action repeat), else {}."""
+        standard = self.cfg.env.get("max_episode_steps") in (None, 1000) and self.cfg.env.get("action_repeat", 1) == 1
+        score = normalized_score(self.cfg.env.name, ret) if ret is not None and standard else None
         return {} if score is None else {key: score}
 
     def _plan_ms(self) -> float:
@@ -241,7 +258,8 @@ class Run:
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.model.save(self.run_dir / "model.pt")
+        if p["fits"] or self.cfg.pretrained:
+            self.model.save(self.run_dir / "model.pt")
         self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
         self.logger.close()
         return summary
