@@ -103,7 +103,7 @@ def _plot(logger: MetricsLogger, methods: list[str], out, task: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config("edge_of_reach", sys.argv[1:] if argv is None else argv)
+    cfg = compose_config("edge_of_reach", sys.argv[1:] if argv is None else argv, __doc__)
     if not cfg.dataset:
         raise SystemExit("error: give dataset=<file> (make one with python -m worldmodel.datasets make ...)")
     try:

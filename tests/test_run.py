@@ -69,3 +69,12 @@ def test_resume_from_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 0\n")
     with pytest.raises(SystemExit):
         main([f"resume={tmp_path}", "env_steps=10"])
+
+
+def test_help_lists_every_key_and_the_group_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "offline:" in out and "env_steps: 20000" in out
+    assert "planner=bc|cem|icem|mbpo|mopo|mppi|random|ravl" in out and "dmc/cheetah-run" in out

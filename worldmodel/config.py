@@ -10,13 +10,23 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def compose_config(name: str, overrides: list[str]) -> DictConfig:
-    """configs/<name>.yaml with its defaults and `key=value` overrides; unknown keys are errors."""
+def compose_config(name: str, overrides: list[str], usage: str | None = None) -> DictConfig:
+    """configs/<name>.yaml with its defaults and `key=value` overrides; unknown keys are errors.
+
+    `-h`/`--help` prints `usage`, every key with its default and the config groups' options, then exits.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        if "-h" in overrides or "--help" in overrides:
+            groups = {d.name: sorted(str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml"))
+                      for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()}  # fmt: skip
+            print((usage or "").strip() + "\n\nkey=value overrides; the defaults (configs/" + name + ".yaml):\n")
+            print(OmegaConf.to_yaml(compose(config_name=name)))
+            print("config groups: " + "; ".join(f"{g}=" + "|".join(opts) for g, opts in groups.items()))
+            raise SystemExit(0)
         try:
             return compose(config_name=name, overrides=overrides)
         except (HydraException, OmegaConfBaseException) as e:

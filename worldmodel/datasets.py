@@ -191,6 +191,8 @@ def _attr(value):
 def main(argv: list[str] | None = None) -> dict:
     """`make env=<task> quality=<quality> out=<file>` (Hydra-style overrides of configs/datasets.yaml)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        argv = ["make", "--help"]
     if not argv or argv[0] != "make":
         raise SystemExit("usage: python -m worldmodel.datasets make env=<task> quality=<"
                          + "|".join(QUALITIES) + "> out=<file.hdf5 or minari dir> [size=N seed=S ...]")
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     from worldmodel.config import compose_config
     from worldmodel.envs import check_task_name
 
-    cfg = compose_config("datasets", argv[1:])
+    cfg = compose_config("datasets", argv[1:], __doc__)
     try:
         check_task_name(cfg.env.name)
         if cfg.quality not in QUALITIES:

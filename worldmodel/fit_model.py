@@ -60,7 +60,7 @@ def fit_model(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config("fit_model", sys.argv[1:] if argv is None else argv)
+    cfg = compose_config("fit_model", sys.argv[1:] if argv is None else argv, __doc__)
     try:
         return fit_model(cfg)
     except (ValueError, CheckpointError) as e:

@@ -271,7 +271,7 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     argv = [_pretrained_model(a) for a in argv]
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume is None:
-        return compose_config("config", argv), None
+        return compose_config("config", argv, __doc__), None
     saved = Path(resume) / "config.yaml"
     if not saved.is_file():
         raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
