@@ -48,6 +48,8 @@ def test_offline_then_online_run_writes_every_artifact(tmp_path, dataset, planne
     evals = records(run_dir, "eval")
     assert [r["step"] for r in evals] == [0, 30, 60]  # step 0: the offline policy, where online starts
     assert evals[0]["ret"] == summary["offline_eval_return"]
+    every = [r["ret"] for r in records(run_dir, "offline_eval") + evals]
+    assert summary["best_eval_return"] == max(every)  # offline evaluations count too
     saved = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"])
     assert len(saved) == 660  # the dataset and every online step
 

@@ -143,6 +143,7 @@ class Run:
             p["offline_updates"] += n
             bar.update(n)
             ret = p["offline_eval"] = evaluate(self.planner, self.eval_env, cfg.eval_episodes)
+            p["best_eval"] = max(p["best_eval"], ret)
             self.logger.log("offline_train", p["offline_updates"], **stats)
             self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret))
             bar.set_postfix(ret=f"{ret:.1f}")
