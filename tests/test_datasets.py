@@ -26,13 +26,14 @@ def test_d4rl_layout_round_trips_transitions_and_metadata(hopper_data, tmp_path)
 
 
 def test_minari_layout_round_trips_by_episode(hopper_data, tmp_path):
-    save_minari(tmp_path / "m", hopper_data, {"env": "hopper"})
+    save_minari(tmp_path / "m", hopper_data, {"env": "hopper", "quality": "random"})
     data, meta = load_dataset(tmp_path / "m", obs_dim=11, act_dim=3)
     for key in hopper_data.keys():
         assert torch.equal(data[key], hopper_data[key]), key
     flags = int((hopper_data["terminated"] | hopper_data["truncated"]).sum())
     last_open = not (hopper_data["terminated"][-1] or hopper_data["truncated"][-1])
     assert meta["total_episodes"] == flags + last_open > 3
+    assert meta["dataset_id"] == "worldmodel/hopper/random-v0" and meta["data_format"] == "hdf5"
     with h5py.File(tmp_path / "m" / "data" / "main_data.hdf5") as f:
         ep = f["episode_0"]
         assert len(ep["observations"]) == len(ep["actions"]) + 1

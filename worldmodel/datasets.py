@@ -84,7 +84,9 @@ def save_minari(path: str | os.PathLike, data: TensorDict, metadata: dict | None
             group.create_dataset("truncations", data=ep["truncated"].numpy())
             start = end + 1
         f.attrs["total_episodes"], f.attrs["total_steps"] = len(ends), len(data)
-    meta = {"total_episodes": len(ends), "total_steps": len(data), **(metadata or {})}
+    meta = {"total_episodes": len(ends), "total_steps": len(data), "data_format": "hdf5", **(metadata or {})}
+    if "env" in meta and "quality" in meta:  # Minari's id syntax: namespace/env/name-vN
+        meta.setdefault("dataset_id", f"worldmodel/{meta['env'].replace('/', '-')}/{meta['quality']}-v0")
     with atomic_write(root / "data" / "metadata.json") as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=2))
 
