@@ -1,4 +1,4 @@
-"""`python -m planners.edge_of_reach dataset=<file> env=hopper`: RAVL's point, measured.
+"""`python -m planners.edge_of_reach dataset=<file> task=hopper`: RAVL's point, measured.
 
 Offline MBPO and RAVL learn from rollouts in the true simulator (worldmodel.simulator: no
 model error at all) started from dataset states. At each evaluation the critics' value of
@@ -50,15 +50,15 @@ def entropy_share(agent, obs) -> float:
 
 
 def compare(cfg: DictConfig) -> dict:
-    run_dir = make_run_dir(cfg, "edge_of_reach", cfg.env)
-    eval_env = make_env(cfg.env, seed=cfg.seed + 10_000)
+    run_dir = make_run_dir(cfg, "edge_of_reach", cfg.task)
+    eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
     data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)
     probe = data["obs"][torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:2000]]
     logger, summary = MetricsLogger(run_dir), {}
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
-        planner = make_planner(method, SimulatorDynamics(cfg.env), spec, seed=cfg.seed,
+        planner = make_planner(method, SimulatorDynamics(cfg.task), spec, seed=cfg.seed,
                                buffer=ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data)),
                                rollout_length=cfg.rollout_length, rollout_batch_size=cfg.rollout_batch_size,
                                rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio)  # fmt: skip
@@ -76,7 +76,7 @@ def compare(cfg: DictConfig) -> dict:
         over = row["q_start"] - row["discounted_return"] - row["entropy_share"]
         summary[method] = {**row, "overestimation": over}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.env)
+    _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.task)
     logger.close()
     return summary
 

@@ -41,7 +41,7 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
 
     env = make_env("hopper", seed=1)
     save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 300))
-    summary = main([f"dataset={tmp_path / 'd.hdf5'}", "updates=20", "eval_every=10", "rollout_batch_size=50",
+    summary = main([f"dataset={tmp_path / 'd.hdf5'}", "task=hopper", "updates=20", "eval_every=10", "rollout_batch_size=50",
                     "rollout_every=10", "eval_episodes=1", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
     assert set(summary) == {"mbpo", "ravl"}
     for row in summary.values():
