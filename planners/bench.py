@@ -92,6 +92,7 @@ def rows(repeats: int) -> list[dict]:
     peak = _peak_gflops()
 
     mppi = MPPI(model, spec, MPPIConfig(seed=0))
+    valued = MPPI(model, spec, MPPIConfig(seed=0, value_learning=True, discount=0.99))  # the run command's default
     cem = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, seed=0))
     pets = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20, seed=0))
     theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
@@ -100,6 +101,7 @@ def rows(repeats: int) -> list[dict]:
     cases = [
         ("MPPI default (512 x 15)", "ours", lambda: mppi.act(obs), 512 * 15),
         ("MPPI default (512 x 15)", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15),
+        ("MPPI 512 x 15 + learned value", "ours", lambda: valued.act(obs), 512 * 15),
         ("CEM 400 x 30 x 5", "ours", lambda: cem.act(obs), 400 * 30 * 5),
         ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5),
         ("CEM PETS (400 x 20 particles x 30 x 5)", "ours", lambda: pets.act(obs), 400 * 20 * 30 * 5),
@@ -138,8 +140,9 @@ def dyna_rows(repeats: int) -> list[dict]:
         mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
         mopo.observe(real)
         ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1)
-        # penalised rollouts run every elite on every row (the measure needs them all); plain ones one elite per row
-        flops = 5 * 50_000 * per_row * (model.num_elites if penalty else 1)
+        # penalised rollouts run every member the measure reads on every row; plain ones one elite per row
+        scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
+        flops = 5 * 50_000 * per_row * (scored if penalty else 1)
         out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}", "per_s": 250_000 / ms * 1e3,
                     "unit": "transitions/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})  # fmt: skip
     for name, planner in (("MBPO/MOPO SAC (2 critics 2x256)", MOPO(model, spec)),
