@@ -77,7 +77,8 @@ def torchrl_mppi(model: EnsembleDynamics, spec, horizon: int, candidates: int, i
     from torchrl.objectives.value import TDLambdaEstimator
 
     value = nn.Linear(spec.obs_dim, 1)
-    nn.init.zeros_(value.weight), nn.init.zeros_(value.bias)
+    nn.init.zeros_(value.weight)
+    nn.init.zeros_(value.bias)
     advantage = TDLambdaEstimator(gamma=1.0, lmbda=1.0, value_network=ValueOperator(value, in_keys=["observation"]))
     return MPPIPlanner(torchrl_env(model, spec), advantage, temperature=1.0, planning_horizon=horizon,
                        optim_steps=iterations, num_candidates=candidates, top_k=candidates)  # fmt: skip

@@ -175,14 +175,15 @@ class Dyna(Planner):
             steps.append(step)
             obs = step["next_obs"][~step["terminated"]]
         imagined = torch.cat(steps) if steps else None
-        if imagined is not None and len(imagined):
+        count = len(imagined) if imagined is not None else 0
+        if count:
             self.model_buffer.extend(imagined)
         self._updates_since_rollout = 0
         penalty = torch.cat(penalties) if penalties else torch.zeros(1)
         self.last_rollout = {
-            "rollout_length": self.rollout_length, "imagined": float(len(imagined) if imagined is not None else 0),
-            "mean_steps_per_start": (len(imagined) if imagined is not None else 0) / max(started, 1),
-            "imagined_reward": imagined["reward"].mean().item() if imagined is not None and len(imagined) else 0.0,
+            "rollout_length": self.rollout_length, "imagined": float(count),
+            "mean_steps_per_start": count / max(started, 1),
+            "imagined_reward": imagined["reward"].mean().item() if count else 0.0,
             "penalty_mean": penalty.mean().item(), "penalty_max": penalty.max().item(), "nonfinite_rows": float(dropped),
         }  # fmt: skip
         return self.last_rollout

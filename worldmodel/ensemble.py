@@ -84,6 +84,7 @@ class EnsembleDynamics(nn.Module):
         self.target_norm = Standardizer(out_dim)
         self.register_buffer("elites", torch.arange(num_elites))
         self._optimizer: torch.optim.Optimizer | None = None
+        self._members_cache: tuple | None = None  # (key, parameters of some members), see _members_only
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +110,7 @@ class EnsembleDynamics(nn.Module):
         step or load_state_dict; edits through `.data` bypass the version counter). Planning asks
         for the elites at every horizon step; on CPU copying them each time cost ~10% of a plan."""
         key = (tuple(members.tolist()), tuple(p._version for p in self.parameters()))
-        if getattr(self, "_members_cache", (None,))[0] != key:
+        if self._members_cache is None or self._members_cache[0] != key:
             pick = lambda ps: [p.detach().index_select(0, members) for p in ps]  # noqa: E731
             self._members_cache = (key, (pick(self.weights), pick(self.biases), *pick([self.max_logvar, self.min_logvar])))
         return self._members_cache[1]
