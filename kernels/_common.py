@@ -98,7 +98,8 @@ def _explain_mlp_args(x, weights, biases, activation: str, precision: str) -> No
         if not isinstance(w, Tensor) or w.dim() != 3 or w.shape[0] != E:
             raise ValueError(f"weights[{i}] must be [E={E}, in, out], got {getattr(w, 'shape', type(w))}")
         if w.shape[1] != width:
-            raise ValueError(f"weights[{i}] expects in={w.shape[1]} but the previous layer gives {width}")
+            source = "x has" if i == 0 else "the previous layer gives"
+            raise ValueError(f"weights[{i}] expects in={w.shape[1]} but {source} {width}")
         if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[0] != E or b.shape[1] != w.shape[2]:
             raise ValueError(f"biases[{i}] must be [E={E}, {w.shape[2]}], got {getattr(b, 'shape', type(b))}")
         for name, t in ((f"weights[{i}]", w), (f"biases[{i}]", b)):

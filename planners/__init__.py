@@ -1,6 +1,8 @@
 """Planners that act with a learned dynamics model: MPC (MPPI, CEM, iCEM, random shooting),
 Dyna (MBPO, MOPO, RAVL) and behaviour cloning as the offline floor."""
 
+import dataclasses
+
 from planners.base import Planner
 from planners.bc import BCConfig, BehaviourCloning
 from planners.cem import CEM, CEMConfig
@@ -25,18 +27,32 @@ DYNA_PLANNERS = {
 PLANNERS = {**MPC_PLANNERS, **DYNA_PLANNERS, "bc": (BehaviourCloning, BCConfig)}
 
 
+_AGENT_KEYS = ("agent", "value_agent")  # settings that hold SACConfig fields
+
+
+def planner_defaults() -> dict[str, dict]:
+    """Every planner's settings and defaults, from its config dataclass (the run command's
+    planner/ group options): {name: {"name": name, field: default, ...}}."""
+    return {name: {"name": name, **{k: v for k, v in dataclasses.asdict(config_cls()).items() if k != "seed"}}
+            for name, (_, config_cls) in PLANNERS.items()}  # fmt: skip
+
+
 def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **settings) -> Planner:
-    """A planner by name with its config's fields as keyword settings; unknown names or fields are errors.
+    """A planner by name with its config's fields as keyword settings; an unknown name, an unknown
+    field or a value of the wrong type is a ValueError naming it.
 
     terminal_value (MPC planners only) maps states [B, O] to values [B].
     """
+    from worldmodel.config import check_settings, dataclass_fields
+
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; choose from {sorted(PLANNERS)}")
     cls, config_cls = PLANNERS[name]
-    try:
-        config = config_cls(**settings)
-    except TypeError as e:
-        raise ValueError(f"bad setting for planner {name!r}: {e}") from None
+    check_settings("planner", settings, dataclass_fields(config_cls))
+    for key in _AGENT_KEYS:
+        if isinstance(settings.get(key), dict):
+            check_settings(f"planner.{key}", settings[key], dataclass_fields(SACConfig))
+    config = config_cls(**settings)
     if terminal_value is not None:
         if name not in MPC_PLANNERS:
             raise ValueError(f"planner {name!r} takes no terminal value (only {sorted(MPC_PLANNERS)} do)")
@@ -45,7 +61,7 @@ def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **set
 
 
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "make_planner",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "make_planner", "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",
     "Planner", "PlanningError", "RAVL", "RAVLConfig", "RandomShooting", "RandomShootingConfig", "SAC", "SACConfig",

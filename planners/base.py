@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch
 from tensordict import TensorDict
 from torch import Tensor
 
@@ -43,3 +44,21 @@ class Planner(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`."""
+
+
+def check_obs(obs: Tensor, obs_dim: int) -> Tensor:
+    """An observation [O] or batch [N, O] as float32, or a ValueError that says what is wrong with it.
+
+    NaN or inf in an observation is an input problem (a sensor, the simulator, the caller), named
+    as such here before any planning: it must never reach an action.
+    """
+    if not isinstance(obs, Tensor):
+        obs = torch.as_tensor(obs)
+    if obs.dim() not in (1, 2) or obs.shape[-1] != obs_dim:
+        raise ValueError(f"obs must be [{obs_dim}] or [N, {obs_dim}], got {list(obs.shape)}")
+    obs = obs.float()
+    if not torch.isfinite(obs).all():
+        bad = (~torch.isfinite(obs)).reshape(-1, obs_dim).nonzero()[:, -1].unique().tolist()
+        raise ValueError(f"the observation holds NaN or inf (dims {bad}): check the sensor, simulator or "
+                         "caller that produced it; no action is planned from it")  # fmt: skip
+    return obs

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from planners.base import Planner
+from planners.base import Planner, check_obs
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 
@@ -45,7 +45,7 @@ class BehaviourCloning(Planner):
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.center + self.half_range * self.policy(obs.float())
+        return self.center + self.half_range * self.policy(check_obs(obs, self.spec.obs_dim))
 
     def observe(self, transition) -> None:
         self.buffer.extend(transition)

@@ -13,8 +13,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from planners.base import Planner
-from planners.sac import SAC, SACConfig
+from planners.base import Planner, check_obs
+from planners.sac import SAC, SACConfig, sac_settings
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
@@ -49,12 +49,9 @@ class DynaConfig:
         if self.rollout_schedule is not None and (len(self.rollout_schedule) != 4 or min(self.rollout_schedule[2:]) < 1):
             raise ValueError("rollout_schedule is [start_step, end_step, min_length, max_length], lengths >= 1")
         Uncertainty(self.uncertainty)  # unknown measures fail here, not mid-training
-        known = {f.name for f in fields(SACConfig)}
-        if unknown := sorted(set(self.agent) - known):
-            raise ValueError(f"unknown agent setting(s) {unknown}; SAC takes {sorted(known)}")
         # settings given for the agent change this planner's defaults (RAVL's critics), not replace them
         default = next(f for f in fields(self) if f.name == "agent").default_factory()
-        self.agent = {**default, **self.agent}
+        self.agent = sac_settings(self.agent, default)
 
 
 @dataclass
@@ -111,7 +108,7 @@ class Dyna(Planner):
         pass  # the policy keeps no state within an episode
 
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        return self.agent.act(obs.to(self.model.device), deterministic)
+        return self.agent.act(check_obs(obs, self.spec.obs_dim).to(self.model.device), deterministic)
 
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)

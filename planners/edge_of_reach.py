@@ -25,6 +25,7 @@ from worldmodel.envs import make_env
 from worldmodel.metrics import MetricsLogger
 from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
+from worldmodel.threads import set_threads
 
 
 def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, float]:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.dataset:
         raise SystemExit("error: give dataset=<file> (make one with python -m worldmodel.datasets make ...)")
     try:
+        set_threads(cfg.threads)
         return compare(cfg)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

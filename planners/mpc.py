@@ -7,15 +7,16 @@ H horizon steps, O obs dims, A action dims.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import warnings
 from typing import Callable, Literal
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from planners.base import Planner
+from planners.base import Planner, check_obs
 from planners.noise import colored_noise
-from planners.sac import SAC, SACConfig
+from planners.sac import SAC, SACConfig, sac_settings
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
@@ -31,12 +32,12 @@ class MPCConfig:
     horizon: int = 15
     particles: int = 1  # model samples per candidate; returns are averaged over them
     propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
-    discount: float = 1.0
+    discount: float = 0.99  # as the learned value's
     uncertainty_penalty: float = 0.0  # lambda: reward - lambda * uncertainty (0 disables it)
     uncertainty: str = "ensemble_std"  # the measure used for the penalty
     # A learned terminal value (LOOP, TD-MPC): SAC critics trained off-policy on the real data;
     # V(s_H) = min over critics of Q(s_H, mean action of pi(s_H)) is added after the last step.
-    value_learning: bool = False
+    value_learning: bool = True
     value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
     value_updates_per_step: int = 1
     seed: int | None = None
@@ -46,6 +47,7 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
+        self.value_agent = sac_settings(self.value_agent)
 
 
 class PlanningError(RuntimeError):
@@ -82,6 +84,7 @@ class MPCPlanner(Planner):
             self.generator.seed()
         self._penalty = Uncertainty(config.uncertainty) if config.uncertainty_penalty > 0 else None
         self._plan: Tensor | None = None  # [N, H, A] mean sequence carried between steps
+        self._warned_unfitted = False
 
     # ---------------------------------------------------------------- the robot loop
 
@@ -144,9 +147,11 @@ class MPCPlanner(Planner):
         raise NotImplementedError
 
     def _optimize(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
-        if obs.dim() not in (1, 2) or obs.shape[-1] != self.spec.obs_dim:
-            raise ValueError(f"obs must be [{self.spec.obs_dim}] or [N, {self.spec.obs_dim}], got {list(obs.shape)}")
-        obs = obs.to(self.model.device, torch.float32).reshape(-1, self.spec.obs_dim)
+        obs = check_obs(obs, self.spec.obs_dim).to(self.model.device).reshape(-1, self.spec.obs_dim)
+        if not self.model.fitted and not self._warned_unfitted:
+            self._warned_unfitted = True
+            warnings.warn("planning with a model that was never fitted: its predictions are noise, and so are "
+                          "the actions; fit it first (planner.observe(...) then planner.update())", stacklevel=4)  # fmt: skip
         return self.optimize(obs, self._warm_start(obs.shape[0]))
 
     # ---------------------------------------------------------------- shared machinery
@@ -181,8 +186,8 @@ class MPCPlanner(Planner):
         returns = total.view(n, c, p).mean(-1)
         if not torch.isfinite(returns).all():
             raise PlanningError(
-                "the model predicted non-finite rewards or states while planning; "
-                "refit it (or check its training data) before acting"
+                "the model predicted non-finite rewards or states from a finite observation while "
+                "planning; refit it (or check its training data) before acting"
             )
         return returns
 

@@ -13,6 +13,8 @@ from planners.mpc import MPCConfig, MPCPlanner
 @dataclass
 class RandomShootingConfig(MPCConfig):
     candidates: int = 1000
+    discount: float = 1.0
+    value_learning: bool = False  # the baseline plans with the model alone
 
 
 class RandomShooting(MPCPlanner):

@@ -8,6 +8,8 @@ Shapes: B rows, N critics, O obs dims, A action dims.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -43,11 +45,26 @@ class SACConfig:
 
     def __post_init__(self):
         if self.num_critics < 1 or self.hidden < 1 or min(self.actor_layers, self.critic_layers) < 1:
-            raise ValueError("num_critics, hidden and the layer counts must be >= 1")
+            raise ValueError(
+                "num_critics, hidden and the layer counts must be >= 1, got "
+                f"num_critics={self.num_critics}, hidden={self.hidden}, "
+                f"actor_layers={self.actor_layers}, critic_layers={self.critic_layers}"
+            )
         if self.critic_subset is not None and not 1 <= self.critic_subset <= self.num_critics:
-            raise ValueError(f"critic_subset must be in [1, num_critics={self.num_critics}]")
+            raise ValueError(f"critic_subset must be in [1, num_critics={self.num_critics}], got {self.critic_subset}")
         if self.eta > 0 and self.num_critics < 2:
-            raise ValueError("the gradient-diversity term (eta > 0) needs num_critics >= 2")
+            raise ValueError(
+                f"the gradient-diversity term (eta={self.eta} > 0) needs num_critics >= 2, got {self.num_critics}"
+            )
+
+
+def sac_settings(given: dict, defaults: dict | None = None) -> dict:
+    """Every SACConfig field spelled out: SACConfig's defaults, then a planner's own (`defaults`),
+    then `given`; an unknown field or a bad value is a ValueError here, not mid-training."""
+    known = {f.name for f in dataclasses.fields(SACConfig)}
+    if unknown := sorted(set(given) - known):
+        raise ValueError(f"unknown agent setting(s) {unknown}; SAC takes {sorted(known)}")
+    return dataclasses.asdict(SACConfig(**{**(defaults or {}), **given}))
 
 
 class Actor(nn.Module):

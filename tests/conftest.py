@@ -1,7 +1,17 @@
-"""Shared test settings: slow learning checks are opt-in with --slow."""
+"""Shared test settings: one torch thread per test process (its subprocesses included, through
+OMP_NUM_THREADS), so the suite never oversubscribes a shared machine; slow learning checks are
+opt-in with --slow."""
 
-import pytest
-import torch
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads OpenMP; subprocesses inherit it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from worldmodel.threads import set_threads  # noqa: E402
+
+set_threads(1)
 
 
 def pytest_addoption(parser):

@@ -22,6 +22,7 @@ class LinearDynamics:
         self.elites = torch.arange(members)
         self.num_elites = members
         self.device = torch.device("cpu")
+        self.fitted = True  # exact by construction
         self.calls: list[dict] = []
 
     def spec(self, low=-1.0, high=1.0) -> TaskSpec:

@@ -148,8 +148,10 @@ def test_planner_registry_builds_dyna_planners_and_refuses_bad_settings():
     model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     planner = make_planner("mopo", model, SPEC, penalty=0.3, agent={"num_critics": 4})
     assert isinstance(planner, MOPO) and planner.config.penalty == 0.3 and planner.agent.config.num_critics == 4
-    with pytest.raises(ValueError, match="unknown agent setting"):
+    with pytest.raises(ValueError, match=r"unknown setting planner.agent.critics; valid: .*num_critics"):
         make_planner("ravl", model, SPEC, agent={"critics": 4})
+    with pytest.raises(ValueError, match=r"planner.rollout_length must be an int, got 'five'"):
+        make_planner("mopo", model, SPEC, rollout_length="five")
     with pytest.raises(ValueError, match="uncertainty"):
         make_planner("mopo", model, SPEC, uncertainty="nonsense")
     with pytest.raises(ValueError, match="terminal value"):

@@ -40,10 +40,32 @@ def fitted():
 
 
 def test_predict_gives_every_member_in_original_units():
+    """Normalisers far from the identity (large offsets, scales from 0.1 to 50): predict must
+    standardise the inputs and map the standardised Gaussian back to original units."""
+    torch.manual_seed(0)
     model = small_model()
-    mean, var = model.predict(torch.randn(5, O), torch.randn(5, A))
+    in_mean, in_std = torch.tensor([100.0, -20.0, 5.0, 3.0, -7.0]), torch.tensor([10.0, 0.5, 2.0, 4.0, 0.1])
+    out_mean, out_std = torch.tensor([50.0, -3.0, 0.2, 400.0]), torch.tensor([20.0, 0.1, 3.0, 50.0])
+    model.input_norm.fit(in_mean + in_std * torch.randn(5000, O + A))
+    model.target_norm.fit(out_mean + out_std * torch.randn(5000, O + 1))
+    in_mean, in_std = model.input_norm.mean.clone(), model.input_norm.std.clone()  # what the fit gave exactly
+    out_mean, out_std = model.target_norm.mean.clone(), model.target_norm.std.clone()
+    torch.testing.assert_close(out_std, torch.tensor([20.0, 0.1, 3.0, 50.0]), rtol=0.1, atol=0)  # not the identity
+
+    obs = in_mean[:O] + in_std[:O] * torch.randn(5, O)
+    action = in_mean[O:] + in_std[O:] * torch.randn(5, A)
+    mean, var = model.predict(obs, action)
     assert mean.shape == var.shape == (4, 5, O + 1)
     assert (var > 0).all()
+
+    x = ((torch.cat([obs, action], -1) - in_mean) / in_std).expand(4, 5, O + A)
+    with torch.no_grad():
+        mean_n, logvar_n = model.forward_normalized(x)
+    torch.testing.assert_close(mean, mean_n * out_std + out_mean)
+    torch.testing.assert_close(var, logvar_n.exp() * out_std.square())
+    # and the un-scaling is not a no-op here: the standardised outputs are far from the original ones
+    assert (mean - mean_n).abs().amax((0, 1)).min() > 0.1
+    assert not torch.allclose(var, logvar_n.exp(), rtol=0.5)
 
 
 def test_per_member_inputs_and_member_subsets_match_the_shared_forward():
@@ -182,10 +204,13 @@ def test_same_seed_same_fit():
     def weights():
         torch.manual_seed(7)
         model = small_model()
+        init = model.weights[0].detach().clone()
         model.fit(linear_system(600), max_epochs=3, progress=False)
-        return model.weights[0].detach()
+        return init, model.weights[0].detach()
 
-    assert torch.equal(weights(), weights())
+    (init, first), (_, second) = weights(), weights()
+    assert not torch.equal(first, init)  # the fit really trained (a no-op fit is trivially deterministic)
+    assert torch.equal(first, second)
 
 
 def test_fit_refuses_bad_data_naming_the_field():

@@ -240,32 +240,50 @@ def test_empty_batch():
 # Argument checks
 # ----------------------------------------------------------------------------------------------
 
+# case -> (call, the message it must raise): a ValueError from anywhere else does not pass.
 BAD_CALLS = {
-    "x not 3-D": lambda x, ws, bs: kernels.ensemble_mlp(x[0], ws, bs),
-    "E mismatch": lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs),
-    "in width": lambda x, ws, bs: kernels.ensemble_mlp(x[..., :5], ws, bs),
-    "layer chain": lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0], ws[0]], bs),
-    "bias shape": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, [bs[0][:, :3], bs[1]]),
-    "bias count": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs[:1]),
-    "weight dtype": lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0].double(), ws[1]], bs),
-    "x dtype": lambda x, ws, bs: kernels.ensemble_mlp(x.long(), ws, bs),
-    "activation": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, "gelu"),
-    "precision": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, precision="fp16"),
-    "member out of range": lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs, members=torch.tensor([0, 3])),
-    "negative member": lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([-1])),
-    "member dtype": lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([0.0])),
-    "member count": lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, members=torch.tensor([0])),
-    "odd gaussian width": lambda x, ws, bs: kernels.ensemble_gaussian_mlp(
+    "x not 3-D": (lambda x, ws, bs: kernels.ensemble_mlp(x[0], ws, bs),
+                  r"x must be a 3-D tensor \[E or M, B, in\], got torch.Size\(\[4, 6\]\)"),
+    "E mismatch": (lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs),
+                   r"x has 2 members but the weights have E=3"),
+    "in width": (lambda x, ws, bs: kernels.ensemble_mlp(x[..., :5], ws, bs),
+                 r"weights\[0\] expects in=6 but x has 5"),
+    "layer chain": (lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0], ws[0]], bs),
+                    r"weights\[1\] expects in=6 but the previous layer gives 8"),
+    "bias shape": (lambda x, ws, bs: kernels.ensemble_mlp(x, ws, [bs[0][:, :3], bs[1]]),
+                   r"biases\[0\] must be \[E=3, 8\], got torch.Size\(\[3, 3\]\)"),
+    "bias count": (lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs[:1]),
+                   r"need as many biases as weights \(>= 1\), got 2 and 1"),
+    "weight dtype": (lambda x, ws, bs: kernels.ensemble_mlp(x, [ws[0].double(), ws[1]], bs),
+                     r"weights\[0\] has dtype torch.float64, x has torch.float32; they must match"),
+    "x dtype": (lambda x, ws, bs: kernels.ensemble_mlp(x.long(), ws, bs),
+                r"x must be floating point, got torch.int64"),
+    "activation": (lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, "gelu"),
+                   r"activation must be one of \(.*'silu'.*\), got 'gelu'"),
+    "precision": (lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, precision="fp16"),
+                  r"precision must be one of \(.*'fp32'.*\), got 'fp16'"),
+    "member out of range": (lambda x, ws, bs: kernels.ensemble_mlp(x[:2], ws, bs, members=torch.tensor([0, 3])),
+                            r"members must lie in \[0, 3\), got values in \[0, 3\]"),
+    "negative member": (lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([-1])),
+                        r"members must lie in \[0, 3\), got values in \[-1, -1\]"),
+    "member dtype": (lambda x, ws, bs: kernels.ensemble_mlp(x[:1], ws, bs, members=torch.tensor([0.0])),
+                     r"members must be a 1-D int64/int32 tensor"),
+    "member count": (lambda x, ws, bs: kernels.ensemble_mlp(x, ws, bs, members=torch.tensor([0])),
+                     r"x has 3 members but members lists 1"),
+    "odd gaussian width": (lambda x, ws, bs: kernels.ensemble_gaussian_mlp(
         x, [ws[0], torch.zeros(3, 8, 5)], [bs[0], torch.zeros(3, 5)], torch.zeros(3, 2), torch.zeros(3, 2)),
-    "bounds shape": lambda x, ws, bs: kernels.ensemble_gaussian_mlp(x, ws, bs, torch.zeros(3, 2), torch.zeros(3, 3)),
-}
+        r"the last layer must output 2\*D \(mean, log-variance\), got 5"),
+    "bounds shape": (lambda x, ws, bs: kernels.ensemble_gaussian_mlp(x, ws, bs, torch.zeros(3, 2), torch.zeros(3, 3)),
+                     r"max_logvar must be \[E=3, D=3\], got torch.Size\(\[3, 2\]\)"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
 def test_bad_arguments_raise_value_error(case):
+    call, message = BAD_CALLS[case]
     ws, bs = make_params(3, [6, 8, 6])
-    with pytest.raises(ValueError):
-        BAD_CALLS[case](rand_x(3, 4, 6), ws, bs)
+    with pytest.raises(ValueError, match=message):
+        call(rand_x(3, 4, 6), ws, bs)
 
 
 # ----------------------------------------------------------------------------------------------

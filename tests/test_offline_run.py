@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from worldmodel import ReplayBuffer, collect, correlated_noise_policy, make_env
+from worldmodel import EnsembleDynamics, ReplayBuffer, collect, correlated_noise_policy, make_env
 from worldmodel.datasets import save_d4rl
 from worldmodel.run import main
 
@@ -58,7 +58,8 @@ def test_online_penalty_replaces_the_offline_one_at_the_switch(tmp_path, dataset
     run_dir = tmp_path / "mopo"
     main(["planner=mopo", f"dataset={dataset}", "offline.updates=40", "env_steps=30", "online.penalty=0",
           f"run_dir={run_dir}", *TINY, *DYNA_TINY])  # fmt: skip
-    assert all(r["penalty_mean"] > 0 for r in records(run_dir, "offline_train"))
+    offline = records(run_dir, "offline_train")
+    assert [r["step"] for r in offline] == [20, 40] and all(r["penalty_mean"] > 0 for r in offline)
     assert [r["penalty_mean"] for r in records(run_dir, "train")] == [0.0]
 
 
@@ -68,21 +69,46 @@ def test_an_online_setting_the_planner_lacks_is_a_clear_error(tmp_path, dataset)
               f"run_dir={tmp_path}", *TINY])  # fmt: skip
 
 
-def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset):
+def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset, monkeypatch):
+    # seed=1: the pretrained weights must differ from the fresh seed-0 init the online run would build
+    # itself (a 2-epoch fit that improves no member by 1% keeps the initial weights)
     main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={tmp_path / 'off'}",
-          *TINY, *DYNA_TINY])  # fmt: skip
+          "seed=1", *TINY, *DYNA_TINY])  # fmt: skip
     pretrained = tmp_path / "off" / "model.pt"
-    summary = main(["planner=mppi", f"model={pretrained}", "env_steps=30", f"run_dir={tmp_path / 'on'}",
+    loaded = EnsembleDynamics.load(pretrained)
+    expected = loaded.state_dict()
+    torch.manual_seed(0)
+    fresh = EnsembleDynamics(**loaded.config).state_dict()
+    assert not any(torch.equal(fresh[k], expected[k]) for k in expected if k.startswith("weights."))
+    planned_with = []  # the model's full state (weights, normalisers, elites) at its first imagined step
+    original_step = EnsembleDynamics.step
+
+    def spy(model, *args, **kwargs):
+        if not planned_with:
+            planned_with.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(EnsembleDynamics, "step", spy)
+    run_dir = tmp_path / "on"
+    summary = main(["planner=mppi", f"model={pretrained}", "env_steps=30", f"run_dir={run_dir}",
                     "planner.candidates=32", "planner.horizon=4", *TINY])  # fmt: skip
-    assert summary["env_steps"] == 30 and summary["model_fits"] == 1  # no seed steps: planning from step 1
+    assert summary["env_steps"] == 30 and summary["model_fits"] == 1
     assert summary["plan_ms_per_step"] > 0
-    with pytest.raises(SystemExit, match="neither a config in configs/model/ .*ensemble.* nor a model file"):
+    # the planner's first plan (step 0, before any refit) used exactly the pretrained model
+    assert planned_with and planned_with[0].keys() == expected.keys()
+    assert [name for name, value in expected.items() if not torch.equal(planned_with[0][name], value)] == []
+    # no random seed steps: every online step was planned, and the one refit (at train_every) was
+    # the short fine-tune (fit_epochs=1), not a first fit (model.fit.max_epochs=2)
+    progress = torch.load(run_dir / "checkpoint.pt", weights_only=True)["progress"]
+    assert progress["plan_steps"] == 30 and progress["planning_errors"] == 0
+    assert [(r["step"], r["epochs"]) for r in records(run_dir, "fit")] == [(30, 1)]
+    with pytest.raises(SystemExit, match=r"model=\S*missing\.pt is neither a .*ensemble.* nor a model file"):
         main(["planner=mppi", f"model={tmp_path / 'missing.pt'}"])
 
 
 def test_mpc_learned_value_trains_offline_too(tmp_path, dataset):
     run_dir = tmp_path / "mppi"
-    main(["planner=mppi", "planner.value_learning=true", "+planner.value_agent.hidden=32", f"dataset={dataset}",
+    main(["planner=mppi", "planner.value_learning=true", "planner.value_agent.hidden=32", f"dataset={dataset}",
           "offline.updates=40", "env_steps=0", "planner.candidates=32", "planner.horizon=4", f"run_dir={run_dir}",
           *TINY])  # fmt: skip
     trained = records(run_dir, "offline_train")

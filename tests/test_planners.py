@@ -7,11 +7,15 @@ from known_dynamics import point_mass, single_integrator
 from planners import CEM, ICEM, MPPI, CEMConfig, ICEMConfig, MPPIConfig, PlanningError, RandomShooting
 from planners.random_shooting import RandomShootingConfig
 
+# the model alone, undiscounted, so that the known optimum is the planners' too (the defaults add a
+# learned terminal value and discount 0.99)
+MODEL_ONLY = dict(value_learning=False, discount=1.0)
+
 PLANNERS = {
-    "mppi": lambda m, s, **kw: MPPI(m, s, MPPIConfig(seed=0, **{"iterations": 4, **kw})),
-    "cem": lambda m, s, **kw: CEM(m, s, CEMConfig(seed=0, **kw)),
-    "icem": lambda m, s, **kw: ICEM(m, s, ICEMConfig(seed=0, **kw)),
-    "random": lambda m, s, **kw: RandomShooting(m, s, RandomShootingConfig(seed=0, **{"candidates": 4000, **kw})),
+    "mppi": lambda m, s, **kw: MPPI(m, s, MPPIConfig(seed=0, **{**MODEL_ONLY, "iterations": 4, **kw})),
+    "cem": lambda m, s, **kw: CEM(m, s, CEMConfig(seed=0, **{**MODEL_ONLY, **kw})),
+    "icem": lambda m, s, **kw: ICEM(m, s, ICEMConfig(seed=0, **{**MODEL_ONLY, **kw})),
+    "random": lambda m, s, **kw: RandomShooting(m, s, RandomShootingConfig(seed=0, **{**MODEL_ONLY, "candidates": 4000, **kw})),
 }
 
 
@@ -81,7 +85,7 @@ def test_plan_is_for_inspection_and_keeps_no_state(name):
 
 def test_rewards_after_a_predicted_termination_do_not_count():
     model = single_integrator(goal=(0.0, 0.0), terminate_above=0.5)
-    planner = MPPI(model, model.spec(), MPPIConfig(horizon=3, seed=0))
+    planner = MPPI(model, model.spec(), MPPIConfig(**MODEL_ONLY, horizon=3, seed=0))
     obs = torch.zeros(1, 2)
     actions = torch.tensor([[[[1.0, 0.0]] * 3, [[0.1, 0.0]] * 3]])  # [1, 2, 3, 2]
     returns = planner.evaluate(obs, actions)
@@ -92,8 +96,8 @@ def test_rewards_after_a_predicted_termination_do_not_count():
 
 def test_uncertainty_penalty_pulls_actions_toward_certainty():
     model = single_integrator(goal=(0.8, 0.0))
-    plain = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0))
-    cautious = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0, uncertainty_penalty=1.0))
+    plain = CEM(model, model.spec(), CEMConfig(**MODEL_ONLY, horizon=1, seed=0))
+    cautious = CEM(model, model.spec(), CEMConfig(**MODEL_ONLY, horizon=1, seed=0, uncertainty_penalty=1.0))
     # penalised reward -(a - 0.8)^2 - a^2 peaks at a = 0.4
     assert plain.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.8, abs=0.03)
     assert cautious.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.4, abs=0.03)
@@ -102,7 +106,7 @@ def test_uncertainty_penalty_pulls_actions_toward_certainty():
 def test_terminal_value_is_added_after_the_last_step():
     model = single_integrator(goal=(0.0, 0.0))
     value = lambda s: -(s - torch.tensor([0.6, 0.6])).square().sum(-1) * 10  # noqa: E731
-    planner = CEM(model, model.spec(), CEMConfig(horizon=1, seed=0), terminal_value=value)
+    planner = CEM(model, model.spec(), CEMConfig(**MODEL_ONLY, horizon=1, seed=0), terminal_value=value)
     # -a^2 - 10 (a - 0.6)^2 peaks at a = 6/11 per dim
     torch.testing.assert_close(planner.plan(torch.zeros(2))[0], torch.full((2,), 6 / 11), atol=0.03, rtol=0)
 
@@ -111,7 +115,7 @@ def test_propagation_modes_reach_the_model_as_its_step_modes():
     model = single_integrator()
     for propagation, mode in [("ts1", "random"), ("tsinf", "fixed"), ("expectation", "mean")]:
         model.calls.clear()
-        MPPI(model, model.spec(), MPPIConfig(horizon=3, particles=4, candidates=5, propagation=propagation)).plan(
+        MPPI(model, model.spec(), MPPIConfig(**MODEL_ONLY, horizon=3, particles=4, candidates=5, propagation=propagation)).plan(
             torch.zeros(2, 2)
         )
         assert [(c["mode"], c["rows"]) for c in model.calls] == [(mode, 2 * 5 * 4)] * 3
@@ -120,7 +124,7 @@ def test_propagation_modes_reach_the_model_as_its_step_modes():
 def test_non_finite_model_output_is_reported_not_acted_on():
     model = single_integrator()
     model.goal = torch.tensor([float("nan"), 0.0])
-    planner = MPPI(model, model.spec(), MPPIConfig(horizon=2, seed=0))
+    planner = MPPI(model, model.spec(), MPPIConfig(**MODEL_ONLY, horizon=2, seed=0))
     with pytest.raises(PlanningError, match="non-finite"):
         planner.act(torch.zeros(2))
 
@@ -143,7 +147,7 @@ def test_observe_stores_transitions_and_update_refits_the_model():
 
     spec = TaskSpec("toy", 2, 1, torch.tensor([-1.0]), torch.tensor([1.0]), 10, None)
     model = EnsembleDynamics(2, 1, ensemble_size=2, num_elites=1, hidden=16, layers=1)
-    planner = MPPI(model, spec, MPPIConfig(horizon=2, candidates=8, seed=0))
+    planner = MPPI(model, spec, MPPIConfig(**MODEL_ONLY, horizon=2, candidates=8, seed=0))
     obs, action = torch.randn(200, 2), torch.rand(200, 1) * 2 - 1
     flags = torch.zeros(200, dtype=torch.bool)
     planner.observe(TensorDict({"obs": obs, "action": action, "reward": obs[:, 0], "next_obs": obs + action,
@@ -157,7 +161,7 @@ def test_observe_stores_transitions_and_update_refits_the_model():
 def test_learned_terminal_value_is_the_value_agents_at_the_final_state():
     model = single_integrator(goal=(0.0, 0.0))
     config = dict(horizon=2, seed=0, discount=0.9)
-    plain = MPPI(model, model.spec(), MPPIConfig(**config))
+    plain = MPPI(model, model.spec(), MPPIConfig(**config, value_learning=False))
     learned = MPPI(model, model.spec(), MPPIConfig(**config, value_learning=True, value_agent={"hidden": 16}))
     obs, actions = torch.zeros(1, 2), torch.rand(1, 5, 2, 2) * 2 - 1
     final = actions.sum(2).reshape(5, 2)  # next = obs + action, twice
@@ -182,4 +186,28 @@ def test_learn_trains_the_value_agent_on_real_transitions_and_checkpoints_it():
     torch.testing.assert_close(copy.terminal_value(obs), planner.terminal_value(obs))
     with pytest.raises(ValueError, match="not both"):
         MPPI(model, model.spec(), settings, terminal_value=lambda s: s[:, 0])
-    assert MPPI(model, model.spec(), MPPIConfig(horizon=2)).learn() == {}  # no learned value: nothing to learn
+    assert MPPI(model, model.spec(), MPPIConfig(**MODEL_ONLY, horizon=2)).learn() == {}  # no learned value: nothing to learn
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_a_non_finite_observation_is_named_as_an_input_problem(name):
+    model = single_integrator()
+    planner = PLANNERS[name](model, model.spec(), horizon=2)
+    with pytest.raises(ValueError, match=r"the observation holds NaN or inf \(dims \[1\]\): check the sensor"):
+        planner.act(torch.tensor([0.0, float("nan")]))
+    assert model.calls == []  # refused before any planning
+
+
+def test_planning_with_a_model_never_fitted_warns_once():
+    from worldmodel import EnsembleDynamics
+
+    model = EnsembleDynamics(2, 2, ensemble_size=2, num_elites=1, hidden=8, layers=1)
+    spec = single_integrator().spec()
+    planner = MPPI(model, spec, MPPIConfig(**MODEL_ONLY, horizon=2, candidates=8, seed=0))
+    with pytest.warns(UserWarning, match="planning with a model that was never fitted"):
+        planner.act(torch.zeros(2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        planner.act(torch.zeros(2))  # once is enough

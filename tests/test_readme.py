@@ -11,3 +11,16 @@ def test_ci_runs_the_readme_test_command_verbatim():
     match = re.search(r"^(python3 -m venv .*python -m pytest)\s*# run the tests", readme, re.M)
     assert match, "README must give the test command on one line, marked '# run the tests'"
     assert match.group(1).strip() in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_planners_api_snippet_runs_as_written():
+    """The README's planners-API block, executed as a user would paste it (real env, real fit)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**2. The planners API**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md (planners API)", "exec"), scope)
+    spec = scope["spec"]
+    assert scope["action"].shape == (spec.act_dim,) and scope["sequence"].shape == (scope["planner"].config.horizon, spec.act_dim)
+    assert scope["stats"]["epochs"] <= 60 and scope["model"].fitted
+    assert scope["planner"].config.value_learning and scope["planner"].config.discount == 0.99

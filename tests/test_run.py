@@ -1,12 +1,21 @@
-"""`python -m worldmodel.run`: a short real MuJoCo run writes every artifact, resumes, and refuses bad input."""
+"""`python -m worldmodel.run`: a short real MuJoCo run writes every artifact, resumes, stops cleanly on
+SIGINT/SIGTERM, and refuses bad input before writing anything."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from planners import PLANNERS
 from worldmodel import ReplayBuffer
-from worldmodel.run import main
+from worldmodel.run import Run, load_config, main
 
 TINY = [
     "seed_steps=40", "train_every=40", "eval_every=60", "checkpoint_every=30", "fit_epochs=2",
@@ -34,8 +43,9 @@ def test_short_run_writes_every_artifact(tmp_path, planner):
     assert [r["step"] for r in evals] == [60, 120]
     assert saved["best_eval_return"] == max(r["ret"] for r in evals)
     assert saved["final_eval_return"] == evals[-1]["ret"]
-    tags = EventAccumulator(str(next((run_dir / "tb").iterdir().__iter__()).parent)).Reload().Tags()["scalars"]
+    tags = EventAccumulator(str(run_dir / "tb")).Reload().Tags()["scalars"]
     assert "eval/ret" in tags and "fit/holdout_mse" in tags
+    assert saved["status"] == "finished" and saved["threads"]["threads"] == 1  # tests run on one thread
 
 
 def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
@@ -47,6 +57,8 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     assert resumed["env_steps"] == 120 and resumed["model_fits"] == 3
     assert resumed["wall_s"] > first["wall_s"]
     assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]  # the stale record was dropped
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    assert [e.step for e in events.Scalars("eval/ret")] == [60, 120]  # and TensorBoard shows it no more
     from torch import load
 
     buffer = ReplayBuffer.from_state_dict(load(run_dir / "checkpoint.pt", weights_only=True)["buffer"])
@@ -67,7 +79,7 @@ def test_resume_from_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no config.yaml there"):
         main([f"resume={tmp_path}"])
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="it has no checkpoint.pt"):
         main([f"resume={tmp_path}", "env_steps=10"])
 
 
@@ -78,3 +90,114 @@ def test_help_lists_every_key_and_the_group_options(capsys):
     out = capsys.readouterr().out
     assert "offline:" in out and "env_steps: 20000" in out
     assert "planner=bc|cem|icem|mbpo|mopo|mppi|random|ravl" in out and "dmc/cheetah-run" in out
+
+
+def strict_json(path: Path):
+    """Parse as a strict reader would: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    text = path.read_text()
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines()] if path.suffix == ".jsonl" \
+        else json.loads(text, parse_constant=refuse)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_saves_everything_and_resume_loses_no_finished_step(tmp_path, sig, code):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "worldmodel.run", "env=hopper", "env_steps=5000", f"run_dir={run_dir}",
+           *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or '"fit"' not in (run_dir / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"Resume with: python -m worldmodel.run resume={run_dir}" in err and "Traceback" not in err
+    summary = strict_json(run_dir / "summary.json")
+    stopped_at = summary["env_steps"]
+    assert summary["status"] == "interrupted" and 0 < stopped_at < 5000
+    for name in ["checkpoint.pt", "model.pt", "learning_curve.png", "config.yaml"]:
+        assert (run_dir / name).is_file(), name
+    saved = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
+    assert len(saved) == stopped_at  # every finished step is in the checkpoint: none is redone
+
+    resumed = main([f"resume={run_dir}", f"env_steps={stopped_at + 20}"])
+    assert resumed["status"] == "finished" and resumed["env_steps"] == stopped_at + 20
+    after = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
+    assert len(after) == stopped_at + 20
+    assert torch.equal(after["obs"][:stopped_at], saved["obs"]) and torch.equal(after["action"][:stopped_at], saved["action"])
+    strict_json(run_dir / "metrics.jsonl")
+
+
+def test_a_run_can_resume_before_its_first_periodic_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=50", f"run_dir={run_dir}", *TINY[:3], "checkpoint_every=1000", *TINY[4:]])
+    assert main([f"resume={run_dir}", "env_steps=70"])["env_steps"] == 70
+
+
+NO_DATASET = "no_such_dataset.hdf5"
+BAD_INPUTS = {
+    "+foo=1": r"unknown key 'foo' \(a typo\?\); valid keys for config: .*env_steps",
+    "+planer.horizon=30": r"unknown key 'planer.horizon'",
+    "+planner.horizonn=30": r"unknown key 'planner.horizonn'",
+    "env_steps=-5": r"env_steps must be a whole number >= 0, got -5",
+    "env_steps=abc": r"env_steps must be a whole number >= 0, got 'abc'",
+    "env_steps=0": r"env_steps=0 and no dataset: nothing to learn from",
+    "eval_every=0": r"eval_every must be a whole number >= 1, got 0",
+    "env=foo": r"unknown env 'foo'; supported: .*inverted_pendulum.*dmc/walker-walk",
+    "planner.horizon=abc": r"planner.horizon must be an int, got 'abc'",
+    "planner.horizon=0": r"horizon and particles must be >= 1",
+    "planner.value_agent.num_critics=0": r"num_critics, hidden and the layer counts must be >= 1",
+    "model.fit.lr=-1": r"fit setting lr=-1 is out of range",
+    "model.hidden=big": r"model.hidden must be an int, got 'big'",
+    "threads=0": r"threads must be 'auto' or a whole number >= 1, got 0",
+    "threads=99": r"threads=99, but this process may use \d+ core\(s\)",
+    "device=tpu": r"device=tpu",
+    "online.penalty=1": r"online.\* settings .* need dataset=<file>",
+    f"dataset={NO_DATASET}": rf"dataset={NO_DATASET}: no such file or directory",
+    "+env.reset_noise=2": r"env dmc/cartpole-swingup: the simulator refused the arguments \['reset_noise'\]",
+}
+if not torch.cuda.is_available():
+    BAD_INPUTS["device=cuda"] = r"device=cuda, but no CUDA device is available .*use device=cpu"
+
+
+@pytest.mark.parametrize("arg", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, arg):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=BAD_INPUTS[arg]) as error:
+        main([arg])
+    assert str(error.value.code).startswith("error: ")
+    assert list(tmp_path.iterdir()) == []  # no run directory, no debris
+
+
+def test_failed_resume_leaves_the_run_untouched(tmp_path):
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    before = files(run_dir)
+    with pytest.raises(SystemExit, match="does not match this run's config"):
+        main([f"resume={run_dir}", "env_steps=120", "model.hidden=64"])
+    assert files(run_dir) == before
+
+
+def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    before = files(run_dir)
+    with pytest.raises(SystemExit, match=f"run_dir={run_dir} holds a run already: resume={run_dir} continues it"):
+        main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    assert files(run_dir) == before
+
+
+@pytest.mark.parametrize("name", ["mppi", "random", "mopo", "ravl"])
+def test_the_command_line_builds_the_planner_the_api_does(name):
+    """One source of defaults: `planner=<name>` with no overrides is the config dataclass's defaults."""
+    cfg, _ = load_config([f"planner={name}", "env=hopper"])
+    _, config_cls = PLANNERS[name]
+    assert Run(cfg).planner.config == config_cls(seed=cfg.seed)

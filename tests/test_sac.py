@@ -128,9 +128,20 @@ def test_training_state_round_trip_continues_identically():
     assert copy.updates == agent.updates == 3
 
 
-@pytest.mark.parametrize("bad", [dict(num_critics=0), dict(critic_subset=3), dict(num_critics=1, eta=1.0)])
-def test_bad_settings_are_clear_errors(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(num_critics=0), r"num_critics, hidden and the layer counts must be >= 1, got num_critics=0, hidden=256"),
+        (dict(hidden=0), r"must be >= 1, got num_critics=2, hidden=0,"),
+        (dict(critic_layers=0), r"must be >= 1, got .* actor_layers=2, critic_layers=0"),
+        (dict(critic_subset=3), r"critic_subset must be in \[1, num_critics=2\], got 3"),
+        (dict(critic_subset=0), r"critic_subset must be in \[1, num_critics=2\], got 0"),
+        (dict(num_critics=1, eta=1.0), r"gradient-diversity term \(eta=1.0 > 0\) needs num_critics >= 2, got 1"),
+    ],
+    ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic"],
+)
+def test_bad_settings_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
         SACConfig(**bad)
 
 

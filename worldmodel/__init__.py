@@ -5,6 +5,7 @@ from worldmodel.collect import collect, correlated_noise_policy, uniform_policy
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import TaskSpec, make_env, task_names
 from worldmodel.replay import ReplayBuffer
+from worldmodel.threads import set_threads
 from worldmodel.transitions import validate_transitions
 from worldmodel.uncertainty import MEASURES, Uncertainty
 
@@ -18,6 +19,7 @@ __all__ = [
     "collect",
     "correlated_noise_policy",
     "make_env",
+    "set_threads",
     "task_names",
     "uniform_policy",
     "validate_transitions",

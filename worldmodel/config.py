@@ -1,54 +1,169 @@
-"""Configs from configs/ with Hydra-style key=value overrides, and the run directory they are saved in."""
+"""Configs from configs/ with Hydra-style key=value overrides, checked before any work, and the run
+directory they are saved in.
+
+Defaults have one home, the code: the `model/ensemble` group option is generated from
+`EnsembleDynamics` and its `fit` signature, and the run command adds the planners' options from
+their config dataclasses (`store_group`), so the API and the command line cannot disagree.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import time
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(str(resources.files("worldmodel.configs")))  # configs/ of the checkout, or the wheel's copy
+
+# a field: (default, annotation as written); the annotation says whether None is allowed
+Fields = Mapping[str, tuple[Any, str]]
 
 
-def compose_config(name: str, overrides: list[str], usage: str | None = None) -> DictConfig:
-    """configs/<name>.yaml with its defaults and `key=value` overrides; unknown keys are errors.
+def store_group(group: str, options: Mapping[str, Mapping]) -> None:
+    """Register config group options generated from code (e.g. planner=mppi) with Hydra."""
+    from hydra.core.config_store import ConfigStore
+
+    for name, node in options.items():
+        ConfigStore.instance().store(group=group, name=name, node=dict(node))
+
+
+def dataclass_fields(cls: type) -> dict[str, tuple[Any, str]]:
+    """A config dataclass's fields as {name: (default, annotation)}."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = (default, str(f.type))
+    return out
+
+
+def signature_fields(fn: Callable, skip: Iterable[str] = ()) -> dict[str, tuple[Any, str]]:
+    """A function's keyword arguments with defaults as {name: (default, annotation)}."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: (p.default, str(p.annotation)) for p in params
+            if p.default is not inspect.Parameter.empty and p.name not in skip}  # fmt: skip
+
+
+def check_settings(where: str, settings: Mapping, fields: Fields) -> None:
+    """ValueError naming `where.key` for a setting that is not a field or not of its field's type
+    (that of its default or annotation: an int where a float goes is fine; None only where allowed)."""
+    for key, value in settings.items():
+        if key not in fields:
+            raise ValueError(f"unknown setting {where}.{key}; valid: {', '.join(sorted(fields))}")
+        default, annotation = fields[key]
+        if value is None:
+            if default is not None and "None" not in annotation:
+                raise ValueError(f"{where}.{key} cannot be null (default {default!r})")
+            continue
+        want = _kind(default, annotation)
+        if want is not None and not _is_kind(value, want):
+            raise ValueError(f"{where}.{key} must be {want}, got {value!r} ({type(value).__name__})")
+
+
+def _kind(default: Any, annotation: str) -> str | None:
+    if default is not None:
+        for kind, types in (("a bool", bool), ("an int", int), ("a number", float), ("a string", str)):
+            if isinstance(default, types):
+                return kind
+        return "a list" if isinstance(default, (list, tuple, ListConfig)) else (
+            "a mapping" if isinstance(default, (Mapping, DictConfig)) else None)  # fmt: skip
+    head = annotation.split("|")[0].strip().split("[")[0]
+    return {"int": "an int", "float": "a number", "str": "a string", "bool": "a bool", "list": "a list"}.get(head)
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "a bool":
+        return isinstance(value, bool)
+    if kind == "an int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "a number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "a string":
+        return isinstance(value, str)
+    if kind == "a list":
+        return isinstance(value, (list, tuple, ListConfig))
+    return isinstance(value, (Mapping, DictConfig))
+
+
+def _model_options() -> dict[str, dict]:
+    """model/ensemble: EnsembleDynamics' constructor and fit() defaults."""
+    from worldmodel.ensemble import EnsembleDynamics
+
+    model = signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",))
+    fit = signature_fields(EnsembleDynamics.fit, skip=("progress",))
+    return {"ensemble": {**{k: d for k, (d, _) in model.items()}, "fit": {k: d for k, (d, _) in fit.items()}}}
+
+
+def compose_config(name: str, overrides: list[str], usage: str | None = None, open_keys: tuple[str, ...] = ()) -> DictConfig:
+    """configs/<name>.yaml with its defaults and `key=value` overrides; an unknown key, or a new
+    `+key` outside `open_keys` (nodes whose keys their consumer checks, e.g. env's backend
+    arguments), is a SystemExit that lists the valid keys.
 
     `-h`/`--help` prints `usage`, every key with its default and the config groups' options, then exits.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    store_group("model", _model_options())
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         if "-h" in overrides or "--help" in overrides:
-            groups = {d.name: sorted(str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml"))
+            groups = {d.name: {str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml")}
                       for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()}  # fmt: skip
+            for group in ConfigStore.instance().list("/"):
+                if not group.endswith(".yaml"):
+                    groups.setdefault(group, set()).update(o.removesuffix(".yaml") for o in ConfigStore.instance().list(group))
             print((usage or "").strip() + "\n\nkey=value overrides; the defaults (configs/" + name + ".yaml):\n")
             print(OmegaConf.to_yaml(compose(config_name=name)))
-            print("config groups: " + "; ".join(f"{g}=" + "|".join(opts) for g, opts in groups.items()))
+            print("config groups: " + "; ".join(f"{g}=" + "|".join(sorted(opts)) for g, opts in sorted(groups.items()) if opts))
             raise SystemExit(0)
         try:
-            return compose(config_name=name, overrides=overrides)
+            cfg = compose(config_name=name, overrides=overrides)
+            groups_only = [o for o in overrides if "=" in o and "." not in o.split("=")[0] and o[0] not in "+~"
+                           and isinstance(cfg.get(o.split("=")[0]), DictConfig)]  # fmt: skip
+            base = compose(config_name=name, overrides=groups_only)
         except (HydraException, OmegaConfBaseException) as e:
             message = str(e).split("\nConfig search path")[0]
             if "Available options" not in message:  # an unknown key rather than an unknown group option
                 message += f"\nvalid keys for {name}: {', '.join(_dotted_keys(compose(config_name=name)))}"
             raise SystemExit(f"error: {message}") from None
+    known = set(_dotted_keys(base))
+    for key in _dotted_keys(cfg):
+        if key not in known and not key.startswith(tuple(f"{k}." for k in open_keys)):
+            raise SystemExit(f"error: unknown key {key!r} (a typo?); valid keys for {name}: {', '.join(sorted(known))}")
+    return cfg
 
 
 def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     keys = []
     for key, value in cfg.items():
-        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
+        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) and value else [f"{prefix}{key}"]
     return keys
 
 
-def make_run_dir(cfg: DictConfig, kind: str, label: str) -> Path:
-    """Create the run directory (cfg.run_dir, or runs/<kind>/<label>-<time>) and save the resolved config."""
+def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
+    """Where a run's files go: cfg.run_dir, or runs/<kind>/<label>-<time>. Creates nothing."""
     if cfg.get("run_dir"):
-        run_dir = Path(cfg.run_dir)
-    else:
-        run_dir = Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Path(cfg.run_dir)
+    return Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_run_dir(cfg: DictConfig, kind: str, label: str) -> Path:
+    """Create the run directory (see run_dir_for) and save the resolved config in it."""
+    run_dir = run_dir_for(cfg, kind, label)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    save_config(cfg, run_dir)
     return run_dir
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """run_dir/config.yaml, the resolved config, written atomically."""
+    from worldmodel.checkpoint import atomic_write
+
+    with atomic_write(run_dir / "config.yaml") as tmp:
+        Path(tmp).write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     from planners.behaviour import make_dataset  # the command wires the behaviour agents (as run.py does)
     from worldmodel.config import compose_config
     from worldmodel.envs import check_task_name
+    from worldmodel.threads import set_threads
 
     cfg = compose_config("datasets", argv[1:], __doc__)
     try:
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"unknown quality {cfg.quality!r}; choose from {list(QUALITIES)}")
         if not cfg.out:
             raise ValueError("give the output file: out=<path>.hdf5 (D4RL layout) or out=<dir> with format=minari")
+        set_threads(cfg.threads)
         return make_dataset(cfg)
     except (ValueError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from None

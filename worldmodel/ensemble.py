@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import kernels
+from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.normalization import Standardizer
 from worldmodel.termination import TerminationFn
@@ -89,6 +90,11 @@ class EnsembleDynamics(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.max_logvar.device
+
+    @property
+    def fitted(self) -> bool:
+        """Whether fit() has run (or fitted weights were loaded): until then predictions are noise."""
+        return self.input_norm.fitted
 
     # ------------------------------------------------------------------ forward
 
@@ -258,7 +264,7 @@ class EnsembleDynamics(nn.Module):
         lr: float = 1e-3,
         holdout_ratio: float = 0.2,
         max_holdout: int = 5000,
-        max_epochs: int | None = None,
+        max_epochs: int | None = 60,
         patience: int = 5,
         bootstrap: bool = True,
         progress: bool = True,
@@ -268,11 +274,13 @@ class EnsembleDynamics(nn.Module):
 
         Gaussian NLL + log-variance-bound penalty + per-layer L2, each member on its own
         bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
-        by 1% for `patience` epochs, keeps each member's best weights, and makes the
-        `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
+        by 1% for `patience` epochs or after `max_epochs` (None: no cap), keeps each member's best
+        weights, and makes the `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
         (standardised units), elites, epochs, train loss, wall seconds and a per-epoch history.
         """
         start = time.perf_counter()
+        self.check_fit_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
+                                max_epochs=max_epochs, patience=patience)  # fmt: skip
         data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
         inputs = torch.cat([data["obs"], data["action"]], -1)
         targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
@@ -297,6 +305,7 @@ class EnsembleDynamics(nn.Module):
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
         bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs)
         while epochs_since_update <= patience and (max_epochs is None or epoch < max_epochs):
+            threads.adapt()
             train_loss = self._train_epoch(x_train, y_train, batch_size, bootstrap)
             epoch += 1
             mse = self._holdout_metrics(x_hold, y_hold)[0]
@@ -329,6 +338,18 @@ class EnsembleDynamics(nn.Module):
             "wall_s": time.perf_counter() - start,
             "history": history,
         }
+
+    @staticmethod
+    def check_fit_settings(batch_size: int = 256, lr: float = 1e-3, holdout_ratio: float = 0.2, max_holdout: int = 5000,
+                           max_epochs: int | None = 60, patience: int = 5, **_) -> None:  # fmt: skip
+        """A ValueError naming the first out-of-range fit() setting (so a run can refuse it before any work)."""
+        checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
+                  "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
+                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 0)}  # fmt: skip
+        for name, (value, ok) in checks.items():
+            if not ok:
+                raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
+                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 0)")
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The Adam optimiser that refits share (created on first use, or when lr changes)."""

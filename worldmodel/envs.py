@@ -107,16 +107,22 @@ def make_env(
     check_task_name(name)
     if action_repeat < 1:
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
+    if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
+        raise ValueError(f"max_episode_steps must be a whole number >= 1 or None, got {max_episode_steps!r}")
     transforms = []
-    if name in GYM_TASKS:
-        env_id, termination_fn = GYM_TASKS[name]
-        base = GymEnv(env_id, device=device, **backend_kwargs)
-        native_steps = base._env.spec.max_episode_steps
-    else:
-        domain, task = name.removeprefix("dmc/").split("-", 1)
-        termination_fn = None
-        base = DMControlEnv(domain, task, device=device, **backend_kwargs)
-        native_steps = DMC_EPISODE_STEPS
+    try:
+        if name in GYM_TASKS:
+            env_id, termination_fn = GYM_TASKS[name]
+            base = GymEnv(env_id, device=device, **backend_kwargs)
+            native_steps = base._env.spec.max_episode_steps
+        else:
+            domain, task = name.removeprefix("dmc/").split("-", 1)
+            termination_fn = None
+            base = DMControlEnv(domain, task, device=device, **backend_kwargs)
+            native_steps = DMC_EPISODE_STEPS
+    except TypeError as e:  # an unknown backend argument (e.g. a typo in +env.<key>=...)
+        raise ValueError(f"env {name}: the simulator refused the arguments {sorted(backend_kwargs)}: {e}") from None
+    if name not in GYM_TASKS:  # dm-control: its observation dict as one flat vector
         obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]
         transforms.append(CatTensors(in_keys=obs_keys, out_key="observation", del_keys=True))
     transforms.append(DoubleToFloat())

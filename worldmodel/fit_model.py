@@ -13,6 +13,7 @@ import sys
 import torch
 from omegaconf import DictConfig
 
+from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError
 from worldmodel.collect import collect, correlated_noise_policy, uniform_policy
 from worldmodel.config import compose_config, make_run_dir
@@ -30,6 +31,7 @@ def random_and_perturbed(name: str, steps: int, seed: int, progress: bool = Fals
 
 def fit_model(cfg: DictConfig) -> dict:
     check_task_name(cfg.env.name)
+    threads.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = make_run_dir(cfg, "fit_model", cfg.env.name)
     env_kwargs = {k: v for k, v in cfg.env.items() if k != "name"}

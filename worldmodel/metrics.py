@@ -3,38 +3,84 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from worldmodel.checkpoint import atomic_write
+
+
+def strict_json(obj: Any, **dumps_kwargs) -> str:
+    """JSON that every parser reads: NaN and +-inf become null (json.dumps would write NaN/Infinity)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), allow_nan=False, **dumps_kwargs)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """`obj` as strict, indented JSON in `path`, written atomically."""
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(strict_json(obj, indent=2) + "\n")
 
 
 class MetricsLogger:
-    """Appends records to run_dir/metrics.jsonl and mirrors them to TensorBoard (run_dir/tb)."""
+    """Appends records to run_dir/metrics.jsonl and mirrors them to TensorBoard (run_dir/tb).
+
+    metrics.jsonl is the record; TensorBoard's events are rebuilt from it when it is truncated.
+    """
 
     def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb_dir = Path(run_dir) / "tb"
+        self.writer = self._new_writer()
+
+    def _new_writer(self):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
+        return SummaryWriter(str(self.tb_dir))
 
     def log(self, kind: str, step: int, **values: float) -> None:
         """One record, e.g. log("eval", 2000, ret=153.2); TensorBoard tag "<kind>/<name>"."""
         with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        for name, value in values.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{kind}/{name}", value, step)
+            f.write(strict_json({"kind": kind, "step": step, **values}) + "\n")
+        self._mirror(kind, step, values)
         self.writer.flush()
 
+    def _mirror(self, kind: str, step: int, values: dict) -> None:
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"{kind}/{name}", value, step)
+
     def truncate(self, keep: Callable[[dict], bool]) -> None:
-        """Keep only the records for which keep(record) holds (resuming drops those past the checkpoint)."""
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if keep(json.loads(line))]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        """Keep only the records for which keep(record) holds (resuming drops those past the
+        checkpoint), in metrics.jsonl and in TensorBoard alike."""
+        if not self.path.exists():
+            return
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if keep(r)]
+        with atomic_write(self.path) as tmp:
+            Path(tmp).write_text("".join(strict_json(r) + "\n" for r in kept))
+        self.writer.close()
+        shutil.rmtree(self.tb_dir, ignore_errors=True)
+        self.writer = self._new_writer()
+        for r in kept:
+            self._mirror(r["kind"], r["step"], {k: v for k, v in r.items() if k not in ("kind", "step")})
+        self.writer.flush()
 
     def records(self, kind: str) -> list[dict]:
         if not self.path.exists():
             return []
-        rows = (json.loads(line) for line in self.path.read_text().splitlines())
+        rows = (json.loads(line) for line in self.path.read_text().splitlines() if line.strip())
         return [r for r in rows if r["kind"] == kind]
 
     def plot(self, out: Path, title: str) -> None:
@@ -51,7 +97,8 @@ class MetricsLogger:
             if rows:
                 ax.plot([r["step"] for r in rows], [r["ret"] for r in rows], **style)
         ax.set(xlabel="env steps", ylabel="return", title=title)
-        ax.legend(loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out, dpi=100)

@@ -22,6 +22,11 @@ class Standardizer(nn.Module):
         std = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.std)
         self.std.copy_(torch.where(std < self.eps, torch.ones_like(std), std))
 
+    @property
+    def fitted(self) -> bool:
+        """False until fit() set it from data (a fitted one is never exactly the identity)."""
+        return not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
+
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 

@@ -8,14 +8,15 @@ the agent for `offline.updates` gradient steps (evaluating every `offline.eval_e
 goes on online for `env_steps`. `model=<model.pt>` starts from a pretrained model instead.
 The run directory holds config.yaml, metrics.jsonl, TensorBoard events (tb/), checkpoint.pt
 (model, optimiser, planner, buffer, progress, RNG in one atomic file), model.pt,
-learning_curve.png and summary.json. `resume=<run dir>` continues from the last checkpoint.
+learning_curve.png and summary.json, all rewritten at every checkpoint. `resume=<run dir>`
+continues from the last checkpoint. Every setting is checked before any work or file; SIGINT or
+SIGTERM finishes the current step, saves everything and prints the resume command.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,19 +25,32 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import MPCPlanner, PlanningError, make_planner
+from planners import MPCPlanner, PlanningError, make_planner, planner_defaults
+from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
-from worldmodel.config import CONFIG_DIR, compose_config, make_run_dir
+from worldmodel.config import (
+    CONFIG_DIR,
+    check_settings,
+    compose_config,
+    run_dir_for,
+    save_config,
+    signature_fields,
+    store_group,
+)
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
-from worldmodel.metrics import MetricsLogger
+from worldmodel.interrupts import RunInterrupted, StopRequest
+from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
+store_group("planner", planner_defaults())  # planner=<name>: the config dataclasses' defaults
+
 _FORMAT = "worldmodel.RunState"
 _VERSION = 2
+_LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
 
 
 def evaluate(planner, env, episodes: int) -> float:
@@ -44,7 +58,11 @@ def evaluate(planner, env, episodes: int) -> float:
     returns = []
     for _ in range(episodes):
         planner.reset()
-        act = lambda td: td.set("action", planner.act(td["observation"], deterministic=True))  # noqa: E731
+
+        def act(td):
+            threads.adapt()
+            return td.set("action", planner.act(td["observation"], deterministic=True))
+
         rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
         returns.append(rollout["next", "reward"].sum().item())
     planner.reset()
@@ -52,37 +70,50 @@ def evaluate(planner, env, episodes: int) -> float:
 
 
 class Run:
-    """Everything one run owns, so that it can be checkpointed and resumed as a whole."""
+    """Everything one run owns, so that it can be checkpointed and resumed as a whole.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, run_dir
+    Building it checks every setting (envs, model, planner, dataset) and writes nothing;
+    `open(run_dir)` creates the run directory once that has succeeded.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, self.run_dir, self.logger = cfg, None, None
         torch.manual_seed(cfg.seed)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
         self.dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)[0] if cfg.dataset else None
+        model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
         if cfg.pretrained:
             self.model = EnsembleDynamics.load(cfg.pretrained, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
                                                termination_fn=spec.termination_fn)  # fmt: skip
         else:
-            model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
             self.model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
         self.model.to(cfg.device)
-        if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
-            raise ValueError("online.* settings change a planner at the switch from offline learning; "
-                             "they need dataset=<file>")
         capacity = max(cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0), 1)
         buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity)
-        settings = {k: v for k, v in cfg.planner.items() if k != "name"}
-        self.planner = make_planner(cfg.planner.name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
+        settings = OmegaConf.to_container(cfg.planner, resolve=True)
+        name = settings.pop("name")
+        self.planner = make_planner(name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
+        if unknown := [k for k, v in cfg.online.items() if v is not None and not hasattr(self.planner.config, k)]:
+            raise ValueError(f"online.{unknown[0]} is set but planner {name!r} has no setting {unknown[0]!r}")
         self.random_policy = uniform_policy(self.env)
         # after offline learning or from a pretrained model the planner acts from the first step
         self.seed_steps = 0 if (cfg.dataset or cfg.pretrained) else cfg.seed_steps
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
-                         "planning_errors": 0, "wall_s": 0.0, "best_eval": -math.inf, "final_eval": None,
+                         "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
                          "dataset_loaded": False, "offline_updates": 0, "offline_eval": None}  # fmt: skip
+        self.stop = StopRequest("the current step")
+
+    def open(self, run_dir: Path) -> None:
+        """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
+        p = self.progress  # a resumed run drops the records after its checkpoint
+        self.logger.truncate(lambda r: r["step"] <= (p["offline_updates"] if r["kind"].startswith("offline") else p["step"]))
 
     # -------------------------------------------------------------- checkpoints
 
@@ -94,8 +125,9 @@ class Run:
             "planner": self.planner.state_dict(), "torch_rng": torch.get_rng_state(),
         }, self.run_dir / "checkpoint.pt")  # fmt: skip
 
-    def restore(self) -> None:
-        path = self.run_dir / "checkpoint.pt"
+    def restore(self, run_dir: Path) -> None:
+        """Load run_dir/checkpoint.pt into this run (writes nothing)."""
+        path = run_dir / "checkpoint.pt"
         ckpt = load_checked(path, _FORMAT)
         if ckpt.get("version") != _VERSION:
             raise CheckpointError(f"{path} was written by an older worldmodel (checkpoint version "
@@ -113,18 +145,19 @@ class Run:
         self.model.optimizer(self.cfg.model.fit.lr).load_state_dict(ckpt["optimizer"])
         self.progress = ckpt["progress"]
         torch.set_rng_state(ckpt["torch_rng"])
-        p = self.progress
-        self.logger.truncate(lambda r: r["step"] <= (p["offline_updates"] if r["kind"].startswith("offline") else p["step"]))
 
     # -------------------------------------------------------------- the run
 
     def run(self) -> dict:
+        """Learn to the end (offline, then online); on SIGINT/SIGTERM save everything and raise RunInterrupted."""
         started = time.perf_counter() - self.progress["wall_s"]
-        if self.dataset is not None:
-            self._offline(started)
-        self._online(started)
-        self.progress["wall_s"] = time.perf_counter() - started
-        return self._finish()
+        with self.stop:
+            if not (self.run_dir / "checkpoint.pt").is_file():
+                self._checkpoint(started)  # from here on, any run can resume
+            if self.dataset is not None:
+                self._offline(started)
+            self._online(started)
+        return self._checkpoint(started, status="finished")
 
     def _offline(self, started: float) -> None:
         """Fit the model on the dataset, then train the agent for offline.updates gradient steps."""
@@ -135,43 +168,45 @@ class Run:
             self._fit(0)
             self._checkpoint(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
-        total = cfg.offline.updates if learns else 0
-        bar = tqdm(total=total, initial=p["offline_updates"], desc=f"offline {cfg.planner.name}", unit="update")
+        total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
+        bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
+        stats = {}
         while p["offline_updates"] < total or p["offline_eval"] is None:
-            n = min(cfg.offline.eval_every, total - p["offline_updates"])
-            stats = self.planner.learn(n) if n else {}
-            p["offline_updates"] += n
-            bar.update(n)
-            ret = p["offline_eval"] = evaluate(self.planner, self.eval_env, cfg.eval_episodes)
-            p["best_eval"] = max(p["best_eval"], ret)
+            next_eval = min(total, (p["offline_updates"] // every + 1) * every)
+            while p["offline_updates"] < next_eval:
+                n = min(_LEARN_CHUNK, next_eval - p["offline_updates"])
+                threads.adapt()
+                stats = self.planner.learn(n)
+                p["offline_updates"] += n
+                bar.update(n)
+                self._stop_if_requested(started, bar)
+            ret = p["offline_eval"] = self._evaluated(bar)
+            p["best_eval"] = _max(p["best_eval"], ret)
             self.logger.log("offline_train", p["offline_updates"], **stats)
             self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret))
             bar.set_postfix(ret=f"{ret:.1f}")
             self._checkpoint(started)
+            self._stop_if_requested(started, bar)
         bar.close()
         if p["step"] == 0:  # the switch: the offline policy's return is the online curve's first point
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
             self.logger.log("eval", 0, ret=p["offline_eval"], **self._score("score", p["offline_eval"]))
-            p["best_eval"], p["final_eval"] = max(p["best_eval"], p["offline_eval"]), p["offline_eval"]
-        if p["fits"] or cfg.pretrained:
-            self.model.save(self.run_dir / "model.pt")
+            p["best_eval"], p["final_eval"] = _max(p["best_eval"], p["offline_eval"]), p["offline_eval"]
         self._apply_online_settings()
 
     def _apply_online_settings(self) -> None:
         """online.* replace the planner's offline settings at the switch (validated like any setting)."""
         changes = {k: v for k, v in self.cfg.online.items() if v is not None}
-        if not changes:
-            return
-        if unknown := [k for k in changes if not hasattr(self.planner.config, k)]:
-            raise ValueError(f"online.{unknown[0]} is set but planner {self.cfg.planner.name!r} has no setting {unknown[0]!r}")
-        self.planner.config = dataclasses.replace(self.planner.config, **changes)
+        if changes:
+            self.planner.config = dataclasses.replace(self.planner.config, **changes)
 
     def _online(self, started: float) -> None:
         cfg, p = self.cfg, self.progress
         td, episode_return, learned = self.env.reset(), 0.0, {}
         self.planner.reset()
-        bar = tqdm(total=cfg.env_steps, initial=p["step"], desc=f"{cfg.planner.name} {cfg.env.name}", unit="step")
+        bar = _bar(cfg.env_steps, p["step"], f"{cfg.planner.name} {cfg.env.name}", "step")
         while p["step"] < cfg.env_steps:
+            threads.adapt()
             td["action"] = self._act(td["observation"])
             transition, td = self.env.step_and_maybe_reset(td)
             self.planner.observe(from_rollout(transition.unsqueeze(0)))
@@ -185,21 +220,37 @@ class Run:
                 episode_return = 0.0
                 self.planner.reset()
             if step >= self.seed_steps and (step == self.seed_steps or step % cfg.train_every == 0):
+                bar.set_postfix_str("fitting the model...")
                 self._fit(step)
             if p["fits"] > 0 or cfg.pretrained or self.dataset is not None:
                 learned = self.planner.learn()
             if step % cfg.eval_every == 0 or step == cfg.env_steps:
                 if learned:
                     self.logger.log("train", step, **learned)
-                self._evaluate(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.env_steps:
-                self._checkpoint(started)
+                self._evaluate(step, bar)
             bar.update()
+            if step % cfg.checkpoint_every == 0 and step < cfg.env_steps:
+                self._checkpoint(started)
+            self._stop_if_requested(started, bar)
         bar.close()
 
-    def _checkpoint(self, started: float) -> None:
+    def _stop_if_requested(self, started: float, bar) -> None:
+        if self.stop.requested:
+            bar.close()
+            self._checkpoint(started, status="interrupted")
+            raise RunInterrupted(self.stop.requested)
+
+    def _checkpoint(self, started: float, status: str = "running") -> dict:
+        """Save the whole run (checkpoint.pt) and what a user reads (model.pt, summary.json, the
+        learning-curve plot) as they are now; returns the summary."""
         self.progress["wall_s"] = time.perf_counter() - started
         self.save()
+        if self.model.fitted:
+            self.model.save(self.run_dir / "model.pt")
+        summary = self._summary(status)
+        write_json(summary, self.run_dir / "summary.json")
+        self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
+        return summary
 
     def _act(self, obs: torch.Tensor) -> torch.Tensor:
         p = self.progress
@@ -227,11 +278,17 @@ class Run:
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
                             holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
-    def _evaluate(self, step: int) -> None:
+    def _evaluated(self, bar) -> float:
+        """The evaluation return, with the progress bar saying why it waits."""
+        bar.set_postfix_str(f"evaluating ({self.cfg.eval_episodes} episode(s))...")
+        return evaluate(self.planner, self.eval_env, self.cfg.eval_episodes)
+
+    def _evaluate(self, step: int, bar) -> None:
         p = self.progress
-        ret = evaluate(self.planner, self.eval_env, self.cfg.eval_episodes)
-        p["final_eval"], p["best_eval"] = ret, max(p["best_eval"], ret)
+        ret = self._evaluated(bar)
+        p["final_eval"], p["best_eval"] = ret, _max(p["best_eval"], ret)
         self.logger.log("eval", step, ret=ret, plan_ms=self._plan_ms(), **self._score("score", ret))
+        bar.set_postfix(eval=f"{ret:.1f}")
         tqdm.write(f"step {step}: evaluation return {ret:.1f}")
 
     def _score(self, key: str, ret: float | None) -> dict:
@@ -245,37 +302,97 @@ class Run:
         p = self.progress
         return 1000 * p["plan_s"] / max(p["plan_steps"], 1)
 
-    def _finish(self) -> dict:
+    def _summary(self, status: str) -> dict:
         p = self.progress
         summary = {
-            "env": self.cfg.env.name, "planner": self.cfg.planner.name, "seed": self.cfg.seed,
+            "status": status, "env": self.cfg.env.name, "planner": self.cfg.planner.name, "seed": self.cfg.seed,
             "final_eval_return": p["final_eval"], "best_eval_return": p["best_eval"],
             **self._score("normalized_score", p["final_eval"]), **self._score("best_normalized_score", p["best_eval"]),
             "env_steps": p["step"], "episodes": p["episodes"], "model_fits": p["fits"],
             "wall_s": p["wall_s"], "plan_ms_per_step": self._plan_ms(), "planning_errors": p["planning_errors"],
+            "threads": threads.current(),
         }  # fmt: skip
         if self.dataset is not None:
             summary.update(dataset=self.cfg.dataset, dataset_transitions=len(self.dataset),
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if p["fits"] or self.cfg.pretrained:
-            self.model.save(self.run_dir / "model.pt")
-        self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
-        self.logger.close()
         return summary
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+
+def _bar(total: int, initial: int, desc: str, unit: str):
+    """A progress bar whose ETA averages over the whole run, fits and evaluations included."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+# ------------------------------------------------------------------ the command line
+
+_COUNTS = {  # key: smallest value
+    "seed": 0, "env_steps": 0, "seed_steps": 0, "train_every": 1, "fit_epochs": 1, "eval_every": 1,
+    "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
+}  # fmt: skip
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every value the run reads, checked before any work or file: a ValueError naming the key."""
+    for key, low in _COUNTS.items():
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key} must be a whole number >= {low}, got {value!r}")
+    if cfg.env_steps == 0 and not cfg.dataset:
+        raise ValueError("env_steps=0 and no dataset: nothing to learn from (give env_steps > 0 or dataset=<file>)")
+    for key in ("penalty", "real_ratio"):
+        value = cfg.online.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
+    if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
+        raise ValueError("online.* settings change a planner at the switch from offline learning; they need dataset=<file>")
+    model = {k: v for k, v in cfg.model.items() if k != "fit"}
+    check_settings("model", model, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
+    fit = OmegaConf.to_container(cfg.model.fit)
+    check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=("progress",)))
+    EnsembleDynamics.check_fit_settings(**fit)
+    _check_device(cfg.device)
+    threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
+    for key in ("dataset", "pretrained"):
+        if cfg[key] is not None and not Path(cfg[key]).exists():
+            raise ValueError(f"{key}={cfg[key]}: no such file or directory")
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device} is not a device name (cpu, cuda, cuda:1): {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}, but no CUDA device is available (this torch {torch.__version__} "
+                         f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}): use device=cpu")  # fmt: skip
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device}, but there are {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device}: only cpu and cuda are supported")
 
 
 def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     """The run's config: configs/config.yaml with overrides, or on resume=DIR that run's saved
     config with the other overrides (e.g. a larger env_steps) applied on top."""
-    argv = [_pretrained_model(a) for a in argv]
+    argv = [_task_or_model_file(a) for a in argv]
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume is None:
-        return compose_config("config", argv, __doc__), None
+        return compose_config("config", argv, __doc__, open_keys=("env",)), None
     saved = Path(resume) / "config.yaml"
     if not saved.is_file():
         raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
+    if not (Path(resume) / "checkpoint.pt").is_file():
+        raise SystemExit(f"error: cannot resume from {resume}: it has no checkpoint.pt (the run stopped before "
+                         "its first checkpoint was written); start it again")  # fmt: skip
     cfg = OmegaConf.load(saved)
     OmegaConf.set_struct(cfg, True)
     others = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
@@ -287,28 +404,52 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     return cfg, Path(resume)
 
 
-def _pretrained_model(arg: str) -> str:
-    """`model=<file>` names a pretrained model rather than a configs/model/ option: `pretrained=<file>`."""
-    if arg.startswith("model=") and not (CONFIG_DIR / "model" / f"{arg[6:]}.yaml").is_file():
-        path = arg[6:]
-        if not Path(path).is_file():
-            raise SystemExit(f"error: model={path} is neither a config in configs/model/ "
-                             f"({', '.join(p.stem for p in (CONFIG_DIR / 'model').glob('*.yaml'))}) nor a model file")  # fmt: skip
-        return f"pretrained={path}"
+def _task_or_model_file(arg: str) -> str:
+    """`env=<task name>` picks any task (env.name=...), not only those with a configs/env/ file;
+    `model=<file>` names a pretrained model rather than a model config: `pretrained=<file>`."""
+    key, _, value = arg.partition("=")
+    if key == "env" and not (CONFIG_DIR / "env" / f"{value}.yaml").is_file():
+        try:
+            check_task_name(value)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        return f"env.name={value}"
+    if key == "model" and value != "ensemble":
+        if not Path(value).is_file():
+            raise SystemExit(f"error: model={value} is neither a model config (ensemble) nor a model file")
+        return f"pretrained={value}"
     return arg
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, resume_dir = load_config(sys.argv[1:] if argv is None else argv)
+    run = None
     try:
         check_task_name(cfg.env.name)
-        run_dir = make_run_dir(cfg, "run", cfg.env.name)
-        run = Run(cfg, run_dir)
+        validate(cfg)
+        threads.set_threads(cfg.get("threads", "auto"))
+        run = Run(cfg)
         if resume_dir is not None:
-            run.restore()
+            run.restore(resume_dir)
+            run_dir = resume_dir
+        else:
+            run_dir = run_dir_for(cfg, "run", cfg.env.name)
+            if (run_dir / "config.yaml").exists():
+                raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "
+                                 "or choose another run_dir")  # fmt: skip
+        run.open(run_dir)
         return run.run()
+    except RunInterrupted as stop:
+        command = " ".join(["python -m worldmodel.run", f"resume={shlex.quote(str(run.run_dir))}"])
+        print(f"{stop.signal_name}: stopped at step {run.progress['step']} "
+              f"(offline updates {run.progress['offline_updates']}); everything is saved in {run.run_dir}.\n"
+              f"Resume with: {command}", file=sys.stderr)  # fmt: skip
+        raise SystemExit(stop.exit_code) from None
     except (ValueError, CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from None
+    finally:
+        if run is not None:
+            run.close()
 
 
 if __name__ == "__main__":

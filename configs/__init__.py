@@ -1,0 +1,1 @@
+"""Hydra configs, shipped as package data in worldmodel.configs."""

@@ -1,0 +1,62 @@
+"""worldmodel.threads: a thread count that never oversubscribes the cores a process may use."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from worldmodel import threads
+
+
+def test_a_fixed_count_sets_torch_threads():
+    assert threads.set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert threads.current() == {"mode": "fixed", "threads": 1, "available_cores": threads.available_cores()}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (0, r"whole number >= 1, got 0"), ("two", r"got 'two'"), (1.5, r"got 1.5"), (True, r"got True"),
+    (10_000, r"threads=10000, but this process may use \d+ core"),
+])  # fmt: skip
+def test_bad_counts_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        threads.resolve_threads(bad)
+
+
+def _in_subprocess(code: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | env
+    return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True).stdout
+
+
+def test_available_cores_follow_the_cpu_affinity():
+    code = "import os; os.sched_setaffinity(0, {0}); from worldmodel import threads; print(threads.set_threads('auto'))"
+    assert _in_subprocess(code).strip() == "1"
+
+
+def test_auto_honours_an_explicit_omp_num_threads():
+    code = "from worldmodel import threads; n = threads.set_threads('auto'); print(n, threads.current()['mode'])"
+    assert _in_subprocess(code, OMP_NUM_THREADS="1").split() == ["1", "fixed"]
+
+
+@pytest.mark.skipif(threads.available_cores() < 2, reason="needs 2 cores to see another process take one")
+def test_auto_leaves_the_cores_another_process_keeps_busy():
+    """A real busy process beside it: auto takes the cores left (and not the busy one)."""
+    code = (
+        "import subprocess, sys, time\n"
+        "burner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
+        "time.sleep(1.0)\n"
+        "from worldmodel import threads\n"
+        "n = threads.set_threads('auto')\n"
+        "burner.kill()\n"
+        "print(n, threads.available_cores())\n"
+    )
+    used, cores = map(int, _in_subprocess(code).split())
+    assert used <= cores - 1
+
+
+def test_the_target_leaves_cores_that_others_use():
+    budget = threads._Budget()
+    cores = threads.available_cores()
+    assert budget.target(0.0) == cores and budget.target(0.1) == cores  # system noise is not a job
+    assert budget.target(1.0) == max(1, cores - 1) and budget.target(99.0) == 1

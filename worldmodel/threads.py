@@ -1,0 +1,222 @@
+"""How many CPU threads a process computes with, so that jobs sharing a machine never oversubscribe it.
+
+torch's default takes every core whoever else is running, and its OpenMP threads spin while they
+wait for each other: beside one busy core, a 2-thread model fit ran 3-11x slower than on 1 thread.
+`set_threads("auto")` (the run command's default, `threads=auto`) starts from the cores this
+process may use (CPU affinity, capped by its cgroup CPU quota) minus those other processes keep
+busy, and `adapt()`, called at safe points of a run (every step, every fit epoch), follows the
+load as other jobs come and go. `set_threads(n)` fixes the count at n.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+_CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+_CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+ADAPT_EVERY_S = 1.0  # how often adapt() re-reads the load
+BUSY_CORE = 0.2  # others using more than this much of a core take it (system noise stays below)
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by its cgroup CPU quota (at least 1)."""
+    cores = len(_affinity()) if _affinity() else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(cores, 1)
+
+
+def resolve_threads(threads: int | str | None) -> int | None:
+    """A fixed count for `threads` (an int >= 1, or its string), or None for "auto"/None.
+
+    More threads than available cores is refused: each extra thread only waits for a core.
+    """
+    if threads is None or threads == "auto":
+        return None
+    if isinstance(threads, bool) or (isinstance(threads, float) and not threads.is_integer()):
+        count = None
+    else:
+        try:
+            count = int(threads)
+        except (TypeError, ValueError):
+            count = None
+    if count is None or count < 1:
+        raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}")
+    if count > available_cores():
+        raise ValueError(f"threads={count}, but this process may use {available_cores()} core(s) "
+                         "(CPU affinity and cgroup quota): more threads would only wait for each other")  # fmt: skip
+    return count
+
+
+class _Budget:
+    """The process's thread policy: fixed, or auto (following the other processes' load)."""
+
+    def __init__(self):
+        self.auto = False
+        self.count = torch.get_num_threads()
+        self._last: tuple[float, int, int] | None = None  # (wall time, busy ticks of our cores, our ticks)
+
+    def others_busy(self) -> float | None:
+        """Cores that other processes kept busy since the last call (None on the first call)."""
+        now, busy, ours = time.monotonic(), *_cpu_ticks()
+        last, self._last = self._last, (now, busy, ours)
+        if last is None or now - last[0] < 1e-3 or busy < 0:
+            return None
+        return max(0.0, (busy - last[1]) - (ours - last[2])) / _CLOCK_TICKS / (now - last[0])
+
+    def target(self, others: float) -> int:
+        return max(1, available_cores() - math.ceil(others - BUSY_CORE))
+
+
+_BUDGET = _Budget()
+
+
+def set_threads(threads: int | str | None = "auto") -> int:
+    """Set this process's torch threads; returns the count now in use.
+
+    "auto" (or None): the available cores less those other processes keep busy (sampled for
+    0.1 s), then adjusted by `adapt()`; an explicit OMP_NUM_THREADS in the environment is
+    honoured as a fixed count. An int fixes the count.
+    """
+    fixed = resolve_threads(threads)
+    if fixed is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        fixed = max(1, min(int(os.environ["OMP_NUM_THREADS"]), available_cores()))
+    _BUDGET.auto = fixed is None
+    if fixed is None:
+        _BUDGET.others_busy()
+        time.sleep(0.1)
+        count = _BUDGET.target(_BUDGET.others_busy() or 0.0)
+    else:
+        count = fixed
+    _apply(count)
+    try:
+        torch.set_num_interop_threads(1)  # the engine runs no inter-op parallel work
+    except RuntimeError:  # settable once, before any inter-op work; it then keeps its value
+        pass
+    return count
+
+
+def adapt() -> int:
+    """Under "auto", follow the load: use the cores others leave free (re-read at most once a
+    second; cheap to call often). Call from the thread that computes. Returns the count in use."""
+    if _BUDGET.auto and (_BUDGET._last is None or time.monotonic() - _BUDGET._last[0] >= ADAPT_EVERY_S):
+        others = _BUDGET.others_busy()
+        if others is not None:
+            _apply(_BUDGET.target(others))
+    return _BUDGET.count
+
+
+def current() -> dict:
+    """The policy in force: {"mode": "auto" | "fixed", "threads": n, "available_cores": m}."""
+    return {"mode": "auto" if _BUDGET.auto else "fixed", "threads": _BUDGET.count, "available_cores": available_cores()}
+
+
+def _apply(count: int) -> None:
+    if count != torch.get_num_threads():
+        torch.set_num_threads(count)
+    _BUDGET.count = count
+
+
+def _affinity() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
+def _cgroup_quota() -> float | None:
+    """The cgroup's CPU quota in cores (cgroup v2 cpu.max or v1 cfs quota/period), None if unlimited."""
+    try:
+        if _CGROUP_V2.is_file():
+            quota, period = _CGROUP_V2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_file, period_file = _CGROUP_V1
+        if quota_file.is_file() and period_file.is_file():
+            quota = int(quota_file.read_text())
+            return None if quota <= 0 else quota / int(period_file.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy clock ticks summed over the cores we may use, this process's own CPU ticks); (-1, 0)
+    where /proc is not there (adapt() then keeps the count)."""
+    try:
+        cores = _affinity()
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu") or line.startswith("cpu "):
+                    continue
+                name, *values = line.split()
+                if cores and int(name[3:]) not in cores:
+                    continue
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+                busy += user + nice + system + irq + softirq + steal
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ours = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the full line)
+        return busy, ours
+    except (OSError, ValueError, IndexError):
+        return -1, 0
+
+
+# ---------------------------------------------------------------------- the benchmark
+
+_BENCH_RUN = ["env_steps=300", "seed_steps=100", "train_every=100", "eval_every=300", "checkpoint_every=300"]
+
+
+def _timed_runs(count: int, threads: str, out: Path) -> list[float]:
+    """Wall seconds of `count` short MPPI runs (the default config, 300 steps) started together."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    procs = []
+    for i in range(count):
+        cmd = [sys.executable, "-m", "worldmodel.run", *_BENCH_RUN, f"threads={threads}", f"run_dir={out / f'{threads}-{count}-{i}'}"]
+        procs.append((time.perf_counter(), subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    walls = []
+    for began, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark run failed: {err.decode()[-2000:]}")
+        walls.append(time.perf_counter() - began)
+    return walls
+
+
+def bench() -> None:
+    """Two runs at once against one alone, at the default (auto) and at a fixed count of every core
+    (torch's own default), measured in the same invocation; prints a markdown table."""
+    import tempfile
+
+    cores = available_cores()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in ("auto", str(cores)):
+            alone = _timed_runs(1, threads, Path(tmp))[0]
+            both = _timed_runs(2, threads, Path(tmp))
+            rows.append((threads, alone, both))
+    print(f"Short MPPI runs of `python -m worldmodel.run {' '.join(_BENCH_RUN)}` on {cores} available core(s); "
+          "the fair share for two runs at once is 2x one alone.\n")  # fmt: skip
+    print("| threads | one run alone | two runs at once (each) | per run vs alone |")
+    print("|---|---|---|---|")
+    for threads, alone, both in rows:
+        label = "auto (default)" if threads == "auto" else f"{threads} fixed (torch's default)"
+        print(f"| {label} | {alone:.1f} s | {both[0]:.1f} s, {both[1]:.1f} s | {max(both) / alone:.2f}x |")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--bench" in sys.argv[1:]:
+        bench()
+    else:
+        count = set_threads("auto")
+        print(f"available cores {available_cores()} (affinity {sorted(_affinity())}, cgroup quota "
+              f"{_cgroup_quota() or 'none'}); auto uses {count} thread(s) now")  # fmt: skip
