@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from planners.sac import SAC, SACConfig
+from worldmodel import threads
 from worldmodel.checkpoint import atomic_save, load_checked
 from worldmodel.collect import collect, uniform_policy
 from worldmodel.datasets import REFERENCE_RETURNS, episode_ends, normalized_score, save_d4rl, save_minari
@@ -75,6 +76,7 @@ class BehaviourTraining:
         td = self.env.reset()
         bar = tqdm(total=cfg.max_steps, initial=s["step"], desc=f"behaviour SAC {self.task}", unit="step")
         while not done():
+            threads.adapt()
             if s["step"] >= cfg.max_steps:
                 raise ValueError(f"the behaviour agent did not reach medium_return {self.medium_return:.0f} within "
                                  f"behaviour.max_steps={cfg.max_steps}; raise it (best so far: {self._best():.0f})")  # fmt: skip

@@ -25,7 +25,7 @@ from worldmodel.envs import make_env
 from worldmodel.metrics import MetricsLogger
 from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
-from worldmodel.threads import set_threads
+from worldmodel.threads import adapt, set_threads
 
 
 def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, float]:
@@ -66,7 +66,9 @@ def compare(cfg: DictConfig) -> dict:
         planner.observe(data)
         checkpoints = [*range(cfg.eval_every, cfg.updates, cfg.eval_every), cfg.updates]
         for previous, done in tqdm(list(zip([0, *checkpoints], checkpoints)), desc=f"{method} (true dynamics)"):
-            stats = planner.learn(done - previous)
+            for start in range(previous, done, 100):  # the load is re-read between chunks of updates
+                adapt()
+                stats = planner.learn(min(100, done - start))
             row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
             row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
             row["entropy_share"] = entropy_share(planner.agent, probe)

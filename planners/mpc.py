@@ -70,7 +70,8 @@ class MPCPlanner(Planner):
         self.value_agent = None
         if config.value_learning:
             if terminal_value is not None:
-                raise ValueError("give a terminal_value or set value_learning, not both")
+                raise ValueError("a terminal_value was given and value_learning is on (the default): "
+                                 "pass value_learning=False to plan with your terminal value")
             self.value_agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**config.value_agent))
             self.value_agent.to(model.device)
             self.terminal_value = lambda state: self.value_agent.value(state, deterministic=True)
@@ -84,7 +85,7 @@ class MPCPlanner(Planner):
             self.generator.seed()
         self._penalty = Uncertainty(config.uncertainty) if config.uncertainty_penalty > 0 else None
         self._plan: Tensor | None = None  # [N, H, A] mean sequence carried between steps
-        self._warned_unfitted = False
+        self._checked_fitted = False
 
     # ---------------------------------------------------------------- the robot loop
 
@@ -148,10 +149,11 @@ class MPCPlanner(Planner):
 
     def _optimize(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         obs = check_obs(obs, self.spec.obs_dim).to(self.model.device).reshape(-1, self.spec.obs_dim)
-        if not self.model.fitted and not self._warned_unfitted:
-            self._warned_unfitted = True
-            warnings.warn("planning with a model that was never fitted: its predictions are noise, and so are "
-                          "the actions; fit it first (planner.observe(...) then planner.update())", stacklevel=4)  # fmt: skip
+        if not self._checked_fitted:  # once: acting must stay cheap (and free of device syncs)
+            self._checked_fitted = True
+            if not getattr(self.model, "fitted", True):
+                warnings.warn("planning with a model that was never fitted: its predictions are noise, and so are "
+                              "the actions; fit it first (planner.observe(...) then planner.update())", stacklevel=4)
         return self.optimize(obs, self._warm_start(obs.shape[0]))
 
     # ---------------------------------------------------------------- shared machinery

@@ -15,7 +15,7 @@ def test_short_run_writes_config_data_model_history_and_report(tmp_path):
     run_dir = tmp_path / "run"
     report = main([
         "env=hopper", "steps=400", "holdout_steps=100", "model.fit.max_epochs=2",
-        "model.ensemble_size=3", "model.num_elites=2", f"run_dir={run_dir}",
+        "model.ensemble_size=3", "model.num_elites=2", f"run_dir={run_dir}", "+env.reset_noise_scale=0.01",
     ])  # fmt: skip
     assert "name: hopper" in (run_dir / "config.yaml").read_text()
     assert len(ReplayBuffer.load(run_dir / "data.pt")) == 800
@@ -40,4 +40,10 @@ def test_unknown_env_exits_with_the_supported_names(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "error: unknown env 'cheetah'; supported: ant, halfcheetah" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_fit_setting_fails_before_any_work_or_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"fit setting lr=-1 is out of range"):
+        main(["env=hopper", "model.fit.lr=-1", f"run_dir={tmp_path / 'r'}"])
     assert not (tmp_path / "r").exists()

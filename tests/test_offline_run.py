@@ -69,6 +69,12 @@ def test_an_online_setting_the_planner_lacks_is_a_clear_error(tmp_path, dataset)
               f"run_dir={tmp_path}", *TINY])  # fmt: skip
 
 
+def test_a_bad_online_setting_is_refused_before_offline_learning(tmp_path, dataset):
+    with pytest.raises(SystemExit, match=r"real_ratio must be in \[0, 1\], got 2"):
+        main(["planner=mopo", f"dataset={dataset}", "online.real_ratio=2", f"run_dir={tmp_path / 'run'}", *TINY])
+    assert not (tmp_path / "run").exists()
+
+
 def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset, monkeypatch):
     # seed=1: the pretrained weights must differ from the fresh seed-0 init the online run would build
     # itself (a 2-epoch fit that improves no member by 1% keeps the initial weights)

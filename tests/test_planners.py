@@ -184,7 +184,7 @@ def test_learn_trains_the_value_agent_on_real_transitions_and_checkpoints_it():
     copy = MPPI(model, model.spec(), settings)
     copy.load_state_dict(planner.state_dict())
     torch.testing.assert_close(copy.terminal_value(obs), planner.terminal_value(obs))
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="pass value_learning=False to plan with your terminal value"):
         MPPI(model, model.spec(), settings, terminal_value=lambda s: s[:, 0])
     assert MPPI(model, model.spec(), MPPIConfig(**MODEL_ONLY, horizon=2)).learn() == {}  # no learned value: nothing to learn
 

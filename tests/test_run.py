@@ -83,6 +83,19 @@ def test_resume_from_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
         main([f"resume={tmp_path}", "env_steps=10"])
 
 
+def test_every_task_is_an_env_option_with_its_own_defaults():
+    assert load_config(["env=swimmer"])[0].env == {"name": "swimmer", "action_repeat": 1, "max_episode_steps": None}
+    assert load_config(["env=dmc/walker-run"])[0].env.action_repeat == 2
+
+
+def test_help_shows_the_chosen_planners_settings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["planner=mopo", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "name: mopo" in out and "rollout_length: 5" in out and "candidates" not in out
+
+
 def test_help_lists_every_key_and_the_group_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -136,10 +149,22 @@ def test_interrupt_saves_everything_and_resume_loses_no_finished_step(tmp_path, 
     strict_json(run_dir / "metrics.jsonl")
 
 
-def test_a_run_can_resume_before_its_first_periodic_checkpoint(tmp_path):
+def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
+    """SIGKILL (no chance to save) after the first fit, long before checkpoint_every: the
+    checkpoint written at the very start is there to resume from."""
     run_dir = tmp_path / "run"
-    main(["env=hopper", "env_steps=50", f"run_dir={run_dir}", *TINY[:3], "checkpoint_every=1000", *TINY[4:]])
-    assert main([f"resume={run_dir}", "env_steps=70"])["env_steps"] == 70
+    cmd = [sys.executable, "-m", "worldmodel.run", "env=hopper", "env_steps=5000", f"run_dir={run_dir}",
+           *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or '"fit"' not in (run_dir / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert strict_json(run_dir / "summary.json")["env_steps"] == 0  # the start's checkpoint, nothing later
+    resumed = main([f"resume={run_dir}", "env_steps=60"])
+    assert resumed["env_steps"] == 60 and resumed["status"] == "finished"
 
 
 NO_DATASET = "no_such_dataset.hdf5"
@@ -161,6 +186,7 @@ BAD_INPUTS = {
     "threads=99": r"threads=99, but this process may use \d+ core\(s\)",
     "device=tpu": r"device=tpu",
     "online.penalty=1": r"online.\* settings .* need dataset=<file>",
+    "planner=bc": r"planner=bc clones the actions of a dataset: give dataset=<file>",
     f"dataset={NO_DATASET}": rf"dataset={NO_DATASET}: no such file or directory",
     "+env.reset_noise=2": r"env dmc/cartpole-swingup: the simulator refused the arguments \['reset_noise'\]",
 }

@@ -30,7 +30,7 @@ def _in_subprocess(code: str, **env) -> str:
 
 
 def test_available_cores_follow_the_cpu_affinity():
-    code = "import os; os.sched_setaffinity(0, {0}); from worldmodel import threads; print(threads.set_threads('auto'))"
+    code = "import os; os.sched_setaffinity(0, {0}); from worldmodel import threads; print(threads.available_cores())"
     assert _in_subprocess(code).strip() == "1"
 
 
@@ -53,6 +53,23 @@ def test_auto_leaves_the_cores_another_process_keeps_busy():
     )
     used, cores = map(int, _in_subprocess(code).split())
     assert used <= cores - 1
+
+
+@pytest.mark.skipif(threads.available_cores() < 2, reason="needs 2 cores to see another process take one")
+def test_adapt_gives_up_a_core_when_another_process_starts():
+    """Start alone-ish, then a real busy process appears: the next adapt() (a second on) follows it."""
+    code = (
+        "import subprocess, sys, time\n"
+        "from worldmodel import threads\n"
+        "threads.set_threads('auto')\n"
+        "burner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
+        "time.sleep(threads.ADAPT_EVERY_S + 0.3)\n"
+        "n = threads.adapt()\n"
+        "burner.kill()\n"
+        "print(n, threads.available_cores(), threads.current()['mode'])\n"
+    )
+    used, cores, mode = _in_subprocess(code).split()
+    assert int(used) <= int(cores) - 1 and mode == "auto"
 
 
 def test_the_target_leaves_cores_that_others_use():

@@ -1,9 +1,10 @@
 """Configs from configs/ with Hydra-style key=value overrides, checked before any work, and the run
 directory they are saved in.
 
-Defaults have one home, the code: the `model/ensemble` group option is generated from
-`EnsembleDynamics` and its `fit` signature, and the run command adds the planners' options from
-their config dataclasses (`store_group`), so the API and the command line cannot disagree.
+Defaults have one home, the code: the `env/<task>` options come from `worldmodel.envs`, the
+`model/ensemble` option from `EnsembleDynamics` and its `fit` signature, and the run command
+passes the planners' options from their config dataclasses, so the API and the command line
+cannot disagree.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONFIG_DIR = Path(str(resources.files("worldmodel.configs")))  # configs/ of the checkout, or the wheel's copy
+try:  # configs/ of the checkout (editable install), or the wheel's copy
+    CONFIG_DIR = Path(str(resources.files("worldmodel.configs")))
+except ModuleNotFoundError:  # the checkout on PYTHONPATH, or an editable install made before configs shipped
+    CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # a field: (default, annotation as written); the annotation says whether None is allowed
 Fields = Mapping[str, tuple[Any, str]]
 
 
 def store_group(group: str, options: Mapping[str, Mapping]) -> None:
-    """Register config group options generated from code (e.g. planner=mppi) with Hydra."""
+    """Register config group options generated from code (e.g. planner=mppi) with Hydra; an
+    option name may hold a folder (env=dmc/cartpole-swingup), its keys stay under `group`."""
     from hydra.core.config_store import ConfigStore
 
     for name, node in options.items():
-        ConfigStore.instance().store(group=group, name=name, node=dict(node))
+        folder, _, leaf = name.rpartition("/")
+        ConfigStore.instance().store(group=f"{group}/{folder}" if folder else group, name=leaf,
+                                     node=dict(node), package=group)  # fmt: skip
 
 
 def dataclass_fields(cls: type) -> dict[str, tuple[Any, str]]:
@@ -72,7 +79,8 @@ def _kind(default: Any, annotation: str) -> str | None:
         return "a list" if isinstance(default, (list, tuple, ListConfig)) else (
             "a mapping" if isinstance(default, (Mapping, DictConfig)) else None)  # fmt: skip
     head = annotation.split("|")[0].strip().split("[")[0]
-    return {"int": "an int", "float": "a number", "str": "a string", "bool": "a bool", "list": "a list"}.get(head)
+    kinds = {"int": "an int", "float": "a number", "str": "a string", "bool": "a bool", "list": "a list", "Sequence": "a list"}
+    return kinds.get(head)
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -89,41 +97,55 @@ def _is_kind(value: Any, kind: str) -> bool:
     return isinstance(value, (Mapping, DictConfig))
 
 
-def _model_options() -> dict[str, dict]:
-    """model/ensemble: EnsembleDynamics' constructor and fit() defaults."""
+def generated_groups() -> dict[str, dict[str, dict]]:
+    """The config group options generated from code: env/<task> and model/ensemble."""
     from worldmodel.ensemble import EnsembleDynamics
+    from worldmodel.envs import task_defaults, task_names
 
     model = signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",))
     fit = signature_fields(EnsembleDynamics.fit, skip=("progress",))
-    return {"ensemble": {**{k: d for k, (d, _) in model.items()}, "fit": {k: d for k, (d, _) in fit.items()}}}
+    return {
+        "env": {name: task_defaults(name) for name in task_names()},
+        "model": {"ensemble": {**{k: d for k, (d, _) in model.items()}, "fit": {k: d for k, (d, _) in fit.items()}}},
+    }
 
 
-def compose_config(name: str, overrides: list[str], usage: str | None = None, open_keys: tuple[str, ...] = ()) -> DictConfig:
-    """configs/<name>.yaml with its defaults and `key=value` overrides; an unknown key, or a new
-    `+key` outside `open_keys` (nodes whose keys their consumer checks, e.g. env's backend
-    arguments), is a SystemExit that lists the valid keys.
+def compose_config(name: str, overrides: list[str], usage: str | None = None, open_keys: tuple[str, ...] = (),
+                   groups: Mapping[str, Mapping[str, Mapping]] | None = None) -> DictConfig:  # fmt: skip
+    """configs/<name>.yaml with its defaults and `key=value` overrides; `groups` adds generated
+    config group options (beside env/ and model/). An unknown key, or a new `+key` outside
+    `open_keys` (nodes whose keys their consumer checks, e.g. env's backend arguments), is a
+    SystemExit that lists the valid keys.
 
-    `-h`/`--help` prints `usage`, every key with its default and the config groups' options, then exits.
+    `-h`/`--help` prints `usage`, every key with its default (after the other overrides, e.g.
+    planner=mopo) and the config groups' options, then exits.
     """
     from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    store_group("model", _model_options())
+    options = {**generated_groups(), **(groups or {})}
+    for group, group_options in options.items():
+        store_group(group, group_options)
+    from worldmodel.envs import check_task_name
+
+    for override in overrides:  # every task is an env option: an unknown one gets the full list
+        if override.startswith("env="):
+            try:
+                check_task_name(override[4:])
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from None
+    wants_help = "-h" in overrides or "--help" in overrides
+    overrides = [o for o in overrides if o not in ("-h", "--help")]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        if "-h" in overrides or "--help" in overrides:
-            groups = {d.name: {str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml")}
-                      for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()}  # fmt: skip
-            for group in ConfigStore.instance().list("/"):
-                if not group.endswith(".yaml"):
-                    groups.setdefault(group, set()).update(o.removesuffix(".yaml") for o in ConfigStore.instance().list(group))
-            print((usage or "").strip() + "\n\nkey=value overrides; the defaults (configs/" + name + ".yaml):\n")
-            print(OmegaConf.to_yaml(compose(config_name=name)))
-            print("config groups: " + "; ".join(f"{g}=" + "|".join(sorted(opts)) for g, opts in sorted(groups.items()) if opts))
-            raise SystemExit(0)
         try:
             cfg = compose(config_name=name, overrides=overrides)
+            if wants_help:
+                print((usage or "").strip() + "\n\nkey=value overrides; the defaults (configs/" + name + ".yaml):\n")
+                print(OmegaConf.to_yaml(cfg))
+                print("config groups: " + "; ".join(f"{g}=" + "|".join(sorted(opts)) for g, opts in sorted(options.items())
+                                                    if g in cfg))  # fmt: skip
+                raise SystemExit(0)
             groups_only = [o for o in overrides if "=" in o and "." not in o.split("=")[0] and o[0] not in "+~"
                            and isinstance(cfg.get(o.split("=")[0]), DictConfig)]  # fmt: skip
             base = compose(config_name=name, overrides=groups_only)

@@ -339,10 +339,15 @@ class EnsembleDynamics(nn.Module):
             "history": history,
         }
 
-    @staticmethod
-    def check_fit_settings(batch_size: int = 256, lr: float = 1e-3, holdout_ratio: float = 0.2, max_holdout: int = 5000,
-                           max_epochs: int | None = 60, patience: int = 5, **_) -> None:  # fmt: skip
-        """A ValueError naming the first out-of-range fit() setting (so a run can refuse it before any work)."""
+    @classmethod
+    def check_fit_settings(cls, **settings) -> None:
+        """A ValueError naming the first out-of-range fit() setting (so a run can refuse it before
+        any work); settings not given take fit()'s defaults."""
+        from worldmodel.config import signature_fields
+
+        given = {k: d for k, (d, _) in signature_fields(cls.fit).items()} | settings
+        batch_size, lr, holdout_ratio = given["batch_size"], given["lr"], given["holdout_ratio"]
+        max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
         checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
                   "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
                   "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 0)}  # fmt: skip

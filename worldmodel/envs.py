@@ -58,6 +58,13 @@ def task_names() -> list[str]:
     return sorted(GYM_TASKS) + list(DMC_TASKS)
 
 
+def task_defaults(name: str) -> dict:
+    """The run command's settings for a task (its env=<name> config): dm-control tasks repeat each
+    action twice, as TD-MPC2 does (500 decisions per 1000-step episode); gymnasium tasks do not."""
+    check_task_name(name)
+    return {"name": name, "action_repeat": 2 if name in DMC_TASKS else 1, "max_episode_steps": None}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a model and a planner need to know about a task."""
@@ -121,6 +128,8 @@ def make_env(
             base = DMControlEnv(domain, task, device=device, **backend_kwargs)
             native_steps = DMC_EPISODE_STEPS
     except TypeError as e:  # an unknown backend argument (e.g. a typo in +env.<key>=...)
+        if not backend_kwargs:
+            raise
         raise ValueError(f"env {name}: the simulator refused the arguments {sorted(backend_kwargs)}: {e}") from None
     if name not in GYM_TASKS:  # dm-control: its observation dict as one flat vector
         obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]

@@ -33,17 +33,19 @@ def fit_model(cfg: DictConfig) -> dict:
     check_task_name(cfg.env.name)
     threads.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    run_dir = make_run_dir(cfg, "fit_model", cfg.env.name)
     env_kwargs = {k: v for k, v in cfg.env.items() if k != "name"}
+    spec = make_env(cfg.env.name, seed=cfg.seed, **env_kwargs).task_spec
+    model_cfg = {k: v for k, v in cfg.model.items() if k != "fit"}
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_cfg, termination_fn=spec.termination_fn)
+    EnsembleDynamics.check_fit_settings(**cfg.model.fit)  # bad settings fail before any work or file
+    model.to(cfg.device)
+
+    run_dir = make_run_dir(cfg, "fit_model", cfg.env.name)
     spec, data = random_and_perturbed(cfg.env.name, cfg.steps, cfg.seed, progress=True, **env_kwargs)
     _, holdout = random_and_perturbed(cfg.env.name, cfg.holdout_steps, cfg.seed + 100, **env_kwargs)
     buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data))
     buffer.extend(data)
     buffer.save(run_dir / "data.pt")
-
-    model_cfg = {k: v for k, v in cfg.model.items() if k != "fit"}
-    model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_cfg, termination_fn=spec.termination_fn)
-    model.to(cfg.device)
     metrics = model.fit(data, **cfg.model.fit)
     model.save(run_dir / "model.pt")
     with open(run_dir / "fit_history.csv", "w", newline="") as f:
@@ -62,7 +64,7 @@ def fit_model(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config("fit_model", sys.argv[1:] if argv is None else argv, __doc__)
+    cfg = compose_config("fit_model", sys.argv[1:] if argv is None else argv, __doc__, open_keys=("env",))
     try:
         return fit_model(cfg)
     except (ValueError, CheckpointError) as e:

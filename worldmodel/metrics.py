@@ -66,8 +66,17 @@ class MetricsLogger:
         checkpoint), in metrics.jsonl and in TensorBoard alike."""
         if not self.path.exists():
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:  # only the last line can be cut short (a process killed mid-write)
+                    raise ValueError(f"{self.path}, line {i + 1}, is not JSON: the file is damaged") from None
         kept = [r for r in rows if keep(r)]
+        if len(kept) == len(lines):
+            return
         with atomic_write(self.path) as tmp:
             Path(tmp).write_text("".join(strict_json(r) + "\n" for r in kept))
         self.writer.close()

@@ -30,13 +30,11 @@ from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (
-    CONFIG_DIR,
     check_settings,
     compose_config,
     run_dir_for,
     save_config,
     signature_fields,
-    store_group,
 )
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score
 from worldmodel.ensemble import EnsembleDynamics
@@ -46,7 +44,6 @@ from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
-store_group("planner", planner_defaults())  # planner=<name>: the config dataclasses' defaults
 
 _FORMAT = "worldmodel.RunState"
 _VERSION = 2
@@ -98,6 +95,7 @@ class Run:
         self.planner = make_planner(name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
         if unknown := [k for k, v in cfg.online.items() if v is not None and not hasattr(self.planner.config, k)]:
             raise ValueError(f"online.{unknown[0]} is set but planner {name!r} has no setting {unknown[0]!r}")
+        self._online_config()  # the settings for the switch are checked now, not hours later
         self.random_policy = uniform_policy(self.env)
         # after offline learning or from a pretrained model the planner acts from the first step
         self.seed_steps = 0 if (cfg.dataset or cfg.pretrained) else cfg.seed_steps
@@ -105,6 +103,7 @@ class Run:
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
                          "dataset_loaded": False, "offline_updates": 0, "offline_eval": None}  # fmt: skip
         self.stop = StopRequest("the current step")
+        self._saved_at: tuple | None = None  # the progress last checkpointed
 
     def open(self, run_dir: Path) -> None:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
@@ -149,14 +148,22 @@ class Run:
     # -------------------------------------------------------------- the run
 
     def run(self) -> dict:
-        """Learn to the end (offline, then online); on SIGINT/SIGTERM save everything and raise RunInterrupted."""
+        """Learn to the end (offline, then online); on SIGINT/SIGTERM (caught while `self.stop` is
+        active) save everything and raise RunInterrupted. A failure marks summary.json "failed"
+        and leaves the last checkpoint as it was."""
         started = time.perf_counter() - self.progress["wall_s"]
-        with self.stop:
+        try:
             if not (self.run_dir / "checkpoint.pt").is_file():
                 self._checkpoint(started)  # from here on, any run can resume
+            self._stop_if_requested(started)
             if self.dataset is not None:
                 self._offline(started)
             self._online(started)
+        except (RunInterrupted, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            write_json({**self._summary("failed"), "error": f"{type(e).__name__}: {e}"}, self.run_dir / "summary.json")
+            raise
         return self._checkpoint(started, status="finished")
 
     def _offline(self, started: float) -> None:
@@ -167,6 +174,7 @@ class Run:
             p["dataset_loaded"] = True
             self._fit(0)
             self._checkpoint(started)
+            self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
         total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
         bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
@@ -192,13 +200,13 @@ class Run:
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
             self.logger.log("eval", 0, ret=p["offline_eval"], **self._score("score", p["offline_eval"]))
             p["best_eval"], p["final_eval"] = _max(p["best_eval"], p["offline_eval"]), p["offline_eval"]
-        self._apply_online_settings()
+        self.planner.config = self._online_config()
 
-    def _apply_online_settings(self) -> None:
-        """online.* replace the planner's offline settings at the switch (validated like any setting)."""
+    def _online_config(self):
+        """The planner's config after the switch: online.* replace its offline settings (checked
+        like any setting: a bad value is a ValueError)."""
         changes = {k: v for k, v in self.cfg.online.items() if v is not None}
-        if changes:
-            self.planner.config = dataclasses.replace(self.planner.config, **changes)
+        return dataclasses.replace(self.planner.config, **changes) if changes else self.planner.config
 
     def _online(self, started: float) -> None:
         cfg, p = self.cfg, self.progress
@@ -234,22 +242,27 @@ class Run:
             self._stop_if_requested(started, bar)
         bar.close()
 
-    def _stop_if_requested(self, started: float, bar) -> None:
+    def _stop_if_requested(self, started: float, bar=None) -> None:
         if self.stop.requested:
-            bar.close()
+            if bar is not None:
+                bar.close()
             self._checkpoint(started, status="interrupted")
             raise RunInterrupted(self.stop.requested)
 
     def _checkpoint(self, started: float, status: str = "running") -> dict:
         """Save the whole run (checkpoint.pt) and what a user reads (model.pt, summary.json, the
-        learning-curve plot) as they are now; returns the summary."""
-        self.progress["wall_s"] = time.perf_counter() - started
-        self.save()
-        if self.model.fitted:
-            self.model.save(self.run_dir / "model.pt")
+        learning-curve plot) as they are now; returns the summary. State saved at this very
+        step already is not written again (only the summary's status changes)."""
+        p = self.progress
+        if self._saved_at != (p["step"], p["offline_updates"], p["fits"], p["offline_eval"]):
+            p["wall_s"] = time.perf_counter() - started
+            self.save()
+            if self.model.fitted:
+                self.model.save(self.run_dir / "model.pt")
+            self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
+            self._saved_at = (p["step"], p["offline_updates"], p["fits"], p["offline_eval"])
         summary = self._summary(status)
         write_json(summary, self.run_dir / "summary.json")
-        self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
         return summary
 
     def _act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -348,6 +361,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be a whole number >= {low}, got {value!r}")
     if cfg.env_steps == 0 and not cfg.dataset:
         raise ValueError("env_steps=0 and no dataset: nothing to learn from (give env_steps > 0 or dataset=<file>)")
+    if cfg.planner.name == "bc" and not cfg.dataset:
+        raise ValueError("planner=bc clones the actions of a dataset: give dataset=<file>")
     for key in ("penalty", "real_ratio"):
         value = cfg.online.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
@@ -382,18 +397,22 @@ def _check_device(device: str) -> None:
 
 def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     """The run's config: configs/config.yaml with overrides, or on resume=DIR that run's saved
-    config with the other overrides (e.g. a larger env_steps) applied on top."""
-    argv = [_task_or_model_file(a) for a in argv]
+    config (over today's defaults, for runs saved by an older version) with the other overrides
+    (e.g. a larger env_steps) applied on top."""
+    argv = [_model_file(a) for a in argv]
+    if "-h" in argv or "--help" in argv:
+        _compose([a for a in argv if not a.startswith("resume=")])  # prints the keys, exits
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume is None:
-        return compose_config("config", argv, __doc__, open_keys=("env",)), None
-    saved = Path(resume) / "config.yaml"
-    if not saved.is_file():
+        return _compose(argv), None
+    saved_path = Path(resume) / "config.yaml"
+    if not saved_path.is_file():
         raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
     if not (Path(resume) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: cannot resume from {resume}: it has no checkpoint.pt (the run stopped before "
                          "its first checkpoint was written); start it again")  # fmt: skip
-    cfg = OmegaConf.load(saved)
+    saved = OmegaConf.load(saved_path)
+    cfg = OmegaConf.merge(_compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
     OmegaConf.set_struct(cfg, True)
     others = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
     try:
@@ -404,16 +423,13 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     return cfg, Path(resume)
 
 
-def _task_or_model_file(arg: str) -> str:
-    """`env=<task name>` picks any task (env.name=...), not only those with a configs/env/ file;
-    `model=<file>` names a pretrained model rather than a model config: `pretrained=<file>`."""
+def _compose(overrides: list[str]) -> DictConfig:
+    return compose_config("config", overrides, __doc__, open_keys=("env",), groups={"planner": planner_defaults()})
+
+
+def _model_file(arg: str) -> str:
+    """`model=<file>` names a pretrained model rather than a model config: `pretrained=<file>`."""
     key, _, value = arg.partition("=")
-    if key == "env" and not (CONFIG_DIR / "env" / f"{value}.yaml").is_file():
-        try:
-            check_task_name(value)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-        return f"env.name={value}"
     if key == "model" and value != "ensemble":
         if not Path(value).is_file():
             raise SystemExit(f"error: model={value} is neither a model config (ensemble) nor a model file")
@@ -434,11 +450,12 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = resume_dir
         else:
             run_dir = run_dir_for(cfg, "run", cfg.env.name)
-            if (run_dir / "config.yaml").exists():
+            if (run_dir / "checkpoint.pt").exists():
                 raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "
                                  "or choose another run_dir")  # fmt: skip
-        run.open(run_dir)
-        return run.run()
+        with run.stop:  # from here, SIGINT/SIGTERM stop the run cleanly
+            run.open(run_dir)
+            return run.run()
     except RunInterrupted as stop:
         command = " ".join(["python -m worldmodel.run", f"resume={shlex.quote(str(run.run_dir))}"])
         print(f"{stop.signal_name}: stopped at step {run.progress['step']} "

@@ -72,7 +72,10 @@ class _Budget:
         return max(0.0, (busy - last[1]) - (ours - last[2])) / _CLOCK_TICKS / (now - last[0])
 
     def target(self, others: float) -> int:
-        return max(1, available_cores() - math.ceil(others - BUSY_CORE))
+        """Threads to use when others keep `others` cores busy: the cores they leave free (of our
+        affinity set), never more than available_cores() (which a cgroup quota may cap)."""
+        free = (len(_affinity()) or available_cores()) - math.ceil(others - BUSY_CORE)
+        return max(1, min(available_cores(), free))
 
 
 _BUDGET = _Budget()
