@@ -36,6 +36,7 @@ class DynaConfig:
     uncertainty_elites_only: bool = True  # the measure over the elites (True) or every member
     uncertainty_include_reward: bool = False  # the reward output enters the measure too
     updates_per_step: int = 20  # agent updates per real step when learning online (MBPO's G)
+    obs_limit: float | None = 100.0  # an imagined state with |x| beyond this ends its rollout (None: no limit)
     agent: dict = field(default_factory=dict)  # SACConfig fields
     seed: int | None = None
 
@@ -46,6 +47,8 @@ class DynaConfig:
             raise ValueError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         if self.penalty < 0:
             raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+        if self.obs_limit is not None and self.obs_limit <= 0:
+            raise ValueError(f"obs_limit must be > 0 or None, got {self.obs_limit}")
         if self.rollout_schedule is not None and (len(self.rollout_schedule) != 4 or min(self.rollout_schedule[2:]) < 1):
             raise ValueError("rollout_schedule is [start_step, end_step, min_length, max_length], lengths >= 1")
         Uncertainty(self.uncertainty)  # unknown measures fail here, not mid-training
@@ -153,35 +156,45 @@ class Dyna(Planner):
             start_obs = self.buffer.sample(cfg.rollout_batch_size)["obs"]
         obs = start_obs.to(self.model.device)
         measure = self._measure if cfg.penalty > 0 else None  # read each round: the penalty may change online
-        started, steps, penalties, dropped = obs.shape[0], [], [], 0
+        started, steps, raw_rewards, penalties, dropped, escaped = obs.shape[0], [], [], [], 0, 0
         for _ in range(self.rollout_length):
             if obs.shape[0] == 0:
                 break
             action = self.agent.act(obs)
             out = self.model.step(obs, action, mode="random", uncertainty=measure, generator=self.generator)
-            reward = out["reward"]
-            if measure is not None:
-                penalties.append(out["uncertainty"])
-                reward = reward - cfg.penalty * out["uncertainty"]
+            raw = out["reward"]
+            penalty = out["uncertainty"] if measure is not None else torch.zeros_like(raw)
+            reward = raw - cfg.penalty * penalty
             finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(reward)
             dropped += int((~finite).sum())
+            # a state beyond obs_limit ends its rollout (kept, as a terminal step), as MOPO's code does
+            beyond = torch.zeros_like(finite)
+            if cfg.obs_limit is not None:
+                beyond = (out["next_obs"].abs() > cfg.obs_limit).any(-1) & finite
+            escaped += int(beyond.sum())
             step = TensorDict({
                 "obs": obs, "action": action, "reward": reward, "next_obs": out["next_obs"],
-                "terminated": out["terminated"], "truncated": torch.zeros_like(out["terminated"]),
+                "terminated": out["terminated"] | beyond, "truncated": torch.zeros_like(out["terminated"]),
             }, batch_size=[obs.shape[0]])[finite]  # fmt: skip
             steps.append(step)
+            raw_rewards.append(raw[finite])
+            penalties.append(penalty[finite])
             obs = step["next_obs"][~step["terminated"]]
         imagined = torch.cat(steps) if steps else None
         count = len(imagined) if imagined is not None else 0
         if count:
             self.model_buffer.extend(imagined)
         self._updates_since_rollout = 0
-        penalty = torch.cat(penalties) if penalties else torch.zeros(1)
-        self.last_rollout = {
+        raw = torch.cat(raw_rewards) if count else torch.zeros(1)
+        penalty = torch.cat(penalties) if count else torch.zeros(1)
+        self.last_rollout = {  # over the kept rows: what the agent learns from, and what the penalty took
             "rollout_length": self.rollout_length, "imagined": float(count),
             "mean_steps_per_start": count / max(started, 1),
             "imagined_reward": imagined["reward"].mean().item() if count else 0.0,
-            "penalty_mean": penalty.mean().item(), "penalty_max": penalty.max().item(), "nonfinite_rows": float(dropped),
+            "raw_reward": raw.mean().item(), "raw_reward_abs": raw.abs().mean().item(),
+            "penalty_mean": penalty.mean().item(), "penalty_max": penalty.max().item(),
+            "penalty_share": (cfg.penalty * penalty).mean().item() / max(raw.abs().mean().item(), 1e-12),
+            "nonfinite_rows": float(dropped), "out_of_range_rows": float(escaped),
         }  # fmt: skip
         return self.last_rollout
 

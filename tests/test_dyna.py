@@ -72,6 +72,29 @@ def test_mopo_default_penalty_is_its_codes_max_over_every_member_with_the_reward
     assert elites_obs_only.rollout()["penalty_mean"] == pytest.approx(1.0, rel=1e-3)
 
 
+def test_rollout_statistics_show_what_the_penalty_takes_from_the_raw_reward():
+    std = torch.tensor([[0.3, 0.4, 1e-3], [0.6, 0.8, 1e-3]])  # obs-std norms 0.5 and 1.0: the max is 1.0
+    model = constant_ensemble(torch.zeros(2, O), [0.5, 0.5], std)
+    planner = MOPO(model, SPEC, MOPOConfig(penalty=2.0, rollout_length=1, rollout_batch_size=300, seed=0,
+                                           uncertainty_elites_only=True, uncertainty_include_reward=False))
+    planner.observe(real_data(300))
+    stats = planner.rollout()
+    assert stats["raw_reward"] == pytest.approx(0.5, abs=0.02)  # before the penalty
+    assert stats["imagined_reward"] == pytest.approx(0.5 - 2.0, abs=0.02)  # what the agent learns from
+    assert stats["penalty_share"] == pytest.approx(2.0 * 1.0 / 0.5, rel=0.05)  # the penalty is 4x the reward
+
+
+@pytest.mark.parametrize("limit, steps", [(100.0, 2), (None, 5)])
+def test_a_state_beyond_obs_limit_ends_its_rollout(limit, steps):
+    model = constant_ensemble([[60.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])  # x grows by 60 a step: 60, 120, ...
+    planner = MBPO(model, SPEC, DynaConfig(rollout_length=5, rollout_batch_size=100, obs_limit=limit, seed=0))
+    planner.observe(real_data(100))
+    stats = planner.rollout()
+    assert stats["mean_steps_per_start"] == steps
+    assert stats["out_of_range_rows"] == (100 if limit else 0)
+    assert int(planner.model_buffer.data()["terminated"].sum()) == (100 if limit else 0)  # kept, as terminal steps
+
+
 def test_rollouts_stop_at_terminal_steps():
     """obs[0] grows by 1 per step and the task ends once it passes 2.5: every rollout is 3 steps."""
     model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]], termination_fn=lambda o, a, n: n[:, 0] > 2.5)

@@ -192,6 +192,33 @@ def test_refit_warm_starts_from_the_current_weights(fitted):
     assert max(warm["holdout_mse"]) < 0.3 * min(cold["holdout_mse"])
 
 
+def test_each_member_keeps_one_bootstrap_resample_for_the_whole_fit(monkeypatch):
+    import worldmodel.ensemble as ensemble
+
+    resample = torch.randint(50, (3, 50))
+    first, second = ensemble.epoch_order(resample, 3, 50), ensemble.epoch_order(resample, 3, 50)
+    for m in range(3):  # the same rows (with repeats) every epoch, in a new order
+        assert sorted(first[m].tolist()) == sorted(resample[m].tolist()) == sorted(second[m].tolist())
+    assert not torch.equal(first, second)
+    assert sorted(ensemble.epoch_order(None, 3, 50)[1].tolist()) == list(range(50))  # no bootstrap: every row once
+
+    seen = []
+    real = ensemble.epoch_order
+    monkeypatch.setattr(ensemble, "epoch_order", lambda r, *a, **k: seen.append(r) or real(r, *a, **k))
+    small_model().fit(linear_system(300), max_epochs=3, progress=False)
+    assert len(seen) == 3 and all(r is seen[0] for r in seen)  # drawn once per fit
+    assert not torch.equal(seen[0][0], seen[0][1])  # and its own for each member
+
+
+def test_early_stopping_waits_exactly_patience_epochs_without_improvement():
+    data = linear_system(1000)
+    data["next_obs"] = data["obs"] + torch.randn(1000, O)  # pure noise: nothing to learn
+    data["reward"] = torch.randn(1000)
+    metrics = small_model().fit(data, max_epochs=300, patience=3, progress=False)
+    last_improvement = max((h["epoch"] for h in metrics["history"] if h["improved"]), default=0)
+    assert metrics["epochs"] == last_improvement + 3
+
+
 def test_early_stopping_ends_fit_when_holdout_stops_improving():
     data = linear_system(1000)
     data["next_obs"] = data["obs"] + torch.randn(1000, O)  # pure noise: nothing to learn

@@ -11,8 +11,8 @@ from worldmodel.run import main
 
 TINY = [
     "env=hopper", "env.max_episode_steps=40", "train_every=30", "eval_every=30", "checkpoint_every=30",
-    "fit_epochs=1", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2", "model.hidden=32",
-    "offline.eval_every=20",
+    "fit_epochs=1", "model.fit.max_epochs=2", "offline.fit_epochs=2", "model.ensemble_size=3", "model.num_elites=2",
+    "model.hidden=32", "offline.eval_every=20",
 ]  # fmt: skip
 DYNA_TINY = ["planner.rollout_batch_size=200", "planner.rollout_every=20", "planner.updates_per_step=1",
              "planner.agent.hidden=32", "planner.agent.batch_size=64"]  # fmt: skip
@@ -147,3 +147,44 @@ def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
     assert [r["step"] for r in records(run_dir, "fit")] == [0, 30]  # the dataset was fitted once
     assert [r["step"] for r in records(run_dir, "eval")] == [0, 30]  # one switch point, the latest offline policy
+
+
+def test_the_offline_fit_records_its_holdout_curve(tmp_path, dataset):
+    run_dir = tmp_path / "run"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}",
+          *TINY, *DYNA_TINY, "offline.fit_epochs=3"])  # fmt: skip
+    curve = records(run_dir, "offline_fit")
+    assert [r["step"] for r in curve] == [1, 2, 3] and all(r["holdout_mse"] > 0 for r in curve)
+    (fit,) = records(run_dir, "fit")
+    assert fit["epochs"] == 3 and fit["holdout_calibration"] > 0
+
+
+def test_a_given_model_is_used_as_it_is_not_refit_on_the_dataset(tmp_path, dataset):
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={tmp_path / 'a'}",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    given = tmp_path / "a" / "model.pt"
+    main(["planner=mopo", f"dataset={dataset}", f"model={given}", "offline.updates=20", "env_steps=0",
+          f"run_dir={tmp_path / 'b'}", *TINY, *DYNA_TINY])  # fmt: skip
+    assert records(tmp_path / "b", "fit") == []  # no refit (it would draw a new holdout split)
+    before, after = EnsembleDynamics.load(given).state_dict(), EnsembleDynamics.load(tmp_path / "b" / "model.pt").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("quality, given, expected", [
+    ("medium", [], {"penalty": 5.0, "rollout_length": 5}),
+    ("medium", ["planner.penalty=1.5"], {"penalty": 1.5, "rollout_length": 5}),  # the command line wins
+    ("noise", [], {"penalty": 1.0, "rollout_length": 5}),  # no entry: MOPO's defaults
+])  # fmt: skip
+def test_mopo_takes_the_settings_of_its_dataset(tmp_path, quality, given, expected):
+    env = make_env("hopper", seed=1)
+    path = tmp_path / f"hopper-{quality}.hdf5"
+    save_d4rl(path, collect(env, correlated_noise_policy(env), 200), {"env": "hopper", "quality": quality})
+    run_dir = tmp_path / "run"
+    summary = main(["planner=mopo", f"dataset={path}", "offline.updates=0", "env_steps=0", f"run_dir={run_dir}",
+                    *TINY, *DYNA_TINY, *given])  # fmt: skip
+    from omegaconf import OmegaConf
+
+    planner = OmegaConf.load(run_dir / "config.yaml").planner
+    assert {k: planner[k] for k in expected} == expected
+    assert summary["dataset_settings"] == {k: v for k, v in expected.items() if quality == "medium"
+                                           and f"planner.{k}={v}" not in given}  # fmt: skip

@@ -50,6 +50,18 @@ def normalized_score(task: str, episode_return: float) -> float | None:
 # ---------------------------------------------------------------------- writing
 
 
+def offline_settings(metadata: dict, planner: str) -> dict:
+    """The planner settings configs/offline.yaml gives a dataset (by its metadata's env and
+    quality, e.g. hopper-medium) for `planner`: {} where it gives none."""
+    from omegaconf import OmegaConf
+
+    from worldmodel.config import CONFIG_DIR
+
+    table = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "offline.yaml"))
+    name = f"{metadata.get('env')}-{metadata.get('quality')}"
+    return dict((table.get(planner) or {}).get(name) or {})
+
+
 def save_d4rl(path: str | os.PathLike, data: TensorDict, metadata: dict | None = None) -> None:
     """Write transitions in D4RL's layout (observations, actions, rewards, next_observations,
     terminals, timeouts; metadata as 'metadata/...' attributes), atomically."""

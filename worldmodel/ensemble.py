@@ -300,15 +300,19 @@ class EnsembleDynamics(nn.Module):
         x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
 
         self.optimizer(lr)
-        best_mse = self._holdout_metrics(x_hold, y_hold)[0]
+        best_mse = self._holdout_metrics(x_hold, y_hold)[0]  # the starting weights are the first "best"
         best_state = [p.detach().clone() for p in self.parameters()]
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
+        # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
+        # MBPO draw it: redrawn every epoch, every member would see all the data
+        rows = x_train.shape[0]
+        resample = torch.randint(rows, (self.ensemble_size, rows), device=self.device) if bootstrap else None
         bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs)
-        while epochs_since_update <= patience and (max_epochs is None or epoch < max_epochs):
+        while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
             threads.adapt()
-            train_loss = self._train_epoch(x_train, y_train, batch_size, bootstrap)
+            train_loss = self._train_epoch(x_train, y_train, batch_size, resample)
             epoch += 1
-            mse = self._holdout_metrics(x_hold, y_hold)[0]
+            mse, _, calibration = self._holdout_metrics(x_hold, y_hold)
             improved = (best_mse - mse) / best_mse.abs().clamp_min(1e-12) > 0.01
             if improved.any():
                 best_mse = torch.where(improved, mse, best_mse)
@@ -318,20 +322,22 @@ class EnsembleDynamics(nn.Module):
                 epochs_since_update = 0
             else:
                 epochs_since_update += 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item()})
+            history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item(),
+                            "holdout_calibration": calibration.mean().item(), "improved": bool(improved.any())})  # fmt: skip
             bar.update()
             bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
         bar.close()
         with torch.no_grad():
             for saved, p in zip(best_state, self.parameters()):
                 p.copy_(saved)
-        mse, nll = self._holdout_metrics(x_hold, y_hold)
+        mse, nll, calibration = self._holdout_metrics(x_hold, y_hold)
         self.elites.copy_(mse.argsort()[: self.num_elites].sort().values)
         return {
             "epochs": epoch,
             "train_loss": train_loss,
             "holdout_mse": mse.tolist(),
             "holdout_nll": nll.tolist(),
+            "holdout_calibration": calibration.tolist(),
             "elites": self.elites.tolist(),
             "n_train": n - n_holdout,
             "n_holdout": n_holdout,
@@ -350,11 +356,11 @@ class EnsembleDynamics(nn.Module):
         max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
         checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
                   "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
-                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 0)}  # fmt: skip
+                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1)}  # fmt: skip
         for name, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 0)")
+                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1)")
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The Adam optimiser that refits share (created on first use, or when lr changes)."""
@@ -362,12 +368,9 @@ class EnsembleDynamics(nn.Module):
             self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         return self._optimizer
 
-    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, bootstrap: bool) -> float:
-        n, e = x.shape[0], self.ensemble_size
-        if bootstrap:
-            order = torch.randint(n, (e, n), device=self.device)
-        else:
-            order = torch.rand(e, n, device=self.device).argsort(dim=1)
+    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, resample: Tensor | None) -> float:
+        n = x.shape[0]
+        order = epoch_order(resample, self.ensemble_size, n, self.device)
         total, batches = 0.0, 0
         self.train()
         for start in range(0, n, batch_size):
@@ -388,12 +391,14 @@ class EnsembleDynamics(nn.Module):
         return nll + bounds + decay
 
     @torch.no_grad()
-    def _holdout_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-member MSE and Gaussian NLL per output on standardised holdout rows, each [E]."""
+    def _holdout_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-member MSE, Gaussian NLL per output and calibration (mean squared error over
+        predicted variance: 1 is calibrated, above 1 over-confident) on standardised holdout rows, each [E]."""
         mean, logvar = self.forward_normalized(x.expand(self.ensemble_size, *x.shape))
         err2 = (mean - y) ** 2
-        nll = 0.5 * (err2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
-        return err2.mean(dim=(1, 2)), nll.mean(dim=(1, 2))
+        scaled = err2 * torch.exp(-logvar)
+        nll = 0.5 * (scaled + logvar + math.log(2 * math.pi))
+        return err2.mean(dim=(1, 2)), nll.mean(dim=(1, 2)), scaled.mean(dim=(1, 2))
 
     @torch.no_grad()
     def evaluate(self, data: TensorDict) -> dict:
@@ -447,6 +452,13 @@ class EnsembleDynamics(nn.Module):
         except (TypeError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path}: model weights do not match its config: {e}") from e
         return model.to(map_location)
+
+
+def epoch_order(resample: Tensor | None, members: int, rows: int, device: torch.device | str = "cpu") -> Tensor:
+    """Row order [E, N] of one training epoch: each member's bootstrap resample [E, N] (drawn
+    once per fit) reshuffled, or without one (None) all N rows reshuffled per member."""
+    order = torch.rand(members, rows, device=device).argsort(dim=1)
+    return order if resample is None else resample.gather(1, order)
 
 
 def _default_weight_decay(layers: int) -> tuple[float, ...]:

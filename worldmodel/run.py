@@ -36,7 +36,7 @@ from worldmodel.config import (
     save_config,
     signature_fields,
 )
-from worldmodel.datasets import DatasetError, load_dataset, normalized_score
+from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
@@ -111,8 +111,13 @@ class Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
-        p = self.progress  # a resumed run drops the records after its checkpoint
-        self.logger.truncate(lambda r: r["step"] <= (p["offline_updates"] if r["kind"].startswith("offline") else p["step"]))
+        self.logger.truncate(self._recorded_before_checkpoint)  # a resumed run drops the records after it
+
+    def _recorded_before_checkpoint(self, record: dict) -> bool:
+        p = self.progress
+        if record["kind"] == "offline_fit":  # by epoch: kept once the fit is in the checkpoint
+            return p["fits"] > 0
+        return record["step"] <= (p["offline_updates"] if record["kind"].startswith("offline") else p["step"])
 
     # -------------------------------------------------------------- checkpoints
 
@@ -172,7 +177,8 @@ class Run:
         if not p["dataset_loaded"]:
             self.planner.observe(self.dataset)
             p["dataset_loaded"] = True
-            self._fit(0)
+            if not cfg.pretrained:  # a given model is used as it is (a refit would draw a new holdout split)
+                self._fit(0, max_epochs=cfg.offline.fit_epochs)
             self._checkpoint(started)
             self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
@@ -230,6 +236,7 @@ class Run:
             if step >= self.seed_steps and (step == self.seed_steps or step % cfg.train_every == 0):
                 bar.set_postfix_str("fitting the model...")
                 self._fit(step)
+                bar.set_postfix(plan_ms=f"{self._plan_ms():.1f}")
             if p["fits"] > 0 or cfg.pretrained or self.dataset is not None:
                 learned = self.planner.learn()
             if step % cfg.eval_every == 0 or step == cfg.env_steps:
@@ -281,15 +288,23 @@ class Run:
         p["plan_steps"] += 1
         return action.cpu()
 
-    def _fit(self, step: int) -> None:
+    def _fit(self, step: int, max_epochs: int | None | str = "default") -> None:
+        """Refit the model (warm-started after the first fit: fit_epochs); `max_epochs` overrides."""
         fit_cfg = dict(self.cfg.model.fit)
         if self.progress["fits"] > 0 or self.cfg.pretrained:
             fit_cfg["max_epochs"] = self.cfg.fit_epochs
+        if max_epochs != "default":
+            fit_cfg["max_epochs"] = max_epochs
         metrics = self.planner.update(**fit_cfg)
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
             self.progress["fits"] += 1
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
-                            holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
+                            holdout_mse=mean(metrics["holdout_mse"]),
+                            holdout_calibration=mean(metrics["holdout_calibration"]))  # fmt: skip
+            if step == 0 and self.dataset is not None:  # the offline fit's holdout curve, by epoch
+                for row in metrics["history"]:
+                    self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
 
     def _evaluated(self, bar) -> float:
         """The evaluation return, with the progress bar saying why it waits."""
@@ -327,6 +342,7 @@ class Run:
         }  # fmt: skip
         if self.dataset is not None:
             summary.update(dataset=self.cfg.dataset, dataset_transitions=len(self.dataset),
+                           dataset_settings=p.get("dataset_settings", {}),
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
         return summary
@@ -351,14 +367,18 @@ _COUNTS = {  # key: smallest value
     "seed": 0, "env_steps": 0, "seed_steps": 0, "train_every": 1, "fit_epochs": 1, "eval_every": 1,
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
 }  # fmt: skip
+_NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
 
 
 def validate(cfg: DictConfig) -> None:
     """Every value the run reads, checked before any work or file: a ValueError naming the key."""
-    for key, low in _COUNTS.items():
+    for key, low in {**_COUNTS, **_NULLABLE_COUNTS}.items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key in _NULLABLE_COUNTS:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{key} must be a whole number >= {low}, got {value!r}")
+            raise ValueError(f"{key} must be a whole number >= {low}{' or null' if key in _NULLABLE_COUNTS else ''}, "
+                             f"got {value!r}")  # fmt: skip
     if cfg.env_steps == 0 and not cfg.dataset:
         raise ValueError("env_steps=0 and no dataset: nothing to learn from (give env_steps > 0 or dataset=<file>)")
     if cfg.planner.name == "bc" and not cfg.dataset:
@@ -423,6 +443,20 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     return cfg, Path(resume)
 
 
+def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
+    """Set the planner settings configs/offline.yaml gives this dataset (its task and quality),
+    except those given on the command line; returns what it set (and says so)."""
+    metadata = load_dataset(cfg.dataset)[1]
+    given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
+    applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name).items() if k not in given}
+    for key, value in applied.items():
+        cfg.planner[key] = value
+    if applied:
+        print(f"{metadata.get('env')}-{metadata.get('quality')}: {cfg.planner.name} settings from configs/offline.yaml: "
+              + ", ".join(f"{k}={v}" for k, v in applied.items()) + " (planner.<key>=... overrides)")  # fmt: skip
+    return applied
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     return compose_config("config", overrides, __doc__, open_keys=("env",), groups={"planner": planner_defaults()})
 
@@ -438,13 +472,16 @@ def _model_file(arg: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, resume_dir = load_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, resume_dir = load_config(argv)
     run = None
     try:
         check_task_name(cfg.env.name)
         validate(cfg)
+        applied = _apply_dataset_settings(cfg, argv) if cfg.dataset and resume_dir is None else {}
         threads.set_threads(cfg.get("threads", "auto"))
         run = Run(cfg)
+        run.progress["dataset_settings"] = applied  # (a resumed run reads its own from the checkpoint)
         if resume_dir is not None:
             run.restore(resume_dir)
             run_dir = resume_dir
