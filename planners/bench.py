@@ -3,14 +3,22 @@
 Ours and torchrl's MPPIPlanner / CEMPlanner plan with the same (untrained) HalfCheetah ensemble through the same `model.step`, so
 the model work per candidate is identical and the ratio measures the planner around it.
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
+`--dyna`: imagined transitions and agent updates per second. `--concurrency`: two short runs of
+the run command at once against one alone, at threads=auto and at every core fixed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 from tensordict import TensorDict
@@ -92,17 +100,19 @@ def rows(repeats: int) -> list[dict]:
     flops_per_row_step = 2 * sum(w.shape[1] * w.shape[2] for w in model.weights)
     peak = _peak_gflops()
 
-    mppi = MPPI(model, spec, MPPIConfig(seed=0))
-    valued = MPPI(model, spec, MPPIConfig(seed=0, value_learning=True, discount=0.99))  # the run command's default
-    cem = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, seed=0))
-    pets = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20, seed=0))
+    warnings.filterwarnings("ignore", "planning with a model that was never fitted")  # speed alone is measured
+    alone = dict(value_learning=False, discount=1.0)  # the model alone, as torchrl's planners plan
+    mppi = MPPI(model, spec, MPPIConfig(seed=0, **alone))
+    valued = MPPI(model, spec, MPPIConfig(seed=0))  # the default: a learned terminal value
+    cem = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, seed=0, **alone))
+    pets = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20, seed=0, **alone))
     theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
     their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
     start = TensorDict({"observation": obs}, [])
     cases = [
-        ("MPPI default (512 x 15)", "ours", lambda: mppi.act(obs), 512 * 15),
-        ("MPPI default (512 x 15)", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15),
-        ("MPPI 512 x 15 + learned value", "ours", lambda: valued.act(obs), 512 * 15),
+        ("MPPI 512 x 15, model only", "ours", lambda: mppi.act(obs), 512 * 15),
+        ("MPPI 512 x 15, model only", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15),
+        ("MPPI default (512 x 15 + learned value)", "ours", lambda: valued.act(obs), 512 * 15),
         ("CEM 400 x 30 x 5", "ours", lambda: cem.act(obs), 400 * 30 * 5),
         ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5),
         ("CEM PETS (400 x 20 particles x 30 x 5)", "ours", lambda: pets.act(obs), 400 * 20 * 30 * 5),
@@ -167,12 +177,59 @@ def dyna_rows(repeats: int) -> list[dict]:
     return out
 
 
+_CONCURRENCY_RUN = ["env_steps=300", "seed_steps=100", "train_every=100", "eval_every=300", "checkpoint_every=300"]
+
+
+def _timed_runs(count: int, threads: str, out: Path) -> list[float]:
+    """Wall seconds of `count` short MPPI runs (the default config, 300 steps) started together."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    procs = []
+    for i in range(count):
+        cmd = [sys.executable, "-m", "worldmodel.run", *_CONCURRENCY_RUN, f"threads={threads}",
+               f"run_dir={out / f'{threads}-{count}-{i}'}"]  # fmt: skip
+        procs.append((time.perf_counter(), subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    walls = []
+    for began, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark run failed: {err.decode()[-2000:]}")
+        walls.append(time.perf_counter() - began)
+    return walls
+
+
+def concurrency_rows() -> list[dict]:
+    """One run alone, then two at once, at threads=auto and at every available core fixed
+    (torch's own default), all in this invocation."""
+    from worldmodel.threads import available_cores
+
+    cores, out = available_cores(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in ("auto", str(cores)):
+            alone = _timed_runs(1, threads, Path(tmp))[0]
+            both = _timed_runs(2, threads, Path(tmp))
+            out.append({"threads": threads, "cores": cores, "alone_s": alone, "together_s": both,
+                        "ratio": max(both) / alone})  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--dyna", action="store_true", help="Dyna throughput instead: imagined transitions/s, updates/s")
+    parser.add_argument("--concurrency", action="store_true", help="two runs at once against one alone, per thread setting")
     args = parser.parse_args(argv)
+    if args.concurrency:
+        table = concurrency_rows()
+        print(f"`python -m worldmodel.run {' '.join(_CONCURRENCY_RUN)}` on {table[0]['cores']} available core(s); "
+              "two runs at once get a fair share at 2x one alone (1x if one run alone used only one core)\n")  # fmt: skip
+        print("| threads | one run alone | two runs at once (each) | per run vs alone |")
+        print("|---|---|---|---|")
+        for r in table:
+            label = "auto (the default)" if r["threads"] == "auto" else f"{r['threads']}, fixed (torch's default)"
+            print(f"| {label} | {r['alone_s']:.1f} s | {r['together_s'][0]:.1f} s, {r['together_s'][1]:.1f} s | {r['ratio']:.2f}x |")
+        _write_json(args.json, table)
+        return
     if args.dyna:
         table = dyna_rows(args.repeats)
         print(f"{'work':42s} {'per second':>12s} {'unit':14s} {'ms':>8s} {'floor ms':>9s}")
