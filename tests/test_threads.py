@@ -39,37 +39,27 @@ def test_auto_honours_an_explicit_omp_num_threads():
     assert _in_subprocess(code, OMP_NUM_THREADS="1").split() == ["1", "fixed"]
 
 
-@pytest.mark.skipif(threads.available_cores() < 2, reason="needs 2 cores to see another process take one")
-def test_auto_leaves_the_cores_another_process_keeps_busy():
-    """A real busy process beside it: auto takes the cores left (and not the busy one)."""
-    code = (
-        "import subprocess, sys, time\n"
-        "burner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
-        "time.sleep(1.0)\n"
-        "from worldmodel import threads\n"
-        "n = threads.set_threads('auto')\n"
-        "burner.kill()\n"
-        "print(n, threads.available_cores())\n"
-    )
-    used, cores = map(int, _in_subprocess(code).split())
-    assert used <= cores - 1
+# In a fresh process: `before` the busy process starts, then `after` (a second later); prints the count used.
+BESIDE_A_BUSY_PROCESS = """
+import subprocess, sys, time
+from worldmodel import threads
+{before}
+burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+time.sleep(threads.ADAPT_EVERY_S + 0.3)
+{after}
+burner.kill()
+print(n, threads.current()["mode"])
+"""
 
 
 @pytest.mark.skipif(threads.available_cores() < 2, reason="needs 2 cores to see another process take one")
-def test_adapt_gives_up_a_core_when_another_process_starts():
-    """Start alone-ish, then a real busy process appears: the next adapt() (a second on) follows it."""
-    code = (
-        "import subprocess, sys, time\n"
-        "from worldmodel import threads\n"
-        "threads.set_threads('auto')\n"
-        "burner = subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
-        "time.sleep(threads.ADAPT_EVERY_S + 0.3)\n"
-        "n = threads.adapt()\n"
-        "burner.kill()\n"
-        "print(n, threads.available_cores(), threads.current()['mode'])\n"
-    )
-    used, cores, mode = _in_subprocess(code).split()
-    assert int(used) <= int(cores) - 1 and mode == "auto"
+@pytest.mark.parametrize("before, after", [
+    ("", "n = threads.set_threads('auto')"),  # starting beside a busy process: the cores it leaves
+    ("threads.set_threads('auto')", "n = threads.adapt()"),  # a busy process appears: adapt() gives a core up
+])  # fmt: skip
+def test_auto_leaves_the_cores_another_process_keeps_busy(before, after):
+    used, mode = _in_subprocess(BESIDE_A_BUSY_PROCESS.format(before=before, after=after)).split()
+    assert int(used) <= threads.available_cores() - 1 and mode == "auto"
 
 
 def test_the_target_leaves_cores_that_others_use():
