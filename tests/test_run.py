@@ -2,7 +2,6 @@
 SIGINT/SIGTERM, and refuses bad input before writing anything."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
