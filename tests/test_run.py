@@ -169,7 +169,9 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
 NO_DATASET = "no_such_dataset.hdf5"
 BAD_INPUTS = {
     "+foo=1": r"unknown key 'foo' \(a typo\?\); valid keys for config: .*env_steps",
-    "+planer.horizon=30": r"unknown key 'planer.horizon'",
+    "+planer.horizon=30": r"unknown key 'planer.horizon' \(a typo\?\); did you mean planner.horizon\?",
+    "env_step=300": r"unknown key 'env_step' \(a typo\?\); did you mean env_steps",
+    "seed_steps=20000": r"seed_steps=20000 >= env_steps=20000: the run would end before the planner acts",
     "+planner.horizonn=30": r"unknown key 'planner.horizonn'",
     "env_steps=-5": r"env_steps must be a whole number >= 0, got -5",
     "env_steps=abc": r"env_steps must be a whole number >= 0, got 'abc'",

@@ -151,14 +151,26 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
             base = compose(config_name=name, overrides=groups_only)
         except (HydraException, OmegaConfBaseException) as e:
             message = str(e).split("\nConfig search path")[0]
+            if "Could not override" in message:  # a key that is not there: a typo, most often
+                key = message.split("'")[1]
+                raise SystemExit(_unknown_key(key, _dotted_keys(compose(config_name=name)), name)) from None
             if "Available options" not in message:  # an unknown key rather than an unknown group option
                 message += f"\nvalid keys for {name}: {', '.join(_dotted_keys(compose(config_name=name)))}"
             raise SystemExit(f"error: {message}") from None
     known = set(_dotted_keys(base))
     for key in _dotted_keys(cfg):
         if key not in known and not key.startswith(tuple(f"{k}." for k in open_keys)):
-            raise SystemExit(f"error: unknown key {key!r} (a typo?); valid keys for {name}: {', '.join(sorted(known))}")
+            raise SystemExit(_unknown_key(key, known, name))
     return cfg
+
+
+def _unknown_key(key: str, known: Iterable[str], name: str) -> str:
+    """One line: the unknown key, the nearest valid ones, where to see them all."""
+    import difflib
+
+    near = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.8)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"valid keys for {name}: {', '.join(sorted(known))}"
+    return f"error: unknown key {key!r} (a typo?); {hint} (--help lists every key)"
 
 
 def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:

@@ -244,9 +244,10 @@ class Run:
                     self.logger.log("train", step, **learned)
                 self._evaluate(step, bar)
             bar.update()
-            if step % cfg.checkpoint_every == 0 and step < cfg.env_steps:
-                self._checkpoint(started)
-            self._stop_if_requested(started, bar)
+            if step < cfg.env_steps:  # (at the last step the run is finished, not interrupted)
+                if step % cfg.checkpoint_every == 0:
+                    self._checkpoint(started)
+                self._stop_if_requested(started, bar)
         bar.close()
 
     def _stop_if_requested(self, started: float, bar=None) -> None:
@@ -381,6 +382,9 @@ def validate(cfg: DictConfig) -> None:
                              f"got {value!r}")  # fmt: skip
     if cfg.env_steps == 0 and not cfg.dataset:
         raise ValueError("env_steps=0 and no dataset: nothing to learn from (give env_steps > 0 or dataset=<file>)")
+    if not (cfg.dataset or cfg.pretrained) and cfg.seed_steps >= cfg.env_steps:
+        raise ValueError(f"seed_steps={cfg.seed_steps} >= env_steps={cfg.env_steps}: the run would end before the "
+                         "planner acts or the model is fitted; lower seed_steps or raise env_steps")  # fmt: skip
     if cfg.planner.name == "bc" and not cfg.dataset:
         raise ValueError("planner=bc clones the actions of a dataset: give dataset=<file>")
     for key in ("penalty", "real_ratio"):
