@@ -37,6 +37,7 @@ class DynaConfig:
     uncertainty_include_reward: bool = False  # the reward output enters the measure too
     updates_per_step: int = 20  # agent updates per real step when learning online (MBPO's G)
     obs_limit: float | None = 100.0  # an imagined state with |x| beyond this ends its rollout (None: no limit)
+    actor_lr_cosine: bool = False  # offline, the actor's lr anneals to 0 along a cosine over the updates (schedule)
     agent: dict = field(default_factory=dict)  # SACConfig fields
     seed: int | None = None
 
@@ -71,19 +72,24 @@ class MBPOConfig(DynaConfig):
 
 @dataclass
 class MOPOConfig(DynaConfig):
-    """MOPO's penalty as its code computes it: max over every member of the std norm, reward included."""
+    """MOPO's penalty as its code computes it: max over every member of the std norm, reward
+    included; the agent as OfflineRL-Kit runs it (actor and temperature lr 1e-4, the actor's
+    annealed along a cosine offline, temperature capped at 1)."""
 
     penalty: float = 1.0
     uncertainty_elites_only: bool = False
     uncertainty_include_reward: bool = True
+    actor_lr_cosine: bool = True
+    agent: dict = field(default_factory=lambda: {"actor_lr": 1e-4, "alpha_lr": 1e-4, "alpha_max": 1.0})
 
 
 @dataclass
 class RAVLConfig(DynaConfig):
-    """EDAC critics (10 of 3 x 256, min over all, gradient diversity eta) and no dynamics penalty."""
+    """No dynamics penalty; an EDAC agent as RAVL's code runs it: 10 critics and the actor of
+    3 x 256, min over all critics, gradient diversity eta, EDAC's initialisation and update order."""
 
-    real_ratio: float = 0.5
-    agent: dict = field(default_factory=lambda: {"num_critics": 10, "critic_layers": 3, "eta": 1.0})
+    agent: dict = field(default_factory=lambda: {"num_critics": 10, "critic_layers": 3, "actor_layers": 3,
+                                                 "eta": 1.0, "init": "edac", "update_order": "actor_first"})  # fmt: skip
 
 
 class Dyna(Planner):
@@ -115,6 +121,13 @@ class Dyna(Planner):
 
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)
+
+    def schedule(self, updates: int | None) -> None:
+        """The agent's update budget ahead (offline: all its updates; None: open-ended, online).
+        With actor_lr_cosine the actor's learning rate anneals to 0 over that budget."""
+        horizon = self.agent.updates + updates if updates and self.config.actor_lr_cosine else None
+        if horizon != self.agent.actor_lr_horizon:
+            self.agent.anneal_actor_lr(horizon)
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every real transition, then refresh the model buffer."""

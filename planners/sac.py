@@ -22,6 +22,8 @@ import kernels
 import kernels.reference
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+_INITS, _ORDERS = ("default", "edac"), ("critic_first", "actor_first")
+EDAC_HIDDEN_BIAS, EDAC_ACTOR_OUT, EDAC_CRITIC_OUT = 0.1, 1e-3, 3e-3  # EDAC's initialisation (An et al. 2021)
 
 
 @dataclass
@@ -40,8 +42,11 @@ class SACConfig:
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
     init_alpha: float = 1.0
+    alpha_max: float | None = None  # the temperature used is min(exp(log_alpha), alpha_max) (OfflineRL-Kit: 1)
     target_entropy: float | None = None  # default: -A
     batch_size: int = 256
+    init: str = "default"  # "default" (nn.Linear's) | "edac": hidden biases 0.1, small output layers
+    update_order: str = "critic_first"  # SAC's critic, actor, alpha | "actor_first": EDAC's alpha, actor, critic
 
     def __post_init__(self):
         if self.num_critics < 1 or self.hidden < 1 or min(self.actor_layers, self.critic_layers) < 1:
@@ -52,6 +57,11 @@ class SACConfig:
             )
         if self.critic_subset is not None and not 1 <= self.critic_subset <= self.num_critics:
             raise ValueError(f"critic_subset must be in [1, num_critics={self.num_critics}], got {self.critic_subset}")
+        if self.init not in _INITS or self.update_order not in _ORDERS:
+            raise ValueError(f"init must be one of {_INITS} and update_order one of {_ORDERS}, "
+                             f"got init={self.init!r}, update_order={self.update_order!r}")  # fmt: skip
+        if self.alpha_max is not None and self.alpha_max <= 0:
+            raise ValueError(f"alpha_max must be > 0 or None, got {self.alpha_max}")
         if self.eta > 0 and self.num_critics < 2:
             raise ValueError(
                 f"the gradient-diversity term (eta={self.eta} > 0) needs num_critics >= 2, got {self.num_critics}"
@@ -134,6 +144,8 @@ class SAC(nn.Module):
         self.actor = Actor(obs_dim, action_low.float(), action_high.float(), cfg.hidden, cfg.actor_layers)
         self.critics = CriticEnsemble(obs_dim, act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layers)
         self.target_critics = CriticEnsemble(obs_dim, act_dim, cfg.num_critics, cfg.hidden, cfg.critic_layers)
+        if cfg.init == "edac":
+            edac_init(self.actor, self.critics)
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.target_critics.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
@@ -142,10 +154,11 @@ class SAC(nn.Module):
         self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.updates = 0
+        self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
 
     def training_state(self) -> dict:
         """Networks, temperature, optimiser moments and the update count, for a checkpoint."""
-        return {"modules": self.state_dict(), "updates": self.updates,
+        return {"modules": self.state_dict(), "updates": self.updates, "actor_lr_horizon": self.actor_lr_horizon,
                 "optimizers": [o.state_dict() for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]}
 
     def load_training_state(self, state: dict) -> None:
@@ -153,10 +166,26 @@ class SAC(nn.Module):
         for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
             optim.load_state_dict(saved)
         self.updates = state["updates"]
+        self.anneal_actor_lr(state.get("actor_lr_horizon"))
+
+    def anneal_actor_lr(self, horizon: int | None) -> None:
+        """Decay the actor's learning rate along a cosine from actor_lr to 0 over the updates up to
+        `horizon` (OfflineRL-Kit's MOPO does so over its whole offline run); None: constant actor_lr."""
+        self.actor_lr_horizon = horizon
+        self._set_actor_lr()
+
+    def _set_actor_lr(self) -> None:
+        lr, horizon = self.config.actor_lr, self.actor_lr_horizon
+        if horizon:
+            lr *= 0.5 * (1 + math.cos(math.pi * min(self.updates, horizon) / horizon))
+        for group in self.actor_optim.param_groups:
+            group["lr"] = lr
 
     @property
     def alpha(self) -> Tensor:
-        return self.log_alpha.exp().detach()
+        """The entropy temperature, capped at alpha_max where it is set."""
+        alpha = self.log_alpha.exp().detach()
+        return alpha if self.config.alpha_max is None else alpha.clamp(max=self.config.alpha_max)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -174,29 +203,52 @@ class SAC(nn.Module):
         return self.critics(obs, action).amin(0) - (0.0 if deterministic else self.alpha * log_prob)
 
     def update(self, batch: TensorDict) -> dict[str, float]:
-        """One gradient step for the critics, the actor and the temperature."""
-        critic_loss, q, diversity = self._critic_loss(batch)
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
-
-        action, log_prob = self.actor(batch["obs"])
-        actor_loss = (self.alpha * log_prob - self.critics(batch["obs"], action).amin(0)).mean()
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optim.step()
-
-        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-        self.alpha_optim.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optim.step()
-
+        """One gradient step for the critics, the actor and the temperature, in config.update_order."""
+        if self.actor_lr_horizon:
+            self._set_actor_lr()
+        if self.config.update_order == "actor_first":  # EDAC's order: alpha, actor, then critics
+            self._alpha_step(batch["obs"])
+            actor_loss, log_prob = self._actor_step(batch["obs"])
+            critic_loss, q, diversity = self._critic_step(batch)
+        else:
+            critic_loss, q, diversity = self._critic_step(batch)
+            actor_loss, log_prob = self._actor_step(batch["obs"])
+            self._alpha_step(batch["obs"], log_prob)
         with torch.no_grad():
             for target, online in zip(self.target_critics.parameters(), self.critics.parameters()):
                 target.lerp_(online, self.config.tau)
         self.updates += 1
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
-                "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity}  # fmt: skip
+                "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity,
+                "actor_lr": self.actor_optim.param_groups[0]["lr"]}  # fmt: skip
+
+    def _critic_step(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
+        critic_loss, q, diversity = self._critic_loss(batch)
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+        return critic_loss, q, diversity
+
+    def _actor_step(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs [B, O] -> (actor loss, log-probabilities [B] of the sampled actions)."""
+        action, log_prob = self.actor(obs)
+        actor_loss = (self.alpha * log_prob - self.critics(obs, action).amin(0)).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optim.step()
+        return actor_loss, log_prob.detach()
+
+    def _alpha_step(self, obs: Tensor, log_prob: Tensor | None = None) -> Tensor:
+        """The temperature's step towards the target entropy, from `log_prob` [B] (default: a fresh
+        sample of the policy at obs [B, O]); returns the log-probabilities used."""
+        if log_prob is None:
+            with torch.no_grad():
+                log_prob = self.actor(obs)[1]
+        alpha_loss = -(self.log_alpha * (log_prob + self.target_entropy)).mean()
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+        return log_prob
 
     def _critic_loss(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
         """Sum over critics of the TD error's mean square (+ eta x the EDAC diversity term)."""
@@ -229,3 +281,17 @@ def gradient_diversity(q: Tensor, action: Tensor) -> Tensor:
     cosine = torch.einsum("iba,jba->bij", grad, grad)
     off_diagonal = cosine.sum((1, 2)) - cosine.diagonal(dim1=1, dim2=2).sum(-1)
     return off_diagonal.mean() / (n - 1)
+
+
+@torch.no_grad()
+def edac_init(actor: Actor, critics: CriticEnsemble) -> None:
+    """EDAC's initialisation (as RAVL's code runs it): hidden biases 0.1; the actor's output layer
+    uniform in +-1e-3 and the critics' in +-3e-3 (weights and biases)."""
+    for layer in list(actor.net)[:-1:2]:
+        layer.bias.fill_(EDAC_HIDDEN_BIAS)
+    actor.net[-1].weight.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
+    actor.net[-1].bias.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
+    for bias in list(critics.biases)[:-1]:
+        bias.fill_(EDAC_HIDDEN_BIAS)
+    critics.weights[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)
+    critics.biases[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)

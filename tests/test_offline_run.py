@@ -47,7 +47,9 @@ def test_offline_then_online_run_writes_every_artifact(tmp_path, dataset, planne
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
     evals = records(run_dir, "eval")
     assert [r["step"] for r in evals] == [0, 30, 60]  # step 0: the offline policy, where online starts
-    assert evals[0]["ret"] == summary["offline_eval_return"]
+    offline = [r["ret"] for r in records(run_dir, "offline_eval")]
+    assert summary["offline_evals"] == offline and evals[0]["ret"] == offline[-1]  # the policy online starts from
+    assert summary["offline_eval_return"] == pytest.approx(sum(offline) / 2)  # the score: the last (<= 3) evaluations
     every = [r["ret"] for r in records(run_dir, "offline_eval") + evals]
     assert summary["best_eval_return"] == max(every)  # offline evaluations count too
     saved = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"])
@@ -61,6 +63,10 @@ def test_online_penalty_replaces_the_offline_one_at_the_switch(tmp_path, dataset
     offline = records(run_dir, "offline_train")
     assert [r["step"] for r in offline] == [20, 40] and all(r["penalty_mean"] > 0 for r in offline)
     assert [r["penalty_mean"] for r in records(run_dir, "train")] == [0.0]
+    # MOPO's actor lr anneals along a cosine over the offline updates, and is constant (1e-4) online
+    lrs = [r["actor_lr"] for r in offline]
+    assert 0 < lrs[1] < lrs[0] < 1e-4 and lrs[1] < 1e-6
+    assert [r["actor_lr"] for r in records(run_dir, "train")] == [1e-4]
 
 
 def test_an_online_setting_the_planner_lacks_is_a_clear_error(tmp_path, dataset):
@@ -174,6 +180,7 @@ def test_a_given_model_is_used_as_it_is_not_refit_on_the_dataset(tmp_path, datas
     ("medium", [], {"penalty": 5.0, "rollout_length": 5}),
     ("medium", ["planner.penalty=1.5"], {"penalty": 1.5, "rollout_length": 5}),  # the command line wins
     ("noise", [], {"penalty": 1.0, "rollout_length": 5}),  # no entry: MOPO's defaults
+    ("noise", ["offline.preset=walker2d-medium-replay"], {"penalty": 2.5, "rollout_length": 1}),  # named preset
 ])  # fmt: skip
 def test_mopo_takes_the_settings_of_its_dataset(tmp_path, quality, given, expected):
     env = make_env("hopper", seed=1)
@@ -186,5 +193,29 @@ def test_mopo_takes_the_settings_of_its_dataset(tmp_path, quality, given, expect
 
     planner = OmegaConf.load(run_dir / "config.yaml").planner
     assert {k: planner[k] for k in expected} == expected
-    assert summary["dataset_settings"] == {k: v for k, v in expected.items() if quality == "medium"
+    assert summary["dataset_settings"] == {k: v for k, v in expected.items() if (quality == "medium" or given)
                                            and f"planner.{k}={v}" not in given}  # fmt: skip
+
+
+def test_an_unknown_preset_lists_the_known_ones(tmp_path, dataset):
+    with pytest.raises(SystemExit, match="offline.preset=hopper-mediocre is not in configs/offline.yaml; known: "
+                                         "halfcheetah-medium, halfcheetah-medium-replay, hopper-medium"):
+        main(["planner=mopo", f"dataset={dataset}", "offline.preset=hopper-mediocre", f"run_dir={tmp_path / 'r'}", *TINY])
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_aggregates_seeds_into_mean_spread_and_curves(tmp_path, dataset):
+    from worldmodel.report import aggregate
+    from worldmodel.report import main as report
+
+    for seed in (0, 1):
+        main(["planner=bc", f"dataset={dataset}", "offline.updates=40", "env_steps=0", f"seed={seed}",
+              f"run_dir={tmp_path / 'runs' / f'bc-{seed}'}", *TINY])  # fmt: skip
+    (rows,) = report([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    finals = [json.loads((tmp_path / "runs" / f"bc-{s}" / "summary.json").read_text())["final_eval_return"] for s in (0, 1)]
+    assert rows["group"] == "hopper-noise" and rows["planner"] == "bc" and rows["seeds"] == [0, 1]
+    assert rows["scores"] == finals and rows["mean"] == pytest.approx(sum(finals) / 2) and rows["progress"] == [40]
+    assert (tmp_path / "report" / "hopper-noise.png").is_file() and (tmp_path / "report" / "report.md").is_file()
+    assert aggregate([1.0, 2.0, 3.0]) == pytest.approx({"n": 3, "mean": 2.0, "std": 1.0, "ci95": 4.303 / 3**0.5})
+    with pytest.raises(SystemExit, match="no run directory"):
+        report([str(tmp_path / "report")])

@@ -137,8 +137,12 @@ def test_training_state_round_trip_continues_identically():
         (dict(critic_subset=3), r"critic_subset must be in \[1, num_critics=2\], got 3"),
         (dict(critic_subset=0), r"critic_subset must be in \[1, num_critics=2\], got 0"),
         (dict(num_critics=1, eta=1.0), r"gradient-diversity term \(eta=1.0 > 0\) needs num_critics >= 2, got 1"),
+        (dict(init="xavier"), r"init must be one of \('default', 'edac'\) .* got init='xavier'"),
+        (dict(update_order="alpha_first"), r"update_order one of .* update_order='alpha_first'"),
+        (dict(alpha_max=0.0), r"alpha_max must be > 0 or None, got 0.0"),
     ],
-    ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic"],
+    ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic",
+         "init", "update_order", "alpha_max"],
 )
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -153,3 +157,47 @@ def test_value_is_the_min_critic_minus_the_entropy_cost():
     torch.manual_seed(3)
     action, log_prob = agent.actor(obs)
     torch.testing.assert_close(value, agent.critics(obs, action).amin(0).detach() - math.e * log_prob.detach())
+
+
+def test_alpha_max_caps_the_temperature_the_losses_use():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, init_alpha=5.0, alpha_max=1.0))
+    assert agent.log_alpha.exp().item() == pytest.approx(5.0) and agent.alpha.item() == 1.0
+    assert agent.update(transitions(16, terminated=False))["alpha"] == 1.0
+    assert SAC(O, LOW, HIGH, SACConfig(hidden=8, init_alpha=5.0)).alpha.item() == pytest.approx(5.0)
+
+
+def test_edac_initialisation():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=16, actor_layers=3, critic_layers=3, num_critics=4, init="edac"))
+    hidden_actor = list(agent.actor.net)[:-1:2]
+    assert len(hidden_actor) == 3 and all((layer.bias == 0.1).all() for layer in hidden_actor)
+    assert agent.actor.net[-1].weight.abs().max() <= 1e-3 and agent.actor.net[-1].bias.abs().max() <= 1e-3
+    assert all((b == 0.1).all() for b in list(agent.critics.biases)[:-1])
+    assert agent.critics.weights[-1].abs().max() <= 3e-3 and agent.critics.weights[-1].abs().max() > 0
+    assert agent.target_critics.weights[-1].equal(agent.critics.weights[-1])  # the targets start equal
+
+
+@pytest.mark.parametrize("order", ["actor_first", "critic_first"])
+def test_update_order_decides_which_critics_the_actor_step_reads(order):
+    """actor_first (EDAC): the actor steps against the critics as they were before this update, so
+    freezing the critics (critic_lr=0) leaves its step unchanged; critic_first: it reads updated ones."""
+    batch = transitions(64, terminated=False)
+    actors = []
+    for critic_lr in (3e-1, 0.0):
+        torch.manual_seed(0)
+        agent = SAC(O, LOW, HIGH, SACConfig(hidden=16, update_order=order, critic_lr=critic_lr))
+        agent.update(batch)
+        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+    assert actors[0].equal(actors[1]) == (order == "actor_first")
+
+
+def test_cosine_actor_lr_anneals_over_the_horizon_and_survives_a_checkpoint():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, actor_lr=1e-3))
+    agent.anneal_actor_lr(4)
+    lrs = [agent.update(transitions(8, terminated=False))["actor_lr"] for _ in range(6)]
+    assert lrs == pytest.approx([1e-3, 0.5e-3 * (1 + math.cos(math.pi / 4)), 0.5e-3, 0.5e-3 * (1 - math.cos(math.pi / 4)),
+                                 0.0, 0.0])  # fmt: skip
+    copy = SAC(O, LOW, HIGH, SACConfig(hidden=8, actor_lr=1e-3))
+    copy.load_training_state(agent.training_state())
+    assert copy.actor_lr_horizon == 4 and copy.actor_optim.param_groups[0]["lr"] == 0.0
+    copy.anneal_actor_lr(None)  # constant again (online)
+    assert copy.update(transitions(8, terminated=False))["actor_lr"] == 1e-3

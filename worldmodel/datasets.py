@@ -50,15 +50,25 @@ def normalized_score(task: str, episode_return: float) -> float | None:
 # ---------------------------------------------------------------------- writing
 
 
-def offline_settings(metadata: dict, planner: str) -> dict:
-    """The planner settings configs/offline.yaml gives a dataset (by its metadata's env and
-    quality, e.g. hopper-medium) for `planner`: {} where it gives none."""
+def offline_presets() -> dict[str, dict[str, dict]]:
+    """configs/offline.yaml: {planner: {<task>-<quality>: {setting: value}}}."""
     from omegaconf import OmegaConf
 
     from worldmodel.config import CONFIG_DIR
 
-    table = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "offline.yaml"))
-    name = f"{metadata.get('env')}-{metadata.get('quality')}"
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "offline.yaml"))
+
+
+def offline_settings(metadata: dict, planner: str, preset: str | None = None) -> dict:
+    """The planner settings configs/offline.yaml gives a dataset for `planner`: by `preset`
+    (<task>-<quality>, e.g. hopper-medium) or else the metadata's env and quality; {} where it
+    gives none. An unknown preset is a ValueError listing the known ones."""
+    table = offline_presets()
+    if preset is not None:
+        known = sorted({name for rows in table.values() for name in rows})
+        if preset not in known:
+            raise ValueError(f"offline.preset={preset} is not in configs/offline.yaml; known: {', '.join(known)}")
+    name = preset or f"{metadata.get('env')}-{metadata.get('quality')}"
     return dict((table.get(planner) or {}).get(name) or {})
 
 

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import MPCPlanner, PlanningError, make_planner, planner_defaults
+from planners import Dyna, MPCPlanner, PlanningError, make_planner, planner_defaults
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
@@ -80,7 +80,7 @@ class Run:
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
-        self.dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)[0] if cfg.dataset else None
+        self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim) if cfg.dataset else (None, {})
         model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
         if cfg.pretrained:
             self.model = EnsembleDynamics.load(cfg.pretrained, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
@@ -101,7 +101,8 @@ class Run:
         self.seed_steps = 0 if (cfg.dataset or cfg.pretrained) else cfg.seed_steps
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
-                         "dataset_loaded": False, "offline_updates": 0, "offline_eval": None}  # fmt: skip
+                         "dataset_loaded": False, "offline_updates": 0, "offline_eval": None,
+                         "offline_evals": []}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
 
@@ -183,6 +184,8 @@ class Run:
             self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
         total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
+        if isinstance(self.planner, Dyna):
+            self.planner.schedule(total - p["offline_updates"])
         bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
         stats = {}
         while p["offline_updates"] < total or p["offline_eval"] is None:
@@ -194,18 +197,24 @@ class Run:
                 p["offline_updates"] += n
                 bar.update(n)
                 self._stop_if_requested(started, bar)
-            ret = p["offline_eval"] = self._evaluated(bar)
+            ret = self._evaluated(bar, cfg.offline.eval_episodes)
+            p.setdefault("offline_evals", []).append(ret)
+            p["offline_eval"] = _mean(p["offline_evals"][-cfg.offline.score_last :])
             p["best_eval"] = _max(p["best_eval"], ret)
             self.logger.log("offline_train", p["offline_updates"], **stats)
-            self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret))
+            self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret),
+                            **self._score("last_score", p["offline_eval"]))  # fmt: skip
             bar.set_postfix(ret=f"{ret:.1f}")
             self._checkpoint(started)
             self._stop_if_requested(started, bar)
         bar.close()
         if p["step"] == 0:  # the switch: the offline policy's return is the online curve's first point
+            last = p["offline_evals"][-1] if p.get("offline_evals") else p["offline_eval"]
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
-            self.logger.log("eval", 0, ret=p["offline_eval"], **self._score("score", p["offline_eval"]))
-            p["best_eval"], p["final_eval"] = _max(p["best_eval"], p["offline_eval"]), p["offline_eval"]
+            self.logger.log("eval", 0, ret=last, **self._score("score", last))
+            p["final_eval"] = p["offline_eval"]  # the offline score (mean of the last evaluations)
+        if isinstance(self.planner, Dyna):
+            self.planner.schedule(None)  # online: constant learning rates
         self.planner.config = self._online_config()
 
     def _online_config(self):
@@ -299,18 +308,19 @@ class Run:
         metrics = self.planner.update(**fit_cfg)
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
             self.progress["fits"] += 1
-            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
-                            holdout_mse=mean(metrics["holdout_mse"]),
-                            holdout_calibration=mean(metrics["holdout_calibration"]))  # fmt: skip
+                            holdout_mse=_mean(metrics["holdout_mse"]),
+                            holdout_calibration=_mean(metrics["holdout_calibration"]))  # fmt: skip
             if step == 0 and self.dataset is not None:  # the offline fit's holdout curve, by epoch
                 for row in metrics["history"]:
                     self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
 
-    def _evaluated(self, bar) -> float:
-        """The evaluation return, with the progress bar saying why it waits."""
-        bar.set_postfix_str(f"evaluating ({self.cfg.eval_episodes} episode(s))...")
-        return evaluate(self.planner, self.eval_env, self.cfg.eval_episodes)
+    def _evaluated(self, bar, episodes: int | None = None) -> float:
+        """The mean evaluation return over `episodes` (default: eval_episodes), with the progress
+        bar saying why it waits."""
+        episodes = episodes or self.cfg.eval_episodes
+        bar.set_postfix_str(f"evaluating ({episodes} episode(s))...")
+        return evaluate(self.planner, self.eval_env, episodes)
 
     def _evaluate(self, step: int, bar) -> None:
         p = self.progress
@@ -342,9 +352,13 @@ class Run:
             "threads": threads.current(),
         }  # fmt: skip
         if self.dataset is not None:
+            meta = self.dataset_metadata
             summary.update(dataset=self.cfg.dataset, dataset_transitions=len(self.dataset),
+                           dataset_name=self.cfg.offline.get("preset") or f"{meta.get('env')}-{meta.get('quality')}",
+                           dataset_normalized_score=meta.get("mean_normalized_score"),
                            dataset_settings=p.get("dataset_settings", {}),
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
+                           offline_evals=p.get("offline_evals", []),
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
         return summary
 
@@ -358,6 +372,10 @@ def _bar(total: int, initial: int, desc: str, unit: str):
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
@@ -367,6 +385,7 @@ def _max(a: float | None, b: float | None) -> float | None:
 _COUNTS = {  # key: smallest value
     "seed": 0, "env_steps": 0, "seed_steps": 0, "train_every": 1, "fit_epochs": 1, "eval_every": 1,
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
+    "offline.eval_episodes": 1, "offline.score_last": 1,
 }  # fmt: skip
 _NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
 
@@ -391,6 +410,8 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.online.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
             raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
+    if cfg.offline.get("preset") is not None and not cfg.dataset:
+        raise ValueError(f"offline.preset={cfg.offline.preset} picks the settings for a dataset: give dataset=<file>")
     if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
         raise ValueError("online.* settings change a planner at the switch from offline learning; they need dataset=<file>")
     model = {k: v for k, v in cfg.model.items() if k != "fit"}
@@ -452,11 +473,13 @@ def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
     except those given on the command line; returns what it set (and says so)."""
     metadata = load_dataset(cfg.dataset)[1]
     given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
-    applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name).items() if k not in given}
+    preset = cfg.offline.preset
+    applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name, preset).items() if k not in given}
     for key, value in applied.items():
         cfg.planner[key] = value
     if applied:
-        print(f"{metadata.get('env')}-{metadata.get('quality')}: {cfg.planner.name} settings from configs/offline.yaml: "
+        name = preset or f"{metadata.get('env')}-{metadata.get('quality')}"
+        print(f"{name}: {cfg.planner.name} settings from configs/offline.yaml: "
               + ", ".join(f"{k}={v}" for k, v in applied.items()) + " (planner.<key>=... overrides)")  # fmt: skip
     return applied
 
