@@ -192,6 +192,24 @@ def test_refit_warm_starts_from_the_current_weights(fitted):
     assert max(warm["holdout_mse"]) < 0.3 * min(cold["holdout_mse"])
 
 
+def test_a_refit_on_shifted_data_keeps_the_models_predictions(fitted):
+    """The normalisers are refitted on the new data, and the weights re-expressed for them: with
+    no training (lr ~ 0), predictions on the old data are unchanged, and the elites too."""
+    model = small_model(hidden=64)
+    model.load_state_dict(fitted[0].state_dict())
+    old = linear_system(500, seed=3)
+    before = model.predict(old["obs"], old["action"])
+    shifted = linear_system(2000, seed=4)
+    shifted["obs"] = shifted["obs"] * 3 + 2  # another region of the state space, other statistics
+    shifted["next_obs"] = shifted["next_obs"] * 5 - 1
+    shifted["action"] = shifted["action"] * 0.5 + 0.2
+    model.fit(shifted, lr=1e-12, max_epochs=1, patience=1, progress=False)
+    assert not torch.equal(model.input_norm.mean, fitted[0].input_norm.mean)  # the statistics did move
+    after = model.predict(old["obs"], old["action"])
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_each_member_keeps_one_bootstrap_resample_for_the_whole_fit(monkeypatch):
     import worldmodel.ensemble as ensemble
 

@@ -111,6 +111,31 @@ class EnsembleDynamics(nn.Module):
         return kernels.ensemble_gaussian_mlp(x, weights, biases, max_lv, min_lv, members=members,
                                              precision=self.precision)  # fmt: skip
 
+    @torch.no_grad()
+    def _fit_normalizers(self, inputs: Tensor, targets: Tensor) -> None:
+        """Standardise on this data (inputs [N, O+A], targets [N, O+1]). A fitted model's weights
+        are re-expressed for the new statistics, so its predictions do not move: the first
+        layer absorbs the input shift and scale, the output layer the target's, and the
+        log-variance outputs and bounds shift by 2 log(old std / new std). A pretrained model
+        refitted on new data (a robot's) thus starts from what it predicted before."""
+        was_fitted = self.fitted
+        in_mean, in_std = self.input_norm.fit(inputs)
+        out_mean, out_std = self.target_norm.fit(targets)
+        if not was_fitted:
+            return
+        w0, b0 = self.weights[0], self.biases[0]  # [E, O+A, H], [E, H]
+        b0.add_(((self.input_norm.mean - in_mean) / in_std) @ w0)
+        w0.mul_((self.input_norm.std / in_std).unsqueeze(-1))
+        ratio = out_std / self.target_norm.std  # old / new, per target feature
+        d = ratio.numel()
+        w, b = self.weights[-1], self.biases[-1]  # [E, H, 2 (O+1)], [E, 2 (O+1)]: means, then log-variances
+        w[..., :d].mul_(ratio)
+        b[..., :d].mul_(ratio).add_((out_mean - self.target_norm.mean) / self.target_norm.std)
+        shift = 2 * ratio.log()
+        b[..., d:].add_(shift)
+        self.max_logvar.add_(shift)
+        self.min_logvar.add_(shift)
+
     def _members_only(self, members: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         """The parameters of `members` alone, cached until a parameter changes in place (an optimiser
         step or load_state_dict; edits through `.data` bypass the version counter). Planning asks
@@ -293,8 +318,7 @@ class EnsembleDynamics(nn.Module):
             )
         perm = torch.randperm(n, device=self.device)
         train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
-        self.input_norm.fit(inputs[train_idx])
-        self.target_norm.fit(targets[train_idx])
+        self._fit_normalizers(inputs[train_idx], targets[train_idx])
         x = self.input_norm(inputs)
         y = self.target_norm(targets)
         x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]

@@ -16,11 +16,13 @@ class Standardizer(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> None:
-        """Set mean and std from rows x [N, dim]."""
+    def fit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Set mean and std from rows x [N, dim]; returns the previous (mean, std) [dim] each."""
+        before = self.mean.clone(), self.std.clone()
         self.mean.copy_(x.mean(0))
         std = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.std)
         self.std.copy_(torch.where(std < self.eps, torch.ones_like(std), std))
+        return before
 
     @property
     def fitted(self) -> bool:
