@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from planners import PLANNERS
-from worldmodel import ReplayBuffer
+from worldmodel import ReplayBuffer, TransitionLog
 from worldmodel.run import Run, load_config, main
 
 TINY = [
@@ -162,8 +162,14 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
     proc.kill()
     proc.wait()
     assert strict_json(run_dir / "summary.json")["env_steps"] == 0  # the start's checkpoint, nothing later
-    resumed = main([f"resume={run_dir}", "env_steps=60"])
-    assert resumed["env_steps"] == 60 and resumed["status"] == "finished"
+    with TransitionLog(run_dir / "transitions", 11, 3) as log:
+        before_kill = log.read()  # every real step taken before the kill, on disk
+    assert len(before_kill) >= 40  # the first fit comes after seed_steps=40
+    resumed = main([f"resume={run_dir}", f"env_steps={len(before_kill) + 20}"])
+    assert resumed["env_steps"] == len(before_kill) + 20 and resumed["status"] == "finished"
+    buffer = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
+    assert len(buffer) == len(before_kill) + 20  # the logged steps rejoined the buffer; 20 more were taken
+    assert torch.equal(buffer["obs"][: len(before_kill)], before_kill["obs"])
 
 
 NO_DATASET = "no_such_dataset.hdf5"

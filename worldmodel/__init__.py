@@ -6,6 +6,7 @@ from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import TaskSpec, make_env, task_names
 from worldmodel.replay import ReplayBuffer
 from worldmodel.threads import set_threads
+from worldmodel.transition_log import TransitionLog
 from worldmodel.transitions import validate_transitions
 from worldmodel.uncertainty import MEASURES, Uncertainty
 
@@ -15,6 +16,7 @@ __all__ = [
     "MEASURES",
     "ReplayBuffer",
     "TaskSpec",
+    "TransitionLog",
     "Uncertainty",
     "collect",
     "correlated_noise_policy",

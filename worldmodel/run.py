@@ -42,6 +42,7 @@ from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.replay import ReplayBuffer
+from worldmodel.transition_log import TransitionLog
 from worldmodel.transitions import from_rollout
 
 
@@ -74,7 +75,7 @@ class Run:
     """
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.run_dir, self.logger = cfg, None, None
+        self.cfg, self.run_dir, self.logger, self.log = cfg, None, None, None
         torch.manual_seed(cfg.seed)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
@@ -105,6 +106,7 @@ class Run:
                          "offline_evals": []}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
+        self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
 
     def open(self, run_dir: Path) -> None:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
@@ -113,6 +115,24 @@ class Run:
         save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
         self.logger.truncate(self._recorded_before_checkpoint)  # a resumed run drops the records after it
+        self.log = TransitionLog(run_dir / "transitions", self.spec.obs_dim, self.spec.act_dim)
+        self._rejoin_logged_transitions()
+
+    def _rejoin_logged_transitions(self) -> None:
+        """Real transitions logged after the checkpoint (the run was killed) join the buffer and
+        count as steps taken: nothing real is lost, nor collected twice."""
+        p = self.progress
+        logged = len(self.log) - p.get("log_offset", 0)
+        if logged < p["step"]:  # a log begun after the run (older runs): align it from here
+            p["log_offset"] = len(self.log) - p["step"]
+        elif logged > p["step"]:
+            extra = self.log.read(start=p["step"] + p.get("log_offset", 0))
+            self.planner.observe(extra)
+            p["step"] += len(extra)
+            p["episodes"] += int((extra["terminated"] | extra["truncated"]).sum())
+            self._fit_due = p["step"] >= self.seed_steps  # the model learns from them before the next action
+            tqdm.write(f"{len(extra)} real transition(s) logged after the checkpoint rejoin the buffer "
+                       f"(now at step {p['step']})")  # fmt: skip
 
     def _recorded_before_checkpoint(self, record: dict) -> bool:
         p = self.progress
@@ -228,11 +248,16 @@ class Run:
         td, episode_return, learned = self.env.reset(), 0.0, {}
         self.planner.reset()
         bar = _bar(cfg.env_steps, p["step"], f"{cfg.planner.name} {cfg.env.name}", "step")
+        if self._fit_due and p["step"] < cfg.env_steps:
+            self._fit(p["step"])
+            self._fit_due = False
         while p["step"] < cfg.env_steps:
             threads.adapt()
             td["action"] = self._act(td["observation"])
             transition, td = self.env.step_and_maybe_reset(td)
-            self.planner.observe(from_rollout(transition.unsqueeze(0)))
+            real = from_rollout(transition.unsqueeze(0))
+            self.log.append(real)  # durable before it counts
+            self.planner.observe(real)
             p["step"] += 1
             step = p["step"]
             episode_return += transition["next", "reward"].item()
@@ -365,6 +390,8 @@ class Run:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
+        if self.log is not None:
+            self.log.close()
 
 
 def _bar(total: int, initial: int, desc: str, unit: str):

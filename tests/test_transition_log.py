@@ -1,0 +1,144 @@
+"""The crash-safe transition log: round trips, torn tails, damage, and `kill -9` of a real writer."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from worldmodel import collect, make_env
+from worldmodel.collect import uniform_policy
+from worldmodel.datasets import load_dataset
+from worldmodel.transition_log import LogCorruptError, TransitionLog
+
+O, A = 11, 3  # hopper
+
+
+@pytest.fixture(scope="module")
+def hopper_steps():
+    env = make_env("hopper", seed=0)
+    return collect(env, uniform_policy(env), 60)
+
+
+def assert_same(a, b):
+    for key in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_appended_transitions_read_back_across_segments_and_reopening(tmp_path, hopper_steps):
+    with TransitionLog(tmp_path / "log", O, A, segment_records=25) as log:
+        log.append(hopper_steps[:10])
+        for i in range(10, 40):
+            log.append(hopper_steps[i : i + 1])
+        assert len(log) == 40
+    with TransitionLog(tmp_path / "log", O, A, segment_records=25) as log:
+        assert len(log) == 40
+        log.append(hopper_steps[40:])
+        assert_same(log.read(), hopper_steps)
+        assert_same(log.read(start=55), hopper_steps[55:])
+    assert len(list((tmp_path / "log").glob("segment-*.bin"))) == 3
+
+
+def test_a_torn_last_record_is_dropped_and_appending_goes_on(tmp_path, hopper_steps):
+    with TransitionLog(tmp_path, O, A) as log:
+        log.append(hopper_steps[:10])
+        record = log.record_bytes
+    segment = tmp_path / "segment-000000.bin"
+    with open(segment, "ab") as f:  # a crash in the middle of writing record 10
+        f.write(b"\x01" * (record // 2))
+    with TransitionLog(tmp_path, O, A) as log:
+        assert len(log) == 10
+        log.append(hopper_steps[10:12])
+        assert_same(log.read(), hopper_steps[:12])
+    with open(segment, "ab") as f:  # a whole-length last record whose bytes never all landed
+        f.write(b"\x00" * record)
+    assert len(TransitionLog(tmp_path, O, A)) == 12
+
+
+def test_damage_before_the_tail_is_an_error_naming_the_record(tmp_path, hopper_steps):
+    with TransitionLog(tmp_path, O, A) as log:
+        log.append(hopper_steps[:10])
+        record = log.record_bytes
+    segment = tmp_path / "segment-000000.bin"
+    raw = bytearray(segment.read_bytes())
+    raw[16 + 3 * record + 5] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+    with pytest.raises(LogCorruptError, match="segment-000000.bin: record 3 of 10 fails its checksum"):
+        TransitionLog(tmp_path, O, A)
+
+
+def test_other_dimensions_or_a_foreign_file_are_clear_errors(tmp_path, hopper_steps):
+    with TransitionLog(tmp_path / "a", O, A) as log:
+        log.append(hopper_steps[:3])
+    with pytest.raises(LogCorruptError, match="logged obs_dim=11, act_dim=3, but this log was opened with obs_dim=17"):
+        TransitionLog(tmp_path / "a", 17, 6)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "segment-000000.bin").write_bytes(b"not a log at all, no")
+    with pytest.raises(LogCorruptError, match="not a transition log segment"):
+        TransitionLog(tmp_path / "b", O, A)
+    bad = hopper_steps[:2].clone()
+    bad["reward"][1] = float("nan")
+    with TransitionLog(tmp_path / "c", O, A) as log, pytest.raises(ValueError, match="reward"):
+        log.append(bad)
+    assert len(TransitionLog(tmp_path / "c", O, A)) == 0  # nothing of a bad batch is written
+
+
+@pytest.mark.parametrize("format", ["d4rl", "minari"])
+def test_a_log_exports_as_an_offline_dataset(tmp_path, hopper_steps, format):
+    with TransitionLog(tmp_path / "log", O, A) as log:
+        log.append(hopper_steps)
+        out = tmp_path / ("robot.hdf5" if format == "d4rl" else "robot")
+        log.export(out, format, {"env": "hopper", "quality": "robot"})
+    data, metadata = load_dataset(out, O, A)
+    assert metadata["quality"] == "robot" and len(data) == 60
+    assert torch.equal(data["obs"], hopper_steps["obs"]) and torch.equal(data["reward"], hopper_steps["reward"])
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import torch
+    from worldmodel import make_env
+    from worldmodel.collect import uniform_policy
+    from worldmodel.transition_log import TransitionLog
+    from worldmodel.transitions import from_rollout
+
+    log = TransitionLog(sys.argv[1], 11, 3)
+    env = make_env("hopper", seed=len(log))
+    policy, td = uniform_policy(env), env.reset()
+    while True:
+        td["action"] = policy(td["observation"])
+        step, td = env.step_and_maybe_reset(td)
+        log.append(from_rollout(step.unsqueeze(0)))
+        print(len(log), flush=True)  # acknowledged: on disk
+""")
+
+
+def test_kill_9_at_random_moments_loses_no_acknowledged_transition(tmp_path):
+    """A real writer (hopper steps, one record each) is SIGKILLed three times at random counts;
+    every acknowledged record survives, each restart appends after them, and the log stays a
+    sequence of whole transitions (within an episode, next_obs is the next row's obs)."""
+    rng = random.Random(os.getpid())
+    directory = tmp_path / "log"
+    acknowledged, restarts = 0, []
+    for _ in range(3):
+        restarts.append(acknowledged)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)], stdout=subprocess.PIPE, text=True)
+        target = acknowledged + rng.randint(20, 200)
+        for line in proc.stdout:
+            acknowledged = int(line)
+            if acknowledged >= target:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        log = TransitionLog(directory, O, A)
+        assert len(log) >= acknowledged
+        acknowledged = len(log)
+    data = log.read()
+    chained = ~(data["terminated"] | data["truncated"])[:-1]
+    chained[[r - 1 for r in restarts[1:]]] = False  # a restarted writer begins a new episode
+    assert torch.equal(data["next_obs"][:-1][chained], data["obs"][1:][chained])

@@ -1,0 +1,180 @@
+"""A crash-safe, append-only log of real transitions: what a robot collected survives `kill -9`.
+
+Each transition is one fixed-size record (float32 fields, then their CRC32) appended to a
+segment file and fsync'd (every `sync_every` records), so once `append` returns the record is on
+disk. A crash can only tear the record being written: reopening the log drops that torn tail
+and appends after the last whole record. A damaged record anywhere else is an error naming the
+file and the record. Layout: <dir>/segment-000000.bin, ... each starting with a 16-byte header
+(magic, obs_dim, act_dim). Record fields: obs [O], action [A], reward, next_obs [O],
+terminated, truncated.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from worldmodel.transitions import validate_transitions
+
+_MAGIC = b"WMTLOG01"
+_HEADER = struct.Struct("<8sII")  # magic, obs_dim, act_dim
+
+
+class LogCorruptError(ValueError):
+    """A record in the middle of a log fails its checksum, or a header is not a log's."""
+
+
+class TransitionLog:
+    """Append-only transition log in `directory` (created if missing; an existing one is reopened,
+    its torn tail, if any, dropped). len(log) counts the whole records on disk."""
+
+    def __init__(self, directory: str | os.PathLike, obs_dim: int, act_dim: int, *, sync_every: int = 1,
+                 segment_records: int = 100_000):  # fmt: skip
+        if sync_every < 1 or segment_records < 1:
+            raise ValueError(f"sync_every and segment_records must be >= 1, got {sync_every}, {segment_records}")
+        self.directory, self.obs_dim, self.act_dim = Path(directory), obs_dim, act_dim
+        self.sync_every, self.segment_records = sync_every, segment_records
+        self.fields = 2 * obs_dim + act_dim + 3
+        self.record_bytes = 4 * self.fields + 4
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._counts = [self._check_segment(p, last=i == len(self._segments()) - 1)
+                        for i, p in enumerate(self._segments())]  # fmt: skip
+        self._file = None
+        self._unsynced = 0
+
+    # ---------------------------------------------------------------- reading
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob("segment-*.bin"))
+
+    def _check_segment(self, path: Path, last: bool) -> int:
+        """Whole, valid records in `path`; the last segment's torn tail is cut off on disk."""
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size and last:  # torn while being created
+            path.unlink()
+            return 0
+        magic, obs_dim, act_dim = _HEADER.unpack(head) if len(head) == _HEADER.size else (b"", 0, 0)
+        if magic != _MAGIC:
+            raise LogCorruptError(f"{path}: not a transition log segment (bad header)")
+        if (obs_dim, act_dim) != (self.obs_dim, self.act_dim):
+            raise LogCorruptError(f"{path}: logged obs_dim={obs_dim}, act_dim={act_dim}, but this log was opened "
+                                  f"with obs_dim={self.obs_dim}, act_dim={self.act_dim}")  # fmt: skip
+        records = self._records(path)
+        good = _valid(records, self.fields)
+        if not good.all():
+            bad = int((~good).nonzero()[0][0])
+            if not (last and bad == len(good) - 1):
+                raise LogCorruptError(f"{path}: record {bad} of {len(good)} fails its checksum (damaged log)")
+            records = records[:bad]
+        whole = len(records)
+        size = _HEADER.size + whole * self.record_bytes
+        if last and path.stat().st_size != size:  # a torn tail: keep only the whole records
+            with open(path, "r+b") as f:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+        return whole
+
+    def _records(self, path: Path) -> np.ndarray:
+        raw = np.fromfile(path, dtype=np.uint8, offset=_HEADER.size)
+        whole = len(raw) // self.record_bytes
+        return raw[: whole * self.record_bytes].reshape(whole, self.record_bytes)
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    def read(self, start: int = 0) -> TensorDict:
+        """The logged transitions from index `start` on, as a transitions TensorDict [N]."""
+        rows = [self._records(p)[:n] for p, n in zip(self._segments(), self._counts)]
+        records = np.concatenate(rows)[start:] if rows else np.zeros((0, self.record_bytes), np.uint8)
+        values = torch.from_numpy(records[:, :-4].copy().view(np.float32).reshape(len(records), self.fields))
+        o, a = self.obs_dim, self.act_dim
+        return TensorDict({
+            "obs": values[:, :o], "action": values[:, o:o + a], "reward": values[:, o + a],
+            "next_obs": values[:, o + a + 1:2 * o + a + 1], "terminated": values[:, -2] > 0.5,
+            "truncated": values[:, -1] > 0.5,
+        }, batch_size=[len(values)])  # fmt: skip
+
+    # ---------------------------------------------------------------- writing
+
+    def append(self, transitions: TensorDict) -> None:
+        """Append transitions [N] (validated first: a bad batch writes nothing); on return they
+        are on disk (with sync_every=1)."""
+        data = validate_transitions(transitions, self.obs_dim, self.act_dim)
+        values = torch.cat([data["obs"], data["action"], data["reward"].unsqueeze(-1), data["next_obs"],
+                            data["terminated"].unsqueeze(-1).float(), data["truncated"].unsqueeze(-1).float()],
+                           dim=-1).cpu().numpy()  # fmt: skip
+        for row in values:
+            payload = row.tobytes()
+            file = self._writable()
+            file.write(payload + struct.pack("<I", zlib.crc32(payload)))
+            self._counts[-1] += 1
+            self._unsynced += 1
+            if self._unsynced >= self.sync_every:
+                self.sync()
+
+    def _writable(self):
+        if self._file is not None and self._counts[-1] < self.segment_records:
+            return self._file
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+        if not self._counts or self._counts[-1] >= self.segment_records:
+            path = self.directory / f"segment-{len(self._counts):06d}.bin"
+            with open(path, "wb") as f:
+                f.write(_HEADER.pack(_MAGIC, self.obs_dim, self.act_dim))
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(self.directory)
+            self._counts.append(0)
+        self._file = open(self._segments()[-1], "ab")
+        return self._file
+
+    def sync(self) -> None:
+        """Force what was appended onto the disk."""
+        if self._file is not None and self._unsynced:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self._unsynced = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> TransitionLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def export(self, path: str | os.PathLike, format: str = "d4rl", metadata: dict | None = None) -> None:
+        """Write the log as an offline dataset (D4RL .hdf5 or a Minari directory)."""
+        from worldmodel.datasets import save_d4rl, save_minari
+
+        if format not in ("d4rl", "minari"):
+            raise ValueError(f"format must be 'd4rl' or 'minari', got {format!r}")
+        self.sync()
+        (save_minari if format == "minari" else save_d4rl)(path, self.read(), metadata or {})
+
+
+def _valid(records: np.ndarray, fields: int) -> np.ndarray:
+    """Per record: does its stored CRC32 match its payload? records [N, 4 fields + 4] uint8."""
+    stored = records[:, -4:].copy().view("<u4").reshape(-1)
+    return np.array([zlib.crc32(r[:-4].tobytes()) == c for r, c in zip(records, stored)], dtype=bool)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
