@@ -27,6 +27,12 @@ class Planner(ABC):
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """obs [O] -> action [A], or a batch [N, O] -> [N, A]."""
 
+    def act_ahead(self, obs: Tensor, deterministic: bool = True) -> Tensor:
+        """The actions planned from obs [O] for this step and the next ones: [H, A]. A real-time
+        controller executes them while the next plan is computed. Policies plan one step (H = 1);
+        MPC planners return their whole plan (and keep it as the next warm start, as act does)."""
+        return self.act(obs, deterministic).reshape(1, -1)
+
     def observe(self, transition: TensorDict) -> None:
         """Take in real transitions (a TensorDict [N], see worldmodel.transitions)."""
 

@@ -98,13 +98,23 @@ class MPCPlanner(Planner):
 
         Not deterministic: the first action is drawn from the planner's final spread.
         """
+        action = self._act_plan(obs, deterministic)[:, 0]
+        return action[0] if obs.dim() == 1 else action
+
+    @torch.no_grad()
+    def act_ahead(self, obs: Tensor, deterministic: bool = True) -> Tensor:
+        """The whole plan from obs [O]: [H, A] (the first action as act gives it), kept as the warm start."""
+        return self._act_plan(obs.reshape(1, -1), deterministic)[0]
+
+    def _act_plan(self, obs: Tensor, deterministic: bool) -> Tensor:
+        """Plan from obs [O] or [N, O]; keep the shifted plan as warm start; return the plan [N, H, A]
+        with its first action drawn from the final spread unless deterministic."""
         plan, std = self._optimize(obs)
         self._plan = self._shift(plan)
-        action = plan[:, 0]
         if not deterministic and std is not None:
-            action = action + std[:, 0] * torch.randn(action.shape, generator=self.generator, device=action.device)
-        action = action.clamp(self.low, self.high)
-        return action[0] if obs.dim() == 1 else action
+            plan = plan.clone()
+            plan[:, 0] += std[:, 0] * torch.randn(plan[:, 0].shape, generator=self.generator, device=plan.device)
+        return plan.clamp(self.low, self.high)
 
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)

@@ -1,0 +1,210 @@
+"""The real-time controller around a real MPPI planner on a hopper model: action sources,
+stalls, safety limits, NaN, model swaps under load, the watchdog."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from planners import MPPI, MPPIConfig
+from planners.realtime import RealtimeConfig, RealtimeController
+from worldmodel import EnsembleDynamics, collect, make_env
+from worldmodel.collect import uniform_policy
+
+H = 6
+
+
+@pytest.fixture(scope="module")
+def hopper():
+    env = make_env("hopper", seed=0)
+    data = collect(env, uniform_policy(env), 400)
+    torch.manual_seed(0)
+    model = EnsembleDynamics(11, 3, ensemble_size=3, num_elites=2, hidden=32, layers=2,
+                             termination_fn=env.task_spec.termination_fn)  # fmt: skip
+    model.fit(data, max_epochs=2, progress=False)
+    return env.task_spec, model, data
+
+
+def mppi(model, spec):
+    return MPPI(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_fresh_then_shifted_then_the_safe_action_when_the_planner_stalls(hopper):
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    stall, release = threading.Event(), threading.Event()
+    plan = planner.act_ahead
+
+    def stalling(obs, deterministic=True):  # the injected stall: the planner stops returning
+        if stall.is_set():
+            release.wait(60)
+        return plan(obs, deterministic)
+
+    planner.act_ahead = stalling
+    safe = torch.tensor([0.1, -0.2, 0.0])
+    period = 0.05
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=1 / period), safe_action=safe) as rt:
+        obs = data["obs"][0]
+        assert torch.equal(rt.act(obs, 0.0), safe)  # no plan yet
+        wait_for(lambda: rt.counts["plans"] >= 1)
+        stall.set()
+        first = rt.act(obs, period)  # the plan made from t=0, one period on
+        assert torch.equal(first, rt._plan.actions[1])
+        for k in range(2, H):
+            assert torch.equal(rt.act(obs, k * period), rt._plan.actions[k])
+        assert torch.equal(rt.act(obs, H * period), safe)  # past the plan's end
+        stats = rt.stats()
+        assert (stats["fresh"], stats["shifted"], stats["fallback"]) == (1, H - 2, 2)
+        assert stats["fallback_rate"] == pytest.approx(2 / (H + 1)) and stats["deadline_misses"] == 0
+        assert stats["act_latency_p99_ms"] < 50  # (a sanity bound, not a benchmark: see planners.realtime_bench)
+        release.set()
+
+
+def test_box_and_slew_limits_hold_on_every_executed_action(hopper):
+    spec, model, data = hopper
+    config = RealtimeConfig(control_hz=200, slew=0.05)
+    executed = []
+    with RealtimeController(mppi(model, spec), spec, config) as rt:
+        for i in range(300):
+            executed.append(rt.act(data["obs"][i], i * config.period))
+            time.sleep(0.002)
+    actions = torch.stack(executed)
+    assert rt.counts["fresh"] > 10  # the planner did drive them
+    assert (actions >= spec.action_low).all() and (actions <= spec.action_high).all()
+    assert (actions.diff(dim=0).abs() <= 0.05 + 1e-6).all()
+
+
+def test_a_model_emitting_nan_never_produces_an_action(hopper):
+    spec, model, data = hopper
+    broken = EnsembleDynamics(11, 3, ensemble_size=3, num_elites=2, hidden=32, layers=2,
+                              termination_fn=spec.termination_fn)  # fmt: skip
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.weights[1][:, 0, 0] = float("nan")
+    safe = torch.zeros(3)
+    with RealtimeController(mppi(broken, spec), spec, RealtimeConfig(control_hz=100), safe_action=safe) as rt:
+        for i in range(20):
+            assert torch.equal(rt.act(data["obs"][i], i * 0.01), safe)
+            wait_for(lambda: rt.counts["planner_errors"] + rt.counts["nonfinite_plans"] >= i + 1)
+        obs = data["obs"][0].clone()
+        obs[4] = float("nan")
+        assert torch.equal(rt.act(obs, 0.5), safe)
+    assert rt.counts["fallback"] == 21 and rt.counts["nonfinite_obs"] == 1 and rt.counts["fresh"] == 0
+
+
+def test_a_swap_under_load_never_plans_with_two_model_versions(hopper):
+    """Models are swapped from another thread as fast as it can while plans run; every model
+    step of a plan must come from one model."""
+    spec, model, data = hopper
+    seen = []  # (plan number, model tag) per model step
+    plan_number = [0]
+
+    class Tagged(EnsembleDynamics):
+        def step(self, *args, **kwargs):
+            seen.append((plan_number[0], self.tag))
+            return super().step(*args, **kwargs)
+
+    def tagged(tag):
+        m = Tagged(11, 3, ensemble_size=3, num_elites=2, hidden=32, layers=2, termination_fn=spec.termination_fn)
+        m.load_state_dict(model.state_dict())
+        m.tag = tag
+        return m
+
+    models = [tagged(t) for t in range(4)]
+    planner = mppi(models[0], spec)
+    plan = planner.act_ahead
+
+    def counted(obs, deterministic=True):
+        plan_number[0] += 1
+        return plan(obs, deterministic)
+
+    planner.act_ahead = counted
+    done = threading.Event()
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=500)) as rt:
+        def swap_forever():
+            while not done.is_set():
+                rt.swap(models[rt.version % 4])
+                time.sleep(0.0005)
+
+        swapper = threading.Thread(target=swap_forever)
+        swapper.start()
+        for i in range(200):
+            rt.act(data["obs"][i], i * 0.002)
+            time.sleep(0.002)
+        done.set()
+        swapper.join()
+    by_plan = {}
+    for number, tag in seen:
+        by_plan.setdefault(number, set()).add(tag)
+    assert len(by_plan) > 20 and rt.version > 20
+    assert all(len(tags) == 1 for tags in by_plan.values())
+    assert len({next(iter(t)) for t in by_plan.values()}) > 1  # the swaps did reach the plans
+
+
+def test_the_watchdog_sends_the_safe_action_when_observations_stop(hopper):
+    spec, model, data = hopper
+    sent = []
+    config = RealtimeConfig(control_hz=100, watchdog_ms=50)
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.ones(3) * 0.5,
+                            on_stale=sent.append) as rt:  # fmt: skip
+        rt.act(data["obs"][0])
+        wait_for(lambda: len(sent) >= 2)  # silence: tripped, and again after another silent interval
+    assert rt.counts["watchdog_trips"] >= 2 and all(torch.equal(a, torch.ones(3) * 0.5) for a in sent)
+
+
+def test_a_dead_planner_thread_means_the_safe_action(hopper):
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+
+    def broken(obs, deterministic=True):
+        raise TypeError("a bug in the planner")
+
+    planner.act_ahead = broken
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=100)) as rt:
+        rt.act(data["obs"][0], 0.0)
+        wait_for(lambda: rt.error is not None and not rt.alive)
+        assert not rt.alive and isinstance(rt.error, TypeError)
+        assert torch.equal(rt.act(data["obs"][1], 0.01), rt.safe_action)
+
+
+def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    starts = []
+    plan = planner.act_ahead
+
+    def recorded(obs, deterministic=True):
+        starts.append(obs.clone())
+        return plan(obs, deterministic)
+
+    planner.act_ahead = recorded
+    period = 0.05
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70)) as rt:  # 2 periods ahead
+        rt.act(data["obs"][0], 0.0)
+        wait_for(lambda: rt.counts["plans"] >= 1)
+        first = rt._plan
+        assert first.start == pytest.approx(2 * period)
+        assert torch.equal(rt.act(data["obs"][1], 2 * period), first.actions[0])  # its first action is for then
+        wait_for(lambda: rt.counts["plans"] >= 2)
+    # the second plan started from the model's prediction 2 steps past obs[1], not obs[1] itself
+    state = data["obs"][1].reshape(1, -1)
+    for k in range(2):
+        state = model.step(state, first.actions[k].reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
+    torch.testing.assert_close(starts[1], state[0])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(control_hz=0), "control_hz must be > 0"), (dict(slew=0), "slew must be > 0"),
+    (dict(max_shift=-1), "max_shift must be >= 0"), (dict(plan_threads=0), "plan_threads must be >= 1"),
+])  # fmt: skip
+def test_bad_settings_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        RealtimeConfig(**bad)
