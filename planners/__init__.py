@@ -3,7 +3,7 @@ Dyna (MBPO, MOPO, RAVL) and behaviour cloning as the offline floor."""
 
 import dataclasses
 
-from planners.base import Planner
+from planners.base import Planner, evaluate
 from planners.bc import BCConfig, BehaviourCloning
 from planners.cem import CEM, CEMConfig
 from planners.dyna import MBPO, MOPO, RAVL, Dyna, DynaConfig, MBPOConfig, MOPOConfig, RAVLConfig
@@ -61,7 +61,7 @@ def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **set
 
 
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "make_planner", "planner_defaults",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "make_planner", "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",
     "Planner", "PlanningError", "RAVL", "RAVLConfig", "RandomShooting", "RandomShootingConfig", "SAC", "SACConfig",

@@ -15,6 +15,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from worldmodel import threads
+
 
 class Planner(ABC):
     """A policy that acts by planning with a dynamics model."""
@@ -68,3 +70,20 @@ def check_obs(obs: Tensor, obs_dim: int) -> Tensor:
         raise ValueError(f"the observation holds NaN or inf (dims {bad}): check the sensor, simulator or "
                          "caller that produced it; no action is planned from it")  # fmt: skip
     return obs
+
+
+def evaluate(planner: Planner, env, episodes: int) -> float:
+    """Mean return of `episodes` deterministic episodes of `planner` on a TorchRL env (see
+    worldmodel.envs); the planner is reset around each."""
+    returns = []
+    for _ in range(episodes):
+        planner.reset()
+
+        def act(td):
+            threads.adapt()
+            return td.set("action", planner.act(td["observation"], deterministic=True))
+
+        rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
+        returns.append(rollout["next", "reward"].sum().item())
+    planner.reset()
+    return sum(returns) / len(returns)

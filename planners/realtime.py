@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -49,6 +50,9 @@ class RealtimeConfig:
     watchdog_ms: float | None = None  # no observation for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
     plan_threads: int = 1  # torch threads the planning thread uses
+    # Python's GIL switch interval while running: act() waits at most about this long for the GIL
+    # held by the planning and learning threads (Python's default is 5 ms); None: leave it
+    switch_interval_ms: float | None = None
 
     def __post_init__(self):
         if not self.control_hz > 0 or self.delay_ms < 0:
@@ -96,8 +100,7 @@ class RealtimeController:
         self._plan: _Plan | None = None
         self._used_serial = -1
         self._last_action: Tensor | None = None
-        self._last_stamp: float | None = None
-        self._last_obs_time = clock()
+        self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what killed the planning thread, if anything
@@ -156,15 +159,18 @@ class RealtimeController:
         return action
 
     def _count_deadline(self, stamp: float) -> None:
-        """A call more than half a period later than one period after the previous one is a miss."""
-        if self._last_stamp is not None and stamp - self._last_stamp > 1.5 * self.config.period:
+        """An action answering a reading taken more than one control period ago missed its deadline
+        (the reading came late, or the loop did)."""
+        if self.clock() - stamp > self.config.period:
             self.counts["deadline_misses"] += 1
-        self._last_stamp = stamp
 
     # ---------------------------------------------------------------- the planning thread
 
     def start(self) -> RealtimeController:
         if self._thread is None:
+            if self.config.switch_interval_ms is not None:
+                self._switch_interval = sys.getswitchinterval()
+                sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
             self._thread.start()
@@ -177,6 +183,8 @@ class RealtimeController:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            if self.config.switch_interval_ms is not None:
+                sys.setswitchinterval(self._switch_interval)
 
     def __enter__(self) -> RealtimeController:
         return self.start()
@@ -200,8 +208,7 @@ class RealtimeController:
                     if self._stopping:
                         return
                     obs, stamp, planned_serial = self._latest
-                if self.clock() - self._last_obs_time > self.watchdog_s:
-                    self._watchdog()
+                self._watchdog()
                 self._plan_from(obs, stamp)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
@@ -246,7 +253,8 @@ class RealtimeController:
         return state[0].cpu()
 
     def _watchdog(self) -> None:
-        if self.on_stale is not None and self.clock() - self._last_obs_time > self.watchdog_s:
+        silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
+        if self.on_stale is not None and silent:
             self.counts["watchdog_trips"] += 1
             self._last_obs_time = self.clock()  # once per silent interval
             self.on_stale(self._limit(self.safe_action))
@@ -286,3 +294,326 @@ def _percentile(values: list[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(math.ceil(q / 100 * len(ordered))) - 1)]
+
+
+class BackgroundLearner:
+    """Real transitions in; model (and learned value) refitted on copies in a background thread.
+
+    `add` logs each transition durably (the TransitionLog) before queueing it; the thread puts
+    them in the planner's buffer and, every `train_every` new ones, fits a copy of the model
+    (warm-started: `fit_epochs` epochs, or `first_epochs` for a model never fitted), trains a
+    copy of the planner's learned value (`value_updates` steps, if it has one), swaps both into
+    the controller between two plans, then calls `on_swap(version, metrics)`.
+    """
+
+    def __init__(self, controller: RealtimeController, log, train_every: int, fit_kwargs: dict, fit_epochs: int,
+                 value_updates: int = 0, threads: int = 1, on_swap: Callable[[int, dict], None] | None = None):  # fmt: skip
+        import queue
+
+        self.controller, self.planner, self.log = controller, controller.planner, log
+        self.train_every, self.fit_kwargs, self.fit_epochs = train_every, fit_kwargs, fit_epochs
+        self.value_updates, self.threads, self.on_swap = value_updates, threads, on_swap
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.new = 0  # transitions since the last refit
+        self.refits = 0
+        self.error: BaseException | None = None
+
+    def add(self, transitions) -> None:
+        """Log transitions [N] durably, then hand them to the learning thread."""
+        self.log.append(transitions)
+        self._queue.put(transitions)
+
+    def start(self) -> BackgroundLearner:
+        self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> BackgroundLearner:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def refit_now(self) -> None:
+        """Refit on what the buffer holds as soon as the thread is free (e.g. an offline dataset)."""
+        self._queue.put("refit")
+
+    def _run(self) -> None:
+        import copy
+
+        try:
+            torch.set_num_threads(self.threads)
+            while (item := self._queue.get()) is not None:
+                forced = isinstance(item, str)
+                if not forced:
+                    self.planner.buffer.extend(item)
+                    self.new += len(item)
+                if not forced and (self.new < self.train_every or not self._queue.empty()):
+                    continue  # (catch up with the queue first)
+                self.new = 0
+                model = copy.deepcopy(self.planner.model)
+                epochs = self.fit_epochs if model.fitted else self.fit_kwargs.get("max_epochs")
+                metrics = model.fit(self.planner.buffer.data(), **{**self.fit_kwargs, "max_epochs": epochs,
+                                                                   "progress": False})  # fmt: skip
+                swapped = {}
+                agent = getattr(self.planner, "value_agent", None)
+                if agent is not None and self.value_updates:
+                    agent = copy.deepcopy(agent)
+                    for _ in range(self.value_updates):
+                        agent.update(self.planner.buffer.sample(agent.config.batch_size))
+                    swapped["value_agent"] = agent
+                version = self.controller.swap(model, **swapped)
+                self.refits += 1
+                if self.on_swap is not None:
+                    self.on_swap(version, metrics)
+        except Exception as e:
+            self.error = e
+            print(f"the learning thread died ({type(e).__name__}: {e}); the controller keeps its last model",
+                  file=sys.stderr)  # fmt: skip
+
+
+# ---------------------------------------------------------------- python -m planners.realtime
+
+_SUMMARY_KEYS = ("act_latency_p50_ms", "act_latency_p99_ms", "act_latency_max_ms", "plan_latency_p50_ms",
+                 "plan_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "shifted_rate", "fallback_rate")  # fmt: skip
+
+
+def _load_config(argv: list[str]):
+    from omegaconf import OmegaConf
+
+    from planners import planner_defaults
+    from worldmodel.config import compose_config
+
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    compose = lambda args: compose_config("realtime", args, __doc__, open_keys=("env",),  # noqa: E731
+                                          groups={"planner": planner_defaults()})  # fmt: skip
+    if resume is None:
+        return compose(argv), None
+    saved_path = Path(resume) / "config.yaml"
+    if not saved_path.is_file():
+        raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a realtime run directory?)")
+    saved = OmegaConf.load(saved_path)
+    cfg = OmegaConf.merge(compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a for a in argv if not a.startswith(("resume=", "run_dir="))]))
+    cfg.run_dir, cfg.resume = resume, resume
+    return cfg, Path(resume)
+
+
+def _validate(cfg) -> None:
+    for key in ("real_steps", "train_every", "fit_epochs", "eval_episodes", "plan_threads"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
+    for key in ("seed_steps", "value_updates", "seed"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0:
+            raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
+    for key in ("pretrained", "dataset"):
+        if cfg[key] is not None and not Path(cfg[key]).exists():
+            raise ValueError(f"{key}={cfg[key]}: no such file or directory")
+
+
+def _pretrained_files(path: str) -> tuple[Path, Path | None]:
+    """(model.pt, the run's checkpoint.pt or None) for a run directory or a model file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise ValueError(f"pretrained={path}: the directory has no model.pt (is it a finished run's directory?)")
+        return path / "model.pt", (path / "checkpoint.pt") if (path / "checkpoint.pt").is_file() else None
+    return path, None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
+    from omegaconf import OmegaConf
+    from tqdm.auto import tqdm
+
+    from planners import evaluate, make_planner
+    from worldmodel import threads
+    from worldmodel.checkpoint import atomic_save, load_checked
+    from worldmodel.collect import uniform_policy
+    from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
+    from worldmodel.datasets import load_dataset
+    from worldmodel.ensemble import EnsembleDynamics
+    from worldmodel.envs import make_env
+    from worldmodel.metrics import MetricsLogger, write_json
+    from worldmodel.replay import ReplayBuffer
+    from worldmodel.robot import SimulatedRobot
+    from worldmodel.transition_log import TransitionLog
+    from worldmodel.transitions import validate_transitions
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, resume_dir = _load_config(argv)
+    try:
+        _validate(cfg)
+        model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
+        check_settings("model", model_args, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
+        threads.set_threads(cfg.threads)
+        env_args = {k: v for k, v in cfg.env.items() if k != "name"}
+        robot = SimulatedRobot(cfg.env.name, cfg.control_hz, cfg.latency_ms, cfg.jitter_ms, cfg.drop_rate,
+                               cfg.actuator_ms, seed=cfg.seed, **env_args)  # fmt: skip
+        spec = robot.spec
+        torch.manual_seed(cfg.seed)
+        checkpoint = None
+        if cfg.pretrained:
+            model_file, checkpoint = _pretrained_files(cfg.pretrained)
+            model = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
+                                          termination_fn=spec.termination_fn)  # fmt: skip
+        else:
+            model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
+        dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)[0] if cfg.dataset else None
+        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=cfg.real_steps + (len(dataset) if dataset is not None else 0))
+        settings = OmegaConf.to_container(cfg.planner, resolve=True)
+        planner = make_planner(settings.pop("name"), model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
+        if checkpoint is not None:  # FOWM: the pretrained learned value comes along with the dynamics
+            saved = load_checked(checkpoint, "worldmodel.RunState")
+            try:
+                planner.load_state_dict(saved["planner"])
+            except (KeyError, RuntimeError) as e:
+                raise ValueError(f"pretrained={cfg.pretrained}: its planner state does not fit planner="
+                                 f"{cfg.planner.name} ({e}); give its model.pt alone to start the value afresh") from None  # fmt: skip
+        if dataset is not None:
+            planner.buffer.extend(dataset)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+    run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
+    if resume_dir is None and (run_dir / "transitions").exists():
+        raise SystemExit(f"error: run_dir={run_dir} holds a run already: resume={run_dir} continues it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    logger = MetricsLogger(run_dir)
+    log = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim)
+    agent_file = run_dir / "agent.pt"
+    if resume_dir is not None:
+        if len(log):
+            planner.buffer.extend(log.read())
+        if agent_file.is_file():
+            saved = load_checked(agent_file, "worldmodel.realtime")
+            model.load_state_dict(saved["model"])
+            planner.load_state_dict(saved["planner"])
+        tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
+
+    delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
+    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, plan_threads=cfg.plan_threads)
+    controller = RealtimeController(planner, spec, config, on_stale=robot.send_action)
+
+    def saved_agent(version: int, metrics: dict) -> None:
+        atomic_save({"format": "worldmodel.realtime", "version": 1, "model": controller.planner.model.state_dict(),
+                     "planner": controller.planner.state_dict(), "model_version": version}, agent_file)  # fmt: skip
+        logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
+                   holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
+
+    fit_kwargs = dict(cfg.model.fit)
+    learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
+    learner = BackgroundLearner(controller, log, cfg.train_every, fit_kwargs, cfg.fit_epochs, cfg.value_updates,
+                                threads=learn_threads, on_swap=saved_agent)  # fmt: skip
+    ready = lambda: model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
+    random_policy = uniform_policy(robot.env)
+    seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
+    bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
+               unit="step", smoothing=0)  # fmt: skip
+    status, previous, last_report, seeded = "finished", None, time.monotonic(), 0
+    started = time.perf_counter()
+    try:
+        with robot, controller, learner:
+            if (dataset is not None and not model.fitted) or (resume_dir is not None and len(log)):
+                learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
+            while len(log) < cfg.real_steps:
+                readings = robot.readings(timeout=1.0)
+                if not readings:
+                    continue
+                rows = []
+                for r in readings:  # consecutive readings of one episode make a real transition
+                    if previous is not None and not r.first and r.seq == previous.seq + 1:
+                        rows.append(torch.cat([previous.obs, r.action, torch.tensor([r.reward]), r.obs,
+                                               torch.tensor([float(r.terminated), float(r.truncated)])]))  # fmt: skip
+                    previous = r
+                latest = readings[-1]
+                if len(log) < seeding or not ready():
+                    robot.send_action(random_policy(latest.obs))
+                    seeded += 1
+                else:
+                    robot.send_action(controller.act(latest.obs, latest.stamp))
+                if rows:
+                    learner.add(_as_transitions(torch.stack(rows), spec.obs_dim, spec.act_dim, validate_transitions))
+                    bar.update(len(rows))
+                if time.monotonic() - last_report > 1.0:
+                    last_report = time.monotonic()
+                    stats = controller.stats()
+                    logger.log("realtime", len(log), **{k: stats[k] for k in _SUMMARY_KEYS})
+                    for ret in robot.episode_returns[len(logger.records("episode")):]:
+                        logger.log("episode", len(log), ret=ret)
+                    bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
+                                    model=controller.version)  # fmt: skip
+                if learner.error is not None or controller.error is not None:
+                    raise RuntimeError(f"a background thread died: {learner.error or controller.error}")
+            learner.stop()
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        bar.close()
+        learner.stop()
+        log.close()
+    wall = time.perf_counter() - started
+    final = evaluate(planner, make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args), cfg.eval_episodes) \
+        if status == "finished" else None  # fmt: skip
+    stats = controller.stats()
+    summary = {"status": status, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
+               "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, **{k: stats[k] for k in _SUMMARY_KEYS},
+               **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors",
+                                        "nonfinite_obs", "vetoed", "watchdog_trips", "plans")},
+               "real_steps": len(TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim)),
+               "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
+               "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
+               "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
+               "wall_s": wall, "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
+    write_json(summary, run_dir / "summary.json")
+    _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "
+          f"at {cfg.control_hz:g} Hz, {cfg.latency_ms:g} ms latency")  # fmt: skip
+    logger.close()
+    print(f"{run_dir}: act p50 {stats['act_latency_p50_ms']:.3f} ms, p99 {stats['act_latency_p99_ms']:.3f} ms; "
+          f"fresh {stats['fresh_rate']:.1%}, shifted {stats['shifted_rate']:.1%}, fallback {stats['fallback_rate']:.1%}; "
+          f"deadline misses {stats['deadline_miss_rate']:.1%}; final evaluation {final}")  # fmt: skip
+    return summary
+
+
+def _as_transitions(rows: Tensor, obs_dim: int, act_dim: int, validate) -> "TensorDict":
+    """Flat rows [N, 2 O + A + 3] (obs, action, reward, next_obs, terminated, truncated) -> transitions."""
+    from tensordict import TensorDict
+
+    o, a = obs_dim, act_dim
+    return validate(TensorDict({"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
+                                "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminated": rows[:, -2] > 0.5,
+                                "truncated": rows[:, -1] > 0.5}, batch_size=[len(rows)]), obs_dim, act_dim)  # fmt: skip
+
+
+def _plot(controller: RealtimeController, returns: list[float], out: Path, title: str) -> None:
+    """act() latency (sorted: its distribution) and the robot's episode returns, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    latency = sorted(1000 * t for t in controller.act_latency_s)
+    if latency:
+        left.plot([100 * i / len(latency) for i in range(len(latency))], latency)
+    left.set(xlabel="percentile of act() calls", ylabel="act() latency (ms)", yscale="log", title="act latency")
+    right.plot(returns, marker="o")
+    right.set(xlabel="robot episode", ylabel="return", title="returns on the robot")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import Dyna, MPCPlanner, PlanningError, make_planner, planner_defaults
+from planners import Dyna, MPCPlanner, PlanningError, evaluate, make_planner, planner_defaults
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
@@ -49,22 +49,6 @@ from worldmodel.transitions import from_rollout
 _FORMAT = "worldmodel.RunState"
 _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
-
-
-def evaluate(planner, env, episodes: int) -> float:
-    """Mean return of `episodes` deterministic episodes; the planner is reset around each."""
-    returns = []
-    for _ in range(episodes):
-        planner.reset()
-
-        def act(td):
-            threads.adapt()
-            return td.set("action", planner.act(td["observation"], deterministic=True))
-
-        rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
-        returns.append(rollout["next", "reward"].sum().item())
-    planner.reset()
-    return sum(returns) / len(returns)
 
 
 class Run:

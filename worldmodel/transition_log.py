@@ -32,14 +32,15 @@ class LogCorruptError(ValueError):
 
 class TransitionLog:
     """Append-only transition log in `directory` (created if missing; an existing one is reopened,
-    its torn tail, if any, dropped). len(log) counts the whole records on disk."""
+    its torn tail, if any, dropped). len(log) counts the whole records on disk. repair=False
+    reads a log another process is writing: it leaves the files as they are and must not append."""
 
     def __init__(self, directory: str | os.PathLike, obs_dim: int, act_dim: int, *, sync_every: int = 1,
-                 segment_records: int = 100_000):  # fmt: skip
+                 segment_records: int = 100_000, repair: bool = True):  # fmt: skip
         if sync_every < 1 or segment_records < 1:
             raise ValueError(f"sync_every and segment_records must be >= 1, got {sync_every}, {segment_records}")
         self.directory, self.obs_dim, self.act_dim = Path(directory), obs_dim, act_dim
-        self.sync_every, self.segment_records = sync_every, segment_records
+        self.sync_every, self.segment_records, self.repair = sync_every, segment_records, repair
         self.fields = 2 * obs_dim + act_dim + 3
         self.record_bytes = 4 * self.fields + 4
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ class TransitionLog:
         with open(path, "rb") as f:
             head = f.read(_HEADER.size)
         if len(head) < _HEADER.size and last:  # torn while being created
-            path.unlink()
+            if self.repair:
+                path.unlink()
             return 0
         magic, obs_dim, act_dim = _HEADER.unpack(head) if len(head) == _HEADER.size else (b"", 0, 0)
         if magic != _MAGIC:
@@ -75,7 +77,7 @@ class TransitionLog:
             records = records[:bad]
         whole = len(records)
         size = _HEADER.size + whole * self.record_bytes
-        if last and path.stat().st_size != size:  # a torn tail: keep only the whole records
+        if last and self.repair and path.stat().st_size != size:  # a torn tail: keep only the whole records
             with open(path, "r+b") as f:
                 f.truncate(size)
                 f.flush()

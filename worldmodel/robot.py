@@ -1,0 +1,152 @@
+"""A simulated robot: a MuJoCo task behind a wall clock, for the real-time loop without hardware.
+
+The simulation steps at a fixed control period in its own thread whatever the controller
+does: the last action received holds until a new one takes effect (after `actuator_ms`).
+Each step's observation reaches `get_obs()` `latency_ms` (+- `jitter_ms`) after it was
+measured, or never (`drop_rate`). Episodes reset on their own, as a robot's would by a
+reset routine. A reading carries what a robot's driver would report, plus the reward and the
+action that was in effect, so the loop can build the real transitions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from worldmodel.envs import make_env
+
+
+@dataclass(order=True)
+class Reading:
+    """One sensor reading: obs [O], measured at `stamp` (monotonic seconds), step `seq`."""
+
+    delivery: float
+    seq: int
+    obs: Tensor = field(compare=False)
+    stamp: float = field(compare=False)
+    reward: float = field(compare=False, default=0.0)  # of the step that led here (0 after a reset)
+    action: Tensor | None = field(compare=False, default=None)  # in effect during that step (None after a reset)
+    terminated: bool = field(compare=False, default=False)
+    truncated: bool = field(compare=False, default=False)
+    first: bool = field(compare=False, default=False)  # the first of an episode
+
+
+class SimulatedRobot:
+    """`task` (any make_env name) run at `control_hz` in real time; see the module docstring."""
+
+    def __init__(self, task: str, control_hz: float = 20.0, latency_ms: float = 10.0, jitter_ms: float = 0.0,
+                 drop_rate: float = 0.0, actuator_ms: float = 0.0, seed: int = 0, **env_kwargs):  # fmt: skip
+        if not control_hz > 0 or min(latency_ms, jitter_ms, actuator_ms) < 0 or not 0 <= drop_rate < 1:
+            raise ValueError("control_hz must be > 0, latency_ms, jitter_ms and actuator_ms >= 0, drop_rate in [0, 1)")
+        if jitter_ms > latency_ms:
+            raise ValueError(f"jitter_ms={jitter_ms} > latency_ms={latency_ms}: a reading cannot arrive before it is taken")
+        self.env = make_env(task, seed=seed, **env_kwargs)
+        self.spec = self.env.task_spec
+        self.period, self.latency, self.jitter = 1 / control_hz, latency_ms / 1000, jitter_ms / 1000
+        self.drop_rate, self.actuator = drop_rate, actuator_ms / 1000
+        self.rng = random.Random(seed)
+        self._held = ((self.spec.action_low + self.spec.action_high) / 2).float()
+        self._commands: list[tuple[float, int, Tensor]] = []  # (effective time, order, action)
+        self._in_flight: list[Reading] = []  # readings not yet delivered (a heap by delivery time)
+        self._cond = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.steps = self.episodes = self.dropped = self.overruns = 0
+        self.episode_returns: list[float] = []
+
+    # ---------------------------------------------------------------- the driver's side
+
+    def readings(self, timeout: float = 1.0) -> list[Reading]:
+        """Every reading delivered since the last call, oldest first (act on the last one);
+        waits for one up to `timeout` seconds, then returns [] ."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                ready = []
+                while self._in_flight and self._in_flight[0].delivery <= now:
+                    ready.append(heapq.heappop(self._in_flight))
+                if ready or now >= deadline or not self._running:
+                    return sorted(ready, key=lambda r: r.seq)  # (jitter may swap two deliveries)
+                wait = deadline - now
+                if self._in_flight:
+                    wait = min(wait, self._in_flight[0].delivery - now)
+                self._cond.wait(max(wait, 1e-4))
+
+    def send_action(self, action: Tensor) -> None:
+        """Command `action` [A]; it takes effect `actuator_ms` from now and holds until replaced."""
+        action = torch.as_tensor(action).float().reshape(self.spec.act_dim).clamp(self.spec.action_low,
+                                                                                   self.spec.action_high)  # fmt: skip
+        with self._cond:
+            heapq.heappush(self._commands, (time.monotonic() + self.actuator, id(action), action))
+
+    # ---------------------------------------------------------------- the physics
+
+    def start(self) -> SimulatedRobot:
+        self._running = True
+        self._thread = threading.Thread(target=self._simulate, name="robot", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> SimulatedRobot:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _simulate(self) -> None:
+        td = self.env.reset()
+        seq, tick, episode_return = 0, time.monotonic(), 0.0
+        self._send(Reading(0.0, seq, td["observation"].clone(), tick, first=True))
+        while self._running:
+            tick += self.period
+            delay = tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self.overruns += 1  # the simulation itself fell behind the clock
+            now = time.monotonic()
+            with self._cond:
+                while self._commands and self._commands[0][0] <= now:
+                    self._held = heapq.heappop(self._commands)[2]
+                action = self._held
+            td["action"] = action
+            step, td = self.env.step_and_maybe_reset(td)
+            seq += 1
+            self.steps += 1
+            nxt = step["next"]
+            reward = float(nxt["reward"])
+            episode_return += reward
+            ended = bool(nxt["done"])
+            self._send(Reading(0.0, seq, nxt["observation"].clone(), now, reward, action.clone(),
+                               bool(nxt["terminated"]), bool(nxt["truncated"]) and not bool(nxt["terminated"])))  # fmt: skip
+            if ended:
+                self.episodes += 1
+                self.episode_returns.append(episode_return)
+                episode_return = 0.0
+                seq += 1
+                self._send(Reading(0.0, seq, td["observation"].clone(), now, first=True), always=True)
+
+    def _send(self, reading: Reading, always: bool = False) -> None:
+        """Deliver after the latency (+- jitter), unless the reading is dropped."""
+        if not always and not reading.first and self.rng.random() < self.drop_rate:
+            self.dropped += 1
+            return
+        reading.delivery = reading.stamp + self.latency + self.rng.uniform(-self.jitter, self.jitter)
+        with self._cond:
+            heapq.heappush(self._in_flight, reading)
+            self._cond.notify_all()
