@@ -24,3 +24,15 @@ def test_the_planners_api_snippet_runs_as_written():
     assert scope["action"].shape == (spec.act_dim,) and scope["sequence"].shape == (scope["planner"].config.horizon, spec.act_dim)
     assert scope["stats"]["epochs"] <= 60 and scope["model"].fitted
     assert scope["planner"].config.value_learning and scope["planner"].config.discount == 0.99
+
+
+def test_the_robot_snippet_runs_as_written():
+    """The README's robot block: a real planner in real time on the simulated robot."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**On a robot**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md (on a robot)", "exec"), scope)
+    stats = scope["stats"]
+    assert stats["fresh"] + stats["shifted"] + stats["fallback"] == 60 and stats["fresh"] > 0
+    assert not scope["controller"].alive  # the block stopped the planning thread
