@@ -107,7 +107,6 @@ class Dyna(Planner):
             self.generator.seed()
         capacity = config.rollout_batch_size * self._max_rollout_length() * config.retain_rounds
         self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
-        self._measure = Uncertainty(config.uncertainty, config.uncertainty_elites_only, config.uncertainty_include_reward)
         self._updates_since_rollout = 0
         self.last_rollout: dict[str, float] = {}
 
@@ -168,7 +167,9 @@ class Dyna(Planner):
         if start_obs is None:
             start_obs = self.buffer.sample(cfg.rollout_batch_size)["obs"]
         obs = start_obs.to(self.model.device)
-        measure = self._measure if cfg.penalty > 0 else None  # read each round: the penalty may change online
+        # read from the config each round: online.* settings may change penalty and measure at the switch
+        measure = Uncertainty(cfg.uncertainty, cfg.uncertainty_elites_only, cfg.uncertainty_include_reward) \
+            if cfg.penalty > 0 else None  # fmt: skip
         started, steps, raw_rewards, penalties, dropped, escaped = obs.shape[0], [], [], [], 0, 0
         for _ in range(self.rollout_length):
             if obs.shape[0] == 0:

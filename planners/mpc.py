@@ -83,7 +83,6 @@ class MPCPlanner(Planner):
             self.generator.manual_seed(config.seed)
         else:
             self.generator.seed()
-        self._penalty = Uncertainty(config.uncertainty) if config.uncertainty_penalty > 0 else None
         self._plan: Tensor | None = None  # [N, H, A] mean sequence carried between steps
         self._checked_fitted = False
 
@@ -182,13 +181,15 @@ class MPCPlanner(Planner):
         seq = actions[:, :, None].expand(n, c, p, h, a).reshape(rows, h, a)
         # tsinf: the model's default fixed assignment (row b -> elite b % num_elites) is constant
         # over the horizon, and the P particles of a candidate (adjacent rows) get different elites
+        # read from the config at every plan: online.* settings may change it at the switch
+        penalty = Uncertainty(cfg.uncertainty) if cfg.uncertainty_penalty > 0 else None
         total = torch.zeros(rows, device=obs.device)
         alive = torch.ones(rows, device=obs.device)
         for t in range(h):
             out = self.model.step(state, seq[:, t], mode=_MODEL_MODE[cfg.propagation],
-                                  uncertainty=self._penalty, generator=self.generator)
+                                  uncertainty=penalty, generator=self.generator)
             reward = out["reward"]
-            if self._penalty is not None:
+            if penalty is not None:
                 reward = reward - cfg.uncertainty_penalty * out["uncertainty"]
             total += cfg.discount**t * alive * reward
             alive = alive * (~out["terminated"]).float()

@@ -1,5 +1,7 @@
 """MPC planners on known dynamics: each must find the known optimum, respect bounds and reset cleanly."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,6 +103,9 @@ def test_uncertainty_penalty_pulls_actions_toward_certainty():
     # penalised reward -(a - 0.8)^2 - a^2 peaks at a = 0.4
     assert plain.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.8, abs=0.03)
     assert cautious.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.4, abs=0.03)
+    # a penalty set after construction (online.uncertainty_penalty at the switch) takes effect
+    plain.config = dataclasses.replace(plain.config, uncertainty_penalty=1.0)
+    assert plain.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.4, abs=0.03)
 
 
 def test_terminal_value_is_added_after_the_last_step():

@@ -44,6 +44,7 @@ from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transition_log import TransitionLog
 from worldmodel.transitions import from_rollout
+from worldmodel.uncertainty import Uncertainty
 
 
 _FORMAT = "worldmodel.RunState"
@@ -417,7 +418,9 @@ def validate(cfg: DictConfig) -> None:
                          "planner acts or the model is fitted; lower seed_steps or raise env_steps")  # fmt: skip
     if cfg.planner.name == "bc" and not cfg.dataset:
         raise ValueError("planner=bc clones the actions of a dataset: give dataset=<file>")
-    for key in ("penalty", "real_ratio"):
+    if cfg.online.get("uncertainty") is not None:
+        Uncertainty(cfg.online.uncertainty)  # an unknown measure fails now, not at the switch
+    for key in ("penalty", "real_ratio", "uncertainty_penalty"):
         value = cfg.online.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
             raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
