@@ -40,6 +40,9 @@ class MPCConfig:
     value_learning: bool = True
     value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
     value_updates_per_step: int = 1
+    # the largest change of any action dim from one step to the next, in every sampled sequence
+    # (from the previous action on), as a robot's actuators allow (None: unlimited)
+    slew: float | None = None
     seed: int | None = None
 
     def __post_init__(self):
@@ -47,6 +50,8 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
+        if self.slew is not None and not self.slew > 0:
+            raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
 
 
@@ -84,12 +89,16 @@ class MPCPlanner(Planner):
         else:
             self.generator.seed()
         self._plan: Tensor | None = None  # [N, H, A] mean sequence carried between steps
+        # the action executed last ([A] or [N, A]); with slew, sequences start within slew of it.
+        # act() sets it; a real-time controller sets what it really executed
+        self.previous_action: Tensor | None = None
         self._checked_fitted = False
 
     # ---------------------------------------------------------------- the robot loop
 
     def reset(self) -> None:
         self._plan = None
+        self.previous_action = None
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -113,7 +122,9 @@ class MPCPlanner(Planner):
         if not deterministic and std is not None:
             plan = plan.clone()
             plan[:, 0] += std[:, 0] * torch.randn(plan[:, 0].shape, generator=self.generator, device=plan.device)
-        return plan.clamp(self.low, self.high)
+        plan = self.rate_limited(plan.clamp(self.low, self.high))
+        self.previous_action = plan[:, 0]
+        return plan
 
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)
@@ -221,7 +232,23 @@ class MPCPlanner(Planner):
 
     def _sample(self, mean: Tensor, std: Tensor, count: int, beta: float = 0.0) -> Tensor:
         """count sequences around mean [N, H, A] with std [N, H, A] (coloured if beta > 0),
-        clipped to the action box: [N, count, H, A]."""
+        clipped to the action box and the slew limit: [N, count, H, A]."""
         n, h, a = mean.shape
         noise = colored_noise(beta, (n, count, h, a), self.generator, mean.device)
-        return (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(self.low, self.high)
+        return self.rate_limited((mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(self.low, self.high))
+
+    def rate_limited(self, sequences: Tensor) -> Tensor:
+        """Sequences [N, ..., H, A] with each step within `slew` of the one before (the first
+        within slew of previous_action, when known); unchanged without a slew limit."""
+        slew = self.config.slew
+        if slew is None:
+            return sequences
+        steps = list(sequences.unbind(-2))
+        previous = self.previous_action
+        if previous is not None:
+            previous = previous.to(sequences.device).reshape(-1, *[1] * (sequences.dim() - 3), sequences.shape[-1])
+        for t, step in enumerate(steps):
+            if previous is not None:
+                step = torch.minimum(torch.maximum(step, previous - slew), previous + slew)
+            steps[t] = previous = step
+        return torch.stack(steps, dim=-2)

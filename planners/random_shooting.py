@@ -26,6 +26,6 @@ class RandomShooting(MPCPlanner):
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, None]:
         n, h, a = mean.shape
         uniform = torch.rand((n, self.config.candidates, h, a), generator=self.generator, device=mean.device)
-        candidates = torch.cat([mean.unsqueeze(1), self.low + (self.high - self.low) * uniform], dim=1)
+        candidates = self.rate_limited(torch.cat([mean.unsqueeze(1), self.low + (self.high - self.low) * uniform], dim=1))
         best = self.evaluate(obs, candidates).argmax(dim=1)
         return candidates[torch.arange(n, device=mean.device), best], None

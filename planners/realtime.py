@@ -219,6 +219,8 @@ class RealtimeController:
         began = time.perf_counter()
         ahead = math.ceil(self.config.delay_ms / 1000 / self.config.period - 1e-9)
         with self._model_lock:
+            if self._last_action is not None and hasattr(self.planner, "previous_action"):
+                self.planner.previous_action = self._last_action  # sampling respects the slew from here
             try:
                 start = self._predict(obs, stamp, ahead)
                 actions = self.planner.act_ahead(start, self.config.deterministic).detach().cpu().float()
@@ -469,6 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)[0] if cfg.dataset else None
         buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=cfg.real_steps + (len(dataset) if dataset is not None else 0))
         settings = OmegaConf.to_container(cfg.planner, resolve=True)
+        if cfg.slew is not None and "slew" in settings and settings["slew"] is None:
+            settings["slew"] = cfg.slew  # the planner samples within the limit the controller enforces
         planner = make_planner(settings.pop("name"), model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
         if checkpoint is not None:  # FOWM: the pretrained learned value comes along with the dynamics
             saved = load_checked(checkpoint, "worldmodel.RunState")

@@ -216,3 +216,17 @@ def test_planning_with_a_model_never_fitted_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         planner.act(torch.zeros(2))  # once is enough
+
+
+@pytest.mark.parametrize("name", ["mppi", "cem", "icem", "random"])
+def test_with_a_slew_limit_every_plan_moves_at_most_slew_per_step(name):
+    model = single_integrator(goal=(0.9, -0.9))
+    planner = PLANNERS[name](model, model.spec(), slew=0.1, horizon=6)
+    planner.previous_action = torch.tensor([-0.5, 0.5])
+    for _ in range(3):
+        before = planner.previous_action.clone()
+        sequence = planner.act_ahead(torch.zeros(2))
+        steps = torch.cat([before.reshape(1, -1), sequence])
+        assert (steps.diff(dim=0).abs() <= 0.1 + 1e-6).all()
+    moved = planner.previous_action.reshape(-1) - torch.tensor([-0.5, 0.5])
+    assert moved[0].item() > 0.15 and moved[1].item() < -0.15  # within the limit, it still turns toward the goal
