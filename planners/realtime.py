@@ -504,7 +504,8 @@ def main(argv: list[str] | None = None) -> dict:
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
-    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, plan_threads=cfg.plan_threads)
+    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, plan_threads=cfg.plan_threads,
+                            switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
     controller = RealtimeController(planner, spec, config, on_stale=robot.send_action)
 
     def saved_agent(version: int, metrics: dict) -> None:

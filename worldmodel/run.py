@@ -315,7 +315,8 @@ class Run:
             fit_cfg["max_epochs"] = self.cfg.fit_epochs
         if max_epochs != "default":
             fit_cfg["max_epochs"] = max_epochs
-        metrics = self.planner.update(**fit_cfg)
+        offline_fit = step == 0 and self.dataset is not None and self.progress["fits"] == 0
+        metrics = self.planner.update(**fit_cfg, progress=offline_fit)  # (the long offline fit shows its epochs)
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
             self.progress["fits"] += 1
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
