@@ -26,9 +26,37 @@ def test_required_tasks_are_listed():
     assert set(REQUIRED) <= set(task_names())
 
 
+def test_every_suite_task_and_gymnasium_task_is_listed():
+    from dm_control import suite
+
+    assert {f"dmc/{d}-{t}" for d, t in suite.ALL_TASKS} <= set(task_names())
+    assert {"humanoid", "humanoidstandup", "inverted_double_pendulum", "swimmer"} <= set(task_names())
+
+
+@pytest.mark.parametrize("name", ["dmc/point_mass-easy", "dmc/ball_in_cup-catch", "dmc/acrobot-swingup",
+                                  "dmc/manipulator-bring_ball", "dmc/swimmer-swimmer6", "humanoidstandup"])  # fmt: skip
+def test_tasks_beyond_the_tuned_ones_work_by_name(name):
+    """Matrix-shaped dm-control readings (manipulator's arm_pos) are flattened into the vector."""
+    env = make_env(name, seed=0)
+    data = collect(env, uniform_policy(env), 3)
+    assert data["obs"].shape == (3, env.task_spec.obs_dim) and torch.isfinite(data["obs"]).all()
+
+
+def test_a_gymnasium_id_is_the_same_task_as_its_short_name():
+    env = make_env("Hopper-v5", seed=0)
+    assert env.task_spec.name == "hopper" and env.task_spec.termination_fn is not None
+
+
 def test_unknown_env_is_a_clear_error_listing_supported_names():
-    with pytest.raises(ValueError, match="unknown env 'halfcheeta'.*halfcheetah.*dmc/cartpole-swingup"):
+    with pytest.raises(ValueError, match=r"unknown env 'halfcheeta' \(did you mean halfcheetah .*\); supported: .*dmc/cartpole-swingup"):
         make_env("halfcheeta")
+    with pytest.raises(ValueError, match="did you mean dmc/point_mass-easy"):
+        make_env("dmc/pointmass-easy")
+
+
+def test_a_task_that_renders_says_what_it_needs():
+    with pytest.raises(ValueError, match="dmc/quadruped-escape renders .* MUJOCO_GL=egl"):
+        make_env("dmc/quadruped-escape")
 
 
 @pytest.mark.parametrize("name", ["hopper", "dmc/cartpole-swingup"])

@@ -70,7 +70,7 @@ def test_unknown_planner_lists_the_choices():
 
 
 def test_unknown_env_lists_the_supported_names(tmp_path):
-    with pytest.raises(SystemExit, match="unknown env 'dmc/cartpole'; supported: .*dmc/cartpole-swingup"):
+    with pytest.raises(SystemExit, match=r"unknown env 'dmc/cartpole' \(did you mean .*\); supported: .*dmc/cartpole-swingup"):
         main(["env.name=dmc/cartpole", f"run_dir={tmp_path}"])
 
 

@@ -6,7 +6,7 @@ import torch
 from worldmodel import collect, correlated_noise_policy, make_env, uniform_policy
 from worldmodel.termination import hopper_termination
 
-TERMINATING = ["hopper", "walker2d", "ant", "inverted_pendulum"]
+TERMINATING = ["hopper", "walker2d", "ant", "inverted_pendulum", "humanoid", "inverted_double_pendulum"]
 
 
 def _rollouts(name: str, steps: int):
@@ -30,7 +30,7 @@ def test_termination_fn_reproduces_simulator_on_every_step(name):
     assert not mismatched, f"{len(mismatched)} of {len(actual)} steps disagree, first rows {mismatched[:5]}"
 
 
-@pytest.mark.parametrize("name", ["halfcheetah", "reacher", "pusher", "dmc/cartpole-swingup"])
+@pytest.mark.parametrize("name", ["halfcheetah", "reacher", "pusher", "swimmer", "humanoidstandup", "dmc/cartpole-swingup"])
 def test_non_terminating_tasks_have_no_termination_fn_and_never_terminate(name):
     env = make_env(name, seed=0)
     data = collect(env, uniform_policy(env), 300)

@@ -8,6 +8,8 @@ bounds, episode length and the task's termination function).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from worldmodel.termination import (
     TerminationFn,
     ant_termination,
     hopper_termination,
+    humanoid_termination,
+    inverted_double_pendulum_termination,
     inverted_pendulum_termination,
     walker2d_termination,
 )
@@ -25,44 +29,50 @@ from worldmodel.termination import (
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "disable"  # headless: dm-control would otherwise probe GLFW and warn
 
-# name -> (gymnasium id, termination function)
+# name -> (gymnasium id, termination function): every gymnasium MuJoCo v5 task
 GYM_TASKS: dict[str, tuple[str, TerminationFn | None]] = {
+    "ant": ("Ant-v5", ant_termination),
     "halfcheetah": ("HalfCheetah-v5", None),
     "hopper": ("Hopper-v5", hopper_termination),
-    "walker2d": ("Walker2d-v5", walker2d_termination),
-    "ant": ("Ant-v5", ant_termination),
-    "reacher": ("Reacher-v5", None),
-    "pusher": ("Pusher-v5", None),
-    "swimmer": ("Swimmer-v5", None),
+    "humanoid": ("Humanoid-v5", humanoid_termination),
+    "humanoidstandup": ("HumanoidStandup-v5", None),
+    "inverted_double_pendulum": ("InvertedDoublePendulum-v5", inverted_double_pendulum_termination),
     "inverted_pendulum": ("InvertedPendulum-v5", inverted_pendulum_termination),
+    "pusher": ("Pusher-v5", None),
+    "reacher": ("Reacher-v5", None),
+    "swimmer": ("Swimmer-v5", None),
+    "walker2d": ("Walker2d-v5", walker2d_termination),
 }
+GYM_IDS = {env_id: name for name, (env_id, _) in GYM_TASKS.items()}  # "Hopper-v5" -> "hopper"
 # dm-control suite tasks never terminate; episodes end on the time limit (1000 steps).
-DMC_TASKS: tuple[str, ...] = (
-    "dmc/cartpole-balance",
-    "dmc/cartpole-swingup",
-    "dmc/cheetah-run",
-    "dmc/finger-spin",
-    "dmc/hopper-stand",
-    "dmc/pendulum-swingup",
-    "dmc/reacher-easy",
-    "dmc/reacher-hard",
-    "dmc/walker-run",
-    "dmc/walker-stand",
-    "dmc/walker-walk",
-)
 DMC_EPISODE_STEPS = 1000
+NEEDS_RENDERING = {"dmc/quadruped-escape"}  # resets upload a heightfield through an OpenGL context
+
+
+@functools.cache
+def dmc_tasks() -> tuple[str, ...]:
+    """Every dm-control suite task (state observations) as dmc/<domain>-<task>."""
+    from dm_control import suite
+
+    return tuple(f"dmc/{domain}-{task}" for domain, task in suite.ALL_TASKS)
 
 
 def task_names() -> list[str]:
-    """Every name `make_env` accepts."""
-    return sorted(GYM_TASKS) + list(DMC_TASKS)
+    """Every name `make_env` accepts (besides the gymnasium ids, e.g. Hopper-v5, of the short names)."""
+    return sorted(GYM_TASKS) + list(dmc_tasks())
+
+
+def canonical_task_name(name: str) -> str:
+    """A task's one name: a gymnasium id (Hopper-v5) becomes its short name (hopper)."""
+    return GYM_IDS.get(name, name)
 
 
 def task_defaults(name: str) -> dict:
     """The run command's settings for a task (its env=<name> config): dm-control tasks repeat each
     action twice, as TD-MPC2 does (500 decisions per 1000-step episode); gymnasium tasks do not."""
     check_task_name(name)
-    return {"name": name, "action_repeat": 2 if name in DMC_TASKS else 1, "max_episode_steps": None}
+    name = canonical_task_name(name)
+    return {"name": name, "action_repeat": 2 if name.startswith("dmc/") else 1, "max_episode_steps": None}
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,15 @@ class TaskSpec:
 
 
 def check_task_name(name: str) -> None:
-    """Raise a ValueError listing the supported names if `name` is not one of them."""
-    if name not in GYM_TASKS and name not in DMC_TASKS:
-        raise ValueError(f"unknown env {name!r}; supported: {', '.join(task_names())}")
+    """Raise a ValueError naming the closest supported names, and listing them all, if `name`
+    (a short name, a gymnasium id or dmc/<domain>-<task>) is not one of them."""
+    if canonical_task_name(name) in GYM_TASKS or name in dmc_tasks():
+        return
+    known = task_names() + sorted(GYM_IDS)
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ValueError(f"unknown env {name!r}{hint}; supported: {', '.join(task_names())} "
+                     "(or a gymnasium id such as Hopper-v5)")  # fmt: skip
 
 
 def make_env(
@@ -105,6 +121,7 @@ def make_env(
         Compose,
         DMControlEnv,
         DoubleToFloat,
+        FlattenObservation,
         FrameSkipTransform,
         GymEnv,
         StepCounter,
@@ -112,6 +129,10 @@ def make_env(
     )
 
     check_task_name(name)
+    name = canonical_task_name(name)
+    if name in NEEDS_RENDERING and os.environ.get("MUJOCO_GL") == "disable":
+        raise ValueError(f"env {name} renders while it simulates (its terrain) and needs an OpenGL backend, but "
+                         "MUJOCO_GL=disable (no display): install EGL or OSMesa and set MUJOCO_GL=egl or osmesa")  # fmt: skip
     if action_repeat < 1:
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
     if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
@@ -133,6 +154,9 @@ def make_env(
         raise ValueError(f"env {name}: the simulator refused the arguments {sorted(backend_kwargs)}: {e}") from None
     if name not in GYM_TASKS:  # dm-control: its observation dict as one flat vector
         obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]
+        for key in obs_keys:  # (matrix-shaped readings, e.g. manipulator's arm_pos [N, 2], flattened first)
+            if len(base.observation_spec[key].shape) > 1:
+                transforms.append(FlattenObservation(-2, -1, in_keys=[key]))
         transforms.append(CatTensors(in_keys=obs_keys, out_key="observation", del_keys=True))
     transforms.append(DoubleToFloat())
     if action_repeat > 1:

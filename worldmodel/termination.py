@@ -52,3 +52,16 @@ def ant_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
 def inverted_pendulum_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
     """InvertedPendulum-v5: non-finite observation or |pole angle| > 0.2."""
     return ~torch.isfinite(next_obs).all(-1) | (next_obs[..., 1].abs() > 0.2)
+
+
+def humanoid_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Humanoid-v5: torso z (next_obs[0]) in the open interval (1.0, 2.0)."""
+    z = next_obs[..., 0]
+    return ~((z > 1.0) & (z < 2.0))
+
+
+def inverted_double_pendulum_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """InvertedDoublePendulum-v5: the tip's height y <= 1, with y = 0.6 cos(t1) + 0.6 cos(t1 + t2)
+    from the observed sines and cosines (next_obs[1:3], next_obs[3:5]; poles of 0.6)."""
+    s1, s2, c1, c2 = next_obs[..., 1], next_obs[..., 2], next_obs[..., 3], next_obs[..., 4]
+    return 0.6 * c1 + 0.6 * (c1 * c2 - s1 * s2) <= 1.0
