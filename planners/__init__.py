@@ -60,8 +60,26 @@ def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **set
     return cls(model, spec, config, buffer=buffer)
 
 
+def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
+    """Carry a pretrained run's learned agent (its planner's state_dict) into `planner`, as FOWM
+    carries the critics beside the dynamics: an MPC planner's learned value takes a saved value
+    or a Dyna agent's critics (same SAC sizes), a Dyna planner a saved agent. Returns what it
+    loaded, or None where nothing fits (the planner keeps its fresh agent)."""
+    agent = saved.get("value_agent") or saved.get("agent")
+    target = getattr(planner, "value_agent", None) or getattr(planner, "agent", None)
+    if agent is None or target is None:
+        return None
+    try:
+        target.load_training_state(agent)
+    except (RuntimeError, KeyError) as e:
+        raise ValueError(f"the pretrained agent does not fit this planner's ({e}); give its model.pt alone to start "
+                         "the agent afresh, or match the agent sizes (planner.value_agent.* / planner.agent.*)") from None  # fmt: skip
+    return "learned value" if hasattr(planner, "value_agent") else "agent"
+
+
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "make_planner", "planner_defaults",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "load_pretrained_agent", "make_planner",
+    "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",
     "Planner", "PlanningError", "RAVL", "RAVLConfig", "RandomShooting", "RandomShootingConfig", "SAC", "SACConfig",

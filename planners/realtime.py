@@ -420,26 +420,16 @@ def _validate(cfg) -> None:
             raise ValueError(f"{key}={cfg[key]}: no such file or directory")
 
 
-def _pretrained_files(path: str) -> tuple[Path, Path | None]:
-    """(model.pt, the run's checkpoint.pt or None) for a run directory or a model file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "model.pt").is_file():
-            raise ValueError(f"pretrained={path}: the directory has no model.pt (is it a finished run's directory?)")
-        return path / "model.pt", (path / "checkpoint.pt") if (path / "checkpoint.pt").is_file() else None
-    return path, None
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
     from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
-    from planners import evaluate, make_planner
+    from planners import evaluate, load_pretrained_agent, make_planner
     from worldmodel import threads
     from worldmodel.checkpoint import atomic_save, load_checked
     from worldmodel.collect import uniform_policy
-    from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
+    from worldmodel.config import check_settings, pretrained_files, run_dir_for, save_config, signature_fields
     from worldmodel.datasets import load_dataset
     from worldmodel.ensemble import EnsembleDynamics
     from worldmodel.envs import make_env
@@ -463,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(cfg.seed)
         checkpoint = None
         if cfg.pretrained:
-            model_file, checkpoint = _pretrained_files(cfg.pretrained)
+            model_file, checkpoint = pretrained_files(cfg.pretrained)
             model = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
                                           termination_fn=spec.termination_fn)  # fmt: skip
         else:
@@ -475,12 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
             settings["slew"] = cfg.slew  # the planner samples within the limit the controller enforces
         planner = make_planner(settings.pop("name"), model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
         if checkpoint is not None:  # FOWM: the pretrained learned value comes along with the dynamics
-            saved = load_checked(checkpoint, "worldmodel.RunState")
-            try:
-                planner.load_state_dict(saved["planner"])
-            except (KeyError, RuntimeError) as e:
-                raise ValueError(f"pretrained={cfg.pretrained}: its planner state does not fit planner="
-                                 f"{cfg.planner.name} ({e}); give its model.pt alone to start the value afresh") from None  # fmt: skip
+            load_pretrained_agent(planner, load_checked(checkpoint, "worldmodel.RunState")["planner"])
         if dataset is not None:
             planner.buffer.extend(dataset)
     except (ValueError, OSError) as e:

@@ -7,7 +7,7 @@ import torch
 
 from worldmodel import EnsembleDynamics, ReplayBuffer, collect, correlated_noise_policy, make_env
 from worldmodel.datasets import save_d4rl
-from worldmodel.run import main
+from worldmodel.run import Run, load_config, main
 
 TINY = [
     "env=hopper", "env.max_episode_steps=40", "train_every=30", "eval_every=30", "checkpoint_every=30",
@@ -219,3 +219,22 @@ def test_report_aggregates_seeds_into_mean_spread_and_curves(tmp_path, dataset):
     assert aggregate([1.0, 2.0, 3.0]) == pytest.approx({"n": 3, "mean": 2.0, "std": 1.0, "ci95": 4.303 / 3**0.5})
     with pytest.raises(SystemExit, match="no run directory"):
         report([str(tmp_path / "report")])
+
+
+def test_a_pretrained_run_directory_brings_its_agent_fowm_style(tmp_path, dataset):
+    """pretrained=<offline MOPO run>: MPPI online starts from its model and, as its learned value,
+    the MOPO agent's critics (same SAC sizes); a model file alone brings no agent."""
+    from planners import load_pretrained_agent
+
+    offline = tmp_path / "mopo"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={offline}",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    run = Run(load_config(["planner=mppi", f"pretrained={offline}", "env_steps=40", "planner.candidates=32",
+                           "planner.value_agent.hidden=32", *TINY])[0])  # fmt: skip
+    saved = torch.load(offline / "checkpoint.pt", weights_only=False)["planner"]["agent"]["modules"]
+    loaded = run.planner.value_agent.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert torch.equal(run.model.weights[0], EnsembleDynamics.load(offline / "model.pt").weights[0])
+    with pytest.raises(ValueError, match="the pretrained agent does not fit this planner's"):
+        big = Run(load_config(["planner=mppi", f"model={offline / 'model.pt'}", *TINY])[0])
+        load_pretrained_agent(big.planner, torch.load(offline / "checkpoint.pt", weights_only=False)["planner"])

@@ -201,3 +201,13 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
     with atomic_write(run_dir / "config.yaml") as tmp:
         Path(tmp).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
+    """(model.pt, checkpoint.pt or None) of `pretrained=`: a run directory or a model file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise ValueError(f"pretrained={path}: the directory has no model.pt (a run that fitted a model writes one)")
+        return path / "model.pt", (path / "checkpoint.pt") if (path / "checkpoint.pt").is_file() else None
+    return path, None

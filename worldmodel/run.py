@@ -25,13 +25,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import Dyna, MPCPlanner, PlanningError, evaluate, make_planner, planner_defaults
+from planners import Dyna, MPCPlanner, PlanningError, evaluate, load_pretrained_agent, make_planner, planner_defaults
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (
     check_settings,
     compose_config,
+    pretrained_files,
     run_dir_for,
     save_config,
     signature_fields,
@@ -69,7 +70,8 @@ class Run:
         self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim) if cfg.dataset else (None, {})
         model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
         if cfg.pretrained:
-            self.model = EnsembleDynamics.load(cfg.pretrained, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
+            model_file, checkpoint = pretrained_files(cfg.pretrained)
+            self.model = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
                                                termination_fn=spec.termination_fn)  # fmt: skip
         else:
             self.model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
@@ -79,6 +81,10 @@ class Run:
         settings = OmegaConf.to_container(cfg.planner, resolve=True)
         name = settings.pop("name")
         self.planner = make_planner(name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
+        if cfg.pretrained and checkpoint is not None:  # a run directory: its learned agent comes along
+            loaded = load_pretrained_agent(self.planner, load_checked(checkpoint, _FORMAT)["planner"])
+            print(f"pretrained={cfg.pretrained}: model" + (f" and {loaded}" if loaded else " (its agent does not "
+                  f"carry over to planner={name})"))  # fmt: skip
         if unknown := [k for k, v in cfg.online.items() if v is not None and not hasattr(self.planner.config, k)]:
             raise ValueError(f"online.{unknown[0]} is set but planner {name!r} has no setting {unknown[0]!r}")
         self._online_config()  # the settings for the switch are checked now, not hours later
@@ -507,8 +513,8 @@ def _model_file(arg: str) -> str:
     """`model=<file>` names a pretrained model rather than a model config: `pretrained=<file>`."""
     key, _, value = arg.partition("=")
     if key == "model" and value != "ensemble":
-        if not Path(value).is_file():
-            raise SystemExit(f"error: model={value} is neither a model config (ensemble) nor a model file")
+        if not Path(value).exists():
+            raise SystemExit(f"error: model={value} is neither a model config (ensemble) nor a model file or run directory")
         return f"pretrained={value}"
     return arg
 
