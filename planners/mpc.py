@@ -40,6 +40,9 @@ class MPCConfig:
     value_learning: bool = True
     value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
     value_updates_per_step: int = 1
+    # > 0: the learned value is the critics' mean minus this many of their std (their disagreement,
+    # FOWM's penalty for states the data does not cover) instead of their min
+    value_penalty: float = 0.0
     # the largest change of any action dim from one step to the next, in every sampled sequence
     # (from the previous action on), as a robot's actuators allow (None: unlimited)
     slew: float | None = None
@@ -50,6 +53,8 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
+        if self.value_penalty < 0:
+            raise ValueError(f"value_penalty must be >= 0, got {self.value_penalty}")
         if self.slew is not None and not self.slew > 0:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
@@ -79,7 +84,7 @@ class MPCPlanner(Planner):
                                  "pass value_learning=False to plan with your terminal value")
             self.value_agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**config.value_agent))
             self.value_agent.to(model.device)
-            self.terminal_value = lambda state: self.value_agent.value(state, deterministic=True)
+            self.terminal_value = lambda state: self.value_agent.value(state, True, self.config.value_penalty)
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)

@@ -194,13 +194,16 @@ class SAC(nn.Module):
         return action.reshape(*obs.shape[:-1], -1)
 
     @torch.no_grad()
-    def value(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+    def value(self, obs: Tensor, deterministic: bool = False, disagreement_penalty: float = 0.0) -> Tensor:
         """Soft state value under the policy, min over critics: obs [B, O] -> [B].
 
         deterministic: Q at the policy's mean action, without the entropy bonus (no sampling noise,
-        as a planner's terminal value wants)."""
+        as a planner's terminal value wants). disagreement_penalty > 0: the critics' mean minus
+        that many of their standard deviations instead of their min (FOWM's value penalty)."""
         action, log_prob = self.actor(obs, deterministic)
-        return self.critics(obs, action).amin(0) - (0.0 if deterministic else self.alpha * log_prob)
+        q = self.critics(obs, action)
+        value = q.mean(0) - disagreement_penalty * q.std(0) if disagreement_penalty > 0 else q.amin(0)
+        return value - (0.0 if deterministic else self.alpha * log_prob)
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         """One gradient step for the critics, the actor and the temperature, in config.update_order."""

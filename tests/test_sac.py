@@ -201,3 +201,11 @@ def test_cosine_actor_lr_anneals_over_the_horizon_and_survives_a_checkpoint():
     assert copy.actor_lr_horizon == 4 and copy.actor_optim.param_groups[0]["lr"] == 0.0
     copy.anneal_actor_lr(None)  # constant again (online)
     assert copy.update(transitions(8, terminated=False))["actor_lr"] == 1e-3
+
+
+def test_the_disagreement_penalty_takes_mean_minus_lambda_std_of_the_critics():
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=5))
+    obs = torch.randn(16, O)
+    q = agent.critics(obs, agent.act(obs, deterministic=True))
+    torch.testing.assert_close(agent.value(obs, True, 2.0), q.mean(0) - 2.0 * q.std(0))
+    torch.testing.assert_close(agent.value(obs, True), q.amin(0))

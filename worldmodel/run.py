@@ -427,7 +427,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("planner=bc clones the actions of a dataset: give dataset=<file>")
     if cfg.online.get("uncertainty") is not None:
         Uncertainty(cfg.online.uncertainty)  # an unknown measure fails now, not at the switch
-    for key in ("penalty", "real_ratio", "uncertainty_penalty"):
+    for key in ("penalty", "real_ratio", "uncertainty_penalty", "value_penalty"):
         value = cfg.online.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
             raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
