@@ -58,6 +58,8 @@ class MPCConfig:
         if self.slew is not None and not self.slew > 0:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
+        if self.value_penalty > 0 and self.value_agent["num_critics"] < 2:
+            raise ValueError("value_penalty reads the critics' disagreement: it needs value_agent.num_critics >= 2")
 
 
 class PlanningError(RuntimeError):

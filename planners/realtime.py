@@ -92,6 +92,7 @@ class RealtimeController:
             raise ValueError(f"safe_action must have shape {list(self.low.shape)}, got {list(self.safe_action.shape)}")
         self.constraint, self.on_stale, self.clock = constraint, on_stale, clock
         self.watchdog_s = (cfg.watchdog_ms / 1000) if cfg.watchdog_ms is not None else 3 * cfg.period
+        self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
         self.version = 0
         self._model_lock = threading.Lock()  # held for a whole plan: swaps happen between plans
         self._wake = threading.Condition()
@@ -142,7 +143,8 @@ class RealtimeController:
         plan = self._plan  # one read: the planning thread replaces the reference, never edits it
         if plan is None or self.error is not None:
             return self.safe_action, "fallback"
-        step = max(0, round((stamp - plan.start) / self.config.period))
+        # the action chosen now takes effect once the delay has passed: the plan's step for then
+        step = max(0, round((stamp + self.ahead * self.config.period - plan.start) / self.config.period))
         limit = plan.actions.shape[0] - 1 if self.config.max_shift is None else min(self.config.max_shift,
                                                                                     plan.actions.shape[0] - 1)  # fmt: skip
         if step > limit:
@@ -217,7 +219,7 @@ class RealtimeController:
 
     def _plan_from(self, obs: Tensor, stamp: float) -> None:
         began = time.perf_counter()
-        ahead = math.ceil(self.config.delay_ms / 1000 / self.config.period - 1e-9)
+        ahead = self.ahead
         with self._model_lock:
             if self._last_action is not None and hasattr(self.planner, "previous_action"):
                 self.planner.previous_action = self._last_action  # sampling respects the slew from here
@@ -276,14 +278,16 @@ class RealtimeController:
 
     # ---------------------------------------------------------------- what happened
 
-    def stats(self) -> dict:
-        """Counters, the share of each action source, and latency percentiles (ms)."""
+    def stats(self, window: int | None = None) -> dict:
+        """Counters, the share of each action source, and latency percentiles (ms) over the whole
+        run, or over the last `window` calls and plans (cheap enough for a control loop)."""
         acted = sum(self.counts[s] for s in SOURCES)
         out = dict(self.counts)
         for source in SOURCES:
             out[f"{source}_rate"] = self.counts[source] / acted if acted else 0.0
         out["deadline_miss_rate"] = self.counts["deadline_misses"] / acted if acted else 0.0
         for name, values in (("act", self.act_latency_s), ("plan", self.plan_latency_s)):
+            values = values[-window:] if window else values
             for q in (50, 99):
                 out[f"{name}_latency_p{q}_ms"] = _percentile(values, q) * 1000
             out[f"{name}_latency_max_ms"] = max(values, default=math.nan) * 1000
@@ -517,6 +521,8 @@ def main(argv: list[str] | None = None) -> dict:
             while len(log) < cfg.real_steps:
                 readings = robot.readings(timeout=1.0)
                 if not readings:
+                    if robot.error is not None:
+                        raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
                 rows = []
                 for r in readings:  # consecutive readings of one episode make a real transition
@@ -535,14 +541,14 @@ def main(argv: list[str] | None = None) -> dict:
                     bar.update(len(rows))
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
-                    stats = controller.stats()
+                    stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
                     logger.log("realtime", len(log), **{k: stats[k] for k in _SUMMARY_KEYS})
                     for ret in robot.episode_returns[len(logger.records("episode")):]:
                         logger.log("episode", len(log), ret=ret)
                     bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
                                     model=controller.version)  # fmt: skip
-                if learner.error is not None or controller.error is not None:
-                    raise RuntimeError(f"a background thread died: {learner.error or controller.error}")
+                if learner.error is not None or controller.error is not None or robot.error is not None:
+                    raise RuntimeError(f"a background thread died: {learner.error or controller.error or robot.error}")
             learner.stop()
     except KeyboardInterrupt:
         status = "interrupted"

@@ -46,7 +46,9 @@ class SACConfig:
     target_entropy: float | None = None  # default: -A
     batch_size: int = 256
     init: str = "default"  # "default" (nn.Linear's) | "edac": hidden biases 0.1, small output layers
-    update_order: str = "critic_first"  # SAC's critic, actor, alpha | "actor_first": EDAC's alpha, actor, critic
+    # SAC's critic, actor, alpha | "actor_first": alpha, actor, then critic, each stepped in turn
+    # (as RAVL's code does it; the critic's target then reads the updated actor and alpha)
+    update_order: str = "critic_first"
 
     def __post_init__(self):
         if self.num_critics < 1 or self.hidden < 1 or min(self.actor_layers, self.critic_layers) < 1:

@@ -235,6 +235,8 @@ def test_a_pretrained_run_directory_brings_its_agent_fowm_style(tmp_path, datase
     loaded = run.planner.value_agent.state_dict()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     assert torch.equal(run.model.weights[0], EnsembleDynamics.load(offline / "model.pt").weights[0])
+    agent = run.planner.value_agent  # MOPO annealed its actor's lr to 0 offline; online it learns again
+    assert agent.actor_lr_horizon is None and agent.actor_optim.param_groups[0]["lr"] == agent.config.actor_lr
     with pytest.raises(ValueError, match="the pretrained agent does not fit this planner's"):
         big = Run(load_config(["planner=mppi", f"model={offline / 'model.pt'}", *TINY])[0])
         load_pretrained_agent(big.planner, torch.load(offline / "checkpoint.pt", weights_only=False)["planner"])

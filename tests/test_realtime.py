@@ -192,7 +192,9 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
         wait_for(lambda: rt.counts["plans"] >= 1)
         first = rt._plan
         assert first.start == pytest.approx(2 * period)
-        assert torch.equal(rt.act(data["obs"][1], 2 * period), first.actions[0])  # its first action is for then
+        # a reading at 0 gets the step for 0 + delay: the plan's first action (made from obs at 0)
+        assert torch.equal(rt.act(data["obs"][1], 0.0), first.actions[0])
+        assert torch.equal(rt.act(data["obs"][1], period), first.actions[1])
         wait_for(lambda: rt.counts["plans"] >= 2)
     # the second plan started from the model's prediction 2 steps past obs[1], not obs[1] itself
     state = data["obs"][1].reshape(1, -1)

@@ -170,6 +170,15 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
     buffer = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
     assert len(buffer) == len(before_kill) + 20  # the logged steps rejoined the buffer; 20 more were taken
     assert torch.equal(buffer["obs"][: len(before_kill)], before_kill["obs"])
+    # killed after logging its last steps but before its last checkpoint (e.g. in the final
+    # evaluation): the resumed run rejoins them, evaluates at once and finishes
+    total = len(before_kill) + 20
+    with TransitionLog(run_dir / "transitions", 11, 3) as log:
+        log.append(log.read(start=total - 5))  # 5 more real steps on disk than in the checkpoint
+    done = main([f"resume={run_dir}", f"env_steps={total + 5}"])
+    assert done["status"] == "finished" and done["env_steps"] == total + 5
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r["kind"] == "eval"][-1] == total + 5
 
 
 NO_DATASET = "no_such_dataset.hdf5"

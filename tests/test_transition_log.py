@@ -142,3 +142,15 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_transition(tmp_path):
     chained = ~(data["terminated"] | data["truncated"])[:-1]
     chained[[r - 1 for r in restarts[1:]]] = False  # a restarted writer begins a new episode
     assert torch.equal(data["next_obs"][:-1][chained], data["obs"][1:][chained])
+
+
+@pytest.mark.parametrize("earlier", [0, 1])
+def test_a_segment_torn_while_being_created_is_dropped(tmp_path, hopper_steps, earlier):
+    with TransitionLog(tmp_path, O, A, segment_records=5) as log:
+        log.append(hopper_steps[: 5 * earlier])
+    (tmp_path / f"segment-{earlier:06d}.bin").write_bytes(b"WMTL")  # a header cut short by a crash
+    with TransitionLog(tmp_path, O, A, segment_records=5) as log:
+        assert len(log) == 5 * earlier
+        log.append(hopper_steps[10:13])
+        assert len(log) == 5 * earlier + 3
+        assert_same(log.read()[5 * earlier :], hopper_steps[10:13])

@@ -46,6 +46,8 @@ def load_run(run_dir: Path) -> dict:
         raise ValueError(f"{run_dir}/summary.json is not JSON ({e}); is the run being written right now?") from None
     offline = "dataset" in summary and summary.get("env_steps", 0) == 0
     group = summary.get("dataset_name") or summary.get("dataset") or summary["env"]
+    if "dataset" in summary and not offline:
+        group += " (offline, then online)"  # not the same protocol as an offline-only run
     kind, key = ("offline_eval", "offline_updates") if offline else ("eval", "env_steps")
     curve = []
     metrics = run_dir / "metrics.jsonl"

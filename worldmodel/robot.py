@@ -58,6 +58,7 @@ class SimulatedRobot:
         self._running = False
         self._thread: threading.Thread | None = None
         self.steps = self.episodes = self.dropped = self.overruns = 0
+        self.error: BaseException | None = None  # what stopped the simulation thread, if anything
         self.episode_returns: list[float] = []
 
     # ---------------------------------------------------------------- the driver's side
@@ -109,6 +110,15 @@ class SimulatedRobot:
         self.stop()
 
     def _simulate(self) -> None:
+        try:
+            self._physics()
+        except Exception as e:  # the robot stops: readings() returns nothing, and `error` says why
+            self.error = e
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+
+    def _physics(self) -> None:
         td = self.env.reset()
         seq, tick, episode_return = 0, time.monotonic(), 0.0
         self._send(Reading(0.0, seq, td["observation"].clone(), tick, first=True))

@@ -98,6 +98,7 @@ class Run:
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
+        self._eval_due = False  # evaluate before going on (likewise)
 
     def open(self, run_dir: Path) -> None:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
@@ -122,6 +123,7 @@ class Run:
             p["step"] += len(extra)
             p["episodes"] += int((extra["terminated"] | extra["truncated"]).sum())
             self._fit_due = p["step"] >= self.seed_steps  # the model learns from them before the next action
+            self._eval_due = True  # evaluations due in the rejoined range were skipped: one now
             tqdm.write(f"{len(extra)} real transition(s) logged after the checkpoint rejoin the buffer "
                        f"(now at step {p['step']})")  # fmt: skip
 
@@ -226,6 +228,7 @@ class Run:
             p["final_eval"] = p["offline_eval"]  # the offline score (mean of the last evaluations)
         if isinstance(self.planner, Dyna):
             self.planner.schedule(None)  # online: constant learning rates
+            self._saved_at = None  # (saved again, so a pretrained=<this run> starts from the online lr)
         self.planner.config = self._online_config()
 
     def _online_config(self):
@@ -239,9 +242,12 @@ class Run:
         td, episode_return, learned = self.env.reset(), 0.0, {}
         self.planner.reset()
         bar = _bar(cfg.env_steps, p["step"], f"{cfg.planner.name} {cfg.env.name}", "step")
-        if self._fit_due and p["step"] < cfg.env_steps:
+        if self._fit_due:
             self._fit(p["step"])
             self._fit_due = False
+        if self._eval_due:
+            self._evaluate(p["step"], bar)
+            self._eval_due = False
         while p["step"] < cfg.env_steps:
             threads.adapt()
             td["action"] = self._act(td["observation"])
@@ -371,7 +377,8 @@ class Run:
         if self.dataset is not None:
             meta = self.dataset_metadata
             summary.update(dataset=self.cfg.dataset, dataset_transitions=len(self.dataset),
-                           dataset_name=self.cfg.offline.get("preset") or f"{meta.get('env')}-{meta.get('quality')}",
+                           dataset_name=self.cfg.offline.get("preset") or (f"{meta['env']}-{meta['quality']}"
+                                                                           if meta.get("env") and meta.get("quality") else None),
                            dataset_normalized_score=meta.get("mean_normalized_score"),
                            dataset_settings=p.get("dataset_settings", {}),
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],

@@ -55,7 +55,7 @@ def inverted_pendulum_termination(obs: Tensor, action: Tensor, next_obs: Tensor)
 
 
 def humanoid_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
-    """Humanoid-v5: torso z (next_obs[0]) in the open interval (1.0, 2.0)."""
+    """Humanoid-v5: terminated unless the torso's z (next_obs[0]) is in the open interval (1.0, 2.0)."""
     z = next_obs[..., 0]
     return ~((z > 1.0) & (z < 2.0))
 

@@ -2,8 +2,9 @@
 
 Each transition is one fixed-size record (float32 fields, then their CRC32) appended to a
 segment file and fsync'd (every `sync_every` records), so once `append` returns the record is on
-disk. A crash can only tear the record being written: reopening the log drops that torn tail
-and appends after the last whole record. A damaged record anywhere else is an error naming the
+disk (with sync_every=1, the default). A crash can only tear the records written since the last
+fsync (the one being written, with sync_every=1): reopening the log drops that torn tail and
+appends after the last whole record. A damaged record anywhere else is an error naming the
 file and the record. Layout: <dir>/segment-000000.bin, ... each starting with a 16-byte header
 (magic, obs_dim, act_dim). Record fields: obs [O], action [A], reward, next_obs [O],
 terminated, truncated.
@@ -44,15 +45,14 @@ class TransitionLog:
         self.fields = 2 * obs_dim + act_dim + 3
         self.record_bytes = 4 * self.fields + 4
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._counts = [self._check_segment(p, last=i == len(self._segments()) - 1)
-                        for i, p in enumerate(self._segments())]  # fmt: skip
+        found = sorted(self.directory.glob("segment-*.bin"))
+        counts = [self._check_segment(p, last=i == len(found) - 1) for i, p in enumerate(found)]
+        # [path, whole records] per segment; a last segment torn while being created is gone
+        self._segments = [[p, n] for p, n in zip(found, counts) if p.exists()]
         self._file = None
         self._unsynced = 0
 
     # ---------------------------------------------------------------- reading
-
-    def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob("segment-*.bin"))
 
     def _check_segment(self, path: Path, last: bool) -> int:
         """Whole, valid records in `path`; the last segment's torn tail is cut off on disk."""
@@ -72,7 +72,8 @@ class TransitionLog:
         good = _valid(records, self.fields)
         if not good.all():
             bad = int((~good).nonzero()[0][0])
-            if not (last and bad == len(good) - 1):
+            # only the records written since the last fsync (at most sync_every) can be torn
+            if not (last and bad >= len(good) - self.sync_every):
                 raise LogCorruptError(f"{path}: record {bad} of {len(good)} fails its checksum (damaged log)")
             records = records[:bad]
         whole = len(records)
@@ -90,11 +91,12 @@ class TransitionLog:
         return raw[: whole * self.record_bytes].reshape(whole, self.record_bytes)
 
     def __len__(self) -> int:
-        return sum(self._counts)
+        return sum(n for _, n in self._segments)
 
     def read(self, start: int = 0) -> TensorDict:
         """The logged transitions from index `start` on, as a transitions TensorDict [N]."""
-        rows = [self._records(p)[:n] for p, n in zip(self._segments(), self._counts)]
+        self.sync()
+        rows = [self._records(p)[:n] for p, n in self._segments]
         records = np.concatenate(rows)[start:] if rows else np.zeros((0, self.record_bytes), np.uint8)
         values = torch.from_numpy(records[:, :-4].copy().view(np.float32).reshape(len(records), self.fields))
         o, a = self.obs_dim, self.act_dim
@@ -117,26 +119,27 @@ class TransitionLog:
             payload = row.tobytes()
             file = self._writable()
             file.write(payload + struct.pack("<I", zlib.crc32(payload)))
-            self._counts[-1] += 1
+            self._segments[-1][1] += 1
             self._unsynced += 1
             if self._unsynced >= self.sync_every:
                 self.sync()
 
     def _writable(self):
-        if self._file is not None and self._counts[-1] < self.segment_records:
+        if self._file is not None and self._segments[-1][1] < self.segment_records:
             return self._file
         if self._file is not None:
             self.sync()
             self._file.close()
-        if not self._counts or self._counts[-1] >= self.segment_records:
-            path = self.directory / f"segment-{len(self._counts):06d}.bin"
+        if not self._segments or self._segments[-1][1] >= self.segment_records:
+            number = int(self._segments[-1][0].stem.split("-")[1]) + 1 if self._segments else 0
+            path = self.directory / f"segment-{number:06d}.bin"
             with open(path, "wb") as f:
                 f.write(_HEADER.pack(_MAGIC, self.obs_dim, self.act_dim))
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(self.directory)
-            self._counts.append(0)
-        self._file = open(self._segments()[-1], "ab")
+            self._segments.append([path, 0])
+        self._file = open(self._segments[-1][0], "ab")
         return self._file
 
     def sync(self) -> None:
