@@ -357,3 +357,35 @@ def _copy(model: EnsembleDynamics) -> EnsembleDynamics:
     clone = small_model(hidden=64)
     clone.load_state_dict(model.state_dict())
     return clone
+
+
+def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
+    """on_epoch hands out the fit's state; a new model resumed from the state saved after epoch 3
+    of a fit that then died ends where the uninterrupted fit ends, weights and history alike."""
+    import io
+
+    data = linear_system(1500, seed=5)
+    settings = dict(max_epochs=6, patience=6, progress=False)
+    torch.manual_seed(1)
+    whole = small_model()
+    expected = whole.fit(data, **settings)
+
+    saved = io.BytesIO()
+
+    def die_after_three(fit_state):
+        state = fit_state()
+        if state["epoch"] == 3:
+            torch.save(state, saved)  # as a run writes it to disk
+            raise KeyboardInterrupt("killed")
+
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        small_model().fit(data, **settings, on_epoch=die_after_three)
+    saved.seek(0)
+    resumed = small_model()  # a new process: fresh weights, other RNG state
+    got = resumed.fit(data, **settings, resume=torch.load(saved, weights_only=False))
+    assert got["history"] == expected["history"] and got["epochs"] == 6
+    for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="the fit to resume was on 1500 transitions, this data has 1000"):
+        small_model().fit(data[:1000], **settings, resume=torch.load(io.BytesIO(saved.getvalue()), weights_only=False))

@@ -39,7 +39,7 @@ def test_unknown_env_exits_with_the_supported_names(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "error: unknown env 'cheetah'; supported: ant, halfcheetah" in result.stderr
+    assert "error: unknown env 'cheetah' (did you mean" in result.stderr and "supported: ant, halfcheetah" in result.stderr
     assert not (tmp_path / "r").exists()
 
 

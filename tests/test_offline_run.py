@@ -240,3 +240,30 @@ def test_a_pretrained_run_directory_brings_its_agent_fowm_style(tmp_path, datase
     with pytest.raises(ValueError, match="the pretrained agent does not fit this planner's"):
         big = Run(load_config(["planner=mppi", f"model={offline / 'model.pt'}", *TINY])[0])
         load_pretrained_agent(big.planner, torch.load(offline / "checkpoint.pt", weights_only=False)["planner"])
+
+
+def test_a_stop_during_the_offline_fit_saves_it_and_the_resumed_run_continues_it(tmp_path, dataset):
+    """SIGINT in the middle of the (long) offline fit: its state goes to fit_state.pt after the
+    current epoch and the run stops; the resumed run picks the fit up at that epoch."""
+    from worldmodel.interrupts import RunInterrupted
+
+    run_dir = tmp_path / "run"
+    args = ["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}",
+            *TINY, *DYNA_TINY, "offline.fit_epochs=6", "model.fit.patience=6"]  # fmt: skip
+    run = Run(load_config(args)[0])
+    run.open(run_dir)
+    update = run.planner.update
+
+    def signalled_during_the_fit(**kwargs):
+        run.stop.requested = "SIGINT"  # as the signal handler sets it, while the fit runs
+        return update(**kwargs)
+
+    run.planner.update = signalled_during_the_fit
+    with pytest.raises(RunInterrupted):
+        run.run()
+    run.close()
+    assert (run_dir / "fit_state.pt").is_file() and json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    summary = main([f"resume={run_dir}"])
+    assert summary["status"] == "finished" and not (run_dir / "fit_state.pt").exists()
+    assert [r["step"] for r in records(run_dir, "offline_fit")] == [1, 2, 3, 4, 5, 6]  # epoch 1 kept, 2-6 resumed
+    assert len(records(run_dir, "fit")) == 1

@@ -99,11 +99,11 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 def generated_groups() -> dict[str, dict[str, dict]]:
     """The config group options generated from code: env/<task> and model/ensemble."""
-    from worldmodel.ensemble import EnsembleDynamics
+    from worldmodel.ensemble import FIT_RUNTIME_ARGS, EnsembleDynamics
     from worldmodel.envs import GYM_IDS, task_defaults, task_names
 
     model = signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",))
-    fit = signature_fields(EnsembleDynamics.fit, skip=("progress",))
+    fit = signature_fields(EnsembleDynamics.fit, skip=FIT_RUNTIME_ARGS)
     return {
         "env": {name: task_defaults(name) for name in [*task_names(), *GYM_IDS]},  # (ids: env=Hopper-v5)
         "model": {"ensemble": {**{k: d for k, (d, _) in model.items()}, "fit": {k: d for k, (d, _) in fit.items()}}},

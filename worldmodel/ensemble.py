@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -32,6 +32,9 @@ _MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
 LOGVAR_BOUND_PENALTY = 0.01
 
 Mode = Literal["random", "fixed", "mean"]
+
+
+FIT_RUNTIME_ARGS = ("progress", "on_epoch", "resume")  # fit() arguments that are not settings (configs skip them)
 
 
 class EnsembleDynamics(nn.Module):
@@ -293,6 +296,8 @@ class EnsembleDynamics(nn.Module):
         patience: int = 5,
         bootstrap: bool = True,
         progress: bool = True,
+        on_epoch: Callable[[Callable[[], dict]], None] | None = None,
+        resume: dict | None = None,
     ) -> dict:
         """Fit on transitions (a TensorDict [N], see worldmodel.transitions); warm-starts from
         the current weights, so calling it again fine-tunes on new data.
@@ -302,6 +307,11 @@ class EnsembleDynamics(nn.Module):
         by 1% for `patience` epochs or after `max_epochs` (None: no cap), keeps each member's best
         weights, and makes the `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
         (standardised units), elites, epochs, train loss, wall seconds and a per-epoch history.
+
+        A long fit can outlive its process: `on_epoch(fit_state)` is called after every epoch
+        with a function returning the whole fit's state (weights, optimiser, split, resamples,
+        best weights, counters, RNG) for the caller to save when it likes; `resume=` that state
+        (with the same data and settings) continues the fit exactly where it was.
         """
         start = time.perf_counter()
         self.check_fit_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
@@ -316,14 +326,19 @@ class EnsembleDynamics(nn.Module):
                 f"{n} transitions are too few to fit with a holdout split (holdout_ratio={holdout_ratio} "
                 f"gives {n_holdout} holdout rows; need at least 5, and 10 or more for training): collect more data"
             )
-        perm = torch.randperm(n, device=self.device)
+        if resume is not None and resume.get("rows") != n:
+            raise ValueError(f"the fit to resume was on {resume.get('rows')} transitions, this data has {n}")
+        perm = torch.randperm(n, device=self.device) if resume is None else resume["perm"].to(self.device)
         train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
-        self._fit_normalizers(inputs[train_idx], targets[train_idx])
+        if resume is None:
+            self._fit_normalizers(inputs[train_idx], targets[train_idx])
+        else:  # weights, normalisers and optimiser as they were after the saved epoch
+            self.load_state_dict(resume["model"])
         x = self.input_norm(inputs)
         y = self.target_norm(targets)
         x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
 
-        self.optimizer(lr)
+        optimizer = self.optimizer(lr)
         best_mse = self._holdout_metrics(x_hold, y_hold)[0]  # the starting weights are the first "best"
         best_state = [p.detach().clone() for p in self.parameters()]
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
@@ -331,7 +346,23 @@ class EnsembleDynamics(nn.Module):
         # MBPO draw it: redrawn every epoch, every member would see all the data
         rows = x_train.shape[0]
         resample = torch.randint(rows, (self.ensemble_size, rows), device=self.device) if bootstrap else None
-        bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs)
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            best_mse, best_state, resample = resume["best_mse"].to(self.device), resume["best_state"], resume["resample"]
+            best_state = [t.to(self.device) for t in best_state]
+            resample = resample.to(self.device) if resample is not None else None
+            epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
+            history = list(resume["history"])
+            torch.set_rng_state(resume["torch_rng"])
+
+        def fit_state() -> dict:
+            return {"rows": n, "perm": perm.cpu(), "model": self.state_dict(), "optimizer": optimizer.state_dict(),
+                    "best_mse": best_mse.cpu(), "best_state": [t.cpu() for t in best_state],
+                    "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
+                    "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
+                    "torch_rng": torch.get_rng_state()}  # fmt: skip
+
+        bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
         while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
             threads.adapt()
             train_loss = self._train_epoch(x_train, y_train, batch_size, resample)
@@ -350,6 +381,8 @@ class EnsembleDynamics(nn.Module):
                             "holdout_calibration": calibration.mean().item(), "improved": bool(improved.any())})  # fmt: skip
             bar.update()
             bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
+            if on_epoch is not None:
+                on_epoch(fit_state)
         bar.close()
         with torch.no_grad():
             for saved, p in zip(best_state, self.parameters()):

@@ -38,7 +38,7 @@ from worldmodel.config import (
     signature_fields,
 )
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
-from worldmodel.ensemble import EnsembleDynamics
+from worldmodel.ensemble import FIT_RUNTIME_ARGS, EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
@@ -51,6 +51,8 @@ from worldmodel.uncertainty import Uncertainty
 _FORMAT = "worldmodel.RunState"
 _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
+_FIT_STATE, _FIT_STATE_FORMAT = "fit_state.pt", "worldmodel.FitState"  # a long fit's progress
+_FIT_SAVE_EVERY_S = 60.0
 
 
 class Run:
@@ -190,10 +192,11 @@ class Run:
         cfg, p = self.cfg, self.progress
         if not p["dataset_loaded"]:
             self.planner.observe(self.dataset)
-            p["dataset_loaded"] = True
             if not cfg.pretrained:  # a given model is used as it is (a refit would draw a new holdout split)
-                self._fit(0, max_epochs=cfg.offline.fit_epochs)
+                self._fit(0, max_epochs=cfg.offline.fit_epochs, started=started)
+            p["dataset_loaded"] = True
             self._checkpoint(started)
+            (self.run_dir / _FIT_STATE).unlink(missing_ok=True)
             self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
         total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
@@ -320,15 +323,22 @@ class Run:
         p["plan_steps"] += 1
         return action.cpu()
 
-    def _fit(self, step: int, max_epochs: int | None | str = "default") -> None:
-        """Refit the model (warm-started after the first fit: fit_epochs); `max_epochs` overrides."""
+    def _fit(self, step: int, max_epochs: int | None | str = "default", started: float | None = None) -> None:
+        """Refit the model (warm-started after the first fit: fit_epochs); `max_epochs` overrides.
+        The offline fit (given `started`) shows its epochs, saves its state to fit_state.pt about
+        once a minute and on SIGINT/SIGTERM, and resumes from that file."""
         fit_cfg = dict(self.cfg.model.fit)
         if self.progress["fits"] > 0 or self.cfg.pretrained:
             fit_cfg["max_epochs"] = self.cfg.fit_epochs
         if max_epochs != "default":
             fit_cfg["max_epochs"] = max_epochs
-        offline_fit = step == 0 and self.dataset is not None and self.progress["fits"] == 0
-        metrics = self.planner.update(**fit_cfg, progress=offline_fit)  # (the long offline fit shows its epochs)
+        if started is not None:
+            path = self.run_dir / _FIT_STATE
+            if path.is_file():
+                fit_cfg["resume"] = load_checked(path, _FIT_STATE_FORMAT)["fit"]
+                tqdm.write(f"resuming the model's fit from {path} (epoch {fit_cfg['resume']['epoch']})")
+            fit_cfg.update(progress=True, on_epoch=self._fit_saver(path, started))
+        metrics = self.planner.update(**fit_cfg)
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
             self.progress["fits"] += 1
             self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
@@ -337,6 +347,22 @@ class Run:
             if step == 0 and self.dataset is not None:  # the offline fit's holdout curve, by epoch
                 for row in metrics["history"]:
                     self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
+
+    def _fit_saver(self, path: Path, started: float):
+        """on_epoch for a long fit: its state to `path` every minute, and on a stop request (then
+        the run stops; the checkpoint before the fit stays as it is)."""
+        last = [time.monotonic()]
+
+        def on_epoch(fit_state) -> None:
+            if self.stop.requested or time.monotonic() - last[0] > _FIT_SAVE_EVERY_S:
+                atomic_save({"format": _FIT_STATE_FORMAT, "version": 1, "fit": fit_state()}, path)
+                last[0] = time.monotonic()
+            if self.stop.requested:
+                self.progress["wall_s"] = time.perf_counter() - started
+                write_json(self._summary("interrupted"), self.run_dir / "summary.json")
+                raise RunInterrupted(self.stop.requested)
+
+        return on_epoch
 
     def _evaluated(self, bar, episodes: int | None = None) -> float:
         """The mean evaluation return over `episodes` (default: eval_episodes), with the progress
@@ -445,7 +471,7 @@ def validate(cfg: DictConfig) -> None:
     model = {k: v for k, v in cfg.model.items() if k != "fit"}
     check_settings("model", model, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
     fit = OmegaConf.to_container(cfg.model.fit)
-    check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=("progress",)))
+    check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=FIT_RUNTIME_ARGS))
     EnsembleDynamics.check_fit_settings(**fit)
     _check_device(cfg.device)
     threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
