@@ -536,6 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
                     seeded += 1
                 else:
                     robot.send_action(controller.act(latest.obs, latest.stamp))
+                rows = rows[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
                 if rows:
                     learner.add(_as_transitions(torch.stack(rows), spec.obs_dim, spec.act_dim, validate_transitions))
                     bar.update(len(rows))
