@@ -13,13 +13,19 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert match.group(1).strip() in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def test_the_planners_api_snippet_runs_as_written():
-    """The README's planners-API block, executed as a user would paste it (real env, real fit)."""
+def run_snippet(heading: str) -> dict:
+    """Execute the first Python block after `heading` in README.md as a user would paste it;
+    returns the names it defined."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("**2. The planners API**"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", readme[readme.index(heading) :], re.S).group(1)
     scope: dict = {}
-    exec(compile(code, "README.md (planners API)", "exec"), scope)
+    exec(compile(code, f"README.md ({heading})", "exec"), scope)
+    return scope
+
+
+def test_the_planners_api_snippet_runs_as_written():
+    """The README's planners-API block (real env, real fit)."""
+    scope = run_snippet("**2. The planners API**")
     spec = scope["spec"]
     assert scope["action"].shape == (spec.act_dim,) and scope["sequence"].shape == (scope["planner"].config.horizon, spec.act_dim)
     assert scope["stats"]["epochs"] <= 60 and scope["model"].fitted
@@ -28,11 +34,7 @@ def test_the_planners_api_snippet_runs_as_written():
 
 def test_the_robot_snippet_runs_as_written():
     """The README's robot block: a real planner in real time on the simulated robot."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("**On a robot**"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    scope: dict = {}
-    exec(compile(code, "README.md (on a robot)", "exec"), scope)
+    scope = run_snippet("**On a robot**")
     stats = scope["stats"]
     assert stats["fresh"] + stats["shifted"] + stats["fallback"] == 60 and stats["fresh"] > 0
     assert not scope["controller"].alive  # the block stopped the planning thread
