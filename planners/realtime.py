@@ -7,8 +7,8 @@
             robot.send_action(controller.act(obs, stamp))
 
 `act` never plans. It hands the observation to the planning thread and returns at once the
-action of the freshest finished plan for the current time: the plan's step k, k being the
-control periods elapsed since the state the plan started from. In order: a plan finished
+action of the freshest finished plan for the time the action takes effect (the reading's time
+plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then. In order: a plan finished
 since the last call ("fresh"), an older plan shifted further ("shifted"), or the safe action
 ("fallback") when there is no usable plan, the planner failed or died, or an observation or
 plan holds NaN/inf. Every executed action is clipped to the action box and, with `slew`, to a
