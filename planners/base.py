@@ -21,6 +21,10 @@ from worldmodel import threads
 class Planner(ABC):
     """A policy that acts by planning with a dynamics model."""
 
+    # rows of the buffer that came before this planner's own experience (an offline dataset):
+    # with symmetric_sampling, learning batches take half from them, half from the rest (RLPD)
+    prior_rows: int = 0
+
     @abstractmethod
     def reset(self) -> None:
         """Start a new episode: clear every state kept between steps."""

@@ -37,6 +37,7 @@ class DynaConfig:
     uncertainty_include_reward: bool = False  # the reward output enters the measure too
     updates_per_step: int = 20  # agent updates per real step when learning online (MBPO's G)
     obs_limit: float | None = 100.0  # an imagined state with |x| beyond this ends its rollout (None: no limit)
+    symmetric_sampling: bool = False  # the real part of each batch: half offline data, half new (RLPD; prior_rows)
     actor_lr_cosine: bool = False  # offline, the actor's lr anneals to 0 along a cosine over the updates (schedule)
     agent: dict = field(default_factory=dict)  # SACConfig fields
     seed: int | None = None
@@ -216,7 +217,8 @@ class Dyna(Planner):
         """One agent batch: real_ratio of it from real data, the rest imagined."""
         size = self.agent.config.batch_size
         real = round(size * self.config.real_ratio) if len(self.model_buffer) else size
-        parts = [self.buffer.sample(real)] if real else []
+        split = self.prior_rows if self.config.symmetric_sampling else None
+        parts = [self.buffer.sample(real, split)] if real else []
         if size - real:
             parts.append(self.model_buffer.sample(size - real))
         return torch.cat([p.to(self.model.device) for p in parts])

@@ -40,6 +40,7 @@ class MPCConfig:
     value_learning: bool = True
     value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
     value_updates_per_step: int = 1
+    symmetric_sampling: bool = False  # value batches: half offline data, half new (RLPD; see prior_rows)
     # > 0: the learned value is the critics' mean minus this many of their std (their disagreement,
     # FOWM's penalty for states the data does not cover) instead of their min
     value_penalty: float = 0.0
@@ -142,7 +143,8 @@ class MPCPlanner(Planner):
             return {}
         stats: dict[str, float] = {}
         for _ in range(self.config.value_updates_per_step if updates is None else updates):
-            stats = self.value_agent.update(self.buffer.sample(self.value_agent.config.batch_size).to(self.model.device))
+            split = self.prior_rows if self.config.symmetric_sampling else None
+            stats = self.value_agent.update(self.buffer.sample(self.value_agent.config.batch_size, split).to(self.model.device))
         return stats
 
     def state_dict(self) -> dict:

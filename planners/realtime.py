@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
             load_pretrained_agent(planner, load_checked(checkpoint, "worldmodel.RunState")["planner"])
         if dataset is not None:
             planner.buffer.extend(dataset)
+            planner.prior_rows = len(dataset)  # (symmetric_sampling: half of each batch from it, RLPD)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
 

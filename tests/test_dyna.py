@@ -132,6 +132,18 @@ def test_agent_batches_mix_real_and_imagined_data_by_real_ratio(ratio):
     assert (batch["reward"] > 500).float().mean().item() == pytest.approx(ratio, abs=1 / 256)
 
 
+def test_symmetric_sampling_splits_the_real_part_between_prior_and_new_data():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    config = DynaConfig(rollout_length=1, rollout_batch_size=100, real_ratio=0.5, symmetric_sampling=True, seed=0)
+    planner = MBPO(model, SPEC, config)
+    planner.observe(real_data(100, reward=1000.0))  # the offline dataset
+    planner.observe(real_data(5, reward=2000.0))  # new real steps
+    planner.prior_rows = 100
+    planner.rollout()
+    batch = planner._batch()  # 128 real rows: 64 offline, 64 new; 128 imagined
+    assert ((batch["reward"] > 500) & (batch["reward"] < 1500)).sum() == 64 and (batch["reward"] > 1500).sum() == 64
+
+
 def test_learn_rolls_out_every_rollout_every_updates():
     model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     config = DynaConfig(rollout_length=1, rollout_batch_size=20, rollout_every=3, retain_rounds=10,

@@ -91,6 +91,23 @@ def test_sample_draws_uniformly_from_stored_rows():
     assert (counts > 850).all() and (counts < 1150).all()
 
 
+def test_symmetric_sampling_takes_half_from_each_side_of_the_split():
+    """RLPD: 100 offline rows, 10 new ones; each batch is half and half, each side uniform."""
+    buffer = ReplayBuffer(O, A, capacity=200)
+    buffer.extend(transitions(100))
+    buffer.extend(transitions(10, start=1e4))
+    batch = buffer.sample(1000, split=100)
+    new = batch["obs"][:, 0] >= 1e4
+    assert new.sum() == 500 and torch.equal(new[500:], torch.ones(500, dtype=torch.bool))
+    assert torch.unique(batch["obs"][new, 0]).numel() == 10 and torch.unique(batch["obs"][~new, 0]).numel() > 90
+    uniform = buffer.sample(1000, split=110)  # nothing after the split yet: uniform over all
+    assert (uniform["obs"][:, 0] >= 1e4).sum() < 200
+    full = ReplayBuffer(O, A, capacity=20)
+    full.extend(transitions(20))
+    with pytest.raises(RuntimeError, match="needs a buffer that never overwrote a row"):
+        full.sample(8, split=10)
+
+
 def test_empty_buffer_sampling_is_a_clear_error():
     with pytest.raises(RuntimeError, match="empty replay buffer"):
         ReplayBuffer(O, A).sample(1)

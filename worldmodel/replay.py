@@ -43,11 +43,21 @@ class ReplayBuffer:
         if len(batch):
             self._rb.extend(batch.to(self.device))
 
-    def sample(self, batch_size: int) -> TensorDict:
-        """`batch_size` transitions drawn uniformly with replacement (torch's global RNG)."""
+    def sample(self, batch_size: int, split: int | None = None) -> TensorDict:
+        """`batch_size` transitions drawn uniformly with replacement (torch's global RNG).
+
+        split: RLPD's symmetric sampling. The first `split` rows stored (e.g. an offline dataset)
+        and the rows after them each give half the batch; uniform over all while either side is
+        empty. Needs a buffer that never overwrote a row (capacity for everything)."""
         if len(self) == 0:
             raise RuntimeError("cannot sample from an empty replay buffer; extend it first")
-        return self._rb.sample(batch_size)
+        if not split or split >= len(self):
+            return self._rb.sample(batch_size)
+        if len(self) == self.capacity:
+            raise RuntimeError("symmetric sampling needs a buffer that never overwrote a row; give it more capacity")
+        half = batch_size // 2
+        rows = torch.cat([torch.randint(0, split, (half,)), torch.randint(split, len(self), (batch_size - half,))])
+        return self._rb[rows]
 
     def data(self) -> TensorDict:
         """Every stored transition, [len(self)] (storage order, not insertion order once full)."""

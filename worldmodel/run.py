@@ -190,6 +190,7 @@ class Run:
     def _offline(self, started: float) -> None:
         """Fit the model on the dataset, then train the agent for offline.updates gradient steps."""
         cfg, p = self.cfg, self.progress
+        self.planner.prior_rows = len(self.dataset)  # (the buffer holds the dataset first)
         if not p["dataset_loaded"]:
             self.planner.observe(self.dataset)
             if not cfg.pretrained:  # a given model is used as it is (a refit would draw a new holdout split)
