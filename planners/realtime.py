@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tensordict import TensorDict
 from torch import Tensor
 
 from planners.base import Planner
@@ -392,24 +393,15 @@ _SUMMARY_KEYS = ("act_latency_p50_ms", "act_latency_p99_ms", "act_latency_max_ms
 
 
 def _load_config(argv: list[str]):
-    from omegaconf import OmegaConf
-
     from planners import planner_defaults
-    from worldmodel.config import compose_config
+    from worldmodel.config import compose_config, resumed_config
 
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     compose = lambda args: compose_config("realtime", args, __doc__, open_keys=("env",),  # noqa: E731
                                           groups={"planner": planner_defaults()})  # fmt: skip
     if resume is None:
         return compose(argv), None
-    saved_path = Path(resume) / "config.yaml"
-    if not saved_path.is_file():
-        raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a realtime run directory?)")
-    saved = OmegaConf.load(saved_path)
-    cfg = OmegaConf.merge(compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a for a in argv if not a.startswith(("resume=", "run_dir="))]))
-    cfg.run_dir, cfg.resume = resume, resume
-    return cfg, Path(resume)
+    return resumed_config(resume, argv, compose), Path(resume)
 
 
 def _validate(cfg) -> None:
@@ -441,7 +433,6 @@ def main(argv: list[str] | None = None) -> dict:
     from worldmodel.replay import ReplayBuffer
     from worldmodel.robot import SimulatedRobot
     from worldmodel.transition_log import TransitionLog
-    from worldmodel.transitions import validate_transitions
 
     argv = sys.argv[1:] if argv is None else argv
     cfg, resume_dir = _load_config(argv)
@@ -513,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
                unit="step", smoothing=0)  # fmt: skip
-    status, previous, last_report, seeded = "finished", None, time.monotonic(), 0
+    status, previous, last_report, seeded, logged_episodes = "finished", None, time.monotonic(), 0, 0
     started = time.perf_counter()
     try:
         with robot, controller, learner:
@@ -525,11 +516,10 @@ def main(argv: list[str] | None = None) -> dict:
                     if robot.error is not None:
                         raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
-                rows = []
+                pairs = []
                 for r in readings:  # consecutive readings of one episode make a real transition
                     if previous is not None and not r.first and r.seq == previous.seq + 1:
-                        rows.append(torch.cat([previous.obs, r.action, torch.tensor([r.reward]), r.obs,
-                                               torch.tensor([float(r.terminated), float(r.truncated)])]))  # fmt: skip
+                        pairs.append((previous, r))
                     previous = r
                 latest = readings[-1]
                 if len(log) < seeding or not ready():
@@ -537,26 +527,25 @@ def main(argv: list[str] | None = None) -> dict:
                     seeded += 1
                 else:
                     robot.send_action(controller.act(latest.obs, latest.stamp))
-                rows = rows[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
-                if rows:
-                    learner.add(_as_transitions(torch.stack(rows), spec.obs_dim, spec.act_dim, validate_transitions))
-                    bar.update(len(rows))
+                pairs = pairs[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
+                if pairs:
+                    learner.add(_transitions(pairs))
+                    bar.update(len(pairs))
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
                     logger.log("realtime", len(log), **{k: stats[k] for k in _SUMMARY_KEYS})
-                    for ret in robot.episode_returns[len(logger.records("episode")):]:
+                    for ret in robot.episode_returns[logged_episodes:]:
                         logger.log("episode", len(log), ret=ret)
+                    logged_episodes = len(robot.episode_returns)
                     bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
                                     model=controller.version)  # fmt: skip
                 if learner.error is not None or controller.error is not None or robot.error is not None:
                     raise RuntimeError(f"a background thread died: {learner.error or controller.error or robot.error}")
-            learner.stop()
     except KeyboardInterrupt:
         status = "interrupted"
-    finally:
+    finally:  # (leaving the with-block stopped the learner, the planner and the robot)
         bar.close()
-        learner.stop()
         log.close()
     wall = time.perf_counter() - started
     final = evaluate(planner, make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args), cfg.eval_episodes) \
@@ -566,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
                "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors",
                                         "nonfinite_obs", "vetoed", "watchdog_trips", "plans")},
-               "real_steps": len(TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim)),
+               "real_steps": len(log),
                "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
@@ -581,14 +570,13 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def _as_transitions(rows: Tensor, obs_dim: int, act_dim: int, validate) -> "TensorDict":
-    """Flat rows [N, 2 O + A + 3] (obs, action, reward, next_obs, terminated, truncated) -> transitions."""
-    from tensordict import TensorDict
-
-    o, a = obs_dim, act_dim
-    return validate(TensorDict({"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
-                                "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminated": rows[:, -2] > 0.5,
-                                "truncated": rows[:, -1] > 0.5}, batch_size=[len(rows)]), obs_dim, act_dim)  # fmt: skip
+def _transitions(pairs: list) -> TensorDict:
+    """Consecutive readings (before, after) of one episode -> real transitions [N]; `after`
+    carries the action in effect, the reward and the episode's end."""
+    return TensorDict({"obs": torch.stack([b.obs for b, _ in pairs]), "action": torch.stack([a.action for _, a in pairs]),
+                       "reward": torch.tensor([a.reward for _, a in pairs]), "next_obs": torch.stack([a.obs for _, a in pairs]),
+                       "terminated": torch.tensor([a.terminated for _, a in pairs]),
+                       "truncated": torch.tensor([a.truncated for _, a in pairs])}, batch_size=[len(pairs)])  # fmt: skip
 
 
 def _plot(controller: RealtimeController, returns: list[float], out: Path, title: str) -> None:

@@ -211,3 +211,21 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
             raise ValueError(f"pretrained={path}: the directory has no model.pt (a run that fitted a model writes one)")
         return path / "model.pt", (path / "checkpoint.pt") if (path / "checkpoint.pt").is_file() else None
     return path, None
+
+
+def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig]) -> DictConfig:
+    """A run directory's saved config.yaml over today's defaults (`compose([planner=, env=])`, for
+    runs saved by an older version), with the other `argv` overrides (e.g. a larger budget) on
+    top; a SystemExit that says why if `resume` holds no config or an override does not fit."""
+    saved_path = Path(resume) / "config.yaml"
+    if not saved_path.is_file():
+        raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
+    saved = OmegaConf.load(saved_path)
+    cfg = OmegaConf.merge(compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a for a in argv if not a.startswith(("resume=", "run_dir="))]))
+    except Exception as e:
+        raise SystemExit(f"error: bad override for a resumed run: {e}") from None
+    cfg.run_dir, cfg.resume = resume, resume
+    return cfg

@@ -70,9 +70,8 @@ def aggregate(scores: list[float]) -> dict:
     n = len(scores)
     mean = statistics.fmean(scores) if n else math.nan
     std = statistics.stdev(scores) if n > 1 else math.nan
-    half = _T95[min(n - 2, len(_T95) - 1)] * std / math.sqrt(n) if n > 1 else math.nan
-    if n > 31:
-        half = 1.96 * std / math.sqrt(n)
+    t = _T95[n - 2] if 1 < n <= len(_T95) + 1 else 1.96  # (df = n - 1)
+    half = t * std / math.sqrt(n) if n > 1 else math.nan
     return {"n": n, "mean": mean, "std": std, "ci95": half}
 
 

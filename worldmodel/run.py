@@ -33,6 +33,7 @@ from worldmodel.config import (
     check_settings,
     compose_config,
     pretrained_files,
+    resumed_config,
     run_dir_for,
     save_config,
     signature_fields,
@@ -505,22 +506,10 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume is None:
         return _compose(argv), None
-    saved_path = Path(resume) / "config.yaml"
-    if not saved_path.is_file():
-        raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
-    if not (Path(resume) / "checkpoint.pt").is_file():
+    if (Path(resume) / "config.yaml").is_file() and not (Path(resume) / "checkpoint.pt").is_file():
         raise SystemExit(f"error: cannot resume from {resume}: it has no checkpoint.pt (the run stopped before "
                          "its first checkpoint was written); start it again")  # fmt: skip
-    saved = OmegaConf.load(saved_path)
-    cfg = OmegaConf.merge(_compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
-    OmegaConf.set_struct(cfg, True)
-    others = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(others))
-    except Exception as e:
-        raise SystemExit(f"error: bad override for a resumed run: {e}") from None
-    cfg.run_dir, cfg.resume = resume, resume
-    return cfg, Path(resume)
+    return resumed_config(resume, argv, _compose), Path(resume)
 
 
 def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
