@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from planners.base import Planner, check_obs
 from worldmodel.envs import TaskSpec
+from worldmodel.optim import adam
 from worldmodel.replay import ReplayBuffer
 
 
@@ -38,7 +39,7 @@ class BehaviourCloning(Planner):
         self.policy = nn.Sequential(*body, nn.Linear(cfg.hidden, spec.act_dim), nn.Tanh())
         self.center = (spec.action_high + spec.action_low) / 2
         self.half_range = (spec.action_high - spec.action_low) / 2
-        self.optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.optim = adam(self.policy.parameters(), cfg.lr)
 
     def reset(self) -> None:
         pass

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import kernels
 import kernels.reference
+from worldmodel.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _INITS, _ORDERS = ("default", "edac"), ("critic_first", "actor_first")
@@ -152,9 +153,9 @@ class SAC(nn.Module):
         self.target_critics.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_optim = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optim = adam(self.critics.parameters(), cfg.critic_lr)
+        self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr)
         self.updates = 0
         self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
 
@@ -220,8 +221,7 @@ class SAC(nn.Module):
             actor_loss, log_prob = self._actor_step(batch["obs"])
             self._alpha_step(batch["obs"], log_prob)
         with torch.no_grad():
-            for target, online in zip(self.target_critics.parameters(), self.critics.parameters()):
-                target.lerp_(online, self.config.tau)
+            torch._foreach_lerp_(list(self.target_critics.parameters()), list(self.critics.parameters()), self.config.tau)
         self.updates += 1
         return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
                 "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity,

@@ -22,6 +22,7 @@ import kernels
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.normalization import Standardizer
+from worldmodel.optim import adam
 from worldmodel.termination import TerminationFn
 from worldmodel.transitions import validate_transitions
 from worldmodel.uncertainty import Uncertainty
@@ -422,7 +423,7 @@ class EnsembleDynamics(nn.Module):
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The Adam optimiser that refits share (created on first use, or when lr changes)."""
         if self._optimizer is None or self._optimizer.param_groups[0]["lr"] != lr:
-            self._optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+            self._optimizer = adam(self.parameters(), lr)
         return self._optimizer
 
     def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, resample: Tensor | None) -> float:
