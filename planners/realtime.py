@@ -34,6 +34,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from planners.agent import Agent
 from planners.base import Planner
 from worldmodel.envs import TaskSpec
 
@@ -266,10 +267,15 @@ class RealtimeController:
 
     # ---------------------------------------------------------------- learning in the background
 
+    def between_plans(self) -> threading.Lock:
+        """`with controller.between_plans():` no plan runs inside the block (e.g. to save the
+        planner's state consistently); act() keeps serving the plans it has."""
+        return self._model_lock
+
     def swap(self, model=None, **planner_attributes) -> int:
         """Replace the planner's model (and any other attributes, e.g. a value agent) between two
         plans; returns the new version number."""
-        with self._model_lock:
+        with self.between_plans():
             if model is not None:
                 self.planner.model = model
             for name, value in planner_attributes.items():
@@ -306,20 +312,21 @@ def _percentile(values: list[float], q: float) -> float:
 class BackgroundLearner:
     """Real transitions in; model (and learned value) refitted on copies in a background thread.
 
-    `add` logs each transition durably (the TransitionLog) before queueing it; the thread puts
-    them in the planner's buffer and, every `train_every` new ones, fits a copy of the model
-    (warm-started: `fit_epochs` epochs, or `first_epochs` for a model never fitted), trains a
-    copy of the planner's learned value (`value_updates` steps, if it has one), swaps both into
-    the controller between two plans, then calls `on_swap(version, metrics)`.
+    `add` logs each transition durably (the agent's TransitionLog) before queueing it; the thread
+    puts them in the agent's buffer and, every `train_every` new ones, fits a copy of the model
+    (`agent.refit_settings`: warm-started for refit_epochs, or a first fit), trains a copy of the
+    planner's learned value (`value_updates` steps, if it has one), swaps both into the controller
+    between two plans, then calls `on_swap(version, metrics)`.
     """
 
-    def __init__(self, controller: RealtimeController, log, train_every: int, fit_kwargs: dict, fit_epochs: int,
-                 value_updates: int = 0, threads: int = 1, on_swap: Callable[[int, dict], None] | None = None):  # fmt: skip
+    def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, value_updates: int = 0,
+                 threads: int = 1, on_swap: Callable[[int, dict], None] | None = None):  # fmt: skip
         import queue
 
-        self.controller, self.planner, self.log = controller, controller.planner, log
-        self.train_every, self.fit_kwargs, self.fit_epochs = train_every, fit_kwargs, fit_epochs
-        self.value_updates, self.threads, self.on_swap = value_updates, threads, on_swap
+        if agent.planner is not controller.planner:
+            raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
+        self.controller, self.agent, self.planner = controller, agent, agent.planner
+        self.train_every, self.value_updates, self.threads, self.on_swap = train_every, value_updates, threads, on_swap
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.new = 0  # transitions since the last refit
@@ -328,7 +335,7 @@ class BackgroundLearner:
 
     def add(self, transitions) -> None:
         """Log transitions [N] durably, then hand them to the learning thread."""
-        self.log.append(transitions)
+        self.agent.record(transitions)
         self._queue.put(transitions)
 
     def start(self) -> BackgroundLearner:
@@ -352,12 +359,21 @@ class BackgroundLearner:
         """Refit on what the buffer holds as soon as the thread is free (e.g. an offline dataset)."""
         self._queue.put("refit")
 
+    def snapshot(self, path: Path) -> None:
+        """Save the agent as it stands once the thread is free (after the refits the transitions
+        added so far triggered) to `path` (Agent.save), between two plans."""
+        self._queue.put(Path(path))
+
     def _run(self) -> None:
         import copy
 
         try:
             torch.set_num_threads(self.threads)
             while (item := self._queue.get()) is not None:
+                if isinstance(item, Path):
+                    with self.controller.between_plans():
+                        self.agent.save(item, model_version=self.controller.version)
+                    continue
                 forced = isinstance(item, str)
                 if not forced:
                     self.planner.buffer.extend(item)
@@ -366,9 +382,7 @@ class BackgroundLearner:
                     continue  # (catch up with the queue first)
                 self.new = 0
                 model = copy.deepcopy(self.planner.model)
-                epochs = self.fit_epochs if model.fitted else self.fit_kwargs.get("max_epochs")
-                metrics = model.fit(self.planner.buffer.data(), **{**self.fit_kwargs, "max_epochs": epochs,
-                                                                   "progress": False})  # fmt: skip
+                metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
                 swapped = {}
                 agent = getattr(self.planner, "value_agent", None)
                 if agent is not None and self.value_updates:
@@ -411,6 +425,8 @@ def _validate(cfg) -> None:
     for key in ("seed_steps", "value_updates", "seed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0:
             raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
+    if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
+        raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
     for key in ("pretrained", "dataset"):
         if cfg[key] is not None and not Path(cfg[key]).exists():
             raise ValueError(f"{key}={cfg[key]}: no such file or directory")
@@ -418,21 +434,17 @@ def _validate(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
-    from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
-    from planners import evaluate, load_pretrained_agent, make_planner
+    from planners import evaluate
     from worldmodel import threads
-    from worldmodel.checkpoint import atomic_save, load_checked
     from worldmodel.collect import uniform_policy
-    from worldmodel.config import check_settings, pretrained_files, run_dir_for, save_config, signature_fields
+    from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
     from worldmodel.datasets import load_dataset
     from worldmodel.ensemble import EnsembleDynamics
     from worldmodel.envs import make_env
     from worldmodel.metrics import MetricsLogger, write_json
-    from worldmodel.replay import ReplayBuffer
     from worldmodel.robot import SimulatedRobot
-    from worldmodel.transition_log import TransitionLog
 
     argv = sys.argv[1:] if argv is None else argv
     cfg, resume_dir = _load_config(argv)
@@ -446,24 +458,13 @@ def main(argv: list[str] | None = None) -> dict:
                                cfg.actuator_ms, seed=cfg.seed, **env_args)  # fmt: skip
         spec = robot.spec
         torch.manual_seed(cfg.seed)
-        checkpoint = None
-        if cfg.pretrained:
-            model_file, checkpoint = pretrained_files(cfg.pretrained)
-            model = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
-                                          termination_fn=spec.termination_fn)  # fmt: skip
-        else:
-            model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
         dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)[0] if cfg.dataset else None
-        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=cfg.real_steps + (len(dataset) if dataset is not None else 0))
-        settings = OmegaConf.to_container(cfg.planner, resolve=True)
-        if cfg.slew is not None and "slew" in settings and settings["slew"] is None:
-            settings["slew"] = cfg.slew  # the planner samples within the limit the controller enforces
-        planner = make_planner(settings.pop("name"), model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
-        if checkpoint is not None:  # FOWM: the pretrained learned value comes along with the dynamics
-            load_pretrained_agent(planner, load_checked(checkpoint, "worldmodel.RunState")["planner"])
-        if dataset is not None:
-            planner.buffer.extend(dataset)
-            planner.prior_rows = len(dataset)  # (symmetric_sampling: half of each batch from it, RLPD)
+        # the planner samples within the slew limit the controller enforces
+        slew = {"slew": cfg.slew} if cfg.slew is not None and "slew" in cfg.planner and cfg.planner.slew is None else {}
+        agent = Agent.from_config(cfg, spec, cfg.real_steps + (len(dataset) if dataset is not None else 0), **slew)
+        if cfg.pretrained:
+            print(agent.describe_pretrained())
+        agent.add_dataset(dataset)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -473,33 +474,38 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     logger = MetricsLogger(run_dir)
-    log = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim)
+    log = agent.open_log(run_dir / "transitions")
     agent_file = run_dir / "agent.pt"
     if resume_dir is not None:
         if len(log):
-            planner.buffer.extend(log.read())
+            agent.buffer.extend(log.read())
         if agent_file.is_file():
-            saved = load_checked(agent_file, "worldmodel.realtime")
-            model.load_state_dict(saved["model"])
-            planner.load_state_dict(saved["planner"])
+            agent.restore(agent_file)
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
     config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, plan_threads=cfg.plan_threads,
                             switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
-    controller = RealtimeController(planner, spec, config, on_stale=robot.send_action)
+    controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
-    def saved_agent(version: int, metrics: dict) -> None:
-        atomic_save({"format": "worldmodel.realtime", "version": 1, "model": controller.planner.model.state_dict(),
-                     "planner": controller.planner.state_dict(), "model_version": version}, agent_file)  # fmt: skip
+    def saved_agent(version: int, metrics: dict) -> None:  # (pretrained=<this run dir> reads both files)
+        agent.save(agent_file, model_version=version)
+        agent.model.save(run_dir / "model.pt")
         logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
                    holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
-    fit_kwargs = dict(cfg.model.fit)
     learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
-    learner = BackgroundLearner(controller, log, cfg.train_every, fit_kwargs, cfg.fit_epochs, cfg.value_updates,
-                                threads=learn_threads, on_swap=saved_agent)  # fmt: skip
-    ready = lambda: model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
+    learner = BackgroundLearner(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
+                                on_swap=saved_agent)  # fmt: skip
+    ready = lambda: agent.model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
+    snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
+    due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())
+
+    def snapshot_due() -> None:
+        while due and due[0] <= len(log):
+            snapshots.mkdir(exist_ok=True)
+            learner.snapshot(snapshots / f"agent-{due.pop(0)}.pt")
+
     random_policy = uniform_policy(robot.env)
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
@@ -508,8 +514,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     try:
         with robot, controller, learner:
-            if (dataset is not None and not model.fitted) or (resume_dir is not None and len(log)):
+            if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
                 learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
+            snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
             while len(log) < cfg.real_steps:
                 readings = robot.readings(timeout=1.0)
                 if not readings:
@@ -531,6 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if pairs:
                     learner.add(_transitions(pairs))
                     bar.update(len(pairs))
+                    snapshot_due()
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
@@ -546,10 +554,16 @@ def main(argv: list[str] | None = None) -> dict:
         status = "interrupted"
     finally:  # (leaving the with-block stopped the learner, the planner and the robot)
         bar.close()
-        log.close()
+        agent.close()
     wall = time.perf_counter() - started
-    final = evaluate(planner, make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args), cfg.eval_episodes) \
-        if status == "finished" else None  # fmt: skip
+    final, evals = None, {}
+    if status == "finished":
+        eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
+        final = evaluate(agent.planner, eval_env, cfg.eval_episodes)
+        for n in sorted(set(cfg.eval_at)):  # (after the final one: the agent's state is replaced)
+            agent.restore(snapshots / f"agent-{n}.pt")
+            evals[str(n)] = evaluate(agent.planner, eval_env, cfg.eval_episodes)
+            logger.log("eval", n, ret=evals[str(n)])
     stats = controller.stats()
     summary = {"status": status, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
                "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, **{k: stats[k] for k in _SUMMARY_KEYS},
@@ -559,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
                "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
-               "wall_s": wall, "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
+               "eval_returns": evals, "wall_s": wall, "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
     write_json(summary, run_dir / "summary.json")
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "
           f"at {cfg.control_hz:g} Hz, {cfg.latency_ms:g} ms latency")  # fmt: skip

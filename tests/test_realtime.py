@@ -236,7 +236,8 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     from worldmodel import TransitionLog
 
     run_dir = tmp_path / "rt"
-    cmd = [sys.executable, "-m", "planners.realtime", *REALTIME_TINY, "real_steps=400", "seed=0", f"run_dir={run_dir}"]
+    cmd = [sys.executable, "-m", "planners.realtime", *REALTIME_TINY, "real_steps=400", "seed=0", "eval_at=[100,400]",
+           f"run_dir={run_dir}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: (run_dir / "transitions").is_dir() and len(TransitionLog(run_dir / "transitions", 11, 3,
                                                                                repair=False)) >= 150, timeout=120)  # fmt: skip
@@ -252,3 +253,33 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     assert torch.equal(after["obs"][: len(before)], before["obs"])  # nothing logged before the kill was lost
     assert summary["fresh"] > 0 and summary["model_version"] >= 1  # it planned, with refitted models
     assert (run_dir / "realtime.png").is_file() and (run_dir / "agent.pt").is_file()
+    # the agents saved after 100 and 400 real steps were evaluated (the first before the kill)
+    assert sorted(summary["eval_returns"]) == ["100", "400"] and all(r > 0 for r in summary["eval_returns"].values())
+    assert sorted(f.name for f in (run_dir / "snapshots").iterdir()) == ["agent-100.pt", "agent-400.pt"]
+
+
+def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
+    """The Agent both loops build: a worldmodel.run directory is a robot run's `pretrained=`, the
+    robot run's directory (agent.pt, model.pt) a pretrained agent again, learned value included."""
+    from planners.agent import Agent
+    from planners.realtime import main
+    from worldmodel.run import main as run
+
+    sim = tmp_path / "sim"
+    run(["planner=mppi", "env=hopper", "env_steps=120", "seed_steps=60", "train_every=60", "eval_every=120",
+         "env.max_episode_steps=100", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2",
+         "model.hidden=32", "planner.candidates=64", "planner.horizon=5", f"run_dir={sim}"])  # fmt: skip
+    robot = tmp_path / "robot"
+    summary = main([*REALTIME_TINY, "real_steps=120", f"pretrained={sim}", "eval_at=[0]", f"run_dir={robot}"])
+    assert summary["status"] == "finished" and summary["seed_actions"] == 0  # pretrained: the planner acts at once
+    spec = make_env("hopper").task_spec
+    for source in (sim, robot):
+        agent = Agent(spec, {"name": "mppi", "candidates": 64, "horizon": 5}, pretrained=source)
+        assert agent.loaded == "learned value" and agent.model.fitted
+    before = Agent(spec, {"name": "mppi"}, pretrained=sim)
+    after = Agent(spec, {"name": "mppi"}, pretrained=robot)
+    obs = torch.randn(8, 11)
+    assert not torch.equal(before.planner.value_agent.value(obs, True), after.planner.value_agent.value(obs, True))
+    snapshot = Agent(spec, {"name": "mppi"}, pretrained=sim)
+    snapshot.restore(robot / "snapshots" / "agent-0.pt")  # eval_at=[0]: the robot run's agent at its start
+    assert torch.equal(snapshot.planner.value_agent.value(obs, True), before.planner.value_agent.value(obs, True))

@@ -204,12 +204,13 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
-    """(model.pt, checkpoint.pt or None) of `pretrained=`: a run directory or a model file."""
+    """(model.pt, the file with the learned agent or None) of `pretrained=`: a run directory (its
+    checkpoint.pt, or a realtime run's agent.pt) or a model file."""
     path = Path(path)
     if path.is_dir():
         if not (path / "model.pt").is_file():
             raise ValueError(f"pretrained={path}: the directory has no model.pt (a run that fitted a model writes one)")
-        return path / "model.pt", (path / "checkpoint.pt") if (path / "checkpoint.pt").is_file() else None
+        return path / "model.pt", next((f for f in (path / "checkpoint.pt", path / "agent.pt") if f.is_file()), None)
     return path, None
 
 

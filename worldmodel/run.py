@@ -25,14 +25,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import Dyna, MPCPlanner, PlanningError, evaluate, load_pretrained_agent, make_planner, planner_defaults
+from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_defaults
+from planners.agent import Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (
     check_settings,
     compose_config,
-    pretrained_files,
     resumed_config,
     run_dir_for,
     save_config,
@@ -43,7 +43,6 @@ from worldmodel.ensemble import FIT_RUNTIME_ARGS, EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
-from worldmodel.replay import ReplayBuffer
 from worldmodel.transition_log import TransitionLog
 from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
@@ -64,32 +63,19 @@ class Run:
     """
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.run_dir, self.logger, self.log = cfg, None, None, None
+        self.cfg, self.run_dir, self.logger = cfg, None, None
         torch.manual_seed(cfg.seed)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
         self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim) if cfg.dataset else (None, {})
-        model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
+        capacity = cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0)
+        self.agent = Agent.from_config(cfg, spec, capacity)
         if cfg.pretrained:
-            model_file, checkpoint = pretrained_files(cfg.pretrained)
-            self.model = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
-                                               termination_fn=spec.termination_fn)  # fmt: skip
-        else:
-            self.model = EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
-        self.model.to(cfg.device)
-        capacity = max(cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0), 1)
-        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity)
-        settings = OmegaConf.to_container(cfg.planner, resolve=True)
-        name = settings.pop("name")
-        self.planner = make_planner(name, self.model, spec, buffer=buffer, **{"seed": cfg.seed, **settings})
-        if cfg.pretrained and checkpoint is not None:  # a run directory: its learned agent comes along
-            loaded = load_pretrained_agent(self.planner, load_checked(checkpoint, _FORMAT)["planner"])
-            print(f"pretrained={cfg.pretrained}: model" + (f" and {loaded}" if loaded else " (its agent does not "
-                  f"carry over to planner={name})"))  # fmt: skip
+            print(self.agent.describe_pretrained())
         if unknown := [k for k, v in cfg.online.items() if v is not None and not hasattr(self.planner.config, k)]:
-            raise ValueError(f"online.{unknown[0]} is set but planner {name!r} has no setting {unknown[0]!r}")
+            raise ValueError(f"online.{unknown[0]} is set but planner {cfg.planner.name!r} has no setting {unknown[0]!r}")
         self._online_config()  # the settings for the switch are checked now, not hours later
         self.random_policy = uniform_policy(self.env)
         # after offline learning or from a pretrained model the planner acts from the first step
@@ -103,6 +89,18 @@ class Run:
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
 
+    @property
+    def planner(self):
+        return self.agent.planner
+
+    @property
+    def model(self) -> EnsembleDynamics:
+        return self.agent.model
+
+    @property
+    def log(self) -> TransitionLog | None:
+        return self.agent.log
+
     def open(self, run_dir: Path) -> None:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
         self.run_dir = run_dir
@@ -110,7 +108,7 @@ class Run:
         save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
         self.logger.truncate(self._recorded_before_checkpoint)  # a resumed run drops the records after it
-        self.log = TransitionLog(run_dir / "transitions", self.spec.obs_dim, self.spec.act_dim)
+        self.agent.open_log(run_dir / "transitions")
         self._rejoin_logged_transitions()
 
     def _rejoin_logged_transitions(self) -> None:
@@ -139,12 +137,8 @@ class Run:
     # -------------------------------------------------------------- checkpoints
 
     def save(self) -> None:
-        atomic_save({
-            "format": _FORMAT, "version": _VERSION, "progress": self.progress,
-            "model": self.model.state_dict(), "buffer": self.planner.buffer.state_dict(),
-            "optimizer": self.model.optimizer(self.cfg.model.fit.lr).state_dict(),
-            "planner": self.planner.state_dict(), "torch_rng": torch.get_rng_state(),
-        }, self.run_dir / "checkpoint.pt")  # fmt: skip
+        atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
+                     "torch_rng": torch.get_rng_state()}, self.run_dir / "checkpoint.pt")  # fmt: skip
 
     def restore(self, run_dir: Path) -> None:
         """Load run_dir/checkpoint.pt into this run (writes nothing)."""
@@ -153,17 +147,7 @@ class Run:
         if ckpt.get("version") != _VERSION:
             raise CheckpointError(f"{path} was written by an older worldmodel (checkpoint version "
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.planner.load_state_dict(ckpt["planner"])
-        except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f"{path}: the model or planner does not match this run's config: {e}") from e
-        saved = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(path))
-        if saved.capacity >= self.planner.buffer.capacity:
-            self.planner.buffer = saved
-        elif len(saved):  # a resumed run given more env_steps: move the data into the larger buffer
-            self.planner.buffer.extend(saved.data())
-        self.model.optimizer(self.cfg.model.fit.lr).load_state_dict(ckpt["optimizer"])
+        self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
         torch.set_rng_state(ckpt["torch_rng"])
 
@@ -191,9 +175,8 @@ class Run:
     def _offline(self, started: float) -> None:
         """Fit the model on the dataset, then train the agent for offline.updates gradient steps."""
         cfg, p = self.cfg, self.progress
-        self.planner.prior_rows = len(self.dataset)  # (the buffer holds the dataset first)
+        self.agent.add_dataset(self.dataset, observe=not p["dataset_loaded"])  # (restored runs hold it already)
         if not p["dataset_loaded"]:
-            self.planner.observe(self.dataset)
             if not cfg.pretrained:  # a given model is used as it is (a refit would draw a new holdout split)
                 self._fit(0, max_epochs=cfg.offline.fit_epochs, started=started)
             p["dataset_loaded"] = True
@@ -258,8 +241,7 @@ class Run:
             td["action"] = self._act(td["observation"])
             transition, td = self.env.step_and_maybe_reset(td)
             real = from_rollout(transition.unsqueeze(0))
-            self.log.append(real)  # durable before it counts
-            self.planner.observe(real)
+            self.agent.observe(real)  # durable in the log before it counts
             p["step"] += 1
             step = p["step"]
             episode_return += transition["next", "reward"].item()
@@ -315,7 +297,7 @@ class Run:
             return self.random_policy(obs)
         start = time.perf_counter()
         try:
-            action = self.planner.act(obs)
+            action = self.agent.act(obs)
         except PlanningError as e:
             p["planning_errors"] += 1
             tqdm.write(f"step {p['step']}: {e}; taking a random action instead")
@@ -329,11 +311,7 @@ class Run:
         """Refit the model (warm-started after the first fit: fit_epochs); `max_epochs` overrides.
         The offline fit (given `started`) shows its epochs, saves its state to fit_state.pt about
         once a minute and on SIGINT/SIGTERM, and resumes from that file."""
-        fit_cfg = dict(self.cfg.model.fit)
-        if self.progress["fits"] > 0 or self.cfg.pretrained:
-            fit_cfg["max_epochs"] = self.cfg.fit_epochs
-        if max_epochs != "default":
-            fit_cfg["max_epochs"] = max_epochs
+        fit_cfg = self.agent.refit_settings(**({} if max_epochs == "default" else {"max_epochs": max_epochs}))
         if started is not None:
             path = self.run_dir / _FIT_STATE
             if path.is_file():
@@ -417,8 +395,7 @@ class Run:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
-        if self.log is not None:
-            self.log.close()
+        self.agent.close()
 
 
 def _bar(total: int, initial: int, desc: str, unit: str):

@@ -1,0 +1,175 @@
+"""The agent both loops drive: dynamics model, planner (with its learned value or actor-critic),
+replay buffer and the durable log of real transitions, built, refitted, saved and restored as one.
+
+    agent = Agent.from_config(cfg, spec, capacity=cfg.env_steps)   # or pretrained=<run dir>
+    agent.open_log(run_dir / "transitions")
+    action = agent.act(obs)                       # obs [O] -> action [A]
+    agent.observe(real)                           # logged durably, then in the buffer
+    agent.refit()                                 # first fit: model.fit.max_epochs; later ones: refit_epochs
+
+`worldmodel.run` drives it synchronously in simulation, `planners.realtime` on a (simulated)
+robot with planning and refits in background threads; a fix to building, pretraining, logging
+or saving lands in both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensordict import TensorDict
+from torch import Tensor
+
+from planners import load_pretrained_agent, make_planner
+from planners.base import Planner
+from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
+from worldmodel.config import pretrained_files
+from worldmodel.ensemble import EnsembleDynamics
+from worldmodel.envs import TaskSpec
+from worldmodel.replay import ReplayBuffer
+from worldmodel.transition_log import TransitionLog
+
+FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
+_RUN_FORMAT = "worldmodel.RunState"  # a worldmodel.run checkpoint.pt holds the same keys
+
+
+class Agent:
+    """One model-based agent (see the module docstring). `model` is the planner's model: a
+    background refit swaps a new one into the planner, and the agent follows."""
+
+    def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
+                 refit_epochs: int = 10, capacity: int = 1, seed: int = 0, pretrained: str | Path | None = None,
+                 device: str = "cpu"):  # fmt: skip
+        """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
+        arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...);
+        pretrained: a run directory (its model.pt with its learned agent) or a model/agent file."""
+        self.spec, self.fit_settings, self.refit_epochs = spec, dict(fit or {}), refit_epochs
+        self.pretrained, self.loaded = pretrained, None
+        agent_state = None
+        if pretrained is not None:
+            model_file, agent_file = pretrained_files(pretrained)
+            dynamics = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
+                                             termination_fn=spec.termination_fn)  # fmt: skip
+            if agent_file is not None:
+                kind = FORMAT if agent_file.name == "agent.pt" else _RUN_FORMAT
+                agent_state = load_checked(agent_file, kind)["planner"]
+        else:
+            dynamics = EnsembleDynamics(spec.obs_dim, spec.act_dim, **(model or {}), termination_fn=spec.termination_fn)
+        dynamics.to(device)
+        settings = dict(planner)
+        self.name = settings.pop("name")
+        buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=max(capacity, 1))
+        self.planner: Planner = make_planner(self.name, dynamics, spec, buffer=buffer, **{"seed": seed, **settings})
+        if agent_state is not None:  # FOWM: the learned value (or actor-critic) comes along with the dynamics
+            self.loaded = load_pretrained_agent(self.planner, agent_state)
+        self.log: TransitionLog | None = None
+
+    @classmethod
+    def from_config(cls, cfg, spec: TaskSpec, capacity: int, **planner_settings) -> Agent:
+        """From a run's config (planner, model with model.fit, fit_epochs, seed, pretrained, device);
+        `planner_settings` override the config's planner settings."""
+        from omegaconf import OmegaConf
+
+        planner = {**OmegaConf.to_container(cfg.planner, resolve=True), **planner_settings}
+        model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "fit"}
+        return cls(spec, planner, model, dict(cfg.model.fit), cfg.fit_epochs, capacity, cfg.seed,
+                   cfg.get("pretrained"), cfg.get("device", "cpu"))  # fmt: skip
+
+    @property
+    def model(self) -> EnsembleDynamics:
+        return self.planner.model
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        return self.planner.buffer
+
+    def describe_pretrained(self) -> str:
+        """What `pretrained=` brought, in words."""
+        what = f"model and {self.loaded}" if self.loaded else f"model (its agent does not carry over to planner={self.name})"
+        return f"pretrained={self.pretrained}: {what}"
+
+    # ---------------------------------------------------------------- data
+
+    def add_dataset(self, data: TensorDict | None, observe: bool = True) -> None:
+        """An offline dataset's transitions first in the buffer (observe=False: already there, e.g.
+        restored); symmetric sampling draws half of each batch from them (RLPD)."""
+        if data is None:
+            return
+        self.planner.prior_rows = len(data)
+        if observe:
+            self.planner.observe(data)
+
+    def open_log(self, directory: str | Path) -> TransitionLog:
+        """The append-only, crash-safe log of real transitions in `directory` (created or reopened)."""
+        self.log = TransitionLog(directory, self.spec.obs_dim, self.spec.act_dim)
+        return self.log
+
+    def record(self, real: TensorDict) -> None:
+        """Append real transitions [N] to the log, durably (fsync'd) before this returns."""
+        if self.log is None:
+            raise RuntimeError("the agent has no transition log: call open_log(directory) first")
+        self.log.append(real)
+
+    def observe(self, real: TensorDict) -> None:
+        """Real transitions [N]: durable in the log first, then the planner's (its buffer)."""
+        self.record(real)
+        self.planner.observe(real)
+
+    # ---------------------------------------------------------------- acting and learning
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """obs [O] -> action [A] (raises PlanningError where the planner cannot plan)."""
+        return self.planner.act(obs, deterministic)
+
+    def refit_settings(self, model: EnsembleDynamics | None = None, **overrides) -> dict:
+        """EnsembleDynamics.fit settings for (a copy of) the model: a first fit runs up to
+        model.fit.max_epochs, a fitted model is warm-started for refit_epochs."""
+        model = model if model is not None else self.model
+        settings = {**self.fit_settings, "max_epochs": self.refit_epochs if model.fitted else self.fit_settings.get("max_epochs")}
+        return {**settings, **overrides}
+
+    def refit(self, **overrides) -> dict:
+        """Refit the model on the buffer (and whatever else the planner learns then); its metrics."""
+        return self.planner.update(**self.refit_settings(**overrides))
+
+    # ---------------------------------------------------------------- saving
+
+    def state_dict(self, buffer: bool = True) -> dict:
+        """Model, planner (value, actor-critic, optimisers), the model's optimiser and (buffer=True)
+        the replay buffer."""
+        state = {"model": self.model.state_dict(), "planner": self.planner.state_dict(),
+                 "optimizer": self.model.optimizer(self.fit_settings.get("lr", 1e-3)).state_dict()}  # fmt: skip
+        if buffer:
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict, source: str = "state") -> None:
+        """Restore a state_dict; a model or planner of other sizes is a CheckpointError naming `source`.
+        A saved buffer smaller than this agent's moves into it (a resumed run given a larger budget)."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.planner.load_state_dict(state["planner"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{source}: the model or planner does not match this run's config: {e}") from e
+        if "optimizer" in state:
+            self.model.optimizer(self.fit_settings.get("lr", 1e-3)).load_state_dict(state["optimizer"])
+        if "buffer" in state:
+            saved = ReplayBuffer.from_state_dict(state["buffer"], source=source)
+            if saved.capacity >= self.buffer.capacity:
+                self.planner.buffer = saved
+            elif len(saved):
+                self.buffer.extend(saved.data())
+
+    def save(self, path: str | Path, **extra) -> None:
+        """agent.pt: model and planner (the transition log keeps the data), atomically; `extra`
+        keys (e.g. a model version) ride along. `pretrained=` accepts the file."""
+        atomic_save({"format": FORMAT, "version": VERSION, **self.state_dict(buffer=False), **extra}, path)
+
+    def restore(self, path: str | Path) -> dict:
+        """Load an agent.pt written by `save`; returns the whole saved dict (with its extra keys)."""
+        saved = load_checked(path, FORMAT)
+        self.load_state_dict(saved, source=str(path))
+        return saved
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
