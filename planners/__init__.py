@@ -37,22 +37,28 @@ def planner_defaults() -> dict[str, dict]:
             for name, (_, config_cls) in PLANNERS.items()}  # fmt: skip
 
 
+def planner_config(name: str, settings: dict):
+    """The planner's config dataclass from its settings: an unknown name, an unknown field or a
+    value of the wrong type or range is a ValueError naming it (no model needed)."""
+    from worldmodel.config import check_settings, dataclass_fields
+
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; choose from {sorted(PLANNERS)}")
+    config_cls = PLANNERS[name][1]
+    check_settings("planner", settings, dataclass_fields(config_cls))
+    for key in _AGENT_KEYS:
+        if isinstance(settings.get(key), dict):
+            check_settings(f"planner.{key}", settings[key], dataclass_fields(SACConfig))
+    return config_cls(**settings)
+
+
 def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **settings) -> Planner:
     """A planner by name with its config's fields as keyword settings; an unknown name, an unknown
     field or a value of the wrong type is a ValueError naming it.
 
     terminal_value (MPC planners only) maps states [B, O] to values [B].
     """
-    from worldmodel.config import check_settings, dataclass_fields
-
-    if name not in PLANNERS:
-        raise ValueError(f"unknown planner {name!r}; choose from {sorted(PLANNERS)}")
-    cls, config_cls = PLANNERS[name]
-    check_settings("planner", settings, dataclass_fields(config_cls))
-    for key in _AGENT_KEYS:
-        if isinstance(settings.get(key), dict):
-            check_settings(f"planner.{key}", settings[key], dataclass_fields(SACConfig))
-    config = config_cls(**settings)
+    cls, config = PLANNERS[name][0], planner_config(name, settings)
     if terminal_value is not None:
         if name not in MPC_PLANNERS:
             raise ValueError(f"planner {name!r} takes no terminal value (only {sorted(MPC_PLANNERS)} do)")
@@ -79,7 +85,7 @@ def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
 
 
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "load_pretrained_agent", "make_planner",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "load_pretrained_agent", "make_planner", "planner_config",
     "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",

@@ -1,13 +1,17 @@
-"""`python -m worldmodel.report <run dirs>`: a multi-seed table and learning curves of runs.
+"""`python -m worldmodel.report <run or sweep dirs>`: multi-seed tables and learning curves.
 
-    python -m worldmodel.report runs/offline --out docs/offline
+    python -m worldmodel.report runs/offline runs/multirun/2026-12-01 --out docs/offline
 
 Runs (directories holding summary.json, searched recursively) are grouped by dataset (or task,
-for online runs) and planner; each group's score is the mean over its seeds, with the sample
-standard deviation and a 95% confidence interval (Student's t). Offline runs score their
-`normalized_score` (the mean of the last offline.score_last evaluations, D4RL-normalised),
-online runs their normalised or raw final evaluation. With --out: report.md, report.json and
-one learning-curve PNG per dataset or task (the mean over seeds, the band their min to max).
+for online runs) and planner. Each group's final score is the mean over its runs with the
+sample standard deviation, a 95% percentile-bootstrap confidence interval of the mean (10,000
+resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
+aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
+runs or more; and the mean best evaluation. Offline runs score their `normalized_score` (the
+mean of the last offline.score_last evaluations, D4RL-normalised), online runs their normalised
+or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
+ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
+or task (the mean over runs, the band its 95% bootstrap interval).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from worldmodel.metrics import write_json
 
 # Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal's 1.96)
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, IQM_MIN_RUNS = 10_000, 0, 4
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
 
@@ -60,19 +67,48 @@ def load_run(run_dir: Path) -> dict:
             if row.get("kind") == kind:
                 curve.append((row["step"], row.get("score", row.get("ret"))))
     score = summary.get("normalized_score", summary.get("final_eval_return"))
+    best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
-            "status": summary["status"], "score": score, "progress": summary.get(key, 0), "curve": curve,
+            "status": summary["status"], "score": score, "best": best, "progress": summary.get(key, 0), "curve": curve,
             "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score")}  # fmt: skip
 
 
 def aggregate(scores: list[float]) -> dict:
-    """n, mean, sample std and the 95% confidence interval's half-width of `scores`."""
+    """n, mean, sample std and the half-width of Student's t 95% interval (ci95) of `scores`;
+    the mean's 95% bootstrap interval (ci_low, ci_high); the IQM and its interval (4+ runs)."""
     n = len(scores)
     mean = statistics.fmean(scores) if n else math.nan
     std = statistics.stdev(scores) if n > 1 else math.nan
     t = _T95[n - 2] if 1 < n <= len(_T95) + 1 else 1.96  # (df = n - 1)
     half = t * std / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "ci95": half}
+    ci_low, ci_high = bootstrap_ci(scores, np.mean)
+    out = {"n": n, "mean": mean, "std": std, "ci95": half, "ci_low": ci_low, "ci_high": ci_high}
+    if n >= IQM_MIN_RUNS:
+        out["iqm"] = float(iqm(np.asarray(scores, dtype=float)))
+        out["iqm_ci_low"], out["iqm_ci_high"] = bootstrap_ci(scores, iqm)
+    return out
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along `axis`: the mean after dropping floor(n/4) values at each end
+    (scipy.stats.trim_mean(x, 0.25), as rliable computes it)."""
+    x = np.sort(x, axis=axis)
+    n = x.shape[axis]
+    k = n // 4
+    return np.take(x, range(k, n - k), axis=axis).mean(axis=axis)
+
+
+def bootstrap_ci(scores: list[float], statistic=np.mean, level: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:  # fmt: skip
+    """Percentile bootstrap interval of statistic(scores): the (1-level)/2 and (1+level)/2
+    quantiles of the statistic over `resamples` resamples with replacement; NaNs under 2 scores."""
+    x = np.asarray(scores, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    rows = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    values = statistic(x[rows], axis=-1)
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def report(runs: list[dict]) -> list[dict]:
@@ -83,7 +119,9 @@ def report(runs: list[dict]) -> list[dict]:
     rows = []
     for (group, planner), members in sorted(groups.items()):
         scored = [r for r in members if r["score"] is not None]
+        bests = [r["best"] for r in members if r["best"] is not None]
         rows.append({"group": group, "planner": planner, **aggregate([r["score"] for r in scored]),
+                     "best": statistics.fmean(bests) if bests else None,
                      "seeds": sorted(r["seed"] for r in members), "scores": [r["score"] for r in scored],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
@@ -93,23 +131,25 @@ def report(runs: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The rows as a markdown table: mean +- std [95% CI] over seeds, per-seed scores, progress."""
-    lines = ["| dataset / task | planner | score: mean ± std [95% CI] | seeds | per seed | updates or steps |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    """The rows as a markdown table: final score mean +- std [95% bootstrap CI], IQM, mean best,
+    runs, per-run scores, progress."""
+    lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best | runs | per run | "
+             "updates or steps |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
         group = r["group"] + (f" (data {r['data_score']:.1f})" if r["data_score"] is not None else "")
-        score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['mean'] - r['ci95'])}, {fmt(r['mean'] + r['ci95'])}]"
+        score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+        robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
         low, high = r["progress"][0], r["progress"][-1]
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
-        lines.append(f"| {group} | {r['planner']} | {score} | {r['n']} | {', '.join(fmt(s) for s in r['scores'])} | "
-                     f"{progress}{unfinished} |")  # fmt: skip
+        lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {r['n']} | "
+                     f"{', '.join(fmt(s) for s in r['scores'])} | {progress}{unfinished} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def plot_curves(runs: list[dict], out: Path) -> list[Path]:
-    """One PNG per group: each planner's mean curve over seeds, the band from min to max."""
+    """One PNG per group: each planner's mean curve over runs, the band its 95% bootstrap interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,8 +165,9 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
             steps = sorted({s for r in members for s, v in r["curve"] if v is not None})
             points = [[v for r in members for s, v in r["curve"] if s == step and v is not None] for step in steps]
             means = [statistics.fmean(p) for p in points]
-            ax.plot(steps, means, label=f"{planner} ({len(members)} seeds)")
-            ax.fill_between(steps, [min(p) for p in points], [max(p) for p in points], alpha=0.2)
+            ax.plot(steps, means, label=f"{planner} ({len(members)} runs)")
+            bands = [bootstrap_ci(p, resamples=2_000) if len(p) > 1 else (p[0], p[0]) for p in points]
+            ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
         ax.set(title=group, xlabel="agent updates (offline) or env steps", ylabel="score")
         ax.legend()
         ax.grid(alpha=0.3)
@@ -138,10 +179,14 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
     return written
 
 
+_SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
+                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m worldmodel.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories, or directories holding them")
-    parser.add_argument("--out", help="write report.md, report.json and the learning-curve PNGs here")
+    parser.add_argument("--out", help="write report.md, summary.json, report.json and the learning-curve PNGs here")
     args = parser.parse_args(argv)
     try:
         runs = [load_run(d) for d in find_runs(args.paths)]
@@ -154,6 +199,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(table + "\n")
+        write_json({f"{r['group']}/{r['planner']}": {k: r[k] for k in _SUMMARY_KEYS if k in r} for r in rows},
+                   out / "summary.json")  # fmt: skip
         write_json({"rows": rows, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs]},
                    out / "report.json")  # fmt: skip
         for path in plot_curves(runs, out):

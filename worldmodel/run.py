@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_defaults
+from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
 from planners.agent import Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
@@ -519,13 +519,29 @@ def _model_file(arg: str) -> str:
     return arg
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
+def check_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
+    """The config of `python -m worldmodel.run <argv>`, checked as the run checks it before any
+    work (SystemExit with the reason otherwise); nothing is written."""
     cfg, resume_dir = load_config(argv)
-    run = None
     try:
         check_task_name(cfg.env.name)
         validate(cfg)
+        settings = OmegaConf.to_container(cfg.planner, resolve=True)
+        planner_config(settings.pop("name"), settings)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return cfg, resume_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--multirun", "-m") for a in argv):  # a sweep: one run per combination (worldmodel.sweep)
+        from worldmodel.sweep import main as multirun
+
+        return multirun(argv)
+    cfg, resume_dir = check_config(argv)
+    run = None
+    try:
         applied = _apply_dataset_settings(cfg, argv) if cfg.dataset and resume_dir is None else {}
         threads.set_threads(cfg.get("threads", "auto"))
         run = Run(cfg)

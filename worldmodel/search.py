@@ -1,0 +1,221 @@
+"""Hyperparameter search over the offline settings: Optuna's TPE (Bayesian optimisation, as Lu
+et al., "Revisiting Design Choices in Offline Model-Based RL", 2022), trials on the multirun's
+launcher (worldmodel.sweep: Ray by default).
+
+    python -m worldmodel.search planner=mopo env=hopper dataset=data/hopper-medium-replay.hdf5 \\
+        pretrained=runs/offline/hopper-medium-replay/mopo-s0 env_steps=0 offline.updates=20000 \\
+        search.trials=24 hydra.sweep.dir=runs/search/hopper-medium-replay search.save=true
+
+Every trial is one `python -m worldmodel.run` with the fixed overrides above and its sampled
+settings, in `<hydra.sweep.dir>/trial-<n>`; its objective is the run's `normalized_score` (or
+final evaluation return where the task has no reference returns). The space (Lu et al.'s):
+the uncertainty measure, the penalty lambda (log scale), the rollout length, the real-data
+ratio and, where trials fit their own model (no `pretrained=`), the number of elites. Give
+`pretrained=<run dir>` to share one fitted model across trials (far cheaper: the fit is most
+of an offline run). The study lives in `<dir>/study.db`: the same command resumes it, trials
+cut off mid-run resume from their checkpoints. At the end `<dir>/best.yaml` holds the best
+settings, and `search.save=true` writes them to configs/offline.yaml for the dataset (the
+per-dataset settings `python -m worldmodel.run dataset=...` picks).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from worldmodel.sweep import Job, JobPool, expand, split_args
+
+SEARCH_KEYS = ("trials", "parallel", "seed", "save", "min_penalty", "max_penalty", "max_rollout_length")
+
+
+@dataclass
+class SearchConfig:
+    """search.<key>=... settings."""
+
+    trials: int = 20  # trials in all (a resumed study counts those it has)
+    parallel: int | None = None  # trials at once (default: what the launcher runs at once)
+    seed: int = 0  # the sampler's seed
+    save: bool = False  # write the best settings to configs/offline.yaml for this dataset
+    min_penalty: float = 0.1
+    max_penalty: float = 10.0
+    max_rollout_length: int = 10
+
+
+def space(trial, cfg: SearchConfig, fits_model: bool, ensemble_size: int, fixed: set[str]) -> dict:
+    """Sample one trial's settings {override key: value}; keys in `fixed` (given on the command
+    line) are not searched."""
+    from worldmodel.uncertainty import MEASURES
+
+    dimensions = {
+        "planner.uncertainty": lambda k: trial.suggest_categorical(k, sorted(MEASURES)),
+        "planner.penalty": lambda k: trial.suggest_float(k, cfg.min_penalty, cfg.max_penalty, log=True),
+        "planner.rollout_length": lambda k: trial.suggest_int(k, 1, cfg.max_rollout_length),
+        "planner.real_ratio": lambda k: trial.suggest_float(k, 0.05, 0.5),
+    }
+    if fits_model:
+        dimensions["model.num_elites"] = lambda k: trial.suggest_int(k, max(1, ensemble_size - 4), ensemble_size)
+    return {key: sample(key) for key, sample in dimensions.items() if key not in fixed}
+
+
+def objective(summary: dict) -> float | None:
+    """A finished trial's score: normalized_score, else its final evaluation return."""
+    value = summary.get("normalized_score", summary.get("final_eval_return"))
+    return None if value is None else float(value)
+
+
+def save_preset(planner: str, preset: str, params: dict, path: Path) -> None:
+    """Set `planner: {preset: {...}}` in configs/offline.yaml, keeping the file's other lines and
+    comments (the row is replaced, or added under the planner), atomically."""
+    from worldmodel.checkpoint import atomic_write
+
+    settings = ", ".join(f"{k.removeprefix('planner.')}: {_yaml(v)}" for k, v in params.items() if k.startswith("planner."))
+    row = f"  {preset}: {{{settings}}}  # worldmodel.search, {time.strftime('%Y-%m-%d')}"
+    lines = path.read_text().splitlines()
+    try:
+        head = lines.index(f"{planner}:")
+    except ValueError:
+        lines += [f"{planner}:", row]
+    else:
+        end = next((i for i in range(head + 1, len(lines)) if lines[i] and not lines[i].startswith(" ")), len(lines))
+        mine = next((i for i in range(head + 1, end) if re.match(rf"\s+{re.escape(preset)}:", lines[i])), None)
+        if mine is None:
+            lines.insert(end, row)
+        else:
+            lines[mine] = row
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def _yaml(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _split(argv: list[str]) -> tuple[list[str], SearchConfig]:
+    import yaml
+
+    given, rest = {}, []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.startswith("search."):
+            name = key.removeprefix("search.")
+            if name not in SEARCH_KEYS:
+                raise ValueError(f"unknown search.{name}; valid: {', '.join(SEARCH_KEYS)}")
+            given[name] = yaml.safe_load(value)
+        else:
+            rest.append(arg)
+    cfg = SearchConfig(**given)
+    if cfg.trials < 1 or (cfg.parallel is not None and cfg.parallel < 1) or not 0 < cfg.min_penalty < cfg.max_penalty:
+        raise ValueError("search.trials and search.parallel must be >= 1 and 0 < search.min_penalty < search.max_penalty")
+    return rest, cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or resume) the search; returns the best trial's {"value", "params", "run_dir"}."""
+    import optuna
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    try:
+        rest, cfg = _split(argv)
+        fixed, launcher, sweep_dir, launcher_cfg = split_args(rest)
+        if len(expand(fixed)) > 1:
+            raise ValueError("the search samples the settings itself: give fixed key=value overrides, no sweeps")
+        sweep_dir = sweep_dir or Path("runs") / "search" / time.strftime("%Y%m%d-%H%M%S")
+        from worldmodel.run import check_config
+
+        run_cfg = check_config(fixed)[0]
+        if run_cfg.planner.name not in ("mopo", "mbpo", "ravl"):
+            raise ValueError(f"the search tunes the Dyna planners' offline settings (mopo, mbpo, ravl), not {run_cfg.planner.name}")
+        if not run_cfg.dataset:
+            raise ValueError("give the offline dataset: dataset=<file>")
+        preset = _preset(run_cfg)
+        if cfg.save and preset is None:
+            raise ValueError(f"{run_cfg.dataset} names no task and quality: give offline.preset=<task>-<quality> to save")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    given = {a.lstrip("+").partition("=")[0] for a in fixed}
+    fits_model = not run_cfg.get("pretrained")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, constant_liar=True, n_startup_trials=min(8, max(2, cfg.trials // 3)))
+    study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler, load_if_exists=True,
+                                storage=f"sqlite:///{(sweep_dir / 'study.db').resolve()}")  # fmt: skip
+    pool = JobPool(launcher, launcher_cfg)
+    parallel = cfg.parallel or pool.capacity
+    running: dict[int, optuna.trial.Trial] = {}
+
+    def submit(trial, params: dict) -> None:
+        overrides = [*fixed, *(f"{k}={v}" for k, v in params.items())]
+        pool.submit(Job(trial.number, overrides, sweep_dir / f"trial-{trial.number}"))
+        running[trial.number] = trial
+
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):  # a cut-off search
+        submit(optuna.trial.Trial(study, frozen._trial_id), frozen.params)
+    print(f"search: {cfg.trials} trials of {run_cfg.planner.name} on {run_cfg.dataset}, {parallel} at once, "
+          f"in {sweep_dir}" + ("" if fits_model else f" (model from {run_cfg.pretrained}, elites fixed)"))  # fmt: skip
+    from tqdm.auto import tqdm
+
+    done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)))
+    bar = tqdm(total=cfg.trials, initial=done, desc="search", unit="trial", smoothing=0)
+    try:
+        while done + len(running) < cfg.trials or running:
+            while done + len(running) < cfg.trials and len(running) < parallel:
+                trial = study.ask()
+                submit(trial, space(trial, cfg, fits_model, run_cfg.model.ensemble_size, given))
+            for job in pool.wait():
+                trial = running.pop(job.num)
+                value = objective(job.result) if job.status == "finished" else None
+                study.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
+                done += 1
+                bar.update()
+                if study.best_trials:
+                    bar.set_postfix(best=f"{study.best_value:.1f}")
+    finally:
+        pool.close()
+        bar.close()
+    return _finish(study, sweep_dir, run_cfg.planner.name, preset if cfg.save else None)
+
+
+def _preset(run_cfg) -> str | None:
+    """The dataset's <task>-<quality> (offline.preset, or its metadata), or None."""
+    from worldmodel.datasets import load_dataset
+
+    if run_cfg.offline.preset:
+        return run_cfg.offline.preset
+    metadata = load_dataset(run_cfg.dataset)[1]
+    return f"{metadata['env']}-{metadata['quality']}" if metadata.get("env") and metadata.get("quality") else None
+
+
+def _finish(study, sweep_dir: Path, planner: str, save_as: str | None) -> dict:
+    """best.yaml, a table of the best trials, and (save_as) the best settings as a preset."""
+    import yaml
+
+    from worldmodel.checkpoint import atomic_write
+    from worldmodel.config import CONFIG_DIR
+
+    trials = sorted((t for t in study.trials if t.value is not None), key=lambda t: -t.value)
+    if not trials:
+        raise SystemExit(f"error: no trial finished; see the job.log files under {sweep_dir}")
+    best = trials[0]
+    result = {"value": best.value, "params": best.params, "run_dir": str(sweep_dir / f"trial-{best.number}"),
+              "trials": len(study.trials), "failed": sum(t.value is None for t in study.trials)}  # fmt: skip
+    with atomic_write(sweep_dir / "best.yaml") as tmp:
+        Path(tmp).write_text(yaml.safe_dump(result, sort_keys=False))
+    print("| trial | score | " + " | ".join(best.params) + " |\n|---|---|" + "---|" * len(best.params))
+    for t in trials[:10]:
+        print(f"| {t.number} | {t.value:.1f} | " + " | ".join(_yaml(t.params.get(k)) for k in best.params) + " |")
+    if save_as is not None:
+        save_preset(planner, save_as, best.params, CONFIG_DIR / "offline.yaml")
+        print(f"saved the best settings for {save_as} to {CONFIG_DIR / 'offline.yaml'}")
+    print(json.dumps({k: result[k] for k in ("value", "params", "run_dir")}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
