@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from planners import evaluate
     from worldmodel import threads
+    from worldmodel.checkpoint import RunDirLock
     from worldmodel.collect import uniform_policy
     from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
     from worldmodel.datasets import load_dataset
@@ -471,7 +472,10 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
     if resume_dir is None and (run_dir / "transitions").exists():
         raise SystemExit(f"error: run_dir={run_dir} holds a run already: resume={run_dir} continues it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunDirLock(run_dir)  # one process per run directory
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     save_config(cfg, run_dir)
     logger = MetricsLogger(run_dir)
     log = agent.open_log(run_dir / "transitions")
@@ -552,6 +556,9 @@ def main(argv: list[str] | None = None) -> dict:
                     raise RuntimeError(f"a background thread died: {learner.error or controller.error or robot.error}")
     except KeyboardInterrupt:
         status = "interrupted"
+    except BaseException:
+        lock.release()
+        raise
     finally:  # (leaving the with-block stopped the learner, the planner and the robot)
         bar.close()
         agent.close()
@@ -578,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "
           f"at {cfg.control_hz:g} Hz, {cfg.latency_ms:g} ms latency")  # fmt: skip
     logger.close()
+    lock.release()
     print(f"{run_dir}: act p50 {stats['act_latency_p50_ms']:.3f} ms, p99 {stats['act_latency_p99_ms']:.3f} ms; "
           f"fresh {stats['fresh_rate']:.1%}, shifted {stats['shifted_rate']:.1%}, fallback {stats['fallback_rate']:.1%}; "
           f"deadline misses {stats['deadline_miss_rate']:.1%}; final evaluation {final}")  # fmt: skip

@@ -228,6 +228,20 @@ def test_failed_resume_leaves_the_run_untouched(tmp_path):
     assert files(run_dir) == before
 
 
+def test_two_processes_never_write_one_run_directory(tmp_path):
+    import os
+
+    from worldmodel.checkpoint import RunDirLock
+
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    held = RunDirLock(run_dir)  # as another process holds it (flock: one open file, one holder)
+    with pytest.raises(SystemExit, match=f"run_dir={run_dir} is in use by process {os.getpid()}"):
+        main([f"resume={run_dir}", "env_steps=120"])
+    held.release()
+    assert main([f"resume={run_dir}", "env_steps=120"])["env_steps"] == 120
+
+
 def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):
     run_dir = tmp_path / "run"
     main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])

@@ -68,3 +68,31 @@ def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") 
     if found != kind:
         raise CheckpointError(f"{path} holds a {found!r} checkpoint, expected {kind!r}")
     return obj
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory for as long as this process holds it (`run_dir/.lock`,
+    flock: released when the process exits, however it exits), so that two processes (say, a
+    sweep's retried job and an orphan of its first attempt) never write one run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        import fcntl
+
+        path = Path(run_dir) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise ValueError(f"run_dir={run_dir} is in use by {holder}: wait for it to end or stop it") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # (closing drops the flock)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
 from planners.agent import Agent
 from worldmodel import threads
-from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
+from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (
     check_settings,
@@ -63,7 +63,7 @@ class Run:
     """
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.run_dir, self.logger = cfg, None, None
+        self.cfg, self.run_dir, self.logger, self._lock = cfg, None, None, None
         torch.manual_seed(cfg.seed)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
@@ -104,7 +104,7 @@ class Run:
     def open(self, run_dir: Path) -> None:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunDirLock(run_dir)  # one process per run directory
         save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
         self.logger.truncate(self._recorded_before_checkpoint)  # a resumed run drops the records after it
@@ -396,6 +396,8 @@ class Run:
         if self.logger is not None:
             self.logger.close()
         self.agent.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def _bar(total: int, initial: int, desc: str, unit: str):
