@@ -37,11 +37,12 @@ class Agent:
     background refit swaps a new one into the planner, and the agent follows."""
 
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
-                 refit_epochs: int = 10, capacity: int = 1, seed: int = 0, pretrained: str | Path | None = None,
+                 refit_epochs: int = 10, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
                  device: str = "cpu"):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
         arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...);
-        pretrained: a run directory (its model.pt with its learned agent) or a model/agent file."""
+        pretrained: a run directory (its model.pt, with its checkpoint.pt's or agent.pt's learned
+        value or actor-critic) or a model.pt; capacity: the replay buffer's transitions."""
         self.spec, self.fit_settings, self.refit_epochs = spec, dict(fit or {}), refit_epochs
         self.pretrained, self.loaded = pretrained, None
         agent_state = None
@@ -84,7 +85,12 @@ class Agent:
 
     def describe_pretrained(self) -> str:
         """What `pretrained=` brought, in words."""
-        what = f"model and {self.loaded}" if self.loaded else f"model (its agent does not carry over to planner={self.name})"
+        if self.loaded:
+            what = f"model and {self.loaded}"
+        elif Path(self.pretrained).is_dir():
+            what = f"model (its agent does not carry over to planner={self.name})"
+        else:
+            what = "model (a model file: the planner's agent starts afresh)"
         return f"pretrained={self.pretrained}: {what}"
 
     # ---------------------------------------------------------------- data
@@ -159,10 +165,12 @@ class Agent:
             elif len(saved):
                 self.buffer.extend(saved.data())
 
-    def save(self, path: str | Path, **extra) -> None:
-        """agent.pt: model and planner (the transition log keeps the data), atomically; `extra`
-        keys (e.g. a model version) ride along. `pretrained=` accepts the file."""
-        atomic_save({"format": FORMAT, "version": VERSION, **self.state_dict(buffer=False), **extra}, path)
+    def save(self, path: str | Path, state: dict | None = None, **extra) -> None:
+        """agent.pt: model and planner (the transition log keeps the data), atomically; `state`: a
+        state_dict(buffer=False) taken earlier; `extra` keys (e.g. a model version) ride along.
+        `pretrained=<dir>` reads a directory holding agent.pt beside the model's model.pt."""
+        state = self.state_dict(buffer=False) if state is None else state
+        atomic_save({"format": FORMAT, "version": VERSION, **state, **extra}, path)
 
     def restore(self, path: str | Path) -> dict:
         """Load an agent.pt written by `save`; returns the whole saved dict (with its extra keys)."""

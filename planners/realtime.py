@@ -333,6 +333,25 @@ class BackgroundLearner:
         self.refits = 0
         self.error: BaseException | None = None
 
+    def _refit(self) -> None:
+        """Fit a copy of the model (and train a copy of the learned value) on the buffer; swap them in."""
+        import copy
+
+        self.new = 0
+        model = copy.deepcopy(self.planner.model)
+        metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
+        swapped = {}
+        agent = getattr(self.planner, "value_agent", None)
+        if agent is not None and self.value_updates:
+            agent = copy.deepcopy(agent)
+            for _ in range(self.value_updates):
+                agent.update(self.planner.buffer.sample(agent.config.batch_size))
+            swapped["value_agent"] = agent
+        version = self.controller.swap(model, **swapped)
+        self.refits += 1
+        if self.on_swap is not None:
+            self.on_swap(version, metrics)
+
     def add(self, transitions) -> None:
         """Log transitions [N] durably, then hand them to the learning thread."""
         self.agent.record(transitions)
@@ -360,8 +379,8 @@ class BackgroundLearner:
         self._queue.put("refit")
 
     def snapshot(self, path: Path) -> None:
-        """Save the agent as it stands once the thread is free (after the refits the transitions
-        added so far triggered) to `path` (Agent.save), between two plans."""
+        """Save the agent as it stands once the transitions added so far are learned from (the
+        refit they are due included) to `path` (Agent.save); copied between two plans."""
         self._queue.put(Path(path))
 
     def _run(self) -> None:
@@ -371,29 +390,18 @@ class BackgroundLearner:
             torch.set_num_threads(self.threads)
             while (item := self._queue.get()) is not None:
                 if isinstance(item, Path):
-                    with self.controller.between_plans():
-                        self.agent.save(item, model_version=self.controller.version)
+                    if self.new >= self.train_every:
+                        self._refit()  # (the refit the transitions before the snapshot are due)
+                    with self.controller.between_plans():  # copied between two plans, written outside
+                        state = copy.deepcopy(self.agent.state_dict(buffer=False))
+                    self.agent.save(item, state=state, model_version=self.controller.version)
                     continue
                 forced = isinstance(item, str)
                 if not forced:
                     self.planner.buffer.extend(item)
                     self.new += len(item)
-                if not forced and (self.new < self.train_every or not self._queue.empty()):
-                    continue  # (catch up with the queue first)
-                self.new = 0
-                model = copy.deepcopy(self.planner.model)
-                metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
-                swapped = {}
-                agent = getattr(self.planner, "value_agent", None)
-                if agent is not None and self.value_updates:
-                    agent = copy.deepcopy(agent)
-                    for _ in range(self.value_updates):
-                        agent.update(self.planner.buffer.sample(agent.config.batch_size))
-                    swapped["value_agent"] = agent
-                version = self.controller.swap(model, **swapped)
-                self.refits += 1
-                if self.on_swap is not None:
-                    self.on_swap(version, metrics)
+                if forced or (self.new >= self.train_every and self._queue.empty()):
+                    self._refit()  # (else: catch up with the queue first)
         except Exception as e:
             self.error = e
             print(f"the learning thread died ({type(e).__name__}: {e}); the controller keeps its last model",
@@ -438,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from planners import evaluate
     from worldmodel import threads
-    from worldmodel.checkpoint import RunDirLock
+    from worldmodel.checkpoint import CheckpointError, RunDirLock
     from worldmodel.collect import uniform_policy
     from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
     from worldmodel.datasets import load_dataset
@@ -484,7 +492,11 @@ def main(argv: list[str] | None = None) -> dict:
         if len(log):
             agent.buffer.extend(log.read())
         if agent_file.is_file():
-            agent.restore(agent_file)
+            try:
+                agent.restore(agent_file)
+            except CheckpointError as e:
+                lock.release()
+                raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
@@ -493,8 +505,8 @@ def main(argv: list[str] | None = None) -> dict:
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
     def saved_agent(version: int, metrics: dict) -> None:  # (pretrained=<this run dir> reads both files)
+        agent.model.save(run_dir / "model.pt")  # (first: agent.pt is what a resume reads)
         agent.save(agent_file, model_version=version)
-        agent.model.save(run_dir / "model.pt")
         logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
                    holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
@@ -504,6 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
     ready = lambda: agent.model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
     snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
     due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())
+    if missed := [n for n in due if n < len(log) or (n == len(log) and resume_dir is not None)]:
+        tqdm.write(f"eval_at {missed}: the run was killed before their agents were saved; they are not evaluated")
+        due = [n for n in due if n not in missed]
 
     def snapshot_due() -> None:
         while due and due[0] <= len(log):
@@ -567,8 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
     if status == "finished":
         eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         final = evaluate(agent.planner, eval_env, cfg.eval_episodes)
-        for n in sorted(set(cfg.eval_at)):  # (after the final one: the agent's state is replaced)
-            agent.restore(snapshots / f"agent-{n}.pt")
+        for n in sorted(n for n in set(cfg.eval_at) if (snapshots / f"agent-{n}.pt").is_file()):
+            agent.restore(snapshots / f"agent-{n}.pt")  # (after the final evaluation: this replaces the agent)
             evals[str(n)] = evaluate(agent.planner, eval_env, cfg.eval_episodes)
             logger.log("eval", n, ret=evals[str(n)])
     stats = controller.stats()

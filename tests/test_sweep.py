@@ -43,6 +43,18 @@ def test_a_bad_sweep_is_refused_before_any_job_starts(tmp_path, argv, message):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_sweep_directory_resumes_its_own_sweep_and_refuses_another(tmp_path):
+    import yaml
+
+    from worldmodel.run import main
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"jobs": [{"overrides": ["seed=7"]}]}))
+    with pytest.raises(SystemExit, match="holds another sweep"):
+        main(["--multirun", *TINY, "env=hopper", "env_steps=100", "seed=0,1", f"hydra.sweep.dir={sweep}"])
+
+
 def test_a_ray_multirun_retries_a_killed_job_from_its_checkpoint_and_reports_both(tmp_path):
     """Two jobs on a local Ray instance; job 0's process is SIGKILLed once it has checkpointed:
     Ray retries it, the retry resumes from the checkpoint, both finish, the report has both."""
@@ -78,9 +90,11 @@ def test_a_ray_multirun_retries_a_killed_job_from_its_checkpoint_and_reports_bot
     for job in (0, 1):
         summary = json.loads((sweep / str(job) / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["env_steps"] == 300 and summary["seed"] == job
-    (row,) = report([str(sweep), "--out", str(tmp_path / "report")])
+    (row,) = report([str(sweep), "--out", str(sweep / "report")])
     assert row["n"] == 2 and row["seeds"] == [0, 1] and row["planner"] == "mppi"
-    assert json.loads((tmp_path / "report" / "summary.json").read_text())["hopper/mppi"]["n"] == 2
+    assert json.loads((sweep / "report" / "summary.json").read_text())["hopper/mppi"]["n"] == 2
+    (again,) = report([str(sweep), "--out", str(sweep / "report")])  # its own summary.json is no run
+    assert again["n"] == 2
 
 
 def test_confidence_intervals_and_iqm_match_hand_computed_cases():

@@ -38,11 +38,21 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     is a ValueError naming it."""
     runs = []
     for path in map(Path, paths):
-        found = [path] if (path / "summary.json").is_file() else sorted(p.parent for p in path.rglob("summary.json"))
+        found = [p.parent for p in ([path / "summary.json"] if (path / "summary.json").is_file()
+                                    else sorted(path.rglob("summary.json"))) if _is_run_summary(p)]  # fmt: skip
         if not found:
             raise ValueError(f"{path}: no run directory (summary.json) there or below it")
         runs += found
     return sorted(set(runs))
+
+
+def _is_run_summary(path: Path) -> bool:
+    """A run's summary.json (not, say, a report's own summary.json of groups)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True  # (load_run says what is wrong with it)
+    return isinstance(summary, dict) and {"status", "planner", "env"} <= summary.keys()
 
 
 def load_run(run_dir: Path) -> dict:

@@ -45,17 +45,18 @@ class SearchConfig:
     max_rollout_length: int = 10
 
 
-def space(trial, cfg: SearchConfig, fits_model: bool, ensemble_size: int, fixed: set[str]) -> dict:
+def space(trial, cfg: SearchConfig, planner: str, fits_model: bool, ensemble_size: int, fixed: set[str]) -> dict:
     """Sample one trial's settings {override key: value}; keys in `fixed` (given on the command
-    line) are not searched."""
+    line) are not searched, nor the penalty's for planners without one (MBPO, RAVL)."""
     from worldmodel.uncertainty import MEASURES
 
     dimensions = {
-        "planner.uncertainty": lambda k: trial.suggest_categorical(k, sorted(MEASURES)),
-        "planner.penalty": lambda k: trial.suggest_float(k, cfg.min_penalty, cfg.max_penalty, log=True),
         "planner.rollout_length": lambda k: trial.suggest_int(k, 1, cfg.max_rollout_length),
         "planner.real_ratio": lambda k: trial.suggest_float(k, 0.05, 0.5),
     }
+    if planner == "mopo":
+        dimensions["planner.uncertainty"] = lambda k: trial.suggest_categorical(k, sorted(MEASURES))
+        dimensions["planner.penalty"] = lambda k: trial.suggest_float(k, cfg.min_penalty, cfg.max_penalty, log=True)
     if fits_model:
         dimensions["model.num_elites"] = lambda k: trial.suggest_int(k, max(1, ensemble_size - 4), ensemble_size)
     return {key: sample(key) for key, sample in dimensions.items() if key not in fixed}
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         fixed, launcher, sweep_dir, launcher_cfg = split_args(rest)
         if len(expand(fixed)) > 1:
             raise ValueError("the search samples the settings itself: give fixed key=value overrides, no sweeps")
-        sweep_dir = sweep_dir or Path("runs") / "search" / time.strftime("%Y%m%d-%H%M%S")
+        sweep_dir = (sweep_dir or Path("runs") / "search" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         from worldmodel.run import check_config
 
         run_cfg = check_config(fixed)[0]
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         while done + len(running) < cfg.trials or running:
             while done + len(running) < cfg.trials and len(running) < parallel:
                 trial = study.ask()
-                submit(trial, space(trial, cfg, fits_model, run_cfg.model.ensemble_size, given))
+                submit(trial, space(trial, cfg, run_cfg.planner.name, fits_model, run_cfg.model.ensemble_size, given))
             for job in pool.wait():
                 trial = running.pop(job.num)
                 value = objective(job.result) if job.status == "finished" else None
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         pool.close()
         bar.close()
-    return _finish(study, sweep_dir, run_cfg.planner.name, preset if cfg.save else None)
+    return _finish(study, sweep_dir, run_cfg.planner.name, preset if cfg.save else None, fixed)
 
 
 def _preset(run_cfg) -> str | None:
@@ -192,8 +193,10 @@ def _preset(run_cfg) -> str | None:
     return f"{metadata['env']}-{metadata['quality']}" if metadata.get("env") and metadata.get("quality") else None
 
 
-def _finish(study, sweep_dir: Path, planner: str, save_as: str | None) -> dict:
-    """best.yaml, a table of the best trials, and (save_as) the best settings as a preset."""
+def _finish(study, sweep_dir: Path, planner: str, save_as: str | None, fixed: list[str]) -> dict:
+    """best.yaml, a table of the best trials, and (save_as) the best trial's planner settings
+    as a preset: those its run took from the old preset, those fixed on the command line, the
+    sampled ones."""
     import yaml
 
     from worldmodel.checkpoint import atomic_write
@@ -211,8 +214,14 @@ def _finish(study, sweep_dir: Path, planner: str, save_as: str | None) -> dict:
     for t in trials[:10]:
         print(f"| {t.number} | {t.value:.1f} | " + " | ".join(_yaml(t.params.get(k)) for k in best.params) + " |")
     if save_as is not None:
-        save_preset(planner, save_as, best.params, CONFIG_DIR / "offline.yaml")
-        print(f"saved the best settings for {save_as} to {CONFIG_DIR / 'offline.yaml'}")
+        summary = json.loads((sweep_dir / f"trial-{best.number}" / "summary.json").read_text())
+        given = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in fixed)
+                 if k.startswith("planner.") and k.count(".") == 1}  # (a preset holds the planner's own keys)
+        settings = {**{f"planner.{k}": v for k, v in summary.get("dataset_settings", {}).items()}, **given, **best.params}
+        save_preset(planner, save_as, settings, CONFIG_DIR / "offline.yaml")
+        print(f"saved the best trial's planner settings for {save_as} to {CONFIG_DIR / 'offline.yaml'}"
+              + ("; model.num_elites is a model setting: give it on the command line" if "model.num_elites" in settings
+                 else ""))  # fmt: skip
     print(json.dumps({k: result[k] for k in ("value", "params", "run_dir")}))
     return result
 

@@ -32,6 +32,8 @@ from worldmodel.metrics import write_json
 
 MULTIRUN_FLAGS = ("--multirun", "-m")
 LAUNCHERS = ("ray", "basic")
+PATH_KEYS = ("dataset", "pretrained", "model")  # made absolute: a cluster's workers start elsewhere
+STOPPED = (130, 143)  # worldmodel.run's exit after SIGINT / SIGTERM: stopped cleanly, checkpoint saved
 
 
 @dataclass
@@ -139,7 +141,7 @@ def plan_jobs(overrides: list[str], sweep_dir: Path) -> list[Job]:
 
     if any(o.split("=")[0] in ("run_dir", "resume") for o in overrides):
         raise ValueError("a multirun sets each job's run_dir itself (<hydra.sweep.dir>/<job number>)")
-    jobs = [Job(i, combo, sweep_dir / str(i)) for i, combo in enumerate(expand(overrides))]
+    jobs = [Job(i, [_absolute(o) for o in combo], sweep_dir / str(i)) for i, combo in enumerate(expand(overrides))]
     for job in jobs:
         try:
             check_config(job.overrides)
@@ -148,12 +150,20 @@ def plan_jobs(overrides: list[str], sweep_dir: Path) -> list[Job]:
     return jobs
 
 
+def _absolute(override: str) -> str:
+    key, _, value = override.partition("=")
+    if key in PATH_KEYS and value and Path(value).exists():
+        return f"{key}={Path(value).resolve()}"
+    return override
+
+
 # ---------------------------------------------------------------- one job
 
 
 def run_job(overrides: list[str], run_dir: str, threads: int) -> dict:
     """Run (or resume, where a checkpoint is there) one job as a `python -m worldmodel.run`
-    process; its summary. JobKilled when a signal killed it, JobFailed when it failed."""
+    process; its summary. JobKilled when a signal killed or stopped it (a retry resumes it),
+    JobFailed when it failed on its own."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resumed = (run_dir / "checkpoint.pt").is_file()
@@ -164,25 +174,43 @@ def run_job(overrides: list[str], run_dir: str, threads: int) -> dict:
               "started": time.time(), "host": os.uname().nodename}  # fmt: skip
     with open(run_dir / "job.log", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "worldmodel.run", *argv], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, preexec_fn=_die_with_parent)  # fmt: skip
+                                env=env, preexec_fn=_die_with(os.getpid()))  # fmt: skip
         (run_dir / "job.pid").write_text(str(proc.pid))
-        code = proc.wait()
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # (Ctrl-C reached the job too: let it save before this process goes)
+            proc.wait()
+            raise
     record.update(returncode=code, ended=time.time())
     _append_attempt(run_dir, record)
-    if code < 0:
-        raise JobKilled(f"{run_dir}: killed by {signal.Signals(-code).name}")
-    if code != 0:
-        raise JobFailed(f"{run_dir}: exit status {code}; see {run_dir / 'job.log'}")
-    return _summary(run_dir)
+    if code < 0 or code in STOPPED:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else "stopped by SIGINT/SIGTERM"
+        raise JobKilled(f"{run_dir}: {how}")
+    summary = _summary(run_dir)
+    if code != 0 or summary.get("status") != "finished":
+        raise JobFailed(f"{run_dir}: exit status {code}, run {summary.get('status', 'without a summary')}; "
+                        f"see {run_dir / 'job.log'}")  # fmt: skip
+    return summary
 
 
-def _die_with_parent() -> None:
-    """In the job's process: die when the process that started it dies (Linux), so that a lost
-    Ray worker leaves no orphan writing to the run directory its retry resumes."""
-    if sys.platform == "linux":
-        import ctypes
+_LIBC = None
+if sys.platform == "linux":  # (loaded here: a child between fork and exec must not load libraries)
+    import ctypes
 
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _LIBC = ctypes.CDLL(None)
+
+
+def _die_with(parent: int):
+    """preexec_fn for a job's process: die when `parent`, the process that started it, dies
+    (Linux), so that a lost Ray worker leaves no orphan writing the run directory its retry resumes."""
+
+    def arm() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # (the parent died before the line above)
+                os._exit(1)
+
+    return arm
 
 
 def _summary(run_dir: Path) -> dict:
@@ -219,10 +247,10 @@ class JobPool:
             self._started_ray = not ray.is_initialized()
             if self._started_ray and address:
                 ray.init(address=address, log_to_driver=False)
-            elif self._started_ray:
+            elif self._started_ray:  # a new local instance (address="local": not one `ray start` left running)
                 workers = config.max_workers or max(1, int((os.cpu_count() or 1) // config.cpus_per_job))
-                ray.init(num_cpus=workers * config.cpus_per_job, num_gpus=None if config.gpus_per_job else 0,
-                         include_dashboard=False, log_to_driver=False)  # fmt: skip
+                ray.init(address="local", num_cpus=workers * config.cpus_per_job,
+                         num_gpus=None if config.gpus_per_job else 0, include_dashboard=False, log_to_driver=False)  # fmt: skip
             self._remote = ray.remote(run_job).options(num_cpus=config.cpus_per_job, num_gpus=config.gpus_per_job,
                                                        max_retries=config.max_retries, retry_exceptions=[JobKilled])  # fmt: skip
 
@@ -320,8 +348,9 @@ def main(argv: list[str]) -> dict:
     """`python -m worldmodel.run --multirun ...` (see the module docstring); returns sweep.json's content."""
     try:
         overrides, launcher, sweep_dir, config = split_args(argv)
-        sweep_dir = sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")
+        sweep_dir = (sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         jobs = plan_jobs(overrides, sweep_dir)
+        _check_same_sweep(sweep_dir, jobs)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -338,6 +367,18 @@ def main(argv: list[str]) -> dict:
                 print(f"  job {row['num']} ({' '.join(row['overrides'])}): {row.get('error')}", file=sys.stderr)
         raise SystemExit(1)
     return status
+
+
+def _check_same_sweep(sweep_dir: Path, jobs: list[Job]) -> None:
+    """A sweep directory resumes the sweep it holds, never another one."""
+    import yaml
+
+    path = sweep_dir / "multirun.yaml"
+    if path.is_file():
+        saved = [job["overrides"] for job in (yaml.safe_load(path.read_text()) or {}).get("jobs", [])]
+        if saved != [job.overrides for job in jobs]:
+            raise ValueError(f"hydra.sweep.dir={sweep_dir} holds another sweep (its multirun.yaml lists other "
+                             "jobs): give the same command to resume it, or another hydra.sweep.dir")  # fmt: skip
 
 
 def _write_multirun(sweep_dir: Path, overrides: list[str], launcher: str, config: LauncherConfig, jobs: list[Job]) -> None:
