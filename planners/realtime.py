@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
     status, previous, last_report, seeded, logged_episodes = "finished", None, time.monotonic(), 0, 0
     started = time.perf_counter()
     try:
-        with robot, controller, learner:
+        with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
                 learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
             snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
     except BaseException:
         lock.release()
         raise
-    finally:  # (leaving the with-block stopped the learner, the planner and the robot)
+    finally:  # (leaving the with-block stopped the robot, the planner and the learner)
         bar.close()
         agent.close()
     wall = time.perf_counter() - started
