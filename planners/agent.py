@@ -29,7 +29,7 @@ from worldmodel.replay import ReplayBuffer
 from worldmodel.transition_log import TransitionLog
 
 FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
-_RUN_FORMAT = "worldmodel.RunState"  # a worldmodel.run checkpoint.pt holds the same keys
+RUN_FORMAT = "worldmodel.RunState"  # worldmodel.run's checkpoint.pt: these keys, with the run's progress
 
 
 class Agent:
@@ -51,7 +51,7 @@ class Agent:
             dynamics = EnsembleDynamics.load(model_file, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
                                              termination_fn=spec.termination_fn)  # fmt: skip
             if agent_file is not None:
-                kind = FORMAT if agent_file.name == "agent.pt" else _RUN_FORMAT
+                kind = FORMAT if agent_file.name == "agent.pt" else RUN_FORMAT
                 agent_state = load_checked(agent_file, kind)["planner"]
         else:
             dynamics = EnsembleDynamics(spec.obs_dim, spec.act_dim, **(model or {}), termination_fn=spec.termination_fn)

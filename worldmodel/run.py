@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
-from planners.agent import Agent
+from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
@@ -48,7 +48,7 @@ from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
 
 
-_FORMAT = "worldmodel.RunState"
+_FORMAT = RUN_FORMAT  # (one home: pretrained=<run dir> reads it through planners.agent)
 _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
 _FIT_STATE, _FIT_STATE_FORMAT = "fit_state.pt", "worldmodel.FitState"  # a long fit's progress

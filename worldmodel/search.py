@@ -24,13 +24,10 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from worldmodel.sweep import Job, JobPool, expand, split_args
-
-SEARCH_KEYS = ("trials", "parallel", "seed", "save", "min_penalty", "max_penalty", "max_rollout_length")
-
 
 @dataclass
 class SearchConfig:
@@ -43,6 +40,9 @@ class SearchConfig:
     min_penalty: float = 0.1
     max_penalty: float = 10.0
     max_rollout_length: int = 10
+
+
+SEARCH_KEYS = tuple(f.name for f in fields(SearchConfig))
 
 
 def space(trial, cfg: SearchConfig, planner: str, fits_model: bool, ensemble_size: int, fixed: set[str]) -> dict:
