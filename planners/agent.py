@@ -38,12 +38,13 @@ class Agent:
 
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
                  refit_epochs: int = 10, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
-                 device: str = "cpu"):  # fmt: skip
+                 device: str = "cpu", refit_beta: float = 0.5):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
-        arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...);
+        arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...)
+        of the first fit; refit_epochs, refit_beta: max_epochs and beta of the warm-started refits after it;
         pretrained: a run directory (its model.pt, with its checkpoint.pt's or agent.pt's learned
         value or actor-critic) or a model.pt; capacity: the replay buffer's transitions."""
-        self.spec, self.fit_settings, self.refit_epochs = spec, dict(fit or {}), refit_epochs
+        self.spec, self.fit_settings, self.refit_epochs, self.refit_beta = spec, dict(fit or {}), refit_epochs, refit_beta
         self.pretrained, self.loaded = pretrained, None
         agent_state = None
         if pretrained is not None:
@@ -66,14 +67,14 @@ class Agent:
 
     @classmethod
     def from_config(cls, cfg, spec: TaskSpec, capacity: int, **planner_settings) -> Agent:
-        """From a run's config (planner, model with model.fit, fit_epochs, seed, pretrained, device);
+        """From a run's config (planner, model with model.fit, fit_epochs, fit_beta, seed, pretrained, device);
         `planner_settings` override the config's planner settings."""
         from omegaconf import OmegaConf
 
         planner = {**OmegaConf.to_container(cfg.planner, resolve=True), **planner_settings}
         model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "fit"}
         return cls(spec, planner, model, dict(cfg.model.fit), cfg.fit_epochs, capacity, cfg.seed,
-                   cfg.get("pretrained"), cfg.get("device", "cpu"))  # fmt: skip
+                   cfg.get("pretrained"), cfg.get("device", "cpu"), cfg.fit_beta)  # fmt: skip
 
     @property
     def model(self) -> EnsembleDynamics:
@@ -128,10 +129,12 @@ class Agent:
 
     def refit_settings(self, model: EnsembleDynamics | None = None, **overrides) -> dict:
         """EnsembleDynamics.fit settings for (a copy of) the model: a first fit runs up to
-        model.fit.max_epochs, a fitted model is warm-started for refit_epochs."""
+        model.fit.max_epochs, a fitted model is warm-started for refit_epochs with beta-NLL's
+        refit_beta (with the plain NLL a refit on data from a new region raises the variance
+        there instead of fitting it, and ends as a no-op: EnsembleDynamics._loss)."""
         model = model if model is not None else self.model
-        settings = {**self.fit_settings, "max_epochs": self.refit_epochs if model.fitted else self.fit_settings.get("max_epochs")}
-        return {**settings, **overrides}
+        refit = {"max_epochs": self.refit_epochs, "beta": self.refit_beta} if model.fitted else {}
+        return {**self.fit_settings, **refit, **overrides}
 
     def refit(self, **overrides) -> dict:
         """Refit the model on the buffer (and whatever else the planner learns then); its metrics."""

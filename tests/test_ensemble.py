@@ -389,3 +389,32 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="the fit to resume was on 1500 transitions, this data has 1000"):
         small_model().fit(data[:1000], **settings, resume=torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
+
+
+def test_beta_nll_weights_each_rows_nll_by_its_detached_variance():
+    """beta = 0 is the Gaussian NLL; beta = 1 gives the mean MSE's gradient (the variance's
+    stays the NLL's, scaled), so a row the model explains by a large variance still pulls its mean."""
+    model = small_model()
+    g = torch.Generator().manual_seed(0)
+    mean, logvar, target = (torch.randn(4, 8, O + 1, generator=g) for _ in range(3))
+    for beta in (0.0, 0.5, 1.0):
+        m = mean.clone().requires_grad_()
+        lv = logvar.clone().requires_grad_()
+        model._loss(m, lv, target, beta).backward()
+        scale = torch.exp(beta * logvar) / (8 * (O + 1))  # each member: the mean over rows and outputs
+        torch.testing.assert_close(m.grad, 2 * (mean - target) * torch.exp(-logvar) * scale)
+        torch.testing.assert_close(lv.grad, (1 - (mean - target) ** 2 * torch.exp(-logvar)) * scale)
+
+
+def test_a_refit_keeps_its_best_epoch_even_when_worse_than_its_start():
+    """Early stopping compares a fit's epochs with each other, not with the starting weights (MBPO):
+    a refit on new data is not turned back into a no-op by its first, worse epochs."""
+    torch.manual_seed(0)
+    model = small_model()
+    model.fit(linear_system(600), max_epochs=20, progress=False)
+    start = [p.detach().clone() for p in model.parameters()]
+    noise = linear_system(600, seed=5)
+    noise["next_obs"] = noise["obs"] + 3 * torch.randn(600, O)  # nothing the model knew
+    metrics = model.fit(noise, max_epochs=2, patience=1, progress=False)
+    assert metrics["history"][0]["improved"]  # the first epoch is always the first best
+    assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))

@@ -295,6 +295,7 @@ class EnsembleDynamics(nn.Module):
         max_holdout: int = 5000,
         max_epochs: int | None = 60,
         patience: int = 5,
+        beta: float = 0.0,
         bootstrap: bool = True,
         progress: bool = True,
         on_epoch: Callable[[Callable[[], dict]], None] | None = None,
@@ -303,10 +304,11 @@ class EnsembleDynamics(nn.Module):
         """Fit on transitions (a TensorDict [N], see worldmodel.transitions); warm-starts from
         the current weights, so calling it again fine-tunes on new data.
 
-        Gaussian NLL + log-variance-bound penalty + per-layer L2, each member on its own
-        bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
+        beta-NLL (Seitzer et al. 2022: each row's Gaussian NLL weighted by its stop-gradient
+        predicted variance ** beta; 0 is the plain NLL) + log-variance-bound penalty + per-layer
+        L2, each member on its own bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
         by 1% for `patience` epochs or after `max_epochs` (None: no cap), keeps each member's best
-        weights, and makes the `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
+        weights among the fit's epochs, and makes the `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
         (standardised units), elites, epochs, train loss, wall seconds and a per-epoch history.
 
         A long fit can outlive its process: `on_epoch(fit_state)` is called after every epoch
@@ -316,7 +318,7 @@ class EnsembleDynamics(nn.Module):
         """
         start = time.perf_counter()
         self.check_fit_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
-                                max_epochs=max_epochs, patience=patience)  # fmt: skip
+                                max_epochs=max_epochs, patience=patience, beta=beta)  # fmt: skip
         data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
         inputs = torch.cat([data["obs"], data["action"]], -1)
         targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
@@ -340,7 +342,10 @@ class EnsembleDynamics(nn.Module):
         x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
 
         optimizer = self.optimizer(lr)
-        best_mse = self._holdout_metrics(x_hold, y_hold)[0]  # the starting weights are the first "best"
+        # the best of this fit's own epochs, as MBPO's refits: a warm-started refit on data from a
+        # new region is worse on the new holdout for its first epochs, and compared against its
+        # starting weights early stopping would end it there, as a no-op
+        best_mse = torch.full((self.ensemble_size,), math.inf, device=self.device)
         best_state = [p.detach().clone() for p in self.parameters()]
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
         # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
@@ -366,10 +371,10 @@ class EnsembleDynamics(nn.Module):
         bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
         while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
             threads.adapt()
-            train_loss = self._train_epoch(x_train, y_train, batch_size, resample)
+            train_loss = self._train_epoch(x_train, y_train, batch_size, resample, beta)
             epoch += 1
             mse, _, calibration = self._holdout_metrics(x_hold, y_hold)
-            improved = (best_mse - mse) / best_mse.abs().clamp_min(1e-12) > 0.01
+            improved = mse < 0.99 * best_mse  # by more than 1%; a member whose holdout is NaN keeps its weights
             if improved.any():
                 best_mse = torch.where(improved, mse, best_mse)
                 with torch.no_grad():
@@ -412,13 +417,15 @@ class EnsembleDynamics(nn.Module):
         given = {k: d for k, (d, _) in signature_fields(cls.fit).items()} | settings
         batch_size, lr, holdout_ratio = given["batch_size"], given["lr"], given["holdout_ratio"]
         max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
+        beta = given["beta"]
         checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
                   "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
-                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1)}  # fmt: skip
+                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1),
+                  "beta": (beta, 0 <= beta <= 1)}  # fmt: skip
         for name, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1)")
+                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1, 0 <= beta <= 1)")
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """The Adam optimiser that refits share (created on first use, or when lr changes)."""
@@ -426,7 +433,7 @@ class EnsembleDynamics(nn.Module):
             self._optimizer = adam(self.parameters(), lr)
         return self._optimizer
 
-    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, resample: Tensor | None) -> float:
+    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, resample: Tensor | None, beta: float) -> float:
         n = x.shape[0]
         order = epoch_order(resample, self.ensemble_size, n, self.device)
         total, batches = 0.0, 0
@@ -434,7 +441,7 @@ class EnsembleDynamics(nn.Module):
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
             mean, logvar = self.forward_normalized(x[idx])
-            loss = self._loss(mean, logvar, y[idx])
+            loss = self._loss(mean, logvar, y[idx], beta)
             self._optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._optimizer.step()
@@ -442,8 +449,18 @@ class EnsembleDynamics(nn.Module):
             batches += 1
         return total / batches
 
-    def _loss(self, mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
-        nll = (((mean - target) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2)).sum()
+    def _loss(self, mean: Tensor, logvar: Tensor, target: Tensor, beta: float = 0.0) -> Tensor:
+        """The fit's loss on standardised (mean, logvar, target), each [E, B, O+1]: beta-NLL
+        summed over members, plus the log-variance-bound penalty and L2.
+
+        With beta = 0 (the plain NLL) a member stops fitting rows it can explain by a larger
+        variance instead, so a warm-started refit on data from a new region trades accuracy for
+        variance there: holdout MSE rises epoch after epoch and early stopping keeps the old
+        weights. beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
+        nll = ((mean - target) ** 2) * torch.exp(-logvar) + logvar
+        if beta:
+            nll = nll * torch.exp(beta * logvar.detach())
+        nll = nll.mean(dim=(1, 2)).sum()
         bounds = LOGVAR_BOUND_PENALTY * (self.max_logvar.sum() - self.min_logvar.sum())
         decay = sum(0.5 * wd * w.square().sum() for wd, w in zip(self.weight_decay, self.weights))
         return nll + bounds + decay
