@@ -211,18 +211,18 @@ def test_a_refit_on_shifted_data_keeps_the_models_predictions(fitted):
 
 
 def test_each_member_keeps_one_bootstrap_resample_for_the_whole_fit(monkeypatch):
-    import worldmodel.ensemble as ensemble
+    from worldmodel import fitting
 
     resample = torch.randint(50, (3, 50))
-    first, second = ensemble.epoch_order(resample, 3, 50), ensemble.epoch_order(resample, 3, 50)
+    first, second = fitting.epoch_order(resample, 3, 50), fitting.epoch_order(resample, 3, 50)
     for m in range(3):  # the same rows (with repeats) every epoch, in a new order
         assert sorted(first[m].tolist()) == sorted(resample[m].tolist()) == sorted(second[m].tolist())
     assert not torch.equal(first, second)
-    assert sorted(ensemble.epoch_order(None, 3, 50)[1].tolist()) == list(range(50))  # no bootstrap: every row once
+    assert sorted(fitting.epoch_order(None, 3, 50)[1].tolist()) == list(range(50))  # no bootstrap: every row once
 
     seen = []
-    real = ensemble.epoch_order
-    monkeypatch.setattr(ensemble, "epoch_order", lambda r, *a, **k: seen.append(r) or real(r, *a, **k))
+    real = fitting.epoch_order
+    monkeypatch.setattr(fitting, "epoch_order", lambda r, *a, **k: seen.append(r) or real(r, *a, **k))
     small_model().fit(linear_system(300), max_epochs=3, progress=False)
     assert len(seen) == 3 and all(r is seen[0] for r in seen)  # drawn once per fit
     assert not torch.equal(seen[0][0], seen[0][1])  # and its own for each member
@@ -394,13 +394,15 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
 def test_beta_nll_weights_each_rows_nll_by_its_detached_variance():
     """beta = 0 is the Gaussian NLL; beta = 1 gives the mean MSE's gradient (the variance's
     stays the NLL's, scaled), so a row the model explains by a large variance still pulls its mean."""
+    from worldmodel import fitting
+
     model = small_model()
     g = torch.Generator().manual_seed(0)
     mean, logvar, target = (torch.randn(4, 8, O + 1, generator=g) for _ in range(3))
     for beta in (0.0, 0.5, 1.0):
         m = mean.clone().requires_grad_()
         lv = logvar.clone().requires_grad_()
-        model._loss(m, lv, target, beta).backward()
+        fitting.loss(model, m, lv, target, beta).backward()
         scale = torch.exp(beta * logvar) / (8 * (O + 1))  # each member: the mean over rows and outputs
         torch.testing.assert_close(m.grad, 2 * (mean - target) * torch.exp(-logvar) * scale)
         torch.testing.assert_close(lv.grad, (1 - (mean - target) ** 2 * torch.exp(-logvar)) * scale)

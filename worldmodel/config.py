@@ -99,7 +99,8 @@ def _is_kind(value: Any, kind: str) -> bool:
 
 def generated_groups() -> dict[str, dict[str, dict]]:
     """The config group options generated from code: env/<task> and model/ensemble."""
-    from worldmodel.ensemble import FIT_RUNTIME_ARGS, EnsembleDynamics
+    from worldmodel.ensemble import EnsembleDynamics
+    from worldmodel.fitting import FIT_RUNTIME_ARGS
     from worldmodel.envs import GYM_IDS, task_defaults, task_names
 
     model = signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",))

@@ -2,27 +2,25 @@
 
 Inputs (obs, action) and targets (delta, reward) are standardised on the training data.
 All members run in one stacked forward pass (`kernels.ensemble_gaussian_mlp`), the same
-code for training and for planning. Shapes: E members, B rows, O obs dims, A action dims.
+code for training and for planning; the fit itself lives in worldmodel/fitting.py. Shapes: E
+members, B rows, O obs dims, A action dims.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import kernels
-from worldmodel import threads
+from worldmodel import fitting
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.normalization import Standardizer
-from worldmodel.optim import adam
 from worldmodel.termination import TerminationFn
 from worldmodel.transitions import validate_transitions
 from worldmodel.uncertainty import Uncertainty
@@ -30,12 +28,8 @@ from worldmodel.uncertainty import Uncertainty
 _FORMAT = "worldmodel.EnsembleDynamics"
 # MBPO's per-layer L2 coefficients for 4 hidden layers + output; other depths interpolate.
 _MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
-LOGVAR_BOUND_PENALTY = 0.01
 
 Mode = Literal["random", "fixed", "mean"]
-
-
-FIT_RUNTIME_ARGS = ("progress", "on_epoch", "resume")  # fit() arguments that are not settings (configs skip them)
 
 
 class EnsembleDynamics(nn.Module):
@@ -283,197 +277,11 @@ class EnsembleDynamics(nn.Module):
             )
         return obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ fitting (worldmodel.fitting)
 
-    def fit(
-        self,
-        data: TensorDict,
-        *,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        holdout_ratio: float = 0.2,
-        max_holdout: int = 5000,
-        max_epochs: int | None = 60,
-        patience: int = 5,
-        beta: float = 0.0,
-        bootstrap: bool = True,
-        progress: bool = True,
-        on_epoch: Callable[[Callable[[], dict]], None] | None = None,
-        resume: dict | None = None,
-    ) -> dict:
-        """Fit on transitions (a TensorDict [N], see worldmodel.transitions); warm-starts from
-        the current weights, so calling it again fine-tunes on new data.
-
-        beta-NLL (Seitzer et al. 2022: each row's Gaussian NLL weighted by its stop-gradient
-        predicted variance ** beta; 0 is the plain NLL) + log-variance-bound penalty + per-layer
-        L2, each member on its own bootstrap (or reshuffled) minibatches; stops when no member's holdout MSE improved
-        by 1% for `patience` epochs or after `max_epochs` (None: no cap), keeps each member's best
-        weights among the fit's epochs, and makes the `num_elites` best on holdout the elites. Returns per-member holdout MSE/NLL
-        (standardised units), elites, epochs, train loss, wall seconds and a per-epoch history.
-
-        A long fit can outlive its process: `on_epoch(fit_state)` is called after every epoch
-        with a function returning the whole fit's state (weights, optimiser, split, resamples,
-        best weights, counters, RNG) for the caller to save when it likes; `resume=` that state
-        (with the same data and settings) continues the fit exactly where it was.
-        """
-        start = time.perf_counter()
-        self.check_fit_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
-                                max_epochs=max_epochs, patience=patience, beta=beta)  # fmt: skip
-        data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
-        inputs = torch.cat([data["obs"], data["action"]], -1)
-        targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
-        n = inputs.shape[0]
-        n_holdout = min(int(n * holdout_ratio), max_holdout)
-        if n_holdout < 5 or n - n_holdout < 10:
-            raise ValueError(
-                f"{n} transitions are too few to fit with a holdout split (holdout_ratio={holdout_ratio} "
-                f"gives {n_holdout} holdout rows; need at least 5, and 10 or more for training): collect more data"
-            )
-        if resume is not None and resume.get("rows") != n:
-            raise ValueError(f"the fit to resume was on {resume.get('rows')} transitions, this data has {n}")
-        perm = torch.randperm(n, device=self.device) if resume is None else resume["perm"].to(self.device)
-        train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
-        if resume is None:
-            self._fit_normalizers(inputs[train_idx], targets[train_idx])
-        else:  # weights, normalisers and optimiser as they were after the saved epoch
-            self.load_state_dict(resume["model"])
-        x = self.input_norm(inputs)
-        y = self.target_norm(targets)
-        x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
-
-        optimizer = self.optimizer(lr)
-        # the best of this fit's own epochs, as MBPO's refits: a warm-started refit on data from a
-        # new region is worse on the new holdout for its first epochs, and compared against its
-        # starting weights early stopping would end it there, as a no-op
-        best_mse = torch.full((self.ensemble_size,), math.inf, device=self.device)
-        best_state = [p.detach().clone() for p in self.parameters()]
-        epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
-        # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
-        # MBPO draw it: redrawn every epoch, every member would see all the data
-        rows = x_train.shape[0]
-        resample = torch.randint(rows, (self.ensemble_size, rows), device=self.device) if bootstrap else None
-        if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            best_mse, best_state, resample = resume["best_mse"].to(self.device), resume["best_state"], resume["resample"]
-            best_state = [t.to(self.device) for t in best_state]
-            resample = resample.to(self.device) if resample is not None else None
-            epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
-            history = list(resume["history"])
-            torch.set_rng_state(resume["torch_rng"])
-
-        def fit_state() -> dict:
-            return {"rows": n, "perm": perm.cpu(), "model": self.state_dict(), "optimizer": optimizer.state_dict(),
-                    "best_mse": best_mse.cpu(), "best_state": [t.cpu() for t in best_state],
-                    "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
-                    "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
-                    "torch_rng": torch.get_rng_state()}  # fmt: skip
-
-        bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
-        while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
-            threads.adapt()
-            train_loss = self._train_epoch(x_train, y_train, batch_size, resample, beta)
-            epoch += 1
-            mse, _, calibration = self._holdout_metrics(x_hold, y_hold)
-            improved = mse < 0.99 * best_mse  # by more than 1%; a member whose holdout is NaN keeps its weights
-            if improved.any():
-                best_mse = torch.where(improved, mse, best_mse)
-                with torch.no_grad():
-                    for saved, p in zip(best_state, self.parameters()):
-                        saved[improved] = p[improved]
-                epochs_since_update = 0
-            else:
-                epochs_since_update += 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item(),
-                            "holdout_calibration": calibration.mean().item(), "improved": bool(improved.any())})  # fmt: skip
-            bar.update()
-            bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
-            if on_epoch is not None:
-                on_epoch(fit_state)
-        bar.close()
-        with torch.no_grad():
-            for saved, p in zip(best_state, self.parameters()):
-                p.copy_(saved)
-        mse, nll, calibration = self._holdout_metrics(x_hold, y_hold)
-        self.elites.copy_(mse.argsort()[: self.num_elites].sort().values)
-        return {
-            "epochs": epoch,
-            "train_loss": train_loss,
-            "holdout_mse": mse.tolist(),
-            "holdout_nll": nll.tolist(),
-            "holdout_calibration": calibration.tolist(),
-            "elites": self.elites.tolist(),
-            "n_train": n - n_holdout,
-            "n_holdout": n_holdout,
-            "wall_s": time.perf_counter() - start,
-            "history": history,
-        }
-
-    @classmethod
-    def check_fit_settings(cls, **settings) -> None:
-        """A ValueError naming the first out-of-range fit() setting (so a run can refuse it before
-        any work); settings not given take fit()'s defaults."""
-        from worldmodel.config import signature_fields
-
-        given = {k: d for k, (d, _) in signature_fields(cls.fit).items()} | settings
-        batch_size, lr, holdout_ratio = given["batch_size"], given["lr"], given["holdout_ratio"]
-        max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
-        beta = given["beta"]
-        checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
-                  "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
-                  "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1),
-                  "beta": (beta, 0 <= beta <= 1)}  # fmt: skip
-        for name, (value, ok) in checks.items():
-            if not ok:
-                raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                                 "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1, 0 <= beta <= 1)")
-
-    def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """The Adam optimiser that refits share (created on first use, or when lr changes)."""
-        if self._optimizer is None or self._optimizer.param_groups[0]["lr"] != lr:
-            self._optimizer = adam(self.parameters(), lr)
-        return self._optimizer
-
-    def _train_epoch(self, x: Tensor, y: Tensor, batch_size: int, resample: Tensor | None, beta: float) -> float:
-        n = x.shape[0]
-        order = epoch_order(resample, self.ensemble_size, n, self.device)
-        total, batches = 0.0, 0
-        self.train()
-        for start in range(0, n, batch_size):
-            idx = order[:, start : start + batch_size]
-            mean, logvar = self.forward_normalized(x[idx])
-            loss = self._loss(mean, logvar, y[idx], beta)
-            self._optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._optimizer.step()
-            total += loss.item()
-            batches += 1
-        return total / batches
-
-    def _loss(self, mean: Tensor, logvar: Tensor, target: Tensor, beta: float = 0.0) -> Tensor:
-        """The fit's loss on standardised (mean, logvar, target), each [E, B, O+1]: beta-NLL
-        summed over members, plus the log-variance-bound penalty and L2.
-
-        With beta = 0 (the plain NLL) a member stops fitting rows it can explain by a larger
-        variance instead, so a warm-started refit on data from a new region trades accuracy for
-        variance there: holdout MSE rises epoch after epoch and early stopping keeps the old
-        weights. beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
-        nll = ((mean - target) ** 2) * torch.exp(-logvar) + logvar
-        if beta:
-            nll = nll * torch.exp(beta * logvar.detach())
-        nll = nll.mean(dim=(1, 2)).sum()
-        bounds = LOGVAR_BOUND_PENALTY * (self.max_logvar.sum() - self.min_logvar.sum())
-        decay = sum(0.5 * wd * w.square().sum() for wd, w in zip(self.weight_decay, self.weights))
-        return nll + bounds + decay
-
-    @torch.no_grad()
-    def _holdout_metrics(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-member MSE, Gaussian NLL per output and calibration (mean squared error over
-        predicted variance: 1 is calibrated, above 1 over-confident) on standardised holdout rows, each [E]."""
-        mean, logvar = self.forward_normalized(x.expand(self.ensemble_size, *x.shape))
-        err2 = (mean - y) ** 2
-        scaled = err2 * torch.exp(-logvar)
-        nll = 0.5 * (scaled + logvar + math.log(2 * math.pi))
-        return err2.mean(dim=(1, 2)), nll.mean(dim=(1, 2)), scaled.mean(dim=(1, 2))
+    fit = fitting.fit
+    check_fit_settings = staticmethod(fitting.check_settings)
+    optimizer = fitting.shared_optimizer
 
     @torch.no_grad()
     def evaluate(self, data: TensorDict) -> dict:
@@ -527,13 +335,6 @@ class EnsembleDynamics(nn.Module):
         except (TypeError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path}: model weights do not match its config: {e}") from e
         return model.to(map_location)
-
-
-def epoch_order(resample: Tensor | None, members: int, rows: int, device: torch.device | str = "cpu") -> Tensor:
-    """Row order [E, N] of one training epoch: each member's bootstrap resample [E, N] (drawn
-    once per fit) reshuffled, or without one (None) all N rows reshuffled per member."""
-    order = torch.rand(members, rows, device=device).argsort(dim=1)
-    return order if resample is None else resample.gather(1, order)
 
 
 def _default_weight_decay(layers: int) -> tuple[float, ...]:

@@ -39,7 +39,8 @@ from worldmodel.config import (
     signature_fields,
 )
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
-from worldmodel.ensemble import FIT_RUNTIME_ARGS, EnsembleDynamics
+from worldmodel.ensemble import EnsembleDynamics
+from worldmodel.fitting import FIT_RUNTIME_ARGS
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
