@@ -37,7 +37,7 @@ class Agent:
     background refit swaps a new one into the planner, and the agent follows."""
 
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
-                 refit_epochs: int = 10, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
+                 refit_epochs: int = 30, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
                  device: str = "cpu", refit_beta: float = 0.5):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
         arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...)

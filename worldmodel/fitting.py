@@ -47,11 +47,12 @@ def fit(
 
     Loss: beta-NLL (Seitzer et al. 2022: each row's Gaussian NLL weighted by its stop-gradient
     predicted variance ** beta; 0 is the plain NLL) + log-variance-bound penalty + per-layer L2,
-    each member on its own bootstrap (or reshuffled) minibatches. Stops when no member's holdout
-    MSE improved by 1% for `patience` epochs, or after `max_epochs` (None: no cap); keeps each
-    member's best weights among the fit's epochs and makes the `num_elites` best on holdout the
-    elites. Returns per-member holdout MSE/NLL (standardised units), elites, epochs, train loss,
-    wall seconds and a per-epoch history.
+    each member on its own bootstrap (or reshuffled) minibatches. Stops when for `patience`
+    epochs no member's holdout MSE improved by 1% on the fit's best epoch, or after `max_epochs`
+    (None: no cap); keeps each member's best weights on holdout, its starting weights included,
+    and makes the `num_elites` best the elites. Returns per-member holdout MSE/NLL (standardised
+    units; also the starting weights' MSE), elites, epochs, train loss, wall seconds and a
+    per-epoch history.
 
     A long fit can outlive its process: `on_epoch(fit_state)` is called after every epoch
     with a function returning the whole fit's state (weights, optimiser, split, resamples,
@@ -84,10 +85,13 @@ def fit(
     x_train, y_train, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
 
     optimizer = shared_optimizer(model, lr)
-    # the best of this fit's own epochs, as MBPO's refits: a warm-started refit on data from a
-    # new region is worse on the new holdout for its first epochs, and compared against its
-    # starting weights early stopping would end it there, as a no-op
-    best_mse = torch.full((model.ensemble_size,), math.inf, device=model.device)
+    # Patience counts from the fit's own best epoch (as MBPO's refits): a warm-started refit on
+    # data from a new region is worse on holdout than its start for its first epochs, and counted
+    # against the start it would stop there, a no-op. The weights kept are each member's best on
+    # holdout among its starting weights and all epochs, so a refit never returns a worse member.
+    start_mse = holdout_metrics(model, x_hold, y_hold)[0]
+    best_mse = torch.full_like(start_mse, math.inf)  # the fit's own best epoch (patience)
+    kept_mse = start_mse.clone()  # the kept weights' (the start's until an epoch beats it)
     best_state = [p.detach().clone() for p in model.parameters()]
     epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
     # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
@@ -97,6 +101,8 @@ def fit(
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         best_mse, best_state, resample = resume["best_mse"].to(model.device), resume["best_state"], resume["resample"]
+        start_mse = resume.get("start_mse", start_mse.cpu()).to(model.device)  # (states saved before it existed)
+        kept_mse = resume.get("kept_mse", resume["best_mse"]).to(model.device)
         best_state = [t.to(model.device) for t in best_state]
         resample = resample.to(model.device) if resample is not None else None
         epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
@@ -105,7 +111,8 @@ def fit(
 
     def fit_state() -> dict:
         return {"rows": n, "perm": perm.cpu(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "best_mse": best_mse.cpu(), "best_state": [t.cpu() for t in best_state],
+                "best_mse": best_mse.cpu(), "start_mse": start_mse.cpu(), "kept_mse": kept_mse.cpu(),
+                "best_state": [t.cpu() for t in best_state],
                 "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
                 "torch_rng": torch.get_rng_state()}  # fmt: skip
@@ -116,15 +123,15 @@ def fit(
         train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta)
         epoch += 1
         mse, _, calibration = holdout_metrics(model, x_hold, y_hold)
-        improved = mse < 0.99 * best_mse  # by more than 1%; a member whose holdout is NaN keeps its weights
-        if improved.any():
-            best_mse = torch.where(improved, mse, best_mse)
+        improved = mse < 0.99 * best_mse  # by more than 1% on the fit's best epoch: patience restarts
+        best_mse = torch.where(improved, mse, best_mse)
+        better = mse < kept_mse  # than the weights kept so far (a NaN holdout never is)
+        if better.any():
+            kept_mse = torch.where(better, mse, kept_mse)
             with torch.no_grad():
                 for saved, p in zip(best_state, model.parameters()):
-                    saved[improved] = p[improved]
-            epochs_since_update = 0
-        else:
-            epochs_since_update += 1
+                    saved[better] = p[better]
+        epochs_since_update = 0 if improved.any() else epochs_since_update + 1
         history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item(),
                         "holdout_calibration": calibration.mean().item(), "improved": bool(improved.any())})  # fmt: skip
         bar.update()
@@ -141,6 +148,7 @@ def fit(
         "epochs": epoch,
         "train_loss": train_loss,
         "holdout_mse": mse.tolist(),
+        "start_holdout_mse": start_mse.tolist(),
         "holdout_nll": nll.tolist(),
         "holdout_calibration": calibration.tolist(),
         "elites": model.elites.tolist(),

@@ -1,0 +1,37 @@
+"""python -m worldmodel.refit_check: a real run's refits replayed from its transition log."""
+
+import math
+
+import pytest
+
+from worldmodel.refit_check import main
+from worldmodel.run import main as run
+
+TINY = ["planner=mppi", "env=hopper", "env_steps=120", "seed_steps=60", "train_every=60", "eval_every=120",
+        "env.max_episode_steps=50", "model.fit.max_epochs=3", "model.ensemble_size=3", "model.num_elites=2",
+        "model.hidden=32", "planner.candidates=32", "planner.horizon=3", "planner.value_learning=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("refit_check") / "run"
+    run([*TINY, f"run_dir={path}"])
+    return path
+
+
+def test_replays_a_runs_refits_and_scores_them_on_the_transitions_that_came_next(run_dir, capsys):
+    rows = main([str(run_dir), "--first", "40", "--refit-at", "80", "--ahead", "40", "--refit-epochs", "2",
+                 "--beta", "0", "0.5"])  # fmt: skip
+    (row,) = rows
+    assert row["env"] == "hopper" and row["refit_beta0_epochs"] == row["refit_beta0.5_epochs"] == 2
+    scores = [row[k] for k in ("no_refit", "refit_beta0", "refit_beta0.5", "from_scratch")]
+    assert all(math.isfinite(v) and v > 0 for v in scores)
+    assert len(set(scores)) == 4  # four different models
+    assert '"refit_beta0.5"' in capsys.readouterr().out
+
+
+def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="logged 120 transitions"):
+        main([str(run_dir)])  # the defaults need 2,000

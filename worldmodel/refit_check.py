@@ -1,0 +1,81 @@
+"""`python -m worldmodel.refit_check <run dir> ...`: do the model's refits learn what online data adds?
+
+Replays a run's first fit and one warm-started refit from its transition log, and scores each
+model on the transitions that came next (where the planner went next, which no fit saw): the
+first fit's model as it was (no refit), a warm refit for each `--beta` (beta-NLL; 0 is the
+plain NLL) and a model fitted from scratch on the same data. Prints one row per run and writes
+nothing. Lower is better: mean squared error of the elites' mean (next_obs - obs and reward,
+original units; EnsembleDynamics.evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from worldmodel import threads
+from worldmodel.ensemble import EnsembleDynamics
+from worldmodel.envs import make_env
+from worldmodel.transition_log import TransitionLog
+
+
+def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs: int, betas: list[float]) -> dict:
+    """Fit on the run's first `first` transitions (model.fit's settings of the run), refit on the
+    first `refit_at`, score on the `ahead` after them; the same seed for every model."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
+    data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
+    if len(data) < refit_at + ahead:
+        raise SystemExit(f"error: {run_dir} logged {len(data)} transitions; refit_at + ahead = {refit_at + ahead}")
+    fit = {k: v for k, v in OmegaConf.to_container(cfg.model.fit).items()} | {"progress": False}
+    model_args = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "fit"}
+    seen, nxt = data[:refit_at], data[refit_at : refit_at + ahead]
+
+    def fresh_model() -> EnsembleDynamics:
+        torch.manual_seed(cfg.seed)
+        return EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
+
+    start = fresh_model()
+    start.fit(data[:first], **fit)
+    row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"]}
+    for beta in betas:
+        model = copy.deepcopy(start)
+        torch.manual_seed(cfg.seed)
+        metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "beta": beta})
+        row[f"refit_beta{beta:g}"] = model.evaluate(nxt)["mse"]
+        row[f"refit_beta{beta:g}_epochs"] = metrics["epochs"]
+    scratch = fresh_model()
+    scratch.fit(seen, **fit)
+    row["from_scratch"] = scratch.evaluate(nxt)["mse"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m worldmodel.refit_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories with a transition log")
+    parser.add_argument("--first", type=int, default=1000, help="transitions of the first fit (default 1000)")
+    parser.add_argument("--refit-at", type=int, default=1500, help="transitions of the refit (default 1500)")
+    parser.add_argument("--ahead", type=int, default=500, help="next transitions scored (default 500)")
+    parser.add_argument("--refit-epochs", type=int, default=10, help="the refit's epochs (the run command's fit_epochs)")
+    parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not 0 < args.first < args.refit_at or args.ahead < 1:
+        parser.error("need 0 < --first < --refit-at and --ahead >= 1")
+    threads.set_threads(args.threads)
+    rows = []
+    for run_dir in args.runs:
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "transitions").is_dir():
+            parser.error(f"{run_dir} is not a run directory with a transition log (config.yaml, transitions/)")
+        rows.append(check_run(run_dir, args.first, args.refit_at, args.ahead, args.refit_epochs, args.beta))
+        print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
