@@ -131,9 +131,12 @@ class Agent:
         """EnsembleDynamics.fit settings for (a copy of) the model: a first fit runs up to
         model.fit.max_epochs, a fitted model is warm-started for refit_epochs with beta-NLL's
         refit_beta (with the plain NLL a refit on data from a new region raises the variance
-        there instead of fitting it, and ends as a no-op: EnsembleDynamics._loss)."""
+        there instead of fitting it: worldmodel.fitting.loss)."""
         model = model if model is not None else self.model
-        refit = {"max_epochs": self.refit_epochs, "beta": self.refit_beta} if model.fitted else {}
+        if model.fitted:
+            refit = {"max_epochs": self.refit_epochs, "beta": self.refit_beta}
+        else:  # (model.fit's max_epochs; none given: no cap)
+            refit = {"max_epochs": self.fit_settings.get("max_epochs")}
         return {**self.fit_settings, **refit, **overrides}
 
     def refit(self, **overrides) -> dict:

@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
         _validate(cfg)
         model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
         check_settings("model", model_args, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
-        EnsembleDynamics.check_fit_settings(**{**cfg.model.fit, "beta": cfg.fit_beta})
+        EnsembleDynamics.check_fit_settings(**cfg.model.fit)
+        EnsembleDynamics.check_fit_settings(beta=cfg.fit_beta)  # (the refits')
         threads.set_threads(cfg.threads)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         robot = SimulatedRobot(cfg.env.name, cfg.control_hz, cfg.latency_ms, cfg.jitter_ms, cfg.drop_rate,

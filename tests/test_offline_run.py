@@ -83,7 +83,7 @@ def test_a_bad_online_setting_is_refused_before_offline_learning(tmp_path, datas
 
 def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset, monkeypatch):
     # seed=1: the pretrained weights must differ from the fresh seed-0 init the online run would build
-    # itself (a 2-epoch fit that improves no member by 1% keeps the initial weights)
+    # itself (a 2-epoch fit whose epochs beat no member's initial weights on holdout keeps them)
     main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={tmp_path / 'off'}",
           "seed=1", *TINY, *DYNA_TINY])  # fmt: skip
     pretrained = tmp_path / "off" / "model.pt"

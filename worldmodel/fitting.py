@@ -101,7 +101,8 @@ def fit(
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         best_mse, best_state, resample = resume["best_mse"].to(model.device), resume["best_state"], resume["resample"]
-        start_mse = resume.get("start_mse", start_mse.cpu()).to(model.device)  # (states saved before it existed)
+        start_mse = resume.get("start_mse")  # (None in a state saved before it was kept)
+        start_mse = start_mse.to(model.device) if start_mse is not None else None
         kept_mse = resume.get("kept_mse", resume["best_mse"]).to(model.device)
         best_state = [t.to(model.device) for t in best_state]
         resample = resample.to(model.device) if resample is not None else None
@@ -111,7 +112,8 @@ def fit(
 
     def fit_state() -> dict:
         return {"rows": n, "perm": perm.cpu(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "best_mse": best_mse.cpu(), "start_mse": start_mse.cpu(), "kept_mse": kept_mse.cpu(),
+                "best_mse": best_mse.cpu(), "kept_mse": kept_mse.cpu(),
+                "start_mse": start_mse.cpu() if start_mse is not None else None,
                 "best_state": [t.cpu() for t in best_state],
                 "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
@@ -125,7 +127,8 @@ def fit(
         mse, _, calibration = holdout_metrics(model, x_hold, y_hold)
         improved = mse < 0.99 * best_mse  # by more than 1% on the fit's best epoch: patience restarts
         best_mse = torch.where(improved, mse, best_mse)
-        better = mse < kept_mse  # than the weights kept so far (a NaN holdout never is)
+        # than the weights kept so far (a NaN holdout never is; finite beats a NaN start)
+        better = (mse < kept_mse) | (kept_mse.isnan() & mse.isfinite())
         if better.any():
             kept_mse = torch.where(better, mse, kept_mse)
             with torch.no_grad():
@@ -148,7 +151,7 @@ def fit(
         "epochs": epoch,
         "train_loss": train_loss,
         "holdout_mse": mse.tolist(),
-        "start_holdout_mse": start_mse.tolist(),
+        "start_holdout_mse": start_mse.tolist() if start_mse is not None else None,
         "holdout_nll": nll.tolist(),
         "holdout_calibration": calibration.tolist(),
         "elites": model.elites.tolist(),
@@ -168,6 +171,10 @@ def check_settings(**settings) -> None:
     batch_size, lr, holdout_ratio = given["batch_size"], given["lr"], given["holdout_ratio"]
     max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
     beta = given["beta"]
+    for name in ("batch_size", "lr", "holdout_ratio", "max_holdout", "max_epochs", "patience", "beta"):
+        value = given[name]
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name == "max_epochs" and value is None)):
+            raise ValueError(f"fit setting {name} must be a number, got {value!r}")
     checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
               "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
               "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1),
@@ -210,8 +217,8 @@ def loss(model: EnsembleDynamics, mean: Tensor, logvar: Tensor, target: Tensor, 
 
     With beta = 0 (the plain NLL) a member stops fitting rows it can explain by a larger
     variance instead, so a warm-started refit on data from a new region trades accuracy for
-    variance there: its holdout MSE rises epoch after epoch (measured on hopper: README, "Why
-    refits use beta-NLL"). beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
+    variance there: its holdout MSE rises epoch after epoch (measured on hopper: README, "How
+    refits learn new data"). beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
     nll = ((mean - target) ** 2) * torch.exp(-logvar) + logvar
     if beta:
         nll = nll * torch.exp(beta * logvar.detach())

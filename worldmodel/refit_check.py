@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--first", type=int, default=1000, help="transitions of the first fit (default 1000)")
     parser.add_argument("--refit-at", type=int, default=1500, help="transitions of the refit (default 1500)")
     parser.add_argument("--ahead", type=int, default=500, help="next transitions scored (default 500)")
-    parser.add_argument("--refit-epochs", type=int, default=10, help="the refit's epochs (the run command's fit_epochs)")
+    parser.add_argument("--refit-epochs", type=int, default=30, help="the refit's epochs (default 30: the run command's fit_epochs)")
     parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -454,7 +454,8 @@ def validate(cfg: DictConfig) -> None:
     check_settings("model", model, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
     fit = OmegaConf.to_container(cfg.model.fit)
     check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=FIT_RUNTIME_ARGS))
-    EnsembleDynamics.check_fit_settings(**{**fit, "beta": cfg.fit_beta})
+    EnsembleDynamics.check_fit_settings(**fit)
+    EnsembleDynamics.check_fit_settings(beta=cfg.fit_beta)  # (the refits')
     _check_device(cfg.device)
     threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
     for key in ("dataset", "pretrained"):
