@@ -297,7 +297,7 @@ def test_triton_kernels_pass_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",  # (in this process)
          str(ROOT / "tests" / "test_kernels_triton.py")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
