@@ -448,9 +448,8 @@ def main(argv: list[str] | None = None) -> dict:
     from worldmodel import threads
     from worldmodel.checkpoint import CheckpointError, RunDirLock
     from worldmodel.collect import uniform_policy
-    from worldmodel.config import check_settings, run_dir_for, save_config, signature_fields
+    from worldmodel.config import check_model_settings, run_dir_for, save_config
     from worldmodel.datasets import load_dataset
-    from worldmodel.ensemble import EnsembleDynamics
     from worldmodel.envs import make_env
     from worldmodel.metrics import MetricsLogger, write_json
     from worldmodel.robot import SimulatedRobot
@@ -459,10 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, resume_dir = _load_config(argv)
     try:
         _validate(cfg)
-        model_args = {k: v for k, v in cfg.model.items() if k != "fit"}
-        check_settings("model", model_args, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
-        EnsembleDynamics.check_fit_settings(**cfg.model.fit)
-        EnsembleDynamics.check_fit_settings(beta=cfg.fit_beta)  # (the refits')
+        check_model_settings(cfg)
         threads.set_threads(cfg.threads)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         robot = SimulatedRobot(cfg.env.name, cfg.control_hz, cfg.latency_ms, cfg.jitter_ms, cfg.drop_rate,

@@ -97,6 +97,20 @@ def _is_kind(value: Any, kind: str) -> bool:
     return isinstance(value, (Mapping, DictConfig))
 
 
+def check_model_settings(cfg: DictConfig) -> None:
+    """cfg.model (EnsembleDynamics arguments), cfg.model.fit (the first fit's settings) and
+    cfg.fit_beta (the refits' beta), checked before any work: a ValueError naming the key."""
+    from worldmodel.ensemble import EnsembleDynamics
+    from worldmodel.fitting import FIT_RUNTIME_ARGS
+
+    model = {k: v for k, v in cfg.model.items() if k != "fit"}
+    check_settings("model", model, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
+    fit = OmegaConf.to_container(cfg.model.fit)
+    check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=FIT_RUNTIME_ARGS))
+    EnsembleDynamics.check_fit_settings(**fit)
+    EnsembleDynamics.check_fit_settings(beta=cfg.fit_beta)
+
+
 def generated_groups() -> dict[str, dict[str, dict]]:
     """The config group options generated from code: env/<task> and model/ensemble."""
     from worldmodel.ensemble import EnsembleDynamics

@@ -61,7 +61,7 @@ def fit(
     """
     start = time.perf_counter()
     check_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
-                            max_epochs=max_epochs, patience=patience, beta=beta)  # fmt: skip
+                   max_epochs=max_epochs, patience=patience, beta=beta)  # fmt: skip
     data = validate_transitions(data, model.obs_dim, model.act_dim).to(model.device)
     inputs = torch.cat([data["obs"], data["action"]], -1)
     targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
@@ -89,16 +89,17 @@ def fit(
     # data from a new region is worse on holdout than its start for its first epochs, and counted
     # against the start it would stop there, a no-op. The weights kept are each member's best on
     # holdout among its starting weights and all epochs, so a refit never returns a worse member.
-    start_mse = holdout_metrics(model, x_hold, y_hold)[0]
-    best_mse = torch.full_like(start_mse, math.inf)  # the fit's own best epoch (patience)
-    kept_mse = start_mse.clone()  # the kept weights' (the start's until an epoch beats it)
-    best_state = [p.detach().clone() for p in model.parameters()]
-    epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
-    # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
-    # MBPO draw it: redrawn every epoch, every member would see all the data
-    rows = x_train.shape[0]
-    resample = torch.randint(rows, (model.ensemble_size, rows), device=model.device) if bootstrap else None
-    if resume is not None:
+    if resume is None:
+        start_mse = holdout_metrics(model, x_hold, y_hold)[0]
+        best_mse = torch.full_like(start_mse, math.inf)  # the fit's own best epoch (patience)
+        kept_mse = start_mse.clone()  # the kept weights' (the start's until an epoch beats it)
+        best_state = [p.detach().clone() for p in model.parameters()]
+        epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
+        # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
+        # MBPO draw it: redrawn every epoch, every member would see all the data
+        rows = x_train.shape[0]
+        resample = torch.randint(rows, (model.ensemble_size, rows), device=model.device) if bootstrap else None
+    else:
         optimizer.load_state_dict(resume["optimizer"])
         best_mse, best_state, resample = resume["best_mse"].to(model.device), resume["best_state"], resume["resample"]
         start_mse = resume.get("start_mse")  # (None in a state saved before it was kept)
@@ -168,21 +169,20 @@ def check_settings(**settings) -> None:
     from worldmodel.config import signature_fields
 
     given = {k: d for k, (d, _) in signature_fields(fit).items()} | settings
-    batch_size, lr, holdout_ratio = given["batch_size"], given["lr"], given["holdout_ratio"]
-    max_holdout, max_epochs, patience = given["max_holdout"], given["max_epochs"], given["patience"]
-    beta = given["beta"]
-    for name in ("batch_size", "lr", "holdout_ratio", "max_holdout", "max_epochs", "patience", "beta"):
+    for name, in_range in _RANGES.items():
         value = given[name]
         if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name == "max_epochs" and value is None)):
             raise ValueError(f"fit setting {name} must be a number, got {value!r}")
-    checks = {"batch_size": (batch_size, batch_size >= 1), "lr": (lr, lr > 0),
-              "holdout_ratio": (holdout_ratio, 0 < holdout_ratio < 1), "max_holdout": (max_holdout, max_holdout >= 5),
-              "max_epochs": (max_epochs, max_epochs is None or max_epochs >= 1), "patience": (patience, patience >= 1),
-              "beta": (beta, 0 <= beta <= 1)}  # fmt: skip
-    for name, (value, ok) in checks.items():
-        if not ok:
+        if not in_range(value):
             raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
                              "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1, 0 <= beta <= 1)")
+
+
+_RANGES: dict[str, Callable[[float], bool]] = {  # check_settings: each numeric fit() setting's valid range
+    "batch_size": lambda v: v >= 1, "lr": lambda v: v > 0, "holdout_ratio": lambda v: 0 < v < 1,
+    "max_holdout": lambda v: v >= 5, "max_epochs": lambda v: v is None or v >= 1, "patience": lambda v: v >= 1,
+    "beta": lambda v: 0 <= v <= 1,
+}  # fmt: skip
 
 
 def shared_optimizer(model: EnsembleDynamics, lr: float) -> torch.optim.Optimizer:

@@ -32,7 +32,7 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
     if len(data) < refit_at + ahead:
         raise SystemExit(f"error: {run_dir} logged {len(data)} transitions; refit_at + ahead = {refit_at + ahead}")
-    fit = {k: v for k, v in OmegaConf.to_container(cfg.model.fit).items()} | {"progress": False}
+    fit = OmegaConf.to_container(cfg.model.fit) | {"progress": False}
     model_args = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "fit"}
     seen, nxt = data[:refit_at], data[refit_at : refit_at + ahead]
 

@@ -30,17 +30,9 @@ from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
-from worldmodel.config import (
-    check_settings,
-    compose_config,
-    resumed_config,
-    run_dir_for,
-    save_config,
-    signature_fields,
-)
+from worldmodel.config import check_model_settings, compose_config, resumed_config, run_dir_for, save_config
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
-from worldmodel.fitting import FIT_RUNTIME_ARGS
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
@@ -450,12 +442,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"offline.preset={cfg.offline.preset} picks the settings for a dataset: give dataset=<file>")
     if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
         raise ValueError("online.* settings change a planner at the switch from offline learning; they need dataset=<file>")
-    model = {k: v for k, v in cfg.model.items() if k != "fit"}
-    check_settings("model", model, signature_fields(EnsembleDynamics.__init__, skip=("termination_fn",)))
-    fit = OmegaConf.to_container(cfg.model.fit)
-    check_settings("model.fit", fit, signature_fields(EnsembleDynamics.fit, skip=FIT_RUNTIME_ARGS))
-    EnsembleDynamics.check_fit_settings(**fit)
-    EnsembleDynamics.check_fit_settings(beta=cfg.fit_beta)  # (the refits')
+    check_model_settings(cfg)
     _check_device(cfg.device)
     threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
     for key in ("dataset", "pretrained"):
