@@ -7,22 +7,27 @@ gets from the same start states; `overestimation` subtracts the soft critics' en
 (alpha H gamma / (1 - gamma)), which is not reward. Without value pessimism the states at the edge of the
 rollouts' reach are never corrected, so MBPO's Q drifts above any return it achieves; RAVL's
 EDAC critics keep it near. Writes metrics.jsonl, summary.json and q_vs_return.png.
+
+Each evaluation also saves every method's agent to run_dir/checkpoint.pt, so the same command
+with `run_dir=<dir>` resumes a killed comparison from its last evaluation, and a larger
+`updates=` extends a finished one (the imagined buffer is rolled out afresh on resuming).
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from planners import make_planner
-from worldmodel.config import compose_config, make_run_dir
+from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked
+from worldmodel.config import compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
-from worldmodel.metrics import MetricsLogger
+from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
 from worldmodel.threads import adapt, set_threads
@@ -50,38 +55,83 @@ def entropy_share(agent, obs) -> float:
     return (agent.alpha * -log_prob.mean()).item() * gamma / (1 - gamma)
 
 
+RESUMABLE_KEYS = ("updates", "methods", "threads", "run_dir")  # may differ from the saved config when resuming
+
+
+def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
+    """Each method's {done, planner, row, torch_rng} from run_dir/checkpoint.pt ({} for a new
+    comparison), after checking that the saved config matches except RESUMABLE_KEYS; writes
+    the config."""
+    if not (run_dir / "checkpoint.pt").is_file():
+        save_config(cfg, run_dir)
+        return {}
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    changed = sorted(k for k in cfg if k not in RESUMABLE_KEYS and saved.get(k) != cfg[k])
+    if changed:
+        raise ValueError(f"run_dir={run_dir} holds a comparison with other settings ({', '.join(changed)}); "
+                         f"give the same settings to resume it (only {', '.join(RESUMABLE_KEYS)} may change) "
+                         f"or another run_dir")  # fmt: skip
+    states = load_checked(run_dir / "checkpoint.pt", "edge_of_reach")["methods"]
+    save_config(cfg, run_dir)
+    return states
+
+
 def compare(cfg: DictConfig) -> dict:
-    run_dir = make_run_dir(cfg, "edge_of_reach", cfg.task)
+    run_dir = run_dir_for(cfg, "edge_of_reach", cfg.task)
+    lock = RunDirLock(run_dir)  # (creates the directory)
+    states = saved_states(cfg, run_dir)
     eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
     data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)
     probe = data["obs"][torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:2000]]
     logger, summary = MetricsLogger(run_dir), {}
+    logger.truncate(lambda r: r["step"] <= states.get(r["kind"], {}).get("done", 0))
     for method in cfg.methods:
-        torch.manual_seed(cfg.seed)
-        planner = make_planner(method, SimulatorDynamics(cfg.task), spec, seed=cfg.seed,
-                               buffer=ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data)),
-                               rollout_length=cfg.rollout_length, rollout_batch_size=cfg.rollout_batch_size,
-                               rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio)  # fmt: skip
-        planner.observe(data)
+        begun = states.get(method, {}).get("done", 0)
         checkpoints = [*range(cfg.eval_every, cfg.updates, cfg.eval_every), cfg.updates]
-        for previous, done in tqdm(list(zip([0, *checkpoints], checkpoints)), desc=f"{method} (true dynamics)"):
-            for start in range(previous, done, 100):  # the load is re-read between chunks of updates
-                adapt()
-                stats = planner.learn(min(100, done - start))
-            row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
-            row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
-            row["entropy_share"] = entropy_share(planner.agent, probe)
-            row["critic_loss"] = stats["critic_loss"]
-            logger.log(method, done, **row)
-            tqdm.write(f"{method} {done}: V(s0) {row['q_start']:.1f} vs discounted return "
-                       f"{row['discounted_return']:.1f} (return {row['ret']:.1f}); Q on dataset states {row['q_dataset']:.1f}")
+        pending = [(p, d) for p, d in zip([0, *checkpoints], checkpoints) if d > begun]
+        if pending:
+            learn(cfg, method, states, pending, data, probe, eval_env, logger, run_dir)
+        row = states[method]["row"]
         over = row["q_start"] - row["discounted_return"] - row["entropy_share"]
-        summary[method] = {**row, "overestimation": over}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary[method] = {**row, "updates": states[method]["done"], "overestimation": over}
+    write_json(summary, run_dir / "summary.json")
     _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.task)
     logger.close()
+    lock.release()
     return summary
+
+
+def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, int]], data, probe,
+          eval_env, logger: MetricsLogger, run_dir: Path) -> None:  # fmt: skip
+    """Train `method` through the (previous, done) update intervals in `pending`, evaluating and
+    checkpointing at each `done`; states[method] holds its progress, agent and last row."""
+    spec = eval_env.task_spec
+    torch.manual_seed(cfg.seed)
+    planner = make_planner(method, SimulatorDynamics(cfg.task), spec, seed=cfg.seed,
+                           buffer=ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data)),
+                           rollout_length=cfg.rollout_length, rollout_batch_size=cfg.rollout_batch_size,
+                           rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio)  # fmt: skip
+    planner.observe(data)
+    begun = states.get(method, {}).get("done", 0)
+    if begun:
+        planner.load_state_dict(states[method]["planner"])
+        torch.set_rng_state(states[method]["torch_rng"])
+        tqdm.write(f"{method}: resuming at {begun} updates from {run_dir / 'checkpoint.pt'}")
+    for previous, done in tqdm(pending, desc=f"{method} (true dynamics)"):
+        for start in range(max(previous, begun), done, 100):  # the load is re-read between chunks of updates
+            adapt()
+            stats = planner.learn(min(100, done - start))
+        eval_env.set_seed(cfg.seed + 10_000 + done)  # the same episodes whether or not the run was resumed
+        row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
+        row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
+        row["entropy_share"] = entropy_share(planner.agent, probe)
+        row["critic_loss"] = stats["critic_loss"]
+        logger.log(method, done, **row)
+        states[method] = {"done": done, "planner": planner.state_dict(), "row": row, "torch_rng": torch.get_rng_state()}
+        atomic_save({FORMAT_KEY: "edge_of_reach", "methods": states}, run_dir / "checkpoint.pt")
+        tqdm.write(f"{method} {done}: V(s0) {row['q_start']:.1f} vs discounted return "
+                   f"{row['discounted_return']:.1f} (return {row['ret']:.1f}); Q on dataset states {row['q_dataset']:.1f}")
 
 
 def _plot(logger: MetricsLogger, methods: list[str], out, task: str) -> None:
@@ -112,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         set_threads(cfg.threads)
         return compare(cfg)
-    except ValueError as e:
+    except (ValueError, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -50,3 +50,26 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in rows] == [("mbpo", 10), ("mbpo", 20), ("ravl", 10), ("ravl", 20)]
     assert (tmp_path / "run" / "q_vs_return.png").is_file()
+
+
+def test_edge_of_reach_resumes_from_its_checkpoint_and_extends_to_more_updates_and_methods(tmp_path):
+    from planners.edge_of_reach import main
+
+    env = make_env("hopper", seed=1)
+    save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 300))
+    common = [f"dataset={tmp_path / 'd.hdf5'}", "task=hopper", "eval_every=10", "rollout_batch_size=50",
+              "rollout_every=10", "eval_episodes=1", f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    main([*common, "updates=20", "methods=[mbpo]"])
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    first = metrics.read_text().splitlines()
+    with open(metrics, "a") as f:  # a record logged after the last checkpoint (a kill in between) is dropped
+        f.write(json.dumps({"kind": "mbpo", "step": 30, "q_start": 0.0}) + "\n")
+    summary = main([*common, "updates=30", "methods=[mbpo,ravl]"])
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert metrics.read_text().splitlines()[:2] == first  # mbpo's first 20 updates were not redone
+    assert [(r["kind"], r["step"]) for r in rows] == [("mbpo", 10), ("mbpo", 20), ("mbpo", 30),
+                                                      ("ravl", 10), ("ravl", 20), ("ravl", 30)]  # fmt: skip
+    assert rows[2]["q_start"] != 0.0
+    assert summary["mbpo"]["updates"] == summary["ravl"]["updates"] == 30
+    with pytest.raises(SystemExit, match="other settings \\(rollout_length\\)"):
+        main([*common, "updates=30", "rollout_length=3"])
