@@ -5,12 +5,14 @@ the model work per candidate is identical and the ratio measures the planner aro
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
 `--dyna`: imagined transitions and agent updates per second. `--concurrency`: two short runs of
 the run command at once against one alone, at threads=auto and at every core fixed.
-`--realtime STEPS`: the simulated robot under the real-time controller at 20 and 50 Hz.
+`--realtime STEPS`: the simulated robot under the real-time controller at 20 and 50 Hz, planning
+in a thread and in a process.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -218,7 +220,8 @@ _REALTIME_RUN = ["env=hopper", "latency_ms=10", "seed_steps=200", "train_every=2
 
 def realtime_rows(real_steps: int) -> list[dict]:
     """The simulated robot (`python -m planners.realtime`) at 20 and 50 Hz with 10 ms sensor
-    latency, planning and learning in background threads; beside each, the synchronous loop's
+    latency, learning in a background thread and planning in a thread or in a process of its
+    own (`worker=`); beside each, the synchronous loop's
     view of the same plans (act = a whole plan: its latency is the plan's) and the floor of an
     act() call (copying and clipping one action)."""
     from planners.realtime import main as realtime
@@ -227,9 +230,10 @@ def realtime_rows(real_steps: int) -> list[dict]:
     floor_ms = _median_ms(lambda: torch.as_tensor(action).float().clamp(low, high), 200)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for hz in (20, 50):
-            s = realtime([*_REALTIME_RUN, f"control_hz={hz}", f"real_steps={real_steps}", f"run_dir={tmp}/{hz}"])
-            out.append({"control_hz": hz, **{k: s[k] for k in ("act_latency_p50_ms", "act_latency_p99_ms",
+        for hz, worker in itertools.product((20, 50), ("thread", "process")):
+            s = realtime([*_REALTIME_RUN, f"control_hz={hz}", f"worker={worker}", f"real_steps={real_steps}",
+                          f"run_dir={tmp}/{hz}-{worker}"])  # fmt: skip
+            out.append({"control_hz": hz, "worker": worker, **{k: s[k] for k in ("act_latency_p50_ms", "act_latency_p99_ms",
                         "act_latency_max_ms", "plan_latency_p50_ms", "plan_latency_p99_ms", "fresh_rate",
                         "shifted_rate", "fallback_rate", "deadline_miss_rate", "model_version", "seed_actions",
                         "real_steps")}, "sync_misses_p50": s["plan_latency_p50_ms"] > 1000 / hz,
@@ -249,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
         table = realtime_rows(args.realtime)
         print(f"\n`python -m planners.realtime {' '.join(_REALTIME_RUN)}` (default MPPI), {args.realtime} robot steps; "
               "synchronous: act() would be a whole plan\n")  # fmt: skip
-        print("| Hz | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms (synchronous act) | fresh / shifted / fallback "
-              "| deadline misses | refits |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|")
+        print("| Hz | planning in a | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms (synchronous act) "
+              "| fresh / shifted / fallback | deadline misses | refits |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
         for r in table:
-            print(f"| {r['control_hz']} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
+            print(f"| {r['control_hz']} | {r['worker']} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
                   f"{r['act_latency_max_ms']:.1f} | {r['act_floor_ms']:.3f} | {r['plan_latency_p50_ms']:.1f} / "
                   f"{r['plan_latency_p99_ms']:.1f} | {r['fresh_rate']:.0%} / {r['shifted_rate']:.0%} / "
                   f"{r['fallback_rate']:.0%} | {r['deadline_miss_rate']:.1%} | {r['model_version']} |")  # fmt: skip

@@ -87,7 +87,7 @@ class MPCPlanner(Planner):
                                  "pass value_learning=False to plan with your terminal value")
             self.value_agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**config.value_agent))
             self.value_agent.to(model.device)
-            self.terminal_value = lambda state: self.value_agent.value(state, True, self.config.value_penalty)
+            self.terminal_value = self.learned_value  # (a method, not a lambda: a planner pickles)
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)
@@ -101,6 +101,10 @@ class MPCPlanner(Planner):
         # act() sets it; a real-time controller sets what it really executed
         self.previous_action: Tensor | None = None
         self._checked_fitted = False
+
+    def learned_value(self, state: Tensor) -> Tensor:
+        """The learned terminal value of states [B, O]: [B]."""
+        return self.value_agent.value(state, True, self.config.value_penalty)
 
     # ---------------------------------------------------------------- the robot loop
 

@@ -1,4 +1,4 @@
-"""Real-time control around any planner: planning in a background thread, `act` in microseconds.
+"""Real-time control around any planner: planning in the background, `act` in microseconds.
 
     controller = RealtimeController(planner, spec, RealtimeConfig(control_hz=20), safe_action=rest)
     with controller:                                 # starts the planning thread; stops it on exit
@@ -17,6 +17,8 @@ safe one is taken instead). With `delay_ms` (sensor + actuator latency) a plan s
 state the model predicts once the delay has passed, under the actions already committed. A
 watchdog calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms`.
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
+Plans are made in a thread of this process (`worker="thread"`, the default) or in a process of
+their own (`worker="process"`, planners.planning_process), out of reach of this process's GIL.
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -36,9 +38,11 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
+from planners.planning_process import Plan, PlanMaker, PlanningProcess
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
+WORKERS = ("thread", "process")
 
 
 @dataclass
@@ -51,7 +55,8 @@ class RealtimeConfig:
     slew: float | None = None  # the largest change of any action dim per control period (None: unlimited)
     watchdog_ms: float | None = None  # no observation for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
-    plan_threads: int = 1  # torch threads the planning thread uses
+    worker: str = "thread"  # where plans are made: "thread" (of this process) or "process" (its own)
+    plan_threads: int = 1  # torch threads the planning thread or process uses
     # Python's GIL switch interval while running: act() waits at most about this long for the GIL
     # held by the planning and learning threads (Python's default is 5 ms); None: leave it
     switch_interval_ms: float | None = None
@@ -65,18 +70,12 @@ class RealtimeConfig:
             raise ValueError(f"max_shift must be >= 0 or None, got {self.max_shift}")
         if self.plan_threads < 1:
             raise ValueError(f"plan_threads must be >= 1, got {self.plan_threads}")
+        if self.worker not in WORKERS:
+            raise ValueError(f"worker must be one of {WORKERS}, got {self.worker!r}")
 
     @property
     def period(self) -> float:
         return 1.0 / self.control_hz
-
-
-@dataclass
-class _Plan:
-    actions: Tensor  # [H, A]
-    start: float  # the time its first action is for
-    version: int  # the model version it was planned with
-    serial: int
 
 
 class RealtimeController:
@@ -96,21 +95,23 @@ class RealtimeController:
         self.watchdog_s = (cfg.watchdog_ms / 1000) if cfg.watchdog_ms is not None else 3 * cfg.period
         self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
         self.version = 0
+        self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
+        self._process: PlanningProcess | None = None  # worker="process", while running
         self._model_lock = threading.Lock()  # held for a whole plan: swaps happen between plans
         self._wake = threading.Condition()
         self._latest: tuple[Tensor, float, int] | None = None  # (obs, stamp, serial) for the planning thread
         self._obs_serial = 0
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
         self._used_serial = -1
         self._last_action: Tensor | None = None
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None  # what killed the planning thread, if anything
+        self.error: BaseException | None = None  # what killed the planning thread or process, if anything
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "nonfinite_plans": 0,
                                                     "planner_errors": 0, "deadline_misses": 0, "watchdog_trips": 0,
-                                                    "plans": 0}  # fmt: skip
+                                                    "plans": 0, "skipped_posts": 0}  # fmt: skip
         self.act_latency_s: list[float] = []
         self.plan_latency_s: list[float] = []
 
@@ -125,10 +126,15 @@ class RealtimeController:
         finite = obs.shape == (self.spec.obs_dim,) and bool(torch.isfinite(obs).all())
         if finite:
             self._last_obs_time = self.clock()
-            with self._wake:
-                self._obs_serial += 1
-                self._latest = (obs, stamp, self._obs_serial)
-                self._wake.notify()
+            if self._process is not None:
+                self._collect()
+                if not self._process.post(obs, stamp, self._last_action):
+                    self.counts["skipped_posts"] += 1
+            else:
+                with self._wake:
+                    self._obs_serial += 1
+                    self._latest = (obs, stamp, self._obs_serial)
+                    self._wake.notify()
         else:
             self.counts["nonfinite_obs"] += 1
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
@@ -168,7 +174,7 @@ class RealtimeController:
         if self.clock() - stamp > self.config.period:
             self.counts["deadline_misses"] += 1
 
-    # ---------------------------------------------------------------- the planning thread
+    # ---------------------------------------------------------------- the planning worker
 
     def start(self) -> RealtimeController:
         if self._thread is None:
@@ -176,7 +182,12 @@ class RealtimeController:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
+            if self.config.worker == "process":
+                self._process = PlanningProcess(self.planner, self.config.period, self.ahead, self.config.deterministic,
+                                                self.config.plan_threads, self.spec.obs_dim, self.spec.act_dim)  # fmt: skip
+                self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+            else:
+                self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
             self._thread.start()
         return self
 
@@ -187,6 +198,9 @@ class RealtimeController:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            if self._process is not None:
+                self._process.stop()
+                self._process = None
             if self.config.switch_interval_ms is not None:
                 sys.setswitchinterval(self._switch_interval)
 
@@ -198,9 +212,12 @@ class RealtimeController:
 
     @property
     def alive(self) -> bool:
+        if self._process is not None:
+            return self._process.process.is_alive()
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        """The planning thread: plan from the latest reading, again and again."""
         torch.set_num_threads(self.config.plan_threads)
         planned_serial = 0
         try:
@@ -213,50 +230,50 @@ class RealtimeController:
                         return
                     obs, stamp, planned_serial = self._latest
                 self._watchdog()
-                self._plan_from(obs, stamp)
+                with self._model_lock:
+                    plan, failure, seconds = self._maker.make(obs, stamp, self._last_action, self.version)
+                self._record(plan, failure, self._maker.error, seconds)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
             print(f"the planning thread died ({type(e).__name__}: {e}); acting with the safe action from now on",
                   file=sys.stderr)  # fmt: skip
 
-    def _plan_from(self, obs: Tensor, stamp: float) -> None:
-        began = time.perf_counter()
-        ahead = self.ahead
-        with self._model_lock:
-            if self._last_action is not None and hasattr(self.planner, "previous_action"):
-                self.planner.previous_action = self._last_action  # sampling respects the slew from here
-            try:
-                start = self._predict(obs, stamp, ahead)
-                actions = self.planner.act_ahead(start, self.config.deterministic).detach().cpu().float()
-            except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
-                self.counts["planner_errors"] += 1
-                self.last_planner_error = e
-                return
-            version = self.version
-        self.plan_latency_s.append(time.perf_counter() - began)
-        self.counts["plans"] += 1
-        if not torch.isfinite(actions).all():
-            self.counts["nonfinite_plans"] += 1
-            return
-        previous = self._plan
-        self._plan = _Plan(actions, stamp + ahead * self.config.period, version,
-                           (previous.serial + 1) if previous else 0)  # fmt: skip
+    def _watch(self) -> None:
+        """The watchdog's own thread, beside a planning process."""
+        with self._wake:
+            while not self._stopping:
+                self._wake.wait(timeout=self.watchdog_s / 2)
+                self._watchdog()
 
-    @torch.no_grad()
-    def _predict(self, obs: Tensor, stamp: float, steps: int) -> Tensor:
-        """The state `steps` periods after obs (taken at `stamp`) under the actions already
-        committed for them (the current plan's), by the model's mean; obs itself without delay."""
-        plan, model = self._plan, getattr(self.planner, "model", None)
-        if steps == 0 or plan is None or model is None:
-            return obs
-        offset = max(0, round((stamp - plan.start) / self.config.period))
-        state = obs.reshape(1, -1).to(model.device)
-        for k in range(steps):
-            action = plan.actions[min(offset + k, plan.actions.shape[0] - 1)].reshape(1, -1).to(model.device)
-            state = model.step(state, action, mode="mean", deterministic=True)["next_obs"]
-        if not torch.isfinite(state).all():
-            raise ValueError("the model predicted a non-finite state for the delay")
-        return state[0].cpu()
+    def _collect(self) -> None:
+        """Take in what the planning process finished (in act(): one thread reads the pipe)."""
+        try:
+            messages = self._process.receive()
+        except EOFError as e:
+            if self.error is None:
+                self.error = RuntimeError(str(e))
+            return
+        for message in messages:
+            if message[0] == "plan":
+                self._record(message[1], None, None, message[2])
+            elif message[0] == "failure":
+                self._record(None, message[1], RuntimeError(message[2]), message[3])
+            else:
+                self.error = message[1]
+                print(f"the planning process died ({type(self.error).__name__}: {self.error}); acting with the "
+                      f"safe action from now on", file=sys.stderr)  # fmt: skip
+
+    def _record(self, plan: Plan | None, failure: str | None, error: Exception | None, seconds: float | None) -> None:
+        """Count a PlanMaker result (see PlanMaker.make) and make a new plan the current one."""
+        if seconds is not None:
+            self.plan_latency_s.append(seconds)
+            self.counts["plans"] += 1
+        if failure is not None:
+            self.counts[failure] += 1
+            if failure == "planner_errors":
+                self.last_planner_error = error
+        if plan is not None:
+            self._plan = plan  # (one assignment: act() reads the reference, never a half-made plan)
 
     def _watchdog(self) -> None:
         silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
@@ -274,13 +291,14 @@ class RealtimeController:
 
     def swap(self, model=None, **planner_attributes) -> int:
         """Replace the planner's model (and any other attributes, e.g. a value agent) between two
-        plans; returns the new version number."""
+        plans; returns the new version number. A planning process gets copies of them."""
+        attributes = ({"model": model} if model is not None else {}) | planner_attributes
         with self.between_plans():
-            if model is not None:
-                self.planner.model = model
-            for name, value in planner_attributes.items():
+            for name, value in attributes.items():
                 setattr(self.planner, name, value)
             self.version += 1
+            if self._process is not None:
+                self._process.swap(self.version, attributes)
             return self.version
 
     # ---------------------------------------------------------------- what happened
@@ -435,6 +453,8 @@ def _validate(cfg) -> None:
             raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
         raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
+    if cfg.worker not in WORKERS:
+        raise ValueError(f"worker must be one of {list(WORKERS)}, got {cfg.worker!r}")
     for key in ("pretrained", "dataset"):
         if cfg[key] is not None and not Path(cfg[key]).exists():
             raise ValueError(f"{key}={cfg[key]}: no such file or directory")
@@ -498,8 +518,8 @@ def main(argv: list[str] | None = None) -> dict:
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
-    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, plan_threads=cfg.plan_threads,
-                            switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
+    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, worker=cfg.worker,
+                            plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
     def saved_agent(version: int, metrics: dict) -> None:  # (pretrained=<this run dir> reads both files)
@@ -593,7 +613,8 @@ def main(argv: list[str] | None = None) -> dict:
                "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
-               "eval_returns": evals, "wall_s": wall, "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
+               "eval_returns": evals, "wall_s": wall, "worker": cfg.worker,
+               "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
     write_json(summary, run_dir / "summary.json")
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "
           f"at {cfg.control_hz:g} Hz, {cfg.latency_ms:g} ms latency")  # fmt: skip

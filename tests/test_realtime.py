@@ -1,8 +1,12 @@
 """The real-time controller around a real MPPI planner on a hopper model: action sources,
-stalls, safety limits, NaN, model swaps under load, the watchdog."""
+stalls, safety limits, NaN, model swaps under load, the watchdog; planning in a thread and in
+a process of its own."""
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +34,31 @@ def mppi(model, spec):
     return MPPI(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
 
 
-def wait_for(predicate, timeout=20.0):
+class Stalling(MPPI):
+    """MPPI whose plans stop returning while the file `stall_file` exists (a class, not a patched
+    method: a planning process gets the planner pickled)."""
+
+    stall_file: Path | None = None
+
+    def act_ahead(self, obs, deterministic=True):
+        while self.stall_file is not None and self.stall_file.exists():
+            time.sleep(0.005)
+        return super().act_ahead(obs, deterministic)
+
+
+class Broken(MPPI):
+    def act_ahead(self, obs, deterministic=True):
+        raise TypeError("a bug in the planner")
+
+
+def counts(rt):
+    """The controller's counters, with what a planning process finished taken in (act() does that)."""
+    if rt._process is not None:
+        rt._collect()
+    return rt.counts
+
+
+def wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -68,9 +96,10 @@ def test_fresh_then_shifted_then_the_safe_action_when_the_planner_stalls(hopper)
         release.set()
 
 
-def test_box_and_slew_limits_hold_on_every_executed_action(hopper):
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_box_and_slew_limits_hold_on_every_executed_action(hopper, worker):
     spec, model, data = hopper
-    config = RealtimeConfig(control_hz=200, slew=0.05)
+    config = RealtimeConfig(control_hz=200, slew=0.05, worker=worker)
     executed = []
     with RealtimeController(mppi(model, spec), spec, config) as rt:
         for i in range(300):
@@ -82,7 +111,8 @@ def test_box_and_slew_limits_hold_on_every_executed_action(hopper):
     assert (actions.diff(dim=0).abs() <= 0.05 + 1e-6).all()
 
 
-def test_a_model_emitting_nan_never_produces_an_action(hopper):
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_model_emitting_nan_never_produces_an_action(hopper, worker):
     spec, model, data = hopper
     broken = EnsembleDynamics(11, 3, ensemble_size=3, num_elites=2, hidden=32, layers=2,
                               termination_fn=spec.termination_fn)  # fmt: skip
@@ -90,10 +120,11 @@ def test_a_model_emitting_nan_never_produces_an_action(hopper):
     with torch.no_grad():
         broken.weights[1][:, 0, 0] = float("nan")
     safe = torch.zeros(3)
-    with RealtimeController(mppi(broken, spec), spec, RealtimeConfig(control_hz=100), safe_action=safe) as rt:
+    config = RealtimeConfig(control_hz=100, worker=worker)
+    with RealtimeController(mppi(broken, spec), spec, config, safe_action=safe) as rt:
         for i in range(20):
             assert torch.equal(rt.act(data["obs"][i], i * 0.01), safe)
-            wait_for(lambda: rt.counts["planner_errors"] + rt.counts["nonfinite_plans"] >= i + 1)
+            wait_for(lambda: counts(rt)["planner_errors"] + rt.counts["nonfinite_plans"] >= i + 1)
         obs = data["obs"][0].clone()
         obs[4] = float("nan")
         assert torch.equal(rt.act(obs, 0.5), safe)
@@ -226,6 +257,14 @@ REALTIME_TINY = ["env=hopper", "control_hz=50", "latency_ms=5", "seed_steps=60",
                  "env.max_episode_steps=100"]  # fmt: skip
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's reaper may be slow in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9(tmp_path):
     """`python -m planners.realtime` on the simulated hopper, SIGKILLed mid-run: the resumed run
     keeps every logged transition, continues to real_steps and reports the required keys."""
@@ -237,12 +276,15 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
 
     run_dir = tmp_path / "rt"
     cmd = [sys.executable, "-m", "planners.realtime", *REALTIME_TINY, "real_steps=400", "seed=0", "eval_at=[100,400]",
-           f"run_dir={run_dir}"]  # fmt: skip
+           "worker=process", f"run_dir={run_dir}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: (run_dir / "transitions").is_dir() and len(TransitionLog(run_dir / "transitions", 11, 3,
                                                                                repair=False)) >= 150, timeout=120)  # fmt: skip
+    children = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    assert children  # the planning process (and multiprocessing's resource tracker)
     proc.kill()
     proc.wait()
+    wait_for(lambda: not any(map(running, children)), timeout=10)  # no orphan plans on
     before = TransitionLog(run_dir / "transitions", 11, 3, repair=False).read()
     summary = main([f"resume={run_dir}"])
     for key in ("act_latency_p50_ms", "act_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "shifted_rate",
@@ -283,3 +325,49 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
     snapshot = Agent(spec, {"name": "mppi"}, pretrained=sim)
     snapshot.restore(robot / "snapshots" / "agent-0.pt")  # eval_at=[0]: the robot run's agent at its start
     assert torch.equal(snapshot.planner.value_agent.value(obs, True), before.planner.value_agent.value(obs, True))
+
+
+def test_a_planning_process_that_stalls_gives_the_shifted_plan_then_the_safe_action(hopper, tmp_path):
+    spec, model, data = hopper
+    planner = Stalling(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+    planner.stall_file = tmp_path / "stall"
+    safe, period, obs = torch.tensor([0.1, -0.2, 0.0]), 0.05, data["obs"][0]
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=1 / period, worker="process"), safe_action=safe) as rt:
+        assert torch.equal(rt.act(obs, 0.0), safe)  # no plan yet
+        wait_for(lambda: counts(rt)["plans"] >= 1)
+        planner.stall_file.touch()  # (the process's copy of the planner reads the same file)
+        assert torch.equal(rt.act(obs, period), rt._plan.actions[1])  # the plan made from t=0, one period on
+        for k in range(2, H):
+            assert torch.equal(rt.act(obs, k * period), rt._plan.actions[k])
+        assert torch.equal(rt.act(obs, H * period), safe)  # past the plan's end
+        stats = rt.stats()
+        assert (stats["fresh"], stats["shifted"], stats["fallback"], stats["plans"]) == (1, H - 2, 2, 1)
+        planner.stall_file.unlink()
+
+
+def test_a_planning_process_takes_swaps_between_plans_and_its_death_means_the_safe_action(hopper):
+    spec, model, data = hopper
+    with RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100, worker="process")) as rt:
+        i = 0
+        for version in (1, 2):
+            assert rt.swap(model) == version
+            while rt._plan is None or rt._plan.version < version:  # plans made before the swap still arrive
+                rt.act(data["obs"][i % 100], i * 0.01)
+                i += 1
+                time.sleep(0.01)
+            assert rt._plan.version == version
+        assert counts(rt)["fresh"] > 0 and rt.alive and rt.error is None
+        os.kill(rt._process.process.pid, signal.SIGKILL)
+        wait_for(lambda: not rt.alive)
+        assert torch.equal(rt.act(data["obs"][0], i * 0.01), rt.safe_action)
+        assert "planning process exited" in str(rt.error)
+
+
+def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
+    spec, model, data = hopper
+    planner = Broken(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=100, worker="process")) as rt:
+        rt.act(data["obs"][0], 0.0)
+        wait_for(lambda: not rt.alive)
+        assert torch.equal(rt.act(data["obs"][1], 0.01), rt.safe_action)
+        assert isinstance(rt.error, TypeError) and "a bug in the planner" in str(rt.error)

@@ -1,0 +1,214 @@
+"""Plans made away from the control loop: one plan from one observation (PlanMaker), run in the
+controller's planning thread or in a planning process of its own (PlanningProcess).
+
+A planning process keeps the planner's Python work off the control process's GIL. The control
+process reaches it through three channels, none of which can stall `act`:
+- the latest observation, in a shared-memory slot: the lock around it is held for a copy only,
+  and a post that cannot take it within 0.2 ms is skipped (the next reading is posted instead);
+- finished plans (and failures), in a pipe the control process polls without waiting;
+- model and value swaps, in a queue the planner reads between two plans, so that one plan never
+  mixes two versions.
+The process is spawned (no fork of a threaded process) with a copy of the planner, less its
+replay buffer; a planner must therefore pickle. It exits when stopped, and within 0.2 s of its
+parent's death once its plan in progress ends (it polls; a death signal would follow the thread
+that started it, not the process).
+Shapes: O obs dims, A action dims, H plan steps.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import queue
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
+
+
+@dataclass
+class Plan:
+    actions: Tensor  # [H, A]
+    start: float  # the time its first action is for
+    version: int  # the model version it was planned with
+    serial: int
+
+
+class PlanMaker:
+    """Plans from readings: obs [O] taken at `stamp` -> a Plan whose first action is for `stamp`
+    plus `ahead` control periods, planned from the state the model predicts then under the
+    actions the previous plan committed (delay compensation)."""
+
+    def __init__(self, planner, period: float, ahead: int, deterministic: bool):
+        self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
+        self.plan: Plan | None = None  # the last plan made
+        self.error: Exception | None = None  # why the last failed plan failed
+
+    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> tuple[Plan | None, str | None, float | None]:
+        """(the plan, None, seconds it took), or (None, "planner_errors", None) when the planner
+        raised a RuntimeError/ValueError (self.error says which), or (None, "nonfinite_plans",
+        seconds). Other exceptions propagate: the planner is broken, not this state."""
+        began = time.perf_counter()
+        if last_action is not None and hasattr(self.planner, "previous_action"):
+            self.planner.previous_action = last_action  # sampling respects the slew from here
+        try:
+            start = self._predict(obs, stamp)
+            actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
+        except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
+            self.error = e
+            return None, "planner_errors", None
+        seconds = time.perf_counter() - began
+        if not torch.isfinite(actions).all():
+            return None, "nonfinite_plans", seconds
+        previous = self.plan
+        self.plan = Plan(actions, stamp + self.ahead * self.period, version, (previous.serial + 1) if previous else 0)
+        return self.plan, None, seconds
+
+    @torch.no_grad()
+    def _predict(self, obs: Tensor, stamp: float) -> Tensor:
+        """The state `ahead` periods after obs (taken at `stamp`) under the actions already
+        committed for them (the current plan's), by the model's mean; obs itself without delay."""
+        plan, model = self.plan, getattr(self.planner, "model", None)
+        if self.ahead == 0 or plan is None or model is None:
+            return obs
+        offset = max(0, round((stamp - plan.start) / self.period))
+        state = obs.reshape(1, -1).to(model.device)
+        for k in range(self.ahead):
+            action = plan.actions[min(offset + k, plan.actions.shape[0] - 1)].reshape(1, -1).to(model.device)
+            state = model.step(state, action, mode="mean", deterministic=True)["next_obs"]
+        if not torch.isfinite(state).all():
+            raise ValueError("the model predicted a non-finite state for the delay")
+        return state[0].cpu()
+
+
+class PlanningProcess:
+    """A PlanMaker in a spawned process: `post` the latest reading, `receive` what it finished."""
+
+    def __init__(self, planner, period: float, ahead: int, deterministic: bool, threads: int, obs_dim: int, act_dim: int):
+        ctx = torch.multiprocessing.get_context("spawn")
+        self.obs_dim = obs_dim
+        # [stamp, serial, has last action, obs [O], last action [A]]
+        self._slot = torch.zeros(3 + obs_dim + act_dim, dtype=torch.float64).share_memory_()
+        self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
+        self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
+        self._swaps = ctx.Queue()
+        self._results, sender = ctx.Pipe(duplex=False)
+        maker = _dumps(PlanMaker(planner, period, ahead, deterministic), leave_out=getattr(planner, "buffer", None))
+        self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
+                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, self._swaps,
+                                         sender, threads, obs_dim, os.getpid()))  # fmt: skip
+        self.process.start()
+        sender.close()  # (the child's end: once the child is gone, receive() sees the pipe close)
+        self._serial = 0
+
+    def post(self, obs: Tensor, stamp: float, last_action: Tensor | None) -> bool:
+        """Hand the planner the reading obs [O] taken at `stamp` and the action executed last [A];
+        False if the slot stayed locked for 0.2 ms (the reading is skipped)."""
+        if not self._slot_lock.acquire(timeout=_POST_WAIT_S):
+            return False
+        try:
+            self._serial += 1
+            slot = self._slot_view
+            slot[0], slot[1], slot[2] = stamp, self._serial, last_action is not None
+            slot[3 : 3 + self.obs_dim] = obs.numpy()
+            if last_action is not None:
+                slot[3 + self.obs_dim :] = last_action.numpy()
+        finally:
+            self._slot_lock.release()
+        self._wake.release()
+        return True
+
+    def receive(self) -> list[tuple]:
+        """What the process finished since the last call, oldest first: ("plan", Plan, seconds),
+        ("failure", kind, error, seconds) or ("died", exception). Raises EOFError once the
+        process is gone and everything it sent was read."""
+        out = []
+        try:
+            while self._results.poll():
+                message = self._results.recv()
+                if message[0] == "plan":
+                    _, actions, start, version, serial, seconds = message
+                    message = ("plan", Plan(torch.from_numpy(actions), start, version, serial), seconds)
+                out.append(message)
+        except EOFError:  # (the pipe closed: the process is gone)
+            pass
+        if not out and not self.process.is_alive():
+            self.process.join(1.0)
+            raise EOFError(f"the planning process exited (code {self.process.exitcode})")
+        return out
+
+    def swap(self, version: int, attributes: dict) -> None:
+        """From the next plan on, the planner has these attributes (e.g. model=...), as `version`."""
+        self._swaps.put((version, _dumps(attributes)))  # (copied now: the caller may go on changing them)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.release()
+        self.process.join(timeout)
+        if self.process.is_alive():  # (a plan that does not end)
+            self.process.kill()
+            self.process.join()
+        self._swaps.close()
+        self._swaps.cancel_join_thread()
+
+
+def _dumps(obj, leave_out=None) -> bytes:
+    """obj pickled by value (tensors too: no shared memory to leak or to race with), with
+    `leave_out` (e.g. a planner's replay buffer) as None."""
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, o):
+            return "left out" if leave_out is not None and o is leave_out else None
+
+    out = io.BytesIO()
+    Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
+def _loads(blob: bytes):
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return None
+
+    return Unpickler(io.BytesIO(blob)).load()
+
+
+def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, results, threads: int, obs_dim: int,
+                  parent: int) -> None:  # fmt: skip
+    """The planning process: wait for a reading, take swaps, plan, send the result; repeat."""
+    torch.set_num_threads(threads)
+    maker = _loads(maker)
+    version = 0
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            if not wake.acquire(timeout=0.2):
+                continue
+            while wake.acquire(False):  # (readings posted while planning: only the latest counts)
+                pass
+            if stop.is_set():
+                return
+            while True:
+                try:
+                    version, attributes = swaps.get_nowait()
+                except queue.Empty:
+                    break
+                for name, value in _loads(attributes).items():
+                    setattr(maker.planner, name, value)
+            with slot_lock:
+                reading = slot.clone()
+            obs = reading[3 : 3 + obs_dim].float()
+            last_action = reading[3 + obs_dim :].float() if reading[2] > 0 else None
+            plan, failure, seconds = maker.make(obs, reading[0].item(), last_action, version)
+            if plan is not None:
+                results.send(("plan", plan.actions.numpy(), plan.start, plan.version, plan.serial, seconds))
+            else:
+                results.send(("failure", failure, repr(maker.error) if failure == "planner_errors" else None, seconds))
+    except BaseException as e:  # the planner is broken: say why, then exit
+        try:
+            results.send(("died", e))
+        except Exception:
+            results.send(("died", RuntimeError(f"{type(e).__name__}: {e}")))
