@@ -18,12 +18,13 @@ state the model predicts once the delay has passed, under the actions already co
 watchdog calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms`.
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
 Plans are made in a thread of this process (`worker="thread"`, the default) or in a process of
-their own (`worker="process"`, planners.planning_process), out of reach of this process's GIL.
+their own (`worker="process"`, planners.processes), out of reach of this process's GIL.
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
-from planners.planning_process import Plan, PlanMaker, PlanningProcess
+from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
@@ -94,10 +95,9 @@ class RealtimeController:
         self.constraint, self.on_stale, self.clock = constraint, on_stale, clock
         self.watchdog_s = (cfg.watchdog_ms / 1000) if cfg.watchdog_ms is not None else 3 * cfg.period
         self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
-        self.version = 0
+        self.swapper = Swapper(planner)  # its lock is held for a whole plan: swaps happen between plans
         self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
         self._process: PlanningProcess | None = None  # worker="process", while running
-        self._model_lock = threading.Lock()  # held for a whole plan: swaps happen between plans
         self._wake = threading.Condition()
         self._latest: tuple[Tensor, float, int] | None = None  # (obs, stamp, serial) for the planning thread
         self._obs_serial = 0
@@ -185,6 +185,7 @@ class RealtimeController:
             if self.config.worker == "process":
                 self._process = PlanningProcess(self.planner, self.config.period, self.ahead, self.config.deterministic,
                                                 self.config.plan_threads, self.spec.obs_dim, self.spec.act_dim)  # fmt: skip
+                self.swapper.queue = self._process.swaps
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
@@ -199,6 +200,7 @@ class RealtimeController:
             self._thread.join()
             self._thread = None
             if self._process is not None:
+                self.swapper.queue = None
                 self._process.stop()
                 self._process = None
             if self.config.switch_interval_ms is not None:
@@ -230,7 +232,7 @@ class RealtimeController:
                         return
                     obs, stamp, planned_serial = self._latest
                 self._watchdog()
-                with self._model_lock:
+                with self.swapper.lock:
                     plan, failure, seconds = self._maker.make(obs, stamp, self._last_action, self.version)
                 self._record(plan, failure, self._maker.error, seconds)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
@@ -284,22 +286,20 @@ class RealtimeController:
 
     # ---------------------------------------------------------------- learning in the background
 
+    @property
+    def version(self) -> int:
+        """The version of the planner's model (and value): 0, then one more at every swap."""
+        return self.swapper.version
+
     def between_plans(self) -> threading.Lock:
         """`with controller.between_plans():` no plan runs inside the block (e.g. to save the
         planner's state consistently); act() keeps serving the plans it has."""
-        return self._model_lock
+        return self.swapper.lock
 
     def swap(self, model=None, **planner_attributes) -> int:
         """Replace the planner's model (and any other attributes, e.g. a value agent) between two
         plans; returns the new version number. A planning process gets copies of them."""
-        attributes = ({"model": model} if model is not None else {}) | planner_attributes
-        with self.between_plans():
-            for name, value in attributes.items():
-                setattr(self.planner, name, value)
-            self.version += 1
-            if self._process is not None:
-                self._process.swap(self.version, attributes)
-            return self.version
+        return self.swapper.swap(model, **planner_attributes)
 
     # ---------------------------------------------------------------- what happened
 
@@ -338,14 +338,17 @@ class BackgroundLearner:
     """
 
     def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, value_updates: int = 0,
-                 threads: int = 1, on_swap: Callable[[int, dict], None] | None = None):  # fmt: skip
+                 threads: int = 1, on_swap: Callable[[int, dict], None] | None = None, inbox=None):  # fmt: skip
+        """`controller`: what swap() and between_plans() are called on (a RealtimeController, or
+        in a learning process its stand-in); `inbox`: the queue items arrive in (a
+        multiprocessing queue in a learning process; default: a new queue.Queue)."""
         import queue
 
         if agent.planner is not controller.planner:
             raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
         self.controller, self.agent, self.planner = controller, agent, agent.planner
         self.train_every, self.value_updates, self.threads, self.on_swap = train_every, value_updates, threads, on_swap
-        self._queue: queue.Queue = queue.Queue()
+        self._queue = queue.Queue() if inbox is None else inbox
         self._thread: threading.Thread | None = None
         self.new = 0  # transitions since the last refit
         self.refits = 0
@@ -391,6 +394,9 @@ class BackgroundLearner:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+
+    def poll(self) -> None:
+        """(A LearningProcess takes in its refits here; this thread calls on_swap itself.)"""
 
     def refit_now(self) -> None:
         """Refit on what the buffer holds as soon as the thread is free (e.g. an offline dataset)."""
@@ -522,15 +528,21 @@ def main(argv: list[str] | None = None) -> dict:
                             plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
-    def saved_agent(version: int, metrics: dict) -> None:  # (pretrained=<this run dir> reads both files)
-        agent.model.save(run_dir / "model.pt")  # (first: agent.pt is what a resume reads)
-        agent.save(agent_file, model_version=version)
+    def log_refit(version: int, metrics: dict) -> None:
         logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
                    holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
     learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
-    learner = BackgroundLearner(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
-                                on_swap=saved_agent)  # fmt: skip
+    if cfg.worker == "process":  # (the learning process saves the agent's files itself)
+        learner = LearningProcess(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
+                                  save_agent=functools.partial(save_agent_files, run_dir), on_refit=log_refit)  # fmt: skip
+    else:
+        def saved_agent(version: int, metrics: dict) -> None:
+            save_agent_files(run_dir, agent, version)
+            log_refit(version, metrics)
+
+        learner = BackgroundLearner(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
+                                    on_swap=saved_agent)  # fmt: skip
     ready = lambda: agent.model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
     snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
     due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())
@@ -550,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
     status, previous, last_report, seeded, logged_episodes = "finished", None, time.monotonic(), 0, 0
     started = time.perf_counter()
     try:
-        with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
+        with controller, learner, robot:  # (left in reverse: the robot stops first, then learning, then planning)
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
                 learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
             snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
@@ -585,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
                     logged_episodes = len(robot.episode_returns)
                     bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
                                     model=controller.version)  # fmt: skip
+                learner.poll()
                 if learner.error is not None or controller.error is not None or robot.error is not None:
                     raise RuntimeError(f"a background thread died: {learner.error or controller.error or robot.error}")
     except KeyboardInterrupt:
@@ -598,6 +611,8 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - started
     final, evals = None, {}
     if status == "finished":
+        if cfg.worker == "process" and agent_file.is_file():
+            agent.restore(agent_file)  # (the learning process's agent: this process kept the one it started with)
         eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         final = evaluate(agent.planner, eval_env, cfg.eval_episodes)
         for n in sorted(n for n in set(cfg.eval_at) if (snapshots / f"agent-{n}.pt").is_file()):
@@ -624,6 +639,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"fresh {stats['fresh_rate']:.1%}, shifted {stats['shifted_rate']:.1%}, fallback {stats['fallback_rate']:.1%}; "
           f"deadline misses {stats['deadline_miss_rate']:.1%}; final evaluation {final}")  # fmt: skip
     return summary
+
+
+def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
+    """run_dir/model.pt, then run_dir/agent.pt (what a resume reads); `pretrained=<run dir>` reads both."""
+    agent.model.save(run_dir / "model.pt")
+    agent.save(run_dir / "agent.pt", model_version=version)
 
 
 def _transitions(pairs: list) -> TensorDict:

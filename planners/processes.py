@@ -1,17 +1,19 @@
-"""Plans made away from the control loop: one plan from one observation (PlanMaker), run in the
-controller's planning thread or in a planning process of its own (PlanningProcess).
+"""Planning and learning away from the control loop. One plan from one observation (PlanMaker),
+made in the controller's planning thread or in a planning process of its own (PlanningProcess);
+refits in a learning process (LearningProcess) that swaps straight into the planning process.
 
-A planning process keeps the planner's Python work off the control process's GIL. The control
-process reaches it through three channels, none of which can stall `act`:
+Processes keep the planner's and the learner's Python work off the control process's GIL: with
+both there, the control process only acts and logs. It reaches the planning process through
+three channels, none of which can stall `act`:
 - the latest observation, in a shared-memory slot: the lock around it is held for a copy only,
   and a post that cannot take it within 0.2 ms is skipped (the next reading is posted instead);
 - finished plans (and failures), in a pipe the control process polls without waiting;
 - model and value swaps, in a queue the planner reads between two plans, so that one plan never
   mixes two versions.
 The process is spawned (no fork of a threaded process) with a copy of the planner, less its
-replay buffer; a planner must therefore pickle. It exits when stopped, and within 0.2 s of its
-parent's death once its plan in progress ends (it polls; a death signal would follow the thread
-that started it, not the process).
+replay buffer; a planner must therefore pickle. It exits when stopped, and within 0.5 s of its
+parent's death (a thread polls for it; a death signal would follow the thread that started it,
+not the process).
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -21,13 +23,16 @@ import io
 import os
 import pickle
 import queue
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
+_START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -85,6 +90,30 @@ class PlanMaker:
         return state[0].cpu()
 
 
+class Swapper:
+    """Swaps between two plans: `swap(model, **attributes)` sets them on `planner` under `lock`
+    (which a planning thread holds for a whole plan) as the next version, and with a `queue`
+    (a planning process's `swaps`) sends that process a copy, which it takes between two plans."""
+
+    def __init__(self, planner, version: int = 0, queue=None):
+        self.planner, self.version, self.queue = planner, version, queue
+        self.lock = threading.Lock()
+
+    def between_plans(self) -> threading.Lock:
+        return self.lock
+
+    def swap(self, model=None, **attributes) -> int:
+        """Returns the new version."""
+        attributes = ({"model": model} if model is not None else {}) | attributes
+        with self.lock:
+            for name, value in attributes.items():
+                setattr(self.planner, name, value)
+            self.version += 1
+            if self.queue is not None:
+                self.queue.put((self.version, _dumps(attributes)))  # (a copy now: the caller may change them)
+            return self.version
+
+
 class PlanningProcess:
     """A PlanMaker in a spawned process: `post` the latest reading, `receive` what it finished."""
 
@@ -95,15 +124,23 @@ class PlanningProcess:
         self._slot = torch.zeros(3 + obs_dim + act_dim, dtype=torch.float64).share_memory_()
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
-        self._swaps = ctx.Queue()
+        self.swaps = ctx.Queue()  # (version, pickled {attribute: value}): see Swapper
         self._results, sender = ctx.Pipe(duplex=False)
         maker = _dumps(PlanMaker(planner, period, ahead, deterministic), leave_out=getattr(planner, "buffer", None))
         self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
-                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, self._swaps,
+                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, self.swaps,
                                          sender, threads, obs_dim, os.getpid()))  # fmt: skip
         self.process.start()
         sender.close()  # (the child's end: once the child is gone, receive() sees the pipe close)
         self._serial = 0
+        try:  # ready once it has its planner (a spawned interpreter imports torch first: seconds)
+            ready = self._results.poll(_START_TIMEOUT_S) and self._results.recv() == ("ready",)
+        except EOFError:
+            ready = False
+        if not ready:
+            self.stop()
+            raise RuntimeError(f"the planning process did not start within {_START_TIMEOUT_S:g} s "
+                               f"(exit code {self.process.exitcode}); see its error above")  # fmt: skip
 
     def post(self, obs: Tensor, stamp: float, last_action: Tensor | None) -> bool:
         """Hand the planner the reading obs [O] taken at `stamp` and the action executed last [A];
@@ -141,10 +178,6 @@ class PlanningProcess:
             raise EOFError(f"the planning process exited (code {self.process.exitcode})")
         return out
 
-    def swap(self, version: int, attributes: dict) -> None:
-        """From the next plan on, the planner has these attributes (e.g. model=...), as `version`."""
-        self._swaps.put((version, _dumps(attributes)))  # (copied now: the caller may go on changing them)
-
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.release()
@@ -152,8 +185,8 @@ class PlanningProcess:
         if self.process.is_alive():  # (a plan that does not end)
             self.process.kill()
             self.process.join()
-        self._swaps.close()
-        self._swaps.cancel_join_thread()
+        self.swaps.close()
+        self.swaps.cancel_join_thread()
 
 
 def _dumps(obj, leave_out=None) -> bytes:
@@ -180,24 +213,26 @@ def _loads(blob: bytes):
 def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, results, threads: int, obs_dim: int,
                   parent: int) -> None:  # fmt: skip
     """The planning process: wait for a reading, take swaps, plan, send the result; repeat."""
+    _exit_with(parent)
     torch.set_num_threads(threads)
     maker = _loads(maker)
+    results.send(("ready",))
     version = 0
     try:
-        while not stop.is_set() and os.getppid() == parent:
-            if not wake.acquire(timeout=0.2):
-                continue
-            while wake.acquire(False):  # (readings posted while planning: only the latest counts)
-                pass
-            if stop.is_set():
-                return
-            while True:
+        while not stop.is_set():
+            while True:  # (taken while idle too: a learning process cannot end before its swaps are read)
                 try:
                     version, attributes = swaps.get_nowait()
                 except queue.Empty:
                     break
                 for name, value in _loads(attributes).items():
                     setattr(maker.planner, name, value)
+            if not wake.acquire(timeout=0.2):
+                continue
+            while wake.acquire(False):  # (readings posted while planning: only the latest counts)
+                pass
+            if stop.is_set():
+                return
             with slot_lock:
                 reading = slot.clone()
             obs = reading[3 : 3 + obs_dim].float()
@@ -212,3 +247,132 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
             results.send(("died", e))
         except Exception:
             results.send(("died", RuntimeError(f"{type(e).__name__}: {e}")))
+
+
+class LearningProcess:
+    """A BackgroundLearner (planners.realtime) in a spawned process of its own, beside a planning
+    process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
+    (`save_agent`) after each. The control process keeps the transition log: `add` appends
+    transitions durably here, then sends them; `poll()` (from the control loop) takes in the
+    refits done, updating the controller's version and calling `on_refit(version, metrics)`, and
+    sets `error` if the process died. The agent is pickled by value, less its log.
+    """
+
+    def __init__(self, controller, agent, train_every: int, value_updates: int = 0, threads: int = 1,
+                 save_agent=None, on_refit=None):  # fmt: skip
+        """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
+        version): a picklable function writing the agent's files after a swap (in the process)."""
+        self.controller, self.agent, self.on_refit = controller, agent, on_refit
+        self._settings = (train_every, value_updates, threads, save_agent)
+        self.error: BaseException | None = None
+        self.refits = 0
+        self.process = None
+        self._stopping = False
+
+    def start(self) -> LearningProcess:
+        if self.controller.swapper.queue is None:
+            raise ValueError("a learning process swaps into a planning process: start a RealtimeController with "
+                             "worker='process' first")  # fmt: skip
+        ctx = torch.multiprocessing.get_context("spawn")
+        self._inbox, self._results = ctx.Queue(), ctx.Queue()
+        agent = _dumps(self.agent, leave_out=self.agent.log)
+        self.process = ctx.Process(target=_learn_forever, name="learner", daemon=True,
+                                   args=(agent, self.controller.swapper.queue, self.controller.version, self._inbox,
+                                         self._results, *self._settings, os.getpid()))  # fmt: skip
+        self.process.start()
+        return self
+
+    def __enter__(self) -> LearningProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def add(self, transitions) -> None:
+        """Log transitions [N] durably, then hand them to the learning process."""
+        self.agent.record(transitions)
+        self._inbox.put(_dumps(transitions))
+
+    def refit_now(self) -> None:
+        self._inbox.put("refit")
+
+    def snapshot(self, path) -> None:
+        """The learning process saves the agent to `path` once it has learned from what was added."""
+        self._inbox.put(Path(path))
+
+    def poll(self) -> None:
+        while True:
+            try:
+                message = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if message[0] == "refit":
+                _, version, metrics = message
+                self.refits += 1
+                self.controller.swapper.version = version
+                if self.on_refit is not None:
+                    self.on_refit(version, metrics)
+            elif message[1] is not None:  # ("stopped", error)
+                self.error = message[1]
+        if self.error is None and not self._stopping and not self.process.is_alive():
+            self.error = RuntimeError(f"the learning process exited (code {self.process.exitcode})")
+
+    def stop(self) -> None:
+        """Wait for the refit in progress and the snapshots asked for, then end the process."""
+        if self.process is None or self._stopping:
+            return
+        self._stopping = True
+        self._inbox.put(None)
+        while self.process.is_alive():  # (reading what it sends meanwhile: a full pipe would block its exit)
+            self.poll()
+            self.process.join(0.1)
+        self.poll()
+        if self.error is None and self.process.exitcode != 0:
+            self.error = RuntimeError(f"the learning process exited (code {self.process.exitcode})")
+
+
+class _Inbox:
+    """The learning process's side of its queue, as BackgroundLearner reads it (pickled items decoded)."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def get(self):
+        item = self.queue.get()
+        return _loads(item) if isinstance(item, bytes) else item
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+
+def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_every: int, value_updates: int, threads: int,
+                   save_agent, parent: int) -> None:  # fmt: skip
+    """The learning process: BackgroundLearner's loop, with swaps sent to the planning process."""
+    from planners.realtime import BackgroundLearner
+
+    _exit_with(parent)
+    agent = _loads(agent)
+
+    def swapped(version: int, metrics: dict) -> None:
+        if save_agent is not None:
+            save_agent(agent, version)
+        results.put(("refit", version, {"epochs": metrics["epochs"], "holdout_mse": list(metrics["holdout_mse"])}))
+
+    learner = BackgroundLearner(Swapper(agent.planner, version, swaps), agent, train_every, value_updates, threads,
+                                on_swap=swapped, inbox=_Inbox(inbox))  # fmt: skip
+    learner._run()
+    error = learner.error
+    results.put(("stopped", None if error is None else RuntimeError(f"{type(error).__name__}: {error}")))
+    results.close()
+    results.join_thread()
+
+
+def _exit_with(parent: int) -> None:
+    """A daemon thread that ends this process within 0.5 s of `parent`'s death (no orphans)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
