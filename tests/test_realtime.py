@@ -245,6 +245,7 @@ def test_an_action_for_a_reading_older_than_a_period_is_a_deadline_miss(hopper):
 @pytest.mark.parametrize("bad, message", [
     (dict(control_hz=0), "control_hz must be > 0"), (dict(slew=0), "slew must be > 0"),
     (dict(max_shift=-1), "max_shift must be >= 0"), (dict(plan_threads=0), "plan_threads must be >= 1"),
+    (dict(worker="fork"), "worker must be one of"),
 ])  # fmt: skip
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -313,7 +314,8 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
          "env.max_episode_steps=100", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2",
          "model.hidden=32", "planner.candidates=64", "planner.horizon=5", f"run_dir={sim}"])  # fmt: skip
     robot = tmp_path / "robot"
-    summary = main([*REALTIME_TINY, "real_steps=120", f"pretrained={sim}", "eval_at=[0]", f"run_dir={robot}"])
+    summary = main([*REALTIME_TINY, "real_steps=120", f"pretrained={sim}", "eval_at=[0]", "worker=thread",
+                    f"run_dir={robot}"])  # (the kill -9 test above runs worker=process)
     assert summary["status"] == "finished" and summary["seed_actions"] == 0  # pretrained: the planner acts at once
     spec = make_env("hopper").task_spec
     for source in (sim, robot):
