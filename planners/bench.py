@@ -220,7 +220,7 @@ _REALTIME_RUN = ["env=hopper", "latency_ms=10", "seed_steps=200", "train_every=2
 
 def realtime_rows(real_steps: int) -> list[dict]:
     """The simulated robot (`python -m planners.realtime`) at 20 and 50 Hz with 10 ms sensor
-    latency, learning in a background thread and planning in a thread or in a process of its
+    latency, planning and learning in threads of the control process or in processes of their
     own (`worker=`); beside each, the synchronous loop's
     view of the same plans (act = a whole plan: its latency is the plan's) and the floor of an
     act() call (copying and clipping one action)."""

@@ -66,12 +66,15 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
         save_config(cfg, run_dir)
         return {}
     saved = OmegaConf.load(run_dir / "config.yaml")
-    changed = sorted(k for k in cfg if k not in RESUMABLE_KEYS and saved.get(k) != cfg[k])
+    changed = sorted(k for k in cfg if k not in RESUMABLE_KEYS and k in saved and saved[k] != cfg[k])
     if changed:
         raise ValueError(f"run_dir={run_dir} holds a comparison with other settings ({', '.join(changed)}); "
                          f"give the same settings to resume it (only {', '.join(RESUMABLE_KEYS)} may change) "
                          f"or another run_dir")  # fmt: skip
     states = load_checked(run_dir / "checkpoint.pt", "edge_of_reach")["methods"]
+    if (done := max((state["done"] for state in states.values()), default=0)) > cfg.updates:
+        raise ValueError(f"run_dir={run_dir} holds a comparison {done} updates long: updates={cfg.updates} cannot "
+                         f"shorten it; give updates >= {done} or another run_dir")  # fmt: skip
     save_config(cfg, run_dir)
     return states
 
@@ -79,7 +82,13 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
 def compare(cfg: DictConfig) -> dict:
     run_dir = run_dir_for(cfg, "edge_of_reach", cfg.task)
     lock = RunDirLock(run_dir)  # (creates the directory)
-    states = saved_states(cfg, run_dir)
+    try:
+        return _compare(cfg, run_dir, saved_states(cfg, run_dir))
+    finally:
+        lock.release()
+
+
+def _compare(cfg: DictConfig, run_dir: Path, states: dict) -> dict:
     eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
     data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)
@@ -98,7 +107,6 @@ def compare(cfg: DictConfig) -> dict:
     write_json(summary, run_dir / "summary.json")
     _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.task)
     logger.close()
-    lock.release()
     return summary
 
 

@@ -23,8 +23,10 @@ import io
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +55,10 @@ class PlanMaker:
         self.plan: Plan | None = None  # the last plan made
         self.error: Exception | None = None  # why the last failed plan failed
 
-    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> tuple[Plan | None, str | None, float | None]:
-        """(the plan, None, seconds it took), or (None, "planner_errors", None) when the planner
-        raised a RuntimeError/ValueError (self.error says which), or (None, "nonfinite_plans",
-        seconds). Other exceptions propagate: the planner is broken, not this state."""
-        began = time.perf_counter()
+    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> tuple[Plan | None, str | None]:
+        """(the plan, None), or (None, "planner_errors") when the planner raised a RuntimeError
+        or ValueError (self.error says which), or (None, "nonfinite_plans"). Other exceptions
+        propagate: the planner is broken, not this state."""
         if last_action is not None and hasattr(self.planner, "previous_action"):
             self.planner.previous_action = last_action  # sampling respects the slew from here
         try:
@@ -65,13 +66,12 @@ class PlanMaker:
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
             self.error = e
-            return None, "planner_errors", None
-        seconds = time.perf_counter() - began
+            return None, "planner_errors"
         if not torch.isfinite(actions).all():
-            return None, "nonfinite_plans", seconds
+            return None, "nonfinite_plans"
         previous = self.plan
         self.plan = Plan(actions, stamp + self.ahead * self.period, version, (previous.serial + 1) if previous else 0)
-        return self.plan, None, seconds
+        return self.plan, None
 
     @torch.no_grad()
     def _predict(self, obs: Tensor, stamp: float) -> Tensor:
@@ -114,22 +114,33 @@ class Swapper:
             return self.version
 
 
+def new_queue():
+    """A spawn-context queue that never holds up its process's exit: what was put and not yet
+    read when the reader is gone is dropped (a swap nobody plans with, transitions already in
+    the durable log) instead of waiting for a reader forever."""
+    q = torch.multiprocessing.get_context("spawn").Queue()
+    q.cancel_join_thread()
+    return q
+
+
 class PlanningProcess:
     """A PlanMaker in a spawned process: `post` the latest reading, `receive` what it finished."""
 
-    def __init__(self, planner, period: float, ahead: int, deterministic: bool, threads: int, obs_dim: int, act_dim: int):
+    def __init__(self, planner, period: float, ahead: int, deterministic: bool, threads: int, obs_dim: int, act_dim: int,
+                 swaps, version: int = 0):  # fmt: skip
+        """swaps: the queue a Swapper sends to (new_queue()); version: the planner's version now."""
         ctx = torch.multiprocessing.get_context("spawn")
         self.obs_dim = obs_dim
         # [stamp, serial, has last action, obs [O], last action [A]]
         self._slot = torch.zeros(3 + obs_dim + act_dim, dtype=torch.float64).share_memory_()
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
-        self.swaps = ctx.Queue()  # (version, pickled {attribute: value}): see Swapper
         self._results, sender = ctx.Pipe(duplex=False)
-        maker = _dumps(PlanMaker(planner, period, ahead, deterministic), leave_out=getattr(planner, "buffer", None))
+        buffers = [getattr(planner, name, None) for name in ("buffer", "model_buffer")]  # (not needed to plan)
+        maker = _dumps(PlanMaker(planner, period, ahead, deterministic), leave_out=buffers)
         self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
-                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, self.swaps,
-                                         sender, threads, obs_dim, os.getpid()))  # fmt: skip
+                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, swaps,
+                                         sender, threads, obs_dim, version, os.getpid()))  # fmt: skip
         self.process.start()
         sender.close()  # (the child's end: once the child is gone, receive() sees the pipe close)
         self._serial = 0
@@ -139,8 +150,8 @@ class PlanningProcess:
             ready = False
         if not ready:
             self.stop()
-            raise RuntimeError(f"the planning process did not start within {_START_TIMEOUT_S:g} s "
-                               f"(exit code {self.process.exitcode}); see its error above")  # fmt: skip
+            raise RuntimeError(f"the planning process failed to start (exit code {self.process.exitcode}; killed "
+                               f"if it was not ready after {_START_TIMEOUT_S:g} s): its error is printed above")  # fmt: skip
 
     def post(self, obs: Tensor, stamp: float, last_action: Tensor | None) -> bool:
         """Hand the planner the reading obs [O] taken at `stamp` and the action executed last [A];
@@ -151,9 +162,9 @@ class PlanningProcess:
             self._serial += 1
             slot = self._slot_view
             slot[0], slot[1], slot[2] = stamp, self._serial, last_action is not None
-            slot[3 : 3 + self.obs_dim] = obs.numpy()
+            slot[3 : 3 + self.obs_dim] = obs.cpu().numpy()
             if last_action is not None:
-                slot[3 + self.obs_dim :] = last_action.numpy()
+                slot[3 + self.obs_dim :] = last_action.cpu().numpy()
         finally:
             self._slot_lock.release()
         self._wake.release()
@@ -161,7 +172,7 @@ class PlanningProcess:
 
     def receive(self) -> list[tuple]:
         """What the process finished since the last call, oldest first: ("plan", Plan, seconds),
-        ("failure", kind, error, seconds) or ("died", exception). Raises EOFError once the
+        ("failure", kind, error, seconds) or ("died", message, traceback). Raises EOFError once the
         process is gone and everything it sent was read."""
         out = []
         try:
@@ -185,17 +196,16 @@ class PlanningProcess:
         if self.process.is_alive():  # (a plan that does not end)
             self.process.kill()
             self.process.join()
-        self.swaps.close()
-        self.swaps.cancel_join_thread()
 
 
-def _dumps(obj, leave_out=None) -> bytes:
-    """obj pickled by value (tensors too: no shared memory to leak or to race with), with
-    `leave_out` (e.g. a planner's replay buffer) as None."""
+def _dumps(obj, leave_out: list | None = None) -> bytes:
+    """obj pickled by value (tensors too: no shared memory to leak or to race with), with the
+    objects in `leave_out` (e.g. a planner's replay buffer) as None."""
+    left_out = {id(o) for o in leave_out or [] if o is not None}
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, o):
-            return "left out" if leave_out is not None and o is leave_out else None
+            return "left out" if id(o) in left_out else None
 
     out = io.BytesIO()
     Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -211,13 +221,14 @@ def _loads(blob: bytes):
 
 
 def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, results, threads: int, obs_dim: int,
-                  parent: int) -> None:  # fmt: skip
+                  version: int, parent: int) -> None:  # fmt: skip
     """The planning process: wait for a reading, take swaps, plan, send the result; repeat."""
-    _exit_with(parent)
+    _detach(parent)
+    swaps.cancel_join_thread()
     torch.set_num_threads(threads)
     maker = _loads(maker)
     results.send(("ready",))
-    version = 0
+    planned = 0.0  # the serial of the last reading planned from
     try:
         while not stop.is_set():
             while True:  # (taken while idle too: a learning process cannot end before its swaps are read)
@@ -235,18 +246,20 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
                 return
             with slot_lock:
                 reading = slot.clone()
+            if reading[1].item() == planned:  # (posted while the last wake-up was drained: planned already)
+                continue
+            planned = reading[1].item()
             obs = reading[3 : 3 + obs_dim].float()
             last_action = reading[3 + obs_dim :].float() if reading[2] > 0 else None
-            plan, failure, seconds = maker.make(obs, reading[0].item(), last_action, version)
+            began = time.perf_counter()
+            plan, failure = maker.make(obs, reading[0].item(), last_action, version)
+            seconds = time.perf_counter() - began if failure != "planner_errors" else None
             if plan is not None:
                 results.send(("plan", plan.actions.numpy(), plan.start, plan.version, plan.serial, seconds))
             else:
                 results.send(("failure", failure, repr(maker.error) if failure == "planner_errors" else None, seconds))
-    except BaseException as e:  # the planner is broken: say why, then exit
-        try:
-            results.send(("died", e))
-        except Exception:
-            results.send(("died", RuntimeError(f"{type(e).__name__}: {e}")))
+    except BaseException as e:  # the planner is broken: say why (as text: any exception), then exit
+        results.send(("died", f"{type(e).__name__}: {e}", traceback.format_exc()))
 
 
 class LearningProcess:
@@ -262,6 +275,8 @@ class LearningProcess:
                  save_agent=None, on_refit=None):  # fmt: skip
         """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
         version): a picklable function writing the agent's files after a swap (in the process)."""
+        if agent.planner is not controller.planner:
+            raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
         self.controller, self.agent, self.on_refit = controller, agent, on_refit
         self._settings = (train_every, value_updates, threads, save_agent)
         self.error: BaseException | None = None
@@ -271,11 +286,11 @@ class LearningProcess:
 
     def start(self) -> LearningProcess:
         if self.controller.swapper.queue is None:
-            raise ValueError("a learning process swaps into a planning process: start a RealtimeController with "
-                             "worker='process' first")  # fmt: skip
+            raise ValueError("a learning process swaps into a planning process: give it a RealtimeController "
+                             "with worker='process'")  # fmt: skip
         ctx = torch.multiprocessing.get_context("spawn")
-        self._inbox, self._results = ctx.Queue(), ctx.Queue()
-        agent = _dumps(self.agent, leave_out=self.agent.log)
+        self._inbox, self._results = new_queue(), ctx.Queue()
+        agent = _dumps(self.agent, leave_out=[self.agent.log])
         self.process = ctx.Process(target=_learn_forever, name="learner", daemon=True,
                                    args=(agent, self.controller.swapper.queue, self.controller.version, self._inbox,
                                          self._results, *self._settings, os.getpid()))  # fmt: skip
@@ -309,7 +324,8 @@ class LearningProcess:
             if message[0] == "refit":
                 _, version, metrics = message
                 self.refits += 1
-                self.controller.swapper.version = version
+                with self.controller.swapper.lock:
+                    self.controller.swapper.version = max(self.controller.swapper.version, version)
                 if self.on_refit is not None:
                     self.on_refit(version, metrics)
             elif message[1] is not None:  # ("stopped", error)
@@ -350,7 +366,8 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
     """The learning process: BackgroundLearner's loop, with swaps sent to the planning process."""
     from planners.realtime import BackgroundLearner
 
-    _exit_with(parent)
+    _detach(parent)
+    swaps.cancel_join_thread()  # (the planning process may be gone: its last swaps are dropped at exit)
     agent = _loads(agent)
 
     def swapped(version: int, metrics: dict) -> None:
@@ -367,8 +384,11 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
     results.join_thread()
 
 
-def _exit_with(parent: int) -> None:
-    """A daemon thread that ends this process within 0.5 s of `parent`'s death (no orphans)."""
+def _detach(parent: int) -> None:
+    """In a child: Ctrl-C is for the control process (which stops its children in order, a refit
+    in progress finishing), and a daemon thread ends this process within 0.5 s of `parent`'s
+    death (no orphans)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -20,8 +20,10 @@ watchdog calls `on_stale(safe_action)` when no observation arrived for `watchdog
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
 process's GIL; `BackgroundLearner` refits in a thread, `planners.processes.LearningProcess` in a
-process (with both in processes, the control process only acts and logs: act p99 under 1 ms on
-the simulated hopper, against 1.5 ms with threads; docs/benchmarks.md).
+process (with both in processes, the control process only acts and logs: act p99 0.66-0.75 ms
+on the simulated hopper on an idle 2-core machine, against 1.5 ms with threads, one 1,500-step
+run each; docs/benchmarks.md). With a LearningProcess the control process's planner and agent
+keep their starting weights (the learning process writes agent.pt after every swap).
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -42,7 +44,7 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
-from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper
+from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper, new_queue
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
@@ -98,7 +100,9 @@ class RealtimeController:
         self.constraint, self.on_stale, self.clock = constraint, on_stale, clock
         self.watchdog_s = (cfg.watchdog_ms / 1000) if cfg.watchdog_ms is not None else 3 * cfg.period
         self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
-        self.swapper = Swapper(planner)  # its lock is held for a whole plan: swaps happen between plans
+        # its lock is held for a whole plan (swaps happen between plans); with a planning process
+        # its queue carries them there
+        self.swapper = Swapper(planner, queue=new_queue() if cfg.worker == "process" else None)
         self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
         self._process: PlanningProcess | None = None  # worker="process", while running
         self._wake = threading.Condition()
@@ -186,9 +190,14 @@ class RealtimeController:
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
             if self.config.worker == "process":
-                self._process = PlanningProcess(self.planner, self.config.period, self.ahead, self.config.deterministic,
-                                                self.config.plan_threads, self.spec.obs_dim, self.spec.act_dim)  # fmt: skip
-                self.swapper.queue = self._process.swaps
+                try:
+                    self._process = PlanningProcess(self.planner, self.config.period, self.ahead, self.config.deterministic,
+                                                    self.config.plan_threads, self.spec.obs_dim, self.spec.act_dim,
+                                                    self.swapper.queue, self.version)  # fmt: skip
+                except RuntimeError:
+                    if self.config.switch_interval_ms is not None:
+                        sys.setswitchinterval(self._switch_interval)
+                    raise
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
@@ -203,7 +212,6 @@ class RealtimeController:
             self._thread.join()
             self._thread = None
             if self._process is not None:
-                self.swapper.queue = None
                 self._process.stop()
                 self._process = None
             if self.config.switch_interval_ms is not None:
@@ -235,8 +243,10 @@ class RealtimeController:
                         return
                     obs, stamp, planned_serial = self._latest
                 self._watchdog()
+                began = time.perf_counter()
                 with self.swapper.lock:
-                    plan, failure, seconds = self._maker.make(obs, stamp, self._last_action, self.version)
+                    plan, failure = self._maker.make(obs, stamp, self._last_action, self.version)
+                seconds = time.perf_counter() - began if failure != "planner_errors" else None
                 self._record(plan, failure, self._maker.error, seconds)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
@@ -257,6 +267,7 @@ class RealtimeController:
         except EOFError as e:
             if self.error is None:
                 self.error = RuntimeError(str(e))
+                print(f"{e}; acting with the safe action from now on", file=sys.stderr)
             return
         for message in messages:
             if message[0] == "plan":
@@ -264,9 +275,8 @@ class RealtimeController:
             elif message[0] == "failure":
                 self._record(None, message[1], RuntimeError(message[2]), message[3])
             else:
-                self.error = message[1]
-                print(f"the planning process died ({type(self.error).__name__}: {self.error}); acting with the "
-                      f"safe action from now on", file=sys.stderr)  # fmt: skip
+                self.error = RuntimeError(f"the planning process died: {message[1]}")
+                print(f"{message[2]}{self.error}; acting with the safe action from now on", file=sys.stderr)
 
     def _record(self, plan: Plan | None, failure: str | None, error: Exception | None, seconds: float | None) -> None:
         """Count a PlanMaker result (see PlanMaker.make) and make a new plan the current one."""
@@ -565,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict:
     status, previous, last_report, seeded, logged_episodes = "finished", None, time.monotonic(), 0, 0
     started = time.perf_counter()
     try:
-        with controller, learner, robot:  # (left in reverse: the robot stops first, then learning, then planning)
+        with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
                 learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
             snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
@@ -602,7 +612,10 @@ def main(argv: list[str] | None = None) -> dict:
                                     model=controller.version)  # fmt: skip
                 learner.poll()
                 if learner.error is not None or controller.error is not None or robot.error is not None:
-                    raise RuntimeError(f"a background thread died: {learner.error or controller.error or robot.error}")
+                    raise RuntimeError(f"a background worker died: {learner.error or controller.error or robot.error}")
+        learner.poll()  # (what the learner finished while stopping: the last refit and snapshots)
+        if learner.error is not None:
+            raise RuntimeError(f"the learner failed: {learner.error}")
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException:
@@ -625,7 +638,7 @@ def main(argv: list[str] | None = None) -> dict:
     stats = controller.stats()
     summary = {"status": status, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
                "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, **{k: stats[k] for k in _SUMMARY_KEYS},
-               **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors",
+               **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "vetoed", "watchdog_trips", "plans")},
                "real_steps": len(log),
                "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,

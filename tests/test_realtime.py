@@ -106,7 +106,7 @@ def test_box_and_slew_limits_hold_on_every_executed_action(hopper, worker):
             executed.append(rt.act(data["obs"][i], i * config.period))
             time.sleep(0.002)
     actions = torch.stack(executed)
-    assert rt.counts["fresh"] >= 3  # the planner did drive them (a few plans: a loaded machine plans slowly)
+    assert rt.counts["fresh"] > (10 if worker == "thread" else 3)  # the planner drove them (a process: few plans in 0.6 s)
     assert (actions >= spec.action_low).all() and (actions <= spec.action_high).all()
     assert (actions.diff(dim=0).abs() <= 0.05 + 1e-6).all()
 
@@ -373,4 +373,4 @@ def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
         rt.act(data["obs"][0], 0.0)
         wait_for(lambda: not rt.alive)
         assert torch.equal(rt.act(data["obs"][1], 0.01), rt.safe_action)
-        assert isinstance(rt.error, TypeError) and "a bug in the planner" in str(rt.error)
+        assert "planning process died: TypeError: a bug in the planner" in str(rt.error)

@@ -73,3 +73,5 @@ def test_edge_of_reach_resumes_from_its_checkpoint_and_extends_to_more_updates_a
     assert summary["mbpo"]["updates"] == summary["ravl"]["updates"] == 30
     with pytest.raises(SystemExit, match="other settings \\(rollout_length\\)"):
         main([*common, "updates=30", "rollout_length=3"])
+    with pytest.raises(SystemExit, match="cannot shorten it"):  # (and the lock was released after each refusal)
+        main([*common, "updates=20"])

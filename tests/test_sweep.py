@@ -62,11 +62,10 @@ def test_a_ray_multirun_retries_a_killed_job_from_its_checkpoint_and_reports_bot
     from worldmodel.run import main
 
     sweep = tmp_path / "sweep"
-    killed = {}
+    killed, sweep_over = {}, threading.Event()
 
-    def kill_job_0_mid_run():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
+    def kill_job_0_mid_run():  # (no deadline: a loaded machine may take minutes to start Ray and the jobs)
+        while not sweep_over.is_set() and not killed:
             try:
                 summary = json.loads((sweep / "0" / "summary.json").read_text())
                 if summary.get("env_steps", 0) >= 60:
@@ -81,6 +80,7 @@ def test_a_ray_multirun_retries_a_killed_job_from_its_checkpoint_and_reports_bot
     killer.start()
     status = main(["--multirun", *TINY, "env=hopper", "env_steps=300", "checkpoint_every=60", "eval_every=300", "seed=0,1",
                    "hydra/launcher=ray", "hydra.launcher.max_workers=2", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    sweep_over.set()
     killer.join()
     assert killed, "job 0 finished before it could be killed"
     assert status["finished"] == 2 and status["failed"] == 0
