@@ -236,16 +236,15 @@ class EnsembleDynamics(nn.Module):
         else:
             order = torch.arange(n * k, device=self.device)
         rows = order.clamp_max(b - 1)  # padding slots repeat the last row; they are dropped below
-
-        def blocks(t: Tensor) -> Tensor:  # [B, D] -> [n, k, D]: slot (i, j) holds row order[j * n + i]
-            return t.to(self.device)[rows].view(k, n, -1).transpose(0, 1)
-
-        mean, var = self.predict(blocks(obs), blocks(action), members=self.elites)
+        x = self.input_norm(torch.cat([obs, action], dim=-1))  # [B, O+A]
+        # one gather into [n, k] blocks: slot (i, j) holds row order[j * n + i] and runs through elites[i]
+        mean, logvar = self.forward_normalized(x[rows.view(k, n).t()], self.elites)  # [n, k, O+1] each
         position = torch.empty_like(order)
         position[order] = torch.arange(n * k, device=self.device)
-        position = position[:b]
-        flat = lambda t: t.transpose(0, 1).reshape(n * k, -1)[position]  # noqa: E731
-        return flat(mean), flat(var), self.elites.repeat(k)[position]
+        member = position[:b] % n
+        slot = member * k + position[:b] // n  # each row's place in the flattened blocks
+        mean, logvar = mean.reshape(n * k, -1)[slot], logvar.reshape(n * k, -1)[slot]
+        return self.target_norm.inverse(mean), logvar.exp() * self.target_norm.std.square(), self.elites[member]
 
     def _choose_members(
         self, mode: Mode, members: Tensor | None, batch: int, generator: torch.Generator | None
