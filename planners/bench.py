@@ -5,6 +5,7 @@ the model work per candidate is identical and the ratio measures the planner aro
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
 `--dyna`: imagined transitions and agent updates per second. `--concurrency`: two short runs of
 the run command at once against one alone, at threads=auto and at every core fixed.
+`--profile`: where a default MPPI step's time goes, stage by stage.
 `--realtime STEPS`: the simulated robot under the real-time controller at 20 and 50 Hz, planning
 in a thread and in a process.
 """
@@ -27,6 +28,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+import kernels
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import make_env
@@ -130,6 +132,46 @@ def rows(repeats: int) -> list[dict]:
     for r in out:
         r["speedup_vs_torchrl"] = baseline[r["config"]] / r["ms_per_step"] if r["config"] in baseline else None
     return out
+
+
+def profile_rows(repeats: int) -> list[dict]:
+    """Where a default MPPI step goes (`--profile`): each stage timed on its own, on the shapes one
+    `act` runs (512 candidates x 15 steps, each row through one of the 5 elites: [5, 103, 23] blocks)."""
+    spec = make_env("halfcheetah").task_spec
+    torch.manual_seed(0)
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim)
+    warnings.filterwarnings("ignore", "planning with a model that was never fitted")
+    planner = MPPI(model, spec, MPPIConfig(seed=0))
+    cfg, peak = planner.config, _peak_gflops()
+    obs = torch.randn(spec.obs_dim)
+    state, action = torch.randn(cfg.candidates, spec.obs_dim), torch.rand(cfg.candidates, spec.act_dim) * 2 - 1
+    n = model.num_elites
+    blocks = torch.randn(n, -(-cfg.candidates // n), spec.obs_dim + spec.act_dim)
+    weights, biases, _, _ = model._members_only(model.elites)
+    h = range(cfg.horizon)
+    with torch.no_grad():
+        act = _median_ms(lambda: planner.act(obs), repeats)
+        steps = _median_ms(lambda: [model.step(state, action, generator=planner.generator) for _ in h], repeats)
+        mlp = {a: _median_ms(lambda a=a: [kernels.ensemble_mlp(blocks, weights, biases, a) for _ in h], repeats)
+               for a in ("identity", "silu")}  # fmt: skip
+        value = _median_ms(lambda: planner.terminal_value(state), repeats)
+    agent = planner.value_agent
+    value_flops = cfg.candidates * (agent.config.num_critics * _mlp_flops(agent.critics.weights)
+                                    + _mlp_flops([m.weight.T for m in agent.actor.net[::2]]))  # fmt: skip
+    mlp_flops = blocks.shape[0] * blocks.shape[1] * cfg.horizon * _mlp_flops(model.weights)
+    stages = [
+        ("ensemble MLP: matmuls", mlp["identity"], mlp_flops / (peak * 1e6)),
+        ("ensemble MLP: SiLU activations", mlp["silu"] - mlp["identity"], 0.0),
+        ("model step around the MLP (rows to elites, standardising, Gaussian head, sampling)", steps - mlp["silu"], 0.0),
+        ("learned terminal value (actor + 2 critics on 512 states)", value, value_flops / (peak * 1e6)),
+        ("planner (candidates, returns, weighting, warm start)", act - steps - value, 0.0),
+    ]
+    rows = [{"stage": name, "ms": ms, "share": ms / act, "floor_ms": floor} for name, ms, floor in stages]
+    rows.append({"stage": "default MPPI act, measured whole", "ms": act, "share": 1.0,
+                 "floor_ms": sum(r["floor_ms"] for r in rows)})  # fmt: skip
+    for r in rows:
+        r.update(peak_gflops=peak, threads=torch.get_num_threads(), device="cpu")
+    return rows
 
 
 def _mlp_flops(module_weights) -> int:
@@ -247,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--dyna", action="store_true", help="Dyna throughput instead: imagined transitions/s, updates/s")
     parser.add_argument("--concurrency", action="store_true", help="two runs at once against one alone, per thread setting")
+    parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
     parser.add_argument("--realtime", type=int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
     args = parser.parse_args(argv)
     if args.realtime:
@@ -261,6 +304,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['act_latency_max_ms']:.1f} | {r['act_floor_ms']:.3f} | {r['plan_latency_p50_ms']:.1f} / "
                   f"{r['plan_latency_p99_ms']:.1f} | {r['fresh_rate']:.0%} / {r['shifted_rate']:.0%} / "
                   f"{r['fallback_rate']:.0%} | {r['deadline_miss_rate']:.1%} | {r['model_version']} |")  # fmt: skip
+        _write_json(args.json, table)
+        return
+    if args.profile:
+        table = profile_rows(args.repeats)
+        print(f"default MPPI on HalfCheetah, {table[0]['threads']} thread(s); floor: matmul FLOPs at "
+              f"{table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)\n")
+        print("| stage | ms | share | floor ms |\n|---|---|---|---|")
+        for r in table:
+            floor = f"{r['floor_ms']:.1f}" if r["floor_ms"] else "-"
+            print(f"| {r['stage']} | {r['ms']:.1f} | {r['share']:.0%} | {floor} |")
         _write_json(args.json, table)
         return
     if args.concurrency:
