@@ -78,16 +78,19 @@ def configs():
         yield (f"gaussian head {prec_names[prec]}", tm._gaussian_kernel, c, gwarps, 3)
 
 
-def main(argv=None):
+def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
     args = ap.parse_args(argv)
     print(f"sm_{args.arch}, triton {triton.__version__}")
     print(f"{'kernel / config':40s} {'smem B':>8s} {'regs':>5s} {'spill B':>8s} wgmma")
+    rows = []
     for label, fn, c, warps, stages in configs():
         r = build(fn, c, warps, stages, args.arch)
         print(f"{label:40s} {r['shared_bytes']:8d} {r['regs']:5d} {r['spill_stack_bytes']:8d} {r['wgmma']}",
               flush=True)
+        rows.append({"config": label, "arch": args.arch, **r})
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the model work per candidate is identical and the ratio measures the planner aro
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
 `--dyna`: imagined transitions and agent updates per second. `--concurrency`: two short runs of
 the run command at once against one alone, at threads=auto and at every core fixed.
+`--gpu-suite`: everything a lent GPU should measure, in one run (`--device`, `--quick`).
 `--profile`: where a default MPPI step's time goes, stage by stage.
 `--realtime STEPS`: the simulated robot under the real-time controller at 20 and 50 Hz, planning
 in a thread and in a process.
@@ -29,25 +30,29 @@ from tensordict import TensorDict
 from torch import nn
 
 import kernels
+from kernels.bench import measure_peak
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import make_env
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
+def _median_ms(fn, repeats: int, warmup: int = 2, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def _peak_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048**3 / _median_ms(lambda: a @ b, 5) / 1e6
+def _peak_gflops(device: str = "cpu") -> float:
+    """fp32 matmul GFLOP/s measured now (the planners' model runs in fp32 unless told otherwise)."""
+    return measure_peak(device, "fp32")
 
 
 def torchrl_env(model: EnsembleDynamics, spec):
@@ -97,13 +102,14 @@ def torchrl_mppi(model: EnsembleDynamics, spec, horizon: int, candidates: int, i
                        optim_steps=iterations, num_candidates=candidates, top_k=candidates)  # fmt: skip
 
 
-def rows(repeats: int) -> list[dict]:
+def rows(repeats: int, device: str = "cpu") -> list[dict]:
+    """Planning steps of ours and (on CPU) torchrl's planners; on CUDA ours alone."""
     spec = make_env("halfcheetah").task_spec
     torch.manual_seed(0)
-    model = EnsembleDynamics(spec.obs_dim, spec.act_dim)
-    obs = torch.randn(spec.obs_dim)
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim).to(device)
+    obs = torch.randn(spec.obs_dim, device=device)
     flops_per_row_step = 2 * sum(w.shape[1] * w.shape[2] for w in model.weights)
-    peak = _peak_gflops()
+    peak = _peak_gflops(device)
 
     warnings.filterwarnings("ignore", "planning with a model that was never fitted")  # speed alone is measured
     alone = dict(value_learning=False, discount=1.0)  # the model alone, as torchrl's planners plan
@@ -111,23 +117,24 @@ def rows(repeats: int) -> list[dict]:
     valued = MPPI(model, spec, MPPIConfig(seed=0))  # the default: a learned terminal value
     cem = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, seed=0, **alone))
     pets = CEM(model, spec, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20, seed=0, **alone))
-    theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
-    their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
     start = TensorDict({"observation": obs}, [])
     cases = [
         ("MPPI 512 x 15, model only", "ours", lambda: mppi.act(obs), 512 * 15),
-        ("MPPI 512 x 15, model only", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15),
         ("MPPI default (512 x 15 + learned value)", "ours", lambda: valued.act(obs), 512 * 15),
         ("CEM 400 x 30 x 5", "ours", lambda: cem.act(obs), 400 * 30 * 5),
-        ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5),
         ("CEM PETS (400 x 20 particles x 30 x 5)", "ours", lambda: pets.act(obs), 400 * 20 * 30 * 5),
     ]
+    if device == "cpu":  # torchrl's planners at equal work (their env wrapper is CPU-only here)
+        theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
+        their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
+        cases.insert(1, ("MPPI 512 x 15, model only", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15))
+        cases.insert(4, ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5))
     out = []
     for config, impl, fn, row_steps in cases:
-        ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5))
+        ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5), device=device)
         floor_ms = row_steps * flops_per_row_step / (peak * 1e6)
         out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms,
-                    "floor_ms": floor_ms, "peak_gflops": peak, "device": "cpu"})  # fmt: skip
+                    "floor_ms": floor_ms, "peak_gflops": peak, "device": device})  # fmt: skip
     baseline = {r["config"]: r["ms_per_step"] for r in out if r["planner"].startswith("torchrl")}
     for r in out:
         r["speedup_vs_torchrl"] = baseline[r["config"]] / r["ms_per_step"] if r["config"] in baseline else None
@@ -179,13 +186,13 @@ def _mlp_flops(module_weights) -> int:
     return 2 * sum(w.shape[-2] * w.shape[-1] for w in module_weights)
 
 
-def dyna_rows(repeats: int) -> list[dict]:
+def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
     """Imagined transitions per second (a MOPO rollout round) and agent updates per second
-    (SAC with 2 critics, EDAC/RAVL with 10 and the diversity term, behaviour cloning)."""
+    (SAC with 2 critics, EDAC/RAVL with 10 and the diversity term, and on CPU behaviour cloning)."""
     spec = make_env("halfcheetah").task_spec
     torch.manual_seed(0)
-    model = EnsembleDynamics(spec.obs_dim, spec.act_dim)
-    peak = _peak_gflops()
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim).to(device)
+    peak = _peak_gflops(device)
     flags = torch.zeros(50_000, dtype=torch.bool)
     real = TensorDict({"obs": torch.randn(50_000, spec.obs_dim), "action": torch.rand(50_000, spec.act_dim) * 2 - 1,
                        "reward": torch.randn(50_000), "next_obs": torch.randn(50_000, spec.obs_dim),
@@ -195,7 +202,7 @@ def dyna_rows(repeats: int) -> list[dict]:
     for penalty in (0.0, 1.0):
         mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
         mopo.observe(real)
-        ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1)
+        ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1, device=device)
         # penalised rollouts run every member the measure reads on every row; plain ones one elite per row
         scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
         flops = 5 * 50_000 * per_row * (scored if penalty else 1)
@@ -206,19 +213,20 @@ def dyna_rows(repeats: int) -> list[dict]:
         planner.observe(real)
         planner.rollout(real["obs"][:5000])
         agent = planner.agent
-        ms = _median_ms(lambda: planner.learn(10), max(2, repeats // 2), warmup=1) / 10
+        ms = _median_ms(lambda: planner.learn(10), max(2, repeats // 2), warmup=1, device=device) / 10
         n, b = agent.config.num_critics, agent.config.batch_size
         critic, actor = _mlp_flops(agent.critics.weights), _mlp_flops([m.weight.T for m in agent.actor.net[::2]])
         # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+3 for EDAC's double backward); actor 4
         flops = b * (n * critic * (6 + 3 * (agent.config.eta > 0)) + 4 * actor)
         out.append({"work": name, "per_s": 1000 / ms, "unit": "updates/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})
-    bc = BehaviourCloning(model, spec)
-    bc.observe(real)
-    ms = _median_ms(lambda: bc.learn(10), repeats, warmup=1) / 10
-    out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
-                "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
+    if device == "cpu":  # (behaviour cloning trains on the CPU whatever the device)
+        bc = BehaviourCloning(model, spec)
+        bc.observe(real)
+        ms = _median_ms(lambda: bc.learn(10), repeats, warmup=1) / 10
+        out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
+                    "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
     for r in out:
-        r.update(peak_gflops=peak, device="cpu")
+        r.update(peak_gflops=peak, device=device)
     return out
 
 
@@ -289,6 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--dyna", action="store_true", help="Dyna throughput instead: imagined transitions/s, updates/s")
     parser.add_argument("--concurrency", action="store_true", help="two runs at once against one alone, per thread setting")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the planning and --dyna tables run")
+    parser.add_argument("--gpu-suite", action="store_true",
+                        help="the one run for a lent GPU: kernel compile statistics, the kernel grid, planning, Dyna")
+    parser.add_argument("--quick", action="store_true", help="with --gpu-suite: a few small shapes (a smoke run)")
     parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
     parser.add_argument("--realtime", type=int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
     args = parser.parse_args(argv)
@@ -327,21 +340,71 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {r['alone_s']:.1f} s | {r['together_s'][0]:.1f} s, {r['together_s'][1]:.1f} s | {r['ratio']:.2f}x |")
         _write_json(args.json, table)
         return
+    if args.gpu_suite:
+        gpu_suite(args.device, args.repeats, args.json, quick=args.quick)
+        return
     if args.dyna:
-        table = dyna_rows(args.repeats)
-        print(f"{'work':42s} {'per second':>12s} {'unit':14s} {'ms':>8s} {'floor ms':>9s}")
-        for r in table:
-            print(f"{r['work']:42s} {r['per_s']:12,.0f} {r['unit']:14s} {r['ms']:8.2f} {r['floor_ms']:9.2f}")
-        print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)")
+        table = dyna_rows(args.repeats, args.device)
+        _print_dyna(table)
         _write_json(args.json, table)
         return
-    table = rows(args.repeats)
+    table = rows(args.repeats, args.device)
+    _print_planning(table)
+    _write_json(args.json, table)
+
+
+def _print_planning(table: list[dict]) -> None:
     print(f"{'config':40s} {'planner':20s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
     for r in table:
         ratio = f"{r['speedup_vs_torchrl']:.2f}x" if r["speedup_vs_torchrl"] else "-"
         print(f"{r['config']:40s} {r['planner']:20s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} {ratio:>10s}")
-    print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)")
-    _write_json(args.json, table)
+    print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
+
+
+def _print_dyna(table: list[dict]) -> None:
+    print(f"{'work':42s} {'per second':>12s} {'unit':14s} {'ms':>8s} {'floor ms':>9s}")
+    for r in table:
+        print(f"{r['work']:42s} {r['per_s']:12,.0f} {r['unit']:14s} {r['ms']:8.2f} {r['floor_ms']:9.2f}")
+    print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
+
+
+def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False) -> dict:
+    """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14): the
+    kernels' compile statistics for this GPU's architecture, the ensemble MLP grid (E=7, B 1 to
+    65536, widths 200 and 512, tf32 and bf16, forward and forward+backward, against eager
+    baddbmm, with % of peak), the planning steps, and Dyna's agent updates. Each section prints
+    its table as it ends and lands in the JSON, so a run cut short keeps what it measured.
+    quick: a few small shapes (a CPU smoke run of the same code)."""
+    from kernels import bench as kernel_bench
+    from kernels import compile_check
+
+    started, report = time.perf_counter(), {"device": kernel_bench.device_name(device), "sections": {}}
+
+    def section(name: str, fn):
+        t = time.perf_counter()
+        print(f"\n## {name} ({kernel_bench.device_name(device)})\n", flush=True)
+        report["sections"][name] = {"rows": fn(), "wall_s": time.perf_counter() - t}
+        _write_json(json_path, report)
+        print(f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - started:.0f} s in all)", flush=True)
+
+    if device == "cuda" and not quick:
+        major, minor = torch.cuda.get_device_capability()
+        section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]))
+    grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]
+    if quick:
+        grid = ["-E", "7", "-B", "1", "256", "--hidden", "200", "--budget", "0.05"]
+    section("ensemble MLP kernels", lambda: kernel_bench.main(
+        ["--device", device, *grid, "--variants", "baddbmm", "ours", "ours_graph", "--markdown"]))
+    planning = lambda: rows(max(2, repeats // (5 if quick else 1)), device)  # noqa: E731
+    section("planning steps (no CUDA graph: the graphed planning step is not built yet)",
+            lambda: _printed(planning(), _print_planning))
+    section("Dyna agent updates", lambda: _printed(dyna_rows(max(2, repeats // (5 if quick else 1)), device), _print_dyna))
+    return report
+
+
+def _printed(table: list[dict], printer) -> list[dict]:
+    printer(table)
+    return table
 
 
 def _write_json(path: str | None, table: list[dict]) -> None:
