@@ -11,10 +11,13 @@ EDAC critics keep it near. Writes metrics.jsonl, summary.json and q_vs_return.pn
 Each evaluation also saves every method's agent to run_dir/checkpoint.pt, so the same command
 with `run_dir=<dir>` resumes a killed comparison from its last evaluation, and a larger
 `updates=` extends a finished one (the imagined buffer is rolled out afresh on resuming).
+On several cores the methods can learn at once, one process each (`methods=[mbpo] run_dir=A`,
+`methods=[ravl] run_dir=B`); `compare_with=[A]` in B's command then puts A's curves beside B's.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -55,7 +58,7 @@ def entropy_share(agent, obs) -> float:
     return (agent.alpha * -log_prob.mean()).item() * gamma / (1 - gamma)
 
 
-RESUMABLE_KEYS = ("updates", "methods", "threads", "run_dir")  # may differ from the saved config when resuming
+RESUMABLE_KEYS = ("updates", "methods", "threads", "run_dir", "compare_with")  # may differ from the saved config when resuming
 
 
 def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
@@ -81,6 +84,7 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
 
 def compare(cfg: DictConfig) -> dict:
     run_dir = run_dir_for(cfg, "edge_of_reach", cfg.task)
+    compared_runs(cfg)  # (bad compare_with dirs fail before hours of learning)
     lock = RunDirLock(run_dir)  # (creates the directory)
     try:
         return _compare(cfg, run_dir, saved_states(cfg, run_dir))
@@ -104,10 +108,42 @@ def _compare(cfg: DictConfig, run_dir: Path, states: dict) -> dict:
         row = states[method]["row"]
         over = row["q_start"] - row["discounted_return"] - row["entropy_share"]
         summary[method] = {**row, "updates": states[method]["done"], "overestimation": over}
+    curves = {m: logger.records(m) for m in cfg.methods}
+    for other, methods in compared_runs(cfg).items():  # methods learned by other processes
+        rows = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (other / "metrics.jsonl").is_file() else []  # fmt: skip
+        for method in methods:
+            curves[method] = [r for r in rows if r["kind"] == method]
+            if curves[method]:
+                last = curves[method][-1]
+                over = last["q_start"] - last["discounted_return"] - last["entropy_share"]
+                summary[method] = {**last, "updates": last["step"], "overestimation": over, "run_dir": str(other)}
     write_json(summary, run_dir / "summary.json")
-    _plot(logger, list(cfg.methods), run_dir / "q_vs_return.png", cfg.task)
+    _plot(curves, run_dir / "q_vs_return.png", cfg.task)
     logger.close()
     return summary
+
+
+_SAME_SETTINGS = ("dataset", "task", "seed", "rollout_length", "rollout_batch_size", "rollout_every", "real_ratio")
+
+
+def compared_runs(cfg: DictConfig) -> dict[Path, list[str]]:
+    """{run dir: its methods} of the `compare_with` runs: methods of the same comparison learned in
+    other processes (one per core), whose curves join this run's summary and plot. Each must hold
+    the same dataset, task, seed and rollout settings, and none of this run's methods."""
+    out = {}
+    for other in map(Path, cfg.compare_with or []):
+        if not (other / "config.yaml").is_file():
+            raise ValueError(f"compare_with={other} holds no edge-of-reach comparison (no config.yaml)")
+        theirs = OmegaConf.load(other / "config.yaml")
+        differ = [k for k in _SAME_SETTINGS if theirs.get(k) != cfg.get(k)]
+        if differ:
+            raise ValueError(f"compare_with={other} ran with other settings: "
+                             + ", ".join(f"{k}={theirs.get(k)} (here {cfg.get(k)})" for k in differ))
+        if shared := sorted(set(theirs.methods) & set(cfg.methods)):
+            raise ValueError(f"compare_with={other} also runs {shared}: each method comes from one run")
+        out[other] = list(theirs.methods)
+    return out
 
 
 def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, int]], data, probe,
@@ -142,15 +178,14 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
                    f"{row['discounted_return']:.1f} (return {row['ret']:.1f}); Q on dataset states {row['q_dataset']:.1f}")
 
 
-def _plot(logger: MetricsLogger, methods: list[str], out, task: str) -> None:
+def _plot(curves: dict[str, list[dict]], out, task: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for method, color in zip(methods, ("tab:red", "tab:blue", "tab:green")):
-        rows = logger.records(method)
+    for (method, rows), color in zip(curves.items(), ("tab:red", "tab:blue", "tab:green")):
         steps = [r["step"] for r in rows]
         ax.plot(steps, [r["q_start"] for r in rows], color=color, label=f"{method}: V(s0), critics")
         ax.plot(steps, [r["discounted_return"] for r in rows], color=color, linestyle="--", label=f"{method}: true")

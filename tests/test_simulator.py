@@ -75,3 +75,23 @@ def test_edge_of_reach_resumes_from_its_checkpoint_and_extends_to_more_updates_a
         main([*common, "updates=30", "rollout_length=3"])
     with pytest.raises(SystemExit, match="cannot shorten it"):  # (and the lock was released after each refusal)
         main([*common, "updates=20"])
+
+
+def test_edge_of_reach_methods_learned_in_separate_processes_meet_in_one_plot(tmp_path):
+    from planners.edge_of_reach import main
+
+    env = make_env("hopper", seed=1)
+    save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 300))
+    common = [f"dataset={tmp_path / 'd.hdf5'}", "task=hopper", "updates=20", "eval_every=10", "rollout_batch_size=50",
+              "rollout_every=10", "eval_episodes=1"]  # fmt: skip
+    mbpo = main([*common, "methods=[mbpo]", f"run_dir={tmp_path / 'a'}"])
+    with pytest.raises(SystemExit, match="compare_with=.* also runs \\['mbpo'\\]"):
+        main([*common, "methods=[mbpo]", f"compare_with=[{tmp_path / 'a'}]", f"run_dir={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit, match="other settings: seed=0 \\(here 1\\)"):  # refused before any learning
+        main([*common, "methods=[ravl]", "seed=1", f"compare_with=[{tmp_path / 'a'}]", f"run_dir={tmp_path / 'y'}"])
+    assert not (tmp_path / "y").exists()
+    both = main([*common, "methods=[ravl]", f"compare_with=[{tmp_path / 'a'}]", f"run_dir={tmp_path / 'b'}"])
+    assert set(both) == {"mbpo", "ravl"}
+    assert both["mbpo"]["q_start"] == mbpo["mbpo"]["q_start"] and both["mbpo"]["run_dir"] == str(tmp_path / "a")
+    assert both["mbpo"]["updates"] == both["ravl"]["updates"] == 20
+    assert (tmp_path / "b" / "q_vs_return.png").is_file()
