@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
         _write_json(args.json, table)
         return
     if args.profile:
+        if args.device != "cpu":
+            raise SystemExit("error: --profile splits the CPU path's step (give --device cpu); on a GPU, --gpu-suite")
         table = profile_rows(args.repeats)
         print(f"default MPPI on HalfCheetah, {table[0]['threads']} thread(s); floor: matmul FLOPs at "
               f"{table[0]['peak_gflops']:.0f} GFLOP/s (2048^2 fp32 matmul measured in this run)\n")
@@ -387,18 +389,22 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
         _write_json(json_path, report)
         print(f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - started:.0f} s in all)", flush=True)
 
-    if device == "cuda" and not quick:
-        major, minor = torch.cuda.get_device_capability()
-        section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]))
+    if device == "cpu" and not quick:
+        raise SystemExit("error: the full --gpu-suite on a CPU would take hours (B=65536 forward+backward); "
+                         "give --quick for a CPU smoke run, or run it where torch.cuda.is_available()")
+    # cheapest first, so that a run cut short loses the kernel grid's last cells, not whole sections
+    repeats = max(2, repeats // (5 if quick else 1))
+    section("planning steps (no CUDA graph: the graphed planning step is not built yet)",
+            lambda: _printed(rows(repeats, device), _print_planning))
+    section("Dyna rollouts and agent updates", lambda: _printed(dyna_rows(repeats, device), _print_dyna))
     grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]
     if quick:
         grid = ["-E", "7", "-B", "1", "256", "--hidden", "200", "--budget", "0.05"]
     section("ensemble MLP kernels", lambda: kernel_bench.main(
         ["--device", device, *grid, "--variants", "baddbmm", "ours", "ours_graph", "--markdown"]))
-    planning = lambda: rows(max(2, repeats // (5 if quick else 1)), device)  # noqa: E731
-    section("planning steps (no CUDA graph: the graphed planning step is not built yet)",
-            lambda: _printed(planning(), _print_planning))
-    section("Dyna agent updates", lambda: _printed(dyna_rows(max(2, repeats // (5 if quick else 1)), device), _print_dyna))
+    if device == "cuda":  # (ptxas builds for this GPU's architecture; no GPU needed, so last)
+        major, minor = torch.cuda.get_device_capability()
+        section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]))
     return report
 
 
@@ -407,7 +413,7 @@ def _printed(table: list[dict], printer) -> list[dict]:
     return table
 
 
-def _write_json(path: str | None, table: list[dict]) -> None:
+def _write_json(path: str | None, table: list[dict] | dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(table, f, indent=2)

@@ -21,17 +21,19 @@ def test_gpu_suite_runs_every_section_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     sections = report["sections"]
-    assert list(sections) == ["ensemble MLP kernels",
-                              "planning steps (no CUDA graph: the graphed planning step is not built yet)",
-                              "Dyna agent updates"]  # (compile statistics only on a GPU)
+    assert list(sections) == ["planning steps (no CUDA graph: the graphed planning step is not built yet)",
+                              "Dyna rollouts and agent updates", "ensemble MLP kernels"]  # (compile statistics on a GPU)
     kernel_rows = sections["ensemble MLP kernels"]["rows"]
     assert {r["variant"] for r in kernel_rows} == {"baddbmm", "ours"}  # (the CUDA-graph variant needs a GPU)
     assert {r["B"] for r in kernel_rows} == {1, 256}
     planning = sections["planning steps (no CUDA graph: the graphed planning step is not built yet)"]["rows"]
     assert any(r["config"].startswith("MPPI default") for r in planning)
-    updates = {r["work"]: r for r in sections["Dyna agent updates"]["rows"]}
+    updates = {r["work"]: r for r in sections["Dyna rollouts and agent updates"]["rows"]}
     assert any(w.startswith("RAVL EDAC") for w in updates)
     for r in [*kernel_rows, *planning, *updates.values()]:
         ms = r.get("ms", r.get("ms_per_step"))
         assert math.isfinite(ms) and ms > 0
     assert "| device | dtype | pass |" in done.stdout  # the kernels' markdown table, printed for the README
+    refused = subprocess.run([sys.executable, "-m", "planners.bench", "--gpu-suite", "--device", "cpu"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "give --quick" in refused.stderr  # (not hours of CPU)
