@@ -12,7 +12,8 @@ Each evaluation also saves every method's agent to run_dir/checkpoint.pt, so the
 with `run_dir=<dir>` resumes a killed comparison from its last evaluation, and a larger
 `updates=` extends a finished one (the imagined buffer is rolled out afresh on resuming).
 On several cores the methods can learn at once, one process each (`methods=[mbpo] run_dir=A`,
-`methods=[ravl] run_dir=B`); `compare_with=[A]` in B's command then puts A's curves beside B's.
+`methods=[ravl] run_dir=B`); `compare_with=[A]` in B's command then puts A's curves beside B's,
+and `methods=[] compare_with=[A,B] run_dir=C` plots both while they are still learning.
 """
 
 from __future__ import annotations

@@ -95,3 +95,6 @@ def test_edge_of_reach_methods_learned_in_separate_processes_meet_in_one_plot(tm
     assert both["mbpo"]["q_start"] == mbpo["mbpo"]["q_start"] and both["mbpo"]["run_dir"] == str(tmp_path / "a")
     assert both["mbpo"]["updates"] == both["ravl"]["updates"] == 20
     assert (tmp_path / "b" / "q_vs_return.png").is_file()
+    # a plot of runs still learning elsewhere: no methods of its own
+    plotted = main([*common, "methods=[]", f"compare_with=[{tmp_path / 'a'},{tmp_path / 'b'}]", f"run_dir={tmp_path / 'c'}"])
+    assert set(plotted) == {"mbpo", "ravl"} and (tmp_path / "c" / "q_vs_return.png").is_file()
