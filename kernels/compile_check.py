@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 from kernels import triton_mlp as tm
 
-_INT32 = {"R", "K", "N", "D", "B", "IN", "H", "D_OUT"}
+_INT32 = {"R", "K", "N", "D", "B", "IN", "H", "D_OUT", "P"}
 
 
 def _signature(fn, constexprs: dict) -> dict:
@@ -59,7 +59,8 @@ def configs():
     """(label, kernel, constexprs, num_warps, num_stages) as the launchers use them for the
     in=23 -> 200 x4 -> 36 network at large B."""
     prec_names = {v: k for k, v in tm.PREC_CODES.items()}
-    for prec, (bm, warps) in tm.FUSED_TILES.items():
+    bm, warps = tm.FUSED_TILE
+    for prec in (1, 2):  # (fp32 takes the per-layer kernels on CUDA)
         for gauss, out_p in ((False, 64), (True, 32)):
             c = dict(N_MID=3, ACT=1, GAUSS=gauss, HAS_MEMBERS=True, PREC=prec, EMU_BF16=False,
                      BLOCK_M=bm, IN_P=32, CH=64, OUT_P=out_p)

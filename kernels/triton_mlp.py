@@ -5,9 +5,10 @@ Three kernels, shapes [P, B, *] where P = run members (E, or len(members)):
                       or C[p] = (A[p] @ W[e(p)]) * act'(Z[p]) for the backward. Any strides, so the
                       same kernel does forward layers, dX = dZ @ W^T and dW = H^T @ dZ.
   _gaussian_kernel    last layer with the Gaussian head: mean and soft-clamped log-variance.
-  _fused_mlp_kernel   whole MLP in one launch for hidden widths <= 256: each program keeps its
-                      BLOCK_M rows' activations in registers (four column chunks) across all
-                      layers, so activations never go to HBM; used for inference (no grad).
+  _fused_mlp_kernel   whole MLP in one persistent launch for hidden widths <= 256: each program
+                      keeps a tile's activations in two scratch buffers of its own between layers
+                      (written and read back at once, so they stay in L2), never in HBM-sized
+                      intermediate tensors; used for inference (no grad).
 e(p) = members[p] when a member subset (elites) is given: the weight pointer is offset by member
 id, the weights are never copied.
 
@@ -40,11 +41,14 @@ PREC_CODES = {"fp32": 0, "tf32": 1, "bf16": 2}
 # layers with their own pointer arguments. Wider or deeper nets use one launch per layer.
 FUSED_MAX_HIDDEN = 256
 FUSED_MAX_MID = 6
-# (BLOCK_M, num_warps) of the fused kernel for tf32 and bf16: the sm_90 builds with the least
-# register spilling among those tried by `python -m kernels.compile_check` (no GPU to time them).
-# Exact fp32 (input_precision="ieee") has no tensor-core path: its dots are FMA loops whose fused
-# sm_90 build spills ~20 KB per thread, so on CUDA fp32 takes the per-layer kernels instead.
-FUSED_TILES = {1: (64, 8), 2: (128, 8)}
+# (BLOCK_M, num_warps) of the fused kernel: 64 rows (one wgmma M on sm_90) over 8 warps builds
+# without register spills on sm_90 and sm_80 in tf32 and bf16, with and without the Gaussian head
+# (`python -m kernels.compile_check`, tests/test_compile_check.py); 4 warps spill. Not timed: no
+# GPU has run it yet. Exact fp32 (input_precision="ieee": FMA loops, no tensor cores) builds
+# without spills on sm_90 but spills ~3.9 KB per thread on sm_80, so on CUDA fp32 takes the
+# per-layer kernels.
+FUSED_TILE = (64, 8)
+FUSED_PROGRAMS_PER_SM = 2  # persistent programs of the fused kernel per SM (not tuned: no GPU yet)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,116 +251,122 @@ def _load_block(base, rk, cn, K, N, ld):
 
 
 @triton.jit
-def _chunk_out(h0, h1, h2, h3, base, cols, K, N, ld,
-               PREC: tl.constexpr, EMU_BF16: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
-               NP: tl.constexpr):
-    """[h0 | h1 | h2 | h3] @ W[:, cols] for a row-major W [K, N] (leading dim ld): [BLOCK_M, NP].
-
-    The activations live in registers as four [BLOCK_M, CH] chunks, so each weight block staged
-    for a dot is only CH x NP (64 x 64 fp32 = 16 KiB for the 200/256-wide layers).
-    """
-    r = tl.arange(0, CH)
-    acc = tl.zeros((BLOCK_M, NP), dtype=tl.float32)
-    acc = _mma(h0, _load_block(base, r, cols, K, N, ld), acc, PREC, EMU_BF16)
-    acc = _mma(h1, _load_block(base, r + CH, cols, K, N, ld), acc, PREC, EMU_BF16)
-    acc = _mma(h2, _load_block(base, r + 2 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
-    acc = _mma(h3, _load_block(base, r + 3 * CH, cols, K, N, ld), acc, PREC, EMU_BF16)
-    return acc
-
-
-@triton.jit
 def _bias_act(acc, b_ptr, cols, N, ACT: tl.constexpr):
     return _act(acc + tl.load(b_ptr + cols, mask=cols < N, other=0.0)[None, :], ACT)
 
 
 @triton.jit
-def _hidden_layer(h0, h1, h2, h3, w_ptr, b_ptr, e, H,
-                  ACT: tl.constexpr, PREC: tl.constexpr, EMU_BF16: tl.constexpr,
-                  BLOCK_M: tl.constexpr, CH: tl.constexpr):
-    """[h0|h1|h2|h3] -> act([h0|h1|h2|h3] @ W[e] + b[e]), W [E, H, H]; output chunk by chunk."""
+def _store_chunk(buf, r, cols, v, HP: tl.constexpr):
+    tl.store(buf + r[:, None] * HP + cols[None, :], v)
+
+
+@triton.jit
+def _scratch_layer(src, dst, w_ptr, b_ptr, e, H, r, c,
+                   ACT: tl.constexpr, PREC: tl.constexpr, EMU_BF16: tl.constexpr,
+                   BLOCK_M: tl.constexpr, CH: tl.constexpr):
+    """dst = act(src @ W[e] + b[e]) for W [E, H, H], src and dst this program's [BLOCK_M, 4*CH]
+    activations in scratch: one [BLOCK_M, CH] output chunk at a time, K in a loop of CH-wide
+    chunks, so only one accumulator, one input chunk and one CH x CH weight block are live."""
     base = w_ptr + e * H * H
-    bias = b_ptr + e * H
-    c = tl.arange(0, CH)
-    g0 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
-                   bias, c, H, ACT)
-    g1 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
-                   bias, c + CH, H, ACT)
-    g2 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 2 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
-                   bias, c + 2 * CH, H, ACT)
-    g3 = _bias_act(_chunk_out(h0, h1, h2, h3, base, c + 3 * CH, H, H, H, PREC, EMU_BF16, BLOCK_M, CH, CH),
-                   bias, c + 3 * CH, H, ACT)
-    return g0, g1, g2, g3
+    for j in range(0, 4):
+        cj = j * CH + c
+        acc = _scratch_out(src, base, cj, H, H, H, r, c, PREC, EMU_BF16, BLOCK_M, CH, CH)
+        _store_chunk(dst, r, cj, _bias_act(acc, b_ptr + e * H, cj, H, ACT), 4 * CH)
+    tl.debug_barrier()  # dst complete (and src read by every thread) before the next layer
+
+
+@triton.jit
+def _scratch_out(src, base, cols, K, N, ld, r, c,
+                 PREC: tl.constexpr, EMU_BF16: tl.constexpr, BLOCK_M: tl.constexpr, CH: tl.constexpr,
+                 NP: tl.constexpr):
+    """src [BLOCK_M, 4*CH] (scratch) @ W[:, cols] for a row-major W [K, N] (leading dim ld)."""
+    acc = tl.zeros((BLOCK_M, NP), dtype=tl.float32)
+    for k in range(0, 4):
+        kk = k * CH + c
+        a = tl.load(src + r[:, None] * (4 * CH) + kk[None, :])
+        acc = _mma(a, _load_block(base, kk, cols, K, N, ld), acc, PREC, EMU_BF16)
+    return acc
 
 
 @triton.jit
 def _fused_mlp_kernel(
-    x_ptr, out_ptr, lv_ptr, mem_ptr, maxlv_ptr, minlv_ptr,
+    x_ptr, out_ptr, lv_ptr, mem_ptr, maxlv_ptr, minlv_ptr, scratch_ptr,
     w_in, b_in, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, w6, b6, w_out, b_out,
-    B, IN, H, D_OUT,
+    B, IN, H, D_OUT, P,
     s_xp, s_xb, s_xk,
     s_op, s_ob, s_on,
     N_MID: tl.constexpr, ACT: tl.constexpr, GAUSS: tl.constexpr, HAS_MEMBERS: tl.constexpr,
     PREC: tl.constexpr, EMU_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, IN_P: tl.constexpr, CH: tl.constexpr, OUT_P: tl.constexpr,
 ):
-    """Whole MLP for BLOCK_M rows of member p: in -> H (-> H)*N_MID -> D_OUT (or 2*D_OUT, GAUSS).
+    """Whole MLP in one persistent launch: in -> H (-> H)*N_MID -> D_OUT (or 2*D_OUT, GAUSS).
 
-    H is padded to 4*CH and held in registers as four chunks across all layers. Weights and
-    biases are contiguous ([E, in, out], [E, out]). With GAUSS the last layer writes the mean to
-    out_ptr and the soft-clamped log-variance to lv_ptr (bounds [E, D_OUT], contiguous).
+    Each program loops over (member, BLOCK_M rows) tiles. Between layers a tile's activations
+    ([BLOCK_M, 4*CH], H padded to 4*CH) live in the program's own two scratch buffers
+    (2 x BLOCK_M x 4*CH fp32, written and read back at once, so they stay in L2), not in
+    registers: a layer keeps only its four output accumulators and one input chunk live, which
+    is what lets it build without register spills. Weights and biases are contiguous ([E, in,
+    out], [E, out]). With GAUSS the last layer writes the mean to out_ptr and the soft-clamped
+    log-variance to lv_ptr (bounds [E, D_OUT], contiguous).
     """
-    pid_b = tl.program_id(0)
-    p = tl.program_id(1).to(tl.int64)
-    e = _member(mem_ptr, p, HAS_MEMBERS)
-    rows = pid_b.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-
-    # input layer: x [BLOCK_M, IN_P] @ W_in[e] [IN, H], one output chunk at a time
-    k = tl.arange(0, IN_P)
-    x = tl.load(x_ptr + p * s_xp + rows[:, None] * s_xb + k[None, :] * s_xk,
-                mask=row_ok[:, None] & (k[None, :] < IN), other=0.0)
-    base = w_in + e * IN * H
-    bias = b_in + e * H
+    HP: tl.constexpr = 4 * CH
+    pid = tl.program_id(0)
+    buf0 = scratch_ptr + pid.to(tl.int64) * (2 * BLOCK_M * HP)
+    buf1 = buf0 + BLOCK_M * HP
+    r = tl.arange(0, BLOCK_M)
     c = tl.arange(0, CH)
-    zero = tl.zeros((BLOCK_M, CH), dtype=tl.float32)
-    h0 = _bias_act(_mma(x, _load_block(base, k, c, IN, H, H), zero, PREC, EMU_BF16), bias, c, H, ACT)
-    h1 = _bias_act(_mma(x, _load_block(base, k, c + CH, IN, H, H), zero, PREC, EMU_BF16),
-                   bias, c + CH, H, ACT)
-    h2 = _bias_act(_mma(x, _load_block(base, k, c + 2 * CH, IN, H, H), zero, PREC, EMU_BF16),
-                   bias, c + 2 * CH, H, ACT)
-    h3 = _bias_act(_mma(x, _load_block(base, k, c + 3 * CH, IN, H, H), zero, PREC, EMU_BF16),
-                   bias, c + 3 * CH, H, ACT)
-
-    # hidden -> hidden layers, unrolled at compile time
-    if N_MID > 0:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w1, b1, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-    if N_MID > 1:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w2, b2, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-    if N_MID > 2:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w3, b3, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-    if N_MID > 3:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w4, b4, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-    if N_MID > 4:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w5, b5, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-    if N_MID > 5:
-        h0, h1, h2, h3 = _hidden_layer(h0, h1, h2, h3, w6, b6, e, H, ACT, PREC, EMU_BF16, BLOCK_M, CH)
-
-    # output layer: W_out[e] [H, N_TOT], N_TOT = D_OUT or 2 * D_OUT (mean | raw log-variance)
+    k = tl.arange(0, IN_P)
     o = tl.arange(0, OUT_P)
     o_ok = o < D_OUT
     n_tot = 2 * D_OUT if GAUSS else D_OUT
-    base = w_out + e * H * n_tot
-    acc = _chunk_out(h0, h1, h2, h3, base, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
-    acc += tl.load(b_out + e * n_tot + o, mask=o_ok, other=0.0)[None, :]
-    c_off = p * s_op + rows[:, None] * s_ob + o[None, :] * s_on
-    c_mask = row_ok[:, None] & o_ok[None, :]
-    tl.store(out_ptr + c_off, acc, mask=c_mask)
-    if GAUSS:
-        raw = _chunk_out(h0, h1, h2, h3, base + D_OUT, o, H, D_OUT, n_tot, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
-        raw += tl.load(b_out + e * n_tot + D_OUT + o, mask=o_ok, other=0.0)[None, :]
-        hi = tl.load(maxlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
-        lo = tl.load(minlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
-        tl.store(lv_ptr + c_off, _soft_clamp(raw, hi, lo), mask=c_mask)
+    tiles_b = tl.cdiv(B, BLOCK_M)
+    for tile in range(pid, tiles_b * P, tl.num_programs(0)):
+        p = (tile // tiles_b).to(tl.int64)
+        e = _member(mem_ptr, p, HAS_MEMBERS)
+        rows = (tile % tiles_b).to(tl.int64) * BLOCK_M + r
+        row_ok = rows < B
+
+        # input layer: x [BLOCK_M, IN_P] @ W_in[e] [IN, H], one output chunk at a time, into buf0
+        x = tl.load(x_ptr + p * s_xp + rows[:, None] * s_xb + k[None, :] * s_xk,
+                    mask=row_ok[:, None] & (k[None, :] < IN), other=0.0)
+        base = w_in + e * IN * H
+        bias = b_in + e * H
+        zero = tl.zeros((BLOCK_M, CH), dtype=tl.float32)
+        for j in range(0, 4):
+            cj = j * CH + c
+            _store_chunk(buf0, r, cj, _bias_act(_mma(x, _load_block(base, k, cj, IN, H, H), zero, PREC, EMU_BF16),
+                                                bias, cj, H, ACT), HP)  # fmt: skip
+        tl.debug_barrier()
+
+        # hidden -> hidden layers, ping-ponging between the two buffers
+        if N_MID > 0:
+            _scratch_layer(buf0, buf1, w1, b1, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        if N_MID > 1:
+            _scratch_layer(buf1, buf0, w2, b2, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        if N_MID > 2:
+            _scratch_layer(buf0, buf1, w3, b3, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        if N_MID > 3:
+            _scratch_layer(buf1, buf0, w4, b4, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        if N_MID > 4:
+            _scratch_layer(buf0, buf1, w5, b5, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        if N_MID > 5:
+            _scratch_layer(buf1, buf0, w6, b6, e, H, r, c, ACT, PREC, EMU_BF16, BLOCK_M, CH)
+        last = buf1 if N_MID % 2 == 1 else buf0
+
+        # output layer: W_out[e] [H, N_TOT], N_TOT = D_OUT or 2 * D_OUT (mean | raw log-variance)
+        base = w_out + e * H * n_tot
+        acc = _scratch_out(last, base, o, H, D_OUT, n_tot, r, c, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
+        acc += tl.load(b_out + e * n_tot + o, mask=o_ok, other=0.0)[None, :]
+        c_off = p * s_op + rows[:, None] * s_ob + o[None, :] * s_on
+        c_mask = row_ok[:, None] & o_ok[None, :]
+        tl.store(out_ptr + c_off, acc, mask=c_mask)
+        if GAUSS:
+            raw = _scratch_out(last, base + D_OUT, o, H, D_OUT, n_tot, r, c, PREC, EMU_BF16, BLOCK_M, CH, OUT_P)
+            raw += tl.load(b_out + e * n_tot + D_OUT + o, mask=o_ok, other=0.0)[None, :]
+            hi = tl.load(maxlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
+            lo = tl.load(minlv_ptr + e * D_OUT + o, mask=o_ok, other=0.0)[None, :]
+            tl.store(lv_ptr + c_off, _soft_clamp(raw, hi, lo), mask=c_mask)
+        tl.debug_barrier()  # the next tile overwrites buf0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,14 +485,16 @@ def _fused_forward(
         mids = [t for wb in zip(weights[1:-1], biases[1:-1]) for t in wb]
         mids += [weights[0], biases[0]] * (FUSED_MAX_MID - len(weights) + 2)  # unused slots
         ch = _pow2(H, 64) // 4
-        block_m, warps = FUSED_TILES.get(prec, (32, 4))
+        block_m, warps = FUSED_TILE
         if INTERPRET:  # small blocks: the interpreter's cost is per element, and tests use small B
             block_m = 16 if B <= 16 else 32
         maxlv, minlv = (b.contiguous() for b in bounds) if bounds is not None else (x, x)
-        _fused_mlp_kernel[(triton.cdiv(B, block_m), P)](
-            x, out, lv, members if members is not None else x, maxlv, minlv,
+        programs = min(triton.cdiv(B, block_m) * P, _resident_programs(x.device))
+        scratch = torch.empty(programs * 2 * block_m * 4 * ch, dtype=torch.float32, device=x.device)
+        _fused_mlp_kernel[(programs,)](
+            x, out, lv, members if members is not None else x, maxlv, minlv, scratch,
             weights[0], biases[0], *mids, weights[-1], biases[-1],
-            B, IN, H, d_out,
+            B, IN, H, d_out, P,
             *x.stride(), *out.stride(),
             N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
             PREC=prec, EMU_BF16=INTERPRET,
@@ -490,6 +502,15 @@ def _fused_forward(
             num_warps=warps, num_stages=1,
         )
     return (out, lv) if bounds is not None else out
+
+
+def _resident_programs(device: torch.device) -> int:
+    """Programs of the persistent fused kernel: a few per SM on a GPU (each holds 2 x 64 KiB or
+    less of scratch and one tile's accumulators), so its scratch stays in L2; under the
+    interpreter, one per tile (no cap)."""
+    if device.type != "cuda":
+        return 1 << 30
+    return FUSED_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _layers_forward(x, weights, biases, members, act, prec, bounds, save):
