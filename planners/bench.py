@@ -371,12 +371,12 @@ def _print_dyna(table: list[dict]) -> None:
 
 
 def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False) -> dict:
-    """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14): the
-    kernels' compile statistics for this GPU's architecture, the ensemble MLP grid (E=7, B 1 to
-    65536, widths 200 and 512, tf32 and bf16, forward and forward+backward, against eager
-    baddbmm, with % of peak), the planning steps, and Dyna's agent updates. Each section prints
-    its table as it ends and lands in the JSON, so a run cut short keeps what it measured.
-    quick: a few small shapes (a CPU smoke run of the same code)."""
+    """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14), cheapest
+    first: the planning steps, Dyna's rollouts and agent updates, the ensemble MLP grid (E=7, B 1
+    to 65536, widths 200 and 512, tf32 and bf16, forward and forward+backward, against eager
+    baddbmm, with % of peak) and the kernels' compile statistics for this GPU's architecture.
+    Each section prints its table as it ends and lands in the JSON, so a run cut short keeps what
+    it measured. quick: a few small shapes (a CPU smoke run of the same code)."""
     from kernels import bench as kernel_bench
     from kernels import compile_check
 

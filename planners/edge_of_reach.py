@@ -18,7 +18,6 @@ and `methods=[] compare_with=[A,B] run_dir=C` plots both while they are still le
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomi
 from worldmodel.config import compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
-from worldmodel.metrics import MetricsLogger, write_json
+from worldmodel.metrics import MetricsLogger, read_records, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
 from worldmodel.threads import adapt, set_threads
@@ -85,15 +84,15 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
 
 def compare(cfg: DictConfig) -> dict:
     run_dir = run_dir_for(cfg, "edge_of_reach", cfg.task)
-    compared_runs(cfg)  # (bad compare_with dirs fail before hours of learning)
+    others = compared_runs(cfg)  # (bad compare_with dirs fail before hours of learning)
     lock = RunDirLock(run_dir)  # (creates the directory)
     try:
-        return _compare(cfg, run_dir, saved_states(cfg, run_dir))
+        return _compare(cfg, run_dir, saved_states(cfg, run_dir), others)
     finally:
         lock.release()
 
 
-def _compare(cfg: DictConfig, run_dir: Path, states: dict) -> dict:
+def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, list[str]]) -> dict:
     eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
     data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)
@@ -106,23 +105,24 @@ def _compare(cfg: DictConfig, run_dir: Path, states: dict) -> dict:
         pending = [(p, d) for p, d in zip([0, *checkpoints], checkpoints) if d > begun]
         if pending:
             learn(cfg, method, states, pending, data, probe, eval_env, logger, run_dir)
-        row = states[method]["row"]
-        over = row["q_start"] - row["discounted_return"] - row["entropy_share"]
-        summary[method] = {**row, "updates": states[method]["done"], "overestimation": over}
+        summary[method] = _summary_row(states[method]["row"], states[method]["done"])
     curves = {m: logger.records(m) for m in cfg.methods}
-    for other, methods in compared_runs(cfg).items():  # methods learned by other processes
-        rows = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-            if (other / "metrics.jsonl").is_file() else []  # fmt: skip
+    for other, methods in others.items():  # methods learned by other processes
         for method in methods:
-            curves[method] = [r for r in rows if r["kind"] == method]
+            curves[method] = read_records(other, method)
             if curves[method]:
                 last = curves[method][-1]
-                over = last["q_start"] - last["discounted_return"] - last["entropy_share"]
-                summary[method] = {**last, "updates": last["step"], "overestimation": over, "run_dir": str(other)}
+                summary[method] = {**_summary_row(last, last["step"]), "run_dir": str(other)}
     write_json(summary, run_dir / "summary.json")
     _plot(curves, run_dir / "q_vs_return.png", cfg.task)
     logger.close()
     return summary
+
+
+def _summary_row(row: dict, updates: int) -> dict:
+    """A method's summary: its last evaluation, its updates and the critics' overestimation (V(s0)
+    above the true discounted return, less the entropy bonus, which is not reward)."""
+    return {**row, "updates": updates, "overestimation": row["q_start"] - row["discounted_return"] - row["entropy_share"]}
 
 
 _SAME_SETTINGS = ("dataset", "task", "seed", "rollout_length", "rollout_batch_size", "rollout_every", "real_ratio")

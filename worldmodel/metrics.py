@@ -33,6 +33,16 @@ def write_json(obj: Any, path: Path) -> None:
         Path(tmp).write_text(strict_json(obj, indent=2) + "\n")
 
 
+def read_records(run_dir: Path, kind: str) -> list[dict]:
+    """The `kind` records of run_dir/metrics.jsonl, oldest first ([] without the file); reading
+    opens no TensorBoard writer, so another process's run can be read while it runs."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in rows if r["kind"] == kind]
+
+
 class MetricsLogger:
     """Appends records to run_dir/metrics.jsonl and mirrors them to TensorBoard (run_dir/tb).
 
@@ -87,10 +97,7 @@ class MetricsLogger:
         self.writer.flush()
 
     def records(self, kind: str) -> list[dict]:
-        if not self.path.exists():
-            return []
-        rows = (json.loads(line) for line in self.path.read_text().splitlines() if line.strip())
-        return [r for r in rows if r["kind"] == kind]
+        return read_records(self.path.parent, kind)
 
     def plot(self, out: Path, title: str) -> None:
         """Episode and evaluation returns against env steps, as a PNG."""
