@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 ACTIVATIONS = ("silu", "relu", "tanh", "identity")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -40,8 +41,9 @@ def check_mlp_args(
     """Validate an ensemble_mlp call; returns E. Raises ValueError naming the offending argument.
 
     The common all-valid case takes a fast path (a few microseconds matter at B=1). Member ids
-    are range-checked on the host, except while a CUDA graph is being captured (the check would
-    need a device sync, which capture forbids).
+    are range-checked on the host once per tensor and version (a model's elites: once per refit),
+    so a planning step that reuses them makes no device sync; never while a CUDA graph is being
+    captured (capture forbids the sync).
     """
     try:
         dt, dev = x.dtype, x.get_device()
@@ -72,11 +74,16 @@ def check_mlp_args(
         raise ValueError(f"members is on {members.device}, x is on {x.device}")
     if x.shape[0] != members.shape[0]:
         raise ValueError(f"x has {x.shape[0]} members but members lists {members.shape[0]}")
-    if members.numel() and not _capturing(x):
+    if members.numel() and not _capturing(x) and _checked_members.get(members) != (members._version, E):
         lo, hi = int(members.min()), int(members.max())
         if lo < 0 or hi >= E:
             raise ValueError(f"members must lie in [0, {E}), got values in [{lo}, {hi}]")
+        _checked_members[members] = (members._version, E)
     return E
+
+
+# member-id tensors found in range: tensor -> (its version then, E); an in-place change bumps the version
+_checked_members = WeakIdKeyDictionary()
 
 
 def _explain_mlp_args(x, weights, biases, activation: str, precision: str) -> None:

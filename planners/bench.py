@@ -14,6 +14,7 @@ in a thread and in a process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -124,6 +125,15 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
         ("CEM 400 x 30 x 5", "ours", lambda: cem.act(obs), 400 * 30 * 5),
         ("CEM PETS (400 x 20 particles x 30 x 5)", "ours", lambda: pets.act(obs), 400 * 20 * 30 * 5),
     ]
+    if device == "cuda":  # the same steps replayed from one CUDA graph (planners/graph.py)
+        graphed = {name: cls(model, spec, dataclasses.replace(p.config, cuda_graph=True))
+                   for name, cls, p in (("mppi", MPPI, mppi), ("valued", MPPI, valued), ("pets", CEM, pets))}
+        cases += [
+            ("MPPI 512 x 15, model only", "ours, CUDA graph", lambda: graphed["mppi"].act(obs), 512 * 15),
+            ("MPPI default (512 x 15 + learned value)", "ours, CUDA graph", lambda: graphed["valued"].act(obs), 512 * 15),
+            ("CEM PETS (400 x 20 particles x 30 x 5)", "ours, CUDA graph", lambda: graphed["pets"].act(obs),
+             400 * 20 * 30 * 5),
+        ]
     if device == "cpu":  # torchrl's planners at equal work (their env wrapper is CPU-only here)
         theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
         their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
@@ -135,10 +145,31 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
         floor_ms = row_steps * flops_per_row_step / (peak * 1e6)
         out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms,
                     "floor_ms": floor_ms, "peak_gflops": peak, "device": device})  # fmt: skip
+    if device == "cuda":  # graphed and eager plans from the same seed: the same actions, step by step
+        eager_ms = {r["config"]: r["ms_per_step"] for r in out if r["planner"] == "ours"}
+        for r in out:
+            if r["planner"] == "ours, CUDA graph":
+                r["speedup_vs_eager"] = eager_ms[r["config"]] / r["ms_per_step"]
+                r["max_abs_diff_vs_eager"] = _graph_agreement(model, spec, r["config"])
     baseline = {r["config"]: r["ms_per_step"] for r in out if r["planner"].startswith("torchrl")}
     for r in out:
         r["speedup_vs_torchrl"] = baseline[r["config"]] / r["ms_per_step"] if r["config"] in baseline else None
     return out
+
+
+def _graph_agreement(model: EnsembleDynamics, spec, config: str, steps: int = 3) -> float:
+    """The largest difference between the actions of a graphed and an eager planner, both seeded
+    0, over `steps` deterministic steps (0 when the graph replays exactly what eager runs)."""
+    cls, settings = (CEM, CEMConfig(horizon=30, candidates=400, num_elites=40, iterations=5, particles=20)) \
+        if config.startswith("CEM") else (MPPI, MPPIConfig())  # fmt: skip
+    if "model only" in config or config.startswith("CEM"):
+        settings = dataclasses.replace(settings, value_learning=False, discount=1.0)
+    obs = torch.randn(spec.obs_dim, device=model.device, generator=torch.Generator(model.device).manual_seed(1))
+    eager = cls(model, spec, dataclasses.replace(settings, seed=0))
+    graphed = cls(model, spec, dataclasses.replace(settings, seed=0, cuda_graph=True))
+    if eager.value_agent is not None:  # the same (untrained) learned value in both
+        graphed.value_agent.load_training_state(eager.value_agent.training_state())
+    return max((graphed.act(obs, True) - eager.act(obs, True)).abs().max().item() for _ in range(steps))
 
 
 def profile_rows(repeats: int) -> list[dict]:
@@ -359,7 +390,10 @@ def _print_planning(table: list[dict]) -> None:
     print(f"{'config':40s} {'planner':20s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
     for r in table:
         ratio = f"{r['speedup_vs_torchrl']:.2f}x" if r["speedup_vs_torchrl"] else "-"
-        print(f"{r['config']:40s} {r['planner']:20s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} {ratio:>10s}")
+        graph = (f"  {r['speedup_vs_eager']:.2f}x eager, actions within {r['max_abs_diff_vs_eager']:.1e} of eager's"
+                 if "speedup_vs_eager" in r else "")  # fmt: skip
+        print(f"{r['config']:40s} {r['planner']:20s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} "
+              f"{ratio:>10s}{graph}")
     print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
 
 
@@ -394,7 +428,7 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
                          "give --quick for a CPU smoke run, or run it where torch.cuda.is_available()")
     # cheapest first, so that a run cut short loses the kernel grid's last cells, not whole sections
     repeats = max(2, repeats // (5 if quick else 1))
-    section("planning steps (no CUDA graph: the graphed planning step is not built yet)",
+    section("planning steps (eager, and on CUDA replayed from one CUDA graph)",
             lambda: _printed(rows(repeats, device), _print_planning))
     section("Dyna rollouts and agent updates", lambda: _printed(dyna_rows(repeats, device), _print_dyna))
     grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]

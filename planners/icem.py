@@ -24,6 +24,8 @@ class ICEM(CEM):
     """Acts on the best sequence found, not the mean; elites survive across iterations and,
     shifted by one step, into the next control step."""
 
+    graphable = False  # (the carried elites and the best sequence live on the host between steps)
+
     def __init__(self, model, spec, config: ICEMConfig | None = None, terminal_value=None, buffer=None):
         super().__init__(model, spec, config or ICEMConfig(), terminal_value, buffer)
         self._kept: Tensor | None = None  # [N, K', H, A] elites carried over

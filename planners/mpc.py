@@ -47,6 +47,9 @@ class MPCConfig:
     # the largest change of any action dim from one step to the next, in every sampled sequence
     # (from the previous action on), as a robot's actuators allow (None: unlimited)
     slew: float | None = None
+    # on CUDA, capture the planning step in one CUDA graph and replay it each step (planners.graph);
+    # opt-in until measured on a GPU. Not for iCEM (its elites carry over between steps on the host)
+    cuda_graph: bool = False
     seed: int | None = None
 
     def __post_init__(self):
@@ -68,6 +71,8 @@ class PlanningError(RuntimeError):
 
 
 class MPCPlanner(Planner):
+    graphable = True  # whether optimize() depends only on (obs, warm start, previous action, RNG)
+
     """Base of the sampling-based MPC planners: evaluates candidate sequences in the model
     and keeps the plan (a mean sequence [N, H, A]) between steps, shifted by one each step.
 
@@ -101,6 +106,18 @@ class MPCPlanner(Planner):
         # act() sets it; a real-time controller sets what it really executed
         self.previous_action: Tensor | None = None
         self._checked_fitted = False
+        # a device bool: every candidate return so far in this step was finite (None: none yet).
+        # Checked once per step, on the host, after the step: inside it a check would sync
+        self._finite: Tensor | None = None
+        self._graph = None  # planners.graph.PlanGraph of the last shapes, with config.cuda_graph on CUDA
+        if config.cuda_graph and not self.graphable:
+            raise ValueError(f"{type(self).__name__} keeps state between steps on the host and cannot be "
+                             "replayed from a CUDA graph: set cuda_graph=False")  # fmt: skip
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_graph"] = None  # (a CUDA graph does not pickle: the copy captures its own)
+        return state
 
     def learned_value(self, state: Tensor) -> Tensor:
         """The learned terminal value of states [B, O]: [B]."""
@@ -187,7 +204,23 @@ class MPCPlanner(Planner):
             if not getattr(self.model, "fitted", True):
                 warnings.warn("planning with a model that was never fitted: its predictions are noise, and so are "
                               "the actions; fit it first (planner.observe(...) then planner.update())", stacklevel=4)
-        return self.optimize(obs, self._warm_start(obs.shape[0]))
+        warm = self._warm_start(obs.shape[0])
+        if self.config.cuda_graph and obs.is_cuda:
+            from planners.graph import PlanGraph
+
+            if self._graph is None or not self._graph.matches(self, obs, warm):
+                self._graph = None  # (frees the old graph's memory before the new capture)
+                self._graph = PlanGraph(self, obs, warm)
+            plan, std, self._finite = self._graph.replay(obs, warm, self.previous_action)
+        else:
+            self._finite = None
+            plan, std = self.optimize(obs, warm)
+        if self._finite is not None and not bool(self._finite):  # the step's one host sync
+            raise PlanningError(
+                "the model predicted non-finite rewards or states from a finite observation while "
+                "planning; refit it (or check its training data) before acting"
+            )
+        return plan, std
 
     # ---------------------------------------------------------------- shared machinery
 
@@ -195,7 +228,8 @@ class MPCPlanner(Planner):
         """Expected return of each candidate: obs [N, O], actions [N, C, H, A] -> [N, C].
 
         All N*C*P rollouts advance together, one batched model step per horizon step.
-        Rewards after a predicted termination do not count.
+        Rewards after a predicted termination do not count. Non-finite returns are flagged on
+        the device (no sync) and the planning step raises PlanningError after it.
         """
         cfg = self.config
         n, c, h, a = actions.shape
@@ -221,11 +255,8 @@ class MPCPlanner(Planner):
         if self.terminal_value is not None:
             total += cfg.discount**h * alive * self.terminal_value(state)
         returns = total.view(n, c, p).mean(-1)
-        if not torch.isfinite(returns).all():
-            raise PlanningError(
-                "the model predicted non-finite rewards or states from a finite observation while "
-                "planning; refit it (or check its training data) before acting"
-            )
+        finite = torch.isfinite(returns).all()
+        self._finite = finite if self._finite is None else self._finite & finite
         return returns
 
     def _half_range(self) -> Tensor:

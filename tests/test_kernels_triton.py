@@ -276,3 +276,30 @@ def test_empty_batch():
     with torch.no_grad():
         assert kernels.ensemble_mlp(rand_x(2, 0, 23), ws, bs).shape == (2, 0, 6)
         assert run_layered(rand_x(2, 0, 23), ws, bs).shape == (2, 0, 6)
+
+
+@pytest.mark.parametrize("widths", [[23, 40, 40, 10], [23, 48, 24, 10]])  # fused, per-layer launchers
+def test_launchers_make_no_host_syncs_once_the_member_ids_were_checked(widths, monkeypatch):
+    """What a CUDA graph of a planning step needs from the kernels (planners/graph.py)."""
+    from planners.graph import host_syncs_allowed, no_host_syncs
+
+    if INTERPRET:  # the interpreter runs each kernel on the host: only the launchers around it are checked
+        from triton.runtime.interpreter import InterpretedFunction
+
+        run = InterpretedFunction.run
+
+        def kernel_on_the_host(self, *args, **kwargs):
+            with host_syncs_allowed():
+                return run(self, *args, **kwargs)
+
+        monkeypatch.setattr(InterpretedFunction, "run", kernel_on_the_host)
+    E, B, D = 3, 37, widths[-1] // 2
+    ws, bs = make_params(E, widths)
+    members = torch.tensor([0, 2], device=DEVICE)
+    x = torch.randn(2, B, widths[0], device=DEVICE)
+    bounds = (torch.ones(E, D, device=DEVICE), -torch.ones(E, D, device=DEVICE))
+    with torch.no_grad():
+        kernels.ensemble_gaussian_mlp(x, ws, bs, *bounds, members=members, precision=FUSED_PREC)  # checks the ids
+        with no_host_syncs():
+            kernels.ensemble_gaussian_mlp(x, ws, bs, *bounds, members=members, precision=FUSED_PREC)
+            kernels.ensemble_mlp(x, ws, bs, members=members, precision=FUSED_PREC)
