@@ -11,6 +11,7 @@ rotated through a pool so caches do not flatter, the peak measured here with a l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import cpu, reference
+from kernels import cpu, dispatch, reference
 
 IN, OUT, HIDDEN_LAYERS = 23, 36, 4
 VARIANTS = ("loop", "baddbmm", "einsum", "vmap", "compile", "ours", "ours_graph")
@@ -233,16 +234,25 @@ def make_call(c: Case, device: str) -> tuple[Callable[[int], None], int]:
     return call, n_inputs
 
 
+def _recorded_tiles(c: Case, device: str):
+    """Where ours runs Triton kernels: record the tiles of its launches (kernels.triton_mlp)."""
+    if c.variant.startswith("ours") and (device == "cuda" or dispatch.interpreting()):
+        return dispatch._triton().recorded_tiles()
+    return contextlib.nullcontext([])
+
+
 def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
     """Time every variant of one shape, interleaved call by call, so that load from other
     processes on a shared machine falls on all variants alike (ratios stay honest)."""
     calls = [make_call(c, device) for c in cases]
-    once = 0.0
-    for call, _ in calls:  # first calls: allocation, compilation; they also size the repeats
-        t = time.perf_counter()
-        call(0)
+    once, tiles = 0.0, []
+    for c, (call, _) in zip(cases, calls):  # first calls: allocation, compilation (and autotuning);
+        t = time.perf_counter()  # they also size the repeats and record the Triton tiles ours ran
+        with _recorded_tiles(c, device) as used:
+            call(0)
         _sync(device)
         once = max(once, time.perf_counter() - t)
+        tiles.append(sorted(set(used)) or None)
     for c, (call, n) in zip(cases, calls):
         if once < 1.0 or c.variant == "compile":  # settle recompiles (automatic dynamic shapes)
             for i in range(1, 3):
@@ -260,12 +270,12 @@ def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
         if rep >= min_reps and time.perf_counter() - start > budget_s * len(cases):
             break
     rows = []
-    for c, ts, (_, n) in zip(cases, times, calls):
+    for c, ts, (_, n), used in zip(cases, times, calls, tiles):
         ms = statistics.median(ts)
         rows.append(dict(variant=c.variant, E=c.E, B=c.B, hidden=c.hidden, dtype=c.dtype, **{"pass": c.pass_},
                          ms=ms, reps=len(ts), rows_per_s=c.E * c.B / (ms / 1e3),
                          gflops=gflop(c.E, c.B, c.hidden, c.pass_) / (ms / 1e3), device=device,
-                         device_name=device_name(device), inputs_rotated=n))
+                         device_name=device_name(device), inputs_rotated=n, tiles=used))
     base = next(r["ms"] for r in rows if r["variant"] == "baddbmm")
     for r in rows:
         r["ratio_vs_baddbmm"] = base / r["ms"]
@@ -384,6 +394,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.markdown:
         print()
         print(markdown_summary(rows))
+    tiled = [r for r in rows if r.get("tiles")]
+    if tiled:
+        how = "chosen by Triton's autotuner" if dispatch._triton().AUTOTUNE else "the heuristic tiles: autotuning is off"
+        print(f"\n# Triton tiles ours ran ({how}):")
+        for r in tiled:
+            print(f"{r['dtype']} {r['pass']} hidden {r['hidden']} E {r['E']} B {r['B']}: " + "; ".join(r["tiles"]))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

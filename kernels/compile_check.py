@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 from kernels import triton_mlp as tm
 
-_INT32 = {"R", "K", "N", "D", "B", "IN", "H", "D_OUT", "P"}
+_INT32 = {"R", "K", "N", "D", "B", "IN", "H", "D_OUT", "P", "R_BUCKET"}
 
 
 def _signature(fn, constexprs: dict) -> dict:

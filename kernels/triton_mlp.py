@@ -21,8 +21,9 @@ interpreter computes a bf16 tl.dot on the raw uint16 bit patterns, so its real b
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import triton
@@ -136,7 +137,7 @@ def _member(mem_ptr, p, HAS_MEMBERS: tl.constexpr):
 @triton.jit
 def _linear_kernel(
     a_ptr, w_ptr, bias_ptr, c_ptr, z_ptr, mem_ptr,
-    R, K, N,
+    R, K, N, R_BUCKET,
     s_ap, s_ar, s_ak,
     s_we, s_wk, s_wn,
     s_be, s_bn,
@@ -151,6 +152,7 @@ def _linear_kernel(
     Forward:  epilogue = act(acc + bias[e]); with STORE_Z the pre-activation goes to z_ptr.
     Backward: GRAD_Z, epilogue = acc * act'(Z[p]) (Z read from z_ptr, same strides as C).
     W is indexed by member id e(p) when W_BY_MEMBER, else by p (dW = H^T @ dZ).
+    R_BUCKET (unused here) is R rounded up to a power of two: the autotuner's key.
     """
     pid_r = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -191,7 +193,7 @@ def _linear_kernel(
 @triton.jit
 def _gaussian_kernel(
     a_ptr, w_ptr, bias_ptr, maxlv_ptr, minlv_ptr, mean_ptr, lv_ptr, raw_ptr, mem_ptr,
-    R, K, D,
+    R, K, D, R_BUCKET,
     s_ap, s_ar, s_ak,
     s_we, s_wk, s_wn,
     s_be, s_bn,
@@ -292,7 +294,7 @@ def _scratch_out(src, base, cols, K, N, ld, r, c,
 def _fused_mlp_kernel(
     x_ptr, out_ptr, lv_ptr, mem_ptr, maxlv_ptr, minlv_ptr, scratch_ptr,
     w_in, b_in, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, w6, b6, w_out, b_out,
-    B, IN, H, D_OUT, P,
+    B, IN, H, D_OUT, P, R_BUCKET,
     s_xp, s_xb, s_xk,
     s_op, s_ob, s_on,
     N_MID: tl.constexpr, ACT: tl.constexpr, GAUSS: tl.constexpr, HAS_MEMBERS: tl.constexpr,
@@ -372,12 +374,90 @@ def _fused_mlp_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-# Tile sizes are fixed heuristics, not autotuned: no GPU was available to tune them on.
+# Tiles: on a GPU each kernel times its candidate tiles once per (shape bucket, precision,
+# flavour) with Triton's autotuner and keeps the fastest; the heuristic tiles below are always a
+# candidate, so tuning never picks worse than them. Rows are bucketed to powers of two (R_BUCKET),
+# so a shrinking batch does not re-tune at every size. Without tuning (WORLDMODEL_AUTOTUNE=0, or
+# under the interpreter, which has no timer) the heuristic tiles are used as they are.
 # All tile dimensions are >= 16 so tl.dot is legal for bf16 on NVIDIA GPUs.
+AUTOTUNE = not INTERPRET and os.environ.get("WORLDMODEL_AUTOTUNE", "1") != "0"
+_TUNING_MS = dict(warmup=5, rep=20)  # per candidate: short, so a first call pays seconds, not minutes
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int = 3) -> triton.Config:
+    return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k), num_warps=warps, num_stages=stages)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) candidates of the per-layer GEMM kernels
+_GEMM_CANDIDATES = [_config(*c) for c in (
+    (16, 32, 32, 4), (32, 64, 32, 4), (64, 64, 32, 4), (64, 64, 64, 4, 4), (64, 128, 32, 8),
+    (128, 64, 32, 8), (128, 64, 64, 8, 4), (128, 128, 32, 8),
+)]  # fmt: skip
+# (BLOCK_M, num_warps) candidates of the fused kernel (FUSED_TILE first): 32 rows over 4 warps
+# suits small batches; 128 over 8 has the most reuse of each weight chunk
+_FUSED_CANDIDATES = [FUSED_TILE, (32, 4), (128, 8)]
+
+
+def _gemm_candidates(tiles):
+    """An early_config_prune for a GEMM kernel whose heuristic is tiles(R, N): that heuristic,
+    then the candidates whose blocks do not exceed the problem."""
+
+    def prune(configs, named_args, **kwargs):
+        R, N = named_args["R"], named_args["N"] if "N" in named_args else named_args["D"]
+        default = _config(*tiles(R, N))
+        fits = [c for c in configs if c.kwargs["BLOCK_M"] <= _pow2(R) and c.kwargs["BLOCK_N"] <= _pow2(N)
+                and (c.kwargs, c.num_warps, c.num_stages) != (default.kwargs, default.num_warps, default.num_stages)]
+        return [default, *fits]
+
+    return prune
+
+
+def _fused_candidates(configs, named_args, **kwargs):
+    """The fused kernel's candidates whose row block does not exceed the batch (FUSED_TILE and 32 rows always)."""
+    return [c for c in configs if c.kwargs["BLOCK_M"] in (FUSED_TILE[0], 32) or c.kwargs["BLOCK_M"] <= _pow2(named_args["B"])]
+
+
+def _autotuned(kernel, configs, keys, prune):
+    return triton.autotune(configs=configs, key=keys, prune_configs_by={"early_config_prune": prune},
+                           **_TUNING_MS)(kernel) if AUTOTUNE else None  # fmt: skip
+
+
+def tuned_choices() -> dict[str, dict[str, str]]:
+    """Each autotuned kernel's choice per key it has seen: {kernel: {key: config}} (empty without tuning)."""
+    tuned = {"linear": _linear_tuned, "gaussian": _gaussian_tuned, "fused": _fused_tuned}
+    return {name: {str(key): str(config) for key, config in t.cache.items()} for name, t in tuned.items()
+            if t is not None and t.cache}
+
+
+_recording: list[str] | None = None  # recorded_tiles(): the tiles of each launch, while recording
+
+
+@contextlib.contextmanager
+def recorded_tiles() -> Iterator[list[str]]:
+    """The tiles every launch inside uses, as "kernel: BLOCK_M: 64, ..., num_warps: 8, ..." strings
+    (the autotuner's choice, or the heuristic tiles without tuning): what a benchmark row ran."""
+    global _recording
+    kept, _recording = _recording, []
+    try:
+        yield _recording
+    finally:
+        _recording = kept
+
+
+def _launch(kernel, tuned, grid, args, kwargs, heuristic: dict, warps: int, stages: int) -> None:
+    """Launch `kernel` with the autotuner's tiles (when tuning) or the heuristic ones."""
+    if tuned is not None:
+        tuned[grid](*args, **kwargs)
+        tiles = str(tuned.best_config)
+    else:
+        kernel[grid](*args, **kwargs, **heuristic, num_warps=warps, num_stages=stages)
+        tiles = ", ".join(f"{k}: {v}" for k, v in {**heuristic, "num_warps": warps, "num_stages": stages}.items())
+    if _recording is not None:
+        _recording.append(f"{kernel.__name__.strip('_').removesuffix('_kernel')}: {tiles}")
 
 
 def _tiles(R: int, N: int) -> tuple[int, int, int, int]:
@@ -391,6 +471,18 @@ def _gaussian_tiles(R: int, D: int) -> tuple[int, int, int, int]:
     """Tiles of the Gaussian-head kernel: as _tiles, with more warps for its two accumulators."""
     bm, bn, bk, warps = _tiles(R, D)
     return bm, bn, bk, 8 if bm * bn >= 64 * 64 // 2 else warps
+
+
+_GEMM_KEYS = ["R_BUCKET", "K", "N", "HAS_MEMBERS", "W_BY_MEMBER", "HAS_BIAS", "ACT", "STORE_Z", "GRAD_Z", "PREC"]
+_linear_tuned = _autotuned(_linear_kernel, _GEMM_CANDIDATES, _GEMM_KEYS, _gemm_candidates(_tiles))
+_gaussian_tuned = _autotuned(_gaussian_kernel, _GEMM_CANDIDATES, ["R_BUCKET", "K", "D", "HAS_MEMBERS", "STORE_RAW", "PREC"],
+                             _gemm_candidates(_gaussian_tiles))
+_fused_tuned = _autotuned(
+    _fused_mlp_kernel,
+    [triton.Config(dict(BLOCK_M=bm), num_warps=w, num_stages=1) for bm, w in _FUSED_CANDIDATES],
+    ["R_BUCKET", "IN", "H", "D_OUT", "N_MID", "ACT", "GAUSS", "HAS_MEMBERS", "PREC"], _fused_candidates,
+)
+
 
 
 def _linear(
@@ -411,21 +503,20 @@ def _linear(
     if P == 0 or R == 0 or N == 0:
         return c, z
     bm, bn, bk, warps = _tiles(R, N)
-    grid = (triton.cdiv(R, bm), triton.cdiv(N, bn), P)
-    _linear_kernel[grid](
+    args = (
         a, w, bias if bias is not None else w, c,
         grad_z if grad_z is not None else (z if z is not None else c),
         members if members is not None else a,
-        R, K, N,
+        R, K, N, _pow2(R),
         *a.stride(),
         s_we, s_wk, s_wn,
         *(bias.stride() if bias is not None else (0, 0)),
         *c.stride(),
-        HAS_MEMBERS=members is not None, W_BY_MEMBER=w_by_member, HAS_BIAS=bias is not None,
-        ACT=act, STORE_Z=store_z, GRAD_Z=grad_z is not None,
-        PREC=prec, EMU_BF16=INTERPRET,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=3,
     )
+    flags = dict(HAS_MEMBERS=members is not None, W_BY_MEMBER=w_by_member, HAS_BIAS=bias is not None,
+                 ACT=act, STORE_Z=store_z, GRAD_Z=grad_z is not None, PREC=prec, EMU_BF16=INTERPRET)
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]), P)  # noqa: E731
+    _launch(_linear_kernel, _linear_tuned, grid, args, flags, dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), warps, 3)
     return c, z
 
 
@@ -443,16 +534,15 @@ def _gaussian(
         return mean, lv, raw
     max_lv, min_lv = max_lv.contiguous(), min_lv.contiguous()  # the kernel takes one stride pair
     bm, bn, bk, warps = _gaussian_tiles(R, D)
-    grid = (triton.cdiv(R, bm), triton.cdiv(D, bn), P)
-    _gaussian_kernel[grid](
+    args = (
         a, w, bias, max_lv, min_lv, mean, lv, raw if raw is not None else mean,
         members if members is not None else a,
-        R, K, D,
+        R, K, D, _pow2(R),
         *a.stride(), *w.stride(), *bias.stride(), *max_lv.stride(), *mean.stride(),
-        HAS_MEMBERS=members is not None, STORE_RAW=store_raw,
-        PREC=prec, EMU_BF16=INTERPRET,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=3,
     )
+    flags = dict(HAS_MEMBERS=members is not None, STORE_RAW=store_raw, PREC=prec, EMU_BF16=INTERPRET)
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_N"]), P)  # noqa: E731
+    _launch(_gaussian_kernel, _gaussian_tuned, grid, args, flags, dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), warps, 3)
     return mean, lv, raw
 
 
@@ -489,18 +579,21 @@ def _fused_forward(
         if INTERPRET:  # small blocks: the interpreter's cost is per element, and tests use small B
             block_m = 16 if B <= 16 else 32
         maxlv, minlv = (b.contiguous() for b in bounds) if bounds is not None else (x, x)
-        programs = min(triton.cdiv(B, block_m) * P, _resident_programs(x.device))
-        scratch = torch.empty(programs * 2 * block_m * 4 * ch, dtype=torch.float32, device=x.device)
-        _fused_mlp_kernel[(programs,)](
+        resident = _resident_programs(x.device)
+        # scratch for the most programs and the largest row block any candidate tile may launch
+        blocks = [bm for bm, _ in _FUSED_CANDIDATES] if _fused_tuned is not None else [block_m]
+        programs = min(triton.cdiv(B, min(blocks)) * P, resident)
+        scratch = torch.empty(programs * 2 * max(blocks) * 4 * ch, dtype=torch.float32, device=x.device)
+        args = (
             x, out, lv, members if members is not None else x, maxlv, minlv, scratch,
             weights[0], biases[0], *mids, weights[-1], biases[-1],
-            B, IN, H, d_out, P,
+            B, IN, H, d_out, P, _pow2(B),
             *x.stride(), *out.stride(),
-            N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
-            PREC=prec, EMU_BF16=INTERPRET,
-            BLOCK_M=block_m, IN_P=_pow2(IN), CH=ch, OUT_P=_pow2(d_out),
-            num_warps=warps, num_stages=1,
         )
+        flags = dict(N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
+                     PREC=prec, EMU_BF16=INTERPRET, IN_P=_pow2(IN), CH=ch, OUT_P=_pow2(d_out))
+        grid = lambda meta: (min(triton.cdiv(B, meta["BLOCK_M"]) * P, resident),)  # noqa: E731
+        _launch(_fused_mlp_kernel, _fused_tuned, grid, args, flags, dict(BLOCK_M=block_m), warps, 1)
     return (out, lv) if bounds is not None else out
 
 
