@@ -74,11 +74,14 @@ def check_mlp_args(
         raise ValueError(f"members is on {members.device}, x is on {x.device}")
     if x.shape[0] != members.shape[0]:
         raise ValueError(f"x has {x.shape[0]} members but members lists {members.shape[0]}")
-    if members.numel() and not _capturing(x) and _checked_members.get(members) != (members._version, E):
-        lo, hi = int(members.min()), int(members.max())
-        if lo < 0 or hi >= E:
-            raise ValueError(f"members must lie in [0, {E}), got values in [{lo}, {hi}]")
-        _checked_members[members] = (members._version, E)
+    if members.numel() and not _capturing(x):
+        tracked = not members.is_inference()  # (inference tensors have no version counter: checked every call)
+        if not tracked or _checked_members.get(members) != (members._version, E):
+            lo, hi = int(members.min()), int(members.max())
+            if lo < 0 or hi >= E:
+                raise ValueError(f"members must lie in [0, {E}), got values in [{lo}, {hi}]")
+            if tracked:
+                _checked_members[members] = (members._version, E)
     return E
 
 

@@ -244,12 +244,15 @@ def _recorded_tiles(c: Case, device: str):
 def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
     """Time every variant of one shape, interleaved call by call, so that load from other
     processes on a shared machine falls on all variants alike (ratios stay honest)."""
-    calls = [make_call(c, device) for c in cases]
-    once, tiles = 0.0, []
-    for c, (call, _) in zip(cases, calls):  # first calls: allocation, compilation (and autotuning);
-        t = time.perf_counter()  # they also size the repeats and record the Triton tiles ours ran
-        with _recorded_tiles(c, device) as used:
+    calls, tiles, once = [], [], 0.0
+    for c in cases:  # set-up and first calls: allocation, compilation, autotuning (a graph's capture),
+        with _recorded_tiles(c, device) as used:  # and the Triton tiles ours ran; a second call sizes the repeats
+            call, n = make_call(c, device)
             call(0)
+        calls.append((call, n))
+        _sync(device)
+        t = time.perf_counter()
+        call(0)
         _sync(device)
         once = max(once, time.perf_counter() - t)
         tiles.append(sorted(set(used)) or None)

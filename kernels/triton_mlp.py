@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -44,7 +45,7 @@ FUSED_MAX_HIDDEN = 256
 FUSED_MAX_MID = 6
 # (BLOCK_M, num_warps) of the fused kernel: 64 rows (one wgmma M on sm_90) over 8 warps builds
 # without register spills on sm_90 and sm_80 in tf32 and bf16, with and without the Gaussian head
-# (`python -m kernels.compile_check`, tests/test_compile_check.py); 4 warps spill. Not timed: no
+# (`python -m kernels.compile_check`, tests/test_compile_check.py); 64 rows on 4 warps spill. Not timed: no
 # GPU has run it yet. Exact fp32 (input_precision="ieee": FMA loops, no tensor cores) builds
 # without spills on sm_90 but spills ~3.9 KB per thread on sm_80, so on CUDA fp32 takes the
 # per-layer kernels.
@@ -448,11 +449,26 @@ def recorded_tiles() -> Iterator[list[str]]:
         _recording = kept
 
 
+_TUNING_LOCK = threading.Lock()  # Triton's Autotuner keeps per-call state: one launch through it at a time
+
+
+def _tuned_key(tuned, args: tuple, kwargs: dict) -> tuple:
+    """The autotuner's cache key for this launch (as triton.runtime.autotuner.Autotuner.run builds it)."""
+    given = {k: v for k, v in {**dict(zip(tuned.arg_names, args)), **kwargs}.items() if k in tuned.arg_names}
+    return (*[given[k] for k in tuned.keys if k in given], *[str(v.dtype) for v in given.values() if hasattr(v, "dtype")])
+
+
 def _launch(kernel, tuned, grid, args, kwargs, heuristic: dict, warps: int, stages: int) -> None:
-    """Launch `kernel` with the autotuner's tiles (when tuning) or the heuristic ones."""
+    """Launch `kernel` with the autotuner's tiles (when tuning) or the heuristic ones. While a CUDA
+    graph is being captured a key not tuned yet takes the heuristic tiles (timing would sync)."""
+    if tuned is not None and _common._capturing(args[0]):
+        with _TUNING_LOCK:
+            if _tuned_key(tuned, args, kwargs) not in tuned.cache:
+                tuned = None
     if tuned is not None:
-        tuned[grid](*args, **kwargs)
-        tiles = str(tuned.best_config)
+        with _TUNING_LOCK:
+            tuned[grid](*args, **kwargs)
+            tiles = str(tuned.best_config)
     else:
         kernel[grid](*args, **kwargs, **heuristic, num_warps=warps, num_stages=stages)
         tiles = ", ".join(f"{k}: {v}" for k, v in {**heuristic, "num_warps": warps, "num_stages": stages}.items())

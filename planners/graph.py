@@ -3,7 +3,7 @@
 An MPC step is hundreds of small kernels (H model steps, sampling, weighting): on a GPU,
 launching them costs more than running them for a single robot. `PlanGraph` captures a
 planner's `optimize(obs [N, O], warm start [N, H, A])` once for its shapes and replays it
-each control step, launch-free. Captured work may not read a device value on the host
+each control step, launch-free; `PlanGraphs` keeps a planner's few graphs by what they depend on. Captured work may not read a device value on the host
 (`.item()`, `bool(t)`, `.tolist()`, boolean-mask indexing): `no_host_syncs()` finds such
 reads on any device, the CPU included, so the tests check the step without a GPU.
 """
@@ -11,6 +11,9 @@ reads on any device, the CPU included, so the tests check the step without a GPU
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -82,30 +85,38 @@ def host_syncs_allowed() -> Iterator[None]:
 class PlanGraph:
     """A planner's `optimize` captured in one CUDA graph for fixed shapes.
 
-    `replay(obs [N, O], warm [N, H, A])` copies its inputs into the graph's static buffers,
-    replays it and returns (plan [N, H, A], std [N, H, A] or None, finite: a device bool, True
-    when every candidate's return was finite). The graph reads the model's and the learned
-    value's weights where they lie, so in-place updates (refits, value updates) need no new
-    capture; `matches` says when one is needed (other shapes, settings, swapped or reallocated
-    tensors, a first step without a previous action under a slew limit).
+    `replay(obs [N, O], warm [N, H, A], previous)` copies its inputs into the graph's static
+    buffers, replays it and returns (plan [N, H, A], std [N, H, A] or None, finite: a device
+    bool, True when every candidate's return was finite). The graph reads the model's and the
+    learned value's weights where they lie, so in-place updates (refits, value updates) need no
+    new capture; `graph_key` says what does.
     """
 
     def __init__(self, planner: MPCPlanner, obs: Tensor, warm: Tensor, warmups: int = 2):
-        self.key = graph_key(planner, obs, warm)
         self.obs, self.warm = obs.clone(), warm.clone()
         # under a slew limit the first step is bounded by the action executed last: a static input too
         self.previous = planner.previous_action.detach().to(obs.device).clone() if _bounded(planner) else None
-        rng = planner.generator.get_state()  # the warm-up's draws are not the step's
-        stream = torch.cuda.Stream(obs.device)
-        stream.wait_stream(torch.cuda.current_stream(obs.device))
-        with torch.cuda.stream(stream):  # Triton's compile and autotuning, the allocator's first blocks
-            for _ in range(warmups):
-                self._run(planner)
-        torch.cuda.current_stream(obs.device).wait_stream(stream)
-        planner.generator.set_state(rng)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # (a planning thread may share the GPU)
-            self.plan, self.std, self.finite = self._run(planner)
+        with torch.cuda.device(obs.device):
+            rng = planner.generator.get_state()  # the warm-up's draws are not the step's
+            stream = torch.cuda.Stream(obs.device)  # this graph's own (not torch.cuda.graph's shared one)
+            stream.wait_stream(torch.cuda.current_stream(obs.device))
+            with torch.cuda.stream(stream):  # Triton's compile and autotuning, the allocator's first blocks
+                for _ in range(warmups):
+                    self._run(planner)
+            torch.cuda.current_stream(obs.device).wait_stream(stream)
+            planner.generator.set_state(rng)
+            self.graph = torch.cuda.CUDAGraph()
+            register = getattr(self.graph, "register_generator_state", None)
+            if register is not None:  # (torch < 2.13 registers a generator by hand; later ones on first use)
+                register(planner.generator)
+            collecting = gc.isenabled()
+            gc.disable()  # a kernel module unloaded by the collector mid-capture would break it (as Triton does)
+            try:  # thread_local: a learning thread may use the GPU meanwhile
+                with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
+                    self.plan, self.std, self.finite = self._run(planner)
+            finally:
+                if collecting:
+                    gc.enable()
 
     def _run(self, planner: MPCPlanner) -> tuple[Tensor, Tensor | None, Tensor]:
         kept = planner.previous_action
@@ -117,30 +128,52 @@ class PlanGraph:
         finite = planner._finite if planner._finite is not None else torch.ones((), dtype=torch.bool, device=plan.device)
         return plan, std, finite
 
-    def matches(self, planner: MPCPlanner, obs: Tensor, warm: Tensor) -> bool:
-        return self.key == graph_key(planner, obs, warm)
-
     def replay(self, obs: Tensor, warm: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
         self.obs.copy_(obs)
         self.warm.copy_(warm)
-        if self.previous is not None:  # (the key matched: a previous action exists)
+        if self.previous is not None:  # (its key says a previous action exists)
             self.previous.copy_(previous.reshape(self.previous.shape))
-        self.graph.replay()
+        with torch.cuda.device(self.obs.device):
+            self.graph.replay()
         # copies: the next replay overwrites the static outputs, and a caller may hold a plan
         return self.plan.clone(), None if self.std is None else self.std.clone(), self.finite.clone()
 
 
+class PlanGraphs:
+    """A planner's captured steps by `graph_key`, the most recent `keep`: an episode's first step
+    (no previous action to bound, under a slew limit) and the rest each keep their own graph."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.graphs: OrderedDict[tuple, PlanGraph] = OrderedDict()
+        self.captures = 0
+
+    def replay(self, planner: MPCPlanner, obs: Tensor, warm: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        key = graph_key(planner, obs, warm)
+        graph = self.graphs.get(key)
+        if graph is None:
+            while len(self.graphs) >= self.keep:  # (frees the oldest graph's memory before a new capture)
+                self.graphs.popitem(last=False)
+            graph = self.graphs[key] = PlanGraph(planner, obs, warm)
+            self.captures += 1
+        self.graphs.move_to_end(key)
+        return graph.replay(obs, warm, planner.previous_action)
+
+
 def graph_key(planner: MPCPlanner, obs: Tensor, warm: Tensor) -> tuple:
     """What a captured planning step depends on besides its inputs' values: shapes, device,
-    settings, whether a previous action bounds the first step, and where every tensor of the
-    model and the learned value lies (a swapped model or a reallocated buffer needs a new capture)."""
-    modules = [planner.model]
-    if planner.value_agent is not None:
-        modules += [planner.value_agent.actor, planner.value_agent.critics]
-    pointers = tuple(t.data_ptr() for m in modules for t in m.state_dict(keep_vars=True).values())
+    settings, whether a previous action bounds the first step, the model's precision and
+    termination function, the generator, TF32 for the learned value's matmuls, and where every
+    tensor of the model and the learned value lies (a swapped model or a reallocated buffer
+    needs a new capture; weights written in place do not)."""
+    model, agent = planner.model, planner.value_agent
+    modules = [model] if agent is None else [model, agent.actor, agent.critics]
+    pointers = tuple(t.data_ptr() for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
     previous = planner.previous_action.numel() if _bounded(planner) else None
-    return (obs.shape, obs.device, warm.shape, previous, repr(planner.config), pointers,
-            id(planner.terminal_value) if planner.value_agent is None else None)
+    user_value = id(planner.terminal_value) if agent is None else None
+    return (obs.shape, obs.device, warm.shape, previous, repr(planner.config), getattr(model, "precision", None),
+            id(getattr(model, "termination_fn", None)), id(planner.generator), user_value,
+            torch.backends.cuda.matmul.allow_tf32, pointers)  # fmt: skip
 
 
 def _bounded(planner: MPCPlanner) -> bool:

@@ -71,8 +71,6 @@ class PlanningError(RuntimeError):
 
 
 class MPCPlanner(Planner):
-    graphable = True  # whether optimize() depends only on (obs, warm start, previous action, RNG)
-
     """Base of the sampling-based MPC planners: evaluates candidate sequences in the model
     and keeps the plan (a mean sequence [N, H, A]) between steps, shifted by one each step.
 
@@ -80,6 +78,8 @@ class MPCPlanner(Planner):
     (or set `value_learning` to learn one). `observe` stores real transitions in `buffer`;
     `update` refits the model on them; `learn` trains the learned value, if any.
     """
+
+    graphable = True  # whether optimize() depends only on (obs, warm start, previous action, RNG)
 
     def __init__(self, model, spec: TaskSpec, config: MPCConfig,
                  terminal_value: Callable[[Tensor], Tensor] | None = None, buffer: ReplayBuffer | None = None):
@@ -109,14 +109,14 @@ class MPCPlanner(Planner):
         # a device bool: every candidate return so far in this step was finite (None: none yet).
         # Checked once per step, on the host, after the step: inside it a check would sync
         self._finite: Tensor | None = None
-        self._graph = None  # planners.graph.PlanGraph of the last shapes, with config.cuda_graph on CUDA
+        self._graphs = None  # planners.graph.PlanGraphs, with config.cuda_graph on CUDA
         if config.cuda_graph and not self.graphable:
             raise ValueError(f"{type(self).__name__} keeps state between steps on the host and cannot be "
                              "replayed from a CUDA graph: set cuda_graph=False")  # fmt: skip
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_graph"] = None  # (a CUDA graph does not pickle: the copy captures its own)
+        state["_graphs"] = None  # (a CUDA graph does not pickle: the copy captures its own)
         return state
 
     def learned_value(self, state: Tensor) -> Tensor:
@@ -206,12 +206,11 @@ class MPCPlanner(Planner):
                               "the actions; fit it first (planner.observe(...) then planner.update())", stacklevel=4)
         warm = self._warm_start(obs.shape[0])
         if self.config.cuda_graph and obs.is_cuda:
-            from planners.graph import PlanGraph
+            if self._graphs is None:
+                from planners.graph import PlanGraphs
 
-            if self._graph is None or not self._graph.matches(self, obs, warm):
-                self._graph = None  # (frees the old graph's memory before the new capture)
-                self._graph = PlanGraph(self, obs, warm)
-            plan, std, self._finite = self._graph.replay(obs, warm, self.previous_action)
+                self._graphs = PlanGraphs()
+            plan, std, self._finite = self._graphs.replay(self, obs, warm)
         else:
             self._finite = None
             plan, std = self.optimize(obs, warm)

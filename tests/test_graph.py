@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from planners import CEM, ICEM, MPPI, CEMConfig, ICEMConfig, MPPIConfig, PlanningError, RandomShooting
-from planners.graph import HostSyncError, host_syncs_allowed, no_host_syncs
+from planners.graph import HostSyncError, graph_key, host_syncs_allowed, no_host_syncs
 from planners.random_shooting import RandomShootingConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import TaskSpec
@@ -110,13 +110,45 @@ def test_member_ids_are_rechecked_when_they_change_in_place():
 
 def test_cuda_graph_setting_pickles_and_refuses_icem():
     planner = MPPI(hopper_model(), hopper_spec(), MPPIConfig(**SMALL, cuda_graph=True))
-    planner._graph = object()  # (stands for a captured graph, which does not pickle)
+    planner._graphs = object()  # (stands for captured graphs, which do not pickle)
     copy = pickle.loads(pickle.dumps(planner))
-    assert copy._graph is None and copy.config.cuda_graph
+    assert copy._graphs is None and copy.config.cuda_graph
     with pytest.raises(ValueError, match="ICEM keeps state between steps"):
         ICEM(hopper_model(), hopper_spec(), ICEMConfig(**SMALL, cuda_graph=True))
     # on the CPU the setting changes nothing: the step runs eagerly
-    assert copy.act(torch.zeros(OBS)).shape == (ACT,) and copy._graph is None
+    assert copy.act(torch.zeros(OBS)).shape == (ACT,) and copy._graphs is None
+
+
+def test_a_new_capture_is_needed_exactly_when_what_the_graph_reads_moves():
+    planner = STEPS["mppi slew limit, value penalty"](hopper_model(), hopper_spec())
+    obs, warm = torch.zeros(1, OBS), torch.zeros(1, 4, ACT)
+    key = graph_key(planner, obs, warm)
+    with torch.no_grad():  # refits and value updates write in place: the same graph serves
+        planner.model.weights[0].add_(1.0)
+        planner.model.input_norm.mean.add_(1.0)
+        next(planner.value_agent.critics.parameters()).mul_(2.0)
+    assert graph_key(planner, obs, warm) == key
+    planner.previous_action = torch.zeros(1, ACT)  # under a slew limit, a bounded first step
+    bounded = graph_key(planner, obs, warm)
+    assert bounded != key
+    planner.previous_action = torch.ones(ACT)  # its value is an input, not part of the graph
+    assert graph_key(planner, obs, warm) == bounded
+    changed = [
+        lambda p: setattr(p, "model", hopper_model()),  # a swapped model
+        lambda p: setattr(p.model, "precision", "bf16"),
+        lambda p: setattr(p.config, "candidates", 32),
+        lambda p: setattr(p.config, "uncertainty_penalty", 1.0),  # an online.* setting at the switch
+        lambda p: setattr(p, "generator", torch.Generator()),
+        lambda p: p.value_agent.critics.load_state_dict(  # tensors reallocated, not written in place
+            {k: v.clone() for k, v in p.value_agent.critics.state_dict().items()}, assign=True),
+    ]
+    for change in changed:
+        other = STEPS["mppi slew limit, value penalty"](hopper_model(), hopper_spec())
+        other.previous_action = torch.zeros(1, ACT)
+        before = graph_key(other, obs, warm)
+        change(other)
+        assert graph_key(other, obs, warm) != before
+    assert graph_key(planner, torch.zeros(2, OBS), torch.zeros(2, 4, ACT)) != bounded  # other shapes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -128,13 +160,29 @@ def test_graphed_plans_equal_eager_plans_and_follow_in_place_updates(name):
     graphed = STEPS[name](hopper_model("cuda", hidden=200), spec)
     graphed.config.cuda_graph = True
     obs = torch.tensor([1.2] + [0.0] * (OBS - 1), device="cuda")
-    for step in range(4):
-        if step == 2:  # a refit or a value update writes the weights in place: no new capture
-            for planner in (eager, graphed):
-                with torch.no_grad():
-                    planner.model.weights[0].mul_(1.1)
-        first = graphed._graph
-        torch.testing.assert_close(graphed.act(obs, deterministic=True), eager.act(obs, deterministic=True))
-        assert step == 0 or graphed._graph is first
+    for episode in range(2):
+        for step in range(4):
+            if step == 2:  # a refit or a value update writes the weights in place: no new capture
+                for planner in (eager, graphed):
+                    with torch.no_grad():
+                        planner.model.weights[0].mul_(1.1)
+            torch.testing.assert_close(graphed.act(obs, deterministic=True), eager.act(obs, deterministic=True))
+        for planner in (eager, graphed):
+            planner.reset()
+    # one capture, or two under a slew limit (an episode's first step is unbounded): then replays only
+    assert graphed._graphs.captures == (2 if graphed.config.slew else 1)
     graphed.act(torch.stack([obs, obs]))  # two robots: other shapes, a new capture
-    assert graphed._graph is not first
+    assert graphed._graphs.captures == (3 if graphed.config.slew else 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_graphed_step_still_stops_on_non_finite_returns():
+    model = hopper_model("cuda", hidden=200)
+    planner = MPPI(model, hopper_spec(), MPPIConfig(**SMALL, candidates=16, cuda_graph=True))
+    obs = torch.tensor([1.2] + [0.0] * (OBS - 1), device="cuda")
+    planner.act(obs)
+    with torch.no_grad():
+        model.biases[-1].fill_(float("nan"))  # in place: the captured graph replays on it
+    with pytest.raises(PlanningError, match="non-finite"):
+        planner.act(obs)
+    assert planner._graphs.captures == 1

@@ -306,3 +306,31 @@ def test_triton_kernels_pass_under_the_interpreter():
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed and int(passed.group(1)) >= 30, tail  # the file really ran, not an empty collection
     assert not re.search(r"\d+ (failed|error|skipped)", proc.stdout), tail
+
+
+def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(monkeypatch):
+    """Without a GPU: Triton's Autotuner runs with its timer and the kernel launch stubbed, so
+    the key it caches is compared with the one kernels.triton_mlp computes to decide whether a
+    launch during a CUDA graph capture may use the tuned tiles (tuning there would sync)."""
+    from kernels import triton_mlp as tm
+
+    if not tm.AUTOTUNE:
+        pytest.skip("autotuning is off (WORLDMODEL_AUTOTUNE=0)")
+    tuned, launched = tm._linear_tuned, []
+    monkeypatch.setattr(tuned, "cache", {})
+    monkeypatch.setattr(tuned, "_bench", lambda *args, config, **kwargs: [config.kwargs["BLOCK_M"]])  # small wins
+    monkeypatch.setattr(tuned.fn, "run", lambda *args, **kwargs: launched.append(("tuned", kwargs["BLOCK_M"])))
+
+    class Heuristic:  # stands for the plain kernel's launch
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(("heuristic", kwargs["BLOCK_M"]))
+
+    monkeypatch.setattr(tm, "_linear_kernel", Heuristic())
+    a, w, b = torch.randn(2, 300, 23), torch.randn(3, 23, 200), torch.randn(3, 200)
+    members = torch.tensor([0, 2])
+    tm._linear(a, w, b, members, 1, 1)  # tuned: the smallest candidate that fits "wins"
+    assert launched == [("tuned", 16)] and len(tuned.cache) == 1
+    monkeypatch.setattr(tm._common, "_capturing", lambda x: True)
+    tm._linear(a[:, :290], w, b, members, 1, 1)  # same key (rows bucketed): the tuned tiles, no timing
+    tm._linear(a.repeat(1, 4, 1), w, b, members, 1, 1)  # a key never tuned: the heuristic tiles
+    assert launched[1:] == [("tuned", 16), ("heuristic", tm._tiles(1200, 200)[0])] and len(tuned.cache) == 1
