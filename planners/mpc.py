@@ -164,9 +164,13 @@ class MPCPlanner(Planner):
             return {}
         stats: dict[str, float] = {}
         for _ in range(self.config.value_updates_per_step if updates is None else updates):
-            split = self.prior_rows if self.config.symmetric_sampling else None
-            stats = self.value_agent.update(self.buffer.sample(self.value_agent.config.batch_size, split).to(self.model.device))
+            stats = self.value_agent.update(self.value_batch())
         return stats
+
+    def value_batch(self) -> TensorDict:
+        """A batch of real transitions for the learned value (half offline, half new with symmetric_sampling)."""
+        split = self.prior_rows if self.config.symmetric_sampling else None
+        return self.buffer.sample(self.value_agent.config.batch_size, split).to(self.model.device)
 
     def state_dict(self) -> dict:
         """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume)."""

@@ -271,16 +271,16 @@ class LearningProcess:
     sets `error` if the process died. The agent is pickled by value, less its log.
     """
 
-    def __init__(self, controller, agent, train_every: int, value_updates: int = 0, threads: int = 1,
-                 save_agent=None, on_refit=None):  # fmt: skip
+    def __init__(self, controller, agent, train_every: int, threads: int = 1, save_agent=None, on_refit=None):
         """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
         version): a picklable function writing the agent's files after a swap (in the process)."""
         if agent.planner is not controller.planner:
             raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
         self.controller, self.agent, self.on_refit = controller, agent, on_refit
-        self._settings = (train_every, value_updates, threads, save_agent)
+        self._settings = (train_every, threads, save_agent)
         self.error: BaseException | None = None
         self.refits = 0
+        self.value_updates = 0  # the learned value's updates (BackgroundLearner's), as reported
         self.process = None
         self._stopping = False
 
@@ -321,13 +321,14 @@ class LearningProcess:
                 message = self._results.get_nowait()
             except queue.Empty:
                 break
-            if message[0] == "refit":
-                _, version, metrics = message
-                self.refits += 1
+            if message[0] in ("refit", "value"):
+                _, version, metrics, self.value_updates = message
                 with self.controller.swapper.lock:
                     self.controller.swapper.version = max(self.controller.swapper.version, version)
-                if self.on_refit is not None:
-                    self.on_refit(version, metrics)
+                if message[0] == "refit":
+                    self.refits += 1
+                    if self.on_refit is not None:
+                        self.on_refit(version, metrics)
             elif message[1] is not None:  # ("stopped", error)
                 self.error = message[1]
         if self.error is None and not self._stopping and not self.process.is_alive():
@@ -353,16 +354,16 @@ class _Inbox:
     def __init__(self, queue):
         self.queue = queue
 
-    def get(self):
-        item = self.queue.get()
+    def get(self, block: bool = True):
+        item = self.queue.get(block)  # (queue.Empty when not blocking and there is nothing)
         return _loads(item) if isinstance(item, bytes) else item
 
     def empty(self) -> bool:
         return self.queue.empty()
 
 
-def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_every: int, value_updates: int, threads: int,
-                   save_agent, parent: int) -> None:  # fmt: skip
+def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_every: int, threads: int, save_agent,
+                   parent: int) -> None:  # fmt: skip
     """The learning process: BackgroundLearner's loop, with swaps sent to the planning process."""
     from planners.realtime import BackgroundLearner
 
@@ -370,12 +371,16 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
     swaps.cancel_join_thread()  # (the planning process may be gone: its last swaps are dropped at exit)
     agent = _loads(agent)
 
-    def swapped(version: int, metrics: dict) -> None:
+    def swapped(version: int, metrics: dict | None) -> None:
+        if metrics is None:  # a learned-value swap: the version and the count only
+            results.put(("value", version, None, learner.value_updates))
+            return
         if save_agent is not None:
             save_agent(agent, version)
-        results.put(("refit", version, {"epochs": metrics["epochs"], "holdout_mse": list(metrics["holdout_mse"])}))
+        results.put(("refit", version, {"epochs": metrics["epochs"], "holdout_mse": list(metrics["holdout_mse"])},
+                     learner.value_updates))  # fmt: skip
 
-    learner = BackgroundLearner(Swapper(agent.planner, version, swaps), agent, train_every, value_updates, threads,
+    learner = BackgroundLearner(Swapper(agent.planner, version, swaps), agent, train_every, threads,
                                 on_swap=swapped, inbox=_Inbox(inbox))  # fmt: skip
     learner._run()
     error = learner.error

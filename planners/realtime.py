@@ -341,17 +341,22 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class BackgroundLearner:
-    """Real transitions in; model (and learned value) refitted on copies in a background thread.
+    """Real transitions in; model and learned value trained on copies in a background thread.
 
     `add` logs each transition durably (the agent's TransitionLog) before queueing it; the thread
     puts them in the agent's buffer and, every `train_every` new ones, fits a copy of the model
-    (`agent.refit_settings`: warm-started for refit_epochs, or a first fit), trains a copy of the
-    planner's learned value (`value_updates` steps, if it has one), swaps both into the controller
-    between two plans, then calls `on_swap(version, metrics)`.
+    (`agent.refit_settings`: warm-started for refit_epochs, or a first fit) and swaps it into the
+    controller between two plans, then calls `on_swap(version, metrics)`. The planner's learned
+    value (MPC planners with value_learning) keeps pace with the robot as FOWM's does: whenever
+    the thread is otherwise idle it trains its own copy, `planner.config.value_updates_per_step`
+    updates per real transition added, and swaps a copy in every `VALUE_SWAP_EVERY` updates
+    (`on_swap(version, None)`), so value learning does not wait for the slow refits.
     """
 
-    def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, value_updates: int = 0,
-                 threads: int = 1, on_swap: Callable[[int, dict], None] | None = None, inbox=None):  # fmt: skip
+    VALUE_SWAP_EVERY = 50
+
+    def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, threads: int = 1,
+                 on_swap: Callable[[int, dict | None], None] | None = None, inbox=None):  # fmt: skip
         """`controller`: what swap() and between_plans() are called on (a RealtimeController, or
         in a learning process its stand-in); `inbox`: the queue items arrive in (a
         multiprocessing queue in a learning process; default: a new queue.Queue)."""
@@ -360,31 +365,47 @@ class BackgroundLearner:
         if agent.planner is not controller.planner:
             raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
         self.controller, self.agent, self.planner = controller, agent, agent.planner
-        self.train_every, self.value_updates, self.threads, self.on_swap = train_every, value_updates, threads, on_swap
+        self.train_every, self.threads, self.on_swap = train_every, threads, on_swap
         self._queue = queue.Queue() if inbox is None else inbox
         self._thread: threading.Thread | None = None
         self.new = 0  # transitions since the last refit
         self.refits = 0
+        self.added = 0  # transitions added since the start (what the value's updates are owed for)
+        self.value_updates = 0
+        self._value = None  # the learned value this thread trains (a copy of the planner's)
+        has_value = getattr(self.planner, "value_agent", None) is not None
+        self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
         self.error: BaseException | None = None
 
     def _refit(self) -> None:
-        """Fit a copy of the model (and train a copy of the learned value) on the buffer; swap them in."""
+        """Fit a copy of the model on the buffer; swap it in (with the learned value as it stands)."""
         import copy
 
         self.new = 0
         model = copy.deepcopy(self.planner.model)
         metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
-        swapped = {}
-        agent = getattr(self.planner, "value_agent", None)
-        if agent is not None and self.value_updates:
-            agent = copy.deepcopy(agent)
-            for _ in range(self.value_updates):
-                agent.update(self.planner.buffer.sample(agent.config.batch_size))
-            swapped["value_agent"] = agent
+        swapped = {} if self._value is None else {"value_agent": copy.deepcopy(self._value)}
         version = self.controller.swap(model, **swapped)
         self.refits += 1
         if self.on_swap is not None:
             self.on_swap(version, metrics)
+
+    def _value_owed(self) -> int:
+        return int(self._value_rate * self.added) - self.value_updates if self._value_rate else 0
+
+    def _train_value(self) -> None:
+        """Up to VALUE_SWAP_EVERY updates of this thread's learned value on the buffer; swap a copy in."""
+        import copy
+
+        if self._value is None:
+            self._value = copy.deepcopy(self.planner.value_agent)
+        n = min(self._value_owed(), self.VALUE_SWAP_EVERY)
+        for _ in range(n):
+            self._value.update(self.planner.value_batch())
+        self.value_updates += n
+        version = self.controller.swap(value_agent=copy.deepcopy(self._value))
+        if self.on_swap is not None:
+            self.on_swap(version, None)
 
     def add(self, transitions) -> None:
         """Log transitions [N] durably, then hand them to the learning thread."""
@@ -422,10 +443,18 @@ class BackgroundLearner:
 
     def _run(self) -> None:
         import copy
+        import queue
 
         try:
             torch.set_num_threads(self.threads)
-            while (item := self._queue.get()) is not None:
+            while True:
+                try:  # (blocks only when the learned value is not owed any updates)
+                    item = self._queue.get(block=self._value_owed() < 1)
+                except queue.Empty:
+                    self._train_value()
+                    continue
+                if item is None:
+                    break
                 if isinstance(item, Path):
                     if self.new >= self.train_every:
                         self._refit()  # (the refit the transitions before the snapshot are due)
@@ -437,6 +466,7 @@ class BackgroundLearner:
                 if not forced:
                     self.planner.buffer.extend(item)
                     self.new += len(item)
+                    self.added += len(item)
                 if forced or (self.new >= self.train_every and self._queue.empty()):
                     self._refit()  # (else: catch up with the queue first)
         except Exception as e:
@@ -467,7 +497,7 @@ def _validate(cfg) -> None:
     for key in ("real_steps", "train_every", "fit_epochs", "eval_episodes", "plan_threads"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
-    for key in ("seed_steps", "value_updates", "seed"):
+    for key in ("seed_steps", "seed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0:
             raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
@@ -541,21 +571,22 @@ def main(argv: list[str] | None = None) -> dict:
                             plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
-    def log_refit(version: int, metrics: dict) -> None:
-        logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
-                   holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
+    def log_refit(version: int, metrics: dict | None) -> None:
+        if metrics is not None:  # (None: a learned-value swap)
+            logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
+                       holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
 
     learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
     if cfg.worker == "process":  # (the learning process saves the agent's files itself)
-        learner = LearningProcess(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
+        learner = LearningProcess(controller, agent, cfg.train_every, threads=learn_threads,
                                   save_agent=functools.partial(save_agent_files, run_dir), on_refit=log_refit)  # fmt: skip
     else:
-        def saved_agent(version: int, metrics: dict) -> None:
-            save_agent_files(run_dir, agent, version)
-            log_refit(version, metrics)
+        def saved_agent(version: int, metrics: dict | None) -> None:
+            if metrics is not None:  # the agent's files after each refit (not after each value swap)
+                save_agent_files(run_dir, agent, version)
+                log_refit(version, metrics)
 
-        learner = BackgroundLearner(controller, agent, cfg.train_every, cfg.value_updates, threads=learn_threads,
-                                    on_swap=saved_agent)  # fmt: skip
+        learner = BackgroundLearner(controller, agent, cfg.train_every, threads=learn_threads, on_swap=saved_agent)
     ready = lambda: agent.model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
     snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
     due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())
@@ -643,6 +674,7 @@ def main(argv: list[str] | None = None) -> dict:
                "real_steps": len(log),
                "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
+               "refits": learner.refits, "value_updates": learner.value_updates,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
                "eval_returns": evals, "wall_s": wall, "worker": cfg.worker,
                "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip

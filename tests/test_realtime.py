@@ -254,7 +254,7 @@ def test_bad_settings_are_clear_errors(bad, message):
 
 REALTIME_TINY = ["env=hopper", "control_hz=50", "latency_ms=5", "seed_steps=60", "train_every=60", "fit_epochs=2",
                  "model.fit.max_epochs=3", "model.ensemble_size=3", "model.num_elites=2", "model.hidden=32",
-                 "planner.candidates=64", "planner.horizon=5", "value_updates=20", "eval_episodes=1",
+                 "planner.candidates=64", "planner.horizon=5", "eval_episodes=1",
                  "env.max_episode_steps=100"]  # fmt: skip
 
 
@@ -374,3 +374,28 @@ def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
         wait_for(lambda: not rt.alive)
         assert torch.equal(rt.act(data["obs"][1], 0.01), rt.safe_action)
         assert "planning process died: TypeError: a bug in the planner" in str(rt.error)
+
+
+def test_the_learned_value_trains_between_refits_one_update_per_real_transition(hopper, tmp_path):
+    """FOWM's pace: the background learner trains its own copy of the learned value, one update per
+    real transition (planner.value_updates_per_step), and swaps it in without waiting for a refit."""
+    from planners.agent import Agent
+    from planners.realtime import BackgroundLearner
+
+    spec, _, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2},
+                  model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
+    agent.open_log(tmp_path / "log")
+    controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
+    swaps = []
+    start = agent.planner.value_agent
+    learner = BackgroundLearner(controller, agent, train_every=10_000, on_swap=lambda v, m: swaps.append(m))
+    with learner:
+        for i in range(0, 120, 30):
+            learner.add(data[i : i + 30])
+        wait_for(lambda: learner.value_updates == 240)  # 2 per transition; no refit is due (train_every)
+    assert learner.refits == 0 and swaps and all(m is None for m in swaps)  # value swaps only
+    assert controller.version == len(swaps) and agent.planner.value_agent is not start
+    obs = data["obs"][:16]
+    assert not torch.equal(agent.planner.value_agent.value(obs, True), start.value(obs, True))
+    assert len(agent.log) == 120  # every transition logged before it was learned from
