@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from kernels import _common
 from kernels.reference import ensemble_mlp as mlp_baddbmm  # noqa: F401  (re-exported variant)
@@ -34,6 +35,20 @@ _ACT_INPLACE = {"silu": lambda t: F.silu(t, inplace=True), "relu": torch.relu_, 
 INFER_LOOP_MIN_ROWS = 256
 TRAIN_LOOP_MIN_ROWS = 1024
 CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
+
+
+_bf16_copies = WeakIdKeyDictionary()  # parameter -> (its version, its bf16 copy): cast once per change
+
+
+def _bf16(t: Tensor) -> Tensor:
+    """t in bfloat16; a parameter's copy is kept until it changes in place (planning calls the same
+    weights at every horizon step) or it needs a gradient (then the cast stays in the graph)."""
+    if t.dtype == torch.bfloat16 or t.requires_grad and torch.is_grad_enabled() or t.is_inference():
+        return t.to(torch.bfloat16)
+    kept = _bf16_copies.get(t)
+    if kept is None or kept[0] != t._version:
+        kept = _bf16_copies[t] = (t._version, t.detach().to(torch.bfloat16))
+    return kept[1]
 
 
 def _member_ids(P: int, members: Tensor | None) -> list[int]:
@@ -137,9 +152,7 @@ def ensemble_mlp(
     if precision == "bf16":
         dtype = x.dtype
         x = x.to(torch.bfloat16)
-        weights = [w.to(torch.bfloat16) for w in weights]
-        biases = [b.to(torch.bfloat16) for b in biases]
-        return ensemble_mlp(x, weights, biases, activation, members).to(dtype)
+        return ensemble_mlp(x, [_bf16(w) for w in weights], [_bf16(b) for b in biases], activation, members).to(dtype)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
     return VARIANTS[choose(x.shape[1], needs_grad)](x, weights, biases, activation, members)

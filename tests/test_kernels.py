@@ -334,3 +334,18 @@ def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(mo
     tm._linear(a[:, :290], w, b, members, 1, 1)  # same key (rows bucketed): the tuned tiles, no timing
     tm._linear(a.repeat(1, 4, 1), w, b, members, 1, 1)  # a key never tuned: the heuristic tiles
     assert launched[1:] == [("tuned", 16), ("heuristic", tm._tiles(1200, 200)[0])] and len(tuned.cache) == 1
+
+
+def test_bf16_copies_of_weights_are_cast_once_and_follow_in_place_changes():
+    w = torch.randn(3, 8, 4)
+    first = cpu._bf16(w)
+    assert first.dtype == torch.bfloat16 and cpu._bf16(w) is first  # planning reuses the cast
+    with torch.no_grad():
+        w.add_(1.0)  # an optimiser step or a refit
+    again = cpu._bf16(w)
+    assert again is not first and torch.equal(again, w.to(torch.bfloat16))
+    trained = torch.randn(3, 8, 4, requires_grad=True)
+    assert cpu._bf16(trained).requires_grad  # under autograd the cast stays in the graph
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(kernels.ensemble_mlp(x, [w], [torch.zeros(3, 4)], precision="bf16"),
+                               torch.bmm(x, w), rtol=2e-2, atol=5e-2)
