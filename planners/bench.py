@@ -405,8 +405,8 @@ def _print_dyna(table: list[dict]) -> None:
 
 
 def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False) -> dict:
-    """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14), cheapest
-    first: the planning steps, Dyna's rollouts and agent updates, the ensemble MLP grid (E=7, B 1
+    """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14): first the
+    kernels' and graphed steps' tests on the GPU, then cheapest first: the planning steps, Dyna's rollouts and agent updates, the ensemble MLP grid (E=7, B 1
     to 65536, widths 200 and 512, tf32 and bf16, forward and forward+backward, against eager
     baddbmm, with % of peak) and the kernels' compile statistics for this GPU's architecture.
     Each section prints its table as it ends and lands in the JSON, so a run cut short keeps what
@@ -426,7 +426,10 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     if device == "cpu" and not quick:
         raise SystemExit("error: the full --gpu-suite on a CPU would take hours (B=65536 forward+backward); "
                          "give --quick for a CPU smoke run, or run it where torch.cuda.is_available()")
-    # cheapest first, so that a run cut short loses the kernel grid's last cells, not whole sections
+    # correctness first (timings of a wrong kernel or graph mean nothing), then cheapest first, so
+    # that a run cut short loses the kernel grid's last cells, not whole sections
+    if device == "cuda":
+        section("correctness on this GPU (pytest: Triton kernels, graphed planning steps)", _gpu_tests)
     repeats = max(2, repeats // (5 if quick else 1))
     section("planning steps (eager, and on CUDA replayed from one CUDA graph)",
             lambda: _printed(rows(repeats, device), _print_planning))
@@ -440,6 +443,32 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
         major, minor = torch.cuda.get_device_capability()
         section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]))
     return report
+
+
+def _gpu_tests(timeout_s: int = 240) -> list[dict]:
+    """tests/test_kernels_triton.py and tests/test_graph.py on the GPU (with the heuristic tiles,
+    so that autotuning's compiles do not eat the suite's minutes): pass/fail counts, failures printed."""
+    tests = [t for t in ("tests/test_kernels_triton.py", "tests/test_graph.py") if Path(t).is_file()]
+    if not tests:
+        print("(no tests/ here: run the suite from the repository root to check correctness first)")
+        return []
+    env = {**os.environ, "WORLDMODEL_AUTOTUNE": "0"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-rfE", *tests]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        out, code = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as e:
+        out, code = f"{e.stdout or ''}\ntimed out after {timeout_s} s", None
+    lines = out.strip().splitlines()
+    print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR")) or " passed" in line
+                     or " failed" in line or "timed out" in line))  # fmt: skip
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "error")}
+    for word, n in ((w.strip(",").rstrip("s"), int(n)) for n, w in zip(lines[-1].split()[:-1], lines[-1].split()[1:])
+                    if n.isdigit()) if lines else ():  # fmt: skip
+        if word in counts:
+            counts[word] = n
+    return [{"tests": tests, "exit_code": code, **counts, "wall_s": time.perf_counter() - start}]
 
 
 def _printed(table: list[dict], printer) -> list[dict]:
