@@ -3,8 +3,8 @@
 One training run per (task, seed) yields every quality: the policy the first time its
 evaluation return reaches `medium_return` (medium), every transition seen until then
 (medium-replay) and the policy after `max_steps` (expert). The run is checkpointed in
-`policy_dir` after each evaluation, so an interrupted run resumes and the other qualities
-reuse it.
+`policy_dir` after each evaluation (`<task>-seed<seed>.pt`), so an interrupted run resumes, the
+other qualities reuse it, and a larger `max_steps` continues it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
 _FORMAT = "worldmodel.BehaviourRun"
+
+
+def run_path(policy_dir: str | Path, task: str, seed: int) -> Path:
+    """Where the behaviour run of (task, seed) is checkpointed."""
+    return Path(policy_dir) / f"{task}-seed{seed}.pt"
+
+
+def _legacy_path(path: Path) -> Path | None:
+    """A run checkpointed before the name lost its budget (<task>-seed<seed>-<max_steps>.pt), the
+    longest one; it is read once and saved under the new name."""
+    runs = [p for p in path.parent.glob(f"{path.stem}-*.pt") if p.stem.rsplit("-", 1)[1].isdigit()]
+    return max(runs, key=lambda p: int(p.stem.rsplit("-", 1)[1]), default=None)
 
 
 def default_medium_return(task: str) -> float:
@@ -56,8 +68,9 @@ class BehaviourTraining:
         self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=settings.max_steps)
         self.medium_return = settings.medium_return if settings.medium_return is not None else default_medium_return(task)
         self.state = {"step": 0, "medium": None, "history": []}
-        if path.is_file():
-            self._restore(load_checked(path, _FORMAT))
+        saved = path if path.is_file() else _legacy_path(path)
+        if saved is not None:
+            self._restore(load_checked(saved, _FORMAT))
 
     def _identity(self) -> dict:
         """The settings a cached run must share to be reused (the training budget may grow)."""
@@ -79,7 +92,8 @@ class BehaviourTraining:
             threads.adapt()
             if s["step"] >= cfg.max_steps:
                 raise ValueError(f"the behaviour agent did not reach medium_return {self.medium_return:.0f} within "
-                                 f"behaviour.max_steps={cfg.max_steps}; raise it (best so far: {self._best():.0f})")  # fmt: skip
+                                 f"behaviour.max_steps={cfg.max_steps} (best so far: {self._best():.0f}); raise "
+                                 f"behaviour.max_steps: the run continues from its checkpoint {self.path}")  # fmt: skip
             td["action"] = random_policy(None) if s["step"] < cfg.start_steps else self.agent.act(td["observation"])
             transition, td = self.env.step_and_maybe_reset(td)
             self.buffer.extend(from_rollout(transition.unsqueeze(0)))
@@ -115,7 +129,11 @@ class BehaviourTraining:
         except (RuntimeError, KeyError) as e:
             raise ValueError(f"{self.path} does not match this behaviour agent: {e}") from None
         self.state = ckpt["state"]
-        self.buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.path))
+        buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.path))
+        if buffer.capacity < self.settings.max_steps:  # a larger budget: room for every step (it never overwrote)
+            self.buffer.extend(buffer.data())
+        else:
+            self.buffer = buffer
         torch.set_rng_state(ckpt["torch_rng"])
 
     def _best(self) -> float:
@@ -144,12 +162,12 @@ def make_dataset(cfg: DictConfig) -> dict:
         agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**cfg.behaviour.agent))
         parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
     else:
-        cache = Path(cfg.policy_dir) / f"{task}-seed{cfg.seed}-{cfg.behaviour.max_steps}.pt"
-        training = BehaviourTraining(task, cfg.seed, cfg.behaviour, cache)
+        training = BehaviourTraining(task, cfg.seed, cfg.behaviour, run_path(cfg.policy_dir, task, cfg.seed))
         training.train(until="expert" if "expert" in quality else "medium")
         if "medium" in quality and training.state["medium"] is None:
             raise ValueError(f"the behaviour agent never reached medium_return {training.medium_return:.0f} in "
-                             f"behaviour.max_steps={cfg.behaviour.max_steps}; raise it or lower medium_return")  # fmt: skip
+                             f"behaviour.max_steps={cfg.behaviour.max_steps}; raise behaviour.max_steps: the run "
+                             f"continues from its checkpoint {training.path}")  # fmt: skip
         if quality == "medium-replay":
             parts.append(training.buffer.data()[: training.state["medium"]["step"]])
         for which in ("medium", "expert"):

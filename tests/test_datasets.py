@@ -7,6 +7,7 @@ import torch
 from worldmodel import collect, make_env, uniform_policy
 from worldmodel.checkpoint import load_checked
 from worldmodel.datasets import DatasetError, load_dataset, main, normalized_score, save_d4rl, save_minari
+from worldmodel.replay import ReplayBuffer
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_make_medium_replay_then_medium_expert_reuses_the_behaviour_run(tmp_path
     main(["make", "quality=medium-replay", f"out={tmp_path / 'mr.hdf5'}", *common])
     replay, meta = load_dataset(tmp_path / "mr.hdf5")
     assert len(replay) == 200  # everything the agent saw until its medium snapshot (first evaluation)
-    checkpoint = tmp_path / "pol" / "hopper-seed0-400.pt"
+    checkpoint = tmp_path / "pol" / "hopper-seed0.pt"
     assert load_checked(checkpoint, "worldmodel.BehaviourRun")["state"]["step"] == 200
     main(["make", "quality=medium-expert", f"out={tmp_path / 'me.hdf5'}", *common])
     both, meta = load_dataset(tmp_path / "me.hdf5")
@@ -108,6 +109,21 @@ def test_a_medium_policy_never_reached_is_a_clear_error(tmp_path):
         main(["make", "env=hopper", "quality=medium-expert", "size=10", f"out={tmp_path / 'x.hdf5'}",
               f"policy_dir={tmp_path}", "behaviour.max_steps=60", "behaviour.start_steps=40", "behaviour.eval_every=30",
               "behaviour.eval_episodes=1", "behaviour.medium_return=100000", "behaviour.agent.hidden=16"])  # fmt: skip
+
+
+def test_a_larger_budget_continues_the_behaviour_run_it_did_not_reach_medium_in(tmp_path):
+    common = ["make", "env=hopper", "quality=medium-replay", "size=10", f"out={tmp_path / 'x.hdf5'}",
+              f"policy_dir={tmp_path}", "behaviour.start_steps=40", "behaviour.eval_every=30",
+              "behaviour.eval_episodes=1", "behaviour.medium_return=100000", "behaviour.agent.hidden=16"]  # fmt: skip
+    with pytest.raises(SystemExit, match="raise behaviour.max_steps: the run continues"):
+        main([*common, "behaviour.max_steps=60"])
+    (tmp_path / "hopper-seed0.pt").rename(tmp_path / "hopper-seed0-60.pt")  # (as named before: still read)
+    with pytest.raises(SystemExit, match="best so far"):
+        main([*common, "behaviour.max_steps=90"])
+    run = load_checked(tmp_path / "hopper-seed0.pt", "worldmodel.BehaviourRun")
+    assert [h["step"] for h in run["state"]["history"]] == [30, 60, 90]  # continued from step 60, not retrained
+    buffer = ReplayBuffer.from_state_dict(run["buffer"])
+    assert len(buffer) == 90 and buffer.capacity == 90  # every step kept (the buffer grew with the budget)
 
 
 def test_a_cached_behaviour_run_with_other_settings_is_not_reused(tmp_path):
