@@ -42,7 +42,9 @@ _bf16_copies = WeakIdKeyDictionary()  # parameter -> (its version, its bf16 copy
 
 def _bf16(t: Tensor) -> Tensor:
     """t in bfloat16; a parameter's copy is kept until it changes in place (planning calls the same
-    weights at every horizon step) or it needs a gradient (then the cast stays in the graph)."""
+    weights at every horizon step) or it needs a gradient (then the cast stays in the graph).
+    Writes through `.data` bypass the version counter, so they would not be seen (no code here
+    makes them: optimisers, copy_ and load_state_dict all count)."""
     if t.dtype == torch.bfloat16 or t.requires_grad and torch.is_grad_enabled() or t.is_inference():
         return t.to(torch.bfloat16)
     kept = _bf16_copies.get(t)

@@ -33,11 +33,12 @@ def run_path(policy_dir: str | Path, task: str, seed: int) -> Path:
     return Path(policy_dir) / f"{task}-seed{seed}.pt"
 
 
-def _legacy_path(path: Path) -> Path | None:
-    """A run checkpointed before the name lost its budget (<task>-seed<seed>-<max_steps>.pt), the
-    longest one; it is read once and saved under the new name."""
-    runs = [p for p in path.parent.glob(f"{path.stem}-*.pt") if p.stem.rsplit("-", 1)[1].isdigit()]
-    return max(runs, key=lambda p: int(p.stem.rsplit("-", 1)[1]), default=None)
+def _legacy_path(path: Path, max_steps: int) -> Path | None:
+    """A run checkpointed before the name lost its budget (<task>-seed<seed>-<budget>.pt): the
+    longest within max_steps; it is read once and saved under the new name."""
+    budgets = {int(p.stem.rsplit("-", 1)[1]): p for p in path.parent.glob(f"{path.stem}-*.pt")
+               if p.stem.rsplit("-", 1)[1].isdigit() and int(p.stem.rsplit("-", 1)[1]) <= max_steps}  # fmt: skip
+    return budgets[max(budgets)] if budgets else None
 
 
 def default_medium_return(task: str) -> float:
@@ -68,9 +69,9 @@ class BehaviourTraining:
         self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=settings.max_steps)
         self.medium_return = settings.medium_return if settings.medium_return is not None else default_medium_return(task)
         self.state = {"step": 0, "medium": None, "history": []}
-        saved = path if path.is_file() else _legacy_path(path)
-        if saved is not None:
-            self._restore(load_checked(saved, _FORMAT))
+        self.source = path if path.is_file() else _legacy_path(path, settings.max_steps)
+        if self.source is not None:
+            self._restore(load_checked(self.source, _FORMAT))
 
     def _identity(self) -> dict:
         """The settings a cached run must share to be reused (the training budget may grow)."""
@@ -122,14 +123,18 @@ class BehaviourTraining:
         saved = ckpt.get("identity")
         if saved is not None and saved != self._identity():
             changed = sorted(k for k in set(saved) | set(self._identity()) if saved.get(k) != self._identity().get(k))
-            raise ValueError(f"{self.path} is a behaviour run with other settings ({', '.join(changed)}); "
+            raise ValueError(f"{self.source} is a behaviour run with other settings ({', '.join(changed)}); "
                              "use another policy_dir or delete it to train anew")  # fmt: skip
+        if ckpt["state"]["step"] > self.settings.max_steps:  # (its policies would not be this budget's)
+            raise ValueError(f"{self.source} was trained for {ckpt['state']['step']} steps, beyond behaviour.max_steps="
+                             f"{self.settings.max_steps}: give max_steps={ckpt['state']['step']} or more, or another "
+                             "policy_dir")  # fmt: skip
         try:
             self.agent.load_training_state(ckpt["agent"])
         except (RuntimeError, KeyError) as e:
-            raise ValueError(f"{self.path} does not match this behaviour agent: {e}") from None
+            raise ValueError(f"{self.source} does not match this behaviour agent: {e}") from None
         self.state = ckpt["state"]
-        buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.path))
+        buffer = ReplayBuffer.from_state_dict(ckpt["buffer"], source=str(self.source))
         if buffer.capacity < self.settings.max_steps:  # a larger budget: room for every step (it never overwrote)
             self.buffer.extend(buffer.data())
         else:

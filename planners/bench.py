@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -454,21 +455,21 @@ def _gpu_tests(timeout_s: int = 240) -> list[dict]:
         return []
     env = {**os.environ, "WORLDMODEL_AUTOTUNE": "0"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-rfE", *tests]
-    start = time.perf_counter()
+    start, timed_out = time.perf_counter(), False
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-        out, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as e:
-        out, code = f"{e.stdout or ''}\ntimed out after {timeout_s} s", None
+        out, code = done.stdout, done.returncode
+    except subprocess.TimeoutExpired as e:  # (its output comes as bytes whatever text= says)
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        code, timed_out = None, True
     lines = out.strip().splitlines()
-    print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR")) or " passed" in line
-                     or " failed" in line or "timed out" in line))  # fmt: skip
+    summary = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed|error)", line)), "")
+    print("\n".join([*(line for line in lines if line.startswith(("FAILED", "ERROR"))), summary]
+                    + ([f"timed out after {timeout_s} s"] if timed_out else [])))  # fmt: skip
     counts = {k: 0 for k in ("passed", "failed", "skipped", "error")}
-    for word, n in ((w.strip(",").rstrip("s"), int(n)) for n, w in zip(lines[-1].split()[:-1], lines[-1].split()[1:])
-                    if n.isdigit()) if lines else ():  # fmt: skip
-        if word in counts:
-            counts[word] = n
-    return [{"tests": tests, "exit_code": code, **counts, "wall_s": time.perf_counter() - start}]
+    for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary):
+        counts[word.rstrip("s") if word != "passed" else word] = int(n)
+    return [{"tests": tests, "exit_code": code, "timed_out": timed_out, **counts, "wall_s": time.perf_counter() - start}]
 
 
 def _printed(table: list[dict], printer) -> list[dict]:

@@ -106,12 +106,23 @@ class Swapper:
         """Returns the new version."""
         attributes = ({"model": model} if model is not None else {}) | attributes
         with self.lock:
-            for name, value in attributes.items():
-                setattr(self.planner, name, value)
+            apply_swap(self.planner, attributes)
             self.version += 1
             if self.queue is not None:
                 self.queue.put((self.version, _dumps(attributes)))  # (a copy now: the caller may change them)
             return self.version
+
+
+def apply_swap(planner, attributes: dict) -> None:
+    """Set a swap's attributes on `planner` (between two plans). A learned value is loaded into the
+    planner's own (in place: a captured CUDA graph of the planning step keeps reading its weights);
+    anything else, a model among them, replaces the attribute."""
+    for name, value in attributes.items():
+        current = getattr(planner, name, None)
+        if name == "value_agent" and current is not None and type(current) is type(value):
+            current.load_training_state(value.training_state())
+        else:
+            setattr(planner, name, value)
 
 
 def new_queue():
@@ -236,8 +247,7 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
                     version, attributes = swaps.get_nowait()
                 except queue.Empty:
                     break
-                for name, value in _loads(attributes).items():
-                    setattr(maker.planner, name, value)
+                apply_swap(maker.planner, _loads(attributes))
             if not wake.acquire(timeout=0.2):
                 continue
             while wake.acquire(False):  # (readings posted while planning: only the latest counts)
@@ -384,6 +394,8 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
                                 on_swap=swapped, inbox=_Inbox(inbox))  # fmt: skip
     learner._run()
     error = learner.error
+    if error is None and save_agent is not None:  # the learned value as it ends (files were last written at a refit)
+        save_agent(agent, learner.controller.version)
     results.put(("stopped", None if error is None else RuntimeError(f"{type(error).__name__}: {error}")))
     results.close()
     results.join_thread()

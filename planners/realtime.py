@@ -458,6 +458,8 @@ class BackgroundLearner:
                 if isinstance(item, Path):
                     if self.new >= self.train_every:
                         self._refit()  # (the refit the transitions before the snapshot are due)
+                    while self._value_owed() >= 1:  # (and the value updates they are owed)
+                        self._train_value()
                     with self.controller.between_plans():  # copied between two plans, written outside
                         state = copy.deepcopy(self.agent.state_dict(buffer=False))
                     self.agent.save(item, state=state, model_version=self.controller.version)
@@ -490,7 +492,12 @@ def _load_config(argv: list[str]):
                                           groups={"planner": planner_defaults()})  # fmt: skip
     if resume is None:
         return compose(argv), None
-    return resumed_config(resume, argv, compose), Path(resume)
+    return resumed_config(resume, argv, compose, removed=_REMOVED_KEYS), Path(resume)
+
+
+# settings a saved run may hold that are gone: value_updates (per refit) became the planner's own
+# value_updates_per_step, trained between refits
+_REMOVED_KEYS = ("value_updates",)
 
 
 def _validate(cfg) -> None:
@@ -587,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log_refit(version, metrics)
 
         learner = BackgroundLearner(controller, agent, cfg.train_every, threads=learn_threads, on_swap=saved_agent)
-    ready = lambda: agent.model.fitted or controller.version > 0  # noqa: E731  (a model that predicts something)
+    ready = lambda: agent.model.fitted or learner.refits > 0  # noqa: E731  (a model that predicts something)
     snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
     due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())
     if missed := [n for n in due if n < len(log) or (n == len(log) and resume_dir is not None)]:

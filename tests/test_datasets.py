@@ -117,11 +117,17 @@ def test_a_larger_budget_continues_the_behaviour_run_it_did_not_reach_medium_in(
               "behaviour.eval_episodes=1", "behaviour.medium_return=100000", "behaviour.agent.hidden=16"]  # fmt: skip
     with pytest.raises(SystemExit, match="raise behaviour.max_steps: the run continues"):
         main([*common, "behaviour.max_steps=60"])
-    (tmp_path / "hopper-seed0.pt").rename(tmp_path / "hopper-seed0-60.pt")  # (as named before: still read)
+    run = load_checked(tmp_path / "hopper-seed0.pt", "worldmodel.BehaviourRun")
+    run["state"]["history"][0]["marker"] = True  # (what a retrained run would not have)
+    torch.save(run, tmp_path / "hopper-seed0-60.pt")  # as named before: still read
+    (tmp_path / "hopper-seed0.pt").unlink()
     with pytest.raises(SystemExit, match="best so far"):
         main([*common, "behaviour.max_steps=90"])
     run = load_checked(tmp_path / "hopper-seed0.pt", "worldmodel.BehaviourRun")
     assert [h["step"] for h in run["state"]["history"]] == [30, 60, 90]  # continued from step 60, not retrained
+    assert run["state"]["history"][0].get("marker")
+    with pytest.raises(SystemExit, match="trained for 90 steps, beyond behaviour.max_steps=60"):
+        main([*common, "behaviour.max_steps=60"])  # a run past the budget asked for is not used as if it fit
     buffer = ReplayBuffer.from_state_dict(run["buffer"])
     assert len(buffer) == 90 and buffer.capacity == 90  # every step kept (the buffer grew with the budget)
 

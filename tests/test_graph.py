@@ -1,6 +1,7 @@
 """The planning step as one CUDA graph (planners/graph.py): on any machine, that a step makes no host
 syncs (what capture forbids); on a CUDA GPU, that graphed plans equal eager ones step by step."""
 
+import copy
 import pickle
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from planners import CEM, ICEM, MPPI, CEMConfig, ICEMConfig, MPPIConfig, PlanningError, RandomShooting
 from planners.graph import HostSyncError, graph_key, host_syncs_allowed, no_host_syncs
+from planners.processes import apply_swap
 from planners.random_shooting import RandomShootingConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import TaskSpec
@@ -128,6 +130,12 @@ def test_a_new_capture_is_needed_exactly_when_what_the_graph_reads_moves():
         planner.model.input_norm.mean.add_(1.0)
         next(planner.value_agent.critics.parameters()).mul_(2.0)
     assert graph_key(planner, obs, warm) == key
+    trained = copy.deepcopy(planner.value_agent)
+    with torch.no_grad():
+        next(trained.critics.parameters()).add_(1.0)
+    apply_swap(planner, {"value_agent": trained})  # the background learner's value swaps: loaded in place
+    assert graph_key(planner, obs, warm) == key
+    assert torch.equal(next(planner.value_agent.critics.parameters()), next(trained.critics.parameters()))
     planner.previous_action = torch.zeros(1, ACT)  # under a slew limit, a bounded first step
     bounded = graph_key(planner, obs, warm)
     assert bounded != key

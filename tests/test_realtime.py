@@ -388,14 +388,14 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     agent.open_log(tmp_path / "log")
     controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
     swaps = []
-    start = agent.planner.value_agent
+    start, obs = agent.planner.value_agent, data["obs"][:16]
+    before = start.value(obs, True).clone()
     learner = BackgroundLearner(controller, agent, train_every=10_000, on_swap=lambda v, m: swaps.append(m))
     with learner:
         for i in range(0, 120, 30):
             learner.add(data[i : i + 30])
         wait_for(lambda: learner.value_updates == 240)  # 2 per transition; no refit is due (train_every)
     assert learner.refits == 0 and swaps and all(m is None for m in swaps)  # value swaps only
-    assert controller.version == len(swaps) and agent.planner.value_agent is not start
-    obs = data["obs"][:16]
-    assert not torch.equal(agent.planner.value_agent.value(obs, True), start.value(obs, True))
+    assert controller.version == len(swaps) and agent.planner.value_agent is start  # loaded in place
+    assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from

@@ -229,14 +229,18 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig]) -> DictConfig:
+def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig],
+                   removed: tuple[str, ...] = ()) -> DictConfig:  # fmt: skip
     """A run directory's saved config.yaml over today's defaults (`compose([planner=, env=])`, for
-    runs saved by an older version), with the other `argv` overrides (e.g. a larger budget) on
-    top; a SystemExit that says why if `resume` holds no config or an override does not fit."""
+    runs saved by an older version; top-level keys in `removed`, settings that are gone, dropped),
+    with the other `argv` overrides (e.g. a larger budget) on top; a SystemExit that says why if
+    `resume` holds no config or an override does not fit."""
     saved_path = Path(resume) / "config.yaml"
     if not saved_path.is_file():
         raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
     saved = OmegaConf.load(saved_path)
+    for key in removed:
+        saved.pop(key, None)
     cfg = OmegaConf.merge(compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
     OmegaConf.set_struct(cfg, True)
     try:
