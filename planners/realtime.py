@@ -372,6 +372,7 @@ class BackgroundLearner:
         self.refits = 0
         self.added = 0  # transitions added since the start (what the value's updates are owed for)
         self.value_updates = 0
+        self._unswapped = 0  # value updates not swapped in yet
         self._value = None  # the learned value this thread trains (a copy of the planner's)
         has_value = getattr(self.planner, "value_agent", None) is not None
         self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
@@ -385,6 +386,7 @@ class BackgroundLearner:
         model = copy.deepcopy(self.planner.model)
         metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
         swapped = {} if self._value is None else {"value_agent": copy.deepcopy(self._value)}
+        self._unswapped = 0
         version = self.controller.swap(model, **swapped)
         self.refits += 1
         if self.on_swap is not None:
@@ -394,15 +396,24 @@ class BackgroundLearner:
         return int(self._value_rate * self.added) - self.value_updates if self._value_rate else 0
 
     def _train_value(self) -> None:
-        """Up to VALUE_SWAP_EVERY updates of this thread's learned value on the buffer; swap a copy in."""
-        import copy
-
+        """The updates owed to this thread's learned value (VALUE_SWAP_EVERY at most, then the queue
+        is looked at again); a copy swapped in once VALUE_SWAP_EVERY have gathered."""
         if self._value is None:
+            import copy
+
             self._value = copy.deepcopy(self.planner.value_agent)
         n = min(self._value_owed(), self.VALUE_SWAP_EVERY)
         for _ in range(n):
             self._value.update(self.planner.value_batch())
         self.value_updates += n
+        self._unswapped += n
+        if self._unswapped >= self.VALUE_SWAP_EVERY:
+            self._swap_value()
+
+    def _swap_value(self) -> None:
+        import copy
+
+        self._unswapped = 0
         version = self.controller.swap(value_agent=copy.deepcopy(self._value))
         if self.on_swap is not None:
             self.on_swap(version, None)
@@ -460,6 +471,8 @@ class BackgroundLearner:
                         self._refit()  # (the refit the transitions before the snapshot are due)
                     while self._value_owed() >= 1:  # (and the value updates they are owed)
                         self._train_value()
+                    if self._unswapped:
+                        self._swap_value()
                     with self.controller.between_plans():  # copied between two plans, written outside
                         state = copy.deepcopy(self.agent.state_dict(buffer=False))
                     self.agent.save(item, state=state, model_version=self.controller.version)
