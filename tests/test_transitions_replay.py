@@ -104,8 +104,14 @@ def test_symmetric_sampling_takes_half_from_each_side_of_the_split():
     assert (uniform["obs"][:, 0] >= 1e4).sum() < 200
     full = ReplayBuffer(O, A, capacity=20)
     full.extend(transitions(20))
+    assert full.sample(8, split=10).shape == (8,)  # exactly full: nothing overwritten yet (a robot run's last step)
+    restored = ReplayBuffer.from_state_dict(full.state_dict())
+    assert restored.written == 20 and restored.sample(8, split=10).shape == (8,)
+    full.extend(transitions(1))
     with pytest.raises(RuntimeError, match="needs a buffer that never overwrote a row"):
         full.sample(8, split=10)
+    with pytest.raises(RuntimeError, match="never overwrote"):  # and after a save and load
+        ReplayBuffer.from_state_dict(full.state_dict()).sample(8, split=10)
 
 
 def test_empty_buffer_sampling_is_a_clear_error():

@@ -33,6 +33,7 @@ class ReplayBuffer:
         self._rb = _TorchRLReplayBuffer(
             storage=LazyTensorStorage(capacity, device=self.device), batch_size=None
         )
+        self.written = 0  # rows ever extended: more than capacity once a row was overwritten
 
     def __len__(self) -> int:
         return len(self._rb)
@@ -42,6 +43,7 @@ class ReplayBuffer:
         batch = validate_transitions(transitions, self.obs_dim, self.act_dim)
         if len(batch):
             self._rb.extend(batch.to(self.device))
+            self.written += len(batch)
 
     def sample(self, batch_size: int, split: int | None = None) -> TensorDict:
         """`batch_size` transitions drawn uniformly with replacement (torch's global RNG).
@@ -53,7 +55,7 @@ class ReplayBuffer:
             raise RuntimeError("cannot sample from an empty replay buffer; extend it first")
         if not split or split >= len(self):
             return self._rb.sample(batch_size)
-        if len(self) == self.capacity:
+        if self.written > self.capacity:  # (exactly full is fine: nothing was overwritten)
             raise RuntimeError("symmetric sampling needs a buffer that never overwrote a row; give it more capacity")
         half = batch_size // 2
         rows = torch.cat([torch.randint(0, split, (half,)), torch.randint(split, len(self), (batch_size - half,))])
@@ -67,7 +69,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """Contents, write position and dimensions, as plain tensors and numbers."""
-        meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity}
+        meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity, "written": self.written}
         return {"format": _FORMAT, "version": 1, **meta, "state": self._rb.state_dict()}
 
     @classmethod
@@ -76,6 +78,9 @@ class ReplayBuffer:
         try:
             buffer = cls(state["obs_dim"], state["act_dim"], state["capacity"], device)
             buffer._rb.load_state_dict(state["state"])
+            # (saved before the count was kept: a full buffer may have overwritten rows)
+            full = len(buffer) == buffer.capacity
+            buffer.written = state.get("written", buffer.capacity + 1 if full else len(buffer))
             if len(buffer):
                 validate_transitions(buffer._rb[:], buffer.obs_dim, buffer.act_dim)
         except (KeyError, RuntimeError, ValueError) as e:
