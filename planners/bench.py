@@ -405,6 +405,9 @@ def _print_dyna(table: list[dict]) -> None:
     print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
 
 
+PLANNING_SECTION = "planning steps (eager, and on CUDA replayed from one CUDA graph)"
+
+
 def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False) -> dict:
     """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14): first the
     kernels' and graphed steps' tests on the GPU, then cheapest first: the planning steps, Dyna's rollouts and agent updates, the ensemble MLP grid (E=7, B 1
@@ -432,7 +435,7 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     if device == "cuda":
         section("correctness on this GPU (pytest: Triton kernels, graphed planning steps)", _gpu_tests)
     repeats = max(2, repeats // (5 if quick else 1))
-    section("planning steps (eager, and on CUDA replayed from one CUDA graph)",
+    section(PLANNING_SECTION,
             lambda: _printed(rows(repeats, device), _print_planning))
     section("Dyna rollouts and agent updates", lambda: _printed(dyna_rows(repeats, device), _print_dyna))
     grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]
