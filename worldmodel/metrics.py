@@ -100,22 +100,32 @@ class MetricsLogger:
         return read_records(self.path.parent, kind)
 
     def plot(self, out: Path, title: str) -> None:
-        """Episode and evaluation returns against env steps, as a PNG."""
+        """Returns as a PNG: offline evaluations against agent updates, and training episodes and
+        evaluations against env steps (each panel only when the run has such records)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for kind, style in (("episode", dict(alpha=0.4, label="training episodes")),
-                            ("eval", dict(marker="o", label="evaluation"))):  # fmt: skip
-            rows = self.records(kind)
-            if rows:
-                ax.plot([r["step"] for r in rows], [r["ret"] for r in rows], **style)
-        ax.set(xlabel="env steps", ylabel="return", title=title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best")
-        ax.grid(alpha=0.3)
+        offline = self.records("offline_eval")
+        online = {kind: self.records(kind) for kind in ("episode", "eval")}
+        if offline:  # (an offline run's own evaluation at env step 0 repeats its last offline one)
+            online["eval"] = [r for r in online["eval"] if r["step"] > 0]
+        panels = [p for p, rows in (("offline", offline), ("online", online["episode"] + online["eval"])) if rows]
+        fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(7 * max(len(panels), 1), 4), squeeze=False)
+        for ax, panel in zip(axes[0], panels or ["online"]):
+            if panel == "offline":
+                ax.plot([r["step"] for r in offline], [r["ret"] for r in offline], marker="o", label="evaluation")
+                ax.set(xlabel="agent updates (offline)", ylabel="return", title=f"{title}: offline")
+            else:
+                for kind, style in (("episode", dict(alpha=0.4, label="training episodes")),
+                                    ("eval", dict(marker="o", label="evaluation"))):  # fmt: skip
+                    if online[kind]:
+                        ax.plot([r["step"] for r in online[kind]], [r["ret"] for r in online[kind]], **style)
+                ax.set(xlabel="env steps", ylabel="return", title=title if len(panels) < 2 else f"{title}: online")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best")
+            ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out, dpi=100)
         plt.close(fig)
