@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from kernels import _common
+from kernels.reference import bf16_hidden
 from kernels.reference import ensemble_mlp as mlp_baddbmm  # noqa: F401  (re-exported variant)
 
 _ACT = {"silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda t: t}
@@ -83,28 +84,31 @@ def mlp_loop(
 
 def mlp_loop_inference(
     x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
-    members: Tensor | None = None, chunk_rows: int | None = None,
+    members: Tensor | None = None, chunk_rows: int | None = None, bf16_hidden_layers: bool = False,
 ) -> Tensor:
     """No-grad loop over members and row chunks, in-place activations, output written in place.
 
-    chunk_rows defaults to CHUNK_ELEMS / (widest layer), at least 256 rows.
+    chunk_rows defaults to CHUNK_ELEMS / (widest layer), at least 256 rows. bf16_hidden_layers:
+    the hidden layers on bf16 operands, the output layer in x's dtype, chunk by chunk.
     """
     act = _ACT_INPLACE[activation]
     P, B, _ = x.shape
     L = len(weights)
     if chunk_rows is None:
         chunk_rows = max(256, CHUNK_ELEMS // max(w.shape[2] for w in weights))
+    hidden = _bf16 if bf16_hidden_layers else (lambda t: t)  # the hidden layers' parameters
+    hidden_dtype = torch.bfloat16 if bf16_hidden_layers and L > 1 else x.dtype
     out = _common.empty((P, B, weights[-1].shape[2]), x.dtype, x.device)
     with torch.no_grad():
         for p, e in enumerate(_member_ids(P, members)):
-            ws = [w[e] for w in weights]
-            bs = [b[e] for b in biases]
+            ws = [hidden(w)[e] for w in weights[:-1]] + [weights[-1][e]]
+            bs = [hidden(b)[e] for b in biases[:-1]] + [biases[-1][e]]
             for s in range(0, B, chunk_rows):
-                h = x[p, s:s + chunk_rows]
+                h = x[p, s:s + chunk_rows].to(hidden_dtype)
                 for i in range(L - 1):
                     h = torch.addmm(bs[i], h, ws[i])
                     act(h)
-                torch.addmm(bs[-1], h, ws[-1], out=out[p, s:s + chunk_rows])
+                torch.addmm(bs[-1], h.to(x.dtype), ws[-1], out=out[p, s:s + chunk_rows])
     return out
 
 
@@ -148,13 +152,15 @@ def ensemble_mlp(
     """CPU ensemble MLP (arguments already validated): the measured-fastest variant.
 
     precision: "fp32" computes in x's dtype; "tf32" is the same on CPU (no TF32 units, so the
-    result is never less accurate than asked); "bf16" casts x and parameters to bfloat16 for the
-    matmuls (AVX-512 BF16) and returns x's dtype. bf16 is only ever used when asked for.
+    result is never less accurate than asked); "bf16" runs the hidden layers on bfloat16 operands
+    (AVX-512 BF16 / AMX) and the output layer in x's dtype (`kernels.reference.bf16_hidden`).
+    bf16 is only ever used when asked for.
     """
-    if precision == "bf16":
-        dtype = x.dtype
-        x = x.to(torch.bfloat16)
-        return ensemble_mlp(x, [_bf16(w) for w in weights], [_bf16(b) for b in biases], activation, members).to(dtype)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
-    return VARIANTS[choose(x.shape[1], needs_grad)](x, weights, biases, activation, members)
+    variant = choose(x.shape[1], needs_grad)
+    if precision == "bf16" and variant == "loop_inference":  # chunk by chunk, not layer by layer
+        return mlp_loop_inference(x, weights, biases, activation, members, bf16_hidden_layers=True)
+    if precision == "bf16":
+        return bf16_hidden(ensemble_mlp, x, weights, biases, activation, members, cast=_bf16)
+    return VARIANTS[variant](x, weights, biases, activation, members)

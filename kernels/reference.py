@@ -24,11 +24,15 @@ def ensemble_mlp(
     biases: Sequence[Tensor],
     activation: str = "silu",
     members: Tensor | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """[E, B, in] -> [E, B, out]; `activation` after every layer but the last.
 
     `members` (long tensor [M]) runs only those members; x is then [M, B, in].
+    precision "bf16": see `bf16_hidden` ("fp32" and "tf32" compute in x's dtype).
     """
+    if precision == "bf16":
+        return bf16_hidden(ensemble_mlp, x, weights, biases, activation, members)
     act = _ACTIVATIONS[activation]
     weights, biases = _select(weights, members), _select(biases, members)
     h = x
@@ -37,6 +41,22 @@ def ensemble_mlp(
         if i < len(weights) - 1:
             h = act(h)
     return h
+
+
+def bf16_hidden(
+    mlp, x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str,
+    members: Tensor | None, cast=lambda t: t.to(torch.bfloat16),
+) -> Tensor:
+    """Mixed precision: the hidden layers through `mlp` on bfloat16 operands (fp32 accumulation),
+    the output layer in x's dtype, so outputs (Q-values, means, log-variances) keep fp32's
+    resolution while the wide layers run at bf16's speed. `cast` makes a parameter's bf16 copy.
+    Differentiable (twice, when `mlp` is); gradients reach the fp32 parameters. [E|M, B, out]."""
+    if len(weights) == 1:
+        return mlp(x, weights, biases, activation, members)
+    hidden = mlp(x.to(torch.bfloat16), [cast(w) for w in weights[:-1]], [cast(b) for b in biases[:-1]],
+                 activation, members)
+    (w,), (b,) = _select(weights[-1:], members), _select(biases[-1:], members)
+    return torch.baddbmm(b.unsqueeze(1), _ACTIVATIONS[activation](hidden).to(x.dtype), w)
 
 
 def soft_clamp_logvar(raw: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:

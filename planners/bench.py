@@ -33,7 +33,7 @@ from torch import nn
 
 import kernels
 from kernels.bench import measure_peak
-from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig
+from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig, RAVLConfig
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import make_env
 
@@ -231,17 +231,22 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
                        "terminated": flags, "truncated": flags}, [50_000])  # fmt: skip
     out = []
     per_row = _mlp_flops(model.weights)
-    for penalty in (0.0, 1.0):
+    peaks = {"fp32": peak, "bf16": measure_peak(device, "bf16")}
+    for penalty, precision in ((0.0, "fp32"), (1.0, "fp32"), (1.0, "bf16")):
+        model.precision = precision
         mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
         mopo.observe(real)
         ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1, device=device)
         # penalised rollouts run every member the measure reads on every row; plain ones one elite per row
         scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
         flops = 5 * 50_000 * per_row * (scored if penalty else 1)
-        out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}", "per_s": 250_000 / ms * 1e3,
-                    "unit": "transitions/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})  # fmt: skip
-    for name, planner in (("MBPO/MOPO SAC (2 critics 2x256)", MOPO(model, spec)),
-                          ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL(model, spec))):  # fmt: skip
+        out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}{_tag(precision)}",
+                    "per_s": 250_000 / ms * 1e3, "unit": "transitions/s", "ms": ms,
+                    "floor_ms": flops / (peaks[precision] * 1e6)})  # fmt: skip
+    model.precision = "fp32"
+    agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig), ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL, RAVLConfig))
+    for (name, kind, config), precision in itertools.product(agents, peaks):
+        planner = kind(model, spec, config(agent={"precision": precision}))
         planner.observe(real)
         planner.rollout(real["obs"][:5000])
         agent = planner.agent
@@ -250,7 +255,8 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
         critic, actor = _mlp_flops(agent.critics.weights), _mlp_flops([m.weight.T for m in agent.actor.net[::2]])
         # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+3 for EDAC's double backward); actor 4
         flops = b * (n * critic * (6 + 3 * (agent.config.eta > 0)) + 4 * actor)
-        out.append({"work": name, "per_s": 1000 / ms, "unit": "updates/s", "ms": ms, "floor_ms": flops / (peak * 1e6)})
+        out.append({"work": name + _tag(precision), "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
+                    "floor_ms": flops / (peaks[precision] * 1e6)})
     if device == "cpu":  # (behaviour cloning trains on the CPU whatever the device)
         bc = BehaviourCloning(model, spec)
         bc.observe(real)
@@ -258,8 +264,13 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
         out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
                     "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
     for r in out:
-        r.update(peak_gflops=peak, device=device)
+        r.update(peak_gflops=peak, bf16_peak_gflops=peaks["bf16"], device=device)
     return out
+
+
+def _tag(precision: str) -> str:
+    """A row's label suffix: bf16 rows run their hidden layers on bf16 operands."""
+    return ", bf16" if precision == "bf16" else ""
 
 
 _CONCURRENCY_RUN = ["env_steps=300", "seed_steps=100", "train_every=100", "eval_every=300", "checkpoint_every=300"]
@@ -402,7 +413,8 @@ def _print_dyna(table: list[dict]) -> None:
     print(f"{'work':42s} {'per second':>12s} {'unit':14s} {'ms':>8s} {'floor ms':>9s}")
     for r in table:
         print(f"{r['work']:42s} {r['per_s']:12,.0f} {r['unit']:14s} {r['ms']:8.2f} {r['floor_ms']:9.2f}")
-    print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
+    print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run; "
+          f"bf16 rows at bf16's {table[0]['bf16_peak_gflops']:.0f})")
 
 
 PLANNING_SECTION = "planning steps (eager, and on CUDA replayed from one CUDA graph)"

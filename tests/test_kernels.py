@@ -226,6 +226,32 @@ def test_bf16_precision_is_differentiable():
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("rows", [100, 300], ids=["stacked", "chunked-loop"])
+def test_bf16_keeps_the_output_layer_in_fp32(rows):
+    # Q-values near 300: bf16 spaces its values 2 apart there, so a bf16 output layer would
+    # round every output onto that grid; the hidden layers alone run on bf16 operands
+    ws, bs = make_params(2, [23, 64, 64, 1], seed=14)
+    with torch.no_grad():
+        bs[-1].fill_(300.0)
+    x = rand_x(2, rows, 23)
+    ref = reference.ensemble_mlp(x.double(), f64(ws), f64(bs))
+    for mlp in (kernels.ensemble_mlp, reference.ensemble_mlp):
+        with torch.no_grad():
+            out = mlp(x, ws, bs, precision="bf16")
+        assert out.dtype == torch.float32 and (out != out.bfloat16().float()).float().mean() > 0.9
+        assert (out.double() - ref).abs().max() < 0.5
+
+
+def test_reference_bf16_is_twice_differentiable():
+    # EDAC's diversity term differentiates the critics' action-gradient
+    ws, bs = make_params(3, [5, 16, 16, 1], seed=15, requires_grad=True)
+    x = rand_x(3, 4, 5).requires_grad_(True)
+    out = reference.ensemble_mlp(x, ws, bs, activation="relu", precision="bf16")
+    (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    second = torch.autograd.grad(grad_x.square().sum(), ws[0])[0]
+    assert grad_x.dtype == second.dtype == torch.float32 and second.abs().sum() > 0
+
+
 def test_cpu_tensors_take_the_cpu_backend():
     assert dispatch.backend(torch.zeros(1, 1, 1)) == "cpu"
 

@@ -96,11 +96,14 @@ def test_edac_term_makes_critic_gradients_diverse():
     assert last < first - 0.5
 
 
-def test_sac_solves_a_one_step_bandit():
-    """reward = -(a - a*)^2 with every step terminal: Q must learn the reward, the policy its peak."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sac_solves_a_one_step_bandit(precision):
+    """reward = -(a - a*)^2 with every step terminal: Q must learn the reward, the policy its peak
+    (also with the hidden layers on bf16 operands)."""
     torch.manual_seed(0)
     best = torch.tensor([0.5, 1.5])
-    agent = SAC(O, LOW, HIGH, SACConfig(hidden=64, actor_lr=3e-3, critic_lr=3e-3, alpha_lr=3e-3, init_alpha=0.1))
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=64, actor_lr=3e-3, critic_lr=3e-3, alpha_lr=3e-3, init_alpha=0.1,
+                                        precision=precision))
     for _ in range(600):
         batch = transitions(256, terminated=True)
         batch["reward"] = -(batch["action"] - best).square().sum(-1)
@@ -137,12 +140,13 @@ def test_training_state_round_trip_continues_identically():
         (dict(critic_subset=3), r"critic_subset must be in \[1, num_critics=2\], got 3"),
         (dict(critic_subset=0), r"critic_subset must be in \[1, num_critics=2\], got 0"),
         (dict(num_critics=1, eta=1.0), r"gradient-diversity term \(eta=1.0 > 0\) needs num_critics >= 2, got 1"),
-        (dict(init="xavier"), r"init must be one of \('default', 'edac'\) .* got init='xavier'"),
+        (dict(init="xavier"), r"init must be one of \('default', 'edac'\), .* got init='xavier'"),
+        (dict(precision="fp16"), r"precision one of \('fp32', 'bf16'\), .* precision='fp16'"),
         (dict(update_order="alpha_first"), r"update_order one of .* update_order='alpha_first'"),
         (dict(alpha_max=0.0), r"alpha_max must be > 0 or None, got 0.0"),
     ],
     ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic",
-         "init", "update_order", "alpha_max"],
+         "init", "precision", "update_order", "alpha_max"],
 )
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -209,3 +213,19 @@ def test_the_disagreement_penalty_takes_mean_minus_lambda_std_of_the_critics():
     q = agent.critics(obs, agent.act(obs, deterministic=True))
     torch.testing.assert_close(agent.value(obs, True, 2.0), q.mean(0) - 2.0 * q.std(0))
     torch.testing.assert_close(agent.value(obs, True), q.amin(0))
+
+
+def test_bf16_agent_keeps_fp32_parameters_and_matches_fp32_values():
+    config = SACConfig(hidden=64, num_critics=3, critic_layers=3, eta=1.0, precision="bf16")
+    agent, exact = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, SACConfig(hidden=64, num_critics=3, critic_layers=3))
+    exact.load_state_dict(agent.state_dict())
+    for _ in range(3):
+        losses = agent.update(transitions(64, terminated=False))  # EDAC's double backward too
+    assert all(math.isfinite(v) for v in losses.values())
+    assert all(p.dtype == torch.float32 for p in agent.parameters())
+    assert all(t.dtype == torch.float32 for s in agent.critic_optim.state.values() for t in s.values() if t.dim())
+    exact.load_state_dict(agent.state_dict())
+    obs, action = torch.randn(200, O), torch.rand(200, A) * (HIGH - LOW) + LOW
+    with torch.no_grad():
+        low, high = agent.critics(obs, action), exact.critics(obs, action)
+    assert low.dtype == torch.float32 and 0 < (low - high).abs().max() < 0.05 * high.abs().max() + 0.01
