@@ -5,6 +5,8 @@ Shapes: x [P, B, in], weights[l] [E, in_l, out_l], biases[l] [E, out_l]; P = E o
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +54,12 @@ def _bf16(t: Tensor) -> Tensor:
     if kept is None or kept[0] != t._version:
         kept = _bf16_copies[t] = (t._version, t.detach().to(torch.bfloat16))
     return kept[1]
+
+
+@functools.cache
+def _bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 / AMX, as oneDNN sees it)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _member_ids(P: int, members: Tensor | None) -> list[int]:
@@ -156,6 +164,9 @@ def ensemble_mlp(
     (AVX-512 BF16 / AMX) and the output layer in x's dtype (`kernels.reference.bf16_hidden`).
     bf16 is only ever used when asked for.
     """
+    if precision == "bf16" and not _bf16_units():
+        warnings.warn("precision='bf16' on a CPU without AVX-512 BF16 or AMX runs bf16 matmuls far slower "
+                      "than fp32 (1 GFLOP/s measured on an AVX2 machine): use precision='fp32' here")
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
     variant = choose(x.shape[1], needs_grad)
