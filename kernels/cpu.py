@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.graph import increment_version
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from kernels import _common
@@ -41,6 +43,15 @@ CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
 
 
 _bf16_copies = WeakIdKeyDictionary()  # parameter -> (its version, its bf16 copy): cast once per change
+
+
+def _count_optimizer_writes(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Fused optimisers (torch's Adam(fused=True), which every learner here uses) write their
+    parameters without counting a version; count one for them, so `_bf16` sees every step."""
+    increment_version([p for group in optimizer.param_groups for p in group["params"]])
+
+
+register_optimizer_step_post_hook(_count_optimizer_writes)
 
 
 def _bf16(t: Tensor) -> Tensor:

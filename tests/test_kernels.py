@@ -362,6 +362,24 @@ def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(mo
     assert launched[1:] == [("tuned", 16), ("heuristic", tm._tiles(1200, 200)[0])] and len(tuned.cache) == 1
 
 
+def test_bf16_copies_follow_a_fused_optimiser_step():
+    # torch's fused Adam writes parameters without counting a version: a stale bf16 copy would
+    # evaluate (a fit's holdout, a planner, a target) with the weights of before the step
+    w = torch.nn.Parameter(torch.randn(3, 8, 4))
+    x = torch.randn(3, 300, 8)
+    with torch.no_grad():
+        before = kernels.ensemble_mlp(x, [w, w.new_ones(3, 4, 4)], [torch.zeros(3, 4), torch.zeros(3, 4)],
+                                      precision="bf16")
+    optimizer = torch.optim.Adam([w], lr=0.5, fused=True)
+    w.grad = torch.ones_like(w)
+    optimizer.step()
+    assert torch.equal(cpu._bf16(w), w.detach().to(torch.bfloat16))
+    with torch.no_grad():
+        after = kernels.ensemble_mlp(x, [w, w.new_ones(3, 4, 4)], [torch.zeros(3, 4), torch.zeros(3, 4)],
+                                     precision="bf16")
+    assert (after - before).abs().max() > 1.0
+
+
 def test_bf16_copies_of_weights_are_cast_once_and_follow_in_place_changes():
     w = torch.randn(3, 8, 4)
     first = cpu._bf16(w)
