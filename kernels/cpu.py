@@ -42,35 +42,45 @@ TRAIN_LOOP_MIN_ROWS = 1024
 CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
 
 
-_bf16_copies = WeakIdKeyDictionary()  # parameter -> (its version, its bf16 copy): cast once per change
+_bf16_copies = WeakIdKeyDictionary()  # parameter -> (its version and storage, its bf16 copy): cast once per change
+_warned_slow_bf16 = False
 
 
 def _count_optimizer_writes(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     """Fused optimisers (torch's Adam(fused=True), which every learner here uses) write their
-    parameters without counting a version; count one for them, so `_bf16` sees every step."""
-    increment_version([p for group in optimizer.param_groups for p in group["params"]])
+    parameters without counting a version; count one for each parameter a step could have
+    changed (those with a gradient), so cached casts (`_bf16`, an ensemble's member slices) see it."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                increment_version(p)
 
 
 register_optimizer_step_post_hook(_count_optimizer_writes)
 
 
 def _bf16(t: Tensor) -> Tensor:
-    """t in bfloat16; a parameter's copy is kept until it changes in place (planning calls the same
-    weights at every horizon step) or it needs a gradient (then the cast stays in the graph).
-    Writes through `.data` bypass the version counter, so they would not be seen (no code here
-    makes them: optimisers, copy_ and load_state_dict all count)."""
+    """t in bfloat16; a parameter's copy is kept until it changes (planning calls the same weights
+    at every horizon step) or it needs a gradient (then the cast stays in the graph). A change is
+    a new version (in-place ops, copy_, load_state_dict; optimiser steps through the hook above)
+    or new storage (`.data =`, `module.to`); a write into `.data` in place is not seen."""
     if t.dtype == torch.bfloat16 or t.requires_grad and torch.is_grad_enabled() or t.is_inference():
         return t.to(torch.bfloat16)
+    key = (t._version, t.data_ptr())
     kept = _bf16_copies.get(t)
-    if kept is None or kept[0] != t._version:
-        kept = _bf16_copies[t] = (t._version, t.detach().to(torch.bfloat16))
+    if kept is None or kept[0] != key:
+        kept = _bf16_copies[t] = (key, t.detach().to(torch.bfloat16))
     return kept[1]
 
 
 @functools.cache
-def _bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 / AMX, as oneDNN sees it)."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX); without, bf16 is emulated
+    and far slower than fp32."""
+    try:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _member_ids(P: int, members: Tensor | None) -> list[int]:
@@ -172,12 +182,14 @@ def ensemble_mlp(
 
     precision: "fp32" computes in x's dtype; "tf32" is the same on CPU (no TF32 units, so the
     result is never less accurate than asked); "bf16" runs the hidden layers on bfloat16 operands
-    (AVX-512 BF16 / AMX) and the output layer in x's dtype (`kernels.reference.bf16_hidden`).
-    bf16 is only ever used when asked for.
+    (AVX-512 BF16 / AMX) and the output layer in x's dtype (`kernels.reference.bf16_hidden`; a
+    one-layer MLP has no hidden layer and runs in fp32). bf16 is only ever used when asked for.
     """
-    if precision == "bf16" and not _bf16_units():
+    global _warned_slow_bf16
+    if precision == "bf16" and not _warned_slow_bf16 and not bf16_units():
+        _warned_slow_bf16 = True
         warnings.warn("precision='bf16' on a CPU without AVX-512 BF16 or AMX runs bf16 matmuls far slower "
-                      "than fp32 (1 GFLOP/s measured on an AVX2 machine): use precision='fp32' here")
+                      "than fp32 (1 GFLOP/s measured on an AVX2 machine): use precision='fp32' here", stacklevel=3)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
     variant = choose(x.shape[1], needs_grad)

@@ -24,6 +24,7 @@ def ensemble_mlp(
     biases: Sequence[Tensor],
     activation: str = "silu",
     members: Tensor | None = None,
+    *,
     precision: str = "fp32",
 ) -> Tensor:
     """[E, B, in] -> [E, B, out]; `activation` after every layer but the last.
@@ -47,7 +48,7 @@ def layer(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """h [E, B, in] @ w [E, in, out] + b [E, out]. A one-output layer (a critic's) is a product and
     a sum: its backward is then an outer product by broadcasting, which bmm runs slowly at inner
     size 1 (a SAC update 10% faster on the CPU, `python -m planners.bench --dyna`)."""
-    if w.shape[-1] == 1:
+    if w.shape[-1] == 1 and h.dtype != torch.bfloat16:  # (bf16 operands keep bmm's fp32 accumulation)
         return (h * w.transpose(1, 2)).sum(-1, keepdim=True) + b.unsqueeze(1)
     return torch.baddbmm(b.unsqueeze(1), h, w)
 
@@ -59,7 +60,9 @@ def bf16_hidden(
     """Mixed precision: the hidden layers through `mlp` on bfloat16 operands (fp32 accumulation),
     the output layer in x's dtype, so outputs (Q-values, means, log-variances) keep fp32's
     resolution while the wide layers run at bf16's speed. `cast` makes a parameter's bf16 copy.
-    Differentiable (twice, when `mlp` is); gradients reach the fp32 parameters. [E|M, B, out]."""
+    Differentiable (twice, when `mlp` is); gradients reach the fp32 parameters. [E|M, B, out].
+    A one-layer MLP has no hidden layer: it runs in fp32. (This is the CPU's bf16; the Triton
+    kernels' bf16 runs every layer, the output layer too, on bf16 operands.)"""
     if len(weights) == 1:
         return mlp(x, weights, biases, activation, members)
     hidden = mlp(x.to(torch.bfloat16), [cast(w) for w in weights[:-1]], [cast(b) for b in biases[:-1]],

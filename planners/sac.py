@@ -8,6 +8,7 @@ Shapes: B rows, N critics, O obs dims, A action dims.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import math
@@ -103,9 +104,12 @@ class Actor(nn.Module):
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         """Sample (reparameterised) an action and its log-probability [B]; deterministic: tanh(mean)."""
-        with torch.autocast(obs.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            hidden = self.net[:-1](obs)
-        mean, log_std = self.net[-1](hidden.float()).chunk(2, dim=-1)
+        *body, head = self.net
+        hidden = obs
+        with torch.autocast(obs.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext():
+            for module in body:
+                hidden = module(hidden)
+        mean, log_std = head(hidden.to(head.weight.dtype)).chunk(2, dim=-1)
         if deterministic:
             return self.center + self.half_range * torch.tanh(mean), torch.zeros(obs.shape[:-1], device=obs.device)
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)

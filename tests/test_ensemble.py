@@ -430,3 +430,22 @@ def test_a_refit_counts_patience_from_its_own_epochs_and_never_returns_a_worse_m
     assert any(beaten)
     for m, moved in enumerate(beaten):  # a member keeps its start (re-expressed for the new normalisers)
         assert torch.allclose(after[m], before[m], rtol=1e-4, atol=1e-4) != moved  # where no epoch beat it
+
+
+def test_member_slices_follow_a_fused_optimiser_step():
+    # planning with some members reads cached slices of their weights, keyed on the versions;
+    # torch's fused Adam writes without counting one (kernels.cpu counts it after each step)
+    model = small_model()
+    x, members = torch.randn(2, 5, O + A), torch.tensor([1, 3])
+    with torch.no_grad():
+        before = model.forward_normalized(x, members)[0]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    with torch.no_grad():
+        after = model.forward_normalized(x, members)[0]
+        every = torch.zeros(4, 5, O + A).index_copy(0, members, x)  # the same rows for all 4 members
+        fresh = model.forward_normalized(every)[0][members]
+    assert (after - before).abs().max() > 0.1
+    torch.testing.assert_close(after, fresh)
