@@ -14,6 +14,7 @@ in a thread and in a process.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import json
@@ -136,6 +137,13 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
             ("CEM PETS (400 x 20 particles x 30 x 5)", "ours, CUDA graph", lambda: graphed["pets"].act(obs),
              400 * 20 * 30 * 5),
         ]
+    bf16_peak = measure_peak(device, "bf16") if device == "cuda" or bf16_units() else None
+    if bf16_peak:  # the default planner with the model's hidden layers on bf16 operands
+        low = copy.deepcopy(model)
+        low.precision = "bf16"
+        valued_bf16 = MPPI(low, spec, MPPIConfig(seed=0))
+        cases.insert(2, ("MPPI default (512 x 15 + learned value)", "ours, model.precision=bf16",
+                         lambda: valued_bf16.act(obs), 512 * 15))
     if device == "cpu":  # torchrl's planners at equal work (their env wrapper is CPU-only here)
         theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
         their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
@@ -144,9 +152,9 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
     out = []
     for config, impl, fn, row_steps in cases:
         ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5), device=device)
-        floor_ms = row_steps * flops_per_row_step / (peak * 1e6)
+        floor_ms = row_steps * flops_per_row_step / ((bf16_peak if "bf16" in impl else peak) * 1e6)
         out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms,
-                    "floor_ms": floor_ms, "peak_gflops": peak, "device": device})  # fmt: skip
+                    "floor_ms": floor_ms, "peak_gflops": peak, "bf16_peak_gflops": bf16_peak, "device": device})  # fmt: skip
     if device == "cuda":  # graphed and eager plans from the same seed: the same actions, step by step
         eager_ms = {r["config"]: r["ms_per_step"] for r in out if r["planner"] == "ours"}
         for r in out:
@@ -403,14 +411,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_planning(table: list[dict]) -> None:
-    print(f"{'config':40s} {'planner':20s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
+    print(f"{'config':40s} {'planner':27s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
     for r in table:
         ratio = f"{r['speedup_vs_torchrl']:.2f}x" if r["speedup_vs_torchrl"] else "-"
         graph = (f"  {r['speedup_vs_eager']:.2f}x eager, actions within {r['max_abs_diff_vs_eager']:.1e} of eager's"
                  if "speedup_vs_eager" in r else "")  # fmt: skip
-        print(f"{r['config']:40s} {r['planner']:20s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} "
+        print(f"{r['config']:40s} {r['planner']:27s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} "
               f"{ratio:>10s}{graph}")
-    print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run)")
+    bf16 = table[0].get("bf16_peak_gflops")
+    print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run"
+          + (f"; the bf16 row at bf16's {bf16:.0f})" if bf16 else ")"))
 
 
 def _print_dyna(table: list[dict]) -> None:
