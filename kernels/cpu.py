@@ -125,13 +125,15 @@ def mlp_loop_inference(
     L = len(weights)
     if chunk_rows is None:
         chunk_rows = max(256, CHUNK_ELEMS // max(w.shape[2] for w in weights))
-    hidden = _bf16 if bf16_hidden_layers else (lambda t: t)  # the hidden layers' parameters
+    if bf16_hidden_layers:  # the hidden layers' parameters, cast once for every member
+        weights = [_bf16(w) for w in weights[:-1]] + [weights[-1]]
+        biases = [_bf16(b) for b in biases[:-1]] + [biases[-1]]
     hidden_dtype = torch.bfloat16 if bf16_hidden_layers and L > 1 else x.dtype
     out = _common.empty((P, B, weights[-1].shape[2]), x.dtype, x.device)
     with torch.no_grad():
         for p, e in enumerate(_member_ids(P, members)):
-            ws = [hidden(w)[e] for w in weights[:-1]] + [weights[-1][e]]
-            bs = [hidden(b)[e] for b in biases[:-1]] + [biases[-1][e]]
+            ws = [w[e] for w in weights]
+            bs = [b[e] for b in biases]
             for s in range(0, B, chunk_rows):
                 h = x[p, s:s + chunk_rows].to(hidden_dtype)
                 for i in range(L - 1):

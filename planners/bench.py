@@ -137,7 +137,7 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
             ("CEM PETS (400 x 20 particles x 30 x 5)", "ours, CUDA graph", lambda: graphed["pets"].act(obs),
              400 * 20 * 30 * 5),
         ]
-    bf16_peak = measure_peak(device, "bf16") if device == "cuda" or bf16_units() else None
+    bf16_peak = _bf16_peak(device)
     if bf16_peak:  # the default planner with the model's hidden layers on bf16 operands
         low = copy.deepcopy(model)
         low.precision = "bf16"
@@ -240,8 +240,8 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
                        "terminated": flags, "truncated": flags}, [50_000])  # fmt: skip
     out = []
     per_row = _mlp_flops(model.weights)
-    # bf16 rows where bf16 is fast (a GPU, or a CPU with bf16 units; emulated it takes minutes a row)
-    peaks = {"fp32": peak, **({"bf16": measure_peak(device, "bf16")} if device == "cuda" or bf16_units() else {})}
+    bf16_peak = _bf16_peak(device)
+    peaks = {"fp32": peak, **({"bf16": bf16_peak} if bf16_peak else {})}
     for penalty, precision in ((0.0, "fp32"), (1.0, "fp32"), (1.0, "bf16")):
         if precision not in peaks:
             continue
@@ -278,6 +278,12 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
     for r in out:
         r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device)
     return out
+
+
+def _bf16_peak(device: str) -> float | None:
+    """bf16 matmul GFLOP/s where bf16 is fast (a GPU, or a CPU with bf16 units), else None: no bf16
+    rows (emulated bf16 takes minutes a row)."""
+    return measure_peak(device, "bf16") if device == "cuda" or bf16_units() else None
 
 
 def _tag(precision: str) -> str:
