@@ -408,6 +408,31 @@ def test_beta_nll_weights_each_rows_nll_by_its_detached_variance():
         torch.testing.assert_close(lv.grad, (1 - (mean - target) ** 2 * torch.exp(-logvar)) * scale)
 
 
+def test_the_fit_step_adds_weight_decay_gradients_equal_to_backpropagating_the_whole_loss():
+    """fitting.backward adds L2's gradient in place instead of through autograd: the gradients and
+    the loss it returns are those of loss(...).backward() with the decay in the graph."""
+    from worldmodel import fitting
+
+    model = small_model()
+    model.weight_decay = [0.1 * (i + 1) for i in range(len(model.weights))]  # large enough to show
+    x, target = torch.randn(4, 8, O + A), torch.randn(4, 8, O + 1)
+    grads = []
+    for fused in (False, True):
+        model.zero_grad(set_to_none=True)
+        mean, logvar = model.forward_normalized(x)
+        if fused:
+            value = fitting.backward(model, mean, logvar, target, 0.5)
+        else:
+            whole = fitting.loss(model, mean, logvar, target, 0.5)
+            whole.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert value == pytest.approx(whole.item(), rel=1e-6)
+    decay_share = [(0.1 * (i + 1) * w).norm() / g.norm() for i, (w, g) in enumerate(zip(model.weights, grads[0]))]
+    assert min(decay_share) > 0.05  # the decay is a visible part of each weight's gradient
+    for autograd_grad, in_place_grad in zip(*grads):
+        torch.testing.assert_close(in_place_grad, autograd_grad)
+
+
 def test_a_refit_counts_patience_from_its_own_epochs_and_never_returns_a_worse_member():
     """Early stopping compares a fit's epochs with each other, not with the starting weights (MBPO),
     so a refit's first epochs, worse than its start, do not end it; the weights kept are each
