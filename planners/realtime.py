@@ -29,6 +29,7 @@ Shapes: O obs dims, A action dims, H plan steps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -44,6 +45,7 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
+from planners.mpc import MPCPlanner
 from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper, new_queue
 from worldmodel.envs import TaskSpec
 
@@ -531,16 +533,11 @@ def _validate(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
-    from tqdm.auto import tqdm
-
-    from planners import evaluate
     from worldmodel import threads
-    from worldmodel.checkpoint import CheckpointError, RunDirLock
-    from worldmodel.collect import uniform_policy
+    from worldmodel.checkpoint import RunDirLock
     from worldmodel.config import check_model_settings, run_dir_for, save_config
     from worldmodel.datasets import load_dataset
-    from worldmodel.envs import make_env
-    from worldmodel.metrics import MetricsLogger, write_json
+    from worldmodel.metrics import MetricsLogger
     from worldmodel.robot import SimulatedRobot
 
     argv = sys.argv[1:] if argv is None else argv
@@ -558,6 +555,11 @@ def main(argv: list[str] | None = None) -> dict:
         # the planner samples within the slew limit the controller enforces
         slew = {"slew": cfg.slew} if cfg.slew is not None and "slew" in cfg.planner and cfg.planner.slew is None else {}
         agent = Agent.from_config(cfg, spec, cfg.real_steps + (len(dataset) if dataset is not None else 0), **slew)
+        if not isinstance(agent.planner, MPCPlanner):  # (Dyna and BC act with a policy only planner.learn trains)
+            raise ValueError(f"planner={cfg.planner.name}: the real-time loop refits the model and an MPC planner's "
+                             "learned value in the background, never a Dyna or BC policy, which would act untrained; "
+                             "use planner=mppi, cem, icem or random here (pretrained=<run dir> brings a Dyna run's "
+                             "model and critics), or python -m worldmodel.run for this planner")
         if cfg.pretrained:
             print(agent.describe_pretrained())
         agent.add_dataset(dataset)
@@ -571,9 +573,33 @@ def main(argv: list[str] | None = None) -> dict:
         lock = RunDirLock(run_dir)  # one process per run directory
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    save_config(cfg, run_dir)
-    logger = MetricsLogger(run_dir)
-    log = agent.open_log(run_dir / "transitions")
+    with contextlib.ExitStack() as cleanup:  # on every path out: the lock, the metrics and the transition log
+        cleanup.callback(lock.release)
+        save_config(cfg, run_dir)
+        logger = MetricsLogger(run_dir)
+        cleanup.callback(logger.close)
+        cleanup.callback(agent.close)
+        return _run(cfg, agent, robot, dataset, run_dir, resume_dir, logger)
+
+
+def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | None, logger) -> dict:
+    """The control loop on the simulated robot, then the evaluations and the summary (main holds the
+    run directory's lock and closes what this opens)."""
+    from tqdm.auto import tqdm
+
+    from planners import evaluate
+    from worldmodel import threads
+    from worldmodel.checkpoint import CheckpointError
+    from worldmodel.collect import uniform_policy
+    from worldmodel.envs import make_env
+    from worldmodel.metrics import write_json
+    from worldmodel.transition_log import LogCorruptError
+
+    spec, env_args = robot.spec, {k: v for k, v in cfg.env.items() if k != "name"}
+    try:
+        log = agent.open_log(run_dir / "transitions")
+    except LogCorruptError as e:
+        raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
     agent_file = run_dir / "agent.pt"
     if resume_dir is not None:
         if len(log):
@@ -582,7 +608,6 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 agent.restore(agent_file)
             except CheckpointError as e:
-                lock.release()
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
@@ -623,7 +648,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
                unit="step", smoothing=0)  # fmt: skip
-    status, previous, last_report, seeded, logged_episodes = "finished", None, time.monotonic(), 0, 0
+    status, previous, last_report, seeded, logged_episodes, nonfinite_pairs = "finished", None, time.monotonic(), 0, 0, 0
     started = time.perf_counter()
     try:
         with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
@@ -637,9 +662,12 @@ def main(argv: list[str] | None = None) -> dict:
                         raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
                 pairs = []
-                for r in readings:  # consecutive readings of one episode make a real transition
+                for r in readings:  # consecutive finite readings of one episode make a real transition
                     if previous is not None and not r.first and r.seq == previous.seq + 1:
-                        pairs.append((previous, r))
+                        if _finite(previous, r):
+                            pairs.append((previous, r))
+                        else:
+                            nonfinite_pairs += 1
                     previous = r
                 latest = readings[-1]
                 if len(log) < seeding or not ready():
@@ -669,13 +697,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise RuntimeError(f"the learner failed: {learner.error}")
     except KeyboardInterrupt:
         status = "interrupted"
-    except BaseException:
-        lock.release()
-        raise
     finally:  # (leaving the with-block stopped the robot, the planner and the learner)
         bar.close()
         agent.close()
     wall = time.perf_counter() - started
+    if cfg.worker == "thread" or not agent_file.is_file():  # (a learning process saved its agent after each refit)
+        save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not
     final, evals = None, {}
     if status == "finished":
         if cfg.worker == "process" and agent_file.is_file():
@@ -692,7 +719,7 @@ def main(argv: list[str] | None = None) -> dict:
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "vetoed", "watchdog_trips", "plans")},
                "real_steps": len(log),
-               "logged_transitions": len(log), "seed_actions": seeded, "robot_steps": robot.steps,
+               "logged_transitions": len(log), "nonfinite_transitions": nonfinite_pairs, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
@@ -701,8 +728,6 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(summary, run_dir / "summary.json")
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "
           f"at {cfg.control_hz:g} Hz, {cfg.latency_ms:g} ms latency")  # fmt: skip
-    logger.close()
-    lock.release()
     print(f"{run_dir}: act p50 {stats['act_latency_p50_ms']:.3f} ms, p99 {stats['act_latency_p99_ms']:.3f} ms; "
           f"fresh {stats['fresh_rate']:.1%}, shifted {stats['shifted_rate']:.1%}, fallback {stats['fallback_rate']:.1%}; "
           f"deadline misses {stats['deadline_miss_rate']:.1%}; final evaluation {final}")  # fmt: skip
@@ -713,6 +738,11 @@ def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
     """run_dir/model.pt, then run_dir/agent.pt (what a resume reads); `pretrained=<run dir>` reads both."""
     agent.model.save(run_dir / "model.pt")
     agent.save(run_dir / "agent.pt", model_version=version)
+
+
+def _finite(before, after) -> bool:
+    """Whether the transition two consecutive readings make is finite (the log refuses one that is not)."""
+    return bool(torch.isfinite(before.obs).all() and torch.isfinite(after.obs).all()) and math.isfinite(after.reward)
 
 
 def _transitions(pairs: list) -> TensorDict:

@@ -329,6 +329,37 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
     snapshot.restore(robot / "snapshots" / "agent-0.pt")  # eval_at=[0]: the robot run's agent at its start
     assert torch.equal(snapshot.planner.value_agent.value(obs, True), before.planner.value_agent.value(obs, True))
 
+    # a damaged log is a clear error on resume, and the run directory is free again afterwards
+    from worldmodel.checkpoint import RunDirLock
+
+    segment = robot / "transitions" / "segment-000000.bin"
+    segment.write_bytes(b"not a log" + segment.read_bytes()[9:])
+    with pytest.raises(SystemExit, match="cannot resume .*bad header"):
+        main([f"resume={robot}"])
+    RunDirLock(robot).release()  # (raises "in use" if the failed resume kept the lock)
+
+
+@pytest.mark.parametrize("planner", ["mopo", "bc"])
+def test_the_robot_command_refuses_planners_whose_policy_it_would_never_train(tmp_path, planner):
+    from planners.realtime import main
+
+    with pytest.raises(SystemExit, match=f"planner={planner}: .*never a Dyna or BC policy"):
+        main(["env=hopper", f"planner={planner}", "real_steps=10", f"run_dir={tmp_path / 'rt'}"])
+    assert not (tmp_path / "rt").exists()
+
+
+def test_a_non_finite_reading_makes_no_transition():
+    from planners.realtime import _finite
+    from worldmodel.robot import Reading
+
+    def reading(obs, reward=1.0):
+        return Reading(delivery=0.0, seq=0, obs=torch.tensor(obs), stamp=0.0, reward=reward)
+
+    assert _finite(reading([0.0, 1.0]), reading([1.0, 2.0]))
+    assert not _finite(reading([0.0, float("nan")]), reading([1.0, 2.0]))
+    assert not _finite(reading([0.0, 1.0]), reading([float("inf"), 2.0]))
+    assert not _finite(reading([0.0, 1.0]), reading([1.0, 2.0], reward=float("nan")))
+
 
 def test_a_planning_process_that_stalls_gives_the_shifted_plan_then_the_safe_action(hopper, tmp_path):
     spec, model, data = hopper
