@@ -260,3 +260,14 @@ def test_the_command_line_builds_the_planner_the_api_does(name):
     cfg, _ = load_config([f"planner={name}", "env=hopper"])
     _, config_cls = PLANNERS[name]
     assert Run(cfg).planner.config == config_cls(seed=cfg.seed)
+
+
+def test_a_key_of_another_planner_is_unknown_and_not_suggested_as_itself():
+    """planner.candidates is MPPI's: under planner=mopo the error lists mopo's keys, not the key itself."""
+    from worldmodel.run import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["planner=mopo", "planner.candidates=64"])
+    message = str(e.value)
+    assert "unknown key 'planner.candidates'" in message and "did you mean planner.candidates" not in message
+    assert "planner.rollout_length" in message  # mopo's keys

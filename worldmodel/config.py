@@ -167,8 +167,9 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
         except (HydraException, OmegaConfBaseException) as e:
             message = str(e).split("\nConfig search path")[0]
             if "Could not override" in message:  # a key that is not there: a typo, most often
-                key = message.split("'")[1]
-                raise SystemExit(_unknown_key(key, _dotted_keys(compose(config_name=name)), name)) from None
+                key = message.split("'")[1]  # (the valid keys: those of the config groups chosen, planner=...)
+                chosen = [o for o in overrides if o.split("=", 1)[0] in options]
+                raise SystemExit(_unknown_key(key, _dotted_keys(compose(config_name=name, overrides=chosen)), name)) from None
             if "Available options" not in message:  # an unknown key rather than an unknown group option
                 message += f"\nvalid keys for {name}: {', '.join(_dotted_keys(compose(config_name=name)))}"
             raise SystemExit(f"error: {message}") from None
