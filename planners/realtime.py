@@ -45,7 +45,6 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
-from planners.mpc import MPCPlanner
 from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper, new_queue
 from worldmodel.envs import TaskSpec
 
@@ -516,6 +515,8 @@ _REMOVED_KEYS = ("value_updates",)
 
 
 def _validate(cfg) -> None:
+    from planners import MPC_PLANNERS
+
     for key in ("real_steps", "train_every", "fit_epochs", "eval_episodes", "plan_threads"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
@@ -524,6 +525,11 @@ def _validate(cfg) -> None:
             raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
         raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
+    if cfg.planner.name not in MPC_PLANNERS:  # (Dyna and BC act with a policy only planner.learn trains)
+        raise ValueError(f"planner={cfg.planner.name}: the real-time loop refits the model and an MPC planner's "
+                         "learned value in the background, never a Dyna or BC policy, which would act untrained; use "
+                         f"planner={'|'.join(MPC_PLANNERS)} here (pretrained=<run dir> brings a Dyna run's model "
+                         "and critics), or python -m worldmodel.run for this planner")
     if cfg.worker not in WORKERS:
         raise ValueError(f"worker must be one of {list(WORKERS)}, got {cfg.worker!r}")
     for key in ("pretrained", "dataset"):
@@ -555,11 +561,6 @@ def main(argv: list[str] | None = None) -> dict:
         # the planner samples within the slew limit the controller enforces
         slew = {"slew": cfg.slew} if cfg.slew is not None and "slew" in cfg.planner and cfg.planner.slew is None else {}
         agent = Agent.from_config(cfg, spec, cfg.real_steps + (len(dataset) if dataset is not None else 0), **slew)
-        if not isinstance(agent.planner, MPCPlanner):  # (Dyna and BC act with a policy only planner.learn trains)
-            raise ValueError(f"planner={cfg.planner.name}: the real-time loop refits the model and an MPC planner's "
-                             "learned value in the background, never a Dyna or BC policy, which would act untrained; "
-                             "use planner=mppi, cem, icem or random here (pretrained=<run dir> brings a Dyna run's "
-                             "model and critics), or python -m worldmodel.run for this planner")
         if cfg.pretrained:
             print(agent.describe_pretrained())
         agent.add_dataset(dataset)
@@ -697,9 +698,8 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
             raise RuntimeError(f"the learner failed: {learner.error}")
     except KeyboardInterrupt:
         status = "interrupted"
-    finally:  # (leaving the with-block stopped the robot, the planner and the learner)
+    finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
         bar.close()
-        agent.close()
     wall = time.perf_counter() - started
     if cfg.worker == "thread" or not agent_file.is_file():  # (a learning process saved its agent after each refit)
         save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not
@@ -742,7 +742,8 @@ def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
 
 def _finite(before, after) -> bool:
     """Whether the transition two consecutive readings make is finite (the log refuses one that is not)."""
-    return bool(torch.isfinite(before.obs).all() and torch.isfinite(after.obs).all()) and math.isfinite(after.reward)
+    return (bool(torch.isfinite(before.obs).all() and torch.isfinite(after.obs).all()) and math.isfinite(after.reward)
+            and (after.action is None or bool(torch.isfinite(after.action).all())))
 
 
 def _transitions(pairs: list) -> TensorDict:

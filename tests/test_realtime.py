@@ -359,6 +359,20 @@ def test_a_non_finite_reading_makes_no_transition():
     assert not _finite(reading([0.0, float("nan")]), reading([1.0, 2.0]))
     assert not _finite(reading([0.0, 1.0]), reading([float("inf"), 2.0]))
     assert not _finite(reading([0.0, 1.0]), reading([1.0, 2.0], reward=float("nan")))
+    nan_action = reading([1.0, 2.0])
+    nan_action.action = torch.tensor([float("nan")])
+    assert not _finite(reading([0.0, 1.0]), nan_action)
+
+
+def test_a_run_that_never_refitted_still_leaves_its_agent_files(tmp_path):
+    """The agent's files are saved when the run ends, not only after a background refit (a run
+    shorter than train_every has none), so its directory can be a later run's pretrained=."""
+    from planners.realtime import main
+
+    run_dir = tmp_path / "rt"
+    summary = main([*REALTIME_TINY, "real_steps=30", "worker=thread", f"run_dir={run_dir}"])
+    assert summary["status"] == "finished" and summary["refits"] == 0
+    assert (run_dir / "agent.pt").is_file() and (run_dir / "model.pt").is_file()
 
 
 def test_a_planning_process_that_stalls_gives_the_shifted_plan_then_the_safe_action(hopper, tmp_path):

@@ -166,12 +166,12 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
             base = compose(config_name=name, overrides=groups_only)
         except (HydraException, OmegaConfBaseException) as e:
             message = str(e).split("\nConfig search path")[0]
+            chosen = [o for o in overrides if o.split("=", 1)[0] in options]  # (planner=..., env=...)
+            valid = lambda: _dotted_keys(compose(config_name=name, overrides=chosen))  # noqa: E731  (those groups' keys)
             if "Could not override" in message:  # a key that is not there: a typo, most often
-                key = message.split("'")[1]  # (the valid keys: those of the config groups chosen, planner=...)
-                chosen = [o for o in overrides if o.split("=", 1)[0] in options]
-                raise SystemExit(_unknown_key(key, _dotted_keys(compose(config_name=name, overrides=chosen)), name)) from None
+                raise SystemExit(_unknown_key(message.split("'")[1], valid(), name)) from None
             if "Available options" not in message:  # an unknown key rather than an unknown group option
-                message += f"\nvalid keys for {name}: {', '.join(_dotted_keys(compose(config_name=name)))}"
+                message += f"\nvalid keys for {name}: {', '.join(valid())}"
             raise SystemExit(f"error: {message}") from None
     known = set(_dotted_keys(base))
     for key in _dotted_keys(cfg):

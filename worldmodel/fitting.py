@@ -235,7 +235,7 @@ def backward(model: EnsembleDynamics, mean: Tensor, logvar: Tensor, target: Tens
     with torch.no_grad():
         for wd, w in zip(model.weight_decay, model.weights):
             w.grad.add_(w, alpha=wd)
-        return fit.item() + weight_decay(model).item()
+        return (fit.detach() + weight_decay(model)).item()  # (one host sync)
 
 
 def weight_decay(model: EnsembleDynamics) -> Tensor:
