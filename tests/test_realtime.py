@@ -364,6 +364,7 @@ def test_a_non_finite_reading_makes_no_transition():
     assert not _finite(reading([0.0, 1.0]), nan_action)
 
 
+@pytest.mark.filterwarnings("ignore:planning with a model that was never fitted")  # (its final evaluation)
 def test_a_run_that_never_refitted_still_leaves_its_agent_files(tmp_path):
     """The agent's files are saved when the run ends, not only after a background refit (a run
     shorter than train_every has none), so its directory can be a later run's pretrained=."""
