@@ -44,6 +44,33 @@ class Plan:
     version: int  # the model version it was planned with
     serial: int
 
+    def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
+        return _plan_from_numpy, (self.actions.numpy(), self.start, self.version, self.serial)
+
+
+def _plan_from_numpy(actions, start: float, version: int, serial: int) -> Plan:
+    return Plan(torch.from_numpy(actions), start, version, serial)
+
+
+@dataclass
+class PlanResult:
+    """One try to plan (PlanMaker.make), as the controller records it wherever the plan was made:
+    the plan, or why there is none (failure "planner_errors", with the planner's error, or
+    "nonfinite_plans"); seconds spent planning (None after a planner error: no plan was made)."""
+
+    plan: Plan | None
+    failure: str | None = None
+    error: Exception | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class PlannerDied:
+    """A planning process's last word: the planner raised what it cannot plan past."""
+
+    message: str
+    traceback: str
+
 
 class PlanMaker:
     """Plans from readings: obs [O] taken at `stamp` -> a Plan whose first action is for `stamp`
@@ -53,25 +80,25 @@ class PlanMaker:
     def __init__(self, planner, period: float, ahead: int, deterministic: bool):
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
         self.plan: Plan | None = None  # the last plan made
-        self.error: Exception | None = None  # why the last failed plan failed
 
-    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> tuple[Plan | None, str | None]:
-        """(the plan, None), or (None, "planner_errors") when the planner raised a RuntimeError
-        or ValueError (self.error says which), or (None, "nonfinite_plans"). Other exceptions
+    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> PlanResult:
+        """A plan from obs [O] taken at `stamp`; the failure "planner_errors" when the planner raised
+        a RuntimeError or ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions
         propagate: the planner is broken, not this state."""
+        began = time.perf_counter()
         if last_action is not None and hasattr(self.planner, "previous_action"):
             self.planner.previous_action = last_action  # sampling respects the slew from here
         try:
             start = self._predict(obs, stamp)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
-            self.error = e
-            return None, "planner_errors"
+            return PlanResult(None, "planner_errors", e)
+        seconds = time.perf_counter() - began
         if not torch.isfinite(actions).all():
-            return None, "nonfinite_plans"
+            return PlanResult(None, "nonfinite_plans", seconds=seconds)
         previous = self.plan
         self.plan = Plan(actions, stamp + self.ahead * self.period, version, (previous.serial + 1) if previous else 0)
-        return self.plan, None
+        return PlanResult(self.plan, seconds=seconds)
 
     @torch.no_grad()
     def _predict(self, obs: Tensor, stamp: float) -> Tensor:
@@ -181,18 +208,14 @@ class PlanningProcess:
         self._wake.release()
         return True
 
-    def receive(self) -> list[tuple]:
-        """What the process finished since the last call, oldest first: ("plan", Plan, seconds),
-        ("failure", kind, error, seconds) or ("died", message, traceback). Raises EOFError once the
-        process is gone and everything it sent was read."""
+    def receive(self) -> list[PlanResult | PlannerDied]:
+        """What the process finished since the last call, oldest first: a PlanResult per reading
+        planned from, and a PlannerDied if the planner broke. Raises EOFError once the process is
+        gone and everything it sent was read."""
         out = []
         try:
             while self._results.poll():
-                message = self._results.recv()
-                if message[0] == "plan":
-                    _, actions, start, version, serial, seconds = message
-                    message = ("plan", Plan(torch.from_numpy(actions), start, version, serial), seconds)
-                out.append(message)
+                out.append(self._results.recv())
         except EOFError:  # (the pipe closed: the process is gone)
             pass
         if not out and not self.process.is_alive():
@@ -261,15 +284,12 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
             planned = reading[1].item()
             obs = reading[3 : 3 + obs_dim].float()
             last_action = reading[3 + obs_dim :].float() if reading[2] > 0 else None
-            began = time.perf_counter()
-            plan, failure = maker.make(obs, reading[0].item(), last_action, version)
-            seconds = time.perf_counter() - began if failure != "planner_errors" else None
-            if plan is not None:
-                results.send(("plan", plan.actions.numpy(), plan.start, plan.version, plan.serial, seconds))
-            else:
-                results.send(("failure", failure, repr(maker.error) if failure == "planner_errors" else None, seconds))
+            result = maker.make(obs, reading[0].item(), last_action, version)
+            if result.error is not None:  # (as text: not every exception pickles)
+                result.error = RuntimeError(repr(result.error))
+            results.send(result)
     except BaseException as e:  # the planner is broken: say why (as text: any exception), then exit
-        results.send(("died", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        results.send(PlannerDied(f"{type(e).__name__}: {e}", traceback.format_exc()))
 
 
 class LearningProcess:

@@ -45,7 +45,8 @@ from torch import Tensor
 
 from planners.agent import Agent
 from planners.base import Planner
-from planners.processes import LearningProcess, Plan, PlanMaker, PlanningProcess, Swapper, new_queue
+from planners.processes import (LearningProcess, Plan, PlanMaker, PlannerDied, PlanningProcess, PlanResult, Swapper,
+                                new_queue)
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
@@ -244,11 +245,9 @@ class RealtimeController:
                         return
                     obs, stamp, planned_serial = self._latest
                 self._watchdog()
-                began = time.perf_counter()
                 with self.swapper.lock:
-                    plan, failure = self._maker.make(obs, stamp, self._last_action, self.version)
-                seconds = time.perf_counter() - began if failure != "planner_errors" else None
-                self._record(plan, failure, self._maker.error, seconds)
+                    result = self._maker.make(obs, stamp, self._last_action, self.version)
+                self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
             print(f"the planning thread died ({type(e).__name__}: {e}); acting with the safe action from now on",
@@ -271,25 +270,23 @@ class RealtimeController:
                 print(f"{e}; acting with the safe action from now on", file=sys.stderr)
             return
         for message in messages:
-            if message[0] == "plan":
-                self._record(message[1], None, None, message[2])
-            elif message[0] == "failure":
-                self._record(None, message[1], RuntimeError(message[2]), message[3])
+            if isinstance(message, PlannerDied):
+                self.error = RuntimeError(f"the planning process died: {message.message}")
+                print(f"{message.traceback}{self.error}; acting with the safe action from now on", file=sys.stderr)
             else:
-                self.error = RuntimeError(f"the planning process died: {message[1]}")
-                print(f"{message[2]}{self.error}; acting with the safe action from now on", file=sys.stderr)
+                self._record(message)
 
-    def _record(self, plan: Plan | None, failure: str | None, error: Exception | None, seconds: float | None) -> None:
-        """Count a PlanMaker result (see PlanMaker.make) and make a new plan the current one."""
-        if seconds is not None:
-            self.plan_latency_s.append(seconds)
+    def _record(self, result: PlanResult) -> None:
+        """Count one try to plan and make a new plan the current one."""
+        if result.seconds is not None:
+            self.plan_latency_s.append(result.seconds)
             self.counts["plans"] += 1
-        if failure is not None:
-            self.counts[failure] += 1
-            if failure == "planner_errors":
-                self.last_planner_error = error
-        if plan is not None:
-            self._plan = plan  # (one assignment: act() reads the reference, never a half-made plan)
+        if result.failure is not None:
+            self.counts[result.failure] += 1
+            if result.failure == "planner_errors":
+                self.last_planner_error = result.error
+        if result.plan is not None:
+            self._plan = result.plan  # (one assignment: act() reads the reference, never a half-made plan)
 
     def _watchdog(self) -> None:
         silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s

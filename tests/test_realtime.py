@@ -129,6 +129,8 @@ def test_a_model_emitting_nan_never_produces_an_action(hopper, worker):
         obs[4] = float("nan")
         assert torch.equal(rt.act(obs, 0.5), safe)
     assert rt.counts["fallback"] == 21 and rt.counts["nonfinite_obs"] == 1 and rt.counts["fresh"] == 0
+    # the planner's own error reaches the controller (from a process, as text)
+    assert rt.counts["planner_errors"] == 20 and "PlanningError" in repr(rt.last_planner_error)
 
 
 def test_a_swap_under_load_never_plans_with_two_model_versions(hopper):
