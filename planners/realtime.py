@@ -513,13 +513,10 @@ _REMOVED_KEYS = ("value_updates",)
 
 def _validate(cfg) -> None:
     from planners import MPC_PLANNERS
+    from worldmodel.config import check_counts, check_paths
 
-    for key in ("real_steps", "train_every", "fit_epochs", "eval_episodes", "plan_threads"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ValueError(f"{key} must be a whole number >= 1, got {cfg[key]!r}")
-    for key in ("seed_steps", "seed"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0:
-            raise ValueError(f"{key} must be a whole number >= 0, got {cfg[key]!r}")
+    check_counts(cfg, {"real_steps": 1, "train_every": 1, "fit_epochs": 1, "eval_episodes": 1, "plan_threads": 1,
+                       "seed_steps": 0, "seed": 0})  # fmt: skip
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
         raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
     if cfg.planner.name not in MPC_PLANNERS:  # (Dyna and BC act with a policy only planner.learn trains)
@@ -529,9 +526,7 @@ def _validate(cfg) -> None:
                          "and critics), or python -m worldmodel.run for this planner")
     if cfg.worker not in WORKERS:
         raise ValueError(f"worker must be one of {list(WORKERS)}, got {cfg.worker!r}")
-    for key in ("pretrained", "dataset"):
-        if cfg[key] is not None and not Path(cfg[key]).exists():
-            raise ValueError(f"{key}={cfg[key]}: no such file or directory")
+    check_paths(cfg, ("pretrained", "dataset"))
 
 
 def main(argv: list[str] | None = None) -> dict:

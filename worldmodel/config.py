@@ -97,6 +97,25 @@ def _is_kind(value: Any, kind: str) -> bool:
     return isinstance(value, (Mapping, DictConfig))
 
 
+def check_counts(cfg: DictConfig, counts: Mapping[str, int], nullable: Mapping[str, int] | None = None) -> None:
+    """Each dotted key of `counts` a whole number >= its value (or null, for the keys of `nullable`):
+    a ValueError naming the first that is not."""
+    for key, low in {**counts, **(nullable or {})}.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and nullable and key in nullable:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            null = " or null" if nullable and key in nullable else ""
+            raise ValueError(f"{key} must be a whole number >= {low}{null}, got {value!r}")
+
+
+def check_paths(cfg: DictConfig, keys: Iterable[str]) -> None:
+    """Each of these keys null or an existing file or directory: a ValueError naming the first that is not."""
+    for key in keys:
+        if cfg[key] is not None and not Path(cfg[key]).exists():
+            raise ValueError(f"{key}={cfg[key]}: no such file or directory")
+
+
 def check_model_settings(cfg: DictConfig) -> None:
     """cfg.model (EnsembleDynamics arguments), cfg.model.fit (the first fit's settings) and
     cfg.fit_beta (the refits' beta), checked before any work: a ValueError naming the key."""

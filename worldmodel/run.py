@@ -30,7 +30,8 @@ from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
 from worldmodel.collect import uniform_policy
-from worldmodel.config import check_model_settings, compose_config, resumed_config, run_dir_for, save_config
+from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
+                               run_dir_for, save_config)
 from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
@@ -418,13 +419,7 @@ _NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the v
 
 def validate(cfg: DictConfig) -> None:
     """Every value the run reads, checked before any work or file: a ValueError naming the key."""
-    for key, low in {**_COUNTS, **_NULLABLE_COUNTS}.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None and key in _NULLABLE_COUNTS:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{key} must be a whole number >= {low}{' or null' if key in _NULLABLE_COUNTS else ''}, "
-                             f"got {value!r}")  # fmt: skip
+    check_counts(cfg, _COUNTS, _NULLABLE_COUNTS)
     if cfg.env_steps == 0 and not cfg.dataset:
         raise ValueError("env_steps=0 and no dataset: nothing to learn from (give env_steps > 0 or dataset=<file>)")
     if not (cfg.dataset or cfg.pretrained) and cfg.seed_steps >= cfg.env_steps:
@@ -445,9 +440,7 @@ def validate(cfg: DictConfig) -> None:
     check_model_settings(cfg)
     _check_device(cfg.device)
     threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
-    for key in ("dataset", "pretrained"):
-        if cfg[key] is not None and not Path(cfg[key]).exists():
-            raise ValueError(f"{key}={cfg[key]}: no such file or directory")
+    check_paths(cfg, ("dataset", "pretrained"))
 
 
 def _check_device(device: str) -> None:
