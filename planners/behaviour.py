@@ -20,7 +20,8 @@ from planners.sac import SAC, SACConfig
 from worldmodel import threads
 from worldmodel.checkpoint import atomic_save, load_checked
 from worldmodel.collect import collect, uniform_policy
-from worldmodel.datasets import REFERENCE_RETURNS, episode_ends, normalized_score, save_d4rl, save_minari
+from worldmodel.datasets import (REFERENCE_RETURNS, episode_ends, fingerprint, normalized_score, save_d4rl,
+                                 save_minari)
 from worldmodel.envs import make_env
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
@@ -184,7 +185,7 @@ def make_dataset(cfg: DictConfig) -> dict:
         metadata["behaviour_history"] = training.state["history"]
     data = torch.cat(parts)
     returns = [r for part in parts for r in episode_returns(part)]
-    metadata.update(transitions=len(data), episodes=len(returns),
+    metadata.update(transitions=len(data), episodes=len(returns), fingerprint=fingerprint(data),
                     mean_episode_return=sum(returns) / max(len(returns), 1))  # fmt: skip
     score = normalized_score(task, metadata["mean_episode_return"])
     if score is not None:
@@ -192,7 +193,7 @@ def make_dataset(cfg: DictConfig) -> dict:
     (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)
     print(f"{task} {quality}: {len(data)} transitions, {len(returns)} complete episodes, mean return "
           f"{metadata['mean_episode_return']:.1f}" + (f" (normalised {score:.1f})" if score is not None else "")
-          + f" -> {cfg.out}")  # fmt: skip
+          + f", fingerprint {metadata['fingerprint']} -> {cfg.out}")  # fmt: skip
     return metadata
 
 

@@ -6,7 +6,8 @@ import torch
 
 from worldmodel import collect, make_env, uniform_policy
 from worldmodel.checkpoint import load_checked
-from worldmodel.datasets import DatasetError, load_dataset, main, normalized_score, save_d4rl, save_minari
+from worldmodel.datasets import (DatasetError, fingerprint, load_dataset, main, normalized_score, save_d4rl,
+                                 save_minari)
 from worldmodel.replay import ReplayBuffer
 
 
@@ -38,6 +39,18 @@ def test_minari_layout_round_trips_by_episode(hopper_data, tmp_path):
     with h5py.File(tmp_path / "m" / "data" / "main_data.hdf5") as f:
         ep = f["episode_0"]
         assert len(ep["observations"]) == len(ep["actions"]) + 1
+
+
+def test_a_fingerprint_names_the_transitions_whatever_the_layout(hopper_data, tmp_path):
+    save_d4rl(tmp_path / "d.hdf5", hopper_data, {"env": "hopper", "quality": "random"})
+    save_minari(tmp_path / "m", hopper_data, {"env": "hopper", "quality": "random"})
+    same = {fingerprint(load_dataset(path)[0]) for path in (tmp_path / "d.hdf5", tmp_path / "m")}
+    assert same == {fingerprint(hopper_data)} and len(same.pop()) == 16
+    changed = hopper_data.clone()
+    changed["obs"][123, 4] += 1e-6
+    flipped = hopper_data.clone()
+    flipped["truncated"][5] = ~flipped["truncated"][5]
+    assert len({fingerprint(hopper_data), fingerprint(changed), fingerprint(flipped)}) == 3
 
 
 def test_a_missing_file_says_how_to_make_one(tmp_path):
@@ -87,6 +100,7 @@ def test_make_random_dataset(tmp_path, capsys):
     data, saved = load_dataset(tmp_path / "r.hdf5", obs_dim=11, act_dim=3)
     assert len(data) == 300 and saved["quality"] == "random" and meta["episodes"] > 3
     assert saved["mean_normalized_score"] == pytest.approx(normalized_score("hopper", saved["mean_episode_return"]))
+    assert saved["fingerprint"] == fingerprint(data) and f"fingerprint {fingerprint(data)}" in capsys.readouterr().out
 
 
 def test_make_medium_replay_then_medium_expert_reuses_the_behaviour_run(tmp_path):

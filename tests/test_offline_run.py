@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldmodel import EnsembleDynamics, ReplayBuffer, collect, correlated_noise_policy, make_env
-from worldmodel.datasets import save_d4rl
+from worldmodel.datasets import fingerprint, load_dataset, save_d4rl
 from worldmodel.run import Run, load_config, main
 
 TINY = [
@@ -217,6 +217,17 @@ def test_report_aggregates_seeds_into_mean_spread_and_curves(tmp_path, dataset):
     assert rows["scores"] == finals and rows["mean"] == pytest.approx(sum(finals) / 2) and rows["progress"] == [40]
     assert (tmp_path / "report" / "hopper-noise.png").is_file() and (tmp_path / "report" / "report.md").is_file()
     assert (tmp_path / "report" / "summary.json").is_file()
+    assert rows["datasets"] == [fingerprint(load_dataset(dataset)[0])]
+    assert "different datasets" not in (tmp_path / "report" / "report.md").read_text()
+    # a third seed on other data under the same name (another machine's remake): the report flags the row
+    data, metadata = load_dataset(dataset)
+    data["reward"][0] += 1.0
+    save_d4rl(tmp_path / "other" / "hopper-noise.hdf5", data, metadata)
+    main(["planner=bc", f"dataset={tmp_path / 'other' / 'hopper-noise.hdf5'}", "offline.updates=40", "env_steps=0",
+          "seed=2", f"run_dir={tmp_path / 'runs' / 'bc-2'}", *TINY])  # fmt: skip
+    (rows,) = report([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    assert rows["seeds"] == [0, 1, 2] and len(rows["datasets"]) == 2
+    assert "on 2 different datasets" in (tmp_path / "report" / "report.md").read_text()
     stats = aggregate([1.0, 2.0, 3.0])
     assert {k: stats[k] for k in ("n", "mean", "std", "ci95")} == pytest.approx({"n": 3, "mean": 2.0, "std": 1.0,
                                                                                 "ci95": 4.303 / 3**0.5})  # fmt: skip

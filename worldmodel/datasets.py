@@ -10,6 +10,7 @@ error naming the file and the field, and nothing is silently dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -45,6 +46,19 @@ def normalized_score(task: str, episode_return: float) -> float | None:
         return None
     low, high = REFERENCE_RETURNS[task]
     return 100.0 * (episode_return - low) / (high - low)
+
+
+def fingerprint(data: TensorDict) -> str:
+    """The transitions' identity: the first 16 hex digits of a SHA-256 over obs, action, reward,
+    next_obs (float32) and terminated, truncated (bool), in that order. Two files with one
+    fingerprint hold the same transitions, whatever their layout; runs compare across machines
+    only on the same fingerprint (the `make` recipe gives other data on another kind of CPU)."""
+    digest = hashlib.sha256()
+    for key in ("obs", "action", "reward", "next_obs"):
+        digest.update(data[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for key in ("terminated", "truncated"):
+        digest.update(data[key].detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- writing

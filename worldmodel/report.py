@@ -7,7 +7,8 @@ for online runs) and planner. Each group's final score is the mean over its runs
 sample standard deviation, a 95% percentile-bootstrap confidence interval of the mean (10,000
 resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
 aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
-runs or more; and the mean best evaluation. Offline runs score their `normalized_score` (the
+runs or more; the mean best evaluation; and the fingerprints of the datasets its runs learned
+from (worldmodel.datasets.fingerprint; a group on more than one is flagged). Offline runs score their `normalized_score` (the
 mean of the last offline.score_last evaluations, D4RL-normalised), online runs their normalised
 or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
 ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
@@ -80,7 +81,8 @@ def load_run(run_dir: Path) -> dict:
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best, "progress": summary.get(key, 0), "curve": curve,
-            "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score")}  # fmt: skip
+            "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
+            "data": summary.get("dataset_fingerprint")}  # fmt: skip
 
 
 def aggregate(scores: list[float]) -> dict:
@@ -136,7 +138,8 @@ def report(runs: list[dict]) -> list[dict]:
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
                      "normalized": all(r["normalized"] for r in scored),
-                     "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None)})  # fmt: skip
+                     "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
+                     "datasets": sorted({r["data"] for r in members if r.get("data")})})  # fmt: skip
     return rows
 
 
@@ -148,6 +151,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
         group = r["group"] + (f" (data {r['data_score']:.1f})" if r["data_score"] is not None else "")
+        if len(r["datasets"]) > 1:  # (seeds on different data: not one experiment)
+            group += f" **on {len(r['datasets'])} different datasets: {', '.join(r['datasets'])}**"
         score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
         robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
         low, high = r["progress"][0], r["progress"][-1]
@@ -190,7 +195,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized")  # fmt: skip
+                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized", "datasets")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -32,7 +32,7 @@ from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
-from worldmodel.datasets import DatasetError, load_dataset, normalized_score, offline_settings
+from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
@@ -64,6 +64,7 @@ class Run:
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
         self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim) if cfg.dataset else (None, {})
+        self.dataset_fingerprint = fingerprint(self.dataset) if self.dataset is not None else None
         capacity = cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0)
         self.agent = Agent.from_config(cfg, spec, capacity)
         if cfg.pretrained:
@@ -380,6 +381,7 @@ class Run:
                            dataset_name=self.cfg.offline.get("preset") or (f"{meta['env']}-{meta['quality']}"
                                                                            if meta.get("env") and meta.get("quality") else None),
                            dataset_normalized_score=meta.get("mean_normalized_score"),
+                           dataset_fingerprint=self.dataset_fingerprint,
                            dataset_settings=p.get("dataset_settings", {}),
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            offline_evals=p.get("offline_evals", []),
