@@ -1,6 +1,7 @@
 """`python -m worldmodel.run dataset=...`: offline learning, the switch to online, pretrained models, resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -45,6 +46,9 @@ def test_offline_then_online_run_writes_every_artifact(tmp_path, dataset, planne
         assert summary[key] is not None, key
     assert "normalized_score" not in summary  # 40-step episodes: D4RL's reference returns do not apply
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
+    # a Dyna policy's return is also estimated in the model alone (worldmodel.ope)
+    assert all(("model_ret" in r) == (planner != "bc") and math.isfinite(r.get("model_ret", 0.0))
+               for r in records(run_dir, "offline_eval"))
     evals = records(run_dir, "eval")
     assert [r["step"] for r in evals] == [0, 30, 60]  # step 0: the offline policy, where online starts
     offline = [r["ret"] for r in records(run_dir, "offline_eval")]

@@ -33,6 +33,7 @@ from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
 from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
+from worldmodel.ope import episode_starts, model_return
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
@@ -199,7 +200,7 @@ class Run:
             p["best_eval"] = _max(p["best_eval"], ret)
             self.logger.log("offline_train", p["offline_updates"], **stats)
             self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret),
-                            **self._score("last_score", p["offline_eval"]))  # fmt: skip
+                            **self._score("last_score", p["offline_eval"]), **self._model_return())  # fmt: skip
             bar.set_postfix(ret=f"{ret:.1f}")
             self._checkpoint(started)
             self._stop_if_requested(started, bar)
@@ -354,6 +355,18 @@ class Run:
         bar.set_postfix(eval=f"{ret:.1f}")
         tqdm.write(f"step {step}: evaluation return {ret:.1f}")
 
+    def _model_return(self) -> dict:
+        """A Dyna policy's return estimated in the fitted model alone (worldmodel.ope) from up to
+        offline.model_eval_starts of the dataset's episode starts: {model_ret, model_score}; {} when
+        off (0) or the planner has no policy trained in the model."""
+        count = self.cfg.offline.get("model_eval_starts", 0)
+        if not count or not isinstance(self.planner, Dyna) or not self.model.fitted:
+            return {}
+        starts = episode_starts(self.dataset, count)
+        policy = lambda obs: self.planner.act(obs, deterministic=True)  # noqa: E731
+        ret = model_return(self.model, policy, starts, self.spec.max_episode_steps, self.planner.config.obs_limit)
+        return {"model_ret": ret.mean().item(), **self._score("model_score", ret.mean().item())}
+
     def _score(self, key: str, ret: float | None) -> dict:
         """{key: D4RL-normalised score} where the task has reference returns (and its usual
         1000-step episodes and no action repeat), else {}."""
@@ -416,7 +429,7 @@ _COUNTS = {  # key: smallest value
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
     "offline.eval_episodes": 1, "offline.score_last": 1,
 }  # fmt: skip
-_NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
+_NULLABLE_COUNTS = {"offline.fit_epochs": 1, "offline.model_eval_starts": 0}  # null, or a whole number >= the value
 
 
 def validate(cfg: DictConfig) -> None:

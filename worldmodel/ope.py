@@ -1,0 +1,50 @@
+"""Model-based policy evaluation: a policy's return estimated in the learned model alone, with no
+environment step. Offline, evaluation episodes are exactly what the setting forbids; this is the
+estimate an offline run can log (and select by) instead (Paine et al. 2020 use it to choose among
+offline policies). Shapes: N start states, O obs dims, A action dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Policy = Callable[[Tensor], Tensor]  # obs [N, O] -> action [N, A]
+
+
+@torch.no_grad()
+def model_return(model, policy: Policy, start_obs: Tensor, horizon: int, obs_limit: float | None = 100.0,
+                 seed: int = 0) -> Tensor:  # fmt: skip
+    """The undiscounted sum of the model's rewards [N] from start_obs [N, O] over `horizon` steps
+    of `policy`, each step the mean of a random elite per row (as Dyna's rollouts draw members;
+    the draws come from `seed`, so two policies are compared on the same draws). A row ends at
+    the model's termination (its termination_fn), or before a step whose prediction is non-finite
+    or leaves [-obs_limit, obs_limit] (the rollouts' sane range)."""
+    generator = torch.Generator(model.device).manual_seed(seed)
+    obs = start_obs.to(model.device)
+    total = torch.zeros(obs.shape[0], device=model.device)
+    alive = torch.arange(obs.shape[0], device=model.device)
+    for _ in range(horizon):
+        if alive.numel() == 0:
+            break
+        out = model.step(obs, policy(obs), mode="random", deterministic=True, generator=generator)
+        sane = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(out["reward"])
+        if obs_limit is not None:
+            sane &= (out["next_obs"].abs() <= obs_limit).all(-1)
+        total[alive[sane]] += out["reward"][sane]
+        keep = sane & ~out["terminated"]
+        alive, obs = alive[keep], out["next_obs"][keep]
+    return total
+
+
+def episode_starts(data, count: int) -> Tensor:
+    """Up to `count` first observations of the dataset's episodes [<=count, O], evenly spread over
+    them (the start states a model-based evaluation begins from, as real episodes do)."""
+    from worldmodel.datasets import episode_ends
+
+    ends = episode_ends(data)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1] + 1])
+    pick = torch.linspace(0, len(starts) - 1, min(count, len(starts))).round().long().unique()
+    return data["obs"][starts[pick]]
