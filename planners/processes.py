@@ -45,7 +45,8 @@ class Plan:
     serial: int
 
     def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
-        return _plan_from_numpy, (self.actions.numpy(), self.start, self.version, self.serial)
+        return _plan_from_numpy, (self.actions.detach().to("cpu", torch.float32).contiguous().numpy(), self.start,
+                                  self.version, self.serial)
 
 
 def _plan_from_numpy(actions, start: float, version: int, serial: int) -> Plan:
@@ -56,7 +57,8 @@ def _plan_from_numpy(actions, start: float, version: int, serial: int) -> Plan:
 class PlanResult:
     """One try to plan (PlanMaker.make), as the controller records it wherever the plan was made:
     the plan, or why there is none (failure "planner_errors", with the planner's error, or
-    "nonfinite_plans"); seconds spent planning (None after a planner error: no plan was made)."""
+    "nonfinite_plans"); seconds spent planning (None after a planner error: the planner did not
+    finish, so the try counts as no plan's latency)."""
 
     plan: Plan | None
     failure: str | None = None

@@ -51,6 +51,10 @@ def test_a_fingerprint_names_the_transitions_whatever_the_layout(hopper_data, tm
     flipped = hopper_data.clone()
     flipped["truncated"][5] = ~flipped["truncated"][5]
     assert len({fingerprint(hopper_data), fingerprint(changed), fingerprint(flipped)}) == 3
+    # a file whose transitions are not the ones its metadata's fingerprint names is refused
+    save_d4rl(tmp_path / "x.hdf5", changed, {"env": "hopper", "fingerprint": fingerprint(hopper_data)})
+    with pytest.raises(DatasetError, match="not the ones `make` wrote"):
+        load_dataset(tmp_path / "x.hdf5")
 
 
 def test_a_missing_file_says_how_to_make_one(tmp_path):

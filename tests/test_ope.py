@@ -21,9 +21,9 @@ def test_a_row_ends_at_termination_and_before_leaving_the_sane_range():
     # x = 0.1, 0.2, ..., 0.6: the sixth step terminates and is the last counted
     ret = model_return(model, push(0.1), start, horizon=50)
     assert torch.allclose(ret, -torch.tensor([sum((0.1 * k) ** 2 for k in range(1, 7))]))
-    # x = 1, 2, then 3 leaves [-2.5, 2.5]: that step is not counted
+    # x = 1, 2, then 3 leaves [-2.5, 2.5]: that step is the last counted (as Dyna's rollouts keep it, as terminal)
     model = single_integrator(goal=(0.0, 0.0))
-    assert torch.allclose(model_return(model, push(1.0), start, horizon=50, obs_limit=2.5), torch.tensor([-5.0]))
+    assert torch.allclose(model_return(model, push(1.0), start, horizon=50, obs_limit=2.5), torch.tensor([-14.0]))
 
 
 def test_episode_starts_are_the_first_observations_of_episodes_spread_evenly():

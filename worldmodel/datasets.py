@@ -48,12 +48,15 @@ def normalized_score(task: str, episode_return: float) -> float | None:
     return 100.0 * (episode_return - low) / (high - low)
 
 
+_FINGERPRINT_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+
 def fingerprint(data: TensorDict) -> str:
-    """The transitions' identity: the first 16 hex digits of a SHA-256 over obs, action, reward,
-    next_obs (float32) and terminated, truncated (bool), in that order. Two files with one
+    """The transitions' identity: the first 16 hex digits of a SHA-256 over the shapes of obs,
+    action, reward, next_obs, terminated, truncated and their values (as float32 and bool). Two files with one
     fingerprint hold the same transitions, whatever their layout; runs compare across machines
     only on the same fingerprint (the `make` recipe gives other data on another kind of CPU)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(repr([tuple(data[k].shape) for k in _FINGERPRINT_KEYS]).encode())
     for key in ("obs", "action", "reward", "next_obs"):
         digest.update(data[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     for key in ("terminated", "truncated"):
@@ -168,6 +171,10 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
         raise DatasetError(f"{path}: {e}") from None
     if len(data) == 0:
         raise DatasetError(f"{path}: the dataset holds no transitions")
+    if "fingerprint" in metadata and metadata["fingerprint"] != fingerprint(data):
+        raise DatasetError(f"{path}: its transitions are not the ones `make` wrote (fingerprint {fingerprint(data)}, "
+                           f"recorded {metadata['fingerprint']}): the file was changed or damaged; make it again, "
+                           "or if it was changed on purpose, save it without the old metadata's fingerprint")  # fmt: skip
     return data, metadata
 
 

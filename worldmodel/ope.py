@@ -18,10 +18,11 @@ Policy = Callable[[Tensor], Tensor]  # obs [N, O] -> action [N, A]
 def model_return(model, policy: Policy, start_obs: Tensor, horizon: int, obs_limit: float | None = 100.0,
                  seed: int = 0) -> Tensor:  # fmt: skip
     """The undiscounted sum of the model's rewards [N] from start_obs [N, O] over `horizon` steps
-    of `policy`, each step the mean of a random elite per row (as Dyna's rollouts draw members;
-    the draws come from `seed`, so two policies are compared on the same draws). A row ends at
-    the model's termination (its termination_fn), or before a step whose prediction is non-finite
-    or leaves [-obs_limit, obs_limit] (the rollouts' sane range)."""
+    of `policy`, each step the mean of a random elite per row (as Dyna's rollouts draw members,
+    from a generator seeded with `seed`: repeatable, though two policies whose rows end at
+    different steps see different draws after that). As in Dyna's rollouts, a row ends at the
+    model's termination (its termination_fn) or at a step that leaves [-obs_limit, obs_limit]
+    (that step's reward counted), and before a step whose prediction is non-finite."""
     generator = torch.Generator(model.device).manual_seed(seed)
     obs = start_obs.to(model.device)
     total = torch.zeros(obs.shape[0], device=model.device)
@@ -30,11 +31,11 @@ def model_return(model, policy: Policy, start_obs: Tensor, horizon: int, obs_lim
         if alive.numel() == 0:
             break
         out = model.step(obs, policy(obs), mode="random", deterministic=True, generator=generator)
-        sane = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(out["reward"])
+        finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(out["reward"])
+        total[alive[finite]] += out["reward"][finite]
+        keep = finite & ~out["terminated"]
         if obs_limit is not None:
-            sane &= (out["next_obs"].abs() <= obs_limit).all(-1)
-        total[alive[sane]] += out["reward"][sane]
-        keep = sane & ~out["terminated"]
+            keep &= (out["next_obs"].abs() <= obs_limit).all(-1)
         alive, obs = alive[keep], out["next_obs"][keep]
     return total
 
@@ -45,6 +46,6 @@ def episode_starts(data, count: int) -> Tensor:
     from worldmodel.datasets import episode_ends
 
     ends = episode_ends(data)
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1] + 1])
+    starts = torch.cat([torch.zeros(1, dtype=torch.long, device=ends.device), ends[:-1] + 1])
     pick = torch.linspace(0, len(starts) - 1, min(count, len(starts))).round().long().unique()
     return data["obs"][starts[pick]]

@@ -8,7 +8,8 @@ sample standard deviation, a 95% percentile-bootstrap confidence interval of the
 resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
 aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
 runs or more; the mean best evaluation; and the fingerprints of the datasets its runs learned
-from (worldmodel.datasets.fingerprint; a group on more than one is flagged). Offline runs score their `normalized_score` (the
+from (worldmodel.datasets.fingerprint; a group on more than one, or mixing runs whose data went
+unrecorded, is flagged). Offline runs score their `normalized_score` (the
 mean of the last offline.score_last evaluations, D4RL-normalised), online runs their normalised
 or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
 ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
@@ -139,7 +140,8 @@ def report(runs: list[dict]) -> list[dict]:
                      "unfinished": sum(r["status"] != "finished" for r in members),
                      "normalized": all(r["normalized"] for r in scored),
                      "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
-                     "datasets": sorted({r["data"] for r in members if r.get("data")})})  # fmt: skip
+                     "datasets": sorted({r["data"] for r in members if r.get("data")}),
+                     "unknown_data": sum(not r.get("data") for r in members)})  # fmt: skip
     return rows
 
 
@@ -153,6 +155,8 @@ def markdown(rows: list[dict]) -> str:
         group = r["group"] + (f" (data {r['data_score']:.1f})" if r["data_score"] is not None else "")
         if len(r["datasets"]) > 1:  # (seeds on different data: not one experiment)
             group += f" **on {len(r['datasets'])} different datasets: {', '.join(r['datasets'])}**"
+        if r["datasets"] and r.get("unknown_data"):  # (runs from before fingerprints, beside ones with)
+            group += f" **{r['unknown_data']} run(s) on unrecorded data**"
         score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
         robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
         low, high = r["progress"][0], r["progress"][-1]
@@ -195,7 +199,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized", "datasets")  # fmt: skip
+                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

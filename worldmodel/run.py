@@ -33,11 +33,11 @@ from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
 from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
-from worldmodel.ope import episode_starts, model_return
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
+from worldmodel.ope import episode_starts, model_return
 from worldmodel.transition_log import TransitionLog
 from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
@@ -359,7 +359,7 @@ class Run:
         """A Dyna policy's return estimated in the fitted model alone (worldmodel.ope) from up to
         offline.model_eval_starts of the dataset's episode starts: {model_ret, model_score}; {} when
         off (0) or the planner has no policy trained in the model."""
-        count = self.cfg.offline.get("model_eval_starts", 0)
+        count = self.cfg.offline.get("model_eval_starts", 100)
         if not count or not isinstance(self.planner, Dyna) or not self.model.fitted:
             return {}
         starts = episode_starts(self.dataset, count)
@@ -427,9 +427,9 @@ def _max(a: float | None, b: float | None) -> float | None:
 _COUNTS = {  # key: smallest value
     "seed": 0, "env_steps": 0, "seed_steps": 0, "train_every": 1, "fit_epochs": 1, "eval_every": 1,
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
-    "offline.eval_episodes": 1, "offline.score_last": 1,
+    "offline.eval_episodes": 1, "offline.score_last": 1, "offline.model_eval_starts": 0,
 }  # fmt: skip
-_NULLABLE_COUNTS = {"offline.fit_epochs": 1, "offline.model_eval_starts": 0}  # null, or a whole number >= the value
+_NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
 
 
 def validate(cfg: DictConfig) -> None:
