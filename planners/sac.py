@@ -21,11 +21,11 @@ from torch import Tensor, nn
 
 import kernels
 import kernels.reference
+from planners.edac import critic_grads, edac_init, gradient_diversity
 from worldmodel.optim import adam
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _INITS, _ORDERS, _PRECISIONS = ("default", "edac"), ("critic_first", "actor_first"), ("fp32", "bf16")
-EDAC_HIDDEN_BIAS, EDAC_ACTOR_OUT, EDAC_CRITIC_OUT = 0.1, 1e-3, 3e-3  # EDAC's initialisation (An et al. 2021)
 
 
 @dataclass
@@ -247,6 +247,11 @@ class SAC(nn.Module):
                 "actor_lr": self.actor_optim.param_groups[0]["lr"]}  # fmt: skip
 
     def _critic_step(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
+        if self.config.eta > 0:  # EDAC: the double backward in closed form (planners.edac)
+            loss, q, diversity = critic_grads(self.critics, batch["obs"], batch["action"], self._td_target(batch),
+                                              self.config.eta)  # fmt: skip
+            self.critic_optim.step()
+            return loss, q, diversity.item()
         critic_loss, q, diversity = self._critic_loss(batch)
         self.critic_optim.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -274,16 +279,22 @@ class SAC(nn.Module):
         self.alpha_optim.step()
         return log_prob
 
-    def _critic_loss(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
-        """Sum over critics of the TD error's mean square (+ eta x the EDAC diversity term)."""
+    @torch.no_grad()
+    def _td_target(self, batch: TensorDict) -> Tensor:
+        """reward + discount x the soft value of next_obs under the target critics (min over all, or
+        over a random critic_subset): [B]."""
         cfg = self.config
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor(batch["next_obs"])
-            next_q = self.target_critics(batch["next_obs"], next_action)
-            if cfg.critic_subset is not None:
-                next_q = next_q[torch.randperm(cfg.num_critics)[: cfg.critic_subset]]
-            next_v = next_q.amin(0) - self.alpha * next_log_prob
-            target = batch["reward"] + cfg.discount * (~batch["terminated"]).float() * next_v
+        next_action, next_log_prob = self.actor(batch["next_obs"])
+        next_q = self.target_critics(batch["next_obs"], next_action)
+        if cfg.critic_subset is not None:
+            next_q = next_q[torch.randperm(cfg.num_critics)[: cfg.critic_subset]]
+        next_v = next_q.amin(0) - self.alpha * next_log_prob
+        return batch["reward"] + cfg.discount * (~batch["terminated"]).float() * next_v
+
+    def _critic_loss(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
+        """Sum over critics of the TD error's mean square (+ eta x the EDAC diversity term, by
+        autograd's double backward: the definition planners.edac.critic_grads computes in closed form)."""
+        cfg, target = self.config, self._td_target(batch)
         obs, action = batch["obs"], batch["action"]
         if cfg.eta == 0:
             q = self.critics(obs, action)
@@ -294,28 +305,3 @@ class SAC(nn.Module):
         diversity = gradient_diversity(q, action)
         loss = (q - target).square().mean(1).sum() + cfg.eta * diversity
         return loss, q.detach(), diversity.item()
-
-
-def gradient_diversity(q: Tensor, action: Tensor) -> Tensor:
-    """EDAC's term: mean over rows of the summed pairwise cosine similarity of the critics'
-    action-gradients, divided by N - 1. q [N, B] computed from action [N, B, A] (requires grad)."""
-    n = q.shape[0]
-    (grad,) = torch.autograd.grad(q.sum(), action, create_graph=True)
-    grad = grad / (grad.norm(dim=-1, keepdim=True) + 1e-10)
-    cosine = torch.einsum("iba,jba->bij", grad, grad)
-    off_diagonal = cosine.sum((1, 2)) - cosine.diagonal(dim1=1, dim2=2).sum(-1)
-    return off_diagonal.mean() / (n - 1)
-
-
-@torch.no_grad()
-def edac_init(actor: Actor, critics: CriticEnsemble) -> None:
-    """EDAC's initialisation (as RAVL's code runs it): hidden biases 0.1; the actor's output layer
-    uniform in +-1e-3 and the critics' in +-3e-3 (weights and biases)."""
-    for layer in list(actor.net)[:-1:2]:
-        layer.bias.fill_(EDAC_HIDDEN_BIAS)
-    actor.net[-1].weight.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
-    actor.net[-1].bias.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
-    for bias in list(critics.biases)[:-1]:
-        bias.fill_(EDAC_HIDDEN_BIAS)
-    critics.weights[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)
-    critics.biases[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)

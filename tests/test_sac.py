@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict
 
 from planners import SAC, SACConfig
-from planners.sac import gradient_diversity
+from planners.edac import critic_grads, gradient_diversity
 
 O, A = 3, 2
 LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
@@ -84,6 +84,35 @@ def test_gradient_diversity_of_known_action_gradients():
     assert gradient_diversity((pair * directions).sum(-1), pair).item() == pytest.approx(0.0, abs=1e-6)
     opposite = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])[:, None, :]
     assert gradient_diversity((pair * opposite).sum(-1), pair).item() == pytest.approx(-2.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_edac_closed_form_gradients_match_autograds_double_backward(precision, layers):
+    """planners.edac.critic_grads against autograd through the loss's definition (_critic_loss):
+    the same loss, Q, diversity and parameter gradients (bf16: up to its rounding)."""
+    torch.manual_seed(0)
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=32, num_critics=4, critic_layers=layers, eta=2.0, init="edac",
+                                        precision=precision))  # fmt: skip
+    batch = transitions(64, terminated=False)
+    torch.manual_seed(1)
+    loss, q, diversity = agent._critic_loss(batch)
+    loss.backward()
+    expected = [p.grad.clone() for p in agent.critics.parameters()]
+    agent.critics.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # (the same target: the actor samples next actions)
+    got_loss, got_q, got_diversity = critic_grads(agent.critics, batch["obs"], batch["action"],
+                                                  agent._td_target(batch), eta=2.0)  # fmt: skip
+    tolerance = 1e-5 if precision == "fp32" else 1e-2
+    assert got_loss.item() == pytest.approx(loss.item(), rel=tolerance)
+    assert got_diversity.item() == pytest.approx(diversity, rel=tolerance, abs=1e-6)
+    torch.testing.assert_close(got_q, q, rtol=tolerance, atol=1e-6)
+    for param, want in zip(agent.critics.parameters(), expected):
+        assert param.grad.shape == want.shape
+        assert (param.grad - want).norm() <= tolerance * want.norm()
+    # a second call writes into the same buffers (no accumulation across steps)
+    critic_grads(agent.critics, batch["obs"], batch["action"], agent._td_target(batch), eta=2.0)
+    assert all((p.grad - w).norm() <= 0.5 * w.norm() for p, w in zip(agent.critics.parameters(), expected))
 
 
 def test_edac_term_makes_critic_gradients_diverse():

@@ -1,0 +1,125 @@
+"""EDAC's pieces (An et al. 2021): the gradient-diversity term, its initialisation, and the
+critic step with the diversity term's gradient in closed form.
+
+The diversity term reads the critics' action-gradients g = dQ/da, so autograd differentiates it
+by a double backward (the graph of g's backward, then that graph's own backward). For a ReLU MLP,
+g is a product of the weights through fixed masks,
+    g = W1a^T m1 W2^T m2 ... mL w_out   (m_l: the ReLU masks, W1a: the first layer's action rows),
+so its derivative is one more pass along that chain. And the TD loss's backward needs that same
+chain: dQ/dpre_l is the chain's vector at layer l, scaled per row by the TD error. `critic_grads`
+runs forward, the chain down, the diversity's pass up, and every weight gradient once.
+Shapes: N critics, B rows, H hidden units, O obs dims, A action dims.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from planners.sac import Actor, CriticEnsemble
+
+EDAC_HIDDEN_BIAS, EDAC_ACTOR_OUT, EDAC_CRITIC_OUT = 0.1, 1e-3, 3e-3  # EDAC's initialisation
+
+
+def cosine_diversity(grad: Tensor) -> Tensor:
+    """EDAC's term from the critics' action-gradients grad [N, B, A]: the mean over rows of the
+    summed pairwise cosine similarity between critics, divided by N - 1."""
+    n = grad.shape[0]
+    unit = grad / (grad.norm(dim=-1, keepdim=True) + 1e-10)
+    cosine = torch.einsum("iba,jba->bij", unit, unit)
+    off_diagonal = cosine.sum((1, 2)) - cosine.diagonal(dim1=1, dim2=2).sum(-1)
+    return off_diagonal.mean() / (n - 1)
+
+
+def gradient_diversity(q: Tensor, action: Tensor) -> Tensor:
+    """EDAC's term by autograd: q [N, B] computed from action [N, B, A] (requires grad); twice
+    differentiable (the definition `critic_grads` is checked against)."""
+    (grad,) = torch.autograd.grad(q.sum(), action, create_graph=True)
+    return cosine_diversity(grad)
+
+
+@torch.no_grad()
+def edac_init(actor: Actor, critics: CriticEnsemble) -> None:
+    """EDAC's initialisation (as RAVL's code runs it): hidden biases 0.1; the actor's output layer
+    uniform in +-1e-3 and the critics' in +-3e-3 (weights and biases)."""
+    for layer in list(actor.net)[:-1:2]:
+        layer.bias.fill_(EDAC_HIDDEN_BIAS)
+    actor.net[-1].weight.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
+    actor.net[-1].bias.uniform_(-EDAC_ACTOR_OUT, EDAC_ACTOR_OUT)
+    for bias in list(critics.biases)[:-1]:
+        bias.fill_(EDAC_HIDDEN_BIAS)
+    critics.weights[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)
+    critics.biases[-1].uniform_(-EDAC_CRITIC_OUT, EDAC_CRITIC_OUT)
+
+
+def relu_backward(grad: Tensor, output: Tensor) -> Tensor:
+    """grad where the ReLU's output is > 0, else 0 (autograd's own op: 10x a bool mask's product
+    or masked_fill on bf16 here)."""
+    return torch.ops.aten.threshold_backward(grad, output, 0)
+
+
+@torch.no_grad()
+def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: Tensor,
+                 eta: float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Set critics' .grad to the gradient of sum_n mean_b (Q_n - target)^2 + eta x diversity.
+
+    obs [B, O], action [B, A], target [B] -> (loss, Q [N, B], diversity), the losses 0-d.
+    The ReLU critics of `CriticEnsemble`; with precision "bf16" the hidden layers' products run
+    on bfloat16 operands and the output layer in fp32, as its forward does.
+    """
+    weights, biases = list(critics.weights), list(critics.biases)
+    n, b, o, depth = critics.num_critics, obs.shape[0], obs.shape[-1], len(weights) - 1
+    low = torch.bfloat16 if critics.precision == "bf16" else torch.float32
+    w = [weight.to(low) for weight in weights[:-1]]  # hidden layers [N, in, H], in the products' dtype
+    w_out = weights[-1]  # [N, H, 1]
+    # forward: inputs[l] is layer l's input [N, B, in], inputs[l + 1] its ReLU's output
+    x = torch.cat([obs, action], -1).to(low)
+    inputs = [x.expand(n, *x.shape)]
+    for layer in range(depth):
+        inputs.append(torch.baddbmm(biases[layer].to(low).unsqueeze(1), inputs[-1], w[layer]).relu_())
+    top = inputs[-1].float()  # [N, B, H]
+    q = torch.baddbmm(biases[-1].unsqueeze(1), top, w_out).squeeze(-1)  # [N, B]
+    error = q - target
+    td_loss = error.square().mean(1).sum()
+    # the chain down: chain[l] = dQ/dpre_l [N, B, H]; g = dQ/da [N, B, A]
+    chain = [relu_backward(w_out.mT.to(low).expand(n, b, -1), inputs[depth])]
+    for layer in range(depth - 1, 0, -1):
+        chain.insert(0, relu_backward(torch.bmm(chain[0], w[layer].mT), inputs[layer]))
+    w_action = w[0][:, o:]  # [N, A, H]
+    g = torch.bmm(chain[0], w_action.mT).float()
+    with torch.enable_grad():  # (a small graph: the diversity of g alone)
+        g.requires_grad_(True)
+        diversity = cosine_diversity(g)
+        (dg,) = torch.autograd.grad(eta * diversity, g)
+    # the diversity's pass up the chain: d_chain = d(term)/d(chain[l]); weight gradients as it goes
+    dg = dg.to(low)
+    d_chain = torch.bmm(dg, w_action)  # [N, B, H]
+    extra = [None] * depth  # the diversity's share of each hidden weight's gradient
+    for layer in range(1, depth):  # chain[l-1] = m_{l-1} * (chain[l] @ W_l^T)
+        u = relu_backward(d_chain, inputs[layer])
+        extra[layer] = torch.bmm(u.mT, chain[layer])
+        d_chain = torch.bmm(u, w[layer])
+    d_out = relu_backward(d_chain, inputs[depth]).sum(1).float().unsqueeze(-1)  # [N, H, 1]
+    # weight gradients: the TD error's (dL/dpre_l = e * chain[l]) plus the diversity's
+    e = 2 * error / b  # dL/dQ [N, B]
+    grads_w, grads_b = [], []
+    inputs.pop()
+    for layer in range(depth):
+        d_pre = e.to(low).unsqueeze(-1) * chain[layer]
+        grad = torch.bmm(inputs[layer].mT, d_pre) if extra[layer] is None else \
+            torch.baddbmm(extra[layer], inputs[layer].mT, d_pre)  # fmt: skip
+        if layer == 0:
+            grad[:, o:] += torch.bmm(dg.mT, chain[0])  # g's dependence on W1's action rows
+        grads_w.append(grad)
+        grads_b.append(d_pre.sum(1))  # (a reduced-precision sum accumulates in fp32)
+    grads_w.append(torch.bmm(top.mT, e.unsqueeze(-1)) + d_out)
+    grads_b.append(e.sum(1, keepdim=True))
+    for param, grad in zip([*weights, *biases], [*grads_w, *grads_b]):
+        if param.grad is None:
+            param.grad = grad.to(param.dtype)
+        else:  # (into the last step's buffers: a fresh 2.6 MB fp32 tensor a step cost up to 20 ms here)
+            param.grad.copy_(grad)
+    return td_loss + eta * diversity.detach(), q, diversity.detach()
