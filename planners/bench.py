@@ -36,6 +36,7 @@ import kernels
 from kernels.bench import measure_peak
 from kernels.cpu import bf16_units
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig, RAVLConfig
+from worldmodel.allocator import keep_freed_memory
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import make_env
 
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
     parser.add_argument("--realtime", type=int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # (as every run's process does: worldmodel.threads.set_threads)
     if args.realtime:
         table = realtime_rows(args.realtime)
         print(f"\n`python -m planners.realtime {' '.join(_REALTIME_RUN)}` (default MPPI), {args.realtime} robot steps; "

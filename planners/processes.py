@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from worldmodel.allocator import keep_freed_memory
+
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
 _START_TIMEOUT_S = 120.0
 
@@ -262,6 +264,7 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
     _detach(parent)
     swaps.cancel_join_thread()
     torch.set_num_threads(threads)
+    keep_freed_memory()
     maker = _loads(maker)
     results.send(("ready",))
     planned = 0.0  # the serial of the last reading planned from
@@ -401,6 +404,7 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
 
     _detach(parent)
     swaps.cancel_join_thread()  # (the planning process may be gone: its last swaps are dropped at exit)
+    keep_freed_memory()
     agent = _loads(agent)
 
     def swapped(version: int, metrics: dict | None) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from worldmodel.allocator import keep_freed_memory
+
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 _CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -86,8 +88,11 @@ def set_threads(threads: int | str | None = "auto") -> int:
 
     "auto" (or None): the available cores less those other processes keep busy (sampled for
     0.1 s), then adjusted by `adapt()`; an explicit OMP_NUM_THREADS in the environment is
-    honoured as a fixed count. An int fixes the count.
+    honoured as a fixed count. An int fixes the count. Every entry point calls this first, so
+    it also sets the rest of a computing process up: glibc keeps freed memory
+    (`worldmodel.allocator`), and one inter-op thread.
     """
+    keep_freed_memory()
     fixed = resolve_threads(threads)
     if fixed is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         fixed = max(1, min(int(os.environ["OMP_NUM_THREADS"]), available_cores()))

@@ -1,0 +1,35 @@
+"""glibc's allocator told to keep freed memory for the next tensor of the same size.
+
+By default glibc serves a block above its mmap threshold (128 KiB at the start, raised as such
+blocks are freed) with a fresh mmap, and hands freed memory at the top of its heap back to the
+kernel. A training step that frees and reallocates a few MB-sized tensors then pays a page fault
+for every 4 KiB page it writes, every step: an EDAC critic step with 10 critics of 3 x 256 took
+4,300 minor faults and 53 ms a step here in bf16, 45 ms with this setting and none (bf16 EDAC
+critic steps: `python -m planners.bench --dyna` rows).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20  # blocks up to this size come from the heap (glibc's upper limit on 64-bit)
+TRIM_THRESHOLD = 512 * 2**20  # free memory at the heap's top kept up to this much
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds for this process (once; a no-op off glibc). Returns
+    whether they are set."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _done
