@@ -19,6 +19,8 @@ from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
 
+ROLLOUT_CHUNK = 4096  # start states imagined at once (a rollout round's 50k in chunks)
+
 
 @dataclass
 class DynaConfig:
@@ -167,34 +169,34 @@ class Dyna(Planner):
         cfg = self.config
         if start_obs is None:
             start_obs = self.buffer.sample(cfg.rollout_batch_size)["obs"]
-        obs = start_obs.to(self.model.device)
         # read from the config each round: online.* settings may change penalty and measure at the switch
         measure = Uncertainty(cfg.uncertainty, cfg.uncertainty_elites_only, cfg.uncertainty_include_reward) \
             if cfg.penalty > 0 else None  # fmt: skip
-        started, steps, raw_rewards, penalties, dropped, escaped = obs.shape[0], [], [], [], 0, 0
-        for _ in range(self.rollout_length):
-            if obs.shape[0] == 0:
-                break
-            action = self.agent.act(obs)
-            out = self.model.step(obs, action, mode="random", uncertainty=measure, generator=self.generator)
-            raw = out["reward"]
-            penalty = out["uncertainty"] if measure is not None else torch.zeros_like(raw)
-            reward = raw - cfg.penalty * penalty
-            finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(reward)
-            dropped += int((~finite).sum())
-            # a state beyond obs_limit ends its rollout (kept, as a terminal step), as MOPO's code does
-            beyond = torch.zeros_like(finite)
-            if cfg.obs_limit is not None:
-                beyond = (out["next_obs"].abs() > cfg.obs_limit).any(-1) & finite
-            escaped += int(beyond.sum())
-            step = TensorDict({
-                "obs": obs, "action": action, "reward": reward, "next_obs": out["next_obs"],
-                "terminated": out["terminated"] | beyond, "truncated": torch.zeros_like(out["terminated"]),
-            }, batch_size=[obs.shape[0]])[finite]  # fmt: skip
-            steps.append(step)
-            raw_rewards.append(raw[finite])
-            penalties.append(penalty[finite])
-            obs = step["next_obs"][~step["terminated"]]
+        started, steps, raw_rewards, penalties, dropped, escaped = start_obs.shape[0], [], [], [], 0, 0
+        for obs in start_obs.to(self.model.device).split(ROLLOUT_CHUNK):  # (a chunk's activations stay in cache)
+            for _ in range(self.rollout_length):
+                if obs.shape[0] == 0:
+                    break
+                action = self.agent.act(obs)
+                out = self.model.step(obs, action, mode="random", uncertainty=measure, generator=self.generator)
+                raw = out["reward"]
+                penalty = out["uncertainty"] if measure is not None else torch.zeros_like(raw)
+                reward = raw - cfg.penalty * penalty
+                finite = torch.isfinite(out["next_obs"]).all(-1) & torch.isfinite(reward)
+                dropped += int((~finite).sum())
+                # a state beyond obs_limit ends its rollout (kept, as a terminal step), as MOPO's code does
+                beyond = torch.zeros_like(finite)
+                if cfg.obs_limit is not None:
+                    beyond = (out["next_obs"].abs() > cfg.obs_limit).any(-1) & finite
+                escaped += int(beyond.sum())
+                step = TensorDict({
+                    "obs": obs, "action": action, "reward": reward, "next_obs": out["next_obs"],
+                    "terminated": out["terminated"] | beyond, "truncated": torch.zeros_like(out["terminated"]),
+                }, batch_size=[obs.shape[0]])[finite]  # fmt: skip
+                steps.append(step)
+                raw_rewards.append(raw[finite])
+                penalties.append(penalty[finite])
+                obs = step["next_obs"][~step["terminated"]]
         imagined = torch.cat(steps) if steps else None
         count = len(imagined) if imagined is not None else 0
         if count:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+import planners.dyna
 from planners import MBPO, MOPO, RAVL, BehaviourCloning, DynaConfig, MOPOConfig, make_planner
 from worldmodel import EnsembleDynamics, TaskSpec
 
@@ -95,8 +96,11 @@ def test_a_state_beyond_obs_limit_ends_its_rollout(limit, steps):
     assert int(planner.model_buffer.data()["terminated"].sum()) == (100 if limit else 0)  # kept, as terminal steps
 
 
-def test_rollouts_stop_at_terminal_steps():
-    """obs[0] grows by 1 per step and the task ends once it passes 2.5: every rollout is 3 steps."""
+@pytest.mark.parametrize("chunk", [4096, 7])
+def test_rollouts_stop_at_terminal_steps(chunk, monkeypatch):
+    """obs[0] grows by 1 per step and the task ends once it passes 2.5: every rollout is 3 steps
+    (also with the starts imagined in chunks of 7: every start once, each rollout whole)."""
+    monkeypatch.setattr(planners.dyna, "ROLLOUT_CHUNK", chunk)
     model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]], termination_fn=lambda o, a, n: n[:, 0] > 2.5)
     planner = MBPO(model, SPEC, DynaConfig(rollout_length=5, rollout_batch_size=50, seed=0))
     data = real_data(50)
@@ -105,7 +109,7 @@ def test_rollouts_stop_at_terminal_steps():
     stats = planner.rollout()
     imagined = planner.model_buffer.data()
     assert len(imagined) == 150 and stats["mean_steps_per_start"] == pytest.approx(3.0)
-    assert imagined["terminated"].sum() == 50
+    assert imagined["terminated"].sum() == 50 and (imagined["obs"][:, 0] == 0).sum() == 50
     assert (imagined["next_obs"][imagined["terminated"], 0] > 2.5).all()
     assert (imagined["next_obs"][~imagined["terminated"], 0] < 2.5).all()
 
