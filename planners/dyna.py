@@ -19,7 +19,9 @@ from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
 
-ROLLOUT_CHUNK = 4096  # start states imagined at once (a rollout round's 50k in chunks)
+# start states imagined at once on a CPU: a chunk's activations stay in cache (a 50k x 5 round in
+# chunks 1.1-1.25x faster here). The draws then come chunk by chunk: a seed's rollouts depend on it.
+ROLLOUT_CHUNK = 4096
 
 
 @dataclass
@@ -173,8 +175,10 @@ class Dyna(Planner):
         measure = Uncertainty(cfg.uncertainty, cfg.uncertainty_elites_only, cfg.uncertainty_include_reward) \
             if cfg.penalty > 0 else None  # fmt: skip
         started, steps, raw_rewards, penalties, dropped, escaped = start_obs.shape[0], [], [], [], 0, 0
-        for obs in start_obs.to(self.model.device).split(ROLLOUT_CHUNK):  # (a chunk's activations stay in cache)
-            for _ in range(self.rollout_length):
+        length, device = self.rollout_length, self.model.device
+        chunk = ROLLOUT_CHUNK if device.type == "cpu" else max(started, 1)  # (a GPU takes them all at once)
+        for obs in start_obs.to(device).split(chunk):
+            for _ in range(length):
                 if obs.shape[0] == 0:
                     break
                 action = self.agent.act(obs)

@@ -2,12 +2,14 @@
 critic step with the diversity term's gradient in closed form.
 
 The diversity term reads the critics' action-gradients g = dQ/da, so autograd differentiates it
-by a double backward (the graph of g's backward, then that graph's own backward). For a ReLU MLP,
-g is a product of the weights through fixed masks,
-    g = W1a^T m1 W2^T m2 ... mL w_out   (m_l: the ReLU masks, W1a: the first layer's action rows),
+by a double backward (the graph of g's backward, then that graph's own backward). For a ReLU MLP
+with weights stored [in, out] (W_l [H, H], w_out [H, 1]), g is a product of the weights through
+fixed masks,
+    g = W1a m1 W2 m2 ... WL mL w_out   (m_l: layer l's ReLU mask, a diagonal; W1a = W1[O:], [A, H]),
 so its derivative is one more pass along that chain. And the TD loss's backward needs that same
-chain: dQ/dpre_l is the chain's vector at layer l, scaled per row by the TD error. `critic_grads`
-runs forward, the chain down, the diversity's pass up, and every weight gradient once.
+chain: with e = Q - target, dL/dpre_l = (2 e / B) chain_l, where chain_l = dQ/dpre_l is the
+chain's vector at layer l. `critic_grads` runs forward, the chain down, the diversity's pass up,
+and every weight gradient once.
 Shapes: N critics, B rows, H hidden units, O obs dims, A action dims.
 """
 
@@ -72,6 +74,7 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
     """
     weights, biases = list(critics.weights), list(critics.biases)
     n, b, o, depth = critics.num_critics, obs.shape[0], obs.shape[-1], len(weights) - 1
+    assert depth >= 1, "a critic with no hidden layer has no ReLU chain"
     low = torch.bfloat16 if critics.precision == "bf16" else torch.float32
     w = [weight.to(low) for weight in weights[:-1]]  # hidden layers [N, in, H], in the products' dtype
     w_out = weights[-1]  # [N, H, 1]
@@ -102,7 +105,7 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
         u = relu_backward(d_chain, inputs[layer])
         extra[layer] = torch.bmm(u.mT, chain[layer])
         d_chain = torch.bmm(u, w[layer])
-    d_out = relu_backward(d_chain, inputs[depth]).sum(1).float().unsqueeze(-1)  # [N, H, 1]
+    d_out = relu_backward(d_chain, inputs[depth]).float().sum(1).unsqueeze(-1)  # [N, H, 1] (summed in fp32)
     # weight gradients: the TD error's (dL/dpre_l = e * chain[l]) plus the diversity's
     e = 2 * error / b  # dL/dQ [N, B]
     grads_w, grads_b = [], []
@@ -118,8 +121,5 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
     grads_w.append(torch.bmm(top.mT, e.unsqueeze(-1)) + d_out)
     grads_b.append(e.sum(1, keepdim=True))
     for param, grad in zip([*weights, *biases], [*grads_w, *grads_b]):
-        if param.grad is None:
-            param.grad = grad.to(param.dtype)
-        else:  # (into the last step's buffers: a fresh 2.6 MB fp32 tensor a step cost up to 20 ms here)
-            param.grad.copy_(grad)
+        param.grad = grad.to(param.dtype)
     return td_loss + eta * diversity.detach(), q, diversity.detach()

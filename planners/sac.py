@@ -124,9 +124,10 @@ class Actor(nn.Module):
 class CriticEnsemble(nn.Module):
     """N Q-functions as one stacked MLP: (obs [B, O], action [B, A]) -> Q [N, B].
 
-    obs/action may also be [N, B, ...], one slice per critic (the EDAC term needs that).
+    obs/action may also be [N, B, ...], one slice per critic.
     twice_differentiable: run the pure-PyTorch reference (the Triton backward is not itself
-    differentiable, and the EDAC term differentiates a gradient). precision: the kernels' ("bf16":
+    differentiable): what `SAC._critic_loss`'s autograd definition of the EDAC term needs, the
+    reference `planners.edac.critic_grads` is tested against (updates use the closed form). precision: the kernels' ("bf16":
     hidden layers on bf16 operands, the output layer in fp32).
     """
 

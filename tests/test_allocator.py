@@ -23,12 +23,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_keep_freed_memory_ends_the_page_faults_of_reallocated_tensors():
     faults = {mode: int(subprocess.run([sys.executable, "-c", _LOOP, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "keep")}  # fmt: skip
-    assert faults["default"] > 1000  # (glibc 2.36 here: about 6,000, fresh pages for many of the blocks)
+    if faults["default"] < 1000:  # (glibc 2.36 here: about 6,000; other versions or settings may not fault)
+        pytest.skip(f"this C library's defaults fault little on this loop ({faults['default']} faults)")
     assert faults["keep"] < 100
 
 
-def test_set_threads_keeps_freed_memory():
-    from worldmodel import allocator, threads
+def test_set_threads_keeps_freed_memory(monkeypatch):
+    from worldmodel import threads
 
+    calls = []
+    monkeypatch.setattr(threads, "keep_freed_memory", lambda: calls.append(1))
     threads.set_threads(1)
-    assert allocator._done == sys.platform.startswith("linux")
+    assert calls == [1]

@@ -3,7 +3,8 @@
     python -m worldmodel.report runs/offline runs/multirun/2026-12-01 --out docs/offline
 
 Runs (directories holding summary.json, searched recursively) are grouped by dataset (or task,
-for online runs) and planner. Each group's final score is the mean over its runs with the
+for online runs) and planner, and apart where their settings (config.yaml) differ: the row's
+planner then reads, say, "mopo (planner.penalty=5.0)", the overrides that set it apart. Each group's final score is the mean over its runs with the
 sample standard deviation, a 95% percentile-bootstrap confidence interval of the mean (10,000
 resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
 aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
@@ -57,6 +58,45 @@ def _is_run_summary(path: Path) -> bool:
     return isinstance(summary, dict) and {"status", "planner", "env"} <= summary.keys()
 
 
+# config keys that say where and how a run ran, not what it ran: never a reason to set runs apart
+_NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained", "dataset"}
+
+
+def load_settings(run_dir: Path) -> dict:
+    """The run's config.yaml flattened to dotted keys ({"planner.penalty": 2.5, ...}), less
+    _NOT_SETTINGS; {} for a run without one."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    flat = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif f"{prefix}{key}" not in _NOT_SETTINGS:
+                flat[f"{prefix}{key}"] = value
+
+    walk(yaml.safe_load(path.read_text()) or {}, "")
+    return flat
+
+
+def label_variants(runs: list[dict]) -> None:
+    """Set each run's "variant": its planner, plus the settings in which runs of the same group and
+    planner differ (keys every one of them records), e.g. "mopo (planner.penalty=5.0)"."""
+    buckets = defaultdict(list)
+    for run in runs:
+        buckets[run["group"], run["planner"]].append(run)
+    for (_, planner), members in buckets.items():
+        shared = set.intersection(*(set(r["settings"]) for r in members))
+        differ = sorted(k for k in shared if len({repr(r["settings"][k]) for r in members}) > 1)
+        for run in members:
+            told = ", ".join(f"{k}={run['settings'][k]}" for k in differ)
+            run["variant"] = f"{planner} ({told})" if told else planner
+
+
 def load_run(run_dir: Path) -> dict:
     """One run's group, seed, score and learning curve [(step, score)] from its files."""
     try:
@@ -83,7 +123,7 @@ def load_run(run_dir: Path) -> dict:
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best, "progress": summary.get(key, 0), "curve": curve,
             "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
-            "data": summary.get("dataset_fingerprint")}  # fmt: skip
+            "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
 
 
 def aggregate(scores: list[float]) -> dict:
@@ -125,10 +165,11 @@ def bootstrap_ci(scores: list[float], statistic=np.mean, level: float = 0.95,
 
 
 def report(runs: list[dict]) -> list[dict]:
-    """One row per (group, planner): the aggregate over its runs, their seeds and progress."""
+    """One row per (group, planner variant): the aggregate over its runs, their seeds and progress."""
+    label_variants(runs)
     groups = defaultdict(list)
     for run in runs:
-        groups[run["group"], run["planner"]].append(run)
+        groups[run["group"], run["variant"]].append(run)
     rows = []
     for (group, planner), members in sorted(groups.items()):
         scored = [r for r in members if r["score"] is not None]
@@ -168,16 +209,17 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot_curves(runs: list[dict], out: Path) -> list[Path]:
-    """One PNG per group: each planner's mean curve over runs, the band its 95% bootstrap interval."""
+    """One PNG per group: each planner variant's mean curve over runs, the band its 95% bootstrap interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
+    label_variants(runs)
     by_group = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        by_group[run["group"]][run["planner"]].append(run)
+        by_group[run["group"]][run["variant"]].append(run)
     for group, planners in sorted(by_group.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for planner, members in sorted(planners.items()):
@@ -220,7 +262,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         (out / "report.md").write_text(table + "\n")
         write_json({f"{r['group']}/{r['planner']}": {k: r[k] for k in _SUMMARY_KEYS if k in r} for r in rows},
                    out / "summary.json")  # fmt: skip
-        write_json({"rows": rows, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs]},
+        write_json({"rows": rows, "runs": [{k: v for k, v in r.items() if k not in ("curve", "settings")} for r in runs]},
                    out / "report.json")  # fmt: skip
         for path in plot_curves(runs, out):
             print(f"wrote {path}")
