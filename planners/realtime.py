@@ -15,7 +15,8 @@ plan holds NaN/inf. Every executed action is clipped to the action box and, with
 maximal change per period; a `constraint(obs, action) -> bool` hook may veto an action (the
 safe one is taken instead). With `delay_ms` (sensor + actuator latency) a plan starts from the
 state the model predicts once the delay has passed, under the actions already committed. A
-watchdog calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms`.
+watchdog, a thread of its own whatever the worker (so a long plan or a dead planner does not
+silence it), calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms`.
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
@@ -115,7 +116,9 @@ class RealtimeController:
         self._last_action: Tensor | None = None
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
+        self._watcher: threading.Thread | None = None  # the watchdog's thread
+        self._watcher_stop = threading.Event()
         self.error: BaseException | None = None  # what killed the planning thread or process, if anything
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "nonfinite_plans": 0,
@@ -186,7 +189,7 @@ class RealtimeController:
     # ---------------------------------------------------------------- the planning worker
 
     def start(self) -> RealtimeController:
-        if self._thread is None:
+        if self._watcher is None:
             if self.config.switch_interval_ms is not None:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
@@ -200,19 +203,25 @@ class RealtimeController:
                     if self.config.switch_interval_ms is not None:
                         sys.setswitchinterval(self._switch_interval)
                     raise
-                self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
-            self._thread.start()
+                self._thread.start()
+            self._watcher_stop.clear()
+            self._watcher = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+            self._watcher.start()
         return self
 
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._watcher is not None:
+            self._watcher_stop.set()
+            self._watcher.join()
+            self._watcher = None
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
             if self._process is not None:
                 self._process.stop()
                 self._process = None
@@ -239,12 +248,10 @@ class RealtimeController:
             while True:
                 with self._wake:
                     while not self._stopping and (self._latest is None or self._latest[2] == planned_serial):
-                        if not self._wake.wait(timeout=self.watchdog_s):
-                            self._watchdog()
+                        self._wake.wait()
                     if self._stopping:
                         return
                     obs, stamp, planned_serial = self._latest
-                self._watchdog()
                 with self.swapper.lock:
                     result = self._maker.make(obs, stamp, self._last_action, self.version)
                 self._record(result)
@@ -254,11 +261,9 @@ class RealtimeController:
                   file=sys.stderr)  # fmt: skip
 
     def _watch(self) -> None:
-        """The watchdog's own thread, beside a planning process."""
-        with self._wake:
-            while not self._stopping:
-                self._wake.wait(timeout=self.watchdog_s / 2)
-                self._watchdog()
+        """The watchdog's thread: looks every half watchdog interval until stop()."""
+        while not self._watcher_stop.wait(timeout=self.watchdog_s / 2):
+            self._watchdog()
 
     def _collect(self) -> None:
         """Take in what the planning process finished (in act(): one thread reads the pipe)."""

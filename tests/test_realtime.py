@@ -193,6 +193,29 @@ def test_the_watchdog_sends_the_safe_action_when_observations_stop(hopper):
     assert rt.counts["watchdog_trips"] >= 2 and all(torch.equal(a, torch.ones(3) * 0.5) for a in sent)
 
 
+@pytest.mark.parametrize("planner_state", ["planning", "dead"])
+def test_the_watchdog_trips_during_a_long_plan_and_after_the_planner_died(hopper, planner_state):
+    """worker="thread": the watchdog has a thread of its own, so a plan in progress (here 3 s) or a
+    dead planning thread does not silence it."""
+    spec, model, data = hopper
+    planner, sent = mppi(model, spec), []
+
+    def slow_or_broken(obs, deterministic=True):
+        if planner_state == "dead":
+            raise TypeError("a bug in the planner")
+        time.sleep(3.0)
+        raise TypeError("never mind the plan")
+
+    planner.act_ahead = slow_or_broken
+    config = RealtimeConfig(control_hz=100, watchdog_ms=50)
+    with RealtimeController(planner, spec, config, safe_action=torch.ones(3) * 0.5, on_stale=sent.append) as rt:
+        began = time.monotonic()
+        rt.act(data["obs"][0])
+        wait_for(lambda: len(sent) >= 1, timeout=2.0)  # within 2 s: before the 3 s plan could end
+        assert time.monotonic() - began < 2.0 and rt.counts["watchdog_trips"] >= 1
+        assert rt.counts["plans"] == 0 or planner_state == "dead"
+
+
 def test_a_dead_planner_thread_means_the_safe_action(hopper):
     spec, model, data = hopper
     planner = mppi(model, spec)
