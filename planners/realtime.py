@@ -388,7 +388,7 @@ class BackgroundLearner:
         self.new = 0
         model = copy.deepcopy(self.planner.model)
         metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
-        swapped = {} if self._value is None else {"value_agent": copy.deepcopy(self._value)}
+        swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
         self._unswapped = 0
         version = self.controller.swap(model, **swapped)
         self.refits += 1
@@ -414,10 +414,8 @@ class BackgroundLearner:
             self._swap_value()
 
     def _swap_value(self) -> None:
-        import copy
-
         self._unswapped = 0
-        version = self.controller.swap(value_agent=copy.deepcopy(self._value))
+        version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
         if self.on_swap is not None:
             self.on_swap(version, None)
 

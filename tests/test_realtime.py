@@ -471,3 +471,25 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     assert controller.version == len(swaps) and agent.planner.value_agent is start  # loaded in place
     assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from
+
+
+def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():
+    """apply_swap loads a learned value into the planner's own (in place), or deep-copies it where
+    the planner has none: either way the learner's object stays its own."""
+    from types import SimpleNamespace
+
+    from planners import SAC, SACConfig
+    from planners.processes import apply_swap
+
+    low, high = -torch.ones(2), torch.ones(2)
+    learners = SAC(3, low, high, SACConfig(hidden=8))
+    for planner in (SimpleNamespace(value_agent=None), SimpleNamespace(value_agent=SAC(3, low, high, SACConfig(hidden=8)))):
+        before = planner.value_agent
+        apply_swap(planner, {"value_agent": learners})
+        assert planner.value_agent is not learners and (before is None or planner.value_agent is before)
+        swapped = [p.clone() for p in planner.value_agent.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(swapped, learners.parameters()))
+        with torch.no_grad():
+            for p in learners.parameters():
+                p.add_(1.0)  # the learner trains on
+        assert all(torch.equal(a, b) for a, b in zip(swapped, planner.value_agent.parameters()))
