@@ -108,10 +108,11 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
     d_out = relu_backward(d_chain, inputs[depth]).float().sum(1).unsqueeze(-1)  # [N, H, 1] (summed in fp32)
     # weight gradients: the TD error's (dL/dpre_l = e * chain[l]) plus the diversity's
     e = 2 * error / b  # dL/dQ [N, B]
+    e_low = e.to(low).unsqueeze(-1)  # [N, B, 1]
     grads_w, grads_b = [], []
     inputs.pop()
     for layer in range(depth):
-        d_pre = e.to(low).unsqueeze(-1) * chain[layer]
+        d_pre = e_low * chain[layer]
         grad = torch.bmm(inputs[layer].mT, d_pre) if extra[layer] is None else \
             torch.baddbmm(extra[layer], inputs[layer].mT, d_pre)  # fmt: skip
         if layer == 0:
