@@ -159,6 +159,37 @@ def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
     assert [r["step"] for r in records(run_dir, "eval")] == [0, 30]  # one switch point, the latest offline policy
 
 
+def test_model_score_selection_keeps_the_snapshot_with_the_best_model_return(tmp_path, dataset, monkeypatch):
+    """offline.select=model_score: the run ends with the evaluated actor whose return in the model
+    was best (here the first: the estimates fall), scores it by that evaluation, and resumes it."""
+    import worldmodel.run
+
+    estimates = iter(range(100, 0, -10))  # each evaluation's model return, falling
+    monkeypatch.setattr(worldmodel.run, "model_return", lambda model, policy, starts, *a: torch.full((len(starts),),
+                                                                                                     float(next(estimates))))
+    run_dir = tmp_path / "run"
+    args = ["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={run_dir}", *TINY, *DYNA_TINY]
+    first = main([*args, "offline.updates=20", "offline.select=model_score"])
+    actor = lambda: torch.load(run_dir / "checkpoint.pt", weights_only=False)["planner"]["agent"]["modules"]  # noqa: E731
+    after_20 = {k: v for k, v in actor().items() if k.startswith("actor.")}
+    summary = main([f"resume={run_dir}", "offline.updates=60"])  # two more evaluations, worse in the model
+    evals = records(run_dir, "offline_eval")
+    assert [r["model_ret"] for r in evals] == [100.0, 90.0, 80.0]
+    assert summary["selected_updates"] == 20 and summary["selected_model_return"] == 100.0
+    assert summary["selected_eval_return"] == evals[0]["ret"] == first["offline_eval_return"]
+    assert summary["offline_eval_return"] == summary["final_eval_return"] == evals[0]["ret"]  # scored by its evaluation
+    final = actor()
+    assert all(torch.equal(final[k], v) for k, v in after_20.items())  # the actor after 20 updates, not after 60
+    last = main(["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={tmp_path / 'last'}", *TINY,
+                 *DYNA_TINY, "offline.updates=40"])  # fmt: skip
+    assert last["selected_updates"] == 20 and last["offline_eval_return"] == pytest.approx(sum(last["offline_evals"]) / 2)
+    for bad, match in ((["offline.select=best"], "offline.select=best: use one of last, model_score"),
+                       (["planner=bc", "offline.select=model_score"], "needs a Dyna planner")):  # fmt: skip
+        with pytest.raises(SystemExit, match=match):
+            main([f"dataset={dataset}", f"run_dir={tmp_path / 'bad'}", *TINY, *bad])
+        assert not (tmp_path / "bad").exists()
+
+
 def test_the_offline_fit_records_its_holdout_curve(tmp_path, dataset):
     run_dir = tmp_path / "run"
     main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}",

@@ -1,4 +1,5 @@
-"""worldmodel.report on hand-made run directories: runs whose settings differ are not pooled."""
+"""worldmodel.report on hand-made run directories: runs whose settings differ are not pooled; the
+model-selected score."""
 
 import json
 
@@ -37,3 +38,17 @@ def test_runs_alike_or_without_a_config_pool_under_the_planner(tmp_path):
     (tmp_path / "c" / "config.yaml").unlink()  # (a run from before configs were kept: nothing to compare)
     (row,) = report([str(tmp_path)])
     assert row["planner"] == "mopo" and row["scores"] == [90.0, 70.0, 50.0]
+
+
+def test_the_model_selected_score_is_each_run_s_evaluation_with_the_best_model_return(tmp_path):
+    for seed, evals in ((0, [(10.0, 30.0), (50.0, 95.0), (40.0, 35.0)]), (1, [(60.0, 70.0), (20.0, 90.0)])):
+        fake_run(tmp_path / f"s{seed}", seed, evals[-1][1], penalty=2.5)
+        (tmp_path / f"s{seed}" / "metrics.jsonl").write_text("".join(
+            json.dumps({"kind": "offline_eval", "step": 100 * (i + 1), "score": score, "model_ret": model}) + "\n"
+            for i, (model, score) in enumerate(evals)))  # fmt: skip
+    (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert row["scores"] == [35.0, 90.0] and row["selected"] == [95.0, 70.0]
+    assert "| 82.5 ± 17.7 |" in (tmp_path / "report" / "report.md").read_text()
+    (tmp_path / "s1" / "metrics.jsonl").write_text(json.dumps({"kind": "offline_eval", "step": 100, "score": 9.0}))
+    (row,) = report([str(tmp_path)])  # a run without model returns: no model-selected figure for the row
+    assert row["selected"] == []

@@ -8,7 +8,9 @@ planner then reads, say, "mopo (planner.penalty=5.0)", the overrides that set it
 sample standard deviation, a 95% percentile-bootstrap confidence interval of the mean (10,000
 resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
 aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
-runs or more; the mean best evaluation; and the fingerprints of the datasets its runs learned
+runs or more; the mean best evaluation; the model-selected score (per run, the evaluation whose
+return estimated in the model, `model_ret`, was best: what an offline user can pick without
+evaluation episodes; mean ± std); and the fingerprints of the datasets its runs learned
 from (worldmodel.datasets.fingerprint; a group on more than one, or mixing runs whose data went
 unrecorded, is flagged). Offline runs score their `normalized_score` (the
 mean of the last offline.score_last evaluations, D4RL-normalised), online runs their normalised
@@ -108,7 +110,7 @@ def load_run(run_dir: Path) -> dict:
     if "dataset" in summary and not offline:
         group += " (offline, then online)"  # not the same protocol as an offline-only run
     kind, key = ("offline_eval", "offline_updates") if offline else ("eval", "env_steps")
-    curve = []
+    curve, estimated = [], []  # (step, score); (model return, score) of the evaluations that have one
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
@@ -118,10 +120,13 @@ def load_run(run_dir: Path) -> dict:
                 continue
             if row.get("kind") == kind:
                 curve.append((row["step"], row.get("score", row.get("ret"))))
+                if "model_ret" in row:
+                    estimated.append((row["model_ret"], row.get("score", row.get("ret"))))
     score = summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
-            "status": summary["status"], "score": score, "best": best, "progress": summary.get(key, 0), "curve": curve,
+            "status": summary["status"], "score": score, "best": best,
+            "selected": max(estimated, key=lambda e: e[0])[1] if estimated else None, "progress": summary.get(key, 0), "curve": curve,
             "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
             "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
 
@@ -174,8 +179,10 @@ def report(runs: list[dict]) -> list[dict]:
     for (group, planner), members in sorted(groups.items()):
         scored = [r for r in members if r["score"] is not None]
         bests = [r["best"] for r in members if r["best"] is not None]
+        selected = [r["selected"] for r in scored if r.get("selected") is not None]
         rows.append({"group": group, "planner": planner, **aggregate([r["score"] for r in scored]),
                      "best": statistics.fmean(bests) if bests else None,
+                     "selected": selected if len(selected) == len(scored) else [],
                      "seeds": sorted(r["seed"] for r in members), "scores": [r["score"] for r in scored],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
@@ -188,9 +195,9 @@ def report(runs: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table: final score mean +- std [95% bootstrap CI], IQM, mean best,
-    runs, per-run scores, progress."""
-    lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best | runs | per run | "
-             "updates or steps |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    model-selected mean +- std, runs, per-run scores, progress."""
+    lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best | model-selected | runs | "
+             "per run | updates or steps |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
         group = r["group"] + (f" (data {r['data_score']:.1f})" if r["data_score"] is not None else "")
@@ -200,10 +207,12 @@ def markdown(rows: list[dict]) -> str:
             group += f" **{r['unknown_data']} run(s) on unrecorded data**"
         score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
         robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
+        picks = r.get("selected") or []
+        selected = f"{fmt(statistics.fmean(picks))} ± {fmt(statistics.stdev(picks) if len(picks) > 1 else None)}" if picks else "-"
         low, high = r["progress"][0], r["progress"][-1]
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
-        lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {r['n']} | "
+        lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {selected} | {r['n']} | "
                      f"{', '.join(fmt(s) for s in r['scores'])} | {progress}{unfinished} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -241,7 +250,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
+                 "iqm_ci_high", "best", "selected", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

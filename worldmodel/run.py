@@ -84,6 +84,10 @@ class Run:
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
+        self.selected_actor: dict | None = None  # offline: the actor whose model return was best so far
+        if cfg.offline.select == "model_score" and not (isinstance(self.planner, Dyna) and cfg.offline.model_eval_starts):
+            raise ValueError(f"offline.select=model_score picks the policy by its return in the model: it needs a Dyna "
+                             f"planner (mopo, ravl, mbpo; got {cfg.planner.name}) and offline.model_eval_starts > 0")  # fmt: skip
 
     @property
     def planner(self):
@@ -134,7 +138,8 @@ class Run:
 
     def save(self) -> None:
         atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
-                     "torch_rng": torch.get_rng_state()}, self.run_dir / "checkpoint.pt")  # fmt: skip
+                     "selected_actor": self.selected_actor, "torch_rng": torch.get_rng_state()},
+                    self.run_dir / "checkpoint.pt")  # fmt: skip
 
     def restore(self, run_dir: Path) -> None:
         """Load run_dir/checkpoint.pt into this run (writes nothing)."""
@@ -145,6 +150,7 @@ class Run:
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
+        self.selected_actor = ckpt.get("selected_actor")
         torch.set_rng_state(ckpt["torch_rng"])
 
     # -------------------------------------------------------------- the run
@@ -198,15 +204,20 @@ class Run:
             p.setdefault("offline_evals", []).append(ret)
             p["offline_eval"] = _mean(p["offline_evals"][-cfg.offline.score_last :])
             p["best_eval"] = _max(p["best_eval"], ret)
+            estimate = self._model_return()
+            self._select(ret, estimate.get("model_ret"))
             self.logger.log("offline_train", p["offline_updates"], **stats)
             self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret),
-                            **self._score("last_score", p["offline_eval"]), **self._model_return())  # fmt: skip
+                            **self._score("last_score", p["offline_eval"]), **estimate)  # fmt: skip
             bar.set_postfix(ret=f"{ret:.1f}")
             self._checkpoint(started)
             self._stop_if_requested(started, bar)
         bar.close()
         if p["step"] == 0:  # the switch: the offline policy's return is the online curve's first point
             last = p["offline_evals"][-1] if p.get("offline_evals") else p["offline_eval"]
+            if cfg.offline.select == "model_score" and p.get("selected"):  # that policy: the selected snapshot
+                self.planner.agent.actor.load_state_dict(self.selected_actor)
+                last = p["offline_eval"] = p["selected"]["ret"]
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
             self.logger.log("eval", 0, ret=last, **self._score("score", last))
             p["final_eval"] = p["offline_eval"]  # the offline score (mean of the last evaluations)
@@ -367,6 +378,15 @@ class Run:
         ret = model_return(self.model, policy, starts, self.spec.max_episode_steps, self.planner.config.obs_limit)
         return {"model_ret": ret.mean().item(), **self._score("model_score", ret.mean().item())}
 
+    def _select(self, ret: float, model_ret: float | None) -> None:
+        """Keep the actor just evaluated (real return `ret`) if its return in the model is the best
+        so far: the policy an offline user can pick without evaluation episodes (offline.select)."""
+        best = self.progress.get("selected")
+        if model_ret is None or (best is not None and model_ret <= best["model_ret"]):
+            return
+        self.progress["selected"] = {"updates": self.progress["offline_updates"], "ret": ret, "model_ret": model_ret}
+        self.selected_actor = {k: v.detach().clone() for k, v in self.planner.agent.actor.state_dict().items()}
+
     def _score(self, key: str, ret: float | None) -> dict:
         """{key: D4RL-normalised score} where the task has reference returns (and its usual
         1000-step episodes and no action repeat), else {}."""
@@ -399,6 +419,10 @@ class Run:
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            offline_evals=p.get("offline_evals", []),
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
+            if selected := p.get("selected"):  # the snapshot with the best model return, whichever offline.select
+                summary.update(selected_updates=selected["updates"], selected_eval_return=selected["ret"],
+                               selected_model_return=selected["model_ret"],
+                               **self._score("selected_normalized_score", selected["ret"]))  # fmt: skip
         return summary
 
     def close(self) -> None:
@@ -429,6 +453,7 @@ _COUNTS = {  # key: smallest value
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
     "offline.eval_episodes": 1, "offline.score_last": 1, "offline.model_eval_starts": 0,
 }  # fmt: skip
+_SELECTIONS = ("last", "model_score")  # offline.select
 _NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
 
 
@@ -448,6 +473,8 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.online.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
             raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
+    if cfg.offline.select not in _SELECTIONS:
+        raise ValueError(f"offline.select={cfg.offline.select}: use one of {', '.join(_SELECTIONS)}")
     if cfg.offline.get("preset") is not None and not cfg.dataset:
         raise ValueError(f"offline.preset={cfg.offline.preset} picks the settings for a dataset: give dataset=<file>")
     if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
