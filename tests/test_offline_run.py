@@ -160,34 +160,57 @@ def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
 
 
 def test_model_score_selection_keeps_the_snapshot_with_the_best_model_return(tmp_path, dataset, monkeypatch):
-    """offline.select=model_score: the run ends with the evaluated actor whose return in the model
-    was best (here the first: the estimates fall), scores it by that evaluation, and resumes it."""
+    """offline.select=model_score: offline learning ends with the evaluated actor whose return in
+    the model was best (here the second of three), scored by its evaluation; the trained actor is
+    kept aside for more offline updates or offline.select=last."""
     import worldmodel.run
 
-    estimates = iter(range(100, 0, -10))  # each evaluation's model return, falling
-    monkeypatch.setattr(worldmodel.run, "model_return", lambda model, policy, starts, *a: torch.full((len(starts),),
-                                                                                                     float(next(estimates))))
+    estimates, seen = iter([90.0, 100.0, 80.0, 70.0]), []  # each evaluation's model return
+
+    def model_return(model, policy, starts, *args):  # records what the evaluated actor does
+        seen.append((starts, policy(starts)))
+        return torch.full((len(starts),), next(estimates))
+
+    def saved_actions() -> torch.Tensor:  # the saved run's actor at those start states
+        run = Run(load_config([f"resume={run_dir}"])[0])
+        run.restore(run_dir)
+        return run.planner.act(seen[0][0], deterministic=True)
+
+    monkeypatch.setattr(worldmodel.run, "model_return", model_return)
     run_dir = tmp_path / "run"
-    args = ["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={run_dir}", *TINY, *DYNA_TINY]
-    first = main([*args, "offline.updates=20", "offline.select=model_score"])
-    actor = lambda: torch.load(run_dir / "checkpoint.pt", weights_only=False)["planner"]["agent"]["modules"]  # noqa: E731
-    after_20 = {k: v for k, v in actor().items() if k.startswith("actor.")}
-    summary = main([f"resume={run_dir}", "offline.updates=60"])  # two more evaluations, worse in the model
+    summary = main(["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={run_dir}", "offline.updates=60",
+                    "offline.select=model_score", *TINY, *DYNA_TINY])  # fmt: skip
     evals = records(run_dir, "offline_eval")
-    assert [r["model_ret"] for r in evals] == [100.0, 90.0, 80.0]
-    assert summary["selected_updates"] == 20 and summary["selected_model_return"] == 100.0
-    assert summary["selected_eval_return"] == evals[0]["ret"] == first["offline_eval_return"]
-    assert summary["offline_eval_return"] == summary["final_eval_return"] == evals[0]["ret"]  # scored by its evaluation
-    final = actor()
-    assert all(torch.equal(final[k], v) for k, v in after_20.items())  # the actor after 20 updates, not after 60
-    last = main(["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={tmp_path / 'last'}", *TINY,
-                 *DYNA_TINY, "offline.updates=40"])  # fmt: skip
-    assert last["selected_updates"] == 20 and last["offline_eval_return"] == pytest.approx(sum(last["offline_evals"]) / 2)
+    assert [r["model_ret"] for r in evals] == [90.0, 100.0, 80.0]
+    assert summary["selected_updates"] == 40 and summary["selected_model_return"] == 100.0
+    assert summary["selected_eval_return"] == summary["final_eval_return"] == evals[1]["ret"]
+    assert summary["offline_eval_return"] == pytest.approx(sum(r["ret"] for r in evals) / 3)  # (the last-3 mean)
+    assert not torch.equal(seen[1][1], seen[2][1])  # (the snapshot and the last actor act apart)
+    assert torch.equal(saved_actions(), seen[1][1])  # the snapshot's actor, not the last one
+    summary = main([f"resume={run_dir}", "offline.select=last"])  # the trained actor back, scored as usual
+    assert torch.equal(saved_actions(), seen[2][1]) and summary["final_eval_return"] == summary["offline_eval_return"]
+    summary = main([f"resume={run_dir}", "offline.select=model_score", "offline.updates=80", "env_steps=30"])
+    assert summary["selected_updates"] == 40 and [r["model_ret"] for r in records(run_dir, "offline_eval")][-1] == 70.0
+    assert records(run_dir, "eval")[0]["ret"] == evals[1]["ret"]  # online starts from the snapshot
     for bad, match in ((["offline.select=best"], "offline.select=best: use one of last, model_score"),
-                       (["planner=bc", "offline.select=model_score"], "needs a Dyna planner")):  # fmt: skip
+                       (["planner=bc", "offline.select=model_score"], "needs dataset=<file>, a Dyna planner"),
+                       (["offline.select=model_score", "offline.model_eval_starts=0"], "model_eval_starts > 0")):  # fmt: skip
         with pytest.raises(SystemExit, match=match):
             main([f"dataset={dataset}", f"run_dir={tmp_path / 'bad'}", *TINY, *bad])
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_from_before_the_selection_cannot_select_by_model_score(tmp_path, dataset):
+    run_dir = tmp_path / "run"
+    main(["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={run_dir}", "offline.updates=20",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    del ckpt["progress"]["selected"], ckpt["selected_actor"], ckpt["trained_actor"]  # as an older run saved it
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="resume it with offline.select=last"):
+        main([f"resume={run_dir}", "offline.select=model_score"])
+    summary = main([f"resume={run_dir}", "offline.updates=40"])  # its later evaluations alone cannot name a best one
+    assert "selected_updates" not in summary and summary["offline_updates"] == 40
 
 
 def test_the_offline_fit_records_its_holdout_curve(tmp_path, dataset):

@@ -47,8 +47,20 @@ def test_the_model_selected_score_is_each_run_s_evaluation_with_the_best_model_r
             json.dumps({"kind": "offline_eval", "step": 100 * (i + 1), "score": score, "model_ret": model}) + "\n"
             for i, (model, score) in enumerate(evals)))  # fmt: skip
     (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
-    assert row["scores"] == [35.0, 90.0] and row["selected"] == [95.0, 70.0]
+    assert row["scores"] == [35.0, 90.0] and row["selected_scores"] == [95.0, 70.0]
     assert "| 82.5 ± 17.7 |" in (tmp_path / "report" / "report.md").read_text()
     (tmp_path / "s1" / "metrics.jsonl").write_text(json.dumps({"kind": "offline_eval", "step": 100, "score": 9.0}))
     (row,) = report([str(tmp_path)])  # a run without model returns: no model-selected figure for the row
-    assert row["selected"] == []
+    assert row["selected_scores"] == [] and row["selected_mean"] is None
+
+
+def test_a_run_s_own_selection_wins_and_an_older_config_takes_today_s_defaults(tmp_path):
+    fake_run(tmp_path / "new", 0, 50.0, penalty=2.5)
+    summary = json.loads((tmp_path / "new" / "summary.json").read_text())
+    (tmp_path / "new" / "summary.json").write_text(json.dumps({**summary, "selected_normalized_score": 77.0}))
+    config = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    (tmp_path / "new" / "config.yaml").write_text(yaml.safe_dump({**config, "offline": {"select": "model_score"}}))
+    fake_run(tmp_path / "old", 1, 40.0, penalty=2.5)  # (its config predates offline.select: "last")
+    rows = {r["planner"]: r for r in report([str(tmp_path)])}
+    assert set(rows) == {"mopo (offline.select=last)", "mopo (offline.select=model_score)"}
+    assert rows["mopo (offline.select=model_score)"]["selected_scores"] == [77.0]

@@ -13,7 +13,8 @@ return estimated in the model, `model_ret`, was best: what an offline user can p
 evaluation episodes; mean ± std); and the fingerprints of the datasets its runs learned
 from (worldmodel.datasets.fingerprint; a group on more than one, or mixing runs whose data went
 unrecorded, is flagged). Offline runs score their `normalized_score` (the
-mean of the last offline.score_last evaluations, D4RL-normalised), online runs their normalised
+mean of the last offline.score_last evaluations, D4RL-normalised; with offline.select=model_score,
+the selected snapshot's evaluation: such runs get a row of their own), online runs their normalised
 or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
 ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
 or task (the mean over runs, the band its 95% bootstrap interval).
@@ -22,6 +23,7 @@ or task (the mean over runs, the band its 95% bootstrap interval).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -66,22 +68,34 @@ _NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained",
 
 def load_settings(run_dir: Path) -> dict:
     """The run's config.yaml flattened to dotted keys ({"planner.penalty": 2.5, ...}), less
-    _NOT_SETTINGS; {} for a run without one."""
+    _NOT_SETTINGS; a top-level key its config predates takes today's default (configs/config.yaml),
+    so an older run is compared by what it ran; {} for a run without one."""
+    path = run_dir / "config.yaml"
+    return {**_run_defaults(), **_flatten(_read_yaml(path))} if path.is_file() else {}
+
+
+@functools.cache
+def _run_defaults() -> dict:
+    """configs/config.yaml's own settings, flattened (not the planner group's: those differ by planner)."""
+    from worldmodel.config import CONFIG_DIR
+
+    config = _read_yaml(CONFIG_DIR / "config.yaml")
+    return {k: v for k, v in _flatten(config).items() if not k.startswith(("defaults", "hydra.", "planner."))}
+
+
+def _read_yaml(path: Path) -> dict:
     import yaml
 
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
     flat = {}
-
-    def walk(node, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif f"{prefix}{key}" not in _NOT_SETTINGS:
-                flat[f"{prefix}{key}"] = value
-
-    walk(yaml.safe_load(path.read_text()) or {}, "")
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif f"{prefix}{key}" not in _NOT_SETTINGS:
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -120,13 +134,15 @@ def load_run(run_dir: Path) -> dict:
                 continue
             if row.get("kind") == kind:
                 curve.append((row["step"], row.get("score", row.get("ret"))))
-                if "model_ret" in row:
+                if math.isfinite(row.get("model_ret", math.nan)):
                     estimated.append((row["model_ret"], row.get("score", row.get("ret"))))
+    picked = max(estimated, key=lambda e: e[0])[1] if estimated else None  # (older runs name no selection)
     score = summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best,
-            "selected": max(estimated, key=lambda e: e[0])[1] if estimated else None, "progress": summary.get(key, 0), "curve": curve,
+            "selected": summary.get("selected_normalized_score", summary.get("selected_eval_return", picked)),
+            "progress": summary.get(key, 0), "curve": curve,
             "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
             "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
 
@@ -180,9 +196,11 @@ def report(runs: list[dict]) -> list[dict]:
         scored = [r for r in members if r["score"] is not None]
         bests = [r["best"] for r in members if r["best"] is not None]
         selected = [r["selected"] for r in scored if r.get("selected") is not None]
+        selected = selected if len(selected) == len(scored) else []  # (a row's figure covers all its runs or none)
         rows.append({"group": group, "planner": planner, **aggregate([r["score"] for r in scored]),
                      "best": statistics.fmean(bests) if bests else None,
-                     "selected": selected if len(selected) == len(scored) else [],
+                     "selected_scores": selected, "selected_mean": statistics.fmean(selected) if selected else None,
+                     "selected_std": statistics.stdev(selected) if len(selected) > 1 else None,
                      "seeds": sorted(r["seed"] for r in members), "scores": [r["score"] for r in scored],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
@@ -207,8 +225,7 @@ def markdown(rows: list[dict]) -> str:
             group += f" **{r['unknown_data']} run(s) on unrecorded data**"
         score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
         robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
-        picks = r.get("selected") or []
-        selected = f"{fmt(statistics.fmean(picks))} ± {fmt(statistics.stdev(picks) if len(picks) > 1 else None)}" if picks else "-"
+        selected = f"{fmt(r['selected_mean'])} ± {fmt(r['selected_std'])}" if r["selected_scores"] else "-"
         low, high = r["progress"][0], r["progress"][-1]
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
@@ -250,7 +267,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "selected", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
+                 "iqm_ci_high", "best", "selected_mean", "selected_std", "selected_scores", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -16,6 +16,7 @@ SIGTERM finishes the current step, saves everything and prints the resume comman
 from __future__ import annotations
 
 import dataclasses
+import math
 import shlex
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
+from planners import DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
 from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
@@ -79,15 +80,15 @@ class Run:
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
                          "dataset_loaded": False, "offline_updates": 0, "offline_eval": None,
-                         "offline_evals": []}  # fmt: skip
+                         "offline_evals": [], "selected": None}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
-        self.selected_actor: dict | None = None  # offline: the actor whose model return was best so far
-        if cfg.offline.select == "model_score" and not (isinstance(self.planner, Dyna) and cfg.offline.model_eval_starts):
-            raise ValueError(f"offline.select=model_score picks the policy by its return in the model: it needs a Dyna "
-                             f"planner (mopo, ravl, mbpo; got {cfg.planner.name}) and offline.model_eval_starts > 0")  # fmt: skip
+        # offline model-score selection (Dyna): the evaluated actor whose model return was best so far,
+        # and while that snapshot stands in the actor (offline.select=model_score), the trained one
+        self.selected_actor: dict | None = None
+        self.trained_actor: dict | None = None
 
     @property
     def planner(self):
@@ -138,7 +139,8 @@ class Run:
 
     def save(self) -> None:
         atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
-                     "selected_actor": self.selected_actor, "torch_rng": torch.get_rng_state()},
+                     "selected_actor": self.selected_actor, "trained_actor": self.trained_actor,
+                     "torch_rng": torch.get_rng_state()},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
 
     def restore(self, run_dir: Path) -> None:
@@ -150,7 +152,12 @@ class Run:
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
-        self.selected_actor = ckpt.get("selected_actor")
+        self.selected_actor, self.trained_actor = ckpt.get("selected_actor"), ckpt.get("trained_actor")
+        if "selected" not in self.progress:  # a run from before the selection: its evaluations' actors are gone
+            self.progress["selected"] = False if self.progress.get("offline_evals") else None
+        if self.progress["selected"] is False and self.cfg.offline.select == "model_score":
+            raise ValueError(f"{path} was written before worldmodel kept the actor of each evaluation, so "
+                             "offline.select=model_score cannot pick among them: resume it with offline.select=last")  # fmt: skip
         torch.set_rng_state(ckpt["torch_rng"])
 
     # -------------------------------------------------------------- the run
@@ -187,6 +194,9 @@ class Run:
             self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
         total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
+        if p["offline_updates"] < total and p["step"] == 0 and self.trained_actor is not None:
+            self._use_actor(self.trained_actor)  # learning goes on from the trained actor, not the snapshot
+            self.trained_actor = None
         if isinstance(self.planner, Dyna):
             self.planner.schedule(total - p["offline_updates"])
         bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
@@ -214,13 +224,9 @@ class Run:
             self._stop_if_requested(started, bar)
         bar.close()
         if p["step"] == 0:  # the switch: the offline policy's return is the online curve's first point
-            last = p["offline_evals"][-1] if p.get("offline_evals") else p["offline_eval"]
-            if cfg.offline.select == "model_score" and p.get("selected"):  # that policy: the selected snapshot
-                self.planner.agent.actor.load_state_dict(self.selected_actor)
-                last = p["offline_eval"] = p["selected"]["ret"]
+            now, p["final_eval"] = self._offline_policy()
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
-            self.logger.log("eval", 0, ret=last, **self._score("score", last))
-            p["final_eval"] = p["offline_eval"]  # the offline score (mean of the last evaluations)
+            self.logger.log("eval", 0, ret=now, **self._score("score", now))
         if isinstance(self.planner, Dyna):
             self.planner.schedule(None)  # online: constant learning rates
             self._saved_at = None  # (saved again, so a pretrained=<this run> starts from the online lr)
@@ -381,11 +387,33 @@ class Run:
     def _select(self, ret: float, model_ret: float | None) -> None:
         """Keep the actor just evaluated (real return `ret`) if its return in the model is the best
         so far: the policy an offline user can pick without evaluation episodes (offline.select)."""
-        best = self.progress.get("selected")
-        if model_ret is None or (best is not None and model_ret <= best["model_ret"]):
+        best = self.progress["selected"]
+        if model_ret is None or not math.isfinite(model_ret) or best is False or \
+                (best is not None and model_ret <= best["model_ret"]):  # fmt: skip
             return
         self.progress["selected"] = {"updates": self.progress["offline_updates"], "ret": ret, "model_ret": model_ret}
-        self.selected_actor = {k: v.detach().clone() for k, v in self.planner.agent.actor.state_dict().items()}
+        self.selected_actor = _copy(self.planner.agent.actor.state_dict())
+
+    def _offline_policy(self) -> tuple[float, float]:
+        """Put the policy offline learning ends with in the actor (offline.select): the trained one,
+        or the selected snapshot (the trained one kept aside, for more offline updates). Returns
+        (its last evaluation's return, the offline score: the mean of the last score_last
+        evaluations, or the snapshot's evaluation)."""
+        p = self.progress
+        if self.cfg.offline.select == "model_score" and p["selected"]:
+            if self.trained_actor is None:
+                self.trained_actor = _copy(self.planner.agent.actor.state_dict())
+            self._use_actor(self.selected_actor)
+            return p["selected"]["ret"], p["selected"]["ret"]
+        if self.trained_actor is not None:  # (a model_score run resumed with offline.select=last)
+            self._use_actor(self.trained_actor)
+            self.trained_actor = None
+        last = p["offline_evals"][-1] if p["offline_evals"] else p["offline_eval"]
+        return last, p["offline_eval"]
+
+    def _use_actor(self, state: dict) -> None:
+        self.planner.agent.actor.load_state_dict(state)
+        self._saved_at = None  # (the checkpoint must hold it)
 
     def _score(self, key: str, ret: float | None) -> dict:
         """{key: D4RL-normalised score} where the task has reference returns (and its usual
@@ -419,7 +447,7 @@ class Run:
                            offline_updates=p["offline_updates"], offline_eval_return=p["offline_eval"],
                            offline_evals=p.get("offline_evals", []),
                            **self._score("offline_normalized_score", p["offline_eval"]))  # fmt: skip
-            if selected := p.get("selected"):  # the snapshot with the best model return, whichever offline.select
+            if selected := p.get("selected"):  # the evaluated actor with the best model return (whichever offline.select)
                 summary.update(selected_updates=selected["updates"], selected_eval_return=selected["ret"],
                                selected_model_return=selected["model_ret"],
                                **self._score("selected_normalized_score", selected["ret"]))  # fmt: skip
@@ -436,6 +464,10 @@ class Run:
 def _bar(total: int, initial: int, desc: str, unit: str):
     """A progress bar whose ETA averages over the whole run, fits and evaluations included."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
+
+
+def _copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _mean(xs: list[float]) -> float:
@@ -475,6 +507,11 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
     if cfg.offline.select not in _SELECTIONS:
         raise ValueError(f"offline.select={cfg.offline.select}: use one of {', '.join(_SELECTIONS)}")
+    if cfg.offline.select == "model_score" and not (cfg.dataset and cfg.planner.name in DYNA_PLANNERS
+                                                    and cfg.offline.model_eval_starts):  # fmt: skip
+        raise ValueError(f"offline.select=model_score picks the offline policy by its return in the model: it needs "
+                         f"dataset=<file>, a Dyna planner ({', '.join(DYNA_PLANNERS)}; got {cfg.planner.name}) and "
+                         "offline.model_eval_starts > 0")  # fmt: skip
     if cfg.offline.get("preset") is not None and not cfg.dataset:
         raise ValueError(f"offline.preset={cfg.offline.preset} picks the settings for a dataset: give dataset=<file>")
     if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
