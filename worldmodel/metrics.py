@@ -100,8 +100,9 @@ class MetricsLogger:
         return read_records(self.path.parent, kind)
 
     def plot(self, out: Path, title: str) -> None:
-        """Returns as a PNG: offline evaluations against agent updates, and training episodes and
-        evaluations against env steps (each panel only when the run has such records)."""
+        """Returns as a PNG: offline evaluations against agent updates (with a Dyna run's return
+        estimated in the model, and the evaluation that estimate selects), and training episodes
+        and evaluations against env steps (each panel only when the run has such records)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -116,6 +117,12 @@ class MetricsLogger:
         for ax, panel in zip(axes[0], panels or ["online"]):
             if panel == "offline":
                 ax.plot([r["step"] for r in offline], [r["ret"] for r in offline], marker="o", label="evaluation")
+                estimated = [r for r in offline if "model_ret" in r]
+                if estimated:  # the return estimated in the model, and the evaluation it would select
+                    ax.plot([r["step"] for r in estimated], [r["model_ret"] for r in estimated], alpha=0.6,
+                            label="estimated in the model")  # fmt: skip
+                    best = max(estimated, key=lambda r: r["model_ret"])
+                    ax.plot([best["step"]], [best["ret"]], "*", markersize=14, label="model-selected")
                 ax.set(xlabel="agent updates (offline)", ylabel="return", title=f"{title}: offline")
             else:
                 for kind, style in (("episode", dict(alpha=0.4, label="training episodes")),
