@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.checkpoint import atomic_write
+from worldmodel.ope import model_selected
 
 
 def strict_json(obj: Any, **dumps_kwargs) -> str:
@@ -117,11 +118,10 @@ class MetricsLogger:
         for ax, panel in zip(axes[0], panels or ["online"]):
             if panel == "offline":
                 ax.plot([r["step"] for r in offline], [r["ret"] for r in offline], marker="o", label="evaluation")
-                estimated = [r for r in offline if "model_ret" in r]
-                if estimated:  # the return estimated in the model, and the evaluation it would select
+                if best := model_selected(offline):  # the return estimated in the model, and the evaluation it selects
+                    estimated = [r for r in offline if "model_ret" in r]
                     ax.plot([r["step"] for r in estimated], [r["model_ret"] for r in estimated], alpha=0.6,
                             label="estimated in the model")  # fmt: skip
-                    best = max(estimated, key=lambda r: r["model_ret"])
                     ax.plot([best["step"]], [best["ret"]], "*", markersize=14, label="model-selected")
                 ax.set(xlabel="agent updates (offline)", ylabel="return", title=f"{title}: offline")
             else:

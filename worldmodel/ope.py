@@ -6,6 +6,7 @@ offline policies). Shapes: N start states, O obs dims, A action dims.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -38,6 +39,13 @@ def model_return(model, policy: Policy, start_obs: Tensor, horizon: int, obs_lim
             keep &= (out["next_obs"].abs() <= obs_limit).all(-1)
         alive, obs = alive[keep], out["next_obs"][keep]
     return total
+
+
+def model_selected(records: list[dict]) -> dict | None:
+    """Of evaluation records ({"model_ret": ..., ...}), the one whose finite model return is highest
+    (the first on ties): the evaluation model-score selection picks; None when none has one."""
+    estimated = [r for r in records if math.isfinite(r.get("model_ret", math.nan))]
+    return max(estimated, key=lambda r: r["model_ret"]) if estimated else None
 
 
 def episode_starts(data, count: int) -> Tensor:

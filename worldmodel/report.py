@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodel.metrics import write_json
+from worldmodel.ope import model_selected
 
 # Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal's 1.96)
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, IQM_MIN_RUNS = 10_000, 0, 4
@@ -124,7 +125,7 @@ def load_run(run_dir: Path) -> dict:
     if "dataset" in summary and not offline:
         group += " (offline, then online)"  # not the same protocol as an offline-only run
     kind, key = ("offline_eval", "offline_updates") if offline else ("eval", "env_steps")
-    curve, estimated = [], []  # (step, score); (model return, score) of the evaluations that have one
+    curve, evaluations = [], []  # (step, score); the evaluation records
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
@@ -134,9 +135,9 @@ def load_run(run_dir: Path) -> dict:
                 continue
             if row.get("kind") == kind:
                 curve.append((row["step"], row.get("score", row.get("ret"))))
-                if math.isfinite(row.get("model_ret", math.nan)):
-                    estimated.append((row["model_ret"], row.get("score", row.get("ret"))))
-    picked = max(estimated, key=lambda e: e[0])[1] if estimated else None  # (older runs name no selection)
+                evaluations.append(row)
+    best_estimate = model_selected(evaluations)  # (older runs name no selection in their summary)
+    picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
     score = summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],

@@ -408,7 +408,7 @@ class Run:
         if self.trained_actor is not None:  # (a model_score run resumed with offline.select=last)
             self._use_actor(self.trained_actor)
             self.trained_actor = None
-        last = p["offline_evals"][-1] if p["offline_evals"] else p["offline_eval"]
+        last = p["offline_evals"][-1] if p.get("offline_evals") else p["offline_eval"]
         return last, p["offline_eval"]
 
     def _use_actor(self, state: dict) -> None:
@@ -485,8 +485,8 @@ _COUNTS = {  # key: smallest value
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
     "offline.eval_episodes": 1, "offline.score_last": 1, "offline.model_eval_starts": 0,
 }  # fmt: skip
-_SELECTIONS = ("last", "model_score")  # offline.select
 _NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
+_SELECTIONS = ("last", "model_score")  # offline.select
 
 
 def validate(cfg: DictConfig) -> None:
