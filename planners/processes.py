@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from planners.learning import BackgroundLearner, Learner
 from worldmodel.allocator import keep_freed_memory
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
@@ -299,8 +300,8 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
         results.send(PlannerDied(f"{type(e).__name__}: {e}", traceback.format_exc()))
 
 
-class LearningProcess:
-    """A BackgroundLearner (planners.realtime) in a spawned process of its own, beside a planning
+class LearningProcess(Learner):
+    """A BackgroundLearner (planners.learning) in a spawned process of its own, beside a planning
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
     (`save_agent`) after each. The control process keeps the transition log: `add` appends
     transitions durably here, then sends them; `poll()` (from the control loop) takes in the
@@ -311,13 +312,9 @@ class LearningProcess:
     def __init__(self, controller, agent, train_every: int, threads: int = 1, save_agent=None, on_refit=None):
         """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
         version): a picklable function writing the agent's files after a swap (in the process)."""
-        if agent.planner is not controller.planner:
-            raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
-        self.controller, self.agent, self.on_refit = controller, agent, on_refit
+        super().__init__(controller, agent)
+        self.on_refit = on_refit
         self._settings = (train_every, threads, save_agent)
-        self.error: BaseException | None = None
-        self.refits = 0
-        self.value_updates = 0  # the learned value's updates (BackgroundLearner's), as reported
         self.process = None
         self._stopping = False
 
@@ -334,23 +331,8 @@ class LearningProcess:
         self.process.start()
         return self
 
-    def __enter__(self) -> LearningProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def add(self, transitions) -> None:
-        """Log transitions [N] durably, then hand them to the learning process."""
-        self.agent.record(transitions)
-        self._inbox.put(_dumps(transitions))
-
-    def refit_now(self) -> None:
-        self._inbox.put("refit")
-
-    def snapshot(self, path) -> None:
-        """The learning process saves the agent to `path` once it has learned from what was added."""
-        self._inbox.put(Path(path))
+    def _send(self, item) -> None:
+        self._inbox.put(item if isinstance(item, (str, Path)) else _dumps(item))  # (transitions pickled by value)
 
     def poll(self) -> None:
         while True:
@@ -402,7 +384,6 @@ class _Inbox:
 def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_every: int, threads: int, save_agent,
                    parent: int) -> None:  # fmt: skip
     """The learning process: BackgroundLearner's loop, with swaps sent to the planning process."""
-    from planners.realtime import BackgroundLearner
 
     _detach(parent)
     swaps.cancel_join_thread()  # (the planning process may be gone: its last swaps are dropped at exit)

@@ -1,0 +1,185 @@
+"""Learning beside a real-time controller: real transitions in, the model and the learned value
+trained on copies away from the control loop and swapped in between two plans.
+
+`Learner` is what a control loop calls, whoever does the learning: `add` (log durably, then hand
+over), `refit_now`, `snapshot`, `poll`, `start`/`stop` (or `with`), and `error`, `refits` and
+`value_updates` to read. `BackgroundLearner` learns in a thread of this process;
+`planners.processes.LearningProcess` runs a BackgroundLearner in a process of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from planners.agent import Agent
+
+if TYPE_CHECKING:
+    from planners.realtime import RealtimeController
+
+
+class Learner:
+    """The learner interface of a control loop (`RealtimeController` + `Agent`); subclasses hand
+    items to their worker in `_send` (transitions [N], "refit", a snapshot's Path) and start and stop it."""
+
+    def __init__(self, controller, agent: Agent):
+        if agent.planner is not controller.planner:
+            raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
+        self.controller, self.agent = controller, agent
+        self.error: BaseException | None = None  # set when the worker died
+        self.refits = 0
+        self.value_updates = 0  # the learned value's updates
+
+    def add(self, transitions) -> None:
+        """Log transitions [N] durably, then hand them to the learner."""
+        self.agent.record(transitions)
+        self._send(transitions)
+
+    def refit_now(self) -> None:
+        """Refit on what the buffer holds as soon as the learner is free (e.g. an offline dataset)."""
+        self._send("refit")
+
+    def snapshot(self, path: Path) -> None:
+        """Save the agent as it stands once the transitions added so far are learned from (the
+        refit they are due included) to `path` (Agent.save); copied between two plans."""
+        self._send(Path(path))
+
+    def poll(self) -> None:
+        """Take in what the worker reports (a learning process's refits); called from the control loop."""
+
+    def _send(self, item) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Learner:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Learner:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class BackgroundLearner(Learner):
+    """Real transitions in; model and learned value trained on copies in a background thread.
+
+    `add` logs each transition durably (the agent's TransitionLog) before queueing it; the thread
+    puts them in the agent's buffer and, every `train_every` new ones, fits a copy of the model
+    (`agent.refit_settings`: warm-started for refit_epochs, or a first fit) and swaps it into the
+    controller between two plans, then calls `on_swap(version, metrics)`. The planner's learned
+    value (MPC planners with value_learning) keeps pace with the robot as FOWM's does: whenever
+    the thread is otherwise idle it trains its own copy, `planner.config.value_updates_per_step`
+    updates per real transition added, and swaps a copy in every `VALUE_SWAP_EVERY` updates
+    (`on_swap(version, None)`), so value learning does not wait for the slow refits.
+    """
+
+    VALUE_SWAP_EVERY = 50
+
+    def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, threads: int = 1,
+                 on_swap: Callable[[int, dict | None], None] | None = None, inbox=None):  # fmt: skip
+        """`controller`: what swap() and between_plans() are called on (a RealtimeController, or
+        in a learning process its stand-in); `inbox`: the queue items arrive in (a
+        multiprocessing queue in a learning process; default: a new queue.Queue)."""
+        super().__init__(controller, agent)
+        self.planner = agent.planner
+        self.train_every, self.threads, self.on_swap = train_every, threads, on_swap
+        self._queue = queue.Queue() if inbox is None else inbox
+        self._thread: threading.Thread | None = None
+        self.new = 0  # transitions since the last refit
+        self.added = 0  # transitions added since the start (what the value's updates are owed for)
+        self._unswapped = 0  # value updates not swapped in yet
+        self._value = None  # the learned value this thread trains (a copy of the planner's)
+        has_value = getattr(self.planner, "value_agent", None) is not None
+        self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
+
+    def _refit(self) -> None:
+        """Fit a copy of the model on the buffer; swap it in (with the learned value as it stands)."""
+        self.new = 0
+        model = copy.deepcopy(self.planner.model)
+        metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
+        swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
+        self._unswapped = 0
+        version = self.controller.swap(model, **swapped)
+        self.refits += 1
+        if self.on_swap is not None:
+            self.on_swap(version, metrics)
+
+    def _value_owed(self) -> int:
+        return int(self._value_rate * self.added) - self.value_updates if self._value_rate else 0
+
+    def _train_value(self) -> None:
+        """The updates owed to this thread's learned value (VALUE_SWAP_EVERY at most, then the queue
+        is looked at again); a copy swapped in once VALUE_SWAP_EVERY have gathered."""
+        if self._value is None:
+            self._value = copy.deepcopy(self.planner.value_agent)
+        n = min(self._value_owed(), self.VALUE_SWAP_EVERY)
+        for _ in range(n):
+            self._value.update(self.planner.value_batch())
+        self.value_updates += n
+        self._unswapped += n
+        if self._unswapped >= self.VALUE_SWAP_EVERY:
+            self._swap_value()
+
+    def _swap_value(self) -> None:
+        self._unswapped = 0
+        version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
+        if self.on_swap is not None:
+            self.on_swap(version, None)
+
+    def _send(self, item) -> None:
+        self._queue.put(item)
+
+    def start(self) -> BackgroundLearner:
+        self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            torch.set_num_threads(self.threads)
+            while True:
+                try:  # (blocks only when the learned value is not owed any updates)
+                    item = self._queue.get(block=self._value_owed() < 1)
+                except queue.Empty:
+                    self._train_value()
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, Path):
+                    if self.new >= self.train_every:
+                        self._refit()  # (the refit the transitions before the snapshot are due)
+                    while self._value_owed() >= 1:  # (and the value updates they are owed)
+                        self._train_value()
+                    if self._unswapped:
+                        self._swap_value()
+                    with self.controller.between_plans():  # copied between two plans, written outside
+                        state = copy.deepcopy(self.agent.state_dict(buffer=False))
+                    self.agent.save(item, state=state, model_version=self.controller.version)
+                    continue
+                forced = isinstance(item, str)
+                if not forced:
+                    self.planner.buffer.extend(item)
+                    self.new += len(item)
+                    self.added += len(item)
+                if forced or (self.new >= self.train_every and self._queue.empty()):
+                    self._refit()  # (else: catch up with the queue first)
+        except Exception as e:
+            self.error = e
+            print(f"the learning thread died ({type(e).__name__}: {e}); the controller keeps its last model",
+                  file=sys.stderr)  # fmt: skip
