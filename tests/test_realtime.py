@@ -373,6 +373,35 @@ def test_the_robot_command_refuses_planners_whose_policy_it_would_never_train(tm
     assert not (tmp_path / "rt").exists()
 
 
+def test_the_simulated_robot_measures_a_state_when_it_is_reached():
+    """A reading is stamped at the tick its state is reached (where the step from it starts) and
+    arrives latency_ms later, so an action sent in answer to reading j acts from the state after
+    it (j+1 -> j+2, as `reading j+2`.action shows), never from j itself: the one period of delay
+    RealtimeController plans for (ahead = ceil(delay_ms / period) = 1). Before, readings were
+    stamped and sent a period early and the answer acted from state j."""
+    from worldmodel.robot import SimulatedRobot
+
+    period, latency = 0.1, 0.01
+    readings, answers = {}, {}
+    with SimulatedRobot("dmc/cartpole-swingup", control_hz=1 / period, latency_ms=latency * 1000) as robot:
+        deadline = time.monotonic() + 5.0
+        while len(readings) < 12 and time.monotonic() < deadline:
+            for r in robot.readings(timeout=1.0):
+                assert time.monotonic() >= r.stamp + latency  # (never before it was measured + the latency)
+                readings[r.seq] = r
+                answers[r.seq] = (r.seq % 19 - 9) / 10
+                robot.send_action(torch.full((robot.spec.act_dim,), answers[r.seq]))
+    seqs = sorted(readings)
+    assert len(seqs) >= 10 and all(b - a == 1 for a, b in zip(seqs, seqs[1:]))  # (no reset in 1.2 s)
+    stamps = [readings[s].stamp for s in seqs]
+    assert all(abs(b - a - period) < 1e-6 for a, b in zip(stamps, stamps[1:]))
+    # the action in effect during the step that led to reading s is reading s's
+    carries = lambda s, j: abs(readings[s].action[0].item() - answers[j]) < 1e-6  # noqa: E731
+    assert not any(carries(j + 1, j) for j in seqs[:-1])
+    on_time = [carries(j + 2, j) for j in seqs[:-2]]
+    assert sum(on_time) >= len(on_time) // 2  # (a loaded machine may answer some readings late)
+
+
 def test_a_non_finite_reading_makes_no_transition():
     from planners.realtime import _finite
     from worldmodel.robot import Reading

@@ -2,8 +2,12 @@
 
 The simulation steps at a fixed control period in its own thread whatever the controller
 does: the last action received holds until a new one takes effect (after `actuator_ms`).
-Each step's observation reaches `get_obs()` `latency_ms` (+- `jitter_ms`) after it was
-measured, or never (`drop_rate`). Episodes reset on their own, as a robot's would by a
+A step computes the state one period ahead (the action held at a tick acts until the next),
+and that state is measured when it is reached, at the next tick, where the step from it starts
+with the action held then; its reading reaches `get_obs()` `latency_ms` (+- `jitter_ms`) after
+it was measured, or never (`drop_rate`). So an action sent in answer to a reading takes effect
+from the state after it, at the earliest, as on a robot (RealtimeConfig.delay_ms: plans start
+from the state predicted one period on). Episodes reset on their own, as a robot's would by a
 reset routine. A reading carries what a robot's driver would report, plus the reward and the
 action that was in effect, so the loop can build the real transitions.
 """
@@ -121,7 +125,7 @@ class SimulatedRobot:
     def _physics(self) -> None:
         td = self.env.reset()
         seq, tick, episode_return = 0, time.monotonic(), 0.0
-        self._send(Reading(0.0, seq, td["observation"].clone(), tick, first=True))
+        self._send(Reading(0.0, seq, td["observation"].clone(), tick + self.period, first=True))
         while self._running:
             tick += self.period
             delay = tick - time.monotonic()
@@ -136,20 +140,21 @@ class SimulatedRobot:
                 action = self._held
             td["action"] = action
             step, td = self.env.step_and_maybe_reset(td)
+            reached = tick + self.period  # (when the state this step leads to is measured: the next tick)
             seq += 1
             self.steps += 1
             nxt = step["next"]
             reward = float(nxt["reward"])
             episode_return += reward
             ended = bool(nxt["done"])
-            self._send(Reading(0.0, seq, nxt["observation"].clone(), now, reward, action.clone(),
+            self._send(Reading(0.0, seq, nxt["observation"].clone(), reached, reward, action.clone(),
                                bool(nxt["terminated"]), bool(nxt["truncated"]) and not bool(nxt["terminated"])))  # fmt: skip
             if ended:
                 self.episodes += 1
                 self.episode_returns.append(episode_return)
                 episode_return = 0.0
                 seq += 1
-                self._send(Reading(0.0, seq, td["observation"].clone(), now, first=True), always=True)
+                self._send(Reading(0.0, seq, td["observation"].clone(), reached, first=True), always=True)
 
     def _send(self, reading: Reading, always: bool = False) -> None:
         """Deliver after the latency (+- jitter), unless the reading is dropped."""
