@@ -185,9 +185,14 @@ class SAC(nn.Module):
                 "optimizers": [o.state_dict() for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]}
 
     def load_training_state(self, state: dict) -> None:
+        """Restore `training_state()`; the learning rates stay this agent's config's (an optimiser's
+        saved state carries the lr it was saved with: another agent's, e.g. a pretrained one's)."""
         self.load_state_dict(state["modules"])
         for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
             optim.load_state_dict(saved)
+        for optim, lr in ((self.critic_optim, self.config.critic_lr), (self.alpha_optim, self.config.alpha_lr)):
+            for group in optim.param_groups:
+                group["lr"] = lr
         self.updates = state["updates"]
         self.anneal_actor_lr(state.get("actor_lr_horizon"))
 

@@ -242,6 +242,18 @@ def test_cosine_actor_lr_anneals_over_the_horizon_and_survives_a_checkpoint():
     assert copy.update(transitions(8, terminated=False))["actor_lr"] == 1e-3
 
 
+def test_a_loaded_training_state_keeps_the_receiving_agents_learning_rates():
+    """A pretrained agent (MOPO's: actor 1e-4, critics 3e-4) loaded as a planner's learned value
+    trains at the planner's own settings, not at the rates its optimisers were saved with."""
+    pretrained = SAC(O, LOW, HIGH, SACConfig(hidden=8, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=3e-4))
+    pretrained.update(transitions(8, terminated=False))
+    value = SAC(O, LOW, HIGH, SACConfig(hidden=8, actor_lr=2e-5, critic_lr=5e-5, alpha_lr=1e-5))
+    value.load_training_state(pretrained.training_state())
+    lrs = [o.param_groups[0]["lr"] for o in (value.actor_optim, value.critic_optim, value.alpha_optim)]
+    assert lrs == [2e-5, 5e-5, 1e-5]
+    assert value.critic_optim.state_dict()["state"]  # (the moments did come along)
+
+
 def test_the_disagreement_penalty_takes_mean_minus_lambda_std_of_the_critics():
     agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=5))
     obs = torch.randn(16, O)
