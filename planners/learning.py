@@ -104,9 +104,10 @@ class BackgroundLearner(Learner):
 
     def _refit(self) -> None:
         """Fit a copy of the model on the buffer; swap it in (with the learned value as it stands)."""
+        buffer, new = self.planner.buffer, self.new
         self.new = 0
         model = copy.deepcopy(self.planner.model)
-        metrics = model.fit(self.planner.buffer.data(), **self.agent.refit_settings(model, progress=False))
+        metrics = model.fit(buffer.data(), **self.agent.refit_settings(model, progress=False, new_rows=buffer.newest(new)))
         swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
         self._unswapped = 0
         version = self.controller.swap(model, **swapped)

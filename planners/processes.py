@@ -36,6 +36,7 @@ from torch import Tensor
 
 from planners.learning import BackgroundLearner, Learner
 from worldmodel.allocator import keep_freed_memory
+from worldmodel.fitting import fit_record
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
 _START_TIMEOUT_S = 120.0
@@ -396,7 +397,7 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
             return
         if save_agent is not None:
             save_agent(agent, version)
-        results.put(("refit", version, {"epochs": metrics["epochs"], "holdout_mse": list(metrics["holdout_mse"])},
+        results.put(("refit", version, fit_record(metrics),
                      learner.value_updates))  # fmt: skip
 
     learner = BackgroundLearner(Swapper(agent.planner, version, swaps), agent, train_every, threads,

@@ -441,6 +441,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     from worldmodel.checkpoint import CheckpointError
     from worldmodel.collect import uniform_policy
     from worldmodel.envs import make_env
+    from worldmodel.fitting import fit_record
     from worldmodel.metrics import write_json
     from worldmodel.transition_log import LogCorruptError
 
@@ -465,10 +466,9 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                             plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
-    def log_refit(version: int, metrics: dict | None) -> None:
-        if metrics is not None:  # (None: a learned-value swap)
-            logger.log("refit", len(log), model_version=version, epochs=metrics["epochs"],
-                       holdout_mse=sum(metrics["holdout_mse"]) / len(metrics["holdout_mse"]))  # fmt: skip
+    def log_refit(version: int, record: dict) -> None:
+        """A refit's `fit_record` (a learning process sends it so) as a line of metrics."""
+        logger.log("refit", len(log), model_version=version, **record)
 
     learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
     if cfg.worker == "process":  # (the learning process saves the agent's files itself)
@@ -478,7 +478,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
         def saved_agent(version: int, metrics: dict | None) -> None:
             if metrics is not None:  # the agent's files after each refit (not after each value swap)
                 save_agent_files(run_dir, agent, version)
-                log_refit(version, metrics)
+                log_refit(version, fit_record(metrics))
 
         learner = BackgroundLearner(controller, agent, cfg.train_every, threads=learn_threads, on_swap=saved_agent)
     ready = lambda: agent.model.fitted or learner.refits > 0  # noqa: E731  (a model that predicts something)

@@ -474,3 +474,46 @@ def test_member_slices_follow_a_fused_optimiser_step():
         fresh = model.forward_normalized(every)[0][members]
     assert (after - before).abs().max() > 0.1
     torch.testing.assert_close(after, fresh)
+
+
+def test_a_refit_judges_itself_on_held_out_new_rows_only():
+    """Given the rows new since the model's last fit, a warm-started refit holds out among them
+    alone: the starting weights never trained on those, so they can be beaten there, and the
+    refit takes in the new region (every older row trained the start: a holdout of those kept it).
+    Too few new rows for MIN_NEW_HOLDOUT held-out ones: the whole data's split, as before."""
+    from worldmodel import fitting
+
+    torch.manual_seed(0)
+    model = small_model()
+    old = linear_system(2000)
+    model.fit(old, max_epochs=20, progress=False)
+    new = linear_system(500, seed=3)
+    new["obs"] = new["obs"] + 3.0  # a region the first fit never saw, where the dynamics differ
+    new["next_obs"] = new["obs"] + 0.5 * new["obs"].flip(-1)
+    data = torch.cat([old, new])
+    buffer = ReplayBuffer(O, A, capacity=4000)
+    buffer.extend(data)
+    new_rows = buffer.newest(500)
+    assert torch.equal(new_rows, torch.arange(2000, 2500))
+    held = []
+    metrics = model.fit(data, max_epochs=5, beta=0.5, new_rows=new_rows, progress=False,
+                        on_epoch=lambda state: held.append(state()["perm"][: state()["n_holdout"]]))  # fmt: skip
+    assert metrics["holdout"] == "new rows" and len(held[0]) == 100
+    assert held[0].min() >= 2000  # every held-out row is a new one
+    assert metrics["start_kept"] == 0  # the start is beaten on the new region by every member
+    assert sum(metrics["holdout_mse"]) < 0.5 * sum(metrics["start_holdout_mse"])
+    few = model.fit(data, max_epochs=1, new_rows=buffer.newest(100), progress=False)  # 20 < MIN_NEW_HOLDOUT
+    assert few["holdout"] == "all rows" and fitting.MIN_NEW_HOLDOUT > 20
+    with pytest.raises(ValueError, match="new_rows must index the data's 2500 rows"):
+        model.fit(data, new_rows=torch.tensor([2500]), progress=False)
+
+
+def test_newest_rows_follow_the_buffer_around_its_ring():
+    buffer = ReplayBuffer(O, A, capacity=5)
+    rows = linear_system(7)
+    buffer.extend(rows[:4])
+    buffer.extend(rows[4:])  # rows 5 and 6 overwrote rows 0 and 1
+    newest = buffer.newest(3)
+    assert newest.tolist() == [4, 0, 1]
+    torch.testing.assert_close(buffer.data()["obs"][newest], rows["obs"][4:])
+    assert len(buffer.newest(99)) == 5 and len(buffer.newest(0)) == 0

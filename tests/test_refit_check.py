@@ -28,6 +28,8 @@ def test_replays_a_runs_refits_and_scores_them_on_the_transitions_that_came_next
     assert all(math.isfinite(v) and v > 0 for v in scores)
     assert len(set(scores)) == 4  # four different models
     assert '"refit_beta0.5"' in capsys.readouterr().out
+    # (40 new rows hold out 8, fewer than MIN_NEW_HOLDOUT: that refit holds out among all rows, as the other)
+    assert row["refit_beta0.5_new_holdout"] == row["refit_beta0.5"] and row["refit_beta0.5_start_kept"] is not None
 
 
 def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, tmp_path):

@@ -22,8 +22,9 @@ from worldmodel.transitions import validate_transitions
 if TYPE_CHECKING:
     from worldmodel.ensemble import EnsembleDynamics
 
-FIT_RUNTIME_ARGS = ("progress", "on_epoch", "resume")  # fit() arguments that are not settings (configs skip them)
+FIT_RUNTIME_ARGS = ("new_rows", "progress", "on_epoch", "resume")  # fit() arguments that are not settings (configs skip them)
 LOGVAR_BOUND_PENALTY = 0.01
+MIN_NEW_HOLDOUT = 50  # the fewest held-out new rows a refit judges itself on (fewer: the whole data's split)
 
 
 def fit(
@@ -38,6 +39,7 @@ def fit(
     patience: int = 5,
     beta: float = 0.0,
     bootstrap: bool = True,
+    new_rows: Tensor | None = None,
     progress: bool = True,
     on_epoch: Callable[[Callable[[], dict]], None] | None = None,
     resume: dict | None = None,
@@ -53,6 +55,12 @@ def fit(
     and makes the `num_elites` best the elites. Returns per-member holdout MSE/NLL (standardised
     units; also the starting weights' MSE), elites, epochs, train loss, wall seconds and a
     per-epoch history.
+
+    `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
+    `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up
+    to max_holdout, when that is MIN_NEW_HOLDOUT or more; else as a first fit does): the starting
+    weights trained on every older row, so a holdout of older rows favours them, the start is kept
+    and the refit never takes in the new data.
 
     A long fit can outlive its process: `on_epoch(fit_state)` is called after every epoch
     with a function returning the whole fit's state (weights, optimiser, split, resamples,
@@ -74,7 +82,18 @@ def fit(
         )
     if resume is not None and resume.get("rows") != n:
         raise ValueError(f"the fit to resume was on {resume.get('rows')} transitions, this data has {n}")
-    perm = torch.randperm(n, device=model.device) if resume is None else resume["perm"].to(model.device)
+    if new_rows is not None and len(new_rows) and not (0 <= int(new_rows.min()) and int(new_rows.max()) < n):
+        raise ValueError(f"new_rows must index the data's {n} rows, got positions {int(new_rows.min())}.."
+                         f"{int(new_rows.max())}")  # fmt: skip
+    holdout = "all rows"  # what the holdout is drawn from
+    if resume is not None:
+        perm, n_holdout = resume["perm"].to(model.device), resume.get("n_holdout", n_holdout)
+        holdout = resume.get("holdout", holdout)
+    elif model.fitted and new_rows is not None and int(len(new_rows) * holdout_ratio) >= MIN_NEW_HOLDOUT:
+        perm, n_holdout = holdout_among(n, new_rows.to(model.device), min(int(len(new_rows) * holdout_ratio), max_holdout))
+        holdout = "new rows"
+    else:
+        perm = torch.randperm(n, device=model.device)
     train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
     if resume is None:
         model._fit_normalizers(inputs[train_idx], targets[train_idx])
@@ -93,6 +112,7 @@ def fit(
         start_mse = holdout_metrics(model, x_hold, y_hold)[0]
         best_mse = torch.full_like(start_mse, math.inf)  # the fit's own best epoch (patience)
         kept_mse = start_mse.clone()  # the kept weights' (the start's until an epoch beats it)
+        moved = torch.zeros_like(start_mse, dtype=torch.bool)  # members whose kept weights are an epoch's
         best_state = [p.detach().clone() for p in model.parameters()]
         epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
         # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
@@ -105,6 +125,8 @@ def fit(
         start_mse = resume.get("start_mse")  # (None in a state saved before it was kept)
         start_mse = start_mse.to(model.device) if start_mse is not None else None
         kept_mse = resume.get("kept_mse", resume["best_mse"]).to(model.device)
+        moved = resume.get("moved")  # (None in a state saved before it was kept)
+        moved = moved.to(model.device) if moved is not None else None
         best_state = [t.to(model.device) for t in best_state]
         resample = resample.to(model.device) if resample is not None else None
         epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
@@ -112,9 +134,10 @@ def fit(
         torch.set_rng_state(resume["torch_rng"])
 
     def fit_state() -> dict:
-        return {"rows": n, "perm": perm.cpu(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "best_mse": best_mse.cpu(), "kept_mse": kept_mse.cpu(),
                 "start_mse": start_mse.cpu() if start_mse is not None else None,
+                "moved": moved.cpu() if moved is not None else None,
                 "best_state": [t.cpu() for t in best_state],
                 "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
@@ -132,6 +155,7 @@ def fit(
         better = (mse < kept_mse) | (kept_mse.isnan() & mse.isfinite())
         if better.any():
             kept_mse = torch.where(better, mse, kept_mse)
+            moved = moved | better if moved is not None else None
             with torch.no_grad():
                 for saved, p in zip(best_state, model.parameters()):
                     saved[better] = p[better]
@@ -153,6 +177,8 @@ def fit(
         "train_loss": train_loss,
         "holdout_mse": mse.tolist(),
         "start_holdout_mse": start_mse.tolist() if start_mse is not None else None,
+        "start_kept": int((~moved).sum()) if moved is not None else None,  # members that kept their starting weights
+        "holdout": holdout,
         "holdout_nll": nll.tolist(),
         "holdout_calibration": calibration.tolist(),
         "elites": model.elites.tolist(),
@@ -161,6 +187,28 @@ def fit(
         "wall_s": time.perf_counter() - start,
         "history": history,
     }
+
+
+def fit_record(metrics: dict) -> dict:
+    """A fit's metrics (fit()'s return) as one log record: epochs, wall seconds, the holdout's mean
+    MSE and calibration, the starting weights' MSE on the same holdout, how many members kept
+    their starting weights, and what the holdout was drawn from."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    record = {"epochs": metrics["epochs"], "wall_s": metrics["wall_s"], "holdout_mse": mean(metrics["holdout_mse"]),
+              "holdout_calibration": mean(metrics["holdout_calibration"]),
+              "start_holdout_mse": mean(metrics.get("start_holdout_mse") or []),
+              "start_kept": metrics.get("start_kept"), "holdout": metrics.get("holdout")}  # fmt: skip
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def holdout_among(n: int, rows: Tensor, count: int) -> tuple[Tensor, int]:
+    """A permutation of n rows whose first `count` are drawn from `rows` [K] (the holdout), the
+    others in random order: (perm [n], count)."""
+    held = rows[torch.randperm(len(rows), device=rows.device)[:count]]
+    rest = torch.ones(n, dtype=torch.bool, device=rows.device)
+    rest[held] = False
+    rest = rest.nonzero().squeeze(1)
+    return torch.cat([held, rest[torch.randperm(len(rest), device=rows.device)]]), count
 
 
 def check_settings(**settings) -> None:

@@ -24,9 +24,12 @@ from worldmodel.envs import make_env
 from worldmodel.transition_log import TransitionLog
 
 
-def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs: int, betas: list[float]) -> dict:
+def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs: int, betas: list[float],
+              holdouts: tuple[str, ...] = ("all",)) -> dict:  # fmt: skip
     """Fit on the run's first `first` transitions (model.fit's settings of the run), refit on the
-    first `refit_at`, score on the `ahead` after them; the same seed for every model."""
+    first `refit_at`, score on the `ahead` after them; the same seed for every model. holdouts:
+    "all" (the refit holds out among all its rows) and/or "new" (among the rows after `first`
+    alone, as the run command's refits do: EnsembleDynamics.fit's new_rows)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
@@ -44,11 +47,14 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     start.fit(data[:first], **fit)
     row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"]}
     for beta in betas:
-        model = copy.deepcopy(start)
-        torch.manual_seed(cfg.seed)
-        metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "beta": beta})
-        row[f"refit_beta{beta:g}"] = model.evaluate(nxt)["mse"]
-        row[f"refit_beta{beta:g}_epochs"] = metrics["epochs"]
+        for holdout in holdouts:
+            model = copy.deepcopy(start)
+            torch.manual_seed(cfg.seed)
+            new_rows = torch.arange(first, refit_at) if holdout == "new" else None
+            metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "beta": beta, "new_rows": new_rows})
+            name = f"refit_beta{beta:g}" + ("_new_holdout" if holdout == "new" else "")
+            row[name] = model.evaluate(nxt)["mse"]
+            row[f"{name}_epochs"], row[f"{name}_start_kept"] = metrics["epochs"], metrics["start_kept"]
     scratch = fresh_model()
     scratch.fit(seen, **fit)
     row["from_scratch"] = scratch.evaluate(nxt)["mse"]
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--ahead", type=int, default=500, help="next transitions scored (default 500)")
     parser.add_argument("--refit-epochs", type=int, default=30, help="the refit's epochs (default 30: the run command's fit_epochs)")
     parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
+    parser.add_argument("--holdout", nargs="+", choices=["all", "new"], default=["all", "new"],
+                        help="what refits hold out among: all their rows, or the new ones (default: both)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if not 0 < args.first < args.refit_at or args.ahead < 1:
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for run_dir in args.runs:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "transitions").is_dir():
             parser.error(f"{run_dir} is not a run directory with a transition log (config.yaml, transitions/)")
-        rows.append(check_run(run_dir, args.first, args.refit_at, args.ahead, args.refit_epochs, args.beta))
+        rows.append(check_run(run_dir, args.first, args.refit_at, args.ahead, args.refit_epochs, args.beta,
+                              tuple(args.holdout)))  # fmt: skip
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
     return rows
 

@@ -67,6 +67,12 @@ class ReplayBuffer:
             raise RuntimeError("the replay buffer is empty")
         return self._rb[:]
 
+    def newest(self, count: int) -> torch.Tensor:
+        """Where the `count` rows written last are in `data()` (all stored rows at most), oldest
+        first: [min(count, len(self))] (e.g. the rows a model has not been fitted on yet)."""
+        count = min(max(count, 0), len(self))
+        return torch.arange(self.written - count, self.written) % self.capacity
+
     def state_dict(self) -> dict:
         """Contents, write position and dimensions, as plain tensors and numbers."""
         meta = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "capacity": self.capacity, "written": self.written}

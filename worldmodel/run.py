@@ -36,6 +36,7 @@ from worldmodel.config import (check_counts, check_model_settings, check_paths, 
 from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
+from worldmodel.fitting import fit_record
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.ope import episode_starts, model_return
@@ -80,7 +81,7 @@ class Run:
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
                          "dataset_loaded": False, "offline_updates": 0, "offline_eval": None,
-                         "offline_evals": [], "selected": None}  # fmt: skip
+                         "offline_evals": [], "selected": None, "fit_written": None}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
@@ -324,7 +325,10 @@ class Run:
         """Refit the model (warm-started after the first fit: fit_epochs); `max_epochs` overrides.
         The offline fit (given `started`) shows its epochs, saves its state to fit_state.pt about
         once a minute and on SIGINT/SIGTERM, and resumes from that file."""
-        fit_cfg = self.agent.refit_settings(**({} if max_epochs == "default" else {"max_epochs": max_epochs}))
+        buffer, fitted_at = self.agent.buffer, self.progress.get("fit_written")
+        new_rows = buffer.newest(buffer.written - fitted_at if fitted_at is not None else 0)  # (refits hold out among them)
+        fit_cfg = self.agent.refit_settings(new_rows=new_rows,
+                                            **({} if max_epochs == "default" else {"max_epochs": max_epochs}))
         if started is not None:
             path = self.run_dir / _FIT_STATE
             if path.is_file():
@@ -334,9 +338,8 @@ class Run:
         metrics = self.planner.update(**fit_cfg)
         if "holdout_mse" in metrics:  # planners that fit no model (behaviour cloning) report nothing
             self.progress["fits"] += 1
-            self.logger.log("fit", step, epochs=metrics["epochs"], wall_s=metrics["wall_s"],
-                            holdout_mse=_mean(metrics["holdout_mse"]),
-                            holdout_calibration=_mean(metrics["holdout_calibration"]))  # fmt: skip
+            self.progress["fit_written"] = buffer.written
+            self.logger.log("fit", step, **fit_record(metrics))
             if step == 0 and self.dataset is not None:  # the offline fit's holdout curve, by epoch
                 for row in metrics["history"]:
                     self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
