@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,17 @@ if TYPE_CHECKING:
     from planners.realtime import RealtimeController
 
 
+@dataclass(frozen=True)
+class RefitNow:
+    """A learner's item: refit as soon as free; `new` rows at the buffer's end are new to the model
+    (a resumed run's logged transitions since its last refit), so the refit holds out among them."""
+
+    new: int = 0
+
+
 class Learner:
     """The learner interface of a control loop (`RealtimeController` + `Agent`); subclasses hand
-    items to their worker in `_send` (transitions [N], "refit", a snapshot's Path) and start and stop it."""
+    items to their worker in `_send` (transitions [N], a RefitNow, a snapshot's Path) and start and stop it."""
 
     def __init__(self, controller, agent: Agent):
         if agent.planner is not controller.planner:
@@ -42,9 +51,10 @@ class Learner:
         self.agent.record(transitions)
         self._send(transitions)
 
-    def refit_now(self) -> None:
-        """Refit on what the buffer holds as soon as the learner is free (e.g. an offline dataset)."""
-        self._send("refit")
+    def refit_now(self, new: int = 0) -> None:
+        """Refit on what the buffer holds as soon as the learner is free (e.g. an offline dataset);
+        `new`: the rows at the buffer's end the model was not fitted on (see RefitNow)."""
+        self._send(RefitNow(new))
 
     def snapshot(self, path: Path) -> None:
         """Save the agent as it stands once the transitions added so far are learned from (the
@@ -55,6 +65,7 @@ class Learner:
         """Take in what the worker reports (a learning process's refits); called from the control loop."""
 
     def _send(self, item) -> None:
+        """Hand the worker an item: transitions [N], a RefitNow, or a snapshot's Path."""
         raise NotImplementedError
 
     def start(self) -> Learner:
@@ -173,8 +184,10 @@ class BackgroundLearner(Learner):
                         state = copy.deepcopy(self.agent.state_dict(buffer=False))
                     self.agent.save(item, state=state, model_version=self.controller.version)
                     continue
-                forced = isinstance(item, str)
-                if not forced:
+                forced = isinstance(item, RefitNow)
+                if forced:
+                    self.new = max(self.new, item.new)
+                else:
                     self.planner.buffer.extend(item)
                     self.new += len(item)
                     self.added += len(item)

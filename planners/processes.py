@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from planners.learning import BackgroundLearner, Learner
+from planners.learning import BackgroundLearner, Learner, RefitNow
 from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
 
@@ -306,7 +306,8 @@ class LearningProcess(Learner):
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
     (`save_agent`) after each. The control process keeps the transition log: `add` appends
     transitions durably here, then sends them; `poll()` (from the control loop) takes in the
-    refits done, updating the controller's version and calling `on_refit(version, metrics)`, and
+    refits done, updating the controller's version and calling `on_refit(version, record)` with the
+    refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics), and
     sets `error` if the process died. The agent is pickled by value, less its log.
     """
 
@@ -333,7 +334,7 @@ class LearningProcess(Learner):
         return self
 
     def _send(self, item) -> None:
-        self._inbox.put(item if isinstance(item, (str, Path)) else _dumps(item))  # (transitions pickled by value)
+        self._inbox.put(item if isinstance(item, (RefitNow, Path)) else _dumps(item))  # (transitions pickled by value)
 
     def poll(self) -> None:
         while True:

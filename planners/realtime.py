@@ -451,14 +451,17 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     except LogCorruptError as e:
         raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
     agent_file = run_dir / "agent.pt"
+    unfitted = 0  # the buffer's last rows the model was not fitted on (a resumed run's refit holds out among them)
     if resume_dir is not None:
         if len(log):
             agent.buffer.extend(log.read())
+        unfitted = len(log)
         if agent_file.is_file():
             try:
-                agent.restore(agent_file)
+                fitted_at = agent.restore(agent_file).get("fit_written")
             except CheckpointError as e:
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
+            unfitted = agent.buffer.written - fitted_at if fitted_at is not None else unfitted
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
@@ -502,7 +505,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     try:
         with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
-                learner.refit_now()  # learn from the dataset, or the resumed log, before acting on it
+                learner.refit_now(unfitted)  # learn from the dataset, or the resumed log, before acting on it
             snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
             while len(log) < cfg.real_steps:
                 readings = robot.readings(timeout=1.0)
@@ -583,9 +586,10 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
 
 
 def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
-    """run_dir/model.pt, then run_dir/agent.pt (what a resume reads); `pretrained=<run dir>` reads both."""
+    """run_dir/model.pt, then run_dir/agent.pt (what a resume reads, with the buffer's row count the
+    model was fitted on); `pretrained=<run dir>` reads both."""
     agent.model.save(run_dir / "model.pt")
-    agent.save(run_dir / "agent.pt", model_version=version)
+    agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.buffer.written)
 
 
 def _finite(before, after) -> bool:

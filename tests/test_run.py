@@ -28,6 +28,20 @@ def records(run_dir, kind):
     return [r for r in rows if r["kind"] == kind]
 
 
+def test_refits_hold_out_among_the_rows_since_the_last_fit_across_a_resume(tmp_path, monkeypatch):
+    """The first fit holds out among all rows; each refit among the transitions since the fit
+    before (progress["fit_written"], kept in the checkpoint), also after a resume with a larger budget."""
+    from worldmodel import fitting
+
+    monkeypatch.setattr(fitting, "MIN_NEW_HOLDOUT", 5)  # (40 new rows hold out 8)
+    run_dir = tmp_path / "run"
+    main(["planner=mppi", "env=hopper", "env_steps=80", f"run_dir={run_dir}", *TINY])
+    main([f"resume={run_dir}", "env_steps=120"])
+    fits = records(run_dir, "fit")
+    assert [(f["step"], f["holdout"]) for f in fits] == [(40, "all rows"), (80, "new rows"), (120, "new rows")]
+    assert all("start_holdout_mse" in f and "start_kept" in f for f in fits[1:])
+
+
 @pytest.mark.parametrize("planner", ["mppi", "cem", "icem", "random"])
 def test_short_run_writes_every_artifact(tmp_path, planner):
     run_dir = tmp_path / planner

@@ -6,8 +6,9 @@ A step computes the state one period ahead (the action held at a tick acts until
 and that state is measured when it is reached, at the next tick, where the step from it starts
 with the action held then; its reading reaches `get_obs()` `latency_ms` (+- `jitter_ms`) after
 it was measured, or never (`drop_rate`). So an action sent in answer to a reading takes effect
-from the state after it, at the earliest, as on a robot (RealtimeConfig.delay_ms: plans start
-from the state predicted one period on). Episodes reset on their own, as a robot's would by a
+from the state after it, at the earliest, as on a sample-and-hold robot: floor(latency / period)
++ 1 steps on, which is RealtimeController's ceil(delay_ms / period) for a latency that is not a
+whole number of periods (at 0 or exactly one period the controller plans one step short). Episodes reset on their own, as a robot's would by a
 reset routine. A reading carries what a robot's driver would report, plus the reward and the
 action that was in effect, so the loop can build the real transitions.
 """

@@ -189,6 +189,8 @@ class Run:
         if not p["dataset_loaded"]:
             if not cfg.pretrained:  # a given model is used as it is (a refit would draw a new holdout split)
                 self._fit(0, max_epochs=cfg.offline.fit_epochs, started=started)
+            else:  # (taken as fitted on the dataset: online refits hold out among the new rows alone)
+                p["fit_written"] = self.agent.buffer.written
             p["dataset_loaded"] = True
             self._checkpoint(started)
             (self.run_dir / _FIT_STATE).unlink(missing_ok=True)
