@@ -31,8 +31,9 @@ class CEM(MPCPlanner):
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
         std = (cfg.init_std * self._half_range()).expand_as(mean)
+        prior = self.policy_sequences(obs)  # [N, P, H, A] or None
         for i in range(cfg.iterations):
-            candidates = self.population(i, obs, mean, std)  # [N, C, H, A]
+            candidates = self.with_policy(self.population(i, obs, mean, std), prior)  # [N, C(+P), H, A]
             returns = self.evaluate(obs, candidates)
             top = returns.topk(cfg.num_elites, dim=1)
             elites = candidates.gather(1, top.indices[..., None, None].expand(-1, -1, *mean.shape[1:]))

@@ -44,6 +44,10 @@ class MPCConfig:
     # > 0: the learned value is the critics' mean minus this many of their std (their disagreement,
     # FOWM's penalty for states the data does not cover) instead of their min
     value_penalty: float = 0.0
+    # candidate sequences drawn from the learned value's policy each plan, rolled through the model
+    # from the start state and kept among every iteration's candidates (TD-MPC's num_pi_trajs, 24
+    # there), so a plan is never worse in the model than following the policy (an offline agent's)
+    policy_samples: int = 0
     # the largest change of any action dim from one step to the next, in every sampled sequence
     # (from the previous action on), as a robot's actuators allow (None: unlimited)
     slew: float | None = None
@@ -57,8 +61,14 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
-        if self.value_penalty < 0:
-            raise ValueError(f"value_penalty must be >= 0, got {self.value_penalty}")
+        if self.value_penalty < 0 or self.policy_samples < 0:
+            raise ValueError(f"value_penalty and policy_samples must be >= 0, got {self.value_penalty}, "
+                             f"{self.policy_samples}")
+        if self.policy_samples and not self.value_learning:
+            raise ValueError("policy_samples draws from the learned value's policy: it needs value_learning=True")
+        if self.policy_samples and self.cuda_graph:
+            raise ValueError("policy_samples draws the policy's noise outside the planner's generator: "
+                             "it cannot be replayed from a CUDA graph (set cuda_graph=False)")
         if self.slew is not None and not self.slew > 0:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
@@ -261,6 +271,26 @@ class MPCPlanner(Planner):
         finite = torch.isfinite(returns).all()
         self._finite = finite if self._finite is None else self._finite & finite
         return returns
+
+    def policy_sequences(self, obs: Tensor) -> Tensor | None:
+        """config.policy_samples action sequences per start state from the learned value's policy,
+        each sampled along its own rollout of the model (propagation's mode) from obs [N, O]:
+        [N, P, H, A] within the box and the slew limit; None without them."""
+        cfg, p = self.config, self.config.policy_samples
+        if not p or self.value_agent is None:
+            return None
+        n = obs.shape[0]
+        state = obs.repeat_interleave(p, dim=0)  # [N * P, O]
+        actions = []
+        for _ in range(cfg.horizon):
+            action = self.value_agent.act(state).clamp(self.low, self.high)
+            actions.append(action)
+            state = self.model.step(state, action, mode=_MODEL_MODE[cfg.propagation], generator=self.generator)["next_obs"]
+        return self.rate_limited(torch.stack(actions, dim=1).view(n, p, cfg.horizon, -1))
+
+    def with_policy(self, candidates: Tensor, prior: Tensor | None) -> Tensor:
+        """candidates [N, C, H, A] and the policy's sequences [N, P, H, A] (or None): [N, C + P, H, A]."""
+        return candidates if prior is None else torch.cat([candidates, prior], dim=1)
 
     def _half_range(self) -> Tensor:
         return (self.high - self.low) / 2

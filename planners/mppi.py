@@ -30,8 +30,9 @@ class MPPI(MPCPlanner):
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
         std = (cfg.noise_std * self._half_range()).expand_as(mean)
+        prior = self.policy_sequences(obs)  # [N, P, H, A] or None
         for _ in range(cfg.iterations):
-            candidates = self._sample(mean, std, cfg.candidates, cfg.noise_beta)  # [N, C, H, A]
+            candidates = self.with_policy(self._sample(mean, std, cfg.candidates, cfg.noise_beta), prior)  # [N, C(+P), H, A]
             returns = self.evaluate(obs, candidates)  # [N, C]
             spread = returns.std(dim=1, keepdim=True).clamp_min(1e-6)
             # softmax subtracts the max before exponentiating, so large returns cannot overflow

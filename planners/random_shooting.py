@@ -27,5 +27,6 @@ class RandomShooting(MPCPlanner):
         n, h, a = mean.shape
         uniform = torch.rand((n, self.config.candidates, h, a), generator=self.generator, device=mean.device)
         candidates = self.rate_limited(torch.cat([mean.unsqueeze(1), self.low + (self.high - self.low) * uniform], dim=1))
+        candidates = self.with_policy(candidates, self.policy_sequences(obs))
         best = self.evaluate(obs, candidates).argmax(dim=1)
         return candidates[torch.arange(n, device=mean.device), best], None

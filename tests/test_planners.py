@@ -230,3 +230,36 @@ def test_with_a_slew_limit_every_plan_moves_at_most_slew_per_step(name):
         assert (steps.diff(dim=0).abs() <= 0.1 + 1e-6).all()
     moved = planner.previous_action.reshape(-1) - torch.tensor([-0.5, 0.5])
     assert moved[0].item() > 0.15 and moved[1].item() < -0.15  # within the limit, it still turns toward the goal
+
+
+@pytest.mark.parametrize("name", ["mppi", "cem", "random"])
+def test_policy_samples_put_the_learned_policys_sequences_among_the_candidates(name):
+    """With policy_samples, the learned value's policy proposes sequences (rolled through the model)
+    beside the sampled ones (TD-MPC's pi trajectories): a policy that knows the optimum moves a
+    plan whose own sampling stays near its warm start (tiny noise) onto it; without them it stays."""
+    import math
+
+    model = single_integrator(goal=(0.3, -0.6))
+    narrow = {"mppi": dict(noise_std=0.01, min_std=0.01, temperature=0.1, candidates=8, iterations=1),
+              "cem": dict(init_std=0.01, min_std=0.01, candidates=8, num_elites=4, iterations=1, momentum=0.0),
+              "random": dict(candidates=1)}[name]  # fmt: skip
+    plans = {}
+    for samples in (0, 4):
+        settings = dict(horizon=1, discount=0.0, value_learning=True, value_agent={"hidden": 16}, policy_samples=samples)
+        planner = PLANNERS[name](model, model.spec(), **{**settings, **narrow})
+        head = planner.value_agent.actor.net[-1]
+        with torch.no_grad():  # a policy whose mean action is the optimum, with a tiny spread
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([math.atanh(0.3), math.atanh(-0.6), -5.0, -5.0]))
+        plans[samples] = planner.plan(torch.zeros(1, 2))[0, 0]
+    torch.testing.assert_close(plans[4], model.goal, atol=0.03, rtol=0)
+    assert (plans[0] - model.goal).abs().max() > 0.2
+
+
+def test_policy_samples_need_a_learned_value_and_no_cuda_graph():
+    with pytest.raises(ValueError, match="needs value_learning=True"):
+        MPPIConfig(value_learning=False, policy_samples=4)
+    with pytest.raises(ValueError, match="cannot be replayed from a CUDA graph"):
+        MPPIConfig(policy_samples=4, cuda_graph=True)
+    with pytest.raises(ValueError, match="policy_samples must be >= 0"):
+        MPPIConfig(policy_samples=-1)
