@@ -32,6 +32,7 @@ class CEM(MPCPlanner):
         cfg = self.config
         std = (cfg.init_std * self._half_range()).expand_as(mean)
         prior = self.policy_sequences(obs)  # [N, P, H, A] or None
+        mean = self.sampling_mean(mean, prior)
         for i in range(cfg.iterations):
             candidates = self.with_policy(self.population(i, obs, mean, std), prior)  # [N, C(+P), H, A]
             returns = self.evaluate(obs, candidates)

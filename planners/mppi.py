@@ -31,6 +31,7 @@ class MPPI(MPCPlanner):
         cfg = self.config
         std = (cfg.noise_std * self._half_range()).expand_as(mean)
         prior = self.policy_sequences(obs)  # [N, P, H, A] or None
+        mean = self.sampling_mean(mean, prior)
         for _ in range(cfg.iterations):
             candidates = self.with_policy(self._sample(mean, std, cfg.candidates, cfg.noise_beta), prior)  # [N, C(+P), H, A]
             returns = self.evaluate(obs, candidates)  # [N, C]

@@ -256,6 +256,26 @@ def test_policy_samples_put_the_learned_policys_sequences_among_the_candidates(n
     assert (plans[0] - model.goal).abs().max() > 0.2
 
 
+def test_policy_guided_sampling_centres_the_candidates_on_the_policys_sequence():
+    """With flat weights (a high temperature) MPPI's plan is the candidates' average: around the warm
+    start, the policy's few sequences pull it part of the way; policy_guided samples every candidate
+    around the policy's sequence, so the plan is the policy's."""
+    import math
+
+    model = single_integrator(goal=(0.3, -0.6))
+    plans = {}
+    for guided in (False, True):
+        planner = PLANNERS["mppi"](model, model.spec(), horizon=1, discount=0.0, value_learning=True,
+                                   value_agent={"hidden": 16}, policy_samples=4, policy_guided=guided,
+                                   noise_std=0.01, min_std=0.01, temperature=100.0, candidates=8, iterations=1)  # fmt: skip
+        with torch.no_grad():
+            planner.value_agent.actor.net[-1].weight.zero_()
+            planner.value_agent.actor.net[-1].bias.copy_(torch.tensor([math.atanh(0.3), math.atanh(-0.6), -5.0, -5.0]))
+        plans[guided] = planner.plan(torch.zeros(1, 2))[0, 0]
+    torch.testing.assert_close(plans[True], model.goal, atol=0.03, rtol=0)
+    torch.testing.assert_close(plans[False], model.goal / 3, atol=0.05, rtol=0)  # 4 of 12 candidates at the goal
+
+
 def test_policy_samples_need_a_learned_value_and_no_cuda_graph():
     with pytest.raises(ValueError, match="needs value_learning=True"):
         MPPIConfig(value_learning=False, policy_samples=4)
@@ -263,3 +283,5 @@ def test_policy_samples_need_a_learned_value_and_no_cuda_graph():
         MPPIConfig(policy_samples=4, cuda_graph=True)
     with pytest.raises(ValueError, match="policy_samples must be >= 0"):
         MPPIConfig(policy_samples=-1)
+    with pytest.raises(ValueError, match="policy_guided samples around the policy's sequences"):
+        MPPIConfig(policy_guided=True)
