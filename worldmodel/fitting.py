@@ -90,8 +90,8 @@ def fit(
         perm, n_holdout = resume["perm"].to(model.device), resume.get("n_holdout", n_holdout)
         holdout = resume.get("holdout", holdout)
     elif model.fitted and new_rows is not None and int(len(new_rows) * holdout_ratio) >= MIN_NEW_HOLDOUT:
-        perm, n_holdout = holdout_among(n, new_rows.to(model.device), min(int(len(new_rows) * holdout_ratio), max_holdout))
-        holdout = "new rows"
+        n_holdout = min(int(len(new_rows) * holdout_ratio), max_holdout)
+        perm, holdout = holdout_among(n, new_rows.to(model.device), n_holdout), "new rows"
     else:
         perm = torch.randperm(n, device=model.device)
     train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
@@ -201,14 +201,14 @@ def fit_record(metrics: dict) -> dict:
     return {k: v for k, v in record.items() if v is not None}
 
 
-def holdout_among(n: int, rows: Tensor, count: int) -> tuple[Tensor, int]:
-    """A permutation of n rows whose first `count` are drawn from `rows` [K] (the holdout), the
-    others in random order: (perm [n], count)."""
+def holdout_among(n: int, rows: Tensor, count: int) -> Tensor:
+    """A permutation [n] of n rows whose first `count` are drawn from `rows` [K] (the holdout), the
+    others in random order."""
     held = rows[torch.randperm(len(rows), device=rows.device)[:count]]
     rest = torch.ones(n, dtype=torch.bool, device=rows.device)
     rest[held] = False
     rest = rest.nonzero().squeeze(1)
-    return torch.cat([held, rest[torch.randperm(len(rest), device=rows.device)]]), count
+    return torch.cat([held, rest[torch.randperm(len(rest), device=rows.device)]])
 
 
 def check_settings(**settings) -> None:
