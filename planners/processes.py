@@ -19,6 +19,7 @@ Shapes: O obs dims, A action dims, H plan steps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -125,21 +126,43 @@ class PlanMaker:
 
 
 class Swapper:
-    """Swaps between two plans: `swap(model, **attributes)` sets them on `planner` under `lock`
-    (which a planning thread holds for a whole plan) as the next version, and with a `queue`
-    (a planning process's `swaps`) sends that process a copy, which it takes between two plans."""
+    """Swaps between two plans: `swap(model, **attributes)` sets them on `planner` as the next
+    version, and with a `queue` (a planning process's `swaps`) sends that process a copy, which it
+    takes between two plans. A planning thread plans inside `planning()`; a swap (or any
+    `between_plans()` block) waiting for the plan in progress goes before the next one, so a
+    planner that plans back to back cannot starve it (a plain lock is not fair)."""
 
     def __init__(self, planner, version: int = 0, queue=None):
         self.planner, self.version, self.queue = planner, version, queue
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held for a whole plan, a swap or a between_plans() block
+        self._turn = threading.Condition()
+        self._waiting = 0  # between_plans() blocks waiting for the lock
 
-    def between_plans(self) -> threading.Lock:
-        return self.lock
+    @contextlib.contextmanager
+    def between_plans(self):
+        """`with swapper.between_plans():` no plan runs inside the block; it goes before the next plan."""
+        with self._turn:
+            self._waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._turn:
+                self._waiting -= 1
+                self._turn.notify_all()
+
+    @contextlib.contextmanager
+    def planning(self):
+        """`with swapper.planning():` one plan, after the swaps that were waiting."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._waiting == 0)
+        with self.lock:
+            yield
 
     def swap(self, model=None, **attributes) -> int:
         """Returns the new version."""
         attributes = ({"model": model} if model is not None else {}) | attributes
-        with self.lock:
+        with self.between_plans():
             apply_swap(self.planner, attributes)
             self.version += 1
             if self.queue is not None:
@@ -344,7 +367,7 @@ class LearningProcess(Learner):
                 break
             if message[0] in ("refit", "value"):
                 _, version, metrics, self.value_updates = message
-                with self.controller.swapper.lock:
+                with self.controller.between_plans():
                     self.controller.swapper.version = max(self.controller.swapper.version, version)
                 if message[0] == "refit":
                     self.refits += 1

@@ -253,7 +253,7 @@ class RealtimeController:
                     if self._stopping:
                         return
                     obs, stamp, planned_serial = self._latest
-                with self.swapper.lock:
+                with self.swapper.planning():
                     result = self._maker.make(obs, stamp, self._last_action, self.version)
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
@@ -308,10 +308,11 @@ class RealtimeController:
         """The version of the planner's model (and value): 0, then one more at every swap."""
         return self.swapper.version
 
-    def between_plans(self) -> threading.Lock:
+    def between_plans(self) -> contextlib.AbstractContextManager:
         """`with controller.between_plans():` no plan runs inside the block (e.g. to save the
-        planner's state consistently); act() keeps serving the plans it has."""
-        return self.swapper.lock
+        planner's state consistently), which goes before the next plan; act() keeps serving the
+        plans it has."""
+        return self.swapper.between_plans()
 
     def swap(self, model=None, **planner_attributes) -> int:
         """Replace the planner's model (and any other attributes, e.g. a value agent) between two
