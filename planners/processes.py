@@ -19,9 +19,11 @@ Shapes: O obs dims, A action dims, H plan steps.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
+import math
 import os
 import pickle
 import queue
@@ -40,6 +42,7 @@ from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
+_OBS_AT = 4  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
 
 
@@ -49,14 +52,19 @@ class Plan:
     start: float  # the time its first action is for
     version: int  # the model version it was planned with
     serial: int
+    lead: int = 0  # control periods from the reading it was planned from to its start
 
     def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
         return _plan_from_numpy, (self.actions.detach().to("cpu", torch.float32).contiguous().numpy(), self.start,
-                                  self.version, self.serial)
+                                  self.version, self.serial, self.lead)
+
+    def step_at(self, time: float, period: float) -> int:
+        """Its step for `time` (negative before its start)."""
+        return round((time - self.start) / period)
 
 
-def _plan_from_numpy(actions, start: float, version: int, serial: int) -> Plan:
-    return Plan(torch.from_numpy(actions), start, version, serial)
+def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int) -> Plan:
+    return Plan(torch.from_numpy(actions), start, version, serial, lead)
 
 
 @dataclass
@@ -81,44 +89,76 @@ class PlannerDied:
 
 
 class PlanMaker:
-    """Plans from readings: obs [O] taken at `stamp` -> a Plan whose first action is for `stamp`
-    plus `ahead` control periods, planned from the state the model predicts then under the
-    actions the previous plan committed (delay compensation)."""
+    """Plans from readings: obs [O] taken at `stamp` -> a Plan whose first action is for the first
+    period it can act in, `lead` periods on: the delay's `ahead`, plus the periods from the reading's
+    post to the plan's end (at least one: act() answers a reading with the plans it has, never with
+    the one being made from it): how long the reading waited for the planner, plus the making's 80th
+    percentile over the last LEAD_WINDOW plans. It plans from the state
+    the model predicts then under the actions the plans before it committed, so the plan's first
+    action is the one executed first and every step acts from the state it was planned for (delay
+    compensation)."""
+
+    LEAD_WINDOW = 20
 
     def __init__(self, planner, period: float, ahead: int, deterministic: bool):
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
-        self.plan: Plan | None = None  # the last plan made
+        self.plans: list[Plan] = []  # the last plans made, oldest first (the ones acting until the next starts)
+        self.seconds: collections.deque[float] = collections.deque(maxlen=self.LEAD_WINDOW)  # recent plans' making
 
-    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int) -> PlanResult:
-        """A plan from obs [O] taken at `stamp`; the failure "planner_errors" when the planner raised
-        a RuntimeError or ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions
-        propagate: the planner is broken, not this state."""
+    @property
+    def plan(self) -> Plan | None:
+        """The last plan made."""
+        return self.plans[-1] if self.plans else None
+
+    def lead(self, waited: float = 0.0) -> int:
+        """Periods from a reading to the first action a plan from it can set, the reading having
+        waited `waited` seconds since act() posted it."""
+        making = sorted(self.seconds)[int(0.8 * (len(self.seconds) - 1))] if self.seconds else 0.0
+        return self.ahead + max(1, math.ceil((waited + making) / self.period - 1e-9))
+
+    def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int,
+             posted: float | None = None) -> PlanResult:  # fmt: skip
+        """A plan from obs [O] taken at `stamp` and posted by act() at `posted` (time.monotonic();
+        None: now); the failure "planner_errors" when the planner raised a RuntimeError or
+        ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions propagate: the
+        planner is broken, not this state."""
         began = time.perf_counter()
         if last_action is not None and hasattr(self.planner, "previous_action"):
             self.planner.previous_action = last_action  # sampling respects the slew from here
+        lead = self.lead(0.0 if posted is None else max(0.0, time.monotonic() - posted))
         try:
-            start = self._predict(obs, stamp)
+            start = self._predict(obs, stamp, lead, last_action)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
             return PlanResult(None, "planner_errors", e)
         seconds = time.perf_counter() - began
+        self.seconds.append(seconds)
         if not torch.isfinite(actions).all():
             return PlanResult(None, "nonfinite_plans", seconds=seconds)
-        previous = self.plan
-        self.plan = Plan(actions, stamp + self.ahead * self.period, version, (previous.serial + 1) if previous else 0)
+        serial = self.plan.serial + 1 if self.plan else 0
+        self.plans = [*self.plans[-2:], Plan(actions, stamp + lead * self.period, version, serial, lead)]
         return PlanResult(self.plan, seconds=seconds)
 
+    def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
+        """The action [A] the controller executes at `time`, as RealtimeController chooses it: the
+        newest plan begun by then, shifted; before any has begun, `last_action` (the one executed
+        last), else the first plan's first step (None without either)."""
+        begun = [p for p in self.plans if p.step_at(time, self.period) >= 0]
+        if not begun:
+            return last_action if last_action is not None or not self.plans else self.plans[0].actions[0]
+        plan = begun[-1]
+        return plan.actions[min(plan.step_at(time, self.period), plan.actions.shape[0] - 1)]
+
     @torch.no_grad()
-    def _predict(self, obs: Tensor, stamp: float) -> Tensor:
-        """The state `ahead` periods after obs (taken at `stamp`) under the actions already
-        committed for them (the current plan's), by the model's mean; obs itself without delay."""
-        plan, model = self.plan, getattr(self.planner, "model", None)
-        if self.ahead == 0 or plan is None or model is None:
+    def _predict(self, obs: Tensor, stamp: float, lead: int, last_action: Tensor | None) -> Tensor:
+        """The state `lead` periods after obs (taken at `stamp`) under the actions committed for
+        them, by the model's mean; obs itself without a model or any action to predict with."""
+        model = getattr(self.planner, "model", None)
+        if model is None or (not self.plans and last_action is None):
             return obs
-        offset = max(0, round((stamp - plan.start) / self.period))
         state = obs.reshape(1, -1).to(model.device)
-        for k in range(self.ahead):
-            action = plan.actions[min(offset + k, plan.actions.shape[0] - 1)].reshape(1, -1).to(model.device)
+        for k in range(lead):
+            action = self.committed(stamp + k * self.period, last_action).reshape(1, -1).to(model.device)
             state = model.step(state, action, mode="mean", deterministic=True)["next_obs"]
         if not torch.isfinite(state).all():
             raise ValueError("the model predicted a non-finite state for the delay")
@@ -200,8 +240,8 @@ class PlanningProcess:
         """swaps: the queue a Swapper sends to (new_queue()); version: the planner's version now."""
         ctx = torch.multiprocessing.get_context("spawn")
         self.obs_dim = obs_dim
-        # [stamp, serial, has last action, obs [O], last action [A]]
-        self._slot = torch.zeros(3 + obs_dim + act_dim, dtype=torch.float64).share_memory_()
+        # [stamp, serial, has last action, posted (monotonic seconds), obs [O], last action [A]]
+        self._slot = torch.zeros(_OBS_AT + obs_dim + act_dim, dtype=torch.float64).share_memory_()
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
         self._results, sender = ctx.Pipe(duplex=False)
@@ -230,10 +270,10 @@ class PlanningProcess:
         try:
             self._serial += 1
             slot = self._slot_view
-            slot[0], slot[1], slot[2] = stamp, self._serial, last_action is not None
-            slot[3 : 3 + self.obs_dim] = obs.cpu().numpy()
+            slot[0], slot[1], slot[2], slot[3] = stamp, self._serial, last_action is not None, time.monotonic()
+            slot[_OBS_AT : _OBS_AT + self.obs_dim] = obs.cpu().numpy()
             if last_action is not None:
-                slot[3 + self.obs_dim :] = last_action.cpu().numpy()
+                slot[_OBS_AT + self.obs_dim :] = last_action.cpu().numpy()
         finally:
             self._slot_lock.release()
         self._wake.release()
@@ -314,9 +354,9 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
             if reading[1].item() == planned:  # (posted while the last wake-up was drained: planned already)
                 continue
             planned = reading[1].item()
-            obs = reading[3 : 3 + obs_dim].float()
-            last_action = reading[3 + obs_dim :].float() if reading[2] > 0 else None
-            result = maker.make(obs, reading[0].item(), last_action, version)
+            obs = reading[_OBS_AT : _OBS_AT + obs_dim].float()
+            last_action = reading[_OBS_AT + obs_dim :].float() if reading[2] > 0 else None
+            result = maker.make(obs, reading[0].item(), last_action, version, posted=reading[3].item())
             if result.error is not None:  # (as text: not every exception pickles)
                 result.error = RuntimeError(repr(result.error))
             results.send(result)

@@ -8,7 +8,10 @@
 
 `act` never plans. It hands the observation to the planning thread and returns at once the
 action of the freshest finished plan for the time the action takes effect (the reading's time
-plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then. In order: a plan finished
+plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then.
+A plan starts where its first action can take effect: its reading's time plus the delay plus the
+periods its making takes (measured; at least one), so its first action is executed, from the
+state it was planned for (`plan_lead` and `late_plan_rate` in `stats()`). In order: a plan finished
 since the last call ("fresh"), an older plan shifted further ("shifted"), or the safe action
 ("fallback") when there is no usable plan, the planner failed or died, or an observation or
 plan holds NaN/inf. Every executed action is clipped to the action box and, with `slew`, to a
@@ -110,9 +113,9 @@ class RealtimeController:
         self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
         self._process: PlanningProcess | None = None  # worker="process", while running
         self._wake = threading.Condition()
-        self._latest: tuple[Tensor, float, int] | None = None  # (obs, stamp, serial) for the planning thread
+        self._latest: tuple[Tensor, float, int, float] | None = None  # (obs, stamp, serial, posted) for the planning thread
         self._obs_serial = 0
-        self._plan: Plan | None = None
+        self._plans: tuple[Plan | None, Plan | None] = (None, None)  # (the one before, the newest)
         self._used_serial = -1
         self._last_action: Tensor | None = None
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
@@ -124,7 +127,7 @@ class RealtimeController:
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "nonfinite_plans": 0,
                                                     "planner_errors": 0, "deadline_misses": 0, "watchdog_trips": 0,
-                                                    "plans": 0, "skipped_posts": 0}  # fmt: skip
+                                                    "plans": 0, "late_plans": 0, "skipped_posts": 0}  # fmt: skip
         self.act_latency_s: list[float] = []
         self.plan_latency_s: list[float] = []
 
@@ -146,7 +149,7 @@ class RealtimeController:
             else:
                 with self._wake:
                     self._obs_serial += 1
-                    self._latest = (obs, stamp, self._obs_serial)
+                    self._latest = (obs, stamp, self._obs_serial, time.monotonic())
                     self._wake.notify()
         else:
             self.counts["nonfinite_obs"] += 1
@@ -161,17 +164,24 @@ class RealtimeController:
         return action
 
     def _choose(self, stamp: float) -> tuple[Tensor, str]:
-        plan = self._plan  # one read: the planning thread replaces the reference, never edits it
+        prior, plan = self._plans  # one read: the planning worker replaces the pair, never edits it
         if plan is None or self.error is not None:
             return self.safe_action, "fallback"
-        # the action chosen now takes effect once the delay has passed: the plan's step for then
-        step = max(0, round((stamp + self.ahead * self.config.period - plan.start) / self.config.period))
+        # the action chosen now takes effect once the delay has passed: the plan's step for then,
+        # the plan before it while it has not begun (it came sooner than its maker planned for)
+        effect = stamp + self.ahead * self.config.period
+        step = plan.step_at(effect, self.config.period)
+        if step < 0 and prior is not None:
+            plan, step = prior, prior.step_at(effect, self.config.period)
+        step = max(0, step)
         limit = plan.actions.shape[0] - 1 if self.config.max_shift is None else min(self.config.max_shift,
                                                                                     plan.actions.shape[0] - 1)  # fmt: skip
         if step > limit:
             return self.safe_action, "fallback"
-        fresh = plan.serial != self._used_serial
-        self._used_serial = plan.serial
+        fresh = plan.serial > self._used_serial
+        if fresh:
+            self._used_serial = plan.serial
+            self.counts["late_plans"] += step > 0  # came after its first step's time: planning took longer than its lead
         return plan.actions[step], "fresh" if fresh else "shifted"
 
     def _limit(self, action: Tensor) -> Tensor:
@@ -252,9 +262,9 @@ class RealtimeController:
                         self._wake.wait()
                     if self._stopping:
                         return
-                    obs, stamp, planned_serial = self._latest
+                    obs, stamp, planned_serial, posted = self._latest
                 with self.swapper.planning():
-                    result = self._maker.make(obs, stamp, self._last_action, self.version)
+                    result = self._maker.make(obs, stamp, self._last_action, self.version, posted)
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
@@ -292,7 +302,7 @@ class RealtimeController:
             if result.failure == "planner_errors":
                 self.last_planner_error = result.error
         if result.plan is not None:
-            self._plan = result.plan  # (one assignment: act() reads the reference, never a half-made plan)
+            self._plans = (self._plans[1], result.plan)  # (one assignment: act() never reads a half-made pair)
 
     def _watchdog(self) -> None:
         silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
@@ -329,6 +339,9 @@ class RealtimeController:
         for source in SOURCES:
             out[f"{source}_rate"] = self.counts[source] / acted if acted else 0.0
         out["deadline_miss_rate"] = self.counts["deadline_misses"] / acted if acted else 0.0
+        # plans first used past their first step (their making outlasted their lead), and the newest's lead
+        out["late_plan_rate"] = self.counts["late_plans"] / self.counts["fresh"] if self.counts["fresh"] else 0.0
+        out["plan_lead"] = self._plans[1].lead if self._plans[1] is not None else math.nan
         for name, values in (("act", self.act_latency_s), ("plan", self.plan_latency_s)):
             values = values[-window:] if window else values
             for q in (50, 99):
@@ -348,7 +361,8 @@ def _percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- python -m planners.realtime
 
 _SUMMARY_KEYS = ("act_latency_p50_ms", "act_latency_p99_ms", "act_latency_max_ms", "plan_latency_p50_ms",
-                 "plan_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "shifted_rate", "fallback_rate")  # fmt: skip
+                 "plan_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "shifted_rate", "fallback_rate",
+                 "late_plan_rate", "plan_lead")  # fmt: skip
 
 
 def _load_config(argv: list[str]):

@@ -58,6 +58,11 @@ def counts(rt):
     return rt.counts
 
 
+def newest(rt):
+    """The controller's newest plan (None before the first)."""
+    return rt._plans[1]
+
+
 def wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -84,14 +89,14 @@ def test_fresh_then_shifted_then_the_safe_action_when_the_planner_stalls(hopper)
         assert torch.equal(rt.act(obs, 0.0), safe)  # no plan yet
         wait_for(lambda: rt.counts["plans"] >= 1)
         stall.set()
-        first = rt.act(obs, period)  # the plan made from t=0, one period on
-        assert torch.equal(first, rt._plan.actions[1])
-        for k in range(2, H):
-            assert torch.equal(rt.act(obs, k * period), rt._plan.actions[k])
-        assert torch.equal(rt.act(obs, H * period), safe)  # past the plan's end
+        first = rt.act(obs, period)  # the plan made from t=0 starts at the next reading: its first step
+        assert newest(rt).start == pytest.approx(period) and torch.equal(first, newest(rt).actions[0])
+        for k in range(1, H):
+            assert torch.equal(rt.act(obs, (k + 1) * period), newest(rt).actions[k])
+        assert torch.equal(rt.act(obs, (H + 1) * period), safe)  # past the plan's end
         stats = rt.stats()
-        assert (stats["fresh"], stats["shifted"], stats["fallback"]) == (1, H - 2, 2)
-        assert stats["fallback_rate"] == pytest.approx(2 / (H + 1))
+        assert (stats["fresh"], stats["shifted"], stats["fallback"], stats["late_plans"]) == (1, H - 1, 2, 0)
+        assert stats["fallback_rate"] == pytest.approx(2 / (H + 2))
         assert stats["act_latency_p99_ms"] < 50  # (a sanity bound, not a benchmark: see planners.realtime_bench)
         release.set()
 
@@ -129,8 +134,10 @@ def test_a_model_emitting_nan_never_produces_an_action(hopper, worker):
         obs[4] = float("nan")
         assert torch.equal(rt.act(obs, 0.5), safe)
     assert rt.counts["fallback"] == 21 and rt.counts["nonfinite_obs"] == 1 and rt.counts["fresh"] == 0
-    # the planner's own error reaches the controller (from a process, as text)
-    assert rt.counts["planner_errors"] == 20 and "PlanningError" in repr(rt.last_planner_error)
+    # the error reaches the controller (from a process, as text): the planner's, or the prediction's
+    # of the state its plan starts from
+    error = repr(rt.last_planner_error)
+    assert rt.counts["planner_errors"] == 20 and ("PlanningError" in error or "non-finite state" in error)
 
 
 def test_a_swap_under_load_never_plans_with_two_model_versions(hopper):
@@ -152,16 +159,16 @@ def test_a_swap_under_load_never_plans_with_two_model_versions(hopper):
         return m
 
     models = [tagged(t) for t in range(4)]
-    planner = mppi(models[0], spec)
-    plan = planner.act_ahead
+    rt = RealtimeController(mppi(models[0], spec), spec, RealtimeConfig(control_hz=500))
+    make = rt._maker.make
 
-    def counted(obs, deterministic=True):
+    def counted(*args, **kwargs):  # (a plan: the prediction of the state it starts from, then the planning)
         plan_number[0] += 1
-        return plan(obs, deterministic)
+        return make(*args, **kwargs)
 
-    planner.act_ahead = counted
+    rt._maker.make = counted
     done = threading.Event()
-    with RealtimeController(planner, spec, RealtimeConfig(control_hz=500)) as rt:
+    with rt:
         def swap_forever():
             while not done.is_set():
                 rt.swap(models[rt.version % 4])
@@ -232,9 +239,12 @@ def test_a_dead_planner_thread_means_the_safe_action(hopper):
 
 
 def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
+    """A plan starts where its first action takes effect: its reading's time + the delay (2 periods)
+    + the periods its making takes (the first plan: one, the next reading's), from the state the
+    model predicts then under the actions committed for the periods between."""
     spec, model, data = hopper
     planner = mppi(model, spec)
-    starts = []
+    starts, held = [], []
     plan = planner.act_ahead
 
     def recorded(obs, deterministic=True):
@@ -243,20 +253,57 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
 
     planner.act_ahead = recorded
     period = 0.05
-    with RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70)) as rt:  # 2 periods ahead
+    rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70))  # 2 periods ahead
+    make = rt._maker.make
+
+    def make_recorded(obs, stamp, last_action, *args, **kwargs):
+        held.append(last_action)
+        return make(obs, stamp, last_action, *args, **kwargs)
+
+    rt._maker.make = make_recorded
+    with rt:
         rt.act(data["obs"][0], 0.0)
         wait_for(lambda: rt.counts["plans"] >= 1)
-        first = rt._plan
-        assert first.start == pytest.approx(2 * period)
-        # a reading at 0 gets the step for 0 + delay: the plan's first action (made from obs at 0)
-        assert torch.equal(rt.act(data["obs"][1], 0.0), first.actions[0])
-        assert torch.equal(rt.act(data["obs"][1], period), first.actions[1])
+        first = newest(rt)
+        assert first.lead == 3 and first.start == pytest.approx(3 * period)
+        # the next reading (a period on) gets the step for its time + the delay: the plan's first action
+        assert torch.equal(rt.act(data["obs"][1], period), first.actions[0])
         wait_for(lambda: rt.counts["plans"] >= 2)
-    # the second plan started from the model's prediction 2 steps past obs[1], not obs[1] itself
+        second = newest(rt)  # (its lead: 3, or more where the first plan took over a period to make)
+        assert torch.equal(rt.act(data["obs"][2], 2 * period), second.actions[0] if second.lead == 3 else first.actions[1])
+    assert second.lead >= 3 and second.start == pytest.approx((1 + second.lead) * period)
+    # the second plan started from the model's prediction `lead` steps past obs[1] (taken at one
+    # period) under what was committed: the action executed last until the first plan began (at 3
+    # periods), then its steps
     state = data["obs"][1].reshape(1, -1)
-    for k in range(2):
-        state = model.step(state, first.actions[k].reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
+    for k in range(second.lead):
+        action = held[1] if k < 2 else first.actions[k - 2]
+        state = model.step(state, action.reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
     torch.testing.assert_close(starts[1], state[0])
+
+
+def test_a_plan_that_takes_longer_than_a_period_starts_where_its_first_action_is_executed(hopper):
+    """Plans that take 1.5 periods to make start 2 or more periods after their reading, so the
+    first action of nearly every plan is executed, and from the state it was planned for. Before,
+    a plan started one delay after its reading, and every plan was first used at step 2."""
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    plan = planner.act_ahead
+    period = 0.05
+
+    def slow(obs, deterministic=True):
+        time.sleep(1.5 * period)
+        return plan(obs, deterministic)
+
+    planner.act_ahead = slow
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=1 / period)) as rt:
+        began = time.monotonic()
+        for i in range(30):
+            time.sleep(max(0.0, began + i * period - time.monotonic()))
+            rt.act(data["obs"][i], began + i * period)
+    stats = rt.stats()
+    assert stats["plans"] >= 8 and stats["plan_lead"] >= 2
+    assert stats["fresh"] >= 6 and stats["late_plans"] <= 2  # (the first plans' lead is not measured yet)
 
 
 def test_an_action_for_a_reading_older_than_a_period_is_a_deadline_miss(hopper):
@@ -439,12 +486,12 @@ def test_a_planning_process_that_stalls_gives_the_shifted_plan_then_the_safe_act
         assert torch.equal(rt.act(obs, 0.0), safe)  # no plan yet
         wait_for(lambda: counts(rt)["plans"] >= 1)
         planner.stall_file.touch()  # (the process's copy of the planner reads the same file)
-        assert torch.equal(rt.act(obs, period), rt._plan.actions[1])  # the plan made from t=0, one period on
-        for k in range(2, H):
-            assert torch.equal(rt.act(obs, k * period), rt._plan.actions[k])
-        assert torch.equal(rt.act(obs, H * period), safe)  # past the plan's end
+        assert torch.equal(rt.act(obs, period), newest(rt).actions[0])  # the plan made from t=0 starts one period on
+        for k in range(1, H):
+            assert torch.equal(rt.act(obs, (k + 1) * period), newest(rt).actions[k])
+        assert torch.equal(rt.act(obs, (H + 1) * period), safe)  # past the plan's end
         stats = rt.stats()
-        assert (stats["fresh"], stats["shifted"], stats["fallback"], stats["plans"]) == (1, H - 2, 2, 1)
+        assert (stats["fresh"], stats["shifted"], stats["fallback"], stats["plans"]) == (1, H - 1, 2, 1)
         planner.stall_file.unlink()
 
 
@@ -454,11 +501,11 @@ def test_a_planning_process_takes_swaps_between_plans_and_its_death_means_the_sa
         i = 0
         for version in (1, 2):
             assert rt.swap(model) == version
-            while rt._plan is None or rt._plan.version < version:  # plans made before the swap still arrive
+            while newest(rt) is None or newest(rt).version < version:  # plans made before the swap still arrive
                 rt.act(data["obs"][i % 100], i * 0.01)
                 i += 1
                 time.sleep(0.01)
-            assert rt._plan.version == version
+            assert newest(rt).version == version
         assert counts(rt)["fresh"] > 0 and rt.alive and rt.error is None
         os.kill(rt._process.process.pid, signal.SIGKILL)
         wait_for(lambda: not rt.alive)
