@@ -146,6 +146,13 @@ class MPCPlanner(Planner):
         self._plan = None
         self.previous_action = None
 
+    def skip(self, steps: int) -> None:
+        """The next plan starts `steps` control periods later than the one after the last plan's
+        first: drop that many more steps of the warm start (a real-time controller whose plans
+        are more than a period apart)."""
+        for _ in range(steps if self._plan is not None else 0):
+            self._plan = self._shift(self._plan)
+
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Plan, keep the plan (shifted) as the next step's warm start, return its first action.

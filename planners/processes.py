@@ -123,9 +123,12 @@ class PlanMaker:
         ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions propagate: the
         planner is broken, not this state."""
         began = time.perf_counter()
-        if last_action is not None and hasattr(self.planner, "previous_action"):
-            self.planner.previous_action = last_action  # sampling respects the slew from here
         lead = self.lead(0.0 if posted is None else max(0.0, time.monotonic() - posted))
+        start_time = stamp + lead * self.period
+        if hasattr(self.planner, "previous_action"):  # sampling respects the slew from the action before
+            self.planner.previous_action = self.committed(start_time - self.period, last_action)
+        if self.plan is not None and hasattr(self.planner, "skip"):  # the warm start: from this plan's start on
+            self.planner.skip(max(0, self.plan.step_at(start_time, self.period) - 1))
         try:
             start = self._predict(obs, stamp, lead, last_action)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
@@ -136,7 +139,7 @@ class PlanMaker:
         if not torch.isfinite(actions).all():
             return PlanResult(None, "nonfinite_plans", seconds=seconds)
         serial = self.plan.serial + 1 if self.plan else 0
-        self.plans = [*self.plans[-2:], Plan(actions, stamp + lead * self.period, version, serial, lead)]
+        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, serial, lead)]
         return PlanResult(self.plan, seconds=seconds)
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from planners import MPPI, MPPIConfig
+from planners.processes import PlanMaker
 from planners.realtime import RealtimeConfig, RealtimeController
 from worldmodel import EnsembleDynamics, collect, make_env
 from worldmodel.collect import uniform_policy
@@ -280,6 +281,27 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
         action = held[1] if k < 2 else first.actions[k - 2]
         state = model.step(state, action.reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
     torch.testing.assert_close(starts[1], state[0])
+
+
+def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
+    """A plan starting two periods after the last one's start warm-starts from the last plan's
+    step 2 on (`skip`), not its step 1 (the planner's own shift, for plans one period apart)."""
+    spec, model, data = hopper
+    planner, period = mppi(model, spec), 0.05
+    maker = PlanMaker(planner, period, ahead=0, deterministic=True)
+    first = maker.make(data["obs"][0], 0.0, None, 0).plan
+    warm_starts = []
+    plan = planner.act_ahead
+
+    def recorded(obs, deterministic=True):
+        warm_starts.append(planner._plan.clone())
+        return plan(obs, deterministic)
+
+    planner.act_ahead = recorded
+    second = maker.make(data["obs"][1], 2 * period, first.actions[0], 0).plan
+    apart = first.step_at(second.start, period)
+    assert apart >= 2  # (the reading came two periods after the first's)
+    torch.testing.assert_close(warm_starts[0][0, : H - apart], first.actions[apart:])
 
 
 def test_a_plan_that_takes_longer_than_a_period_starts_where_its_first_action_is_executed(hopper):
