@@ -142,6 +142,13 @@ class BackgroundLearner(Learner):
         if self._unswapped >= self.VALUE_SWAP_EVERY:
             self._swap_value()
 
+    def _settle_value(self) -> None:
+        """Make the value updates owed and swap in what was not swapped yet."""
+        while self._value_owed() >= 1:
+            self._train_value()
+        if self._unswapped:
+            self._swap_value()
+
     def _swap_value(self) -> None:
         self._unswapped = 0
         version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
@@ -171,15 +178,13 @@ class BackgroundLearner(Learner):
                 except queue.Empty:
                     self._train_value()
                     continue
-                if item is None:
+                if item is None:  # (stop: the value updates owed go into the planner first)
+                    self._settle_value()
                     break
                 if isinstance(item, Path):
                     if self.new >= self.train_every:
                         self._refit()  # (the refit the transitions before the snapshot are due)
-                    while self._value_owed() >= 1:  # (and the value updates they are owed)
-                        self._train_value()
-                    if self._unswapped:
-                        self._swap_value()
+                    self._settle_value()  # (and the value updates they are owed)
                     with self.controller.between_plans():  # copied between two plans, written outside
                         state = copy.deepcopy(self.agent.state_dict(buffer=False))
                     self.agent.save(item, state=state, model_version=self.controller.version)

@@ -42,7 +42,7 @@ from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
-_OBS_AT = 4  # where the observation begins in a planning process's slot
+_OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
 
 
@@ -53,18 +53,19 @@ class Plan:
     version: int  # the model version it was planned with
     serial: int
     lead: int = 0  # control periods from the reading it was planned from to its start
+    episode: int = 0  # the controller's episode count at that reading
 
     def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
         return _plan_from_numpy, (self.actions.detach().to("cpu", torch.float32).contiguous().numpy(), self.start,
-                                  self.version, self.serial, self.lead)
+                                  self.version, self.serial, self.lead, self.episode)
 
     def step_at(self, time: float, period: float) -> int:
         """Its step for `time` (negative before its start)."""
         return round((time - self.start) / period)
 
 
-def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int) -> Plan:
-    return Plan(torch.from_numpy(actions), start, version, serial, lead)
+def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int, episode: int) -> Plan:
+    return Plan(torch.from_numpy(actions), start, version, serial, lead, episode)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class PlanMaker:
     def __init__(self, planner, period: float, ahead: int, deterministic: bool):
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
         self.plans: list[Plan] = []  # the last plans made, oldest first (the ones acting until the next starts)
+        self.episode = 0  # the episode of the readings planned from
+        self.serial = -1  # the last plan's
         self.seconds: collections.deque[float] = collections.deque(maxlen=self.LEAD_WINDOW)  # recent plans' making
 
     @property
@@ -117,12 +120,17 @@ class PlanMaker:
         return self.ahead + max(1, math.ceil((waited + making) / self.period - 1e-9))
 
     def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int,
-             posted: float | None = None) -> PlanResult:  # fmt: skip
+             posted: float | None = None, episode: int = 0) -> PlanResult:  # fmt: skip
         """A plan from obs [O] taken at `stamp` and posted by act() at `posted` (time.monotonic();
-        None: now); the failure "planner_errors" when the planner raised a RuntimeError or
+        None: now) in `episode` (a new one: the plans before are dropped and the planner's warm
+        start reset); the failure "planner_errors" when the planner raised a RuntimeError or
         ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions propagate: the
         planner is broken, not this state."""
         began = time.perf_counter()
+        if episode != self.episode:
+            self.episode, self.plans = episode, []
+            if hasattr(self.planner, "reset"):
+                self.planner.reset()
         lead = self.lead(0.0 if posted is None else max(0.0, time.monotonic() - posted))
         start_time = stamp + lead * self.period
         if hasattr(self.planner, "previous_action"):  # sampling respects the slew from the action before
@@ -138,8 +146,8 @@ class PlanMaker:
         self.seconds.append(seconds)
         if not torch.isfinite(actions).all():
             return PlanResult(None, "nonfinite_plans", seconds=seconds)
-        serial = self.plan.serial + 1 if self.plan else 0
-        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, serial, lead)]
+        self.serial += 1
+        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode)]
         return PlanResult(self.plan, seconds=seconds)
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
@@ -243,7 +251,7 @@ class PlanningProcess:
         """swaps: the queue a Swapper sends to (new_queue()); version: the planner's version now."""
         ctx = torch.multiprocessing.get_context("spawn")
         self.obs_dim = obs_dim
-        # [stamp, serial, has last action, posted (monotonic seconds), obs [O], last action [A]]
+        # [stamp, serial, has last action, posted (monotonic seconds), episode, obs [O], last action [A]]
         self._slot = torch.zeros(_OBS_AT + obs_dim + act_dim, dtype=torch.float64).share_memory_()
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
@@ -265,15 +273,15 @@ class PlanningProcess:
             raise RuntimeError(f"the planning process failed to start (exit code {self.process.exitcode}; killed "
                                f"if it was not ready after {_START_TIMEOUT_S:g} s): its error is printed above")  # fmt: skip
 
-    def post(self, obs: Tensor, stamp: float, last_action: Tensor | None) -> bool:
-        """Hand the planner the reading obs [O] taken at `stamp` and the action executed last [A];
-        False if the slot stayed locked for 0.2 ms (the reading is skipped)."""
+    def post(self, obs: Tensor, stamp: float, last_action: Tensor | None, episode: int = 0) -> bool:
+        """Hand the planner the reading obs [O] taken at `stamp` in `episode` and the action
+        executed last [A]; False if the slot stayed locked for 0.2 ms (the reading is skipped)."""
         if not self._slot_lock.acquire(timeout=_POST_WAIT_S):
             return False
         try:
             self._serial += 1
             slot = self._slot_view
-            slot[0], slot[1], slot[2], slot[3] = stamp, self._serial, last_action is not None, time.monotonic()
+            slot[0], slot[1], slot[2], slot[3], slot[4] = stamp, self._serial, last_action is not None, time.monotonic(), episode
             slot[_OBS_AT : _OBS_AT + self.obs_dim] = obs.cpu().numpy()
             if last_action is not None:
                 slot[_OBS_AT + self.obs_dim :] = last_action.cpu().numpy()
@@ -359,7 +367,7 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
             planned = reading[1].item()
             obs = reading[_OBS_AT : _OBS_AT + obs_dim].float()
             last_action = reading[_OBS_AT + obs_dim :].float() if reading[2] > 0 else None
-            result = maker.make(obs, reading[0].item(), last_action, version, posted=reading[3].item())
+            result = maker.make(obs, reading[0].item(), last_action, version, reading[3].item(), int(reading[4].item()))
             if result.error is not None:  # (as text: not every exception pickles)
                 result.error = RuntimeError(repr(result.error))
             results.send(result)

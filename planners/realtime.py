@@ -113,9 +113,11 @@ class RealtimeController:
         self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
         self._process: PlanningProcess | None = None  # worker="process", while running
         self._wake = threading.Condition()
-        self._latest: tuple[Tensor, float, int, float] | None = None  # (obs, stamp, serial, posted) for the planning thread
+        self._latest: tuple[Tensor, float, int, float, int] | None = None  # (obs, stamp, serial, posted, episode): to plan from
         self._obs_serial = 0
         self._plans: tuple[Plan | None, Plan | None] = (None, None)  # (the one before, the newest)
+        self._plans_lock = threading.Lock()  # (a plan of an ended episode never becomes current)
+        self._episode = 0  # episodes begun (act(first=True)); a plan from an earlier one is dropped
         self._used_serial = -1
         self._last_action: Tensor | None = None
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
@@ -133,10 +135,16 @@ class RealtimeController:
 
     # ---------------------------------------------------------------- the control side
 
-    def act(self, obs: Tensor, stamp: float | None = None) -> Tensor:
-        """The action to execute now for obs [O] taken at time `stamp` (default: now): [A]."""
+    def act(self, obs: Tensor, stamp: float | None = None, first: bool = False) -> Tensor:
+        """The action to execute now for obs [O] taken at time `stamp` (default: now): [A].
+        `first`: obs begins an episode (after a reset): the plans made before are dropped and the
+        planner's warm start is reset; the safe action until a plan from this episode comes."""
         began = time.perf_counter()
         stamp = self.clock() if stamp is None else stamp
+        if first:
+            with self._plans_lock:
+                self._episode += 1
+                self._plans = (None, None)
         self._count_deadline(stamp)
         obs = torch.as_tensor(obs).float()
         finite = obs.shape == (self.spec.obs_dim,) and bool(torch.isfinite(obs).all())
@@ -144,12 +152,12 @@ class RealtimeController:
             self._last_obs_time = self.clock()
             if self._process is not None:
                 self._collect()
-                if not self._process.post(obs, stamp, self._last_action):
+                if not self._process.post(obs, stamp, self._last_action, self._episode):
                     self.counts["skipped_posts"] += 1
             else:
                 with self._wake:
                     self._obs_serial += 1
-                    self._latest = (obs, stamp, self._obs_serial, time.monotonic())
+                    self._latest = (obs, stamp, self._obs_serial, time.monotonic(), self._episode)
                     self._wake.notify()
         else:
             self.counts["nonfinite_obs"] += 1
@@ -262,9 +270,9 @@ class RealtimeController:
                         self._wake.wait()
                     if self._stopping:
                         return
-                    obs, stamp, planned_serial, posted = self._latest
+                    obs, stamp, planned_serial, posted, episode = self._latest
                 with self.swapper.planning():
-                    result = self._maker.make(obs, stamp, self._last_action, self.version, posted)
+                    result = self._maker.make(obs, stamp, self._last_action, self.version, posted, episode)
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
@@ -302,7 +310,9 @@ class RealtimeController:
             if result.failure == "planner_errors":
                 self.last_planner_error = result.error
         if result.plan is not None:
-            self._plans = (self._plans[1], result.plan)  # (one assignment: act() never reads a half-made pair)
+            with self._plans_lock:
+                if result.plan.episode == self._episode:
+                    self._plans = (self._plans[1], result.plan)  # (one assignment: act() never reads a half-made pair)
 
     def _watchdog(self) -> None:
         silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
@@ -541,7 +551,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                     robot.send_action(random_policy(latest.obs))
                     seeded += 1
                 else:
-                    robot.send_action(controller.act(latest.obs, latest.stamp))
+                    robot.send_action(controller.act(latest.obs, latest.stamp, first=any(r.first for r in readings)))
                 pairs = pairs[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
                 if pairs:
                     learner.add(_transitions(pairs))

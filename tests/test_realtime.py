@@ -47,6 +47,14 @@ class Stalling(MPPI):
         return super().act_ahead(obs, deterministic)
 
 
+class Slow(MPPI):
+    """MPPI whose plans take 0.2 s more."""
+
+    def act_ahead(self, obs, deterministic=True):
+        time.sleep(0.2)
+        return super().act_ahead(obs, deterministic)
+
+
 class Broken(MPPI):
     def act_ahead(self, obs, deterministic=True):
         raise TypeError("a bug in the planner")
@@ -281,6 +289,27 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
         action = held[1] if k < 2 else first.actions[k - 2]
         state = model.step(state, action.reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
     torch.testing.assert_close(starts[1], state[0])
+
+
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_new_episode_drops_the_plans_of_the_last(hopper, worker):
+    """After a reset (act(first=True)) the safe action holds until a plan from the new episode
+    comes: a plan made from the last episode, even one that comes later, is never executed."""
+    spec, model, data = hopper
+    planner = Slow(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+    safe, period = torch.tensor([0.1, -0.2, 0.0]), 0.05
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=1 / period, worker=worker), safe_action=safe) as rt:
+        rt.act(data["obs"][0], 0.0)
+        wait_for(lambda: counts(rt)["plans"] >= 1)
+        assert not torch.equal(rt.act(data["obs"][1], period), safe)  # (a plan of episode 0 acts; another begins)
+        time.sleep(0.05)
+        assert torch.equal(rt.act(data["obs"][2], 2 * period, first=True), safe)  # reset: nothing for this episode yet
+        wait_for(lambda: counts(rt)["plans"] >= 2)  # the plan from obs[1] came...
+        assert newest(rt) is None  # ...and was dropped
+        assert torch.equal(rt.act(data["obs"][3], 3 * period), safe)
+        wait_for(lambda: counts(rt)["plans"] >= 3)
+        plan = newest(rt)
+        assert plan.episode == 1 and torch.equal(rt.act(data["obs"][4], plan.start - rt.ahead * period), plan.actions[0])
 
 
 def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
@@ -564,8 +593,8 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
         for i in range(0, 120, 30):
             learner.add(data[i : i + 30])
         wait_for(lambda: learner.value_updates == 240)  # 2 per transition; no refit is due (train_every)
-    # value swaps only, one per 50 updates however the updates were spread
-    assert learner.refits == 0 and len(swaps) == 240 // learner.VALUE_SWAP_EVERY and all(m is None for m in swaps)
+    # value swaps only, one per 50 updates however the updates were spread, and the rest at stop()
+    assert learner.refits == 0 and len(swaps) == -(-240 // learner.VALUE_SWAP_EVERY) and all(m is None for m in swaps)
     assert controller.version == len(swaps) and agent.planner.value_agent is start  # loaded in place
     assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from
