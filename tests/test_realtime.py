@@ -185,8 +185,10 @@ def test_a_swap_under_load_never_plans_with_two_model_versions(hopper):
 
         swapper = threading.Thread(target=swap_forever)
         swapper.start()
-        for i in range(200):
-            rt.act(data["obs"][i], i * 0.002)
+        i, deadline = 0, time.monotonic() + 120  # (until both went on 20 times: a loaded machine takes longer)
+        while (plan_number[0] <= 21 or rt.version <= 20) and time.monotonic() < deadline:
+            rt.act(data["obs"][i % 400], i * 0.002)
+            i += 1
             time.sleep(0.002)
         done.set()
         swapper.join()
