@@ -91,13 +91,14 @@ class PlannerDied:
 
 class PlanMaker:
     """Plans from readings: obs [O] taken at `stamp` -> a Plan whose first action is for the first
-    period it can act in, `lead` periods on: the delay's `ahead`, plus the periods from the reading's
-    post to the plan's end (at least one: act() answers a reading with the plans it has, never with
-    the one being made from it): how long the reading waited for the planner, plus the making's 80th
-    percentile over the last LEAD_WINDOW plans. It plans from the state
-    the model predicts then under the actions the plans before it committed, so the plan's first
-    action is the one executed first and every step acts from the state it was planned for (delay
-    compensation)."""
+    period it can act in, `lead` periods on: the delay's `ahead`, plus the periods from the
+    reading's post to the plan's end (at least one: act() answers a reading with the plans it has,
+    never with the one being made from it), i.e. how long the reading waited for the planner plus
+    the making's 80th percentile over the last LEAD_WINDOW plans. It plans from the state the model
+    predicts then under the actions the plans before it committed, so the plan's first action is
+    the one executed first and each step acts from the state it was planned for (delay
+    compensation). Before, a plan started `ahead` periods on: its first step or more had passed by
+    the time it came, and the step executed had been planned after steps that never ran."""
 
     LEAD_WINDOW = 20
 
