@@ -97,8 +97,7 @@ class PlanMaker:
     the making's 80th percentile over the last LEAD_WINDOW plans. It plans from the state the model
     predicts then under the actions the plans before it committed, so the plan's first action is
     the one executed first and each step acts from the state it was planned for (delay
-    compensation). Before, a plan started `ahead` periods on: its first step or more had passed by
-    the time it came, and the step executed had been planned after steps that never ran."""
+    compensation)."""
 
     LEAD_WINDOW = 20
 
@@ -117,7 +116,7 @@ class PlanMaker:
     def lead(self, waited: float = 0.0) -> int:
         """Periods from a reading to the first action a plan from it can set, the reading having
         waited `waited` seconds since act() posted it."""
-        making = sorted(self.seconds)[int(0.8 * (len(self.seconds) - 1))] if self.seconds else 0.0
+        making = percentile(list(self.seconds), 80) if self.seconds else 0.0
         return self.ahead + max(1, math.ceil((waited + making) / self.period - 1e-9))
 
     def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int,
@@ -175,6 +174,14 @@ class PlanMaker:
         if not torch.isfinite(state).all():
             raise ValueError("the model predicted a non-finite state for the delay")
         return state[0].cpu()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-th percentile of `values` (nan when empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(math.ceil(q / 100 * len(ordered))) - 1)]
 
 
 class Swapper:

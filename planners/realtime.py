@@ -51,7 +51,7 @@ from planners.agent import Agent
 from planners.base import Planner
 from planners.learning import BackgroundLearner, Learner  # noqa: F401  (Learner: the interface, re-exported)
 from planners.processes import (LearningProcess, Plan, PlanMaker, PlannerDied, PlanningProcess, PlanResult, Swapper,
-                                new_queue)
+                                new_queue, percentile)
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
@@ -355,17 +355,12 @@ class RealtimeController:
         for name, values in (("act", self.act_latency_s), ("plan", self.plan_latency_s)):
             values = values[-window:] if window else values
             for q in (50, 99):
-                out[f"{name}_latency_p{q}_ms"] = _percentile(values, q) * 1000
+                out[f"{name}_latency_p{q}_ms"] = percentile(values, q) * 1000
             out[f"{name}_latency_max_ms"] = max(values, default=math.nan) * 1000
         out["model_version"] = self.version
         return out
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(math.ceil(q / 100 * len(ordered))) - 1)]
 
 
 # ---------------------------------------------------------------- python -m planners.realtime
