@@ -36,6 +36,12 @@ class ICEM(CEM):
         super().reset()
         self._kept = None
 
+    def skip(self, steps: int) -> None:
+        """As MPC.skip, for the carried elites too: they stay aligned with the next plan's start."""
+        super().skip(steps)
+        for _ in range(steps if self._kept is not None else 0):
+            self._kept = self._shift_sequences(self._kept)
+
     def plan(self, obs: Tensor) -> Tensor:
         kept = self._kept  # inspection must not change what the next act() reuses
         try:

@@ -73,6 +73,25 @@ def test_act_warm_starts_the_next_step_and_reset_clears_it(name):
         assert planner._kept is None  # carried elites are forgotten too
 
 
+@pytest.mark.parametrize("name", ["mppi", "cem", "icem"])
+def test_skip_drops_that_many_more_steps_of_every_carried_sequence(name):
+    """A real-time controller's plans k periods apart: the warm start, and iCEM's carried elites,
+    move on by 1 + k steps, so step t of the next plan's warm start is step t + 1 + k of this plan's."""
+    model = point_mass()
+    planner = PLANNERS[name](model, model.spec(), horizon=10)
+    planner.act(torch.tensor([0.2, 0.0]), deterministic=True)
+    mean = planner._plan.clone()
+    kept = planner._kept.clone() if name == "icem" else None
+    planner.skip(2)
+    torch.testing.assert_close(planner._plan[:, :-2], mean[:, 2:])
+    assert (planner._plan[:, -2:] == 0).all()  # the middle of the action box fills the end
+    if kept is not None:  # (kept: the elites before act's own one-step shift, which population() applies)
+        torch.testing.assert_close(planner._kept[..., :-2, :], kept[..., 2:, :])
+    planner.reset()
+    planner.skip(3)  # nothing carried: nothing to drop
+    assert planner._plan is None
+
+
 @pytest.mark.parametrize("name", PLANNERS)
 def test_plan_is_for_inspection_and_keeps_no_state(name):
     model = point_mass()
