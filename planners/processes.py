@@ -101,8 +101,12 @@ class PlanMaker:
 
     LEAD_WINDOW = 20
 
-    def __init__(self, planner, period: float, ahead: int, deterministic: bool):
+    def __init__(self, planner, period: float, ahead: int, deterministic: bool, max_shift: int | None = None,
+                 safe_action: Tensor | None = None):  # fmt: skip
+        """max_shift, safe_action: the controller's; a plan acts at most max_shift periods past its
+        start (None: to its end), then the safe action (None: its last action repeats)."""
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
+        self.max_shift, self.safe_action = max_shift, safe_action
         self.plans: list[Plan] = []  # the last plans made, oldest first (the ones acting until the next starts)
         self.episode = 0  # the episode of the readings planned from
         self.serial = -1  # the last plan's
@@ -152,13 +156,22 @@ class PlanMaker:
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
         """The action [A] the controller executes at `time`, as RealtimeController chooses it: the
-        newest plan begun by then, shifted; before any has begun, `last_action` (the one executed
-        last), else the first plan's first step (None without either)."""
+        newest plan begun by then, shifted, and past its reach (max_shift) the safe action; before any
+        has begun, `last_action` (the one executed last), else the first plan's first step (None
+        without either)."""
         begun = [p for p in self.plans if p.step_at(time, self.period) >= 0]
         if not begun:
             return last_action if last_action is not None or not self.plans else self.plans[0].actions[0]
         plan = begun[-1]
-        return plan.actions[min(plan.step_at(time, self.period), plan.actions.shape[0] - 1)]
+        step, reach = plan.step_at(time, self.period), self.reach(plan)
+        if step > reach and self.safe_action is not None:
+            return self.safe_action
+        return plan.actions[min(step, reach)]
+
+    def reach(self, plan: Plan) -> int:
+        """The last step of `plan` that acts: its end, or max_shift periods past its start."""
+        last = plan.actions.shape[0] - 1
+        return last if self.max_shift is None else min(self.max_shift, last)
 
     @torch.no_grad()
     def _predict(self, obs: Tensor, stamp: float, lead: int, last_action: Tensor | None) -> Tensor:
@@ -254,9 +267,9 @@ def new_queue():
 class PlanningProcess:
     """A PlanMaker in a spawned process: `post` the latest reading, `receive` what it finished."""
 
-    def __init__(self, planner, period: float, ahead: int, deterministic: bool, threads: int, obs_dim: int, act_dim: int,
-                 swaps, version: int = 0):  # fmt: skip
-        """swaps: the queue a Swapper sends to (new_queue()); version: the planner's version now."""
+    def __init__(self, maker: PlanMaker, threads: int, obs_dim: int, act_dim: int, swaps, version: int = 0):
+        """maker: a copy of it plans there; swaps: the queue a Swapper sends to (new_queue());
+        version: the planner's version now."""
         ctx = torch.multiprocessing.get_context("spawn")
         self.obs_dim = obs_dim
         # [stamp, serial, has last action, posted (monotonic seconds), episode, obs [O], last action [A]]
@@ -264,8 +277,8 @@ class PlanningProcess:
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
         self._results, sender = ctx.Pipe(duplex=False)
-        buffers = [getattr(planner, name, None) for name in ("buffer", "model_buffer")]  # (not needed to plan)
-        maker = _dumps(PlanMaker(planner, period, ahead, deterministic), leave_out=buffers)
+        buffers = [getattr(maker.planner, name, None) for name in ("buffer", "model_buffer")]  # (not needed to plan)
+        maker = _dumps(maker, leave_out=buffers)
         self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
                                    args=(maker, self._slot, self._slot_lock, self._wake, self._stop, swaps,
                                          sender, threads, obs_dim, version, os.getpid()))  # fmt: skip

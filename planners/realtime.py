@@ -110,7 +110,7 @@ class RealtimeController:
         # its lock is held for a whole plan (swaps happen between plans); with a planning process
         # its queue carries them there
         self.swapper = Swapper(planner, queue=new_queue() if cfg.worker == "process" else None)
-        self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic)  # (the planning thread's)
+        self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic, cfg.max_shift, self.safe_action)
         self._process: PlanningProcess | None = None  # worker="process", while running
         self._wake = threading.Condition()
         self._latest: tuple[Tensor, float, int, float, int] | None = None  # (obs, stamp, serial, posted, episode): to plan from
@@ -182,9 +182,7 @@ class RealtimeController:
         if step < 0 and prior is not None:
             plan, step = prior, prior.step_at(effect, self.config.period)
         step = max(0, step)
-        limit = plan.actions.shape[0] - 1 if self.config.max_shift is None else min(self.config.max_shift,
-                                                                                    plan.actions.shape[0] - 1)  # fmt: skip
-        if step > limit:
+        if step > self._maker.reach(plan):
             return self.safe_action, "fallback"
         fresh = plan.serial > self._used_serial
         if fresh:
@@ -215,9 +213,8 @@ class RealtimeController:
             self._stopping = False
             if self.config.worker == "process":
                 try:
-                    self._process = PlanningProcess(self.planner, self.config.period, self.ahead, self.config.deterministic,
-                                                    self.config.plan_threads, self.spec.obs_dim, self.spec.act_dim,
-                                                    self.swapper.queue, self.version)  # fmt: skip
+                    self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
+                                                    self.spec.act_dim, self.swapper.queue, self.version)
                 except RuntimeError:
                     if self.config.switch_interval_ms is not None:
                         sys.setswitchinterval(self._switch_interval)

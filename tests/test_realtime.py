@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from planners import MPPI, MPPIConfig
-from planners.processes import PlanMaker
+from planners.processes import Plan, PlanMaker
 from planners.realtime import RealtimeConfig, RealtimeController
 from worldmodel import EnsembleDynamics, collect, make_env
 from worldmodel.collect import uniform_policy
@@ -312,6 +312,24 @@ def test_a_new_episode_drops_the_plans_of_the_last(hopper, worker):
         wait_for(lambda: counts(rt)["plans"] >= 3)
         plan = newest(rt)
         assert plan.episode == 1 and torch.equal(rt.act(data["obs"][4], plan.start - rt.ahead * period), plan.actions[0])
+
+
+def test_the_delay_is_predicted_under_the_actions_the_controller_will_execute():
+    """PlanMaker.committed follows the controller's choice: the newest plan begun, shifted, and the
+    safe action past the plan's reach (max_shift, or its end), not its last action repeated."""
+    period, safe = 0.05, torch.tensor([9.0])
+    actions = torch.arange(4.0).reshape(4, 1)  # [H=4, A=1]: step k's action is k
+    for max_shift, reach in ((None, 3), (1, 1)):
+        maker = PlanMaker(None, period, ahead=0, deterministic=True, max_shift=max_shift, safe_action=safe)
+        maker.plans = [Plan(actions, start=1.0, version=0, serial=0), Plan(actions + 10, start=1.1, version=0, serial=1)]
+        assert maker.committed(0.9, torch.tensor([-1.0])).item() == -1.0  # none begun: the last executed action
+        assert maker.committed(1.05).item() == 1.0  # the first plan's step 1 (the second has not begun)
+        chosen = [maker.committed(1.1 + k * period).item() for k in range(5)]
+        assert chosen == [10.0 + k if k <= reach else 9.0 for k in range(5)], (max_shift, chosen)
+        assert maker.reach(maker.plans[-1]) == reach
+    unsafe = PlanMaker(None, period, ahead=0, deterministic=True)  # no safe action given: the last step repeats
+    unsafe.plans = [Plan(actions, start=1.0, version=0, serial=0)]
+    assert unsafe.committed(1.0 + 6 * period).item() == 3.0
 
 
 def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
