@@ -500,7 +500,6 @@ _fused_tuned = _autotuned(
 )
 
 
-
 def _linear(
     a: Tensor, w: Tensor, bias: Tensor | None, members: Tensor | None, act: int, prec: int,
     *, w_by_member: bool = True, w_transposed: bool = False, store_z: bool = False,

@@ -91,25 +91,28 @@ class BackgroundLearner(Learner):
     value (MPC planners with value_learning) keeps pace with the robot as FOWM's does: whenever
     the thread is otherwise idle it trains its own copy, `planner.config.value_updates_per_step`
     updates per real transition added, and swaps a copy in every `VALUE_SWAP_EVERY` updates
-    (`on_swap(version, None)`), so value learning does not wait for the slow refits.
+    (`on_swap(version, None)`, then `on_value(version, stats)`: the mean of those updates' losses,
+    Q, temperature and entropy), so value learning does not wait for the slow refits.
     """
 
     VALUE_SWAP_EVERY = 50
 
     def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, threads: int = 1,
-                 on_swap: Callable[[int, dict | None], None] | None = None, inbox=None):  # fmt: skip
+                 on_swap: Callable[[int, dict | None], None] | None = None, inbox=None,
+                 on_value: Callable[[int, dict], None] | None = None):  # fmt: skip
         """`controller`: what swap() and between_plans() are called on (a RealtimeController, or
         in a learning process its stand-in); `inbox`: the queue items arrive in (a
         multiprocessing queue in a learning process; default: a new queue.Queue)."""
         super().__init__(controller, agent)
         self.planner = agent.planner
-        self.train_every, self.threads, self.on_swap = train_every, threads, on_swap
+        self.train_every, self.threads, self.on_swap, self.on_value = train_every, threads, on_swap, on_value
         self._queue = queue.Queue() if inbox is None else inbox
         self._thread: threading.Thread | None = None
         self.new = 0  # transitions since the last refit
         self.added = 0  # transitions added since the start (what the value's updates are owed for)
         self._unswapped = 0  # value updates not swapped in yet
         self._value = None  # the learned value this thread trains (a copy of the planner's)
+        self._value_stats: dict[str, float] = {}  # the sums of the unswapped updates' stats
         has_value = getattr(self.planner, "value_agent", None) is not None
         self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
 
@@ -136,7 +139,8 @@ class BackgroundLearner(Learner):
             self._value = copy.deepcopy(self.planner.value_agent)
         n = min(self._value_owed(), self.VALUE_SWAP_EVERY)
         for _ in range(n):
-            self._value.update(self.planner.value_batch())
+            for key, x in self._value.update(self.planner.value_batch()).items():
+                self._value_stats[key] = self._value_stats.get(key, 0.0) + x
         self.value_updates += n
         self._unswapped += n
         if self._unswapped >= self.VALUE_SWAP_EVERY:
@@ -150,10 +154,13 @@ class BackgroundLearner(Learner):
             self._swap_value()
 
     def _swap_value(self) -> None:
-        self._unswapped = 0
+        stats = {key: x / self._unswapped for key, x in self._value_stats.items()}
+        self._unswapped, self._value_stats = 0, {}
         version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
         if self.on_swap is not None:
             self.on_swap(version, None)
+        if self.on_value is not None:
+            self.on_value(version, {**stats, "value_updates": self.value_updates})
 
     def _send(self, item) -> None:
         self._queue.put(item)

@@ -402,15 +402,17 @@ class LearningProcess(Learner):
     (`save_agent`) after each. The control process keeps the transition log: `add` appends
     transitions durably here, then sends them; `poll()` (from the control loop) takes in the
     refits done, updating the controller's version and calling `on_refit(version, record)` with the
-    refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics), and
+    refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics) and
+    `on_value(version, stats)` with each learned-value swap's (BackgroundLearner's on_value), and
     sets `error` if the process died. The agent is pickled by value, less its log.
     """
 
-    def __init__(self, controller, agent, train_every: int, threads: int = 1, save_agent=None, on_refit=None):
+    def __init__(self, controller, agent, train_every: int, threads: int = 1, save_agent=None, on_refit=None,
+                 on_value=None):  # fmt: skip
         """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
         version): a picklable function writing the agent's files after a swap (in the process)."""
         super().__init__(controller, agent)
-        self.on_refit = on_refit
+        self.on_refit, self.on_value = on_refit, on_value
         self._settings = (train_every, threads, save_agent)
         self.process = None
         self._stopping = False
@@ -445,6 +447,8 @@ class LearningProcess(Learner):
                     self.refits += 1
                     if self.on_refit is not None:
                         self.on_refit(version, metrics)
+                elif self.on_value is not None:
+                    self.on_value(version, metrics)
             elif message[1] is not None:  # ("stopped", error)
                 self.error = message[1]
         if self.error is None and not self._stopping and not self.process.is_alive():
@@ -487,17 +491,18 @@ def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_ever
     keep_freed_memory()
     agent = _loads(agent)
 
-    def swapped(version: int, metrics: dict | None) -> None:
-        if metrics is None:  # a learned-value swap: the version and the count only
-            results.put(("value", version, None, learner.value_updates))
+    def refitted(version: int, metrics: dict | None) -> None:
+        if metrics is None:  # a learned-value swap: valued() reports it
             return
         if save_agent is not None:
             save_agent(agent, version)
-        results.put(("refit", version, fit_record(metrics),
-                     learner.value_updates))  # fmt: skip
+        results.put(("refit", version, fit_record(metrics), learner.value_updates))
+
+    def valued(version: int, stats: dict) -> None:
+        results.put(("value", version, stats, learner.value_updates))
 
     learner = BackgroundLearner(Swapper(agent.planner, version, swaps), agent, train_every, threads,
-                                on_swap=swapped, inbox=_Inbox(inbox))  # fmt: skip
+                                on_swap=refitted, inbox=_Inbox(inbox), on_value=valued)  # fmt: skip
     learner._run()
     error = learner.error
     if error is None and save_agent is not None:  # the learned value as it ends (files were last written at a refit)

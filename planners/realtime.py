@@ -358,8 +358,6 @@ class RealtimeController:
         return out
 
 
-
-
 # ---------------------------------------------------------------- python -m planners.realtime
 
 _SUMMARY_KEYS = ("act_latency_p50_ms", "act_latency_p99_ms", "act_latency_max_ms", "plan_latency_p50_ms",
@@ -490,17 +488,23 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
         """A refit's `fit_record` (a learning process sends it so) as a line of metrics."""
         logger.log("refit", len(log), model_version=version, **record)
 
+    def log_value(version: int, stats: dict) -> None:
+        """A learned-value swap's mean update stats (losses, q, alpha, entropy) as a line of metrics."""
+        logger.log("value", len(log), model_version=version, **stats)
+
     learn_threads = max(1, threads.current()["threads"] - cfg.plan_threads)  # the cores the planner leaves
     if cfg.worker == "process":  # (the learning process saves the agent's files itself)
         learner = LearningProcess(controller, agent, cfg.train_every, threads=learn_threads,
-                                  save_agent=functools.partial(save_agent_files, run_dir), on_refit=log_refit)  # fmt: skip
+                                  save_agent=functools.partial(save_agent_files, run_dir), on_refit=log_refit,
+                                  on_value=log_value)  # fmt: skip
     else:
         def saved_agent(version: int, metrics: dict | None) -> None:
             if metrics is not None:  # the agent's files after each refit (not after each value swap)
                 save_agent_files(run_dir, agent, version)
                 log_refit(version, fit_record(metrics))
 
-        learner = BackgroundLearner(controller, agent, cfg.train_every, threads=learn_threads, on_swap=saved_agent)
+        learner = BackgroundLearner(controller, agent, cfg.train_every, threads=learn_threads, on_swap=saved_agent,
+                                    on_value=log_value)  # fmt: skip
     ready = lambda: agent.model.fitted or learner.refits > 0  # noqa: E731  (a model that predicts something)
     snapshots = run_dir / "snapshots"  # the agent as it was after eval_at real steps, evaluated at the end
     due = sorted(n for n in set(cfg.eval_at) if not (snapshots / f"agent-{n}.pt").is_file())

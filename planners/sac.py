@@ -9,6 +9,7 @@ Shapes: B rows, N critics, O obs dims, A action dims.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 
 import math
@@ -55,6 +56,11 @@ class SACConfig:
     # layers, losses, parameters and optimisers in fp32 (`kernels.reference.bf16_hidden`); 2-3x
     # faster matmuls where the CPU has AVX-512 BF16 or AMX (`python -m planners.bench --dyna`)
     precision: str = "fp32"
+    # > 0: a trust region around the actor as it was loaded (SAC.set_anchor; load_pretrained_agent sets
+    # it): the actor's loss gains actor_anchor x mean|Q| x the mean square of the difference of the
+    # two deterministic actions in half-ranges (TD3+BC's scaling: 0.4 is its alpha of 2.5), so that
+    # fine-tuning a pretrained agent on real data improves on it without leaving it
+    actor_anchor: float = 0.0
 
     def __post_init__(self):
         if self.num_critics < 1 or self.hidden < 1 or min(self.actor_layers, self.critic_layers) < 1:
@@ -69,6 +75,8 @@ class SACConfig:
             raise ValueError(f"init must be one of {_INITS}, update_order one of {_ORDERS} and precision one of "
                              f"{_PRECISIONS}, got init={self.init!r}, update_order={self.update_order!r}, "
                              f"precision={self.precision!r}")  # fmt: skip
+        if self.actor_anchor < 0:
+            raise ValueError(f"actor_anchor must be >= 0 (0: no trust region), got {self.actor_anchor}")
         if self.alpha_max is not None and self.alpha_max <= 0:
             raise ValueError(f"alpha_max must be > 0 or None, got {self.alpha_max}")
         if self.eta > 0 and self.num_critics < 2:
@@ -102,23 +110,34 @@ class Actor(nn.Module):
         self.register_buffer("center", (action_high + action_low) / 2)
         self.register_buffer("half_range", (action_high - action_low) / 2)
 
-    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """Sample (reparameterised) an action and its log-probability [B]; deterministic: tanh(mean)."""
+    def gaussian(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs [B, O] -> the mean and log-std [B, A] of the Gaussian before the tanh."""
         *body, head = self.net
         hidden = obs
         with torch.autocast(obs.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext():
             for module in body:
                 hidden = module(hidden)
         mean, log_std = head(hidden.to(head.weight.dtype)).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def squash(self, u: Tensor) -> Tensor:
+        """Pre-tanh values [B, A] -> actions in the box [B, A]."""
+        return self.center + self.half_range * torch.tanh(u)
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """Sample (reparameterised) an action and its log-probability [B]; deterministic: tanh(mean)."""
+        return self.sample(*self.gaussian(obs), deterministic)
+
+    def sample(self, mean: Tensor, log_std: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        """From `gaussian`'s mean and log-std [B, A]: an action [B, A] and its log-probability [B]."""
         if deterministic:
-            return self.center + self.half_range * torch.tanh(mean), torch.zeros(obs.shape[:-1], device=obs.device)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+            return self.squash(mean), torch.zeros(mean.shape[:-1], device=mean.device)
         noise = torch.randn_like(mean)
         u = mean + log_std.exp() * noise
         # log N(u) - log|d action / d u|, with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u)) + self.half_range.log()).sum(-1)
-        return self.center + self.half_range * torch.tanh(u), log_prob
+        return self.squash(u), log_prob
 
 
 class CriticEnsemble(nn.Module):
@@ -178,6 +197,11 @@ class SAC(nn.Module):
         self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr)
         self.updates = 0
         self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
+        self.anchor: Actor | None = None  # see set_anchor (a module: in state_dict once set)
+
+    def set_anchor(self) -> None:
+        """Hold the actor as it stands (a frozen copy) as the centre of config.actor_anchor's trust region."""
+        self.anchor = copy.deepcopy(self.actor).requires_grad_(False)
 
     def training_state(self) -> dict:
         """Networks, temperature, optimiser moments and the update count, for a checkpoint."""
@@ -186,7 +210,10 @@ class SAC(nn.Module):
 
     def load_training_state(self, state: dict) -> None:
         """Restore `training_state()`; the learning rates stay this agent's config's (an optimiser's
-        saved state carries the lr it was saved with: another agent's, e.g. a pretrained one's)."""
+        saved state carries the lr it was saved with: another agent's, e.g. a pretrained one's). The
+        anchor (set_anchor) is the saved one, or none."""
+        anchored = any(key.startswith("anchor.") for key in state["modules"])
+        self.anchor = copy.deepcopy(self.actor).requires_grad_(False) if anchored else None
         self.load_state_dict(state["modules"])
         for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
             optim.load_state_dict(saved)
@@ -239,18 +266,19 @@ class SAC(nn.Module):
             self._set_actor_lr()
         if self.config.update_order == "actor_first":  # EDAC's order: alpha, actor, then critics
             self._alpha_step(batch["obs"])
-            actor_loss, log_prob = self._actor_step(batch["obs"])
+            actor_loss, log_prob, gap = self._actor_step(batch["obs"])
             critic_loss, q, diversity = self._critic_step(batch)
         else:
             critic_loss, q, diversity = self._critic_step(batch)
-            actor_loss, log_prob = self._actor_step(batch["obs"])
+            actor_loss, log_prob, gap = self._actor_step(batch["obs"])
             self._alpha_step(batch["obs"], log_prob)
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target_critics.parameters()), list(self.critics.parameters()), self.config.tau)
         self.updates += 1
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
-                "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity,
-                "actor_lr": self.actor_optim.param_groups[0]["lr"]}  # fmt: skip
+        stats = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
+                 "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity,
+                 "actor_lr": self.actor_optim.param_groups[0]["lr"]}  # fmt: skip
+        return stats if gap is None else {**stats, "anchor_gap": gap.item()}
 
     def _critic_step(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
         if self.config.eta > 0:  # EDAC: the double backward in closed form (planners.edac)
@@ -264,14 +292,22 @@ class SAC(nn.Module):
         self.critic_optim.step()
         return critic_loss, q, diversity
 
-    def _actor_step(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """obs [B, O] -> (actor loss, log-probabilities [B] of the sampled actions)."""
-        action, log_prob = self.actor(obs)
-        actor_loss = (self.alpha * log_prob - self.critics(obs, action).amin(0)).mean()
+    def _actor_step(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """obs [B, O] -> (actor loss, log-probabilities [B] of the sampled actions, the mean square
+        distance from the anchor's actions in half-ranges, or None without actor_anchor)."""
+        mean, log_std = self.actor.gaussian(obs)
+        action, log_prob = self.actor.sample(mean, log_std)
+        q = self.critics(obs, action).amin(0)
+        actor_loss, gap = (self.alpha * log_prob - q).mean(), None
+        if self.anchor is not None and self.config.actor_anchor > 0:
+            with torch.no_grad():
+                anchor = self.anchor(obs, deterministic=True)[0]
+            gap = ((self.actor.squash(mean) - anchor) / self.actor.half_range).square().mean()
+            actor_loss = actor_loss + self.config.actor_anchor * q.detach().abs().mean() * gap
         self.actor_optim.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(self.actor.parameters()))
         self.actor_optim.step()
-        return actor_loss, log_prob.detach()
+        return actor_loss, log_prob.detach(), None if gap is None else gap.detach()
 
     def _alpha_step(self, obs: Tensor, log_prob: Tensor | None = None) -> Tensor:
         """The temperature's step towards the target entropy, from `log_prob` [B] (default: a fresh

@@ -2,6 +2,8 @@
 stalls, safety limits, NaN, model swaps under load, the watchdog; planning in a thread and in
 a process of its own."""
 
+import json
+import math
 import os
 import signal
 import threading
@@ -443,6 +445,9 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     # the agents saved after 100 and 400 real steps were evaluated (the first before the kill)
     assert sorted(summary["eval_returns"]) == ["100", "400"] and all(r > 0 for r in summary["eval_returns"].values())
     assert sorted(f.name for f in (run_dir / "snapshots").iterdir()) == ["agent-100.pt", "agent-400.pt"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    values = [row for row in rows if row["kind"] == "value"]  # the learning process's learned-value stats
+    assert values and all(math.isfinite(row["q"]) and row["value_updates"] > 0 for row in values)
 
 
 def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
@@ -605,10 +610,11 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
                   model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
     agent.open_log(tmp_path / "log")
     controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
-    swaps = []
+    swaps, stats = [], []
     start, obs = agent.planner.value_agent, data["obs"][:16]
     before = start.value(obs, True).clone()
-    learner = BackgroundLearner(controller, agent, train_every=10_000, on_swap=lambda v, m: swaps.append(m))
+    learner = BackgroundLearner(controller, agent, train_every=10_000, on_swap=lambda v, m: swaps.append(m),
+                                on_value=lambda v, s: stats.append(s))  # fmt: skip
     with learner:
         for i in range(0, 120, 30):
             learner.add(data[i : i + 30])
@@ -616,6 +622,9 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     # value swaps only, one per 50 updates however the updates were spread, and the rest at stop()
     assert learner.refits == 0 and len(swaps) == -(-240 // learner.VALUE_SWAP_EVERY) and all(m is None for m in swaps)
     assert controller.version == len(swaps) and agent.planner.value_agent is start  # loaded in place
+    # each swap reports the mean stats of the updates it brought, and the count so far
+    assert [s["value_updates"] for s in stats] == [50, 100, 150, 200, 240]
+    assert all(math.isfinite(s["q"]) and s["alpha"] > 0 and s["critic_loss"] >= 0 for s in stats)
     assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from
 

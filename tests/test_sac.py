@@ -150,9 +150,42 @@ def test_sac_solves_a_one_step_bandit(precision):
     assert q.abs().mean() < 0.1  # the peak's reward is 0
 
 
+def bandit(agent: SAC, best: torch.Tensor, updates: int) -> torch.Tensor:
+    """Train on reward = 1 - (a - best)^2, every step terminal; the deterministic actions [100, A] after."""
+    for _ in range(updates):
+        batch = transitions(256, terminated=True)
+        batch["reward"] = 1 - (batch["action"] - best).square().sum(-1)
+        agent.update(batch)
+    return agent.act(torch.randn(100, O), deterministic=True)
+
+
+def test_the_actor_anchor_keeps_a_fine_tuned_actor_near_the_one_it_was_loaded_with():
+    """Pretrained on one bandit, fine-tuned on another: without actor_anchor the actor moves to the
+    new peak; with it, load_pretrained_agent anchors it where it was loaded and it stays near."""
+    from types import SimpleNamespace
+
+    from planners import load_pretrained_agent
+
+    torch.manual_seed(0)
+    first, best = torch.tensor([-0.5, 0.5]), torch.tensor([0.5, 1.5])
+    fast = dict(hidden=64, actor_lr=3e-3, critic_lr=3e-3, alpha_lr=3e-3, init_alpha=0.1)
+    pretrained = SAC(O, LOW, HIGH, SACConfig(**fast))
+    assert (bandit(pretrained, first, 600) - first).abs().mean() < 0.1
+    moved = {}
+    # (anchor 8: the loss is about |a - best|^2 + 4 |a - first|^2, least a fifth of the way if Q were exact)
+    for anchor in (0.0, 8.0):
+        planner = SimpleNamespace(value_agent=SAC(O, LOW, HIGH, SACConfig(**fast, actor_anchor=anchor)))
+        load_pretrained_agent(planner, {"value_agent": pretrained.training_state()})
+        assert (planner.value_agent.anchor is None) == (anchor == 0)
+        moved[anchor] = (bandit(planner.value_agent, best, 600) - first).abs().mean().item()
+    assert moved[0.0] > 0.8 and moved[8.0] < 0.55, moved  # (the peaks are 1 apart in each action)
+    assert "anchor_gap" in planner.value_agent.update(transitions(32, terminated=True))
+
+
 def test_training_state_round_trip_continues_identically():
-    config = SACConfig(hidden=16, num_critics=3, eta=1.0)
+    config = SACConfig(hidden=16, num_critics=3, eta=1.0, actor_anchor=0.4)
     agent, copy = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, config)
+    agent.set_anchor()  # (the trust region's centre travels with the training state)
     batches = [transitions(32, terminated=False) for _ in range(3)]
     agent.update(batches[0])
     saved = io.BytesIO()
@@ -164,6 +197,7 @@ def test_training_state_round_trip_continues_identically():
     torch.manual_seed(5)
     assert [copy.update(b) for b in batches[1:]] == expected
     assert copy.updates == agent.updates == 3
+    assert torch.equal(copy.anchor.net[0].weight, agent.anchor.net[0].weight)
 
 
 @pytest.mark.parametrize(
@@ -179,9 +213,10 @@ def test_training_state_round_trip_continues_identically():
         (dict(precision="fp16"), r"precision one of \('fp32', 'bf16'\), .* precision='fp16'"),
         (dict(update_order="alpha_first"), r"update_order one of .* update_order='alpha_first'"),
         (dict(alpha_max=0.0), r"alpha_max must be > 0 or None, got 0.0"),
+        (dict(actor_anchor=-1.0), r"actor_anchor must be >= 0 \(0: no trust region\), got -1.0"),
     ],
     ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic",
-         "init", "precision", "update_order", "alpha_max"],
+         "init", "precision", "update_order", "alpha_max", "actor_anchor"],
 )
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
