@@ -80,6 +80,8 @@ def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
         target.anneal_actor_lr(None)  # an offline run's annealed (to 0) actor lr does not carry over
         if target.config.actor_anchor > 0:  # its trust region is around the actor as pretrained
             target.set_anchor()
+        else:
+            target.anchor = None  # (a fine-tuned run's saved anchor, unused here)
     except (RuntimeError, KeyError) as e:
         raise ValueError(f"the pretrained agent does not fit this planner's ({e}); give its model.pt alone to start "
                          "the agent afresh, or match the agent sizes (planner.value_agent.* / planner.agent.*)") from None  # fmt: skip

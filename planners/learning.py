@@ -91,8 +91,9 @@ class BackgroundLearner(Learner):
     value (MPC planners with value_learning) keeps pace with the robot as FOWM's does: whenever
     the thread is otherwise idle it trains its own copy, `planner.config.value_updates_per_step`
     updates per real transition added, and swaps a copy in every `VALUE_SWAP_EVERY` updates
-    (`on_swap(version, None)`, then `on_value(version, stats)`: the mean of those updates' losses,
-    Q, temperature and entropy), so value learning does not wait for the slow refits.
+    (`on_swap(version, None)`), so value learning does not wait for the slow refits; a refit swaps
+    the value as it stands too. After each swap that brought value updates, `on_value(version,
+    stats)`: their mean SAC.update stats (losses, Q, temperature, entropy, ...) and `value_updates`.
     """
 
     VALUE_SWAP_EVERY = 50
@@ -117,27 +118,30 @@ class BackgroundLearner(Learner):
         self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
 
     def _refit(self) -> None:
-        """Fit a copy of the model on the buffer; swap it in (with the learned value as it stands)."""
-        buffer, new = self.planner.buffer, self.new
+        """Fit a copy of the model on the buffer (Agent.refit_data); swap it in (with the learned value
+        as it stands)."""
+        new = self.new
         self.new = 0
         model = copy.deepcopy(self.planner.model)
-        metrics = model.fit(buffer.data(), **self.agent.refit_settings(model, progress=False, new_rows=buffer.newest(new)))
+        data, new_rows = self.agent.refit_data(model, new)
+        metrics = model.fit(data, **self.agent.refit_settings(model, progress=False, new_rows=new_rows))
         swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
-        self._unswapped = 0
+        stats = self._take_value_stats()
         version = self.controller.swap(model, **swapped)
         self.refits += 1
         if self.on_swap is not None:
             self.on_swap(version, metrics)
+        self._report_value(version, stats)
 
     def _value_owed(self) -> int:
         return int(self._value_rate * self.added) - self.value_updates if self._value_rate else 0
 
     def _train_value(self) -> None:
-        """The updates owed to this thread's learned value (VALUE_SWAP_EVERY at most, then the queue
-        is looked at again); a copy swapped in once VALUE_SWAP_EVERY have gathered."""
+        """The updates owed to this thread's learned value, up to the next VALUE_SWAP_EVERY-th since
+        the last swap (then the queue is looked at again); a copy swapped in once they have gathered."""
         if self._value is None:
             self._value = copy.deepcopy(self.planner.value_agent)
-        n = min(self._value_owed(), self.VALUE_SWAP_EVERY)
+        n = min(self._value_owed(), self.VALUE_SWAP_EVERY - self._unswapped)
         for _ in range(n):
             for key, x in self._value.update(self.planner.value_batch()).items():
                 self._value_stats[key] = self._value_stats.get(key, 0.0) + x
@@ -154,13 +158,23 @@ class BackgroundLearner(Learner):
             self._swap_value()
 
     def _swap_value(self) -> None:
-        stats = {key: x / self._unswapped for key, x in self._value_stats.items()}
-        self._unswapped, self._value_stats = 0, {}
+        stats = self._take_value_stats()
         version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
         if self.on_swap is not None:
             self.on_swap(version, None)
-        if self.on_value is not None:
-            self.on_value(version, {**stats, "value_updates": self.value_updates})
+        self._report_value(version, stats)
+
+    def _take_value_stats(self) -> dict[str, float] | None:
+        """The mean stats of the value updates about to be swapped in (None if there are none); reset."""
+        if not self._unswapped:
+            return None
+        stats = {key: x / self._unswapped for key, x in self._value_stats.items()}
+        self._unswapped, self._value_stats = 0, {}
+        return {**stats, "value_updates": self.value_updates}
+
+    def _report_value(self, version: int, stats: dict[str, float] | None) -> None:
+        if stats is not None and self.on_value is not None:
+            self.on_value(version, stats)
 
     def _send(self, item) -> None:
         self._queue.put(item)

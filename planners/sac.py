@@ -13,6 +13,7 @@ import copy
 import dataclasses
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +58,10 @@ class SACConfig:
     # faster matmuls where the CPU has AVX-512 BF16 or AMX (`python -m planners.bench --dyna`)
     precision: str = "fp32"
     # > 0: a trust region around the actor as it was loaded (SAC.set_anchor; load_pretrained_agent sets
-    # it): the actor's loss gains actor_anchor x mean|Q| x the mean square of the difference of the
-    # two deterministic actions in half-ranges (TD3+BC's scaling: 0.4 is its alpha of 2.5), so that
-    # fine-tuning a pretrained agent on real data improves on it without leaving it
+    # it, so pretrained=<a fine-tuned run> re-centres it on that run's actor): the actor's loss gains
+    # actor_anchor x mean|Q| x the mean square of the difference of the two deterministic actions in
+    # half-ranges (TD3+BC's scaling: 0.4 is its alpha of 2.5), so that fine-tuning a pretrained agent
+    # on real data improves on it without leaving it
     actor_anchor: float = 0.0
 
     def __post_init__(self):
@@ -198,13 +200,15 @@ class SAC(nn.Module):
         self.updates = 0
         self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
         self.anchor: Actor | None = None  # see set_anchor (a module: in state_dict once set)
+        self._warned_unanchored = False
 
     def set_anchor(self) -> None:
         """Hold the actor as it stands (a frozen copy) as the centre of config.actor_anchor's trust region."""
         self.anchor = copy.deepcopy(self.actor).requires_grad_(False)
 
     def training_state(self) -> dict:
-        """Networks, temperature, optimiser moments and the update count, for a checkpoint."""
+        """Networks (the anchor among them once set), temperature, optimiser moments and the update
+        count, for a checkpoint."""
         return {"modules": self.state_dict(), "updates": self.updates, "actor_lr_horizon": self.actor_lr_horizon,
                 "optimizers": [o.state_dict() for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]}
 
@@ -212,8 +216,10 @@ class SAC(nn.Module):
         """Restore `training_state()`; the learning rates stay this agent's config's (an optimiser's
         saved state carries the lr it was saved with: another agent's, e.g. a pretrained one's). The
         anchor (set_anchor) is the saved one, or none."""
-        anchored = any(key.startswith("anchor.") for key in state["modules"])
-        self.anchor = copy.deepcopy(self.actor).requires_grad_(False) if anchored else None
+        if not any(key.startswith("anchor.") for key in state["modules"]):
+            self.anchor = None
+        elif self.anchor is None:  # (a module to load the saved anchor into)
+            self.set_anchor()
         self.load_state_dict(state["modules"])
         for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
             optim.load_state_dict(saved)
@@ -262,6 +268,11 @@ class SAC(nn.Module):
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         """One gradient step for the critics, the actor and the temperature, in config.update_order."""
+        if self.config.actor_anchor > 0 and self.anchor is None and not self._warned_unanchored:
+            self._warned_unanchored = True
+            warnings.warn(f"actor_anchor={self.config.actor_anchor} but this agent has no anchor, so its actor is "
+                          "not held: the anchor is the actor a pretrained=<run dir> brings (or SAC.set_anchor())",
+                          stacklevel=2)  # fmt: skip
         if self.actor_lr_horizon:
             self._set_actor_lr()
         if self.config.update_order == "actor_first":  # EDAC's order: alpha, actor, then critics
@@ -294,7 +305,7 @@ class SAC(nn.Module):
 
     def _actor_step(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """obs [B, O] -> (actor loss, log-probabilities [B] of the sampled actions, the mean square
-        distance from the anchor's actions in half-ranges, or None without actor_anchor)."""
+        distance from the anchor's actions in half-ranges, or None without actor_anchor or an anchor)."""
         mean, log_std = self.actor.gaussian(obs)
         action, log_prob = self.actor.sample(mean, log_std)
         q = self.critics(obs, action).amin(0)

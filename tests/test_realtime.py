@@ -629,6 +629,34 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     assert len(agent.log) == 120  # every transition logged before it was learned from
 
 
+def test_each_value_row_is_the_mean_of_the_updates_it_brought_refits_between_included(hopper, tmp_path, monkeypatch):
+    """on_value reports every learned-value update once, in the swap that brought it: a value swap
+    or a refit (which swaps the value as it stands); each row's q is the mean of its updates' q."""
+    from planners import SAC
+    from planners.agent import Agent
+    from planners.realtime import BackgroundLearner
+
+    seen = []
+    update = SAC.update
+    monkeypatch.setattr(SAC, "update", lambda self, batch: seen.append(update(self, batch)) or seen[-1])
+    spec, _, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2},
+                  model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2}, fit={"max_epochs": 2})  # fmt: skip
+    agent.open_log(tmp_path / "log")
+    controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
+    rows = []
+    with BackgroundLearner(controller, agent, train_every=35, on_value=lambda v, s: rows.append(s)) as learner:
+        for i in range(0, 140, 7):
+            learner.add(data[i : i + 7])
+        wait_for(lambda: learner.value_updates == 280)
+    counts = [b["value_updates"] - a for a, b in zip([0] + [r["value_updates"] for r in rows], rows)]
+    assert learner.refits >= 1 and sum(counts) == len(seen) == 280 and max(counts) <= learner.VALUE_SWAP_EVERY
+    start = 0
+    for row, n in zip(rows, counts):
+        assert row["q"] == pytest.approx(sum(s["q"] for s in seen[start : start + n]) / n)
+        start += n
+
+
 def test_background_refits_hold_out_among_the_transitions_added_since_the_last(hopper, tmp_path, monkeypatch):
     """A background refit of a fitted model judges itself on the transitions that arrived since the
     model's last fit (EnsembleDynamics.fit's new_rows), and refit_now(new) says how many rows at the

@@ -182,6 +182,29 @@ def test_the_actor_anchor_keeps_a_fine_tuned_actor_near_the_one_it_was_loaded_wi
     assert "anchor_gap" in planner.value_agent.update(transitions(32, terminated=True))
 
 
+def test_the_anchor_term_is_td3_bc_scaled_and_reported():
+    """actor_anchor x mean|Q| x the mean square gap of the deterministic actions in half-ranges is
+    added to SAC's actor loss; an unanchored agent warns that the setting does nothing."""
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=16, actor_anchor=0.4))
+    agent.set_anchor()
+    with torch.no_grad():
+        agent.actor.net[-1].bias.add_(0.3)  # the actor moved off its anchor
+    obs = torch.randn(64, O)
+    torch.manual_seed(7)
+    mean, log_std = agent.actor.gaussian(obs)
+    action, log_prob = agent.actor.sample(mean, log_std)
+    q = agent.critics(obs, action).amin(0)
+    gap = ((agent.actor.squash(mean) - agent.anchor(obs, True)[0]) / (HIGH - LOW) * 2).square().mean()
+    expected = (agent.alpha * log_prob - q).mean() + 0.4 * q.abs().mean() * gap
+    torch.manual_seed(7)
+    loss, _, reported = agent._actor_step(obs)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(reported, gap.detach())
+    assert gap > 1e-3
+    with pytest.warns(UserWarning, match="actor_anchor=0.4 but this agent has no anchor"):
+        SAC(O, LOW, HIGH, SACConfig(hidden=16, actor_anchor=0.4)).update(transitions(8, terminated=False))
+
+
 def test_training_state_round_trip_continues_identically():
     config = SACConfig(hidden=16, num_critics=3, eta=1.0, actor_anchor=0.4)
     agent, copy = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, config)
