@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from tensordict import TensorDict
 from torch import Tensor
 
@@ -28,6 +29,8 @@ from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transition_log import TransitionLog
 
+# a bounded refit (refit_offline_ratio) draws at least this many offline rows beside the new ones
+REFIT_MIN_OFFLINE = 10_000
 FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
 RUN_FORMAT = "worldmodel.RunState"  # worldmodel.run's checkpoint.pt: these keys, with the run's progress
 
@@ -38,13 +41,17 @@ class Agent:
 
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
                  refit_epochs: int = 30, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
-                 device: str = "cpu", refit_beta: float = 0.5):  # fmt: skip
+                 device: str = "cpu", refit_beta: float = 0.5, refit_offline_ratio: float | None = None):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
         arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...)
         of the first fit; refit_epochs, refit_beta: max_epochs and beta of the warm-started refits after it;
+        refit_offline_ratio: see refit_data (None: refits fit on the whole buffer);
         pretrained: a run directory (its model.pt, with its checkpoint.pt's or agent.pt's learned
         value or actor-critic) or a model.pt; capacity: the replay buffer's transitions."""
         self.spec, self.fit_settings, self.refit_epochs, self.refit_beta = spec, dict(fit or {}), refit_epochs, refit_beta
+        if refit_offline_ratio is not None and refit_offline_ratio < 0:
+            raise ValueError(f"refit_offline_ratio must be >= 0 or None, got {refit_offline_ratio}")
+        self.refit_offline_ratio = refit_offline_ratio
         self.pretrained, self.loaded = pretrained, None
         agent_state = None
         if pretrained is not None:
@@ -74,7 +81,7 @@ class Agent:
         planner = {**OmegaConf.to_container(cfg.planner, resolve=True), **planner_settings}
         model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "fit"}
         return cls(spec, planner, model, dict(cfg.model.fit), cfg.fit_epochs, capacity, cfg.seed,
-                   cfg.get("pretrained"), cfg.get("device", "cpu"), cfg.fit_beta)  # fmt: skip
+                   cfg.get("pretrained"), cfg.get("device", "cpu"), cfg.fit_beta, cfg.get("refit_offline_ratio"))  # fmt: skip
 
     @property
     def model(self) -> EnsembleDynamics:
@@ -138,6 +145,21 @@ class Agent:
         else:  # (model.fit's max_epochs; none given: no cap)
             refit = {"max_epochs": self.fit_settings.get("max_epochs")}
         return {**self.fit_settings, **refit, **overrides}
+
+    def refit_data(self, model: EnsembleDynamics, new: int = 0) -> tuple[TensorDict, Tensor]:
+        """What a refit of (a copy of) the model fits on [M], and where in it the `new` rows written
+        last are (fit's new_rows). The whole buffer; or, for a fitted model with refit_offline_ratio
+        and an offline dataset in the buffer (prior_rows), every row after the dataset plus that
+        many times as many of the dataset's rows (REFIT_MIN_OFFLINE at least) drawn afresh: a
+        refit then costs in proportion to the new data, so a robot's learner keeps pace with it."""
+        buffer, prior = self.buffer, getattr(self.planner, "prior_rows", 0)
+        if self.refit_offline_ratio is None or not model.fitted or not prior or buffer.written > buffer.capacity:
+            return buffer.data(), buffer.newest(new)
+        online = len(buffer) - prior
+        drawn = min(prior, max(REFIT_MIN_OFFLINE, int(self.refit_offline_ratio * online)))
+        rows = torch.cat([torch.randperm(prior)[:drawn].sort().values, torch.arange(prior, len(buffer))])
+        new = min(max(new, 0), online)
+        return buffer.data()[rows], torch.arange(len(rows) - new, len(rows))
 
     def refit(self, **overrides) -> dict:
         """Refit the model on the buffer (and whatever else the planner learns then); its metrics."""

@@ -1,6 +1,7 @@
 """planners.agent.Agent's refit rule: the first fit takes model.fit's settings, later warm-started
 refits fit_epochs and fit_beta (beta-NLL), from the command line through the config."""
 
+import pytest
 import torch
 
 from planners.agent import Agent
@@ -30,3 +31,36 @@ def test_first_fit_and_warm_refits_take_their_own_settings(monkeypatch):
     refit = agent.refit_settings()
     assert refit["max_epochs"] == 2 and refit["beta"] == 0.25 and refit["lr"] == 0.002
     assert agent.refit_settings(max_epochs=7)["max_epochs"] == 7  # a caller's override wins
+
+
+def test_a_bounded_refit_fits_the_new_rows_beside_a_fresh_draw_of_the_offline_ones(monkeypatch):
+    """refit_offline_ratio: a fitted model's refit data is every row after the offline dataset plus
+    ratio x as many dataset rows (REFIT_MIN_OFFLINE at least), drawn afresh each time, with the
+    newest rows at its end; a first fit, or no ratio, takes the whole buffer."""
+    from planners import agent as agent_module
+
+    monkeypatch.setattr(agent_module, "REFIT_MIN_OFFLINE", 40)
+    env = make_env("hopper", seed=0)
+    spec = env.task_spec
+    offline, online = collect(env, uniform_policy(env), 300), collect(env, uniform_policy(env), 60)
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3}, {"ensemble_size": 2, "num_elites": 1,
+                  "hidden": 16}, refit_offline_ratio=1.0)  # fmt: skip
+    agent.add_dataset(offline)
+    agent.planner.observe(online)
+    data, new_rows = agent.refit_data(agent.model, new=25)
+    assert len(data) == 360 and torch.equal(new_rows, torch.arange(335, 360))  # a first fit: everything
+    agent.refit(max_epochs=1)
+    data, new_rows = agent.refit_data(agent.model, new=25)
+    assert len(data) == 60 + 60 and torch.equal(new_rows, torch.arange(95, 120))
+    assert torch.equal(data["obs"][60:], online["obs"])  # every robot row, in order, the newest last
+    drawn = data["obs"][:60]
+    assert (drawn[:, None] == offline["obs"][None]).all(-1).any(1).all()  # from the dataset, no robot row
+    assert not torch.equal(agent.refit_data(agent.model)[0]["obs"][:60], drawn)  # drawn afresh
+    agent.planner.observe(collect(env, uniform_policy(env), 10))
+    assert len(agent.refit_data(agent.model)[0]) == 70 + 70
+    monkeypatch.setattr(agent_module, "REFIT_MIN_OFFLINE", 100)
+    assert len(agent.refit_data(agent.model)[0]) == 70 + 100  # the floor
+    agent.refit_offline_ratio = None
+    assert len(agent.refit_data(agent.model)[0]) == 370
+    with pytest.raises(ValueError, match="refit_offline_ratio must be >= 0 or None, got -1"):
+        Agent(spec, {"name": "mppi"}, refit_offline_ratio=-1)
