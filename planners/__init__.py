@@ -66,22 +66,26 @@ def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **set
     return cls(model, spec, config, buffer=buffer)
 
 
+def learned_agent(planner: Planner) -> SAC | None:
+    """The SAC a planner learns: an MPC planner's learned value or a Dyna planner's agent (None:
+    neither, e.g. behaviour cloning or MPC without a value)."""
+    agent = getattr(planner, "value_agent", None) or getattr(planner, "agent", None)
+    return agent if isinstance(agent, SAC) else None
+
+
 def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
     """Carry a pretrained run's learned agent (its planner's state_dict) into `planner`, as FOWM
     carries the critics beside the dynamics: an MPC planner's learned value takes a saved value
     or a Dyna agent's critics (same SAC sizes), a Dyna planner a saved agent. Returns what it
     loaded, or None where nothing fits (the planner keeps its fresh agent)."""
     agent = saved.get("value_agent") or saved.get("agent")
-    target = getattr(planner, "value_agent", None) or getattr(planner, "agent", None)
+    target = learned_agent(planner)
     if agent is None or target is None:
         return None
     try:
         target.load_training_state(agent)
         target.anneal_actor_lr(None)  # an offline run's annealed (to 0) actor lr does not carry over
-        if target.config.actor_anchor > 0:  # its trust region is around the actor as pretrained
-            target.set_anchor()
-        else:
-            target.anchor = None  # (a fine-tuned run's saved anchor, unused here)
+        target.anchor_here()  # its trust region (actor_anchor) is around the actor as pretrained
     except (RuntimeError, KeyError) as e:
         raise ValueError(f"the pretrained agent does not fit this planner's ({e}); give its model.pt alone to start "
                          "the agent afresh, or match the agent sizes (planner.value_agent.* / planner.agent.*)") from None  # fmt: skip
@@ -89,7 +93,7 @@ def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
 
 
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "load_pretrained_agent", "make_planner", "planner_config",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "learned_agent", "load_pretrained_agent", "make_planner", "planner_config",
     "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",

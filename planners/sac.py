@@ -57,8 +57,9 @@ class SACConfig:
     # layers, losses, parameters and optimisers in fp32 (`kernels.reference.bf16_hidden`); 2-3x
     # faster matmuls where the CPU has AVX-512 BF16 or AMX (`python -m planners.bench --dyna`)
     precision: str = "fp32"
-    # > 0: a trust region around the actor as it was loaded (SAC.set_anchor; load_pretrained_agent sets
-    # it, so pretrained=<a fine-tuned run> re-centres it on that run's actor): the actor's loss gains
+    # > 0: a trust region around the actor as fine-tuning found it (SAC.anchor_here: load_pretrained_agent
+    # and worldmodel.run's switch from offline to online learning set it, so pretrained=<a fine-tuned run>
+    # re-centres it on that run's actor): the actor's loss gains
     # actor_anchor x mean|Q| x the mean square of the difference of the two deterministic actions in
     # half-ranges (TD3+BC's scaling: 0.4 is its alpha of 2.5), so that fine-tuning a pretrained agent
     # on real data improves on it without leaving it
@@ -206,6 +207,14 @@ class SAC(nn.Module):
         """Hold the actor as it stands (a frozen copy) as the centre of config.actor_anchor's trust region."""
         self.anchor = copy.deepcopy(self.actor).requires_grad_(False)
 
+    def anchor_here(self) -> None:
+        """Fine-tuning starts here: with actor_anchor > 0 the trust region is re-centred on the actor
+        as it stands (a pretrained or offline-trained one); without, any saved anchor is dropped."""
+        if self.config.actor_anchor > 0:
+            self.set_anchor()
+        else:
+            self.anchor = None
+
     def training_state(self) -> dict:
         """Networks (the anchor among them once set), temperature, optimiser moments and the update
         count, for a checkpoint."""
@@ -271,7 +280,8 @@ class SAC(nn.Module):
         if self.config.actor_anchor > 0 and self.anchor is None and not self._warned_unanchored:
             self._warned_unanchored = True
             warnings.warn(f"actor_anchor={self.config.actor_anchor} but this agent has no anchor, so its actor is "
-                          "not held: the anchor is the actor a pretrained=<run dir> brings (or SAC.set_anchor())",
+                          "not held: the anchor is the actor a pretrained=<run dir> brings, or the offline policy "
+                          "once a run switches to online learning (SAC.anchor_here())",
                           stacklevel=2)  # fmt: skip
         if self.actor_lr_horizon:
             self._set_actor_lr()

@@ -73,6 +73,22 @@ def test_online_penalty_replaces_the_offline_one_at_the_switch(tmp_path, dataset
     assert [r["actor_lr"] for r in records(run_dir, "train")] == [1e-4]
 
 
+def test_online_fine_tuning_anchors_the_actor_to_the_offline_policy(tmp_path, dataset):
+    """With planner.agent.actor_anchor > 0 the switch holds the offline policy as the trust region's
+    centre (saved with the agent); offline there is no anchor to measure a gap from."""
+    run_dir = tmp_path / "mopo"
+    with pytest.warns(UserWarning, match="or the offline policy once a run switches to online learning"):
+        main(["planner=mopo", f"dataset={dataset}", "offline.updates=40", "env_steps=0",
+              "planner.agent.actor_anchor=0.1", f"run_dir={run_dir}", *TINY, *DYNA_TINY])  # fmt: skip
+    modules = torch.load(run_dir / "checkpoint.pt", weights_only=False)["planner"]["agent"]["modules"]
+    actor = {k: v for k, v in modules.items() if k.startswith("actor.")}
+    assert actor and all(torch.equal(modules["anchor." + k[len("actor."):]], v) for k, v in actor.items())
+    assert all("anchor_gap" not in r for r in records(run_dir, "offline_train"))
+    main([f"resume={run_dir}", "env_steps=30"])
+    (online,) = records(run_dir, "train")
+    assert 0 < online["anchor_gap"] < 0.1  # (30 updates at lr 1e-4 from the anchor)
+
+
 def test_an_online_setting_the_planner_lacks_is_a_clear_error(tmp_path, dataset):
     with pytest.raises(SystemExit, match="online.penalty is set but planner 'bc' has no setting 'penalty'"):
         main(["planner=bc", f"dataset={dataset}", "offline.updates=20", "env_steps=0", "online.penalty=1",

@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluate, planner_config, planner_defaults
+from planners import (DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluate, learned_agent, planner_config,
+                      planner_defaults)
 from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
@@ -228,6 +229,8 @@ class Run:
         bar.close()
         if p["step"] == 0:  # the switch: the offline policy's return is the online curve's first point
             now, p["final_eval"] = self._offline_policy()
+            if (agent := learned_agent(self.planner)) is not None:
+                agent.anchor_here()  # online fine-tuning's trust region (actor_anchor) is around the offline policy
             self.logger.truncate(lambda r: not (r["kind"] == "eval" and r["step"] == 0))  # (a resumed run's)
             self.logger.log("eval", 0, ret=now, **self._score("score", now))
         if isinstance(self.planner, Dyna):
