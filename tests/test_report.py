@@ -64,3 +64,40 @@ def test_a_run_s_own_selection_wins_and_an_older_config_takes_today_s_defaults(t
     rows = {r["planner"]: r for r in report([str(tmp_path)])}
     assert set(rows) == {"mopo (offline.select=last)", "mopo (offline.select=model_score)"}
     assert rows["mopo (offline.select=model_score)"]["selected_scores"] == [77.0]
+
+
+def robot_run(path, seed: int, evals: dict, episodes: list, anchor: float | None) -> None:
+    """A planners.realtime run directory: 3,000 real steps, evaluations at eval_at and the end."""
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({
+        "status": "finished", "env": "hopper", "planner": "mppi", "seed": seed, "control_hz": 20, "latency_ms": 10,
+        "real_steps": 3000, "final_eval_return": evals.pop(3000), "eval_returns": {str(k): v for k, v in evals.items()},
+        "act_latency_p99_ms": 0.5 + seed, "deadline_miss_rate": 0.01 * seed, "fresh_rate": 0.9, "fallback_rate": 0.02}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"kind": "episode", "step": step, "ret": ret}) + "\n"
+                                                for step, ret in episodes))  # fmt: skip
+    value_agent = {"actor_lr": 3e-4, **({} if anchor is None else {"actor_anchor": anchor})}
+    (path / "config.yaml").write_text(yaml.safe_dump({"planner": {"name": "mppi", "value_agent": value_agent},
+                                                      "control_hz": 20, "seed": seed}))  # fmt: skip
+
+
+def test_runs_on_the_robot_report_evaluations_episode_windows_and_the_controller(tmp_path):
+    """Robot runs (planners.realtime) are grouped by task, rate and latency; their row gives the
+    evaluations at each step, the robot's episodes per window of real steps (mean ± std over runs of
+    each run's mean), each run's lowest episode after 1k steps; a run from before a setting existed
+    (actor_anchor) takes its default (0), so it sits apart from the anchored ones."""
+    robot_run(tmp_path / "a0", 0, {0: 100.0, 3000: 300.0}, [(400, 90.0), (900, 110.0), (2000, 150.0), (3000, 250.0)], 0.1)
+    robot_run(tmp_path / "a1", 1, {0: 120.0, 3000: 340.0}, [(800, 100.0), (1200, 80.0), (2900, 210.0)], 0.1)
+    robot_run(tmp_path / "old", 2, {0: 110.0, 3000: 50.0}, [(500, 100.0), (2500, 20.0)], None)
+    rows = {r["planner"]: r for r in report([str(tmp_path), "--out", str(tmp_path / "report")])}
+    assert set(rows) == {"mppi (planner.value_agent.actor_anchor=0.0)", "mppi (planner.value_agent.actor_anchor=0.1)"}
+    row = rows["mppi (planner.value_agent.actor_anchor=0.1)"]
+    assert row["group"] == "hopper on the robot, 20 Hz, 10 ms latency" and row["scores"] == [300.0, 340.0]
+    figures = row["robot"]
+    assert figures["evaluations"][0][0] == 110.0 and figures["evaluations"][3000][0] == 320.0
+    # (0, 1000]: 100 and 100; (1000, 1500]: -, 80; (1500, 3000]: 200 and 210
+    assert set(figures["windows"]) == {"(0, 1000]", "(1000, 1500]", "(1500, 3000]"}
+    assert figures["windows"]["(0, 1000]"] == (100.0, 0.0) and figures["windows"]["(1500, 3000]"][0] == 205.0
+    assert figures["lowest_after_settled"] == [150.0, 80.0] and figures["act_latency_p99_ms"] == 1.5
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| hopper on the robot, 20 Hz, 10 ms latency | mppi (planner.value_agent.actor_anchor=0.1) | 0: 110.0 ± 14.1; " \
+           "3,000: 320.0 ± 28.3 |" in table and "| 150, 80 | 1.50 | 0.50% |" in table  # fmt: skip

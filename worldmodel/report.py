@@ -18,6 +18,11 @@ the selected snapshot's evaluation: such runs get a row of their own), online ru
 or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
 ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
 or task (the mean over runs, the band its 95% bootstrap interval).
+
+Runs on the robot (`python -m planners.realtime`) are grouped by task, control rate and latency and
+scored by their final agent's evaluation; a table of their own gives the evaluations at each eval_at
+step, the robot's own episodes per window of real steps, each run's lowest episode after the first
+1,000 steps (FOWM's no-collapse check) and the controller's act p99, deadline misses and fresh plans.
 """
 
 from __future__ import annotations
@@ -67,21 +72,34 @@ def _is_run_summary(path: Path) -> bool:
 _NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained", "dataset"}
 
 
-def load_settings(run_dir: Path) -> dict:
+def load_settings(run_dir: Path, command: str = "config") -> dict:
     """The run's config.yaml flattened to dotted keys ({"planner.penalty": 2.5, ...}), less
-    _NOT_SETTINGS; a top-level key its config predates takes today's default (configs/config.yaml),
-    so an older run is compared by what it ran; {} for a run without one."""
+    _NOT_SETTINGS; a key its config predates takes today's default (the command's configs/<command>.yaml,
+    e.g. realtime for planners.realtime, and the planner's config dataclass), so an older run is
+    compared by what it ran; {} for a run without one."""
     path = run_dir / "config.yaml"
-    return {**_run_defaults(), **_flatten(_read_yaml(path))} if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    own = _flatten(_read_yaml(path))
+    return {**_run_defaults(command), **_planner_defaults(own.get("planner.name")), **own}
 
 
 @functools.cache
-def _run_defaults() -> dict:
-    """configs/config.yaml's own settings, flattened (not the planner group's: those differ by planner)."""
+def _run_defaults(command: str) -> dict:
+    """configs/<command>.yaml's own settings, flattened (not the planner group's: those differ by planner)."""
     from worldmodel.config import CONFIG_DIR
 
-    config = _read_yaml(CONFIG_DIR / "config.yaml")
+    config = _read_yaml(CONFIG_DIR / f"{command}.yaml")
     return {k: v for k, v in _flatten(config).items() if not k.startswith(("defaults", "hydra.", "planner."))}
+
+
+@functools.cache
+def _planner_defaults(name: str | None) -> dict:
+    """Today's settings of planner `name` (its config dataclass), flattened under "planner."; {} for
+    a name there is no planner of."""
+    from planners import planner_defaults
+
+    return _flatten({"planner": planner_defaults().get(name, {})})
 
 
 def _read_yaml(path: Path) -> dict:
@@ -120,22 +138,15 @@ def load_run(run_dir: Path) -> dict:
         summary = json.loads((run_dir / "summary.json").read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{run_dir}/summary.json is not JSON ({e}); is the run being written right now?") from None
+    if "control_hz" in summary:
+        return _robot_run(run_dir, summary)
     offline = "dataset" in summary and summary.get("env_steps", 0) == 0
     group = summary.get("dataset_name") or summary.get("dataset") or summary["env"]
     if "dataset" in summary and not offline:
         group += " (offline, then online)"  # not the same protocol as an offline-only run
     kind, key = ("offline_eval", "offline_updates") if offline else ("eval", "env_steps")
-    curve, evaluations = [], []  # (step, score); the evaluation records
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a half-written last line (a run killed mid-write)
-                continue
-            if row.get("kind") == kind:
-                curve.append((row["step"], row.get("score", row.get("ret"))))
-                evaluations.append(row)
+    evaluations = [row for row in _metrics(run_dir) if row.get("kind") == kind]
+    curve = [(row["step"], row.get("score", row.get("ret"))) for row in evaluations]  # (step, score)
     best_estimate = model_selected(evaluations)  # (older runs name no selection in their summary)
     picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
     score = summary.get("normalized_score", summary.get("final_eval_return"))
@@ -146,6 +157,66 @@ def load_run(run_dir: Path) -> dict:
             "progress": summary.get(key, 0), "curve": curve,
             "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
             "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
+
+
+def _robot_run(run_dir: Path, summary: dict) -> dict:
+    """A run on the (simulated) robot, `planners.realtime`: scored by its final agent's evaluation, its
+    curve the evaluations of the agents saved at eval_at; "robot" holds its own episodes [(real step
+    at the end, return)] and the controller's figures."""
+    evaluations = {int(step): ret for step, ret in summary.get("eval_returns", {}).items()}
+    if summary.get("final_eval_return") is not None:
+        evaluations[summary["real_steps"]] = summary["final_eval_return"]
+    episodes = [(row["step"], row["ret"]) for row in _metrics(run_dir) if row.get("kind") == "episode"]
+    robot = {"episodes": episodes, **{k: summary.get(k) for k in _ROBOT_KEYS}}
+    group = f"{summary['env']} on the robot, {summary['control_hz']:g} Hz, {summary.get('latency_ms', 0):g} ms latency"
+    return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
+            "status": summary["status"], "score": summary.get("final_eval_return"),
+            "best": max(evaluations.values(), default=None), "selected": None, "progress": summary.get("real_steps", 0),
+            "curve": sorted(evaluations.items()), "normalized": False, "data_score": None, "data": None,
+            "settings": load_settings(run_dir, "realtime"), "robot": robot}  # fmt: skip
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """run_dir/metrics.jsonl's records ([] without one; a half-written last line is skipped)."""
+    path, rows = run_dir / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # (a run killed mid-write)
+            continue
+    return rows
+
+
+# a fine-tuned robot's episodes should not fall below the pretrained agent's level after this many real
+# steps (FOWM's setting: no collapse at the switch); the controller's figures a robot row reports
+ROBOT_SETTLED = 1000
+_ROBOT_KEYS = ("act_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "fallback_rate")
+
+
+def robot_windows(real_steps: int) -> list[tuple[int, int]]:
+    """Spans (lo, hi] of real steps over which the robot's own episodes are averaged, by the step
+    they ended at: (0, 1k], (1k, 5k], (5k, N/2], (N/2, N], those inside N real steps."""
+    cuts = sorted({c for c in (0, ROBOT_SETTLED, 5000, real_steps // 2, real_steps) if 0 <= c <= real_steps})
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def robot_figures(runs: list[dict]) -> dict:
+    """Over runs on the robot: the evaluations at each step and the robot's own episodes per window
+    (mean and std over runs of each run's mean), each run's lowest episode after ROBOT_SETTLED
+    steps, the worst act p99 and the mean deadline-miss, fresh and fallback rates."""
+    spread = lambda xs: (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan)  # noqa: E731
+    steps = sorted({s for r in runs for s, _ in r["curve"]})
+    evals = {s: spread(v) for s in steps if (v := [ret for r in runs for t, ret in r["curve"] if t == s])}
+    windows = {}
+    for lo, hi in robot_windows(min(r["progress"] for r in runs)):
+        means = [statistics.fmean(xs) for r in runs if (xs := [x for t, x in r["robot"]["episodes"] if lo < t <= hi])]
+        if means:
+            windows[f"({lo}, {hi}]"] = spread(means)
+    lowest = [min((x for t, x in r["robot"]["episodes"] if t > ROBOT_SETTLED), default=math.nan) for r in runs]
+    figures = {k: [r["robot"][k] for r in runs if r["robot"].get(k) is not None] for k in _ROBOT_KEYS}
+    return {"evaluations": evals, "windows": windows, "lowest_after_settled": lowest,
+            "act_latency_p99_ms": max(figures["act_latency_p99_ms"], default=math.nan),
+            **{k: statistics.fmean(v) if v else math.nan for k, v in figures.items() if k != "act_latency_p99_ms"}}
 
 
 def aggregate(scores: list[float]) -> dict:
@@ -209,12 +280,16 @@ def report(runs: list[dict]) -> list[dict]:
                      "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
                      "datasets": sorted({r["data"] for r in members if r.get("data")}),
                      "unknown_data": sum(not r.get("data") for r in members)})  # fmt: skip
+        if all("robot" in r for r in members):
+            rows[-1]["robot"] = robot_figures(scored or members)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table: final score mean +- std [95% bootstrap CI], IQM, mean best,
-    model-selected mean +- std, runs, per-run scores, progress."""
+    model-selected mean +- std, runs, per-run scores, progress; below it, runs on the robot as
+    `robot_markdown` gives them."""
+    robot = [r for r in rows if "robot" in r]
     lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best | model-selected | runs | "
              "per run | updates or steps |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -232,6 +307,23 @@ def markdown(rows: list[dict]) -> str:
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
         lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {selected} | {r['n']} | "
                      f"{', '.join(fmt(s) for s in r['scores'])} | {progress}{unfinished} |")  # fmt: skip
+    return "\n".join(lines) + ("\n\n" + robot_markdown(robot) if robot else "")
+
+
+def robot_markdown(rows: list[dict]) -> str:
+    """Runs on the robot: the evaluations at each real step and the robot's own episodes per window
+    (mean ± std over runs), each run's lowest episode after ROBOT_SETTLED steps, the controller's figures."""
+    fmt = lambda m, s=math.nan: f"{m:.1f}" + ("" if math.isnan(s) else f" ± {s:.1f}")  # noqa: E731
+    lines = [f"| robot | planner | evaluations (real steps: return) | robot episodes (ended in real steps: return) | "
+             f"lowest robot episode after {ROBOT_SETTLED:,}, per run | act p99 ms (worst) | deadline misses | fresh "
+             f"plans | fallbacks | runs |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        f = r["robot"]
+        evals = "; ".join(f"{s:,}: {fmt(*v)}" for s, v in f["evaluations"].items())
+        windows = "; ".join(f"{w}: {fmt(*v)}" for w, v in f["windows"].items())
+        lowest = ", ".join(f"{x:.0f}" for x in f["lowest_after_settled"])
+        lines.append(f"| {r['group']} | {r['planner']} | {evals} | {windows} | {lowest} | {f['act_latency_p99_ms']:.2f} | "
+                     f"{f['deadline_miss_rate']:.2%} | {f['fresh_rate']:.1%} | {f['fallback_rate']:.1%} | {r['n']} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -256,7 +348,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
             ax.plot(steps, means, label=f"{planner} ({len(members)} runs)")
             bands = [bootstrap_ci(p, resamples=2_000) if len(p) > 1 else (p[0], p[0]) for p in points]
             ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
-        ax.set(title=group, xlabel="agent updates (offline) or env steps", ylabel="score")
+        ax.set(title=group, xlabel="agent updates (offline), env steps or real steps", ylabel="score")
         ax.legend()
         ax.grid(alpha=0.3)
         path = out / f"{group.replace('/', '_')}.png"
@@ -268,7 +360,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "selected_mean", "selected_std", "selected_scores", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data")  # fmt: skip
+                 "iqm_ci_high", "best", "selected_mean", "selected_std", "selected_scores", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data", "robot")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
