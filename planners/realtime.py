@@ -517,6 +517,13 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
             snapshots.mkdir(exist_ok=True)
             learner.snapshot(snapshots / f"agent-{due.pop(0)}.pt")
 
+    def log_episodes(logged: int) -> int:
+        """Log the robot's episodes that ended since the first `logged`, at the real step now (within
+        a control period of their end); returns how many are logged."""
+        for ret in robot.episode_returns[logged:]:
+            logger.log("episode", len(log), ret=ret)
+        return len(robot.episode_returns)
+
     random_policy = uniform_policy(robot.env)
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
@@ -553,13 +560,11 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                     learner.add(_transitions(pairs))
                     bar.update(len(pairs))
                     snapshot_due()
+                logged_episodes = log_episodes(logged_episodes)
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
                     logger.log("realtime", len(log), **{k: stats[k] for k in _SUMMARY_KEYS})
-                    for ret in robot.episode_returns[logged_episodes:]:
-                        logger.log("episode", len(log), ret=ret)
-                    logged_episodes = len(robot.episode_returns)
                     bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
                                     model=controller.version)  # fmt: skip
                 learner.poll()
@@ -572,6 +577,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
         status = "interrupted"
     finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
         bar.close()
+        log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
     wall = time.perf_counter() - started
     if cfg.worker == "thread" or not agent_file.is_file():  # (a learning process saved its agent after each refit)
         save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not

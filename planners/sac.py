@@ -201,6 +201,7 @@ class SAC(nn.Module):
         self.updates = 0
         self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
         self.anchor: Actor | None = None  # see set_anchor (a module: in state_dict once set)
+        self.anchor_pending = False  # True while learning offline before anchor_here (actor_anchor waits for it)
         self._warned_unanchored = False
 
     def set_anchor(self) -> None:
@@ -210,6 +211,7 @@ class SAC(nn.Module):
     def anchor_here(self) -> None:
         """Fine-tuning starts here: with actor_anchor > 0 the trust region is re-centred on the actor
         as it stands (a pretrained or offline-trained one); without, any saved anchor is dropped."""
+        self.anchor_pending = False
         if self.config.actor_anchor > 0:
             self.set_anchor()
         else:
@@ -277,7 +279,7 @@ class SAC(nn.Module):
 
     def update(self, batch: TensorDict) -> dict[str, float]:
         """One gradient step for the critics, the actor and the temperature, in config.update_order."""
-        if self.config.actor_anchor > 0 and self.anchor is None and not self._warned_unanchored:
+        if self.config.actor_anchor > 0 and self.anchor is None and not (self.anchor_pending or self._warned_unanchored):
             self._warned_unanchored = True
             warnings.warn(f"actor_anchor={self.config.actor_anchor} but this agent has no anchor, so its actor is "
                           "not held: the anchor is the actor a pretrained=<run dir> brings, or the offline policy "

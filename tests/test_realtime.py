@@ -448,6 +448,10 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     values = [row for row in rows if row["kind"] == "value"]  # the learning process's learned-value stats
     assert values and all(math.isfinite(row["q"]) and row["value_updates"] > 0 for row in values)
+    episodes = [row for row in rows if row["kind"] == "episode"]  # the resumed process's episodes all logged
+    assert summary["episode_returns"] and [row["ret"] for row in episodes[-len(summary["episode_returns"]):]] == \
+        summary["episode_returns"]  # fmt: skip
+    assert [row["step"] for row in episodes] == sorted(row["step"] for row in episodes) and episodes[-1]["step"] <= 400
 
 
 def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from worldmodel.report import main as report
+from worldmodel.report import load_settings, main as report
 
 
 def fake_run(path, seed: int, score: float, penalty: float, threads: int = 1) -> None:
@@ -97,7 +97,23 @@ def test_runs_on_the_robot_report_evaluations_episode_windows_and_the_controller
     # (0, 1000]: 100 and 100; (1000, 1500]: -, 80; (1500, 3000]: 200 and 210
     assert set(figures["windows"]) == {"(0, 1000]", "(1000, 1500]", "(1500, 3000]"}
     assert figures["windows"]["(0, 1000]"] == (100.0, 0.0) and figures["windows"]["(1500, 3000]"][0] == 205.0
-    assert figures["lowest_after_settled"] == [150.0, 80.0] and figures["act_latency_p99_ms"] == 1.5
+    assert figures["lowest_after_settled"] == {0: 150.0, 1: 80.0} and figures["act_latency_p99_ms"] == 1.5
+    assert row["best"] == 320.0  # (the evaluations after the switch, not the pretrained agent's)
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| hopper on the robot, 20 Hz, 10 ms latency | mppi (planner.value_agent.actor_anchor=0.1) | 0: 110.0 ± 14.1; " \
-           "3,000: 320.0 ± 28.3 |" in table and "| 150, 80 | 1.50 | 0.50% |" in table  # fmt: skip
+           "3,000: 320.0 ± 28.3 |" in table and "| s0: 150, s1: 80 | 1.50 | 0.50% |" in table  # fmt: skip
+    assert "| s2: 20 |" in table  # (the older run's row: one run, no spread)
+    assert (tmp_path / "report" / "hopper_on_the_robot_20_Hz_10_ms_latency.png").is_file()
+
+
+def test_a_key_whose_arrival_changed_behaviour_reads_as_what_older_runs_ran(tmp_path):
+    """refit_offline_ratio arrived with bounded refits (default 1.0): a config without it ran
+    whole-buffer refits (None), so it is not pooled with today's default; actor_anchor's default (0)
+    is what older runs did, so they take it."""
+    robot_run(tmp_path / "old", 0, {3000: 1.0}, [], None)
+    old = load_settings(tmp_path / "old", "realtime")
+    assert old["refit_offline_ratio"] is None and old["worker"] == "thread" and old["fit_beta"] == 0.0
+    assert old["planner.value_agent.actor_anchor"] == 0.0
+    config = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({**config, "refit_offline_ratio": 1.0}))
+    assert load_settings(tmp_path / "old", "realtime")["refit_offline_ratio"] == 1.0

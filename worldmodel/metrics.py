@@ -36,12 +36,16 @@ def write_json(obj: Any, path: Path) -> None:
 
 def read_records(run_dir: Path, kind: str) -> list[dict]:
     """The `kind` records of run_dir/metrics.jsonl, oldest first ([] without the file); reading
-    opens no TensorBoard writer, so another process's run can be read while it runs."""
+    opens no TensorBoard writer, so another process's run can be read while it runs, and a
+    half-written line (a run killed mid-write) is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [r for r in rows if r["kind"] == kind]
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if r.get("kind") == kind]
 
 
 class MetricsLogger:

@@ -31,13 +31,14 @@ import argparse
 import functools
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from worldmodel.metrics import write_json
+from worldmodel.metrics import read_records, write_json
 from worldmodel.ope import model_selected
 
 # Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal's 1.96)
@@ -72,16 +73,25 @@ def _is_run_summary(path: Path) -> bool:
 _NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained", "dataset"}
 
 
+# settings whose introduction changed what a run does: the value a config that predates the key ran
+# with, by command (an entry belongs here whenever a new key's default is not the old behaviour)
+PREDATED = {
+    "config": {"fit_beta": 0.0},  # plain-NLL refits before beta-NLL (98f913e)
+    "realtime": {"fit_beta": 0.0, "worker": "thread",  # (367f35e: planning processes)
+                 "refit_offline_ratio": None},  # whole-buffer refits before bounded ones (b57857a)
+}
+
+
 def load_settings(run_dir: Path, command: str = "config") -> dict:
     """The run's config.yaml flattened to dotted keys ({"planner.penalty": 2.5, ...}), less
-    _NOT_SETTINGS; a key its config predates takes today's default (the command's configs/<command>.yaml,
-    e.g. realtime for planners.realtime, and the planner's config dataclass), so an older run is
-    compared by what it ran; {} for a run without one."""
+    _NOT_SETTINGS; a key its config predates takes the value it ran with: PREDATED's where the key's
+    arrival changed behaviour, else today's default (the command's configs/<command>.yaml, e.g.
+    realtime for planners.realtime, and the planner's config dataclass); {} for a run without one."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
     own = _flatten(_read_yaml(path))
-    return {**_run_defaults(command), **_planner_defaults(own.get("planner.name")), **own}
+    return {**_run_defaults(command), **_planner_defaults(own.get("planner.name")), **PREDATED.get(command, {}), **own}
 
 
 @functools.cache
@@ -145,7 +155,7 @@ def load_run(run_dir: Path) -> dict:
     if "dataset" in summary and not offline:
         group += " (offline, then online)"  # not the same protocol as an offline-only run
     kind, key = ("offline_eval", "offline_updates") if offline else ("eval", "env_steps")
-    evaluations = [row for row in _metrics(run_dir) if row.get("kind") == kind]
+    evaluations = read_records(run_dir, kind)
     curve = [(row["step"], row.get("score", row.get("ret"))) for row in evaluations]  # (step, score)
     best_estimate = model_selected(evaluations)  # (older runs name no selection in their summary)
     picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
@@ -166,25 +176,14 @@ def _robot_run(run_dir: Path, summary: dict) -> dict:
     evaluations = {int(step): ret for step, ret in summary.get("eval_returns", {}).items()}
     if summary.get("final_eval_return") is not None:
         evaluations[summary["real_steps"]] = summary["final_eval_return"]
-    episodes = [(row["step"], row["ret"]) for row in _metrics(run_dir) if row.get("kind") == "episode"]
+    episodes = [(row["step"], row["ret"]) for row in read_records(run_dir, "episode")]
     robot = {"episodes": episodes, **{k: summary.get(k) for k in _ROBOT_KEYS}}
     group = f"{summary['env']} on the robot, {summary['control_hz']:g} Hz, {summary.get('latency_ms', 0):g} ms latency"
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": summary.get("final_eval_return"),
-            "best": max(evaluations.values(), default=None), "selected": None, "progress": summary.get("real_steps", 0),
+            "best": max((ret for step, ret in evaluations.items() if step > 0), default=None), "selected": None, "progress": summary.get("real_steps", 0),
             "curve": sorted(evaluations.items()), "normalized": False, "data_score": None, "data": None,
             "settings": load_settings(run_dir, "realtime"), "robot": robot}  # fmt: skip
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    """run_dir/metrics.jsonl's records ([] without one; a half-written last line is skipped)."""
-    path, rows = run_dir / "metrics.jsonl", []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # (a run killed mid-write)
-            continue
-    return rows
 
 
 # a fine-tuned robot's episodes should not fall below the pretrained agent's level after this many real
@@ -195,7 +194,8 @@ _ROBOT_KEYS = ("act_latency_p99_ms", "deadline_miss_rate", "fresh_rate", "fallba
 
 def robot_windows(real_steps: int) -> list[tuple[int, int]]:
     """Spans (lo, hi] of real steps over which the robot's own episodes are averaged, by the step
-    they ended at: (0, 1k], (1k, 5k], (5k, N/2], (N/2, N], those inside N real steps."""
+    they ended at, cut at 0, 1k, 5k, N/2 and N (in order, those within N real steps: for N=20k
+    (0, 1k], (1k, 5k], (5k, 10k], (10k, 20k]; for N=8k (0, 1k], (1k, 4k], (4k, 5k], (5k, 8k])."""
     cuts = sorted({c for c in (0, ROBOT_SETTLED, 5000, real_steps // 2, real_steps) if 0 <= c <= real_steps})
     return list(zip(cuts[:-1], cuts[1:]))
 
@@ -203,7 +203,7 @@ def robot_windows(real_steps: int) -> list[tuple[int, int]]:
 def robot_figures(runs: list[dict]) -> dict:
     """Over runs on the robot: the evaluations at each step and the robot's own episodes per window
     (mean and std over runs of each run's mean), each run's lowest episode after ROBOT_SETTLED
-    steps, the worst act p99 and the mean deadline-miss, fresh and fallback rates."""
+    steps by seed, the worst act p99 and the mean deadline-miss, fresh and fallback rates."""
     spread = lambda xs: (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan)  # noqa: E731
     steps = sorted({s for r in runs for s, _ in r["curve"]})
     evals = {s: spread(v) for s in steps if (v := [ret for r in runs for t, ret in r["curve"] if t == s])}
@@ -212,9 +212,11 @@ def robot_figures(runs: list[dict]) -> dict:
         means = [statistics.fmean(xs) for r in runs if (xs := [x for t, x in r["robot"]["episodes"] if lo < t <= hi])]
         if means:
             windows[f"({lo}, {hi}]"] = spread(means)
-    lowest = [min((x for t, x in r["robot"]["episodes"] if t > ROBOT_SETTLED), default=math.nan) for r in runs]
+    lowest = {r["seed"]: min((x for t, x in r["robot"]["episodes"] if t > ROBOT_SETTLED), default=math.nan)
+              for r in sorted(runs, key=lambda r: r["seed"])}
     figures = {k: [r["robot"][k] for r in runs if r["robot"].get(k) is not None] for k in _ROBOT_KEYS}
-    return {"evaluations": evals, "windows": windows, "lowest_after_settled": lowest,
+    return {"runs": len(runs), "unfinished": sum(r["status"] != "finished" for r in runs),
+            "evaluations": evals, "windows": windows, "lowest_after_settled": lowest,
             "act_latency_p99_ms": max(figures["act_latency_p99_ms"], default=math.nan),
             **{k: statistics.fmean(v) if v else math.nan for k, v in figures.items() if k != "act_latency_p99_ms"}}
 
@@ -280,8 +282,8 @@ def report(runs: list[dict]) -> list[dict]:
                      "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
                      "datasets": sorted({r["data"] for r in members if r.get("data")}),
                      "unknown_data": sum(not r.get("data") for r in members)})  # fmt: skip
-        if all("robot" in r for r in members):
-            rows[-1]["robot"] = robot_figures(scored or members)
+        if all("robot" in r for r in members):  # (over every run, finished or not: `robot_runs` says how many)
+            rows[-1]["robot"] = robot_figures(members)
     return rows
 
 
@@ -313,7 +315,9 @@ def markdown(rows: list[dict]) -> str:
 def robot_markdown(rows: list[dict]) -> str:
     """Runs on the robot: the evaluations at each real step and the robot's own episodes per window
     (mean ± std over runs), each run's lowest episode after ROBOT_SETTLED steps, the controller's figures."""
-    fmt = lambda m, s=math.nan: f"{m:.1f}" + ("" if math.isnan(s) else f" ± {s:.1f}")  # noqa: E731
+    missing = lambda x: x is None or math.isnan(x)  # noqa: E731
+    fmt = lambda m, s=math.nan: "-" if missing(m) else f"{m:.1f}" + ("" if missing(s) else f" ± {s:.1f}")  # noqa: E731
+    rate = lambda x, digits: "-" if missing(x) else f"{x:.{digits}%}"  # noqa: E731
     lines = [f"| robot | planner | evaluations (real steps: return) | robot episodes (ended in real steps: return) | "
              f"lowest robot episode after {ROBOT_SETTLED:,}, per run | act p99 ms (worst) | deadline misses | fresh "
              f"plans | fallbacks | runs |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -321,9 +325,12 @@ def robot_markdown(rows: list[dict]) -> str:
         f = r["robot"]
         evals = "; ".join(f"{s:,}: {fmt(*v)}" for s, v in f["evaluations"].items())
         windows = "; ".join(f"{w}: {fmt(*v)}" for w, v in f["windows"].items())
-        lowest = ", ".join(f"{x:.0f}" for x in f["lowest_after_settled"])
-        lines.append(f"| {r['group']} | {r['planner']} | {evals} | {windows} | {lowest} | {f['act_latency_p99_ms']:.2f} | "
-                     f"{f['deadline_miss_rate']:.2%} | {f['fresh_rate']:.1%} | {f['fallback_rate']:.1%} | {r['n']} |")  # fmt: skip
+        lowest = ", ".join(f"s{seed}: {'-' if missing(x) else f'{x:.0f}'}" for seed, x in f["lowest_after_settled"].items())
+        p99 = "-" if missing(f["act_latency_p99_ms"]) else f"{f['act_latency_p99_ms']:.2f}"
+        runs = f"{f['runs']}" + (f" ({f['unfinished']} unfinished)" if f["unfinished"] else "")
+        lines.append(f"| {r['group']} | {r['planner']} | {evals} | {windows} | {lowest} | {p99} | "
+                     f"{rate(f['deadline_miss_rate'], 2)} | {rate(f['fresh_rate'], 1)} | {rate(f['fallback_rate'], 1)} | "
+                     f"{runs} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -351,7 +358,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
         ax.set(title=group, xlabel="agent updates (offline), env steps or real steps", ylabel="score")
         ax.legend()
         ax.grid(alpha=0.3)
-        path = out / f"{group.replace('/', '_')}.png"
+        path = out / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', group).strip('_')}.png"  # (no spaces or commas)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

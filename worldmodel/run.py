@@ -203,6 +203,8 @@ class Run:
             self.trained_actor = None
         if isinstance(self.planner, Dyna):
             self.planner.schedule(total - p["offline_updates"])
+        if p["step"] == 0 and (agent := learned_agent(self.planner)) is not None:
+            agent.anchor_pending = True  # (actor_anchor's trust region starts at the switch below)
         bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
         stats = {}
         while p["offline_updates"] < total or p["offline_eval"] is None:
