@@ -206,6 +206,12 @@ def test_model_score_selection_keeps_the_snapshot_with_the_best_model_return(tmp
     assert summary["offline_eval_return"] == pytest.approx(sum(r["ret"] for r in evals) / 3)  # (the last-3 mean)
     assert not torch.equal(seen[1][1], seen[2][1])  # (the snapshot and the last actor act apart)
     assert torch.equal(saved_actions(), seen[1][1])  # the snapshot's actor, not the last one
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)  # ... with its own critics and temperature
+    agent, kept = ckpt["planner"]["agent"], ckpt["trained_agent"]
+    assert agent["updates"] == 40 and kept["updates"] == 60
+    for key in ("critics.weights.1", "target_critics.weights.1", "log_alpha"):
+        assert torch.equal(agent["modules"][key], ckpt["selected_agent"]["modules"][key])
+        assert not torch.equal(agent["modules"][key], kept["modules"][key]), key
     summary = main([f"resume={run_dir}", "offline.select=last"])  # the trained actor back, scored as usual
     assert torch.equal(saved_actions(), seen[2][1]) and summary["final_eval_return"] == summary["offline_eval_return"]
     summary = main([f"resume={run_dir}", "offline.select=model_score", "offline.updates=80", "env_steps=30"])
@@ -224,7 +230,7 @@ def test_a_run_from_before_the_selection_cannot_select_by_model_score(tmp_path, 
     main(["planner=mopo", f"dataset={dataset}", "env_steps=0", f"run_dir={run_dir}", "offline.updates=20",
           *TINY, *DYNA_TINY])  # fmt: skip
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    del ckpt["progress"]["selected"], ckpt["selected_actor"], ckpt["trained_actor"]  # as an older run saved it
+    del ckpt["progress"]["selected"], ckpt["selected_agent"], ckpt["trained_agent"]  # as an older run saved it
     torch.save(ckpt, run_dir / "checkpoint.pt")
     with pytest.raises(SystemExit, match="resume it with offline.select=last"):
         main([f"resume={run_dir}", "offline.select=model_score"])

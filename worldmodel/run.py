@@ -15,6 +15,7 @@ SIGTERM finishes the current step, saves everything and prints the resume comman
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shlex
@@ -87,10 +88,10 @@ class Run:
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
-        # offline model-score selection (Dyna): the evaluated actor whose model return was best so far,
-        # and while that snapshot stands in the actor (offline.select=model_score), the trained one
-        self.selected_actor: dict | None = None
-        self.trained_actor: dict | None = None
+        # offline model-score selection (Dyna): the evaluated agent whose actor's model return was best
+        # so far, and while that snapshot stands in (offline.select=model_score), the trained one
+        self.selected_agent: dict | None = None  # offline.select=model_score's snapshot (SAC.training_state)
+        self.trained_agent: dict | None = None  # the trained agent, kept aside while the snapshot stands in
 
     @property
     def planner(self):
@@ -141,7 +142,7 @@ class Run:
 
     def save(self) -> None:
         atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
-                     "selected_actor": self.selected_actor, "trained_actor": self.trained_actor,
+                     "selected_agent": self.selected_agent, "trained_agent": self.trained_agent,
                      "torch_rng": torch.get_rng_state()},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
 
@@ -154,7 +155,8 @@ class Run:
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
-        self.selected_actor, self.trained_actor = ckpt.get("selected_actor"), ckpt.get("trained_actor")
+        self.selected_agent = ckpt.get("selected_agent", ckpt.get("selected_actor"))  # (older runs: the actor alone)
+        self.trained_agent = ckpt.get("trained_agent", ckpt.get("trained_actor"))
         if "selected" not in self.progress:  # a run from before the selection: its evaluations' actors are gone
             self.progress["selected"] = False if self.progress.get("offline_evals") else None
         if self.progress["selected"] is False and self.cfg.offline.select == "model_score":
@@ -198,9 +200,9 @@ class Run:
             self._stop_if_requested(started)
         learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
         total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
-        if p["offline_updates"] < total and p["step"] == 0 and self.trained_actor is not None:
-            self._use_actor(self.trained_actor)  # learning goes on from the trained actor, not the snapshot
-            self.trained_actor = None
+        if p["offline_updates"] < total and p["step"] == 0 and self.trained_agent is not None:
+            self._use_agent(self.trained_agent)  # learning goes on from the trained agent, not the snapshot
+            self.trained_agent = None
         if isinstance(self.planner, Dyna):
             self.planner.schedule(total - p["offline_updates"])
         if p["step"] == 0 and (agent := learned_agent(self.planner)) is not None:
@@ -402,27 +404,32 @@ class Run:
                 (best is not None and model_ret <= best["model_ret"]):  # fmt: skip
             return
         self.progress["selected"] = {"updates": self.progress["offline_updates"], "ret": ret, "model_ret": model_ret}
-        self.selected_actor = _copy(self.planner.agent.actor.state_dict())
+        self.selected_agent = copy.deepcopy(self.planner.agent.training_state())
 
     def _offline_policy(self) -> tuple[float, float]:
-        """Put the policy offline learning ends with in the actor (offline.select): the trained one,
-        or the selected snapshot (the trained one kept aside, for more offline updates). Returns
-        (its last evaluation's return, the offline score: the mean of the last score_last
-        evaluations, or the snapshot's evaluation)."""
+        """Put the agent offline learning ends with in the planner (offline.select): the trained one,
+        or the selected snapshot, its critics with its actor (the trained one kept aside, for more
+        offline updates). Returns (its last evaluation's return, the offline score: the mean of the
+        last score_last evaluations, or the snapshot's evaluation)."""
         p = self.progress
         if self.cfg.offline.select == "model_score" and p["selected"]:
-            if self.trained_actor is None:
-                self.trained_actor = _copy(self.planner.agent.actor.state_dict())
-            self._use_actor(self.selected_actor)
+            if self.trained_agent is None:
+                self.trained_agent = copy.deepcopy(self.planner.agent.training_state())
+            self._use_agent(self.selected_agent)
             return p["selected"]["ret"], p["selected"]["ret"]
-        if self.trained_actor is not None:  # (a model_score run resumed with offline.select=last)
-            self._use_actor(self.trained_actor)
-            self.trained_actor = None
+        if self.trained_agent is not None:  # (a model_score run resumed with offline.select=last)
+            self._use_agent(self.trained_agent)
+            self.trained_agent = None
         last = p["offline_evals"][-1] if p.get("offline_evals") else p["offline_eval"]
         return last, p["offline_eval"]
 
-    def _use_actor(self, state: dict) -> None:
-        self.planner.agent.actor.load_state_dict(state)
+    def _use_agent(self, state: dict) -> None:
+        """Put a kept SAC.training_state in the planner's agent (an actor's state_dict alone from a
+        checkpoint that predates whole-agent snapshots: its actor only)."""
+        if "modules" in state:
+            self.planner.agent.load_training_state(state)
+        else:
+            self.planner.agent.actor.load_state_dict(state)
         self._saved_at = None  # (the checkpoint must hold it)
 
     def _score(self, key: str, ret: float | None) -> dict:
@@ -474,10 +481,6 @@ class Run:
 def _bar(total: int, initial: int, desc: str, unit: str):
     """A progress bar whose ETA averages over the whole run, fits and evaluations included."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
-
-
-def _copy(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _mean(xs: list[float]) -> float:
