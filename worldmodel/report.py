@@ -282,7 +282,7 @@ def report(runs: list[dict]) -> list[dict]:
                      "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
                      "datasets": sorted({r["data"] for r in members if r.get("data")}),
                      "unknown_data": sum(not r.get("data") for r in members)})  # fmt: skip
-        if all("robot" in r for r in members):  # (over every run, finished or not: `robot_runs` says how many)
+        if all("robot" in r for r in members):  # (over every run, finished or not: its "runs" and "unfinished" say how many)
             rows[-1]["robot"] = robot_figures(members)
     return rows
 
