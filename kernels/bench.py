@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,6 +151,24 @@ def measure_peak(device: str, dtype: str) -> float:
     return 2 * n**3 / ms / 1e6
 
 
+def launch_floor(device: str) -> dict[str, float] | None:
+    """Milliseconds of the smallest call, timed as every row is (time_once): one kernel launch (a
+    1-element add) and one CUDA graph replay of it. No small-batch row can beat these; None on CPU."""
+    if device != "cuda":
+        return None
+    x = torch.zeros(1, device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        x.add_(1)  # (warm-up off the capture's stream, as torch's graph docs ask)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        x.add_(1)
+    return {"kernel_launch_ms": time_calls(lambda i: x.add_(1), 1, device, 0.2, 20, 500)[0],
+            "graph_replay_ms": time_calls(lambda i: graph.replay(), 1, device, 0.2, 20, 500)[0]}
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
@@ -244,11 +263,19 @@ def _recorded_tiles(c: Case, device: str):
 def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
     """Time every variant of one shape, interleaved call by call, so that load from other
     processes on a shared machine falls on all variants alike (ratios stay honest)."""
-    calls, tiles, once = [], [], 0.0
-    for c in cases:  # set-up and first calls: allocation, compilation, autotuning (a graph's capture),
-        with _recorded_tiles(c, device) as used:  # and the Triton tiles ours ran; a second call sizes the repeats
-            call, n = make_call(c, device)
-            call(0)
+    calls, tiles, once, failed = [], [], 0.0, []
+    for c in list(cases):  # set-up and first calls: allocation, compilation, autotuning (a graph's capture),
+        try:  # and the Triton tiles ours ran; a second call sizes the repeats
+            with _recorded_tiles(c, device) as used:
+                call, n = make_call(c, device)
+                call(0)
+        except Exception as e:  # a variant that fails is reported, and the cell goes on without it
+            if c.variant == "baddbmm":
+                raise
+            traceback.print_exc()
+            failed.append(_case_row(c, device, error=f"{type(e).__name__}: {e}"))
+            cases.remove(c)
+            continue
         calls.append((call, n))
         _sync(device)
         t = time.perf_counter()
@@ -275,14 +302,17 @@ def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
     rows = []
     for c, ts, (_, n), used in zip(cases, times, calls, tiles):
         ms = statistics.median(ts)
-        rows.append(dict(variant=c.variant, E=c.E, B=c.B, hidden=c.hidden, dtype=c.dtype, **{"pass": c.pass_},
-                         ms=ms, reps=len(ts), rows_per_s=c.E * c.B / (ms / 1e3),
-                         gflops=gflop(c.E, c.B, c.hidden, c.pass_) / (ms / 1e3), device=device,
-                         device_name=device_name(device), inputs_rotated=n, tiles=used))
+        rows.append(_case_row(c, device, ms=ms, reps=len(ts), rows_per_s=c.E * c.B / (ms / 1e3),
+                              gflops=gflop(c.E, c.B, c.hidden, c.pass_) / (ms / 1e3), inputs_rotated=n, tiles=used))
     base = next(r["ms"] for r in rows if r["variant"] == "baddbmm")
     for r in rows:
         r["ratio_vs_baddbmm"] = base / r["ms"]
-    return rows
+    return rows + failed
+
+
+def _case_row(c: Case, device: str, **figures) -> dict:
+    return dict(variant=c.variant, E=c.E, B=c.B, hidden=c.hidden, dtype=c.dtype, **{"pass": c.pass_},
+                device=device, device_name=device_name(device), **figures)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +346,7 @@ def markdown_summary(rows: list[dict]) -> str:
     """One line per shape: every variant's median ms, then ours: GFLOP/s, %peak, vs baddbmm and
     ours / fastest other variant (<= 1.10 meets the CPU target)."""
     cells: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
+    for r in (r for r in rows if "ms" in r):
         cells.setdefault((r["device"], r["dtype"], r["pass"], r["hidden"], r["E"], r["B"]), {})[r["variant"]] = r
     names = [v for v in VARIANTS if any(v in c for c in cells.values())]
     head = ["device", "dtype", "pass", "hidden", "E", "B", *[f"{v} ms" for v in names],
@@ -371,8 +401,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = args.device
 
     peaks = {d: measure_peak(device, d) for d in dtypes}
+    floor = launch_floor(device)
     print(f"# {device_name(device)}; torch {torch.__version__}; matmul peak measured here: "
-          + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()), flush=True)
+          + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items())
+          + (f"; launch floor: one kernel {1e3 * floor['kernel_launch_ms']:.1f} us, one graph replay "
+             f"{1e3 * floor['graph_replay_ms']:.1f} us" if floor else ""), flush=True)  # fmt: skip
     rows: list[dict] = []
     for dtype in dtypes:
         for pass_ in args.passes:
@@ -383,10 +416,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         group = run_cell([c for c in cases if applicable(c, device)], device, args.budget)
                         rows += group
                         print(format_table(group).split("\n", 2)[2], flush=True)
+                        _save(args.json, rows)  # a run cut short keeps the cells it measured
     # the peak again at the end (noisy shared machine): the higher of the two is the roofline
     for d in dtypes:
         peaks[d] = max(peaks[d], measure_peak(device, d))
-    for r in rows:
+    for r in (r for r in rows if "gflops" in r):
+        r.update(floor or {})
         r["peak_gflops"] = peaks[r["dtype"]]
         r["pct_peak"] = 100 * r["gflops"] / peaks[r["dtype"]]
     print()
@@ -397,17 +432,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.markdown:
         print()
         print(markdown_summary(rows))
+    for r in (r for r in rows if "error" in r):
+        print(f"\n# FAILED: {r['variant']} {r['dtype']} {r['pass']} hidden {r['hidden']} E {r['E']} B {r['B']}: {r['error']}")
     tiled = [r for r in rows if r.get("tiles")]
     if tiled:
         how = "chosen by Triton's autotuner" if dispatch._triton().AUTOTUNE else "the heuristic tiles: autotuning is off"
         print(f"\n# Triton tiles ours ran ({how}):")
         for r in tiled:
             print(f"{r['dtype']} {r['pass']} hidden {r['hidden']} E {r['E']} B {r['B']}: " + "; ".join(r["tiles"]))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    _save(args.json, rows)
     return rows
+
+
+def _save(path: str | None, rows: list[dict]) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

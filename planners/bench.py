@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def torchrl_mppi(model: EnsembleDynamics, spec, horizon: int, candidates: int, i
                        optim_steps=iterations, num_candidates=candidates, top_k=candidates)  # fmt: skip
 
 
-def rows(repeats: int, device: str = "cpu") -> list[dict]:
+def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
     """Planning steps of ours and (on CPU) torchrl's planners; on CUDA ours alone."""
     spec = make_env("halfcheetah").task_spec
     torch.manual_seed(0)
@@ -138,7 +139,7 @@ def rows(repeats: int, device: str = "cpu") -> list[dict]:
             ("CEM PETS (400 x 20 particles x 30 x 5)", "ours, CUDA graph", lambda: graphed["pets"].act(obs),
              400 * 20 * 30 * 5),
         ]
-    bf16_peak = _bf16_peak(device)
+    bf16_peak = _bf16_peak(device) if bf16 else None
     if bf16_peak:  # the default planner with the model's hidden layers on bf16 operands
         low = copy.deepcopy(model)
         low.precision = "bf16"
@@ -228,7 +229,7 @@ def _mlp_flops(module_weights) -> int:
     return 2 * sum(w.shape[-2] * w.shape[-1] for w in module_weights)
 
 
-def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
+def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
     """Imagined transitions per second (a MOPO rollout round) and agent updates per second
     (SAC with 2 critics, EDAC/RAVL with 10 and the diversity term, and on CPU behaviour cloning)."""
     spec = make_env("halfcheetah").task_spec
@@ -241,7 +242,7 @@ def dyna_rows(repeats: int, device: str = "cpu") -> list[dict]:
                        "terminated": flags, "truncated": flags}, [50_000])  # fmt: skip
     out = []
     per_row = _mlp_flops(model.weights)
-    bf16_peak = _bf16_peak(device)
+    bf16_peak = _bf16_peak(device) if bf16 else None
     peaks = {"fp32": peak, **({"bf16": bf16_peak} if bf16_peak else {})}
     for penalty, precision in ((0.0, "fp32"), (1.0, "fp32"), (1.0, "bf16")):
         if precision not in peaks:
@@ -365,6 +366,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-suite", action="store_true",
                         help="the one run for a lent GPU: kernel compile statistics, the kernel grid, planning, Dyna")
     parser.add_argument("--quick", action="store_true", help="with --gpu-suite: a few small shapes (a smoke run)")
+    parser.add_argument("--no-bf16", action="store_true", help="no bf16 rows in the planning and Dyna tables")
+    parser.add_argument("--kernels-json", metavar="PATH", help="with --gpu-suite: where the kernel grid writes its rows "
+                        "after each cell (default: the --json path + .kernels)")
+    parser.add_argument("--sections", nargs="+", choices=SUITE_SECTIONS, default=list(SUITE_SECTIONS),
+                        help="with --gpu-suite: only these sections (in the suite's order), e.g. to split it over two calls")
     parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
     parser.add_argument("--realtime", type=int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
     args = parser.parse_args(argv)
@@ -407,14 +413,19 @@ def main(argv: list[str] | None = None) -> None:
         _write_json(args.json, table)
         return
     if args.gpu_suite:
-        gpu_suite(args.device, args.repeats, args.json, quick=args.quick)
+        report = gpu_suite(args.device, args.repeats, args.json, quick=args.quick, sections=args.sections,
+                           bf16=not args.no_bf16, kernels_json=args.kernels_json)
+        failed = [name for name, r in report["sections"].items()
+                  if "error" in r or any("error" in row or row.get("exit_code", 0) != 0 for row in r["rows"])]
+        if failed:
+            raise SystemExit("error: these sections failed (their errors are above and in the JSON): " + "; ".join(failed))
         return
     if args.dyna:
-        table = dyna_rows(args.repeats, args.device)
+        table = dyna_rows(args.repeats, args.device, bf16=not args.no_bf16)
         _print_dyna(table)
         _write_json(args.json, table)
         return
-    table = rows(args.repeats, args.device)
+    table = rows(args.repeats, args.device, bf16=not args.no_bf16)
     _print_planning(table)
     _write_json(args.json, table)
 
@@ -442,9 +453,12 @@ def _print_dyna(table: list[dict]) -> None:
 
 
 PLANNING_SECTION = "planning steps (eager, and on CUDA replayed from one CUDA graph)"
+SUITE_SECTIONS = ("correctness", "planning", "dyna", "kernels", "compile")  # --gpu-suite's, in run order
 
 
-def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False) -> dict:
+def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False,
+              sections: tuple[str, ...] | list[str] = SUITE_SECTIONS, bf16: bool = True,
+              kernels_json: str | None = None) -> dict:
     """Everything a lent GPU should measure, in one run of under 8 minutes (issue #14): first the
     kernels' and graphed steps' tests on the GPU, then cheapest first: the planning steps, Dyna's rollouts and agent updates, the ensemble MLP grid (E=7, B 1
     to 65536, widths 200 and 512, tf32 and bf16, forward and forward+backward, against eager
@@ -456,10 +470,19 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
 
     started, report = time.perf_counter(), {"device": kernel_bench.device_name(device), "sections": {}}
 
-    def section(name: str, fn):
+    def section(name: str, fn, key: str):
+        if key not in sections:
+            return
         t = time.perf_counter()
         print(f"\n## {name} ({kernel_bench.device_name(device)})\n", flush=True)
-        report["sections"][name] = {"rows": fn(), "wall_s": time.perf_counter() - t}
+        if device == "cuda" and len(sections) > 1:  # a CUDA error (an illegal address) ends its process's
+            fn = lambda: _section_in_child(key, device, repeats, bf16, quick, json_path)  # context: each section gets its own  # noqa: E731
+        try:
+            report["sections"][name] = {"rows": fn(), "wall_s": time.perf_counter() - t}
+        except Exception as e:  # one broken section must not cost a short GPU loan the others
+            traceback.print_exc()
+            report["sections"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                                        "wall_s": time.perf_counter() - t}
         _write_json(json_path, report)
         print(f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - started:.0f} s in all)", flush=True)
 
@@ -469,20 +492,40 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     # correctness first (timings of a wrong kernel or graph mean nothing), then cheapest first, so
     # that a run cut short loses the kernel grid's last cells, not whole sections
     if device == "cuda":
-        section("correctness on this GPU (pytest: Triton kernels, graphed planning steps)", _gpu_tests)
+        section("correctness on this GPU (pytest: Triton kernels, graphed planning steps)", _gpu_tests, "correctness")
     repeats = max(2, repeats // (5 if quick else 1))
     section(PLANNING_SECTION,
-            lambda: _printed(rows(repeats, device), _print_planning))
-    section("Dyna rollouts and agent updates", lambda: _printed(dyna_rows(repeats, device), _print_dyna))
+            lambda: _printed(rows(repeats, device, bf16), _print_planning), "planning")
+    section("Dyna rollouts and agent updates", lambda: _printed(dyna_rows(repeats, device, bf16), _print_dyna), "dyna")
     grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]
     if quick:
         grid = ["-E", "7", "-B", "1", "256", "--hidden", "200", "--budget", "0.05"]
+    kernels_json = kernels_json or (f"{json_path}.kernels" if json_path else None)
+    cells = ["--json", kernels_json] if kernels_json else []  # (rewritten after each cell)
     section("ensemble MLP kernels", lambda: kernel_bench.main(
-        ["--device", device, *grid, "--variants", "baddbmm", "ours", "ours_graph", "--markdown"]))
+        ["--device", device, *grid, "--variants", "baddbmm", "ours", "ours_graph", "--markdown", *cells]), "kernels")
     if device == "cuda":  # (ptxas builds for this GPU's architecture; no GPU needed, so last)
         major, minor = torch.cuda.get_device_capability()
-        section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]))
+        section("compile statistics", lambda: compile_check.main(["--arch", f"{major}{minor}"]), "compile")
     return report
+
+
+def _section_in_child(key: str, device: str, repeats: int, bf16: bool, quick: bool, json_path: str | None) -> list[dict]:
+    """One suite section in a process of its own (its output streams through); its rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "section.json")
+        cells = ["--kernels-json", f"{json_path}.kernels"] if json_path else []
+        cmd = [sys.executable, "-m", "planners.bench", "--gpu-suite", "--device", device, "--sections", key,
+               "--repeats", str(repeats), "--json", path, *cells, *([] if bf16 else ["--no-bf16"]),
+               *(["--quick"] if quick else [])]
+        subprocess.run(cmd, check=False)
+        sections = json.load(open(path))["sections"] if os.path.exists(path) else {}
+    if not sections:
+        raise RuntimeError(f"section {key!r} ended before it wrote its results (see its output above)")
+    (result,) = sections.values()
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result["rows"]
 
 
 def _gpu_tests(timeout_s: int = 240) -> list[dict]:
@@ -493,7 +536,10 @@ def _gpu_tests(timeout_s: int = 240) -> list[dict]:
         print("(no tests/ here: run the suite from the repository root to check correctness first)")
         return []
     env = {**os.environ, "WORLDMODEL_AUTOTUNE": "0"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-rfE", *tests]
+    # Triton compiles each kernel variant on the host: spread the files' tests over the host's cores
+    workers = max(1, min(8, (os.cpu_count() or 1) // 2))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), "--dist", "load",
+           "-rfE", *tests]
     start, timed_out = time.perf_counter(), False
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -518,8 +564,9 @@ def _printed(table: list[dict], printer) -> list[dict]:
 
 def _write_json(path: str | None, table: list[dict] | dict) -> None:
     if path:
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(table, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -303,3 +303,36 @@ def test_launchers_make_no_host_syncs_once_the_member_ids_were_checked(widths, m
         with no_host_syncs():
             kernels.ensemble_gaussian_mlp(x, ws, bs, *bounds, members=members, precision=FUSED_PREC)
             kernels.ensemble_mlp(x, ws, bs, members=members, precision=FUSED_PREC)
+
+
+@pytest.mark.skipif(INTERPRET, reason="tiles matter to a GPU build; the interpreter runs its own small blocks")
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("gauss", [False, True])
+@pytest.mark.parametrize("B", [103, 4096])
+def test_every_fused_tile_the_autotuner_may_pick_matches_the_reference(precision, gauss, B, monkeypatch):
+    """Each fused candidate the autotuner keeps for this key, forced, with elites (the heuristic
+    tiles alone are what the other tests run). On an H200 the 128-row bf16 Gaussian build was wrong."""
+    import triton
+
+    from kernels import triton_mlp
+
+    E, widths = 7, [23, 200, 200, 200, 200, 36]
+    ws, bs = make_params(E, widths, seed=21)
+    members = torch.tensor([0, 2, 3, 5, 6], device=DEVICE)
+    x = rand_x(len(members), B, widths[0])
+    bounds = (torch.full((E, 18), 0.5, device=DEVICE), torch.full((E, 18), -10.0, device=DEVICE))
+    flags = dict(GAUSS=gauss, PREC=triton_mlp.PREC_CODES[precision])
+    configs = [triton.Config(dict(BLOCK_M=bm), num_warps=w) for bm, w in triton_mlp._FUSED_CANDIDATES]
+    kept = triton_mlp._fused_candidates(configs, {"B": B}, **flags)
+    if gauss:
+        ref = reference.ensemble_gaussian_mlp(x.double(), f64(ws), f64(bs), *(b.double() for b in bounds), members=members)
+    else:
+        ref = (reference_out(x, ws, bs, members=members),)
+    monkeypatch.setattr(triton_mlp, "_fused_tuned", None)
+    for c in kept:
+        monkeypatch.setattr(triton_mlp, "FUSED_TILE", (c.kwargs["BLOCK_M"], c.num_warps))
+        with torch.no_grad():
+            out = triton_mlp._fused_forward(x, ws, bs, members, triton_mlp.ACT_CODES["silu"], flags["PREC"],
+                                            bounds if gauss else None)
+        for got, want in zip(out if gauss else (out,), ref):
+            torch.testing.assert_close(got.double(), want, **BF16_TOL, msg=lambda m: f"tile {c}: {m}")
