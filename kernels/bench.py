@@ -151,20 +151,27 @@ def measure_peak(device: str, dtype: str) -> float:
     return 2 * n**3 / ms / 1e6
 
 
+def capture(fn: Callable[[], object], warmup: int = 1) -> torch.cuda.CUDAGraph:
+    """fn captured in a CUDA graph, after warm-up calls on a side stream (as torch's graph docs ask)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        fn()
+    return graph
+
+
 def launch_floor(device: str) -> dict[str, float] | None:
     """Milliseconds of the smallest call, timed as every row is (time_once): one kernel launch (a
     1-element add) and one CUDA graph replay of it. No small-batch row can beat these; None on CPU."""
     if device != "cuda":
         return None
     x = torch.zeros(1, device=device)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        x.add_(1)  # (warm-up off the capture's stream, as torch's graph docs ask)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        x.add_(1)
+    graph = capture(lambda: x.add_(1))
     return {"kernel_launch_ms": time_calls(lambda i: x.add_(1), 1, device, 0.2, 20, 500)[0],
             "graph_replay_ms": time_calls(lambda i: graph.replay(), 1, device, 0.2, 20, 500)[0]}
 
@@ -224,15 +231,7 @@ def make_call(c: Case, device: str) -> tuple[Callable[[int], None], int]:
 
     if c.variant == "ours_graph":
         x0, ws0, bs0 = pools[0][0].clone(), pools[0][1], pools[0][2]
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s), torch.no_grad():
-            for _ in range(3):
-                f(x0, ws0, bs0)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            f(x0, ws0, bs0)
+        graph = capture(lambda: f(x0, ws0, bs0), warmup=3)
 
         def call(i):
             x0.copy_(pools[i][0])  # a new observation batch each step, as a planner would
@@ -416,7 +415,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         group = run_cell([c for c in cases if applicable(c, device)], device, args.budget)
                         rows += group
                         print(format_table(group).split("\n", 2)[2], flush=True)
-                        _save(args.json, rows)  # a run cut short keeps the cells it measured
+                        write_json(args.json, rows)  # a run cut short keeps the cells it measured
     # the peak again at the end (noisy shared machine): the higher of the two is the roofline
     for d in dtypes:
         peaks[d] = max(peaks[d], measure_peak(device, d))
@@ -440,15 +439,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"\n# Triton tiles ours ran ({how}):")
         for r in tiled:
             print(f"{r['dtype']} {r['pass']} hidden {r['hidden']} E {r['E']} B {r['B']}: " + "; ".join(r["tiles"]))
-    _save(args.json, rows)
+    write_json(args.json, rows)
     return rows
 
 
-def _save(path: str | None, rows: list[dict]) -> None:
+def write_json(path: str | None, obj: list | dict) -> None:
+    """Write obj to path as JSON atomically (a temporary file renamed over it); nothing when path is None."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path + ".tmp", "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(obj, f, indent=1)
         os.replace(path + ".tmp", path)
 
 

@@ -34,7 +34,7 @@ from tensordict import TensorDict
 from torch import nn
 
 import kernels
-from kernels.bench import measure_peak
+from kernels.bench import measure_peak, write_json
 from kernels.cpu import bf16_units
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig, RAVLConfig
 from worldmodel.allocator import keep_freed_memory
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['act_latency_max_ms']:.1f} | {r['act_floor_ms']:.3f} | {r['plan_latency_p50_ms']:.1f} / "
                   f"{r['plan_latency_p99_ms']:.1f} | {r['fresh_rate']:.0%} / {r['shifted_rate']:.0%} / "
                   f"{r['fallback_rate']:.0%} | {r['deadline_miss_rate']:.1%} | {r['model_version']} |")  # fmt: skip
-        _write_json(args.json, table)
+        write_json(args.json, table)
         return
     if args.profile:
         if args.device != "cpu":
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in table:
             floor = f"{r['floor_ms']:.1f}" if r["floor_ms"] else "-"
             print(f"| {r['stage']} | {r['ms']:.1f} | {r['share']:.0%} | {floor} |")
-        _write_json(args.json, table)
+        write_json(args.json, table)
         return
     if args.concurrency:
         table = concurrency_rows()
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in table:
             label = "auto (the default)" if r["threads"] == "auto" else f"{r['threads']}, fixed (torch's default)"
             print(f"| {label} | {r['alone_s']:.1f} s | {r['together_s'][0]:.1f} s, {r['together_s'][1]:.1f} s | {r['ratio']:.2f}x |")
-        _write_json(args.json, table)
+        write_json(args.json, table)
         return
     if args.gpu_suite:
         report = gpu_suite(args.device, args.repeats, args.json, quick=args.quick, sections=args.sections,
@@ -423,11 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.dyna:
         table = dyna_rows(args.repeats, args.device, bf16=not args.no_bf16)
         _print_dyna(table)
-        _write_json(args.json, table)
+        write_json(args.json, table)
         return
     table = rows(args.repeats, args.device, bf16=not args.no_bf16)
     _print_planning(table)
-    _write_json(args.json, table)
+    write_json(args.json, table)
 
 
 def _print_planning(table: list[dict]) -> None:
@@ -469,22 +469,26 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     from kernels import compile_check
 
     started, report = time.perf_counter(), {"device": kernel_bench.device_name(device), "sections": {}}
+    kernels_json = kernels_json or (f"{json_path}.kernels" if json_path else None)  # (rewritten after each cell)
+    isolate = device == "cuda" and len(sections) > 1  # an illegal address ends its process's CUDA context:
+    given = dict(repeats=repeats, bf16=bf16, quick=quick, kernels_json=kernels_json)  # each section its own
 
     def section(name: str, fn, key: str):
         if key not in sections:
             return
-        t = time.perf_counter()
-        print(f"\n## {name} ({kernel_bench.device_name(device)})\n", flush=True)
-        if device == "cuda" and len(sections) > 1:  # a CUDA error (an illegal address) ends its process's
-            fn = lambda: _section_in_child(key, device, repeats, bf16, quick, json_path)  # context: each section gets its own  # noqa: E731
-        try:
-            report["sections"][name] = {"rows": fn(), "wall_s": time.perf_counter() - t}
-        except Exception as e:  # one broken section must not cost a short GPU loan the others
-            traceback.print_exc()
-            report["sections"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                                        "wall_s": time.perf_counter() - t}
-        _write_json(json_path, report)
-        print(f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - started:.0f} s in all)", flush=True)
+        if isolate:  # (the child prints the section's header and time)
+            report["sections"][name] = _section_in_child(key, device, **given)
+        else:
+            t = time.perf_counter()
+            print(f"\n## {name} ({kernel_bench.device_name(device)})\n", flush=True)
+            try:
+                report["sections"][name] = {"rows": fn(), "wall_s": time.perf_counter() - t}
+            except Exception as e:  # one broken section must not cost a short GPU loan the others
+                traceback.print_exc()
+                report["sections"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                                            "wall_s": time.perf_counter() - t}
+            print(f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - started:.0f} s in all)", flush=True)
+        write_json(json_path, report)
 
     if device == "cpu" and not quick:
         raise SystemExit("error: the full --gpu-suite on a CPU would take hours (B=65536 forward+backward); "
@@ -500,8 +504,7 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     grid = ["-E", "7", "-B", "1", "256", "4096", "65536", "--hidden", "200", "512", "--budget", "0.25"]
     if quick:
         grid = ["-E", "7", "-B", "1", "256", "--hidden", "200", "--budget", "0.05"]
-    kernels_json = kernels_json or (f"{json_path}.kernels" if json_path else None)
-    cells = ["--json", kernels_json] if kernels_json else []  # (rewritten after each cell)
+    cells = ["--json", kernels_json] if kernels_json else []
     section("ensemble MLP kernels", lambda: kernel_bench.main(
         ["--device", device, *grid, "--variants", "baddbmm", "ours", "ours_graph", "--markdown", *cells]), "kernels")
     if device == "cuda":  # (ptxas builds for this GPU's architecture; no GPU needed, so last)
@@ -510,22 +513,25 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
     return report
 
 
-def _section_in_child(key: str, device: str, repeats: int, bf16: bool, quick: bool, json_path: str | None) -> list[dict]:
-    """One suite section in a process of its own (its output streams through); its rows."""
+def _section_in_child(key: str, device: str, repeats: int, bf16: bool, quick: bool,
+                      kernels_json: str | None) -> dict:
+    """One suite section in a process of its own (its output streams through): its JSON entry,
+    rows or the child's error and traceback (a child that died: an error, and the kernel grid's
+    finished cells from kernels_json)."""
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "section.json")
-        cells = ["--kernels-json", f"{json_path}.kernels"] if json_path else []
         cmd = [sys.executable, "-m", "planners.bench", "--gpu-suite", "--device", device, "--sections", key,
-               "--repeats", str(repeats), "--json", path, *cells, *([] if bf16 else ["--no-bf16"]),
-               *(["--quick"] if quick else [])]
-        subprocess.run(cmd, check=False)
+               "--repeats", str(repeats), "--json", path, *(["--kernels-json", kernels_json] if kernels_json else []),
+               *([] if bf16 else ["--no-bf16"]), *(["--quick"] if quick else [])]
+        code = subprocess.run(cmd, check=False).returncode
         sections = json.load(open(path))["sections"] if os.path.exists(path) else {}
-    if not sections:
-        raise RuntimeError(f"section {key!r} ended before it wrote its results (see its output above)")
-    (result,) = sections.values()
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return result["rows"]
+    if sections:
+        (result,) = sections.values()
+        return result
+    partial = json.load(open(kernels_json)) if key == "kernels" and kernels_json and os.path.exists(kernels_json) else []
+    return {"error": f"the section's process ended (exit code {code}) before it wrote its results; its output is above",
+            "rows": partial, "wall_s": time.perf_counter() - started}
 
 
 def _gpu_tests(timeout_s: int = 240) -> list[dict]:
@@ -562,11 +568,6 @@ def _printed(table: list[dict], printer) -> list[dict]:
     return table
 
 
-def _write_json(path: str | None, table: list[dict] | dict) -> None:
-    if path:
-        with open(path + ".tmp", "w") as f:
-            json.dump(table, f, indent=2)
-        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class MPCConfig:
     # (from the previous action on), as a robot's actuators allow (None: unlimited)
     slew: float | None = None
     # on CUDA, capture the planning step in one CUDA graph and replay it each step (planners.graph);
-    # opt-in until measured on a GPU. Not for iCEM (its elites carry over between steps on the host)
+    # opt-in until a whole run has used it on a GPU (an H200 ran the default MPPI step 13x faster
+    # than eager with the same actions). Not for iCEM (its elites carry over between steps on the host)
     cuda_graph: bool = False
     seed: int | None = None
 

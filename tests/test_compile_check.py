@@ -17,3 +17,19 @@ def test_fused_kernel_builds_without_spills(arch, label, fn, constexprs, warps, 
     assert built["spill_stack_bytes"] == 0, f"{label} on sm_{arch} spills: {built}"
     assert built["regs"] <= 255 and built["shared_bytes"] <= 101_376  # (sm_80/86's smallest per-block limit)
     assert built["wgmma"] == (arch == 90)  # Hopper's warpgroup MMA where it exists
+
+
+def test_the_autotuner_never_offers_the_fused_tile_that_was_wrong_on_an_h200():
+    """128 rows over 8 warps, bf16 with the Gaussian head, wrote wrong outputs (NaN) on an H200
+    (docs/results/gpu-h200-2026-12-04); every other flavour keeps it where the batch is large."""
+    import triton
+
+    from kernels import triton_mlp as tm
+
+    configs = [triton.Config(dict(BLOCK_M=bm), num_warps=w) for bm, w in tm._FUSED_CANDIDATES]
+
+    def rows(**flags):
+        return {c.kwargs["BLOCK_M"] for c in tm._fused_candidates(configs, {"B": 4096}, **flags)}
+
+    assert 128 not in rows(GAUSS=True, PREC=tm.PREC_CODES["bf16"])
+    assert 128 in rows(GAUSS=True, PREC=tm.PREC_CODES["tf32"]) and 128 in rows(GAUSS=False, PREC=tm.PREC_CODES["bf16"])

@@ -335,4 +335,37 @@ def test_every_fused_tile_the_autotuner_may_pick_matches_the_reference(precision
             out = triton_mlp._fused_forward(x, ws, bs, members, triton_mlp.ACT_CODES["silu"], flags["PREC"],
                                             bounds if gauss else None)
         for got, want in zip(out if gauss else (out,), ref):
-            torch.testing.assert_close(got.double(), want, **BF16_TOL, msg=lambda m: f"tile {c}: {m}")
+            torch.testing.assert_close(got.double(), want, **(BF16_TOL if precision == "bf16" else FUSED_TOL),
+                                       msg=lambda m: f"tile {c}: {m}")
+
+
+@pytest.mark.skipif(INTERPRET, reason="tiles matter to a GPU build; the interpreter is too slow for 8 tiles")
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("B", [37, 4096])
+def test_every_gemm_tile_the_autotuner_may_pick_matches_the_reference(precision, B, monkeypatch):
+    """Training's per-layer kernels (forward, dX, dW) and the Gaussian head under each GEMM
+    candidate of the autotuner, forced (one config, so nothing is timed), with elites."""
+    import triton
+
+    from kernels import triton_mlp
+
+    E, widths = 7, [23, 200, 200, 200, 200, 36]
+    ws, bs, max_lv, min_lv = gaussian_inputs(E, widths, seed=23, requires_grad=True)
+    members = torch.tensor([0, 2, 3, 5, 6], device=DEVICE)
+    x = rand_x(len(members), B, widths[0]).requires_grad_(True)
+    params = [x, *ws, *bs, max_lv, min_lv]
+    xd, wd, bd, hid, lod = x.detach().double().requires_grad_(True), f64(ws), f64(bs), \
+        max_lv.detach().double().requires_grad_(True), min_lv.detach().double().requires_grad_(True)  # fmt: skip
+    ref = reference.ensemble_gaussian_mlp(xd, wd, bd, hid, lod, members=members)
+    g = [torch.randn_like(r) for r in ref]
+    want = [*ref, *torch.autograd.grad(ref, [xd, *wd, *bd, hid, lod], g)]
+    limit = 3e-2 if precision == "bf16" else 1e-2  # largest error over the largest reference value
+    for c in triton_mlp._GEMM_CANDIDATES:
+        monkeypatch.setattr(triton_mlp, "_linear_tuned", triton.autotune([c], key=[])(triton_mlp._linear_kernel))
+        monkeypatch.setattr(triton_mlp, "_gaussian_tuned", triton.autotune([c], key=[])(triton_mlp._gaussian_kernel))
+        out = kernels.ensemble_gaussian_mlp(x, ws, bs, max_lv, min_lv, members=members, precision=precision)
+        got = [*out, *torch.autograd.grad(out, params, [t.float() for t in g])]
+        for name, a, b in zip(["mean", "logvar", "x", *[f"w{i}" for i in range(len(ws))],
+                               *[f"b{i}" for i in range(len(bs))], "max_lv", "min_lv"], got, want):
+            err = (a.double() - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
+            assert err < limit, f"tile {c}: {name} off by {err:.3g} of its largest value"

@@ -28,6 +28,6 @@ try:
         ref = reference.ensemble_mlp(x.double(), [w.double() for w in ws], [b.double() for b in bs], "silu", m)
         err = (out.double() - ref).abs().max().item()
     torch.cuda.synchronize() if DEV == "cuda" else None
-    print(f"OK   {sys.argv[1:]} max abs err {err:.3g}")
+    print(f"{'OK   ' if err < 0.05 else 'WRONG'} {sys.argv[1:]} max abs err {err:.3g}")
 except Exception as e:
     print(f"FAIL {sys.argv[1:]} {type(e).__name__}: {str(e).splitlines()[0]}")
