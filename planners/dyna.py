@@ -7,6 +7,7 @@ EDAC critic ensemble, so values at the edge of the rollouts' reach are not overe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -114,6 +115,7 @@ class Dyna(Planner):
         self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
         self._updates_since_rollout = 0
         self.last_rollout: dict[str, float] = {}
+        self._penalty_warned = False
 
     # ---------------------------------------------------------------- the robot loop
 
@@ -217,7 +219,23 @@ class Dyna(Planner):
             "penalty_share": (cfg.penalty * penalty).mean().item() / max(raw.abs().mean().item(), 1e-12),
             "nonfinite_rows": float(dropped), "out_of_range_rows": float(escaped),
         }  # fmt: skip
+        self._warn_if_the_penalty_swamps_the_reward()
         return self.last_rollout
+
+    def _warn_if_the_penalty_swamps_the_reward(self) -> None:
+        """Once per planner: when the penalty turns a positive raw reward negative on average,
+        every imagined step is a loss, and where episodes end the agent learns to end them."""
+        stats = self.last_rollout
+        if self._penalty_warned or not stats["imagined"] or not stats["raw_reward"] > 0 > stats["imagined_reward"]:
+            return
+        self._penalty_warned = True
+        warnings.warn(
+            f"the uncertainty penalty takes {stats['penalty_share']:.1f}x the raw imagined reward (mean "
+            f"{stats['raw_reward']:.2f} before it, {stats['imagined_reward']:.2f} after): every imagined step is a "
+            "loss, so on a task whose episodes end the agent learns to end them early (a walker falls). The "
+            f"model's uncertainty is large (mean {stats['penalty_mean']:.2f}): fit it longer "
+            "(offline.fit_epochs=null fits until the holdout stops improving) or lower planner.penalty",
+            stacklevel=3)
 
     def _batch(self) -> TensorDict:
         """One agent batch: real_ratio of it from real data, the rest imagined."""

@@ -1,5 +1,7 @@
 """Dyna planners (MBPO, MOPO, RAVL) and behaviour cloning on hand-made ensembles whose predictions are known."""
 
+import warnings
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -83,6 +85,23 @@ def test_rollout_statistics_show_what_the_penalty_takes_from_the_raw_reward():
     assert stats["raw_reward"] == pytest.approx(0.5, abs=0.02)  # before the penalty
     assert stats["imagined_reward"] == pytest.approx(0.5 - 2.0, abs=0.02)  # what the agent learns from
     assert stats["penalty_share"] == pytest.approx(2.0 * 1.0 / 0.5, rel=0.05)  # the penalty is 4x the reward
+
+
+@pytest.mark.parametrize("penalty, warns", [(2.0, True), (0.4, False)])
+def test_a_penalty_that_turns_the_reward_negative_is_warned_about_once(penalty, warns):
+    std = torch.tensor([[0.6, 0.8, 1e-3]])  # the penalty is penalty x 1.0 against a raw reward of 0.5
+    model = constant_ensemble(torch.zeros(1, O), [0.5], std)
+    planner = MOPO(model, SPEC, MOPOConfig(penalty=penalty, rollout_length=1, rollout_batch_size=100, seed=0,
+                                           uncertainty_elites_only=True, uncertainty_include_reward=False))
+    planner.observe(real_data(100))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        planner.rollout()
+        planner.rollout()
+    swamped = [w for w in caught if "every imagined step is a loss" in str(w.message)]
+    assert len(swamped) == (1 if warns else 0)
+    if warns:
+        assert "4.0x the raw imagined reward" in str(swamped[0].message) and "offline.fit_epochs=null" in str(swamped[0].message)
 
 
 @pytest.mark.parametrize("limit, steps", [(100.0, 2), (None, 5)])
