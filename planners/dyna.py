@@ -232,7 +232,7 @@ class Dyna(Planner):
         warnings.warn(
             f"the uncertainty penalty takes {stats['penalty_share']:.1f}x the raw imagined reward (mean "
             f"{stats['raw_reward']:.2f} before it, {stats['imagined_reward']:.2f} after): every imagined step is a "
-            "loss, so on a task whose episodes end the agent learns to end them early (a walker falls). The "
+            "loss, so on a task whose episodes end the agent can learn to end them early (a walker falls). The "
             f"model's uncertainty is large (mean {stats['penalty_mean']:.2f}): fit it longer "
             "(offline.fit_epochs=null fits until the holdout stops improving) or lower planner.penalty",
             stacklevel=3)
