@@ -262,8 +262,8 @@ def _recorded_tiles(c: Case, device: str):
 def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
     """Time every variant of one shape, interleaved call by call, so that load from other
     processes on a shared machine falls on all variants alike (ratios stay honest)."""
-    calls, tiles, once, failed = [], [], 0.0, []
-    for c in list(cases):  # set-up and first calls: allocation, compilation, autotuning (a graph's capture),
+    calls, tiles, once, failed, timed = [], [], 0.0, [], []
+    for c in cases:  # set-up and first calls: allocation, compilation, autotuning (a graph's capture),
         try:  # and the Triton tiles ours ran; a second call sizes the repeats
             with _recorded_tiles(c, device) as used:
                 call, n = make_call(c, device)
@@ -273,8 +273,8 @@ def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
                 raise
             traceback.print_exc()
             failed.append(_case_row(c, device, error=f"{type(e).__name__}: {e}"))
-            cases.remove(c)
             continue
+        timed.append(c)
         calls.append((call, n))
         _sync(device)
         t = time.perf_counter()
@@ -282,24 +282,24 @@ def run_cell(cases: list[Case], device: str, budget_s: float) -> list[dict]:
         _sync(device)
         once = max(once, time.perf_counter() - t)
         tiles.append(sorted(set(used)) or None)
-    for c, (call, n) in zip(cases, calls):
+    for c, (call, n) in zip(timed, calls):
         if once < 1.0 or c.variant == "compile":  # settle recompiles (automatic dynamic shapes)
             for i in range(1, 3):
                 call(i % n)
     _sync(device)
     # Big cells (seconds per call on a 2-core CPU) get fewer repeats so the full grid stays usable.
     min_reps = 10 if once < 0.05 else (5 if once < 1.0 else (3 if once < 5.0 else 2))
-    times: list[list[float]] = [[] for _ in cases]
+    times: list[list[float]] = [[] for _ in timed]
     start = time.perf_counter()
     rep = 0
     while rep < 200:
         for k, (call, n) in enumerate(calls):
             times[k].append(time_once(call, rep % n, device))
         rep += 1
-        if rep >= min_reps and time.perf_counter() - start > budget_s * len(cases):
+        if rep >= min_reps and time.perf_counter() - start > budget_s * len(timed):
             break
     rows = []
-    for c, ts, (_, n), used in zip(cases, times, calls, tiles):
+    for c, ts, (_, n), used in zip(timed, times, calls, tiles):
         ms = statistics.median(ts)
         rows.append(_case_row(c, device, ms=ms, reps=len(ts), rows_per_s=c.E * c.B / (ms / 1e3),
                               gflops=gflop(c.E, c.B, c.hidden, c.pass_) / (ms / 1e3), inputs_rotated=n, tiles=used))
