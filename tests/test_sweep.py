@@ -178,3 +178,15 @@ def test_the_best_settings_become_the_datasets_preset_and_the_rest_of_the_file_s
     before = yaml.safe_load(original)
     assert table["mopo"]["walker2d-medium"] == before["mopo"]["walker2d-medium"]  # the other rows stay
     assert path.read_text().count("#") >= original.count("#")  # and so do the comments
+
+
+def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_trial(tmp_path, offline_setup):
+    from worldmodel.search import main as search
+
+    dataset, model = offline_setup
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.pt").write_bytes(model.read_bytes())
+    (run_dir / "checkpoint.pt").write_bytes(b"a trained agent")
+    with pytest.raises(SystemExit, match=r"brings its trained agent.*model=.*run/model\.pt"):
+        search([*OFFLINE_TINY, f"dataset={dataset}", f"model={run_dir}", f"hydra.sweep.dir={tmp_path / 's'}"])

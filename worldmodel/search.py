@@ -3,16 +3,16 @@ et al., "Revisiting Design Choices in Offline Model-Based RL", 2022), trials on 
 launcher (worldmodel.sweep: Ray by default).
 
     python -m worldmodel.search planner=mopo env=hopper dataset=data/hopper-medium-replay.hdf5 \\
-        pretrained=runs/offline/hopper-medium-replay/mopo-s0 env_steps=0 offline.updates=20000 \\
+        model=runs/offline/hopper-medium-replay/mopo-s0/model.pt env_steps=0 offline.updates=20000 \\
         search.trials=24 hydra.sweep.dir=runs/search/hopper-medium-replay search.save=true
 
 Every trial is one `python -m worldmodel.run` with the fixed overrides above and its sampled
 settings, in `<hydra.sweep.dir>/trial-<n>`; its objective is the run's `normalized_score` (or
 final evaluation return where the task has no reference returns). The space (Lu et al.'s):
 the uncertainty measure, the penalty lambda (log scale), the rollout length, the real-data
-ratio and, where trials fit their own model (no `pretrained=`), the number of elites. Give
-`pretrained=<run dir>` to share one fitted model across trials (far cheaper: the fit is most
-of an offline run). The study lives in `<dir>/study.db`: the same command resumes it, trials
+ratio and, where trials fit their own model (no `model=`), the number of elites. Give
+`model=<model.pt>` to share one fitted model across trials (far cheaper: the fit is most of an
+offline run); a run directory is refused, as its trained agent would start every trial. The study lives in `<dir>/study.db`: the same command resumes it, trials
 cut off mid-run resume from their checkpoints. At the end `<dir>/best.yaml` holds the best
 settings, and `search.save=true` writes them to configs/offline.yaml for the dataset (the
 per-dataset settings `python -m worldmodel.run dataset=...` picks).
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         if len(expand(fixed)) > 1:
             raise ValueError("the search samples the settings itself: give fixed key=value overrides, no sweeps")
         sweep_dir = (sweep_dir or Path("runs") / "search" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+        from worldmodel.config import pretrained_files
         from worldmodel.run import check_config
 
         run_cfg = check_config(fixed)[0]
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"the search tunes the Dyna planners' offline settings (mopo, mbpo, ravl), not {run_cfg.planner.name}")
         if not run_cfg.dataset:
             raise ValueError("give the offline dataset: dataset=<file>")
+        if run_cfg.get("pretrained") and pretrained_files(run_cfg.pretrained)[1] is not None:
+            raise ValueError(f"pretrained={run_cfg.pretrained} brings its trained agent, which would start every trial: "
+                             f"give the fitted model alone, model={Path(run_cfg.pretrained) / 'model.pt'}")
         preset = _preset(run_cfg)
         if cfg.save and preset is None:
             raise ValueError(f"{run_cfg.dataset} names no task and quality: give offline.preset=<task>-<quality> to save")
