@@ -117,3 +117,12 @@ def test_a_key_whose_arrival_changed_behaviour_reads_as_what_older_runs_ran(tmp_
     config = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
     (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump({**config, "refit_offline_ratio": 1.0}))
     assert load_settings(tmp_path / "old", "realtime")["refit_offline_ratio"] == 1.0
+
+
+def test_an_offline_run_ended_on_its_model_selected_snapshot_still_scores_its_last_evaluations(tmp_path):
+    fake_run(tmp_path / "s0", 0, 30.0, penalty=1.0)  # normalized_score: the selected snapshot's 30
+    summary = json.loads((tmp_path / "s0" / "summary.json").read_text())
+    summary.update(offline_normalized_score=20.0, selected_normalized_score=30.0)
+    (tmp_path / "s0" / "summary.json").write_text(json.dumps(summary))
+    (row,) = report([str(tmp_path)])
+    assert row["scores"] == [20.0] and row["selected_scores"] == [30.0]

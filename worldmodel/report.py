@@ -12,10 +12,11 @@ runs or more; the mean best evaluation; the model-selected score (per run, the e
 return estimated in the model, `model_ret`, was best: what an offline user can pick without
 evaluation episodes; mean ± std); and the fingerprints of the datasets its runs learned
 from (worldmodel.datasets.fingerprint; a group on more than one, or mixing runs whose data went
-unrecorded, is flagged). Offline runs score their `normalized_score` (the
-mean of the last offline.score_last evaluations, D4RL-normalised; with offline.select=model_score,
-the selected snapshot's evaluation: such runs get a row of their own), online runs their normalised
-or raw final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
+unrecorded, is flagged). Offline runs score the mean of their last offline.score_last
+evaluations (D4RL-normalised where the task has reference returns), also when
+offline.select=model_score ended the run on another snapshot (that snapshot's evaluation is the
+model-selected column; such runs get a row of their own), online runs their normalised or raw
+final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
 ci_low, ci_high, iqm, ...), report.json (with every run) and one learning-curve PNG per dataset
 or task (the mean over runs, the band its 95% bootstrap interval).
 
@@ -159,7 +160,9 @@ def load_run(run_dir: Path) -> dict:
     curve = [(row["step"], row.get("score", row.get("ret"))) for row in evaluations]  # (step, score)
     best_estimate = model_selected(evaluations)  # (older runs name no selection in their summary)
     picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
-    score = summary.get("normalized_score", summary.get("final_eval_return"))
+    # offline: the mean of the last evaluations (the protocol's score) whatever the run ended on
+    last = (summary.get("offline_normalized_score", summary.get("offline_eval_return")) if offline else None)
+    score = last if last is not None else summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best,
