@@ -263,7 +263,7 @@ def test_a_given_model_is_used_as_it_is_not_refit_on_the_dataset(tmp_path, datas
     ("medium", [], {"penalty": 5.0, "rollout_length": 5}),
     ("medium", ["planner.penalty=1.5"], {"penalty": 1.5, "rollout_length": 5}),  # the command line wins
     ("noise", [], {"penalty": 1.0, "rollout_length": 5}),  # no entry: MOPO's defaults
-    ("noise", ["offline.preset=walker2d-medium-replay"], {"penalty": 2.5, "rollout_length": 1}),  # named preset
+    ("noise", ["offline.preset=walker2d-medium-replay"], {"penalty": 1.0, "rollout_length": 1}),  # named preset
 ])  # fmt: skip
 def test_mopo_takes_the_settings_of_its_dataset(tmp_path, quality, given, expected):
     env = make_env("hopper", seed=1)
