@@ -126,3 +126,19 @@ def test_an_offline_run_ended_on_its_model_selected_snapshot_still_scores_its_la
     (tmp_path / "s0" / "summary.json").write_text(json.dumps(summary))
     (row,) = report([str(tmp_path)])
     assert row["scores"] == [20.0] and row["selected_scores"] == [30.0]
+
+
+def test_an_offline_then_online_run_scores_its_online_end_and_an_unnormalised_offline_run_its_last_returns(tmp_path):
+    fake_run(tmp_path / "online", 0, 30.0, penalty=1.0)
+    summary = json.loads((tmp_path / "online" / "summary.json").read_text())
+    summary.update(env_steps=1000, offline_normalized_score=20.0)  # went on online: its end is the score
+    (tmp_path / "online" / "summary.json").write_text(json.dumps(summary))
+    (row,) = report([str(tmp_path)])
+    assert row["scores"] == [30.0]
+    fake_run(tmp_path / "raw" / "s0", 0, 30.0, penalty=1.0)  # a task without reference returns
+    summary = json.loads((tmp_path / "raw" / "s0" / "summary.json").read_text())
+    del summary["normalized_score"]
+    summary.update(final_eval_return=300.0, offline_eval_return=250.0)
+    (tmp_path / "raw" / "s0" / "summary.json").write_text(json.dumps(summary))
+    (row,) = report([str(tmp_path / "raw")])
+    assert row["scores"] == [250.0] and row["normalized"] is False

@@ -189,4 +189,4 @@ def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_
     (run_dir / "model.pt").write_bytes(model.read_bytes())
     (run_dir / "checkpoint.pt").write_bytes(b"a trained agent")
     with pytest.raises(SystemExit, match=r"brings its trained agent.*model=.*run/model\.pt"):
-        search([*OFFLINE_TINY, f"dataset={dataset}", f"model={run_dir}", f"hydra.sweep.dir={tmp_path / 's'}"])
+        search([*OFFLINE_TINY, f"dataset={dataset}", f"model={run_dir}", f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])

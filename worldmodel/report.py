@@ -13,7 +13,8 @@ return estimated in the model, `model_ret`, was best: what an offline user can p
 evaluation episodes; mean ± std); and the fingerprints of the datasets its runs learned
 from (worldmodel.datasets.fingerprint; a group on more than one, or mixing runs whose data went
 unrecorded, is flagged). Offline runs score the mean of their last offline.score_last
-evaluations (D4RL-normalised where the task has reference returns), also when
+evaluations (D4RL-normalised where the task has reference returns; those so far for an
+unfinished run, flagged in the updates column), also when
 offline.select=model_score ended the run on another snapshot (that snapshot's evaluation is the
 model-selected column; such runs get a row of their own), online runs their normalised or raw
 final evaluation. With --out: report.md, summary.json (per task and planner: n, mean,
@@ -160,15 +161,19 @@ def load_run(run_dir: Path) -> dict:
     curve = [(row["step"], row.get("score", row.get("ret"))) for row in evaluations]  # (step, score)
     best_estimate = model_selected(evaluations)  # (older runs name no selection in their summary)
     picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
-    # offline: the mean of the last evaluations (the protocol's score) whatever the run ended on
+    # offline: the mean of the last evaluations (the protocol's score; so far, for an unfinished
+    # run) whatever snapshot the run ended on
+    normalized = "offline_normalized_score" in summary if offline else "normalized_score" in summary
     last = (summary.get("offline_normalized_score", summary.get("offline_eval_return")) if offline else None)
+    if last is None:
+        normalized = "normalized_score" in summary
     score = last if last is not None else summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best,
             "selected": summary.get("selected_normalized_score", summary.get("selected_eval_return", picked)),
             "progress": summary.get(key, 0), "curve": curve,
-            "normalized": "normalized_score" in summary, "data_score": summary.get("dataset_normalized_score"),
+            "normalized": normalized, "data_score": summary.get("dataset_normalized_score"),
             "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
 
 

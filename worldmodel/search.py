@@ -8,12 +8,14 @@ launcher (worldmodel.sweep: Ray by default).
 
 Every trial is one `python -m worldmodel.run` with the fixed overrides above and its sampled
 settings, in `<hydra.sweep.dir>/trial-<n>`; its objective is the run's `normalized_score` (or
-final evaluation return where the task has no reference returns). The space (Lu et al.'s):
-the uncertainty measure, the penalty lambda (log scale), the rollout length, the real-data
-ratio and, where trials fit their own model (no `model=`), the number of elites. Give
-`model=<model.pt>` to share one fitted model across trials (far cheaper: the fit is most of an
-offline run); a run directory is refused, as its trained agent would start every trial. The study lives in `<dir>/study.db`: the same command resumes it, trials
-cut off mid-run resume from their checkpoints. At the end `<dir>/best.yaml` holds the best
+final evaluation return where the task has no reference returns; with offline.select=model_score
+fixed, the selected snapshot's evaluation). The space (Lu et al.'s): the uncertainty measure, the
+penalty lambda (log scale), the rollout length, the real-data ratio and, where trials fit their
+own model (no `model=`), the number of elites. Give `model=<model.pt>` to share one fitted model
+across trials (far cheaper: the fit is most of an offline run); a run directory is refused, as
+its trained agent would start every trial (a study begun with `pretrained=<run dir>` goes on
+with `model=<run dir>/model.pt`). The study lives in `<dir>/study.db`: the same command resumes
+it, trials cut off mid-run resume from their checkpoints. At the end `<dir>/best.yaml` holds the best
 settings, and `search.save=true` writes them to configs/offline.yaml for the dataset (the
 per-dataset settings `python -m worldmodel.run dataset=...` picks).
 """
