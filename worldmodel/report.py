@@ -163,10 +163,8 @@ def load_run(run_dir: Path) -> dict:
     picked = best_estimate.get("score", best_estimate.get("ret")) if best_estimate else None
     # offline: the mean of the last evaluations (the protocol's score; so far, for an unfinished
     # run) whatever snapshot the run ended on
-    normalized = "offline_normalized_score" in summary if offline else "normalized_score" in summary
     last = (summary.get("offline_normalized_score", summary.get("offline_eval_return")) if offline else None)
-    if last is None:
-        normalized = "normalized_score" in summary
+    normalized = ("offline_normalized_score" if last is not None else "normalized_score") in summary
     score = last if last is not None else summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],

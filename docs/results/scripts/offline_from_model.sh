@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One offline run from a fitted model used as it is (model=<model.pt>: no refit), the way the
+# walker2d results of 2026-12-04 ran: one thread, 10-episode evaluations, the actor whose model
+# return was best kept (offline.select=model_score). Rerunning the same line resumes a cut-off run.
+#
+#   docs/results/scripts/offline_from_model.sh <planner> <task> <dataset> <model.pt> <seed> <run_dir> [key=value ...]
+#   docs/results/scripts/offline_from_model.sh mopo walker2d data/walker2d-medium-replay.hdf5 \
+#       runs/offline/walker2d-mr-50k-mopo-conv-s0/model.pt 0 runs/offline/w2d-mr-200k/mopo-l1.0-s0 \
+#       offline.updates=200000 planner.penalty=1.0 planner.rollout_length=1 planner.agent.precision=bf16
+set -euo pipefail
+planner=$1 task=$2 dataset=$3 model=$4 seed=$5 run_dir=$6; shift 6
+if [ -f "$run_dir/config.yaml" ]; then
+  args=(resume="$run_dir")
+else
+  args=(planner="$planner" env="$task" dataset="$dataset" model="$model" env_steps=0
+        offline.select=model_score eval_episodes=10 seed="$seed" threads=1 run_dir="$run_dir" "$@")
+fi
+mkdir -p "$(dirname "$run_dir")"
+python -m worldmodel.run "${args[@]}" > "$run_dir.log" 2>&1
