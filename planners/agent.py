@@ -14,13 +14,14 @@ or saving lands in both.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from planners import load_pretrained_agent, make_planner
+from planners import learned_agent, load_pretrained_agent, make_planner
 from planners.base import Planner
 from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
 from worldmodel.config import pretrained_files
@@ -33,6 +34,7 @@ from worldmodel.transition_log import TransitionLog
 REFIT_MIN_OFFLINE = 10_000
 FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
 RUN_FORMAT = "worldmodel.RunState"  # worldmodel.run's checkpoint.pt: these keys, with the run's progress
+VALUE_CHECK_ROWS = 4096  # dataset states the pretrained value is read on (pretrained_value)
 
 
 class Agent:
@@ -111,6 +113,33 @@ class Agent:
         self.planner.prior_rows = len(data)
         if observe:
             self.planner.observe(data)
+            self._warn_if_ending_looks_better(data["obs"])
+
+    @torch.no_grad()
+    def pretrained_value(self, obs: Tensor) -> float | None:
+        """The pretrained learned value over states obs [B, O] (at most VALUE_CHECK_ROWS of them,
+        evenly spaced): the mean of min over critics of Q at the policy's mean action. None
+        without a pretrained value (`self.loaded`)."""
+        agent = learned_agent(self.planner)
+        if not self.loaded or agent is None or len(obs) == 0:
+            return None
+        rows = torch.linspace(0, len(obs) - 1, min(len(obs), VALUE_CHECK_ROWS)).long()
+        return agent.value(obs[rows].to(self.model.device).float(), deterministic=True).mean().item()
+
+    def _warn_if_ending_looks_better(self, obs: Tensor) -> None:
+        """A pretrained value below 0 on the dataset's states, on a task whose episodes end: an
+        episode's end is worth 0, so planning and fine-tuning prefer ending episodes (a walker
+        falls at once) until real rewards lift the values. MOPO's penalty above the reward makes
+        such values (docs/results.md: the walker2d robot's collapse)."""
+        value = self.pretrained_value(obs)
+        if value is None or value >= 0 or self.spec.termination_fn is None:
+            return
+        warnings.warn(
+            f"the pretrained value is {value:.1f} on average over the dataset's states: below the 0 an episode's end "
+            f"is worth, so on {self.spec.name}, whose episodes end, planning and fine-tuning will prefer ending them "
+            "(falling) until real rewards lift the values. An offline run whose uncertainty penalty exceeded the "
+            "reward makes such values (its log warned and its metrics' imagined_reward is below 0): pretrain "
+            "with a smaller planner.penalty", stacklevel=2)
 
     def open_log(self, directory: str | Path) -> TransitionLog:
         """The append-only, crash-safe log of real transitions in `directory` (created or reopened)."""

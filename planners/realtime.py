@@ -461,6 +461,9 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     from worldmodel.transition_log import LogCorruptError
 
     spec, env_args = robot.spec, {k: v for k, v in cfg.env.items() if k != "name"}
+    # the pretrained value on the dataset's states, before a resume restores a learned one: below 0 on a
+    # task whose episodes end, the robot learns to end them (Agent warned)
+    pretrained_value = agent.pretrained_value(dataset["obs"]) if dataset is not None and resume_dir is None else None
     try:
         log = agent.open_log(run_dir / "transitions")
     except LogCorruptError as e:
@@ -601,7 +604,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
-               "eval_returns": evals, "wall_s": wall, "worker": cfg.worker,
+               "eval_returns": evals, "pretrained_value": pretrained_value, "wall_s": wall, "worker": cfg.worker,
                "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
     write_json(summary, run_dir / "summary.json")
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "

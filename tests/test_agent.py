@@ -64,3 +64,33 @@ def test_a_bounded_refit_fits_the_new_rows_beside_a_fresh_draw_of_the_offline_on
     assert len(agent.refit_data(agent.model)[0]) == 370
     with pytest.raises(ValueError, match="refit_offline_ratio must be >= 0 or None, got -1"):
         Agent(spec, {"name": "mppi"}, refit_offline_ratio=-1)
+
+
+@pytest.mark.parametrize("task, q, warns", [("hopper", -40.0, True), ("hopper", 40.0, False),
+                                            ("dmc/cartpole-swingup", -40.0, False)])  # fmt: skip
+def test_a_pretrained_value_below_zero_warns_where_episodes_end(tmp_path, task, q, warns):
+    """A pretrained learned value below 0 on the dataset's states makes ending an episode (worth 0)
+    look better than living: the fine-tuning walker of docs/results.md fell at once. Warned, and
+    read by pretrained_value, where episodes end; a task that never ends is left alone."""
+    import warnings
+
+    from planners.realtime import save_agent_files
+
+    env = make_env(task, seed=0)
+    spec, data = env.task_spec, collect(env, uniform_policy(env), 200)
+    tiny = {"ensemble_size": 2, "num_elites": 1, "hidden": 16}
+    source = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3}, tiny)
+    source.planner.observe(data)
+    source.refit(max_epochs=1)
+    critics = source.planner.value_agent.critics
+    with torch.no_grad():  # Q = q everywhere: the output layer's weights 0, its bias q
+        critics.weights[-1].zero_()
+        critics.biases[-1].fill_(q)
+    save_agent_files(tmp_path, source, 0)
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3}, pretrained=tmp_path)
+    assert agent.pretrained_value(data["obs"]) == pytest.approx(q)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agent.add_dataset(data)
+    assert any("prefer ending them" in str(w.message) for w in caught) == warns
+    assert Agent(spec, {"name": "mppi"}, tiny).pretrained_value(data["obs"]) is None  # nothing pretrained
