@@ -113,33 +113,39 @@ class Agent:
         self.planner.prior_rows = len(data)
         if observe:
             self.planner.observe(data)
-            self._warn_if_ending_looks_better(data["obs"])
 
     @torch.no_grad()
     def pretrained_value(self, obs: Tensor) -> float | None:
         """The pretrained learned value over states obs [B, O] (at most VALUE_CHECK_ROWS of them,
-        evenly spaced): the mean of min over critics of Q at the policy's mean action. None
-        without a pretrained value (`self.loaded`)."""
+        evenly spaced), as the planner reads it (an MPC planner's `learned_value`, value_penalty
+        included; else min over critics of Q at the policy's mean action). None without a
+        pretrained value (`self.loaded`)."""
         agent = learned_agent(self.planner)
         if not self.loaded or agent is None or len(obs) == 0:
             return None
         rows = torch.linspace(0, len(obs) - 1, min(len(obs), VALUE_CHECK_ROWS)).long()
-        return agent.value(obs[rows].to(self.model.device).float(), deterministic=True).mean().item()
+        states = obs[rows].to(self.model.device).float()
+        value = getattr(self.planner, "learned_value", None) or (lambda x: agent.value(x, deterministic=True))
+        return value(states).mean().item()
 
-    def _warn_if_ending_looks_better(self, obs: Tensor) -> None:
-        """A pretrained value below 0 on the dataset's states, on a task whose episodes end: an
-        episode's end is worth 0, so planning and fine-tuning prefer ending episodes (a walker
-        falls at once) until real rewards lift the values. MOPO's penalty above the reward makes
-        such values (docs/results.md: the walker2d robot's collapse)."""
-        value = self.pretrained_value(obs)
-        if value is None or value >= 0 or self.spec.termination_fn is None:
-            return
+    def check_pretrained_value(self, data: TensorDict, warn: bool = True) -> float | None:
+        """`pretrained_value` on the dataset's states, with a warning (`warn`) where it is below 0
+        on a task whose episodes end: an episode's end is worth 0, so planning and fine-tuning
+        prefer ending episodes (a walker falls at once) until real rewards lift the values. MOPO's
+        penalty above the reward makes such values (docs/results.md: the walker2d robot's collapse)."""
+        value = self.pretrained_value(data["obs"])
+        if not warn or value is None or value >= 0 or self.spec.termination_fn is None:
+            return value
+        cause = ("An offline run whose uncertainty penalty exceeded the reward makes such values (its log warned, and "
+                 "its metrics' imagined_reward is below 0): pretrain with a smaller penalty (the offline run's "
+                 "planner.penalty, MOPO's lambda; e.g. 1.0 on walker2d-medium-replay, docs/results.md)"
+                 if data["reward"].float().mean() > 0 else
+                 "The dataset's own rewards average below 0 here, so living may really cost more than ending")  # fmt: skip
         warnings.warn(
             f"the pretrained value is {value:.1f} on average over the dataset's states: below the 0 an episode's end "
             f"is worth, so on {self.spec.name}, whose episodes end, planning and fine-tuning will prefer ending them "
-            "(falling) until real rewards lift the values. An offline run whose uncertainty penalty exceeded the "
-            "reward makes such values (its log warned and its metrics' imagined_reward is below 0): pretrain "
-            "with a smaller planner.penalty", stacklevel=2)
+            f"(falling) until real rewards lift the values. {cause}", stacklevel=2)
+        return value
 
     def open_log(self, directory: str | Path) -> TransitionLog:
         """The append-only, crash-safe log of real transitions in `directory` (created or reopened)."""

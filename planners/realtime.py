@@ -461,9 +461,9 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     from worldmodel.transition_log import LogCorruptError
 
     spec, env_args = robot.spec, {k: v for k, v in cfg.env.items() if k != "name"}
-    # the pretrained value on the dataset's states, before a resume restores a learned one: below 0 on a
-    # task whose episodes end, the robot learns to end them (Agent warned)
-    pretrained_value = agent.pretrained_value(dataset["obs"]) if dataset is not None and resume_dir is None else None
+    # the pretrained value on the dataset's states (before a resume restores a learned one): below 0 on a
+    # task whose episodes end, the robot learns to end them (warned once, when the run starts)
+    pretrained_value = agent.check_pretrained_value(dataset, warn=resume_dir is None) if dataset is not None else None
     try:
         log = agent.open_log(run_dir / "transitions")
     except LogCorruptError as e:

@@ -70,8 +70,8 @@ def test_a_bounded_refit_fits_the_new_rows_beside_a_fresh_draw_of_the_offline_on
                                             ("dmc/cartpole-swingup", -40.0, False)])  # fmt: skip
 def test_a_pretrained_value_below_zero_warns_where_episodes_end(tmp_path, task, q, warns):
     """A pretrained learned value below 0 on the dataset's states makes ending an episode (worth 0)
-    look better than living: the fine-tuning walker of docs/results.md fell at once. Warned, and
-    read by pretrained_value, where episodes end; a task that never ends is left alone."""
+    look better than living: the fine-tuning walker of docs/results.md fell at once. Read as the
+    planner reads it and warned where episodes end; a task that never ends is left alone."""
     import warnings
 
     from planners.realtime import save_agent_files
@@ -91,6 +91,10 @@ def test_a_pretrained_value_below_zero_warns_where_episodes_end(tmp_path, task, 
     assert agent.pretrained_value(data["obs"]) == pytest.approx(q)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        agent.add_dataset(data)
-    assert any("prefer ending them" in str(w.message) for w in caught) == warns
+        assert agent.check_pretrained_value(data) == pytest.approx(q)
+        agent.check_pretrained_value(data, warn=False)  # (a resumed run reads it without warning again)
+    said = [str(w.message) for w in caught if "prefer ending them" in str(w.message)]
+    assert len(said) == warns
+    if warns:  # the cause named from the data's own rewards: a positive reward, so the penalty
+        assert ("smaller penalty" in said[0]) == (data["reward"].mean() > 0)
     assert Agent(spec, {"name": "mppi"}, tiny).pretrained_value(data["obs"]) is None  # nothing pretrained

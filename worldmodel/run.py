@@ -194,6 +194,7 @@ class Run:
                 self._fit(0, max_epochs=cfg.offline.fit_epochs, started=started)
             else:  # (taken as fitted on the dataset: online refits hold out among the new rows alone)
                 p["fit_written"] = self.agent.buffer.written
+                self.agent.check_pretrained_value(self.dataset)  # (a pretrained value below 0 warns)
             p["dataset_loaded"] = True
             self._checkpoint(started)
             (self.run_dir / _FIT_STATE).unlink(missing_ok=True)
