@@ -1,6 +1,7 @@
 #!/bin/bash
 # walker2d robot, learning off: the same agent with 0 and 10 ms latency (is the collapse the delay compensation?)
-cd /work/main; . .venv/bin/activate
+# run from the repository root with its virtual environment active (as they ran); the guided
+# planner's flags are finetune_chain.sh's
 P=$(pgrep -f "worldmodel.run" | tr '\n' ' ')
 kill -STOP $P; trap "kill -CONT $P" EXIT
 for lat in ${LATS:-0 10}; do

@@ -1,6 +1,7 @@
 #!/bin/bash
 # walker2d robot, the fine-tuning command of docs/results.md (learning on), 1500 real steps: when does the collapse start?
-cd /work/main; . .venv/bin/activate
+# run from the repository root with its virtual environment active (as they ran); the guided
+# planner's flags are finetune_chain.sh's
 P=$(pgrep -f "worldmodel.run" | tr '\n' ' ')
 kill -STOP $P; trap "kill -CONT $P" EXIT
 out=runs/realtime/w2d-learn-${TAG:-a}-s0

@@ -1,7 +1,9 @@
 #!/bin/bash
 # issue #11 on walker2d with a positive-valued agent: MOPO lambda 1.0 (200k updates, seed 1's converged model,
 # model-selected actor) fine-tuned on the simulated robot, 3 seeds x 10k real steps, alone (the offline runs paused)
-cd /work/main; . .venv/bin/activate; export OMP_NUM_THREADS=1
+# run from the repository root with its virtual environment active (as they ran); the guided
+# planner's flags are finetune_chain.sh's
+export OMP_NUM_THREADS=1
 P=$(pgrep -f "worldmodel.run" | tr '\n' ' ')
 kill -STOP $P; trap "kill -CONT $P" EXIT
 for seed in 0 1 2; do
