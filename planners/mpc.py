@@ -33,7 +33,9 @@ class MPCConfig:
     particles: int = 1  # model samples per candidate; returns are averaged over them
     propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
     discount: float = 0.99  # as the learned value's
-    uncertainty_penalty: float = 0.0  # lambda: reward - lambda * uncertainty (0 disables it)
+    # lambda: reward - lambda * uncertainty (0 disables it); negative: an exploration bonus, optimism
+    # where the model is unsure (online MPC), as MOPO's positive lambda is pessimism (offline)
+    uncertainty_penalty: float = 0.0
     uncertainty: str = "ensemble_std"  # the measure used for the penalty
     # A learned terminal value (LOOP, TD-MPC): SAC critics trained off-policy on the real data;
     # V(s_H) = min over critics of Q(s_H, mean action of pi(s_H)) is added after the last step.
@@ -268,7 +270,7 @@ class MPCPlanner(Planner):
         # tsinf: the model's default fixed assignment (row b -> elite b % num_elites) is constant
         # over the horizon, and the P particles of a candidate (adjacent rows) get different elites
         # read from the config at every plan: online.* settings may change it at the switch
-        penalty = Uncertainty(cfg.uncertainty) if cfg.uncertainty_penalty > 0 else None
+        penalty = Uncertainty(cfg.uncertainty) if cfg.uncertainty_penalty != 0 else None
         total = torch.zeros(rows, device=obs.device)
         alive = torch.ones(rows, device=obs.device)
         for t in range(h):

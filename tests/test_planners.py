@@ -127,6 +127,13 @@ def test_uncertainty_penalty_pulls_actions_toward_certainty():
     assert plain.plan(torch.zeros(2))[0, 0].item() == pytest.approx(0.4, abs=0.03)
 
 
+def test_negative_uncertainty_penalty_is_an_exploration_bonus():
+    model = single_integrator(goal=(0.5, 0.0))
+    planner = CEM(model, model.spec(), CEMConfig(**MODEL_ONLY, horizon=1, seed=0, uncertainty_penalty=-0.25))
+    # reward + 0.25 |a|^2: -(a0 - 0.5)^2 + 0.25 a0^2 peaks at a0 = 2/3 (beyond the goal), a1 stays at 0
+    torch.testing.assert_close(planner.plan(torch.zeros(2))[0], torch.tensor([2 / 3, 0.0]), atol=0.03, rtol=0)
+
+
 def test_terminal_value_is_added_after_the_last_step():
     model = single_integrator(goal=(0.0, 0.0))
     value = lambda s: -(s - torch.tensor([0.6, 0.6])).square().sum(-1) * 10  # noqa: E731
