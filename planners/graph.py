@@ -162,7 +162,8 @@ class PlanGraphs:
 
 def graph_key(planner: MPCPlanner, obs: Tensor, warm: Tensor) -> tuple:
     """What a captured planning step depends on besides its inputs' values: shapes, device,
-    settings, whether a previous action bounds the first step, the model's precision and
+    settings and the uncertainty weight they give this act (an exploring act's bonus), whether a
+    previous action bounds the first step, the model's precision and
     termination function, the generator, TF32 for the learned value's matmuls, and where every
     tensor of the model and the learned value lies (a swapped model or a reallocated buffer
     needs a new capture; weights written in place do not)."""
@@ -171,7 +172,8 @@ def graph_key(planner: MPCPlanner, obs: Tensor, warm: Tensor) -> tuple:
     pointers = tuple(t.data_ptr() for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
     previous = planner.previous_action.numel() if _bounded(planner) else None
     user_value = id(planner.terminal_value) if agent is None else None
-    return (obs.shape, obs.device, warm.shape, previous, repr(planner.config), getattr(model, "precision", None),
+    return (obs.shape, obs.device, warm.shape, previous, repr(planner.config), planner.uncertainty_weight(),
+            getattr(model, "precision", None),
             id(getattr(model, "termination_fn", None)), id(planner.generator), user_value,
             torch.backends.cuda.matmul.allow_tf32, pointers)  # fmt: skip
 

@@ -34,7 +34,8 @@ class MPCConfig:
     propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
     discount: float = 0.99  # as the learned value's
     # lambda: reward - lambda * uncertainty (0 disables it); negative: an exploration bonus, optimism
-    # where the model is unsure (online MPC), as MOPO's positive lambda is pessimism (offline)
+    # where the model is unsure, used only by acts that explore (deterministic=False: the run
+    # command's training episodes), never in evaluation or deployment (see uncertainty_weight)
     uncertainty_penalty: float = 0.0
     uncertainty: str = "ensemble_std"  # the measure used for the penalty
     # A learned terminal value (LOOP, TD-MPC): SAC critics trained off-policy on the real data;
@@ -126,6 +127,7 @@ class MPCPlanner(Planner):
         # act() sets it; a real-time controller sets what it really executed
         self.previous_action: Tensor | None = None
         self._checked_fitted = False
+        self._exploring = False  # this plan is for an exploring act (uncertainty_weight)
         # a device bool: every candidate return so far in this step was finite (None: none yet).
         # Checked once per step, on the host, after the step: inside it a check would sync
         self._finite: Tensor | None = None
@@ -138,6 +140,12 @@ class MPCPlanner(Planner):
         state = self.__dict__.copy()
         state["_graphs"] = None  # (a CUDA graph does not pickle: the copy captures its own)
         return state
+
+    def uncertainty_weight(self) -> float:
+        """lambda of this plan's reward - lambda * uncertainty: a penalty (> 0) always, a bonus (< 0)
+        only while planning an exploring act, so evaluations and deployment plan without optimism."""
+        weight = self.config.uncertainty_penalty
+        return weight if weight > 0 or self._exploring else 0.0
 
     def learned_value(self, state: Tensor) -> Tensor:
         """The learned terminal value of states [B, O]: [B]."""
@@ -173,7 +181,9 @@ class MPCPlanner(Planner):
     def _act_plan(self, obs: Tensor, deterministic: bool) -> Tensor:
         """Plan from obs [O] or [N, O]; keep the shifted plan as warm start; return the plan [N, H, A]
         with its first action drawn from the final spread unless deterministic."""
+        self._exploring = not deterministic
         plan, std = self._optimize(obs)
+        self._exploring = False
         self._plan = self._shift(plan)
         if not deterministic and std is not None:
             plan = plan.clone()
@@ -270,7 +280,8 @@ class MPCPlanner(Planner):
         # tsinf: the model's default fixed assignment (row b -> elite b % num_elites) is constant
         # over the horizon, and the P particles of a candidate (adjacent rows) get different elites
         # read from the config at every plan: online.* settings may change it at the switch
-        penalty = Uncertainty(cfg.uncertainty) if cfg.uncertainty_penalty != 0 else None
+        weight = self.uncertainty_weight()
+        penalty = Uncertainty(cfg.uncertainty) if weight != 0 else None
         total = torch.zeros(rows, device=obs.device)
         alive = torch.ones(rows, device=obs.device)
         for t in range(h):
@@ -278,7 +289,7 @@ class MPCPlanner(Planner):
                                   uncertainty=penalty, generator=self.generator)
             reward = out["reward"]
             if penalty is not None:
-                reward = reward - cfg.uncertainty_penalty * out["uncertainty"]
+                reward = reward - weight * out["uncertainty"]
             total += cfg.discount**t * alive * reward
             alive = alive * (~out["terminated"]).float()
             state = out["next_obs"]
