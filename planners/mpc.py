@@ -35,7 +35,8 @@ class MPCConfig:
     discount: float = 0.99  # as the learned value's
     # lambda: reward - lambda * uncertainty (0 disables it); negative: an exploration bonus, optimism
     # where the model is unsure, used only by acts that explore (deterministic=False: the run
-    # command's training episodes), never in evaluation or deployment (see uncertainty_weight)
+    # command's training episodes), not by deterministic ones (its evaluations, the real-time
+    # controller's default) nor plan() (see uncertainty_weight)
     uncertainty_penalty: float = 0.0
     uncertainty: str = "ensemble_std"  # the measure used for the penalty
     # A learned terminal value (LOOP, TD-MPC): SAC critics trained off-policy on the real data;
@@ -143,7 +144,8 @@ class MPCPlanner(Planner):
 
     def uncertainty_weight(self) -> float:
         """lambda of this plan's reward - lambda * uncertainty: a penalty (> 0) always, a bonus (< 0)
-        only while planning an exploring act, so evaluations and deployment plan without optimism."""
+        only while planning an exploring act (deterministic=False), so deterministic acts and plan()
+        go without optimism."""
         weight = self.config.uncertainty_penalty
         return weight if weight > 0 or self._exploring else 0.0
 
@@ -182,8 +184,10 @@ class MPCPlanner(Planner):
         """Plan from obs [O] or [N, O]; keep the shifted plan as warm start; return the plan [N, H, A]
         with its first action drawn from the final spread unless deterministic."""
         self._exploring = not deterministic
-        plan, std = self._optimize(obs)
-        self._exploring = False
+        try:
+            plan, std = self._optimize(obs)
+        finally:
+            self._exploring = False
         self._plan = self._shift(plan)
         if not deterministic and std is not None:
             plan = plan.clone()

@@ -157,6 +157,11 @@ def test_a_new_capture_is_needed_exactly_when_what_the_graph_reads_moves():
         change(other)
         assert graph_key(other, obs, warm) != before
     assert graph_key(planner, torch.zeros(2, OBS), torch.zeros(2, 4, ACT)) != bounded  # other shapes
+    for weight, moves in ((-1.0, True), (1.0, False)):  # an exploration bonus is captured for exploring acts only
+        planner.config.uncertainty_penalty, planner._exploring = weight, False
+        plain = graph_key(planner, obs, warm)
+        planner._exploring = True
+        assert (graph_key(planner, obs, warm) != plain) == moves
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")

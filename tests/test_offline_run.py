@@ -9,7 +9,7 @@ import torch
 
 from worldmodel import EnsembleDynamics, ReplayBuffer, collect, correlated_noise_policy, make_env
 from worldmodel.datasets import fingerprint, load_dataset, save_d4rl
-from worldmodel.run import Run, load_config, main
+from worldmodel.run import Run, load_config, main, validate
 
 TINY = [
     "env=hopper", "env.max_episode_steps=40", "train_every=30", "eval_every=30", "checkpoint_every=30",
@@ -102,6 +102,14 @@ def test_a_bad_online_setting_is_refused_before_offline_learning(tmp_path, datas
     with pytest.raises(SystemExit, match=r"real_ratio must be in \[0, 1\], got 2"):
         main(["planner=mopo", f"dataset={dataset}", "online.real_ratio=2", f"run_dir={tmp_path / 'run'}", *TINY])
     assert not (tmp_path / "run").exists()
+
+
+def test_online_settings_are_numbers_at_or_above_zero_but_the_exploration_bonus(dataset):
+    base = ["planner=mppi", f"dataset={dataset}", *TINY]
+    validate(load_config([*base, "online.uncertainty_penalty=-0.5"])[0])  # MPC's exploration bonus once online
+    for bad in ("online.value_penalty=-0.5", "online.uncertainty_penalty=abc"):
+        with pytest.raises(ValueError, match=rf"{bad.split('=')[0]} must be a number"):
+            validate(load_config([*base, bad])[0])
 
 
 def test_mppi_fine_tunes_a_model_pretrained_offline(tmp_path, dataset, monkeypatch):

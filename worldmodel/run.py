@@ -516,9 +516,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.online.get("uncertainty") is not None:
         Uncertainty(cfg.online.uncertainty)  # an unknown measure fails now, not at the switch
     for key in ("penalty", "real_ratio", "uncertainty_penalty", "value_penalty"):
-        value = cfg.online.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"online.{key} must be a number >= 0 or null, got {value!r}")
+        value, signed = cfg.online.get(key), key == "uncertainty_penalty"  # (< 0: MPC's exploration bonus)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and (not number or (value < 0 and not signed)):
+            raise ValueError(f"online.{key} must be a number{'' if signed else ' >= 0'} or null, got {value!r}")
     if cfg.offline.select not in _SELECTIONS:
         raise ValueError(f"offline.select={cfg.offline.select}: use one of {', '.join(_SELECTIONS)}")
     if cfg.offline.select == "model_score" and not (cfg.dataset and cfg.planner.name in DYNA_PLANNERS
