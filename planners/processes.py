@@ -79,6 +79,7 @@ class PlanResult:
     failure: str | None = None
     error: Exception | None = None
     seconds: float | None = None
+    stamp: float | None = None  # the time of the reading planned from (the answer act() may wait for)
 
 
 @dataclass
@@ -94,18 +95,21 @@ class PlanMaker:
     period it can act in, `lead` periods on: the delay's `ahead`, plus the periods from the
     reading's post to the plan's end (at least one: act() answers a reading with the plans it has,
     never with the one being made from it), i.e. how long the reading waited for the planner plus
-    the making's 80th percentile over the last LEAD_WINDOW plans. It plans from the state the model
-    predicts then under the actions the plans before it committed, so the plan's first action is
-    the one executed first and each step acts from the state it was planned for (delay
-    compensation)."""
+    the making's 80th percentile over the last LEAD_WINDOW plans; or the delay's `ahead` alone where
+    act() waits for the plan (`wait` seconds, when the reading's wait plus that percentile fit in
+    it). It plans from the state the model predicts then under the actions the plans before it
+    committed, so the plan's first action is the one executed first and each step acts from the
+    state it was planned for (delay compensation)."""
 
     LEAD_WINDOW = 20
 
     def __init__(self, planner, period: float, ahead: int, deterministic: bool, max_shift: int | None = None,
-                 safe_action: Tensor | None = None):  # fmt: skip
-        """max_shift, safe_action: the controller's; a plan acts at most max_shift periods past its
-        start (None: to its end), then the safe action (None: its last action repeats)."""
+                 safe_action: Tensor | None = None, wait: float = 0.0):  # fmt: skip
+        """max_shift, safe_action, wait: the controller's; a plan acts at most max_shift periods past
+        its start (None: to its end), then the safe action (None: its last action repeats); act()
+        waits up to `wait` seconds for the plan from its reading."""
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
+        self.wait = wait
         self.max_shift, self.safe_action = max_shift, safe_action
         self.plans: list[Plan] = []  # the last plans made, oldest first (the ones acting until the next starts)
         self.episode = 0  # the episode of the readings planned from
@@ -121,6 +125,8 @@ class PlanMaker:
         """Periods from a reading to the first action a plan from it can set, the reading having
         waited `waited` seconds since act() posted it."""
         making = percentile(list(self.seconds), 80) if self.seconds else 0.0
+        if self.wait > 0 and waited + making <= self.wait:  # act() waits for this plan: it acts once the delay passed
+            return self.ahead
         return self.ahead + max(1, math.ceil((waited + making) / self.period - 1e-9))
 
     def make(self, obs: Tensor, stamp: float, last_action: Tensor | None, version: int,
@@ -145,14 +151,14 @@ class PlanMaker:
             start = self._predict(obs, stamp, lead, last_action)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
-            return PlanResult(None, "planner_errors", e)
+            return PlanResult(None, "planner_errors", e, stamp=stamp)
         seconds = time.perf_counter() - began
         self.seconds.append(seconds)
         if not torch.isfinite(actions).all():
-            return PlanResult(None, "nonfinite_plans", seconds=seconds)
+            return PlanResult(None, "nonfinite_plans", seconds=seconds, stamp=stamp)
         self.serial += 1
         self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode)]
-        return PlanResult(self.plan, seconds=seconds)
+        return PlanResult(self.plan, seconds=seconds, stamp=stamp)
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
         """The action [A] the controller executes at `time`, as RealtimeController chooses it: the
@@ -311,13 +317,14 @@ class PlanningProcess:
         self._wake.release()
         return True
 
-    def receive(self) -> list[PlanResult | PlannerDied]:
+    def receive(self, timeout: float = 0.0) -> list[PlanResult | PlannerDied]:
         """What the process finished since the last call, oldest first: a PlanResult per reading
-        planned from, and a PlannerDied if the planner broke. Raises EOFError once the process is
-        gone and everything it sent was read."""
+        planned from, and a PlannerDied if the planner broke; waits up to `timeout` seconds for
+        the first when there is none. Raises EOFError once the process is gone and everything it
+        sent was read."""
         out = []
         try:
-            while self._results.poll():
+            while self._results.poll(timeout if not out else 0.0):
                 out.append(self._results.recv())
         except EOFError:  # (the pipe closed: the process is gone)
             pass

@@ -11,7 +11,9 @@ action of the freshest finished plan for the time the action takes effect (the r
 plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then.
 A plan starts where its first action can take effect: its reading's time plus the delay plus the
 periods its making takes (measured; at least one), so its first action is executed, from the
-state it was planned for (`plan_lead` and `late_plan_rate` in `stats()`). In order: a plan finished
+state it was planned for (`plan_lead` and `late_plan_rate` in `stats()`); with `wait_ms`, act
+waits up to that long for the plan from its own reading, which then starts once the delay has
+passed (one period sooner, for robots whose plans take well under a period). In order: a plan finished
 since the last call ("fresh"), an older plan shifted further ("shifted"), or the safe action
 ("fallback") when there is no usable plan, the planner failed or died, or an observation or
 plan holds NaN/inf. Every executed action is clipped to the action box and, with `slew`, to a
@@ -68,6 +70,11 @@ class RealtimeConfig:
     slew: float | None = None  # the largest change of any action dim per control period (None: unlimited)
     watchdog_ms: float | None = None  # no observation for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
+    # act() waits up to this long for the plan from its own reading (0: never waits, act takes
+    # microseconds): its first action then acts once the delay has passed, planned from one
+    # period fresher a state than otherwise, while delay_ms + wait_ms fit in the periods the
+    # delay spans (the answer must reach the robot before it takes effect)
+    wait_ms: float = 0.0
     worker: str = "thread"  # where plans are made: "thread" (of this process) or "process" (its own)
     plan_threads: int = 1  # torch threads the planning thread or process uses
     # Python's GIL switch interval while running: act() waits at most about this long for the GIL
@@ -85,6 +92,11 @@ class RealtimeConfig:
             raise ValueError(f"plan_threads must be >= 1, got {self.plan_threads}")
         if self.worker not in WORKERS:
             raise ValueError(f"worker must be one of {WORKERS}, got {self.worker!r}")
+        room = max(1, math.ceil(self.delay_ms / 1000 / self.period - 1e-9)) * self.period * 1000 - self.delay_ms
+        if not 0 <= self.wait_ms < room + 1e-9:
+            raise ValueError(f"wait_ms must be >= 0 and leave the answer time to reach the robot before it takes "
+                             f"effect: delay_ms + wait_ms <= the periods the delay spans ({room:.1f} ms to wait at "
+                             f"most with delay_ms={self.delay_ms:g} at {self.control_hz:g} Hz), got {self.wait_ms:g}")
 
     @property
     def period(self) -> float:
@@ -110,13 +122,16 @@ class RealtimeController:
         # its lock is held for a whole plan (swaps happen between plans); with a planning process
         # its queue carries them there
         self.swapper = Swapper(planner, queue=new_queue() if cfg.worker == "process" else None)
-        self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic, cfg.max_shift, self.safe_action)
+        self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic, cfg.max_shift, self.safe_action,
+                                cfg.wait_ms / 1000)  # fmt: skip
         self._process: PlanningProcess | None = None  # worker="process", while running
         self._wake = threading.Condition()
         self._latest: tuple[Tensor, float, int, float, int] | None = None  # (obs, stamp, serial, posted, episode): to plan from
         self._obs_serial = 0
         self._plans: tuple[Plan | None, Plan | None] = (None, None)  # (the one before, the newest)
         self._plans_lock = threading.Lock()  # (a plan of an ended episode never becomes current)
+        self._answered = threading.Condition()  # with wait_ms: notified when a reading was planned from
+        self._answered_stamp: float | None = None  # the time of the reading planned from last
         self._episode = 0  # episodes begun (act(first=True)); a plan from an earlier one is dropped
         self._used_serial = -1
         self._last_action: Tensor | None = None
@@ -129,7 +144,8 @@ class RealtimeController:
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "nonfinite_plans": 0,
                                                     "planner_errors": 0, "deadline_misses": 0, "watchdog_trips": 0,
-                                                    "plans": 0, "late_plans": 0, "skipped_posts": 0}  # fmt: skip
+                                                    "plans": 0, "late_plans": 0, "skipped_posts": 0,
+                                                    "wait_timeouts": 0}  # fmt: skip
         self.act_latency_s: list[float] = []
         self.plan_latency_s: list[float] = []
 
@@ -147,13 +163,14 @@ class RealtimeController:
                 self._plans = (None, None)
         self._count_deadline(stamp)
         obs = torch.as_tensor(obs).float()
-        finite = obs.shape == (self.spec.obs_dim,) and bool(torch.isfinite(obs).all())
+        finite = posted = obs.shape == (self.spec.obs_dim,) and bool(torch.isfinite(obs).all())
         if finite:
             self._last_obs_time = self.clock()
             if self._process is not None:
                 self._collect()
                 if not self._process.post(obs, stamp, self._last_action, self._episode):
                     self.counts["skipped_posts"] += 1
+                    posted = False
             else:
                 with self._wake:
                     self._obs_serial += 1
@@ -161,6 +178,8 @@ class RealtimeController:
                     self._wake.notify()
         else:
             self.counts["nonfinite_obs"] += 1
+        if posted and self.config.wait_ms > 0:
+            self._await_answer(stamp, began + self.config.wait_ms / 1000)
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
         action = self._limit(action)
         if self.constraint is not None and finite and not self.constraint(obs, action):
@@ -170,6 +189,18 @@ class RealtimeController:
         self._last_action = action
         self.act_latency_s.append(time.perf_counter() - began)
         return action
+
+    def _await_answer(self, stamp: float, deadline: float) -> None:
+        """With wait_ms: wait until the planner has planned from the reading taken at `stamp` (or
+        failed to), the planner died, or time.perf_counter() reaches `deadline` ("wait_timeouts")."""
+        answered = lambda: self._answered_stamp == stamp or self.error is not None  # noqa: E731
+        while not answered() and (left := deadline - time.perf_counter()) > 0:
+            if self._process is not None:
+                self._collect(timeout=left)
+            else:
+                with self._answered:
+                    self._answered.wait_for(answered, timeout=left)
+        self.counts["wait_timeouts"] += not answered()
 
     def _choose(self, stamp: float) -> tuple[Tensor, str]:
         prior, plan = self._plans  # one read: the planning worker replaces the pair, never edits it
@@ -273,6 +304,8 @@ class RealtimeController:
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             self.error = e
+            with self._answered:
+                self._answered.notify_all()
             print(f"the planning thread died ({type(e).__name__}: {e}); acting with the safe action from now on",
                   file=sys.stderr)  # fmt: skip
 
@@ -281,10 +314,11 @@ class RealtimeController:
         while not self._watcher_stop.wait(timeout=self.watchdog_s / 2):
             self._watchdog()
 
-    def _collect(self) -> None:
-        """Take in what the planning process finished (in act(): one thread reads the pipe)."""
+    def _collect(self, timeout: float = 0.0) -> None:
+        """Take in what the planning process finished (in act(): one thread reads the pipe),
+        waiting up to `timeout` seconds for something when nothing is there."""
         try:
-            messages = self._process.receive()
+            messages = self._process.receive(timeout)
         except EOFError as e:
             if self.error is None:
                 self.error = RuntimeError(str(e))
@@ -310,6 +344,9 @@ class RealtimeController:
             with self._plans_lock:
                 if result.plan.episode == self._episode:
                     self._plans = (self._plans[1], result.plan)  # (one assignment: act() never reads a half-made pair)
+        with self._answered:
+            self._answered_stamp = result.stamp
+            self._answered.notify_all()
 
     def _watchdog(self) -> None:
         silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
@@ -484,7 +521,8 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
 
     delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
     config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, worker=cfg.worker,
-                            plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms)  # fmt: skip
+                            plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms,
+                            wait_ms=cfg.wait_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
     def log_refit(version: int, record: dict) -> None:
@@ -596,9 +634,10 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
             logger.log("eval", n, ret=evals[str(n)])
     stats = controller.stats()
     summary = {"status": status, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
-               "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, **{k: stats[k] for k in _SUMMARY_KEYS},
+               "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, "wait_ms": cfg.wait_ms,
+               **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
-                                        "nonfinite_obs", "vetoed", "watchdog_trips", "plans")},
+                                        "nonfinite_obs", "vetoed", "watchdog_trips", "plans", "wait_timeouts")},
                "real_steps": len(log),
                "logged_transitions": len(log), "nonfinite_transitions": nonfinite_pairs, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,

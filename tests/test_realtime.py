@@ -379,6 +379,39 @@ def test_a_plan_that_takes_longer_than_a_period_starts_where_its_first_action_is
     assert stats["fresh"] >= 6 and stats["late_plans"] <= 2  # (the first plans' lead is not measured yet)
 
 
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_with_wait_ms_act_executes_the_plan_from_its_own_reading(hopper, worker):
+    """wait_ms: act() waits for the plan from its reading and returns its first action, planned
+    for the time the delay ends: a lead of the delay's one period (two without the wait)."""
+    spec, model, data = hopper
+    period = 0.05
+    config = RealtimeConfig(control_hz=1 / period, delay_ms=10, wait_ms=40, worker=worker)
+    answered = 0
+    with RealtimeController(mppi(model, spec), spec, config) as rt:
+        for i in range(8):
+            timeouts, stamp = rt.counts["wait_timeouts"], time.monotonic()
+            action = rt.act(data["obs"][i], stamp)
+            if rt.counts["wait_timeouts"] == timeouts:  # (a plan may outlast the wait on a loaded machine)
+                answered += 1
+                plan = newest(rt)
+                assert plan.lead == 1 and plan.start == pytest.approx(stamp + period)
+                assert torch.equal(action, plan.actions[0])
+            time.sleep(period)
+    stats = rt.stats()
+    assert answered >= 6 and stats["fresh"] >= 6 and stats["late_plans"] == 0
+
+
+def test_a_wait_that_runs_out_answers_with_the_plans_there_are(hopper):
+    spec, model, data = hopper
+    slow = Slow(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+    with RealtimeController(slow, spec, RealtimeConfig(control_hz=20, wait_ms=20)) as rt:
+        began = time.perf_counter()
+        action = rt.act(data["obs"][0])
+        waited = time.perf_counter() - began
+    assert 0.02 <= waited < 0.15 and torch.equal(action, rt.safe_action)
+    assert rt.counts["wait_timeouts"] == 1 and rt.counts["fallback"] == 1
+
+
 def test_an_action_for_a_reading_older_than_a_period_is_a_deadline_miss(hopper):
     spec, model, data = hopper
     rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=20))  # (no thread needed)
@@ -390,7 +423,8 @@ def test_an_action_for_a_reading_older_than_a_period_is_a_deadline_miss(hopper):
 @pytest.mark.parametrize("bad, message", [
     (dict(control_hz=0), "control_hz must be > 0"), (dict(slew=0), "slew must be > 0"),
     (dict(max_shift=-1), "max_shift must be >= 0"), (dict(plan_threads=0), "plan_threads must be >= 1"),
-    (dict(worker="fork"), "worker must be one of"),
+    (dict(worker="fork"), "worker must be one of"), (dict(delay_ms=10, wait_ms=45), r"delay_ms \+ wait_ms <="),
+    (dict(wait_ms=-1), "wait_ms must be >= 0"),
 ])  # fmt: skip
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
