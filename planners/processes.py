@@ -79,7 +79,7 @@ class PlanResult:
     failure: str | None = None
     error: Exception | None = None
     seconds: float | None = None
-    stamp: float | None = None  # the time of the reading planned from (the answer act() may wait for)
+    reading: tuple[float, int] | None = None  # (time, episode) of the reading planned from: what act() may wait for
 
 
 @dataclass
@@ -151,14 +151,14 @@ class PlanMaker:
             start = self._predict(obs, stamp, lead, last_action)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
-            return PlanResult(None, "planner_errors", e, stamp=stamp)
+            return PlanResult(None, "planner_errors", e, reading=(stamp, episode))
         seconds = time.perf_counter() - began
         self.seconds.append(seconds)
         if not torch.isfinite(actions).all():
-            return PlanResult(None, "nonfinite_plans", seconds=seconds, stamp=stamp)
+            return PlanResult(None, "nonfinite_plans", seconds=seconds, reading=(stamp, episode))
         self.serial += 1
         self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode)]
-        return PlanResult(self.plan, seconds=seconds, stamp=stamp)
+        return PlanResult(self.plan, seconds=seconds, reading=(stamp, episode))
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
         """The action [A] the controller executes at `time`, as RealtimeController chooses it: the

@@ -6,7 +6,8 @@
             obs, stamp = robot.get_obs()             # a sensor reading and when it was taken
             robot.send_action(controller.act(obs, stamp))
 
-`act` never plans. It hands the observation to the planning thread and returns at once the
+`act` never plans. It hands the observation to the planning thread and returns at once (unless
+told to wait, below) the
 action of the freshest finished plan for the time the action takes effect (the reading's time
 plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then.
 A plan starts where its first action can take effect: its reading's time plus the delay plus the
@@ -72,8 +73,9 @@ class RealtimeConfig:
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
     # act() waits up to this long for the plan from its own reading (0: never waits, act takes
     # microseconds): its first action then acts once the delay has passed, planned from one
-    # period fresher a state than otherwise, while delay_ms + wait_ms fit in the periods the
-    # delay spans (the answer must reach the robot before it takes effect)
+    # period fresher a state than otherwise. delay_ms + wait_ms must fit in the periods the delay
+    # spans (at least one): the answer must reach the robot before it takes effect; the wait is
+    # timed from act's call, so leave a margin for the time a reading waits before it (jitter, the loop)
     wait_ms: float = 0.0
     worker: str = "thread"  # where plans are made: "thread" (of this process) or "process" (its own)
     plan_threads: int = 1  # torch threads the planning thread or process uses
@@ -131,7 +133,7 @@ class RealtimeController:
         self._plans: tuple[Plan | None, Plan | None] = (None, None)  # (the one before, the newest)
         self._plans_lock = threading.Lock()  # (a plan of an ended episode never becomes current)
         self._answered = threading.Condition()  # with wait_ms: notified when a reading was planned from
-        self._answered_stamp: float | None = None  # the time of the reading planned from last
+        self._answered_reading: tuple[float, int] | None = None  # (time, episode) of the reading planned from last
         self._episode = 0  # episodes begun (act(first=True)); a plan from an earlier one is dropped
         self._used_serial = -1
         self._last_action: Tensor | None = None
@@ -191,9 +193,11 @@ class RealtimeController:
         return action
 
     def _await_answer(self, stamp: float, deadline: float) -> None:
-        """With wait_ms: wait until the planner has planned from the reading taken at `stamp` (or
-        failed to), the planner died, or time.perf_counter() reaches `deadline` ("wait_timeouts")."""
-        answered = lambda: self._answered_stamp == stamp or self.error is not None  # noqa: E731
+        """With wait_ms: wait until the planner has planned from this episode's reading taken at
+        `stamp` (or failed to), the planner died, or time.perf_counter() reaches `deadline`
+        ("wait_timeouts"). (An episode's last reading and the next one's first share a time.)"""
+        reading = (stamp, self._episode)
+        answered = lambda: self._answered_reading == reading or self.error is not None  # noqa: E731
         while not answered() and (left := deadline - time.perf_counter()) > 0:
             if self._process is not None:
                 self._collect(timeout=left)
@@ -345,7 +349,7 @@ class RealtimeController:
                 if result.plan.episode == self._episode:
                     self._plans = (self._plans[1], result.plan)  # (one assignment: act() never reads a half-made pair)
         with self._answered:
-            self._answered_stamp = result.stamp
+            self._answered_reading = result.reading
             self._answered.notify_all()
 
     def _watchdog(self) -> None:
