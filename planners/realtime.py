@@ -573,7 +573,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
                unit="step", smoothing=0)  # fmt: skip
-    status, previous, last_report, seeded, logged_episodes, nonfinite_pairs = "finished", None, time.monotonic(), 0, 0, 0
+    status, last_report, seeded, logged_episodes, paired = "finished", time.monotonic(), 0, 0, ReadingPairs()
     started = time.perf_counter()
     try:
         with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
@@ -586,20 +586,17 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                     if robot.error is not None:
                         raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
-                pairs = []
-                for r in readings:  # consecutive finite readings of one episode make a real transition
-                    if previous is not None and not r.first and r.seq == previous.seq + 1:
-                        if _finite(previous, r):
-                            pairs.append((previous, r))
-                        else:
-                            nonfinite_pairs += 1
-                    previous = r
-                latest = readings[-1]
-                if len(log) < seeding or not ready():
+                acted = paired.newest
+                pairs = paired.add(readings)
+                latest = paired.newest
+                if latest is acted:
+                    pass  # (only readings older than the one acted on came: they complete transitions)
+                elif len(log) < seeding or not ready():
                     robot.send_action(random_policy(latest.obs))
                     seeded += 1
                 else:
-                    robot.send_action(controller.act(latest.obs, latest.stamp, first=any(r.first for r in readings)))
+                    first = any(r.first for r in readings if acted is None or r.seq > acted.seq)
+                    robot.send_action(controller.act(latest.obs, latest.stamp, first=first))
                 pairs = pairs[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
                 if pairs:
                     learner.add(_transitions(pairs))
@@ -643,7 +640,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "vetoed", "watchdog_trips", "plans", "wait_timeouts")},
                "real_steps": len(log),
-               "logged_transitions": len(log), "nonfinite_transitions": nonfinite_pairs, "seed_actions": seeded, "robot_steps": robot.steps,
+               "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
@@ -663,6 +660,41 @@ def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
     model was fitted on); `pretrained=<run dir>` reads both."""
     agent.model.save(run_dir / "model.pt")
     agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.buffer.written)
+
+
+class ReadingPairs:
+    """Real transitions from sensor readings that may arrive out of order (delivery jitter):
+    readings seq and seq + 1 make one, whichever arrives first, unless seq + 1 begins an episode;
+    a pair that is not finite is counted (`nonfinite`) and dropped (the log refuses it).
+    `newest` is the latest reading by seq, the one to act on."""
+
+    WINDOW = 32  # readings kept to pair with one that arrives late
+
+    def __init__(self):
+        self._recent: dict = {}  # seq -> Reading
+        self.newest = None
+        self.nonfinite = 0
+
+    def add(self, readings: list) -> list[tuple]:
+        """The (before, after) pairs of readings these readings complete, ordered by after's seq."""
+        pairs = []
+        for r in readings:
+            if r.seq in self._recent:
+                continue  # (delivered twice)
+            for before, after in ((self._recent.get(r.seq - 1), r), (r, self._recent.get(r.seq + 1))):
+                if before is None or after is None or after.first:
+                    continue
+                if _finite(before, after):
+                    pairs.append((before, after))
+                else:
+                    self.nonfinite += 1
+            self._recent[r.seq] = r
+            if self.newest is None or r.seq > self.newest.seq:
+                self.newest = r
+        if self.newest is not None:
+            for seq in [s for s in self._recent if s <= self.newest.seq - self.WINDOW]:
+                del self._recent[seq]
+        return sorted(pairs, key=lambda pair: pair[1].seq)
 
 
 def _finite(before, after) -> bool:

@@ -475,6 +475,11 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     assert summary["status"] == "finished" and summary["real_steps"] == summary["logged_transitions"] == 400
     after = TransitionLog(run_dir / "transitions", 11, 3).read()
     assert torch.equal(after["obs"][: len(before)], before["obs"])  # nothing logged before the kill was lost
+    # every episode's end is logged with it: where a transition does not lead to the next, it ended
+    # the episode (an end lost to the last reading and the reset's arriving swapped by jitter, before)
+    resumed = after[len(before):]
+    breaks = (resumed["next_obs"][:-1] != resumed["obs"][1:]).any(-1)
+    assert breaks.sum() >= 2 and (resumed["terminated"] | resumed["truncated"])[:-1][breaks].all()
     assert summary["fresh"] > 0 and summary["model_version"] >= 1  # it planned, with refitted models
     assert (run_dir / "realtime.png").is_file() and (run_dir / "agent.pt").is_file()
     # the agents saved after 100 and 400 real steps were evaluated (the first before the kill)
@@ -562,6 +567,44 @@ def test_the_simulated_robot_measures_a_state_when_it_is_reached():
     assert sum(carries(j + 1, j) for j in seqs[:-1]) <= 1  # (a physics tick woken 30 ms late lets one through)
     on_time = [carries(j + 2, j) for j in seqs[:-2]]
     assert sum(on_time) >= len(on_time) // 2  # (a loaded machine may answer some readings late)
+
+
+def test_an_episode_ends_reading_arrives_before_the_resets_whatever_the_jitter():
+    """The reset's reading is measured with the episode's last (the same stamp) but delivered after it."""
+    from worldmodel.robot import SimulatedRobot
+
+    arrived = []
+    with SimulatedRobot("hopper", control_hz=200, latency_ms=4, jitter_ms=4, seed=0) as robot:
+        deadline = time.monotonic() + 20.0
+        while sum(r.first for r in arrived) < 6 and time.monotonic() < deadline:
+            arrived += robot.readings(timeout=1.0)
+            robot.send_action(torch.rand(3) * 2 - 1)  # (random torques: the hopper falls within a second)
+    order = {r.seq: i for i, r in enumerate(arrived)}
+    resets = [r for r in arrived if r.first and r.seq > 0]
+    assert len(resets) >= 5
+    for reset in resets:
+        assert reset.seq - 1 in order and order[reset.seq - 1] < order[reset.seq]
+        ended = arrived[order[reset.seq - 1]]
+        assert (ended.terminated or ended.truncated) and ended.stamp == reset.stamp
+
+
+def test_readings_that_arrive_out_of_order_still_make_every_transition():
+    from planners.realtime import ReadingPairs
+    from worldmodel.robot import Reading
+
+    def reading(seq, first=False, value=0.0):
+        return Reading(delivery=0.0, seq=seq, obs=torch.full((2,), float(seq) + value), stamp=seq * 0.05,
+                       action=None if first else torch.zeros(1), terminated=seq == 3, first=first)  # fmt: skip
+
+    paired = ReadingPairs()
+    assert paired.add([reading(0, first=True), reading(1)]) and paired.newest.seq == 1
+    assert [(b.seq, a.seq) for b, a in paired.add([reading(2), reading(4, first=True)])] == [(1, 2)]
+    assert paired.newest.seq == 4  # (the reset's reading came first: act on it)
+    late = paired.add([reading(3)])  # the episode's last reading, late: it completes its transition
+    assert [(b.seq, a.seq, a.terminated) for b, a in late] == [(2, 3, True)] and paired.newest.seq == 4
+    assert [(b.seq, a.seq) for b, a in paired.add([reading(6), reading(5)])] == [(4, 5), (5, 6)]
+    assert paired.add([reading(6)]) == []  # (delivered twice)
+    assert paired.add([reading(7, value=float("nan"))]) == [] and paired.nonfinite == 1
 
 
 def test_a_non_finite_reading_makes_no_transition():

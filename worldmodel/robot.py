@@ -148,21 +148,23 @@ class SimulatedRobot:
             reward = float(nxt["reward"])
             episode_return += reward
             ended = bool(nxt["done"])
-            self._send(Reading(0.0, seq, nxt["observation"].clone(), reached, reward, action.clone(),
-                               bool(nxt["terminated"]), bool(nxt["truncated"]) and not bool(nxt["terminated"])))  # fmt: skip
+            last = Reading(0.0, seq, nxt["observation"].clone(), reached, reward, action.clone(),
+                           bool(nxt["terminated"]), bool(nxt["truncated"]) and not bool(nxt["terminated"]))  # fmt: skip
+            self._send(last)
             if ended:
                 self.episodes += 1
                 self.episode_returns.append(episode_return)
                 episode_return = 0.0
-                seq += 1
-                self._send(Reading(0.0, seq, td["observation"].clone(), reached, first=True), always=True)
+                seq += 1  # (the reset's reading: measured with the episode's last, delivered after it, as a reset takes time)
+                self._send(Reading(0.0, seq, td["observation"].clone(), reached, first=True), always=True,
+                           not_before=last.delivery)  # fmt: skip
 
-    def _send(self, reading: Reading, always: bool = False) -> None:
-        """Deliver after the latency (+- jitter), unless the reading is dropped."""
+    def _send(self, reading: Reading, always: bool = False, not_before: float = 0.0) -> None:
+        """Deliver after the latency (+- jitter), and not before `not_before`, unless the reading is dropped."""
         if not always and not reading.first and self.rng.random() < self.drop_rate:
             self.dropped += 1
             return
-        reading.delivery = reading.stamp + self.latency + self.rng.uniform(-self.jitter, self.jitter)
+        reading.delivery = max(not_before, reading.stamp + self.latency + self.rng.uniform(-self.jitter, self.jitter))
         with self._cond:
             heapq.heappush(self._in_flight, reading)
             self._cond.notify_all()
