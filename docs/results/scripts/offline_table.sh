@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Issue #10's protocol for one dataset, every run resumable: for seeds 0-2 a converged bf16 model
+# each, then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
+# 200k updates, MOPO and RAVL from their seed's model as it is; one thread per run, two runs at a
+# time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
+#   docs/results/scripts/offline_table.sh halfcheetah medium      # reads data/halfcheetah-medium.hdf5
+# Models: runs/offline/<task>-<quality>-model-bf16-s<seed>; runs: runs/offline/<task>-<quality>-200k/
+# {bc,mopo,ravl}-s<seed> (logs beside them); then
+#   python -m worldmodel.report runs/offline/<task>-<quality>-200k/{bc,mopo,ravl}-s? --out docs/results/<task>-<quality>-200k
+# Run from the repository root with its virtual environment active.
+set -uo pipefail
+task=$1 quality=$2
+data=data/$task-$quality.hdf5 out=runs/offline/$task-$quality-200k models=runs/offline/$task-$quality-model-bf16
+seeds=(${SEEDS:-0 1 2})
+[ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=200000 out=$data threads=1" >&2; exit 1; }
+mkdir -p "$out"
+exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running" >&2; exit 1; }
+export OMP_NUM_THREADS=1
+here=$(dirname "$0")
+
+finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
+
+fit() {  # seed
+  local d=$models-s$1
+  [ -f "$d/model.pt" ] && return
+  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
+  python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 model.precision=bf16 \
+      eval_episodes=1 seed="$1" threads=1 run_dir="$d" > "$d.log" 2>&1
+}
+
+bc() {  # seed
+  local d=$out/bc-s$1
+  finished "$d" && return
+  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
+  python -m worldmodel.run planner=bc env="$task" dataset="$data" env_steps=0 offline.updates=200000 eval_episodes=10 \
+      seed="$1" threads=1 run_dir="$d" > "$d.log" 2>&1
+}
+
+from_model() {  # planner seed
+  local d=$out/$1-s$2 model=$models-s$2/model.pt
+  finished "$d" && return
+  until [ -f "$model" ]; do sleep 60; done  # (the other worker may still be fitting it)
+  "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=bf16
+}
+
+jobs=()
+for s in "${seeds[@]}"; do jobs+=("fit $s"); done
+for s in "${seeds[@]}"; do jobs+=("bc $s"); done
+for s in "${seeds[@]}"; do jobs+=("from_model mopo $s"); done
+for s in "${seeds[@]}"; do jobs+=("from_model ravl $s"); done
+echo 0 > "$out/.next"
+
+worker() {
+  while true; do
+    local n
+    n=$(flock "$out/.next" sh -c 'n=$(cat "$0"); echo $((n + 1)) > "$0"; echo $n' "$out/.next")
+    [ "$n" -lt "${#jobs[@]}" ] || return 0
+    echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]}"
+    ${jobs[$n]} || echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]} failed (see its log)"
+  done
+}
+
+for w in $(seq 1 "${WORKERS:-2}"); do worker "$w" & done
+wait
+echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$task-$quality-200k"
