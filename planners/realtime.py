@@ -7,9 +7,9 @@
             robot.send_action(controller.act(obs, stamp))
 
 `act` never plans. It hands the observation to the planning thread and returns at once (unless
-told to wait, below) the
-action of the freshest finished plan for the time the action takes effect (the reading's time
-plus `delay_ms`): the plan's step k, k being the control periods from the plan's start to then.
+told to wait, below) the action of the freshest finished plan for the time the action takes
+effect (the reading's time plus `delay_ms`): the plan's step k, k being the control periods from
+the plan's start to then.
 A plan starts where its first action can take effect: its reading's time plus the delay plus the
 periods its making takes (measured; at least one), so its first action is executed, from the
 state it was planned for (`plan_lead` and `late_plan_rate` in `stats()`); with `wait_ms`, act
