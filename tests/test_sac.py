@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict
 
 from planners import SAC, SACConfig
-from planners.edac import critic_grads, gradient_diversity
+from planners.edac import cosine_diversity, cosine_diversity_grad, critic_grads, gradient_diversity
 
 O, A = 3, 2
 LOW, HIGH = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 2.0])
@@ -84,6 +84,21 @@ def test_gradient_diversity_of_known_action_gradients():
     assert gradient_diversity((pair * directions).sum(-1), pair).item() == pytest.approx(0.0, abs=1e-6)
     opposite = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])[:, None, :]
     assert gradient_diversity((pair * opposite).sum(-1), pair).item() == pytest.approx(-2.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3), (10, 64, 6)])
+def test_cosine_diversity_gradient_in_closed_form(shape):
+    """cosine_diversity_grad: the term and its gradient as autograd gives them (float64), a row whose
+    action-gradient is exactly zero included."""
+    torch.manual_seed(0)
+    grad = torch.randn(*shape, dtype=torch.float64)
+    grad[1, 2] = 0.0
+    leaf = grad.clone().requires_grad_(True)
+    want = cosine_diversity(leaf)
+    (want_grad,) = torch.autograd.grad(want, leaf)
+    got, got_grad = cosine_diversity_grad(grad)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
