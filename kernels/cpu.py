@@ -35,9 +35,15 @@ _ACT_INPLACE = {"silu": lambda t: F.silu(t, inplace=True), "relu": torch.relu_, 
 #    1.39 s in one pass).
 #  * training (forward+backward under autograd): baddbmm up to B=512 (B=256: 8.8 ms against
 #    10.8), the loop from B=1024 (B=1024: 34 ms against 42; B=4096: 134 against 151).
+#  * inference in bf16 (2026-12-05, AVX-512 BF16, 1 and 2 threads; E=10, 3 x 256, out 1 and E=7,
+#    4 x 200, out 36): bf16 products run 4x fp32's rate, so the per-call cost the loop saves
+#    weighs less and baddbmm wins up to B=512 (1 thread: 1.25-1.28x at 256, 1.05-1.14x at 512; 2
+#    threads: 1.6-2.2x at 256, 1.25-1.46x at 512); from B=1024 the two are within 15%, the loop
+#    ahead on one thread (0.85-1.0x) and by 2048 on two.
 # The machine is shared: under load from other processes the many small OpenMP regions of the
 # loop and of small chunks stall far more than one baddbmm, so re-measure on a quiet machine.
 INFER_LOOP_MIN_ROWS = 256
+INFER_LOOP_MIN_ROWS_BF16 = 1024
 TRAIN_LOOP_MIN_ROWS = 1024
 CHUNK_ELEMS = 1 << 20  # activations per chunk and layer: 4 MiB of fp32
 
@@ -161,11 +167,12 @@ def mlp_baddbmm_inference(
     return h
 
 
-def choose(batch: int, needs_grad: bool) -> str:
+def choose(batch: int, needs_grad: bool, precision: str = "fp32") -> str:
     """Name of the fastest measured variant for B rows per member."""
     if needs_grad:
         return "loop" if batch >= TRAIN_LOOP_MIN_ROWS else "baddbmm"
-    return "loop_inference" if batch >= INFER_LOOP_MIN_ROWS else "baddbmm_inference"
+    threshold = INFER_LOOP_MIN_ROWS_BF16 if precision == "bf16" else INFER_LOOP_MIN_ROWS
+    return "loop_inference" if batch >= threshold else "baddbmm_inference"
 
 
 VARIANTS = {
@@ -194,9 +201,9 @@ def ensemble_mlp(
                       "than fp32 (1 GFLOP/s measured on an AVX2 machine): use precision='fp32' here", stacklevel=3)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
-    variant = choose(x.shape[1], needs_grad)
+    variant = choose(x.shape[1], needs_grad, precision)
     if precision == "bf16" and variant == "loop_inference":  # chunk by chunk, not layer by layer
         return mlp_loop_inference(x, weights, biases, activation, members, bf16_hidden_layers=True)
     if precision == "bf16":
-        return bf16_hidden(ensemble_mlp, x, weights, biases, activation, members, cast=_bf16)
+        return bf16_hidden(VARIANTS[variant], x, weights, biases, activation, members, cast=_bf16)
     return VARIANTS[variant](x, weights, biases, activation, members)

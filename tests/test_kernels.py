@@ -58,6 +58,8 @@ def test_variant_choice_switches_at_the_measured_thresholds():
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS, needs_grad=False) == "loop_inference"
     assert cpu.choose(1, needs_grad=True) == "baddbmm"
     assert cpu.choose(cpu.TRAIN_LOOP_MIN_ROWS, needs_grad=True) == "loop"
+    assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS, needs_grad=False, precision="bf16") == "baddbmm_inference"
+    assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS_BF16, needs_grad=False, precision="bf16") == "loop_inference"
 
 
 @pytest.mark.parametrize("variant", sorted(cpu.VARIANTS))
@@ -226,7 +228,7 @@ def test_bf16_precision_is_differentiable():
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("rows", [100, 300], ids=["stacked", "chunked-loop"])
+@pytest.mark.parametrize("rows", [100, cpu.INFER_LOOP_MIN_ROWS_BF16 + 7], ids=["stacked", "chunked-loop"])
 def test_bf16_keeps_the_output_layer_in_fp32(rows):
     # Q-values near 300: bf16 spaces its values 2 apart there, so a bf16 output layer would
     # round every output onto that grid; the hidden layers alone run on bf16 operands
