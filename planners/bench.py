@@ -267,9 +267,10 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         ms = _median_ms(lambda: planner.learn(10), max(2, repeats // 2), warmup=1, device=device) / 10
         n, b = agent.config.num_critics, agent.config.batch_size
         critic, actor = _mlp_flops(agent.critics.weights), _mlp_flops([m.weight.T for m in agent.actor.net[::2]])
-        # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+2 for EDAC's diversity term, in
-        # closed form: its pass up the critics' chain and its weight gradients; planners.edac); actor 4
-        flops = b * (n * critic * (6 + 2 * (agent.config.eta > 0)) + 4 * actor)
+        # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+1 for EDAC's diversity term in
+        # closed form: its pass up the critics' chain, its weight gradients sharing the TD error's
+        # products; planners.edac); actor 4
+        flops = b * (n * critic * (6 + (agent.config.eta > 0)) + 4 * actor)
         out.append({"work": name + _tag(precision), "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
                     "floor_ms": flops / (peaks[precision] * 1e6)})
     if device == "cpu":  # (behaviour cloning trains on the CPU whatever the device)
