@@ -3,7 +3,9 @@
 # each, then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
 # 200k updates, MOPO and RAVL from their seed's model as it is; one thread per run, two runs at a
 # time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
+# SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table.
 #   docs/results/scripts/offline_table.sh halfcheetah medium      # reads data/halfcheetah-medium.hdf5
+#   PLANNERS=mopo WORKERS=1 docs/results/scripts/offline_table.sh walker2d medium
 # Models: runs/offline/<task>-<quality>-model-bf16-s<seed>; runs: runs/offline/<task>-<quality>-200k/
 # {bc,mopo,ravl}-s<seed> (logs beside them); then
 #   python -m worldmodel.report runs/offline/<task>-<quality>-200k/{bc,mopo,ravl}-s? --out docs/results/<task>-<quality>-200k
@@ -11,7 +13,7 @@
 set -uo pipefail
 task=$1 quality=$2
 data=data/$task-$quality.hdf5 out=runs/offline/$task-$quality-200k models=runs/offline/$task-$quality-model-bf16
-seeds=(${SEEDS:-0 1 2})
+seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
 [ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=200000 out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
 exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running" >&2; exit 1; }
@@ -45,9 +47,13 @@ from_model() {  # planner seed
 
 jobs=()
 for s in "${seeds[@]}"; do jobs+=("fit $s"); done
-for s in "${seeds[@]}"; do jobs+=("bc $s"); done
-for s in "${seeds[@]}"; do jobs+=("from_model mopo $s"); done
-for s in "${seeds[@]}"; do jobs+=("from_model ravl $s"); done
+for p in "${planners[@]}"; do
+  case $p in
+    bc) for s in "${seeds[@]}"; do jobs+=("bc $s"); done ;;
+    mopo|ravl) for s in "${seeds[@]}"; do jobs+=("from_model $p $s"); done ;;
+    *) echo "unknown planner $p in PLANNERS (bc, mopo, ravl)" >&2; exit 1 ;;
+  esac
+done
 echo 0 > "$out/.next"
 
 worker() {
