@@ -3,18 +3,21 @@
 # each, then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
 # 200k updates, MOPO and RAVL from their seed's model as it is; one thread per run, two runs at a
 # time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
-# SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table.
+# SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table; DATA=<file>
+# reads another dataset of the task and quality (runs named after the file: <name>-200k, ...).
 #   docs/results/scripts/offline_table.sh halfcheetah medium      # reads data/halfcheetah-medium.hdf5
 #   PLANNERS=mopo WORKERS=1 docs/results/scripts/offline_table.sh walker2d medium
-# Models: runs/offline/<task>-<quality>-model-bf16-s<seed>; runs: runs/offline/<task>-<quality>-200k/
+#   DATA=data/halfcheetah-medium-1m.hdf5 docs/results/scripts/offline_table.sh halfcheetah medium
+# Models: runs/offline/<name>-model-bf16-s<seed>; runs: runs/offline/<name>-200k/ (<name>: <task>-<quality>, or DATA's)
 # {bc,mopo,ravl}-s<seed> (logs beside them); then
-#   python -m worldmodel.report runs/offline/<task>-<quality>-200k/{bc,mopo,ravl}-s? --out docs/results/<task>-<quality>-200k
+#   python -m worldmodel.report runs/offline/<name>-200k/{bc,mopo,ravl}-s? --out docs/results/<name>-200k
 # Run from the repository root with its virtual environment active.
 set -uo pipefail
 task=$1 quality=$2
-data=data/$task-$quality.hdf5 out=runs/offline/$task-$quality-200k models=runs/offline/$task-$quality-model-bf16
+data=${DATA:-data/$task-$quality.hdf5} name=$(basename "${DATA:-$task-$quality}" .hdf5)
+out=runs/offline/$name-200k models=runs/offline/$name-model-bf16
 seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
-[ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=200000 out=$data threads=1" >&2; exit 1; }
+[ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=<transitions> out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
 exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running" >&2; exit 1; }
 export OMP_NUM_THREADS=1
@@ -68,4 +71,4 @@ worker() {
 
 for w in $(seq 1 "${WORKERS:-2}"); do worker "$w" & done
 wait
-echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$task-$quality-200k"
+echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k"
