@@ -40,7 +40,8 @@ def cosine_diversity_grad(grad: Tensor) -> tuple[Tensor, Tensor]:
     """`cosine_diversity` of grad [N, B, A] and its gradient w.r.t. grad [N, B, A], in closed form.
 
     With u_i = g_i / (|g_i| + eps) and S = sum_i u_i, the term is mean_b (|S|^2 - sum_i |u_i|^2) / (N - 1),
-    so d/du_i = 2 (S - u_i) / (B (N - 1)), and d/dg_i = (v - (u_i . v) g_i / |g_i|) / (|g_i| + eps)."""
+    so v = d/du_i = 2 (S - u_i) / (B (N - 1)), and d/dg_i = (v - (u_i . v) g_i / |g_i|) / (|g_i| + eps);
+    a g_i of exactly zero gets v / eps, as autograd gives it."""
     n, b = grad.shape[:2]
     norm = grad.norm(dim=-1, keepdim=True)
     unit = grad / (norm + 1e-10)
@@ -99,7 +100,7 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
     for layer in range(depth):
         inputs.append(torch.baddbmm(biases[layer].to(low).unsqueeze(1), inputs[-1], w[layer]).relu_())
     top = inputs[-1].float()  # [N, B, H]
-    q = (top * w_out.mT).sum(-1) + biases[-1]  # [N, B] (bmm runs an fp32 product of inner size 1 5x slower)
+    q = (top * w_out.mT).sum(-1) + biases[-1]  # [N, B] (bmm runs an fp32 product of output width 1 5x slower)
     error = q - target
     td_loss = error.square().mean(1).sum()
     # the chain down: chain[l] = dQ/dpre_l [N, B, H]; g = dQ/da [N, B, A]
@@ -110,9 +111,9 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
     g = torch.bmm(chain[0], w_action.mT).float()
     diversity, dg = cosine_diversity_grad(g)
     # the diversity's pass up the chain: d_chain = d(term)/d(chain[l]); weight gradients as it goes
-    dg = (eta * dg).to(low)
-    d_chain = torch.bmm(dg, w_action)  # [N, B, H]
-    up = [None] * depth  # the diversity's gradient w.r.t. layer l's input, where it reaches one
+    dg_low = (eta * dg).to(low)  # d(eta x term)/dg [N, B, A]
+    d_chain = torch.bmm(dg_low, w_action)  # [N, B, H]
+    up = [None] * depth  # d(term)/d(chain_l W_l^T) [N, B, H], masked by m_{l-1}; None at layer 0
     for layer in range(1, depth):  # chain[l-1] = m_{l-1} * (chain[l] @ W_l^T)
         up[layer] = relu_backward(d_chain, inputs[layer])
         d_chain = torch.bmm(up[layer], w[layer])
@@ -127,11 +128,11 @@ def critic_grads(critics: CriticEnsemble, obs: Tensor, action: Tensor, target: T
         left = e_low * inputs[layer] if up[layer] is None else torch.addcmul(up[layer], e_low, inputs[layer])
         grad = torch.bmm(left.mT, chain[layer])
         if layer == 0:
-            grad[:, o:] += torch.bmm(dg.mT, chain[0])  # g's dependence on W1's action rows
+            grad[:, o:] += torch.bmm(dg_low.mT, chain[0])  # g's dependence on W1's action rows
         grads_w.append(grad)
         grads_b.append((e_low * chain[layer]).sum(1))  # (a reduced-precision sum accumulates in fp32)
     grads_w.append(((top * e.unsqueeze(-1)).sum(1) + d_out).unsqueeze(-1))
     grads_b.append(e.sum(1, keepdim=True))
     for param, grad in zip([*weights, *biases], [*grads_w, *grads_b]):
         param.grad = grad.to(param.dtype)
-    return td_loss + eta * diversity.detach(), q, diversity.detach()
+    return td_loss + eta * diversity, q, diversity

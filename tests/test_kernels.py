@@ -59,6 +59,7 @@ def test_variant_choice_switches_at_the_measured_thresholds():
     assert cpu.choose(1, needs_grad=True) == "baddbmm"
     assert cpu.choose(cpu.TRAIN_LOOP_MIN_ROWS, needs_grad=True) == "loop"
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS, needs_grad=False, precision="bf16") == "baddbmm_inference"
+    assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS_BF16 - 1, needs_grad=False, precision="bf16") == "baddbmm_inference"
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS_BF16, needs_grad=False, precision="bf16") == "loop_inference"
 
 
@@ -127,6 +128,22 @@ def test_elite_subset_and_its_gradients(members, B):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-4)
     unused = sorted(set(range(E)) - set(members))
     assert got[0][unused].abs().max() == 0
+
+
+@pytest.mark.parametrize("B", [cpu.INFER_LOOP_MIN_ROWS + 1, cpu.INFER_LOOP_MIN_ROWS_BF16 + 1])
+def test_bf16_elite_subset_matches_the_reference(B):
+    # an elite subset in bf16 on both sides of bf16's own stacked/loop threshold, against the
+    # reference's bf16 (the same products), and with its gradients
+    ws, bs = make_params(4, [23, 24, 24, 6], seed=16, requires_grad=True)
+    m = torch.tensor([3, 0])
+    x = rand_x(2, B, 23)
+    with torch.no_grad():
+        fwd = kernels.ensemble_mlp(x, ws, bs, members=m, precision="bf16")
+    want = reference.ensemble_mlp(x, ws, bs, members=m, precision="bf16")
+    torch.testing.assert_close(fwd, want.detach(), rtol=1e-2, atol=1e-2)
+    out = kernels.ensemble_mlp(x, ws, bs, members=m, precision="bf16")
+    got, expected = torch.autograd.grad(out.sum(), ws), torch.autograd.grad(want.sum(), ws)
+    assert all((a - b).norm() <= 1e-2 * b.norm() for a, b in zip(got, expected))
 
 
 def test_int32_member_ids_are_accepted():
