@@ -57,6 +57,10 @@ class SACConfig:
     # layers, losses, parameters and optimisers in fp32 (`kernels.reference.bf16_hidden`); 2-3x
     # faster matmuls where the CPU has AVX-512 BF16 or AMX (`python -m planners.bench --dyna`)
     precision: str = "fp32"
+    # EDAC's closed-form critic step (eta > 0) through torch.compile: inductor fuses its elementwise
+    # passes (a RAVL update 10-12% faster on a CPU, docs/benchmarks.md); the first step compiles for
+    # some seconds; where compiling fails (no C++ compiler) it warns and runs eagerly
+    compile_critic_step: bool = False
     # > 0: a trust region around the actor as fine-tuning found it (SAC.anchor_here: load_pretrained_agent
     # and worldmodel.run's switch from offline to online learning set it, so pretrained=<a fine-tuned run>
     # re-centres it on that run's actor): the actor's loss gains
@@ -306,7 +310,7 @@ class SAC(nn.Module):
     def _critic_step(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:
         if self.config.eta > 0:  # EDAC: the double backward in closed form (planners.edac)
             loss, q, diversity = critic_grads(self.critics, batch["obs"], batch["action"], self._td_target(batch),
-                                              self.config.eta)  # fmt: skip
+                                              self.config.eta, compiled=self.config.compile_critic_step)  # fmt: skip
             self.critic_optim.step()
             return loss, q, diversity.item()
         critic_loss, q, diversity = self._critic_loss(batch)

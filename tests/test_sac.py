@@ -2,12 +2,14 @@
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
 from tensordict import TensorDict
 
 from planners import SAC, SACConfig
+from planners import edac
 from planners.edac import cosine_diversity, cosine_diversity_grad, critic_grads, gradient_diversity
 
 O, A = 3, 2
@@ -134,6 +136,45 @@ def test_edac_closed_form_gradients_match_autograds_double_backward(precision, l
     torch.manual_seed(1)
     critic_grads(agent.critics, batch["obs"], batch["action"], agent._td_target(batch), eta=eta)
     assert all((p.grad - w).norm() <= tolerance * w.norm() for p, w in zip(agent.critics.parameters(), expected))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_edac_critic_step_matches_the_eager_one(precision, monkeypatch):
+    """compile_critic_step: the same loss, Q and gradients through torch.compile (up to rounding)."""
+    monkeypatch.setattr(edac, "_compiled", {})
+    torch.manual_seed(0)
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=32, num_critics=4, critic_layers=3, eta=2.0, init="edac",
+                                        precision=precision))  # fmt: skip
+    batch = transitions(64, terminated=False)
+    target = agent._td_target(batch)
+    loss, q, _ = critic_grads(agent.critics, batch["obs"], batch["action"], target, eta=2.0)
+    eager = [p.grad.clone() for p in agent.critics.parameters()]
+    got_loss, got_q, _ = critic_grads(agent.critics, batch["obs"], batch["action"], target, eta=2.0, compiled=True)
+    assert "failed" not in edac._compiled, "torch.compile failed here"
+    tolerance = 1e-5 if precision == "fp32" else 1e-2
+    assert got_loss.item() == pytest.approx(loss.item(), rel=tolerance)
+    torch.testing.assert_close(got_q, q, rtol=tolerance, atol=1e-5)
+    for param, want in zip(agent.critics.parameters(), eager):
+        assert (param.grad - want).norm() <= tolerance * want.norm()
+
+
+def test_a_failed_compile_warns_once_and_the_step_runs_eagerly(monkeypatch):
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setattr(edac, "_compiled", {"grads": no_compiler})
+    torch.manual_seed(0)
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=16, num_critics=3, eta=1.0))
+    batch = transitions(32, terminated=False)
+    target = agent._td_target(batch)
+    critic_grads(agent.critics, batch["obs"], batch["action"], target, eta=1.0)
+    eager = [p.grad.clone() for p in agent.critics.parameters()]
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        critic_grads(agent.critics, batch["obs"], batch["action"], target, eta=1.0, compiled=True)
+    assert all(torch.equal(p.grad, want) for p, want in zip(agent.critics.parameters(), eager))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: later steps go eagerly without trying again
+        critic_grads(agent.critics, batch["obs"], batch["action"], target, eta=1.0, compiled=True)
 
 
 def test_edac_term_makes_critic_gradients_diverse():

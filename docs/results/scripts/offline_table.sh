@@ -45,7 +45,8 @@ from_model() {  # planner seed
   local d=$out/$1-s$2 model=$models-s$2/model.pt
   finished "$d" && return
   until [ -f "$model" ]; do sleep 60; done  # (the other worker may still be fitting it)
-  "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=bf16
+  local extra=(); [ "$1" = ravl ] && extra=(planner.agent.compile_critic_step=true)  # (EDAC's step, 10% faster)
+  "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=bf16 "${extra[@]}"
 }
 
 jobs=()
