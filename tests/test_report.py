@@ -8,20 +8,21 @@ import yaml
 from worldmodel.report import load_settings, main as report
 
 
-def fake_run(path, seed: int, score: float, penalty: float, threads: int = 1) -> None:
+def fake_run(path, seed: int, score: float, penalty: float, threads: int = 1, compiled: bool = False) -> None:
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({
         "status": "finished", "env": "hopper", "planner": "mopo", "seed": seed, "dataset": "d.hdf5",
         "dataset_name": "hopper-medium-replay", "env_steps": 0, "offline_updates": 100, "normalized_score": score}))
     (path / "metrics.jsonl").write_text(json.dumps({"kind": "offline_eval", "step": 100, "score": score}) + "\n")
-    config = {"planner": {"name": "mopo", "penalty": penalty, "agent": {"hidden": 256}}, "seed": seed,
+    config = {"planner": {"name": "mopo", "penalty": penalty, "agent": {"hidden": 256, "compile_critic_step": compiled}},
+              "seed": seed,
               "threads": threads, "run_dir": str(path)}  # fmt: skip
     (path / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_runs_with_different_settings_get_rows_of_their_own(tmp_path):
-    for seed, score in ((0, 90.0), (1, 80.0)):  # seeds and threads differ: still one experiment
-        fake_run(tmp_path / f"l25-s{seed}", seed, score, penalty=2.5, threads=seed + 1)
+    for seed, score in ((0, 90.0), (1, 80.0)):  # seeds, threads and compiling differ: still one experiment
+        fake_run(tmp_path / f"l25-s{seed}", seed, score, penalty=2.5, threads=seed + 1, compiled=bool(seed))
     fake_run(tmp_path / "l5-s0", 0, 40.0, penalty=5.0)
     rows = report([str(tmp_path), "--out", str(tmp_path / "report")])
     by_planner = {r["planner"]: r for r in rows}

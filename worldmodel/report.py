@@ -72,7 +72,8 @@ def _is_run_summary(path: Path) -> bool:
 
 
 # config keys that say where and how a run ran, not what it ran: never a reason to set runs apart
-_NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained", "dataset"}
+_NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained", "dataset",
+                 "planner.agent.compile_critic_step", "planner.value_agent.compile_critic_step"}  # (speed alone)
 
 
 # settings whose introduction changed what a run does: the value a config that predates the key ran
