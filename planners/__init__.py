@@ -3,7 +3,7 @@ Dyna (MBPO, MOPO, RAVL) and behaviour cloning as the offline floor."""
 
 import dataclasses
 
-from planners.base import Planner, evaluate
+from planners.base import Planner, evaluate, evaluation_returns
 from planners.bc import BCConfig, BehaviourCloning
 from planners.cem import CEM, CEMConfig
 from planners.dyna import MBPO, MOPO, RAVL, Dyna, DynaConfig, MBPOConfig, MOPOConfig, RAVLConfig
@@ -93,7 +93,7 @@ def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
 
 
 __all__ = [
-    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "learned_agent", "load_pretrained_agent", "make_planner", "planner_config",
+    "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "evaluation_returns", "learned_agent", "load_pretrained_agent", "make_planner", "planner_config",
     "planner_defaults",
     "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",

@@ -76,8 +76,8 @@ def check_obs(obs: Tensor, obs_dim: int) -> Tensor:
     return obs
 
 
-def evaluate(planner: Planner, env, episodes: int) -> float:
-    """Mean return of `episodes` deterministic episodes of `planner` on a TorchRL env (see
+def evaluation_returns(planner: Planner, env, episodes: int) -> list[float]:
+    """The returns of `episodes` deterministic episodes of `planner` on a TorchRL env (see
     worldmodel.envs); the planner is reset around each."""
     returns = []
     for _ in range(episodes):
@@ -90,4 +90,10 @@ def evaluate(planner: Planner, env, episodes: int) -> float:
         rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
         returns.append(rollout["next", "reward"].sum().item())
     planner.reset()
+    return returns
+
+
+def evaluate(planner: Planner, env, episodes: int) -> float:
+    """The mean of `evaluation_returns`."""
+    returns = evaluation_returns(planner, env, episodes)
     return sum(returns) / len(returns)

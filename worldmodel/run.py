@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from planners import (DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluate, learned_agent, planner_config,
+from planners import (DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluation_returns, learned_agent, planner_config,
                       planner_defaults)
 from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
@@ -219,14 +219,14 @@ class Run:
                 p["offline_updates"] += n
                 bar.update(n)
                 self._stop_if_requested(started, bar)
-            ret = self._evaluated(bar, cfg.offline.eval_episodes)
+            ret, spread = self._evaluated(bar, cfg.offline.eval_episodes)
             p.setdefault("offline_evals", []).append(ret)
             p["offline_eval"] = _mean(p["offline_evals"][-cfg.offline.score_last :])
             p["best_eval"] = _max(p["best_eval"], ret)
             estimate = self._model_return()
             self._select(ret, estimate.get("model_ret"))
             self.logger.log("offline_train", p["offline_updates"], **stats)
-            self.logger.log("offline_eval", p["offline_updates"], ret=ret, **self._score("score", ret),
+            self.logger.log("offline_eval", p["offline_updates"], ret=ret, **spread, **self._score("score", ret),
                             **self._score("last_score", p["offline_eval"]), **estimate)  # fmt: skip
             bar.set_postfix(ret=f"{ret:.1f}")
             self._checkpoint(started)
@@ -370,18 +370,21 @@ class Run:
 
         return on_epoch
 
-    def _evaluated(self, bar, episodes: int | None = None) -> float:
-        """The mean evaluation return over `episodes` (default: eval_episodes), with the progress
-        bar saying why it waits."""
+    def _evaluated(self, bar, episodes: int | None = None) -> tuple[float, dict]:
+        """The mean evaluation return over `episodes` (default: eval_episodes) and the episodes'
+        spread for the log ({ret_std, ret_min, ret_max}), with the progress bar saying why it waits."""
         episodes = episodes or self.cfg.eval_episodes
         bar.set_postfix_str(f"evaluating ({episodes} episode(s))...")
-        return evaluate(self.planner, self.eval_env, episodes)
+        returns = torch.tensor(evaluation_returns(self.planner, self.eval_env, episodes), dtype=torch.float64)
+        spread = {"ret_std": returns.std().item() if episodes > 1 else 0.0, "ret_min": returns.min().item(),
+                  "ret_max": returns.max().item()}  # fmt: skip
+        return returns.mean().item(), spread
 
     def _evaluate(self, step: int, bar) -> None:
         p = self.progress
-        ret = self._evaluated(bar)
+        ret, spread = self._evaluated(bar)
         p["final_eval"], p["best_eval"] = ret, _max(p["best_eval"], ret)
-        self.logger.log("eval", step, ret=ret, plan_ms=self._plan_ms(), **self._score("score", ret))
+        self.logger.log("eval", step, ret=ret, **spread, plan_ms=self._plan_ms(), **self._score("score", ret))
         bar.set_postfix(eval=f"{ret:.1f}")
         tqdm.write(f"step {step}: evaluation return {ret:.1f}")
 
