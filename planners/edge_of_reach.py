@@ -156,7 +156,8 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
     planner = make_planner(method, SimulatorDynamics(cfg.task), spec, seed=cfg.seed,
                            buffer=ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=len(data)),
                            rollout_length=cfg.rollout_length, rollout_batch_size=cfg.rollout_batch_size,
-                           rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio)  # fmt: skip
+                           rollout_every=cfg.rollout_every, real_ratio=cfg.real_ratio,
+                           agent=OmegaConf.to_container(cfg.agent) if cfg.get("agent") is not None else {})  # fmt: skip
     planner.observe(data)
     begun = states.get(method, {}).get("done", 0)
     if begun:
@@ -200,7 +201,7 @@ def _plot(curves: dict[str, list[dict]], out, task: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config("edge_of_reach", sys.argv[1:] if argv is None else argv, __doc__)
+    cfg = compose_config("edge_of_reach", sys.argv[1:] if argv is None else argv, __doc__, open_keys=("agent",))
     if not cfg.dataset:
         raise SystemExit("error: give dataset=<file> (make one with python -m worldmodel.datasets make ...)")
     try:

@@ -42,8 +42,11 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
     env = make_env("hopper", seed=1)
     save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 300))
     summary = main([f"dataset={tmp_path / 'd.hdf5'}", "task=hopper", "updates=20", "eval_every=10", "rollout_batch_size=50",
-                    "rollout_every=10", "eval_episodes=1", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+                    "rollout_every=10", "eval_episodes=1", "+agent.hidden=32", f"run_dir={tmp_path / 'run'}"])  # fmt: skip
     assert set(summary) == {"mbpo", "ravl"}
+    states = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["methods"]
+    for method, critics in (("mbpo", 2), ("ravl", 10)):  # agent.* reaches both agents beside each one's own
+        assert states[method]["planner"]["agent"]["modules"]["critics.weights.1"].shape == (critics, 32, 32)
     for row in summary.values():
         assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"] - row["entropy_share"])
         assert row["entropy_share"] > 0
