@@ -143,3 +143,13 @@ def test_an_offline_then_online_run_scores_its_online_end_and_an_unnormalised_of
     (tmp_path / "raw" / "s0" / "summary.json").write_text(json.dumps(summary))
     (row,) = report([str(tmp_path / "raw")])
     assert row["scores"] == [250.0] and row["normalized"] is False
+
+
+def test_raw_copies_each_run_s_files_beside_the_report(tmp_path):
+    for group in ("a", "b"):  # two runs of one name in different folders: kept apart
+        fake_run(tmp_path / "runs" / group / "mopo-s0", 0, 90.0, penalty=2.5)
+    report([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--raw"])
+    raw = tmp_path / "report" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        f"{g}_mopo-s0-{f}" for g in ("a", "b") for f in ("config.yaml", "metrics.jsonl", "summary.json"))
+    assert (raw / "a_mopo-s0-summary.json").read_text() == (tmp_path / "runs" / "a" / "mopo-s0" / "summary.json").read_text()

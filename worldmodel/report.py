@@ -381,7 +381,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m worldmodel.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories, or directories holding them")
     parser.add_argument("--out", help="write report.md, summary.json, report.json and the learning-curve PNGs here")
+    parser.add_argument("--raw", action="store_true",
+                        help="with --out: also copy each run's metrics.jsonl, summary.json and config.yaml to out/raw/")
     args = parser.parse_args(argv)
+    if args.raw and not args.out:
+        raise SystemExit("error: --raw copies the runs' files beside the report: give --out <dir> too")
     try:
         runs = [load_run(d) for d in find_runs(args.paths)]
     except ValueError as e:
@@ -399,7 +403,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    out / "report.json")  # fmt: skip
         for path in plot_curves(runs, out):
             print(f"wrote {path}")
+        if args.raw:
+            print(f"copied {copy_raw(runs, out / 'raw')} files to {out / 'raw'}")
     return rows
+
+
+_RAW_FILES = ("metrics.jsonl", "summary.json", "config.yaml")
+
+
+def copy_raw(runs: list[dict], raw: Path) -> int:
+    """Each run's metrics.jsonl, summary.json and config.yaml as raw/<run>-<file> (<run>: its
+    directory's name, or parent_name where two runs share a name); returns how many were copied."""
+    names = [Path(r["dir"]).name for r in runs]
+    raw.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for run, name in zip(runs, names):
+        path = Path(run["dir"])
+        if names.count(name) > 1:
+            name = f"{path.parent.name}_{name}"
+        for file in _RAW_FILES:
+            if (path / file).is_file():
+                (raw / f"{name}-{file}").write_bytes((path / file).read_bytes())
+                copied += 1
+    return copied
 
 
 if __name__ == "__main__":

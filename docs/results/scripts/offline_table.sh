@@ -10,7 +10,7 @@
 #   DATA=data/halfcheetah-medium-1m.hdf5 docs/results/scripts/offline_table.sh halfcheetah medium
 # Models: runs/offline/<name>-model-bf16-s<seed>; runs: runs/offline/<name>-200k/ (<name>: <task>-<quality>, or DATA's)
 # {bc,mopo,ravl}-s<seed> (logs beside them); then
-#   python -m worldmodel.report runs/offline/<name>-200k/{bc,mopo,ravl}-s? --out docs/results/<name>-200k
+#   python -m worldmodel.report runs/offline/<name>-200k/{bc,mopo,ravl}-s? --out docs/results/<name>-200k --raw
 # Run from the repository root with its virtual environment active.
 set -uo pipefail
 task=$1 quality=$2
@@ -72,4 +72,4 @@ worker() {
 
 for w in $(seq 1 "${WORKERS:-2}"); do worker "$w" & done
 wait
-echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k"
+echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k --raw"
