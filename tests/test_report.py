@@ -153,3 +153,13 @@ def test_raw_copies_each_run_s_files_beside_the_report(tmp_path):
     assert sorted(p.name for p in raw.iterdir()) == sorted(
         f"{g}_mopo-s0-{f}" for g in ("a", "b") for f in ("config.yaml", "metrics.jsonl", "summary.json"))
     assert (raw / "a_mopo-s0-summary.json").read_text() == (tmp_path / "runs" / "a" / "mopo-s0" / "summary.json").read_text()
+
+
+def test_runs_linked_into_a_folder_are_found_once(tmp_path):
+    fake_run(tmp_path / "kept" / "mopo-s0", 0, 90.0, penalty=2.5)
+    fake_run(tmp_path / "table" / "mopo-s1", 1, 70.0, penalty=2.5)
+    (tmp_path / "table" / "mopo-s0").symlink_to(tmp_path / "kept" / "mopo-s0")
+    (tmp_path / "table" / "again").symlink_to(tmp_path / "kept" / "mopo-s0")  # the same run twice
+    (tmp_path / "table" / "loop").symlink_to(tmp_path / "table")  # a link back up the tree
+    (row,) = report([str(tmp_path / "table")])
+    assert sorted(row["scores"]) == [70.0, 90.0]

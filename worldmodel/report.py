@@ -33,6 +33,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import re
 import statistics
 from collections import defaultdict
@@ -55,11 +56,26 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     runs = []
     for path in map(Path, paths):
         found = [p.parent for p in ([path / "summary.json"] if (path / "summary.json").is_file()
-                                    else sorted(path.rglob("summary.json"))) if _is_run_summary(p)]  # fmt: skip
+                                    else _summaries_under(path)) if _is_run_summary(p)]  # fmt: skip
         if not found:
             raise ValueError(f"{path}: no run directory (summary.json) there or below it")
         runs += found
     return sorted(set(runs))
+
+
+def _summaries_under(root: Path) -> list[Path]:
+    """Every summary.json below root, through linked directories too (a results folder may link
+    runs kept elsewhere), each real directory once."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # (a link back up the tree, or a second link to one run)
+            dirs.clear()
+            continue
+        seen.add(real)
+        if "summary.json" in files:
+            found.append(Path(folder) / "summary.json")
+    return sorted(found)
 
 
 def _is_run_summary(path: Path) -> bool:
