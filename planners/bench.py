@@ -258,9 +258,11 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
                     "per_s": 250_000 / ms * 1e3, "unit": "transitions/s", "ms": ms,
                     "floor_ms": flops / (peaks[precision] * 1e6)})  # fmt: skip
     model.precision = "fp32"
-    agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig), ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL, RAVLConfig))
-    for (name, kind, config), precision in itertools.product(agents, peaks):
-        planner = kind(model, spec, config(agent={"precision": precision}))
+    agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig, {}),
+              ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL, RAVLConfig, {}),
+              ("RAVL EDAC, compiled critic step", RAVL, RAVLConfig, {"compile_critic_step": True}))  # fmt: skip
+    for (name, kind, config, extra), precision in itertools.product(agents, peaks):
+        planner = kind(model, spec, config(agent={"precision": precision, **extra}))
         planner.observe(real)
         planner.rollout(real["obs"][:5000])
         agent = planner.agent
