@@ -54,18 +54,19 @@ class Plan:
     serial: int
     lead: int = 0  # control periods from the reading it was planned from to its start
     episode: int = 0  # the controller's episode count at that reading
+    ready: float = -math.inf  # the first reading time whose act() holds it (PlanMaker.make; -inf: always held)
 
     def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
         return _plan_from_numpy, (self.actions.detach().to("cpu", torch.float32).contiguous().numpy(), self.start,
-                                  self.version, self.serial, self.lead, self.episode)
+                                  self.version, self.serial, self.lead, self.episode, self.ready)
 
     def step_at(self, time: float, period: float) -> int:
         """Its step for `time` (negative before its start)."""
         return round((time - self.start) / period)
 
 
-def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int, episode: int) -> Plan:
-    return Plan(torch.from_numpy(actions), start, version, serial, lead, episode)
+def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int, episode: int, ready: float) -> Plan:
+    return Plan(torch.from_numpy(actions), start, version, serial, lead, episode, ready)
 
 
 @dataclass
@@ -136,12 +137,12 @@ class PlanMaker:
         start reset); the failure "planner_errors" when the planner raised a RuntimeError or
         ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions propagate: the
         planner is broken, not this state."""
-        began = time.perf_counter()
+        began, posted = time.perf_counter(), time.monotonic() if posted is None else posted
         if episode != self.episode:
             self.episode, self.plans = episode, []
             if hasattr(self.planner, "reset"):
                 self.planner.reset()
-        lead = self.lead(0.0 if posted is None else max(0.0, time.monotonic() - posted))
+        lead = self.lead(max(0.0, time.monotonic() - posted))
         start_time = stamp + lead * self.period
         if hasattr(self.planner, "previous_action"):  # sampling respects the slew from the action before
             self.planner.previous_action = self.committed(start_time - self.period, last_action)
@@ -157,15 +158,20 @@ class PlanMaker:
         if not torch.isfinite(actions).all():
             return PlanResult(None, "nonfinite_plans", seconds=seconds, reading=(stamp, episode))
         self.serial += 1
-        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode)]
+        # held from the reading act() posts once it is made (act() posts readings a period apart and
+        # waits `wait` seconds for a plan; made within the wait, from its own reading on)
+        ready = stamp + max(0.0, time.monotonic() - posted - self.wait)
+        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode, ready)]
         return PlanResult(self.plan, seconds=seconds, reading=(stamp, episode))
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
-        """The action [A] the controller executes at `time`, as RealtimeController chooses it: the
-        newest plan begun by then, shifted, and past its reach (max_shift) the safe action; before any
-        has begun, `last_action` (the one executed last), else the first plan's first step (None
-        without either)."""
-        begun = [p for p in self.plans if p.step_at(time, self.period) >= 0]
+        """The action [A] the controller executes at `time`, as RealtimeController chooses it: of the
+        plans it held when it chose (the reading `ahead` periods before; a plan that came late held
+        from its `ready` on, the plan before it acting until then), the newest begun by then,
+        shifted, and past its reach (max_shift) the safe action; before any has begun, `last_action`
+        (the one executed last), else the first plan's first step (None without either)."""
+        chosen = time - self.ahead * self.period + 1e-9
+        begun = [p for p in self.plans if p.ready <= chosen and p.step_at(time, self.period) >= 0]
         if not begun:
             return last_action if last_action is not None or not self.plans else self.plans[0].actions[0]
         plan = begun[-1]

@@ -334,6 +334,34 @@ def test_the_delay_is_predicted_under_the_actions_the_controller_will_execute():
     assert unsafe.committed(1.0 + 6 * period).item() == 3.0
 
 
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_a_late_plan_is_predicted_to_act_only_once_the_controller_holds_it(ahead):
+    """A plan that came after its start (its making outran its lead) acts from the first reading
+    that held it (`ready`) on: the controller executes the plan before it until then, and so does
+    PlanMaker.committed, which predicts the delay's states and the slew's last action."""
+    period = 0.05
+    actions = torch.arange(6.0).reshape(6, 1)
+    maker = PlanMaker(None, period, ahead=ahead, deterministic=True)
+    late = Plan(actions + 10, start=1.1, version=0, serial=1, ready=1.2 - ahead * period)  # held at 1.2's choice
+    maker.plans = [Plan(actions, start=1.0, version=0, serial=0), late]
+    chosen = [maker.committed(1.1 + k * period).item() for k in range(4)]
+    assert chosen == [2.0, 3.0, 12.0, 13.0]  # the first plan's steps 2-3, then the late one's from its step 2
+    late.ready = -math.inf  # one in time: from its start
+    assert [maker.committed(1.1 + k * period).item() for k in range(2)] == [10.0, 11.0]
+
+
+def test_a_plan_is_held_from_the_reading_after_its_making(hopper):
+    """PlanMaker.make stamps a plan `ready` at the first reading whose act() can hold it: its own
+    reading's time plus the time from act()'s post to the plan's end (less what act() waits for it)."""
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    maker = PlanMaker(planner, 0.05, ahead=0, deterministic=True)
+    result = maker.make(data["obs"][0], 10.0, None, 0, posted=time.monotonic() - 0.2)
+    assert 10.2 <= result.plan.ready <= 10.2 + result.seconds + 0.05
+    waiting = PlanMaker(planner, 0.05, ahead=0, deterministic=True, wait=5.0)
+    assert waiting.make(data["obs"][0], 10.0, None, 0).plan.ready == 10.0  # made within act()'s wait: its own reading
+
+
 def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
     """A plan starting two periods after the last one's start warm-starts from the last plan's
     step 2 on (`skip`), not its step 1 (the planner's own shift, for plans one period apart)."""
