@@ -1,7 +1,9 @@
-"""`python -m planners.bench`: planning milliseconds per control step, ours against torchrl's planners.
+"""`python -m planners.bench`: planning milliseconds per control step, ours against torchrl's and mbrl-lib's planners.
 
 Ours and torchrl's MPPIPlanner / CEMPlanner plan with the same (untrained) HalfCheetah ensemble through the same `model.step`, so
-the model work per candidate is identical and the ratio measures the planner around it.
+the model work per candidate is identical and the ratio measures the planner around it. mbrl-lib's
+PETS step (where it is installed) runs its own model of the same shape at the same work
+(`mbrl_pets`): the ratio there measures the whole engine.
 The floor column is the model's matmul FLOPs at the peak measured in the same run.
 `--dyna`: imagined transitions and agent updates per second. `--concurrency`: two short runs of
 the run command at once against one alone, at threads=auto and at every core fixed.
@@ -108,6 +110,48 @@ def torchrl_mppi(model: EnsembleDynamics, spec, horizon: int, candidates: int, i
                        optim_steps=iterations, num_candidates=candidates, top_k=candidates)  # fmt: skip
 
 
+def mbrl_pets(model: EnsembleDynamics, spec, horizon: int, candidates: int, num_elites: int, iterations: int,
+              particles: int):
+    """mbrl-lib's PETS planning step at our PETS-size CEM's work, as `act(obs [O]) -> action`, or
+    None where mbrl-lib is not installed (`pip install --no-deps mbrl==0.2.0 termcolor`: its pins
+    of hydra-core 1.0 and gymnasium 0.26 would replace ours). Its own model and planner: a
+    GaussianMLP of our model's depth, width and activation with as many members as our elites
+    (ts1 sends each row through one random elite in both; mbrl-lib needs the rows, candidates x
+    particles, to divide among its members), learned reward, input normalisation, and its
+    CEMOptimizer through TrajectoryOptimizerAgent and ModelEnv (random_model propagation)."""
+    try:
+        import gymnasium
+        import omegaconf
+        from mbrl.models import GaussianMLP, ModelEnv, OneDTransitionRewardModel
+        from mbrl.planning import TrajectoryOptimizerAgent
+    except ImportError:
+        return None
+    members = model.num_elites
+    net = GaussianMLP(spec.obs_dim + spec.act_dim, spec.obs_dim + 1, "cpu", num_layers=len(model.weights) - 1,
+                      ensemble_size=members, hid_size=model.weights[0].shape[2], propagation_method="random_model",
+                      activation_fn_cfg={"_target_": "torch.nn.SiLU"})  # fmt: skip
+    dynamics = OneDTransitionRewardModel(net, target_is_delta=True, normalize=True, learned_rewards=True,
+                                         num_elites=members)  # fmt: skip
+    box = lambda low, high: gymnasium.spaces.Box(low.numpy(), high.numpy())  # noqa: E731
+    spaces = type("Spaces", (), {"observation_space": box(-torch.ones(spec.obs_dim) * torch.inf,
+                                                          torch.ones(spec.obs_dim) * torch.inf),
+                                 "action_space": box(spec.action_low, spec.action_high)})()  # fmt: skip
+    no_termination = lambda action, next_obs: torch.zeros(next_obs.shape[0], 1, dtype=torch.bool)  # noqa: E731
+    model_env = ModelEnv(spaces, dynamics, no_termination, generator=torch.Generator().manual_seed(0))
+    optimizer = omegaconf.OmegaConf.create({
+        "_target_": "mbrl.planning.CEMOptimizer", "num_iterations": iterations, "elite_ratio": num_elites / candidates,
+        "population_size": candidates, "alpha": 0.1, "device": "cpu", "lower_bound": "???", "upper_bound": "???",
+        "return_mean_elites": True, "clipped_normal": False})  # fmt: skip
+    agent = TrajectoryOptimizerAgent(optimizer, spec.action_low.tolist(), spec.action_high.tolist(),
+                                     planning_horizon=horizon, replan_freq=1)  # fmt: skip
+    agent.set_trajectory_eval_fn(lambda state, actions: model_env.evaluate_action_sequences(
+        actions, initial_state=state, num_particles=particles))  # fmt: skip
+    return lambda obs: agent.act(obs.numpy())
+
+
+BASELINES = ("torchrl", "mbrl-lib")  # the other libraries' planners a row's ratio compares with
+
+
 def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
     """Planning steps of ours and (on CPU) torchrl's planners; on CUDA ours alone."""
     spec = make_env("halfcheetah").task_spec
@@ -151,6 +195,11 @@ def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
         their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
         cases.insert(1, ("MPPI 512 x 15, model only", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15))
         cases.insert(4, ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5))
+        their_pets = mbrl_pets(model, spec, horizon=30, candidates=400, num_elites=40, iterations=5, particles=20)
+        if their_pets is not None:
+            at = next(i for i, case in enumerate(cases) if case[0].startswith("CEM PETS"))
+            cases.insert(at, ("CEM PETS (400 x 20 particles x 30 x 5)", "mbrl-lib CEMOptimizer", lambda: their_pets(obs),
+                              400 * 20 * 30 * 5))  # fmt: skip
     out = []
     for config, impl, fn, row_steps in cases:
         ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5), device=device)
@@ -163,9 +212,9 @@ def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
             if r["planner"] == "ours, CUDA graph":
                 r["speedup_vs_eager"] = eager_ms[r["config"]] / r["ms_per_step"]
                 r["max_abs_diff_vs_eager"] = _graph_agreement(model, spec, r["config"])
-    baseline = {r["config"]: r["ms_per_step"] for r in out if r["planner"].startswith("torchrl")}
+    baseline = {r["config"]: r["ms_per_step"] for r in out if r["planner"].startswith(BASELINES)}
     for r in out:
-        r["speedup_vs_torchrl"] = baseline[r["config"]] / r["ms_per_step"] if r["config"] in baseline else None
+        r["speedup_vs_baseline"] = baseline[r["config"]] / r["ms_per_step"] if r["config"] in baseline else None
     return out
 
 
@@ -434,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_planning(table: list[dict]) -> None:
-    print(f"{'config':40s} {'planner':27s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs torchrl':>10s}")
+    print(f"{'config':40s} {'planner':27s} {'ms/step':>9s} {'Hz':>7s} {'floor ms':>9s} {'vs theirs':>10s}")
     for r in table:
-        ratio = f"{r['speedup_vs_torchrl']:.2f}x" if r["speedup_vs_torchrl"] else "-"
+        ratio = f"{r['speedup_vs_baseline']:.2f}x" if r["speedup_vs_baseline"] else "-"
         graph = (f"  {r['speedup_vs_eager']:.2f}x eager, actions within {r['max_abs_diff_vs_eager']:.1e} of eager's"
                  if "speedup_vs_eager" in r else "")  # fmt: skip
         print(f"{r['config']:40s} {r['planner']:27s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} "
@@ -444,6 +493,8 @@ def _print_planning(table: list[dict]) -> None:
     bf16 = table[0].get("bf16_peak_gflops")
     print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run"
           + (f"; the bf16 row at bf16's {bf16:.0f})" if bf16 else ")"))
+    if table[0]["device"] == "cpu" and not any(r["planner"].startswith("mbrl-lib") for r in table):
+        print("(no mbrl-lib row: pip install --no-deps mbrl==0.2.0 termcolor)")
 
 
 def _print_dyna(table: list[dict]) -> None:
