@@ -5,10 +5,16 @@ evaluation return reaches `medium_return` (medium), every transition seen until 
 (medium-replay) and the policy after `max_steps` (expert). The run is checkpointed in
 `policy_dir` after each evaluation (`<task>-seed<seed>.pt`), so an interrupted run resumes, the
 other qualities reuse it, and a larger `max_steps` continues it.
+
+Each policy a dataset is collected from is also written beside the dataset
+(`<out>.<medium|expert>-policy.pt`, ~300 KB: the actor, its settings and the random state its
+collection started from); `make ... policy=<that file>` collects from it without training:
+the same transitions on the same kind of CPU (the same seed), and the same policy on any.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,6 +33,7 @@ from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
 _FORMAT = "worldmodel.BehaviourRun"
+_POLICY_FORMAT = "worldmodel.BehaviourPolicy"
 
 
 def run_path(policy_dir: str | Path, task: str, seed: int) -> Path:
@@ -40,6 +47,35 @@ def _legacy_path(path: Path, max_steps: int) -> Path | None:
     budgets = {int(p.stem.rsplit("-", 1)[1]): p for p in path.parent.glob(f"{path.stem}-*.pt")
                if p.stem.rsplit("-", 1)[1].isdigit() and int(p.stem.rsplit("-", 1)[1]) <= max_steps}  # fmt: skip
     return budgets[max(budgets)] if budgets else None
+
+
+def policy_path(out: str | Path, which: str) -> Path:
+    """Where `make` writes the `which` ("medium" or "expert") policy of the dataset at `out`."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix else out
+    return base.parent / f"{base.name}.{which}-policy.pt"
+
+
+def save_policy(path: Path, task: str, which: str, agent: SAC, rng: torch.Tensor, seed: int, history: list) -> None:
+    """A collection's behaviour policy: the actor, its settings, and the torch random state the
+    collection starts from (after `seed`'s training; `rng`)."""
+    atomic_save({"format": _POLICY_FORMAT, "version": 1, "task": task, "which": which, "seed": seed,
+                 "actor": agent.actor.state_dict(), "agent": dataclasses.asdict(agent.config), "rng": rng,
+                 "history": history}, path)  # fmt: skip
+
+
+def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
+    """The agent of a policy file `save_policy` wrote, for collecting `quality` data on the task
+    of `spec` (a worldmodel.envs.TaskSpec), and the file's record (seed, rng, history)."""
+    saved = load_checked(path, _POLICY_FORMAT)
+    if saved["task"] != spec.name or saved["which"] != quality:
+        raise ValueError(f"{path} holds the {saved['task']} {saved['which']} policy, not {spec.name} {quality}")
+    try:
+        agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**saved["agent"]))
+        agent.actor.load_state_dict(saved["actor"])
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{path} does not match this version's behaviour agent: {e}") from None
+    return agent, saved
 
 
 def default_medium_return(task: str) -> float:
@@ -162,8 +198,17 @@ def make_dataset(cfg: DictConfig) -> dict:
     env = make_env(task, seed=cfg.seed + 20_000)
     metadata = {"env": task, "quality": quality, "seed": cfg.seed, "recipe": "D4RL (SAC behaviour policies)",
                 "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
-    parts = []
-    if quality == "random":  # D4RL: a randomly initialised policy
+    parts, written = [], []
+    if cfg.policy:  # one saved policy's data, no training
+        if quality not in ("medium", "expert"):
+            raise ValueError(f"policy= collects one saved policy's data: quality medium or expert, not {quality}")
+        agent, saved = load_policy(cfg.policy, env.task_spec, quality)
+        if saved["seed"] == cfg.seed:  # the random state its first collection started from: the same data
+            torch.set_rng_state(saved["rng"])
+        metadata.update(policy_file=str(cfg.policy), behaviour_history=saved["history"])
+        metadata[f"{quality}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes, False)
+        parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
+    elif quality == "random":  # D4RL: a randomly initialised policy
         spec = env.task_spec
         agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**cfg.behaviour.agent))
         parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
@@ -179,6 +224,8 @@ def make_dataset(cfg: DictConfig) -> dict:
         for which in ("medium", "expert"):
             if which in quality.split("-") and quality != "medium-replay":
                 agent = training.policy(which)
+                written.append(policy_path(cfg.out, which))
+                save_policy(written[-1], task, which, agent, torch.get_rng_state(), cfg.seed, training.state["history"])
                 # as the data are collected: actions sampled from the policy
                 metadata[f"{which}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes, False)
                 parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
@@ -193,7 +240,8 @@ def make_dataset(cfg: DictConfig) -> dict:
     (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)
     print(f"{task} {quality}: {len(data)} transitions, {len(returns)} complete episodes, mean return "
           f"{metadata['mean_episode_return']:.1f}" + (f" (normalised {score:.1f})" if score is not None else "")
-          + f", fingerprint {metadata['fingerprint']} -> {cfg.out}")  # fmt: skip
+          + f", fingerprint {metadata['fingerprint']} -> {cfg.out}"
+          + "".join(f"; its policy (make ... policy=<file> collects again without training) -> {p}" for p in written))  # fmt: skip
     return metadata
 
 

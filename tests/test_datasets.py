@@ -122,6 +122,40 @@ def test_make_medium_replay_then_medium_expert_reuses_the_behaviour_run(tmp_path
     assert [h["step"] for h in meta["behaviour_history"]] == [200, 400]  # resumed, not retrained
 
 
+def test_a_saved_medium_policy_collects_the_same_data_without_training(tmp_path):
+    """make writes the policy it collected from beside the dataset; make ... policy=<that file>
+    gives the same transitions (the same seed) with no behaviour run, and another seed new ones."""
+    common = ["env=hopper", "quality=medium", "size=300", "behaviour.start_steps=100", "behaviour.eval_every=100",
+              "behaviour.eval_episodes=1", "behaviour.max_steps=200", "behaviour.medium_return=-1000",
+              "behaviour.agent.hidden=32"]  # fmt: skip
+    trained = main(["make", f"out={tmp_path / 'm.hdf5'}", f"policy_dir={tmp_path / 'runs'}", *common])
+    policy = tmp_path / "m.medium-policy.pt"
+    again = main(["make", f"out={tmp_path / 'again.hdf5'}", f"policy={policy}", f"policy_dir={tmp_path / 'none'}",
+                  *common])  # fmt: skip
+    assert not (tmp_path / "none").exists()  # no behaviour run
+    assert again["fingerprint"] == trained["fingerprint"] and again["transitions"] == 300
+    assert again["medium_policy_return"] == trained["medium_policy_return"]
+    assert again["behaviour_history"] == trained["behaviour_history"] and again["policy_file"] == str(policy)
+    other = main(["make", f"out={tmp_path / 'other.hdf5'}", f"policy={policy}", "seed=1", *common])
+    assert other["fingerprint"] != trained["fingerprint"]
+
+
+def test_a_policy_file_of_another_task_or_quality_is_refused(tmp_path):
+    common = ["size=100", "behaviour.start_steps=50", "behaviour.eval_every=50", "behaviour.eval_episodes=1",
+              "behaviour.max_steps=100", "behaviour.medium_return=-1000", "behaviour.agent.hidden=16"]  # fmt: skip
+    main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'm.hdf5'}", f"policy_dir={tmp_path}", *common])
+    policy = tmp_path / "m.medium-policy.pt"
+    with pytest.raises(SystemExit, match="holds the hopper medium policy, not walker2d medium"):
+        main(["make", "env=walker2d", "quality=medium", f"out={tmp_path / 'w.hdf5'}", f"policy={policy}", *common])
+    with pytest.raises(SystemExit, match="holds the hopper medium policy, not hopper expert"):
+        main(["make", "env=hopper", "quality=expert", f"out={tmp_path / 'e.hdf5'}", f"policy={policy}", *common])
+    with pytest.raises(SystemExit, match="quality medium or expert, not medium-replay"):
+        main(["make", "env=hopper", "quality=medium-replay", f"out={tmp_path / 'r.hdf5'}", f"policy={policy}", *common])
+    with pytest.raises(SystemExit, match="not a readable worldmodel.BehaviourPolicy"):
+        main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'x.hdf5'}", f"policy={tmp_path / 'm.hdf5'}",
+              *common])  # fmt: skip
+
+
 def test_a_medium_policy_never_reached_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="never reached medium_return 100000"):
         main(["make", "env=hopper", "quality=medium-expert", "size=10", f"out={tmp_path / 'x.hdf5'}",

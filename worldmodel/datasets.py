@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from worldmodel.checkpoint import atomic_write
+from worldmodel.checkpoint import CheckpointError, atomic_write
 from worldmodel.transitions import validate_transitions
 
 # D4RL's reference returns (random, expert) for its normalised score. gymnasium v5 tasks
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("give the output file: out=<path>.hdf5 (D4RL layout) or out=<dir> with format=minari")
         set_threads(cfg.threads)
         return make_dataset(cfg)
-    except (ValueError, DatasetError) as e:
+    except (ValueError, DatasetError, CheckpointError) as e:  # (a policy= file among them)
         raise SystemExit(f"error: {e}") from None
 
 
