@@ -126,7 +126,13 @@ def mbrl_pets(model: EnsembleDynamics, spec, horizon: int, candidates: int, num_
         from mbrl.planning import TrajectoryOptimizerAgent
     except ImportError:
         return None
+    except Exception as e:  # (installed, but broken against this environment's packages)
+        warnings.warn(f"mbrl-lib is installed but does not import ({type(e).__name__}: {e}): no mbrl-lib row", stacklevel=2)
+        return None
     members = model.num_elites
+    if candidates * particles % members:
+        raise ValueError(f"mbrl-lib splits the {candidates} x {particles} rows among its {members} members: "
+                         "they must divide evenly")  # fmt: skip
     net = GaussianMLP(spec.obs_dim + spec.act_dim, spec.obs_dim + 1, "cpu", num_layers=len(model.weights) - 1,
                       ensemble_size=members, hid_size=model.weights[0].shape[2], propagation_method="random_model",
                       activation_fn_cfg={"_target_": "torch.nn.SiLU"})  # fmt: skip
@@ -146,6 +152,8 @@ def mbrl_pets(model: EnsembleDynamics, spec, horizon: int, candidates: int, num_
                                      planning_horizon=horizon, replan_freq=1)  # fmt: skip
     agent.set_trajectory_eval_fn(lambda state, actions: model_env.evaluate_action_sequences(
         actions, initial_state=state, num_particles=particles))  # fmt: skip
+    if agent.optimizer.optimizer.elite_num != num_elites:  # (it rounds candidates x ratio up)
+        raise ValueError(f"mbrl-lib would keep {agent.optimizer.optimizer.elite_num} elites, not {num_elites}")
     return lambda obs: agent.act(obs.numpy())
 
 

@@ -42,6 +42,7 @@ from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
+_HOLD_MARGIN_S = 0.0005  # a finished plan's way to act() (pickling, the pipe, act()'s poll before its post)
 _OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
 
@@ -54,19 +55,21 @@ class Plan:
     serial: int
     lead: int = 0  # control periods from the reading it was planned from to its start
     episode: int = 0  # the controller's episode count at that reading
-    ready: float = -math.inf  # the first reading time whose act() holds it (PlanMaker.make; -inf: always held)
+    finished: float = -math.inf  # time.monotonic() when it was made (PlanMaker.make; -inf: held from the start)
+    answered: bool = False  # made within the wait act() gives its own reading (wait_ms), so act() held it then
 
     def __reduce__(self):  # by value through a pipe (torch's multiprocessing pickler would share memory)
         return _plan_from_numpy, (self.actions.detach().to("cpu", torch.float32).contiguous().numpy(), self.start,
-                                  self.version, self.serial, self.lead, self.episode, self.ready)
+                                  self.version, self.serial, self.lead, self.episode, self.finished, self.answered)
 
     def step_at(self, time: float, period: float) -> int:
         """Its step for `time` (negative before its start)."""
         return round((time - self.start) / period)
 
 
-def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int, episode: int, ready: float) -> Plan:
-    return Plan(torch.from_numpy(actions), start, version, serial, lead, episode, ready)
+def _plan_from_numpy(actions, start: float, version: int, serial: int, lead: int, episode: int,
+                     finished: float, answered: bool) -> Plan:
+    return Plan(torch.from_numpy(actions), start, version, serial, lead, episode, finished, answered)
 
 
 @dataclass
@@ -112,7 +115,8 @@ class PlanMaker:
         self.planner, self.period, self.ahead, self.deterministic = planner, period, ahead, deterministic
         self.wait = wait
         self.max_shift, self.safe_action = max_shift, safe_action
-        self.plans: list[Plan] = []  # the last plans made, oldest first (the ones acting until the next starts)
+        self.plans: list[Plan] = []  # the last plans made, oldest first (enough to cover the delay's periods)
+        self.reading: tuple[float, float] | None = None  # (stamp, posted) of the reading being planned from
         self.episode = 0  # the episode of the readings planned from
         self.serial = -1  # the last plan's
         self.seconds: collections.deque[float] = collections.deque(maxlen=self.LEAD_WINDOW)  # recent plans' making
@@ -138,6 +142,7 @@ class PlanMaker:
         ValueError, "nonfinite_plans" when it planned NaN/inf. Other exceptions propagate: the
         planner is broken, not this state."""
         began, posted = time.perf_counter(), time.monotonic() if posted is None else posted
+        self.reading = (stamp, posted)
         if episode != self.episode:
             self.episode, self.plans = episode, []
             if hasattr(self.planner, "reset"):
@@ -158,27 +163,46 @@ class PlanMaker:
         if not torch.isfinite(actions).all():
             return PlanResult(None, "nonfinite_plans", seconds=seconds, reading=(stamp, episode))
         self.serial += 1
-        # held from the reading act() posts once it is made (act() posts readings a period apart and
-        # waits `wait` seconds for a plan; made within the wait, from its own reading on)
-        ready = stamp + max(0.0, time.monotonic() - posted - self.wait)
-        self.plans = [*self.plans[-2:], Plan(actions, start_time, version, self.serial, lead, episode, ready)]
+        finished = time.monotonic()
+        plan = Plan(actions, start_time, version, self.serial, lead, episode, finished,
+                    answered=self.wait > 0 and finished - posted <= self.wait)
+        self.plans = [*self.plans[-(self.ahead + 2):], plan]  # (what acted over the delay's periods, and before)
         return PlanResult(self.plan, seconds=seconds, reading=(stamp, episode))
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
-        """The action [A] the controller executes at `time`, as RealtimeController chooses it: of the
-        plans it held when it chose (the reading `ahead` periods before; a plan that came late held
-        from its `ready` on, the plan before it acting until then), the newest begun by then,
-        shifted, and past its reach (max_shift) the safe action; before any has begun, `last_action`
-        (the one executed last), else the first plan's first step (None without either)."""
-        chosen = time - self.ahead * self.period + 1e-9
-        begun = [p for p in self.plans if p.ready <= chosen and p.step_at(time, self.period) >= 0]
-        if not begun:
-            return last_action if last_action is not None or not self.plans else self.plans[0].actions[0]
-        plan = begun[-1]
-        step, reach = plan.step_at(time, self.period), self.reach(plan)
+        """The action [A] the controller executes at `time`, as RealtimeController._choose picks it
+        from the plans it held when it chose (at the reading `ahead` periods before; see `held`):
+        the newest held plan's step for `time`, the plan before it while the newest has not begun
+        (or the newest's first step, early, without one), past the plan's reach (max_shift) the safe
+        action; with no plan held, the safe action, or `last_action` (the one executed last) where
+        there is none (a PlanMaker used without a controller; None without either)."""
+        chosen = time - self.ahead * self.period
+        held = [p for p in self.plans if self.held(p, chosen)]
+        if not held:
+            return self.safe_action if self.safe_action is not None else last_action
+        plan, step = held[-1], held[-1].step_at(time, self.period)
+        if step < 0 and len(held) > 1:
+            plan, step = held[-2], held[-2].step_at(time, self.period)
+        step, reach = max(0, step), self.reach(plan)
         if step > reach and self.safe_action is not None:
             return self.safe_action
         return plan.actions[min(step, reach)]
+
+    def held(self, plan: Plan, chosen: float) -> bool:
+        """Whether act() held `plan` when it chose at the reading taken at `chosen` (the clock of
+        the stamps): never before the reading it was made from; at that one only where act()
+        waited for it and it came in time (`answered`); after, where it was made before act()
+        posted the reading, plus the `wait` act() gives a plan, less a margin for the pipe a
+        planning process sends it through. When act() posted (or will post) the other readings is
+        reckoned from the reading being planned from, a period a reading (without one, every plan
+        made before counts as held)."""
+        made_from = plan.start - plan.lead * self.period
+        if chosen < made_from + 1e-9:
+            return chosen > made_from - 1e-9 and plan.answered
+        if self.reading is None:
+            return True
+        stamp, posted = self.reading
+        return plan.finished + _HOLD_MARGIN_S <= posted + (chosen - stamp) + self.wait + 1e-9
 
     def reach(self, plan: Plan) -> int:
         """The last step of `plan` that acts: its end, or max_shift periods past its start."""

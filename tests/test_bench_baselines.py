@@ -26,6 +26,44 @@ def test_mbrl_pets_plans_an_action_in_the_box(cheetah):
     assert (action >= spec.action_low).all() and (action <= spec.action_high).all()
 
 
+@pytest.mark.filterwarnings("ignore:planning with a model that was never fitted")
+def test_mbrl_pets_does_the_work_of_our_pets_size_cem(cheetah, monkeypatch):
+    """Equal work: a forward of the model per horizon step and CEM iteration, each over every
+    candidate's particles, through members of our model's shape; as many elites as ours."""
+    pytest.importorskip("mbrl")
+    from mbrl.models import GaussianMLP
+
+    from planners import CEM, CEMConfig
+
+    spec, model = cheetah
+    shapes, rows = [], []
+    forward = GaussianMLP._default_forward
+
+    def counted(self, x, *args, **kwargs):
+        shapes.append([tuple(layer[0].weight.shape) for layer in self.hidden_layers] + [tuple(self.mean_and_logvar.weight.shape)])
+        rows.append(x.shape[0] * x.shape[1])  # [members, rows per member, in]
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianMLP, "_default_forward", counted)
+    mbrl_pets(model, spec, horizon=3, candidates=20, num_elites=4, iterations=2, particles=5)(torch.randn(spec.obs_dim))
+    assert rows == [20 * 5] * (2 * 3)
+    ours = [tuple(w.shape) for w in model.weights]  # [E, in, out] each
+    assert shapes[0] == [(model.num_elites, i, o) for _, i, o in ours]
+    steps = []
+    step = model.step
+    monkeypatch.setattr(model, "step", lambda obs, *a, **k: steps.append(obs.shape[0]) or step(obs, *a, **k))
+    CEM(model, spec, CEMConfig(horizon=3, candidates=20, num_elites=4, iterations=2, particles=5,
+                               value_learning=False, seed=0)).act(torch.randn(spec.obs_dim))  # fmt: skip
+    assert steps == rows
+
+
+def test_mbrl_pets_refuses_rows_that_do_not_split_among_its_members(cheetah):
+    pytest.importorskip("mbrl")
+    spec, model = cheetah  # (5 elites)
+    with pytest.raises(ValueError, match="must divide evenly"):
+        mbrl_pets(model, spec, horizon=3, candidates=21, num_elites=4, iterations=2, particles=1)
+
+
 def test_mbrl_pets_is_left_out_where_mbrl_lib_is_missing(cheetah, monkeypatch):
     monkeypatch.setitem(sys.modules, "mbrl", None)  # (import mbrl... raises ImportError)
     monkeypatch.setitem(sys.modules, "mbrl.models", None)

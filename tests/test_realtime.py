@@ -257,7 +257,7 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
     model predicts then under the actions committed for the periods between."""
     spec, model, data = hopper
     planner = mppi(model, spec)
-    starts, held = [], []
+    starts = []
     plan = planner.act_ahead
 
     def recorded(obs, deterministic=True):
@@ -267,13 +267,6 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
     planner.act_ahead = recorded
     period = 0.05
     rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70))  # 2 periods ahead
-    make = rt._maker.make
-
-    def make_recorded(obs, stamp, last_action, *args, **kwargs):
-        held.append(last_action)
-        return make(obs, stamp, last_action, *args, **kwargs)
-
-    rt._maker.make = make_recorded
     with rt:
         rt.act(data["obs"][0], 0.0)
         wait_for(lambda: rt.counts["plans"] >= 1)
@@ -286,11 +279,12 @@ def test_with_a_delay_plans_start_from_the_predicted_state_and_time(hopper):
         assert torch.equal(rt.act(data["obs"][2], 2 * period), second.actions[0] if second.lead == 3 else first.actions[1])
     assert second.lead >= 3 and second.start == pytest.approx((1 + second.lead) * period)
     # the second plan started from the model's prediction `lead` steps past obs[1] (taken at one
-    # period) under what was committed: the action executed last until the first plan began (at 3
-    # periods), then its steps
+    # period) under what was committed: the safe action act() chose before it held a plan (not
+    # the action executed last, which may be the first plan's step 0, for 3 periods), then the
+    # first plan's steps
     state = data["obs"][1].reshape(1, -1)
     for k in range(second.lead):
-        action = held[1] if k < 2 else first.actions[k - 2]
+        action = rt.safe_action if k < 2 else first.actions[k - 2]
         state = model.step(state, action.reshape(1, -1), mode="mean", deterministic=True)["next_obs"]
     torch.testing.assert_close(starts[1], state[0])
 
@@ -317,49 +311,107 @@ def test_a_new_episode_drops_the_plans_of_the_last(hopper, worker):
 
 
 def test_the_delay_is_predicted_under_the_actions_the_controller_will_execute():
-    """PlanMaker.committed follows the controller's choice: the newest plan begun, shifted, and the
-    safe action past the plan's reach (max_shift, or its end), not its last action repeated."""
+    """PlanMaker.committed follows the controller's choice among the plans it held (none before
+    the reading it was made from): the newest begun, shifted, the plan before it while the newest
+    has not begun, and the safe action past the plan's reach (max_shift, or its end), not its last
+    action repeated; with no plan, the safe action."""
     period, safe = 0.05, torch.tensor([9.0])
     actions = torch.arange(4.0).reshape(4, 1)  # [H=4, A=1]: step k's action is k
     for max_shift, reach in ((None, 3), (1, 1)):
         maker = PlanMaker(None, period, ahead=0, deterministic=True, max_shift=max_shift, safe_action=safe)
-        maker.plans = [Plan(actions, start=1.0, version=0, serial=0), Plan(actions + 10, start=1.1, version=0, serial=1)]
-        assert maker.committed(0.9, torch.tensor([-1.0])).item() == -1.0  # none begun: the last executed action
+        assert maker.committed(1.0, torch.tensor([-1.0])).item() == 9.0  # no plan: the safe action
+        maker.plans = [Plan(actions, start=1.0, version=0, serial=0, lead=3),  # (from the readings at 0.85, 1.05)
+                       Plan(actions + 10, start=1.1, version=0, serial=1, lead=1)]  # fmt: skip
+        assert maker.committed(0.9).item() == 0.0  # none begun: the held plan's first step, early (as act() does)
         assert maker.committed(1.05).item() == 1.0  # the first plan's step 1 (the second has not begun)
         chosen = [maker.committed(1.1 + k * period).item() for k in range(5)]
         assert chosen == [10.0 + k if k <= reach else 9.0 for k in range(5)], (max_shift, chosen)
         assert maker.reach(maker.plans[-1]) == reach
     unsafe = PlanMaker(None, period, ahead=0, deterministic=True)  # no safe action given: the last step repeats
-    unsafe.plans = [Plan(actions, start=1.0, version=0, serial=0)]
+    assert unsafe.committed(1.0, torch.tensor([-1.0])).item() == -1.0  # and with no plan, the last executed action
+    unsafe.plans = [Plan(actions, start=1.0, version=0, serial=0, lead=1)]
     assert unsafe.committed(1.0 + 6 * period).item() == 3.0
 
 
 @pytest.mark.parametrize("ahead", [0, 1])
 def test_a_late_plan_is_predicted_to_act_only_once_the_controller_holds_it(ahead):
     """A plan that came after its start (its making outran its lead) acts from the first reading
-    that held it (`ready`) on: the controller executes the plan before it until then, and so does
-    PlanMaker.committed, which predicts the delay's states and the slew's last action."""
+    posted after it was made on: the controller executes the plan before it until then, and so
+    does PlanMaker.committed, which predicts the delay's states and the slew's last action. When
+    act() posted a reading is reckoned back from the reading being planned from."""
     period = 0.05
     actions = torch.arange(6.0).reshape(6, 1)
-    maker = PlanMaker(None, period, ahead=ahead, deterministic=True)
-    late = Plan(actions + 10, start=1.1, version=0, serial=1, ready=1.2 - ahead * period)  # held at 1.2's choice
-    maker.plans = [Plan(actions, start=1.0, version=0, serial=0), late]
+    maker = PlanMaker(None, period, ahead=ahead, deterministic=True, safe_action=torch.tensor([9.0]))
+    maker.reading = (1.3, 100.0)  # planning from the reading taken at 1.3, posted at monotonic 100.0
+    made = 100.0 - (1.3 - 1.2) - ahead * period - 0.001  # just before the reading at 1.2 - ahead periods was posted
+    late = Plan(actions + 10, start=1.1, version=0, serial=1, lead=2, finished=made)
+    maker.plans = [Plan(actions, start=1.0, version=0, serial=0, lead=2), late]
     chosen = [maker.committed(1.1 + k * period).item() for k in range(4)]
     assert chosen == [2.0, 3.0, 12.0, 13.0]  # the first plan's steps 2-3, then the late one's from its step 2
-    late.ready = -math.inf  # one in time: from its start
+    late.finished = -math.inf  # one in time: from its start
     assert [maker.committed(1.1 + k * period).item() for k in range(2)] == [10.0, 11.0]
 
 
-def test_a_plan_is_held_from_the_reading_after_its_making(hopper):
-    """PlanMaker.make stamps a plan `ready` at the first reading whose act() can hold it: its own
-    reading's time plus the time from act()'s post to the plan's end (less what act() waits for it)."""
+def test_a_plan_is_held_from_the_reading_posted_after_it_was_made(hopper):
+    """PlanMaker.make stamps a plan with when it was made; act() holds it from the first reading
+    it posts after that (with wait_ms, from its own reading when it came within the wait)."""
     spec, model, data = hopper
-    planner = mppi(model, spec)
-    maker = PlanMaker(planner, 0.05, ahead=0, deterministic=True)
-    result = maker.make(data["obs"][0], 10.0, None, 0, posted=time.monotonic() - 0.2)
-    assert 10.2 <= result.plan.ready <= 10.2 + result.seconds + 0.05
-    waiting = PlanMaker(planner, 0.05, ahead=0, deterministic=True, wait=5.0)
-    assert waiting.make(data["obs"][0], 10.0, None, 0).plan.ready == 10.0  # made within act()'s wait: its own reading
+    maker = PlanMaker(mppi(model, spec), 0.05, ahead=0, deterministic=True)
+    plan = maker.make(data["obs"][0], 10.0, None, 0, posted=time.monotonic() - 0.2).plan
+    assert time.monotonic() - 0.2 <= plan.finished <= time.monotonic()
+    assert not maker.held(plan, 10.0)  # its own reading: posted before it was made
+    assert maker.held(plan, 10.0 + 0.2 + 0.05)  # a reading posted a period after now
+    waiting = PlanMaker(mppi(model, spec), 0.05, ahead=0, deterministic=True, wait=5.0)
+    assert waiting.held(waiting.make(data["obs"][0], 10.0, None, 0).plan, 10.0)  # made within act()'s wait
+
+
+class Jittery(MPPI):
+    """MPPI whose every sixth plan takes a period and a half more: late, as the lead follows the
+    making's 80th percentile."""
+
+    made = 0
+
+    def act_ahead(self, obs, deterministic=True):
+        self.made += 1
+        if self.made % 6 == 0:
+            time.sleep(0.075)
+        return super().act_ahead(obs, deterministic)
+
+
+def test_the_delay_is_predicted_under_the_actions_act_then_executes(hopper):
+    """On a real clock, with plans that come late now and then: every action PlanMaker.committed
+    predicts, while planning, for the periods of a plan's delay is the one act() executed (or,
+    for periods to come, executes) then."""
+    spec, model, data = hopper
+    planner = Jittery(model, spec, MPPIConfig(horizon=12, candidates=64, value_learning=False, seed=0))
+    period = 0.05
+    rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70))  # 2 periods ahead
+    maker, predicted = rt._maker, []
+    make = maker.make
+
+    def make_recorded(obs, stamp, last_action, *args, **kwargs):
+        result = make(obs, stamp, last_action, *args, **kwargs)
+        if result.plan is not None:  # what it planned under, for each period of the plan's lead
+            predicted.extend((stamp + k * period, maker.committed(stamp + k * period, last_action).clone())
+                             for k in range(result.plan.lead))  # fmt: skip
+        return result
+
+    maker.make = make_recorded
+    executed = []  # (the time the action takes effect, the action)
+    with rt:
+        begin = time.monotonic()
+        for i in range(80):
+            time.sleep(max(0.0, begin + i * period - time.monotonic()))
+            stamp = time.monotonic()
+            executed.append((stamp + rt.ahead * period, rt.act(data["obs"][i], stamp)))
+    assert rt.counts["late_plans"] >= 3 and len(predicted) > 40
+    checked = 0
+    for when, action in predicted:
+        match = [a for t, a in executed if abs(t - when) < period / 2]
+        if match and when < executed[-1][0] - period:  # (a period the run reached)
+            assert torch.equal(match[0], action), when - begin
+            checked += 1
+    assert checked > 30
 
 
 def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
