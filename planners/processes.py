@@ -42,7 +42,7 @@ from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
-_HOLD_MARGIN_S = 0.0005  # a finished plan's way to act() (pickling, the pipe, act()'s poll before its post)
+_PIPE_TRANSIT_S = 0.0005  # a plan's way from a planning process to act() (pickling, the pipe, act()'s poll)
 _OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
 
@@ -117,6 +117,7 @@ class PlanMaker:
         self.max_shift, self.safe_action = max_shift, safe_action
         self.plans: list[Plan] = []  # the last plans made, oldest first (enough to cover the delay's periods)
         self.reading: tuple[float, float] | None = None  # (stamp, posted) of the reading being planned from
+        self.transit = 0.0  # seconds from a plan's making to act() holding it (a planning process sets its pipe's)
         self.episode = 0  # the episode of the readings planned from
         self.serial = -1  # the last plan's
         self.seconds: collections.deque[float] = collections.deque(maxlen=self.LEAD_WINDOW)  # recent plans' making
@@ -191,9 +192,9 @@ class PlanMaker:
     def held(self, plan: Plan, chosen: float) -> bool:
         """Whether act() held `plan` when it chose at the reading taken at `chosen` (the clock of
         the stamps): never before the reading it was made from; at that one only where act()
-        waited for it and it came in time (`answered`); after, where it was made before act()
-        posted the reading, plus the `wait` act() gives a plan, less a margin for the pipe a
-        planning process sends it through. When act() posted (or will post) the other readings is
+        waited for it and it came in time (`answered`); after, where it reached act() (`transit`
+        after its making) before act() posted the reading, plus the `wait` act() gives a plan.
+        When act() posted (or will post) the other readings is
         reckoned from the reading being planned from, a period a reading (without one, every plan
         made before counts as held)."""
         made_from = plan.start - plan.lead * self.period
@@ -202,7 +203,7 @@ class PlanMaker:
         if self.reading is None:
             return True
         stamp, posted = self.reading
-        return plan.finished + _HOLD_MARGIN_S <= posted + (chosen - stamp) + self.wait + 1e-9
+        return plan.finished + self.transit <= posted + (chosen - stamp) + self.wait + 1e-9
 
     def reach(self, plan: Plan) -> int:
         """The last step of `plan` that acts: its end, or max_shift periods past its start."""
@@ -402,6 +403,7 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
     torch.set_num_threads(threads)
     keep_freed_memory()
     maker = _loads(maker)
+    maker.transit = _PIPE_TRANSIT_S
     results.send(("ready",))
     planned = 0.0  # the serial of the last reading planned from
     try:
