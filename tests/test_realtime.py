@@ -365,35 +365,35 @@ def test_a_plan_is_held_from_the_reading_posted_after_it_was_made(hopper):
     assert waiting.held(waiting.make(data["obs"][0], 10.0, None, 0).plan, 10.0)  # made within act()'s wait
 
 
-class Jittery(MPPI):
-    """MPPI whose every sixth plan takes a period and a half more: late, as the lead follows the
-    making's 80th percentile."""
-
-    made = 0
+class Lagging(MPPI):
+    """MPPI whose plans take 70 ms more: with a lead of one period past the delay, each comes late."""
 
     def act_ahead(self, obs, deterministic=True):
-        self.made += 1
-        if self.made % 6 == 0:
-            time.sleep(0.075)
+        time.sleep(0.07)
         return super().act_ahead(obs, deterministic)
 
 
 def test_the_delay_is_predicted_under_the_actions_act_then_executes(hopper):
-    """On a real clock, with plans that come late now and then: every action PlanMaker.committed
-    predicts, while planning, for the periods of a plan's delay is the one act() executed (or,
-    for periods to come, executes) then."""
+    """On a real clock, with plans that come late: the actions PlanMaker.committed predicts, while
+    planning, for the periods of a plan's delay are the ones act() executed (or, for periods to
+    come, executes) then; where a plan came within the readings' jitter of a post, the prediction
+    can miss, so most must match, and far more than when every plan made counts as held at once."""
     spec, model, data = hopper
-    planner = Jittery(model, spec, MPPIConfig(horizon=12, candidates=64, value_learning=False, seed=0))
+    planner = Lagging(model, spec, MPPIConfig(horizon=12, candidates=64, value_learning=False, seed=0))
     period = 0.05
     rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=20, delay_ms=70))  # 2 periods ahead
     maker, predicted = rt._maker, []
+    maker.lead = lambda waited=0.0: maker.ahead + 1  # (a lead that underestimates the making: plans come late)
     make = maker.make
 
     def make_recorded(obs, stamp, last_action, *args, **kwargs):
         result = make(obs, stamp, last_action, *args, **kwargs)
         if result.plan is not None:  # what it planned under, for each period of the plan's lead
-            predicted.extend((stamp + k * period, maker.committed(stamp + k * period, last_action).clone())
-                             for k in range(result.plan.lead))  # fmt: skip
+            for k in range(result.plan.lead):
+                reading, maker.reading = maker.reading, None  # (every plan made counts as held: the naive guess)
+                naive = maker.committed(stamp + k * period, last_action).clone()
+                maker.reading = reading
+                predicted.append((stamp + k * period, maker.committed(stamp + k * period, last_action).clone(), naive))
         return result
 
     maker.make = make_recorded
@@ -404,14 +404,16 @@ def test_the_delay_is_predicted_under_the_actions_act_then_executes(hopper):
             time.sleep(max(0.0, begin + i * period - time.monotonic()))
             stamp = time.monotonic()
             executed.append((stamp + rt.ahead * period, rt.act(data["obs"][i], stamp)))
-    assert rt.counts["late_plans"] >= 1 and len(predicted) > 40
-    checked = 0
-    for when, action in predicted:
+    assert rt.counts["late_plans"] >= 10
+    checked = matched = naive_matched = 0
+    for when, action, naive in predicted:
         match = [a for t, a in executed if abs(t - when) < period / 2]
         if match and when < executed[-1][0] - period:  # (a period the run reached)
-            assert torch.equal(match[0], action), when - begin
             checked += 1
-    assert checked > 30
+            matched += torch.equal(match[0], action)
+            naive_matched += torch.equal(match[0], naive)
+    assert checked > 100 and matched >= 0.8 * checked, (checked, matched, naive_matched)
+    assert checked - naive_matched >= 2 * (checked - matched) + 10, (checked, matched, naive_matched)
 
 
 def test_plans_two_periods_apart_warm_start_from_the_later_start(hopper):
