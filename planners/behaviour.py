@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from planners.sac import SAC, SACConfig
@@ -50,24 +51,35 @@ def _legacy_path(path: Path, max_steps: int) -> Path | None:
 
 
 def policy_path(out: str | Path, which: str) -> Path:
-    """Where `make` writes the `which` ("medium" or "expert") policy of the dataset at `out`."""
+    """Where `make` writes the `which` ("medium" or "expert") policy of the dataset at `out`
+    (beside it: data/x.hdf5 -> data/x.medium-policy.pt; a Minari directory data/x -> the same)."""
     out = Path(out)
-    base = out.with_suffix("") if out.suffix else out
+    base = out.with_suffix("") if out.suffix in (".hdf5", ".h5") else out
     return base.parent / f"{base.name}.{which}-policy.pt"
 
 
-def save_policy(path: Path, task: str, which: str, agent: SAC, rng: torch.Tensor, seed: int, history: list) -> None:
-    """A collection's behaviour policy: the actor, its settings, and the torch random state the
-    collection starts from (after `seed`'s training; `rng`)."""
+def save_policy(path: Path, task: str, which: str, agent: SAC, rng: torch.Tensor, seed: int, history: list,
+                eval_episodes: int, size: int, data_fingerprint: str) -> None:  # fmt: skip
+    """A collection's behaviour policy: the actor, its settings, the torch random state the
+    collection started from (after `seed`'s training; `rng`), the evaluation episodes run before
+    it, and the size and fingerprint of the data it gave."""
     atomic_save({"format": _POLICY_FORMAT, "version": 1, "task": task, "which": which, "seed": seed,
                  "actor": agent.actor.state_dict(), "agent": dataclasses.asdict(agent.config), "rng": rng,
-                 "history": history}, path)  # fmt: skip
+                 "history": history, "eval_episodes": eval_episodes, "size": size,
+                 "fingerprint": data_fingerprint}, path)  # fmt: skip
+
+
+_POLICY_KEYS = ("task", "which", "seed", "actor", "agent", "rng", "history")
 
 
 def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
     """The agent of a policy file `save_policy` wrote, for collecting `quality` data on the task
-    of `spec` (a worldmodel.envs.TaskSpec), and the file's record (seed, rng, history)."""
+    of `spec` (a worldmodel.envs.TaskSpec), and the file's record (seed, rng, history, ...)."""
     saved = load_checked(path, _POLICY_FORMAT)
+    missing = [key for key in _POLICY_KEYS if key not in saved]
+    if saved.get("version") != 1 or missing:
+        raise ValueError(f"{path} is not a behaviour policy file this version reads (version "
+                         f"{saved.get('version')}, missing {missing})")  # fmt: skip
     if saved["task"] != spec.name or saved["which"] != quality:
         raise ValueError(f"{path} holds the {saved['task']} {saved['which']} policy, not {spec.name} {quality}")
     try:
@@ -76,6 +88,14 @@ def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"{path} does not match this version's behaviour agent: {e}") from None
     return agent, saved
+
+
+def collect_policy(task: str, seed: int, agent: SAC, eval_episodes: int, size: int) -> tuple[float, TensorDict]:
+    """A policy's data from a fresh environment (seed + 20,000): its return over `eval_episodes`
+    episodes, then `size` transitions [size], actions sampled from it as D4RL's were."""
+    env = make_env(task, seed=seed + 20_000)
+    episode_return = policy_return(env, agent, eval_episodes, False)
+    return episode_return, collect(env, lambda obs: agent.act(obs), size, progress=True)
 
 
 def default_medium_return(task: str) -> float:
@@ -192,23 +212,33 @@ class BehaviourTraining:
 
 
 def make_dataset(cfg: DictConfig) -> dict:
-    """Build the dataset `cfg.quality` for `cfg.env.name` and write it to `cfg.out` (D4RL or Minari layout)."""
+    """Build the dataset `cfg.quality` for `cfg.env.name` and write it to `cfg.out` (D4RL or Minari
+    layout), and beside it the policies it was collected from."""
     task, quality, size = cfg.env.name, cfg.quality, cfg.size
     torch.manual_seed(cfg.seed)
-    env = make_env(task, seed=cfg.seed + 20_000)
     metadata = {"env": task, "quality": quality, "seed": cfg.seed, "recipe": "D4RL (SAC behaviour policies)",
                 "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
-    parts, written = [], []
+    parts, policies, notes = [], [], []
     if cfg.policy:  # one saved policy's data, no training
         if quality not in ("medium", "expert"):
             raise ValueError(f"policy= collects one saved policy's data: quality medium or expert, not {quality}")
-        agent, saved = load_policy(cfg.policy, env.task_spec, quality)
-        if saved["seed"] == cfg.seed:  # the random state its first collection started from: the same data
+        agent, saved = load_policy(cfg.policy, make_env(task).task_spec, quality)
+        same_seed = saved["seed"] == cfg.seed
+        if same_seed:  # the random state its first collection started from: the same data
             torch.set_rng_state(saved["rng"])
-        metadata.update(policy_file=str(cfg.policy), behaviour_history=saved["history"])
-        metadata[f"{quality}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes, False)
-        parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
+        metadata[f"{quality}_policy_return"], part = collect_policy(task, cfg.seed, agent,
+                                                                    saved.get("eval_episodes", 3), size)  # fmt: skip
+        parts.append(part)
+        metadata.update(policy_file=str(cfg.policy), policy_seed=saved["seed"], behaviour_agent=saved["agent"],
+                        behaviour_history=saved["history"])  # fmt: skip
+        if not same_seed:
+            notes.append(f"another draw from the policy (seed {cfg.seed}; its own data: seed {saved['seed']})")
+        elif saved.get("fingerprint") and saved.get("size") == size:
+            metadata["reproduced"] = fingerprint(part) == saved["fingerprint"]
+            notes.append(f"the policy's own data, {saved['fingerprint']}" if metadata["reproduced"] else
+                         f"NOT the policy's own data ({saved['fingerprint']}): another kind of CPU or version")
     elif quality == "random":  # D4RL: a randomly initialised policy
+        env = make_env(task, seed=cfg.seed + 20_000)
         spec = env.task_spec
         agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**cfg.behaviour.agent))
         parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
@@ -223,12 +253,11 @@ def make_dataset(cfg: DictConfig) -> dict:
             parts.append(training.buffer.data()[: training.state["medium"]["step"]])
         for which in ("medium", "expert"):
             if which in quality.split("-") and quality != "medium-replay":
-                agent = training.policy(which)
-                written.append(policy_path(cfg.out, which))
-                save_policy(written[-1], task, which, agent, torch.get_rng_state(), cfg.seed, training.state["history"])
-                # as the data are collected: actions sampled from the policy
-                metadata[f"{which}_policy_return"] = policy_return(env, agent, cfg.behaviour.eval_episodes, False)
-                parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
+                agent, rng = training.policy(which), torch.get_rng_state()
+                metadata[f"{which}_policy_return"], part = collect_policy(task, cfg.seed, agent,
+                                                                          cfg.behaviour.eval_episodes, size)  # fmt: skip
+                parts.append(part)
+                policies.append((policy_path(cfg.out, which), which, agent, rng, fingerprint(part)))
         metadata["behaviour_history"] = training.state["history"]
     data = torch.cat(parts)
     returns = [r for part in parts for r in episode_returns(part)]
@@ -238,10 +267,13 @@ def make_dataset(cfg: DictConfig) -> dict:
     if score is not None:
         metadata["mean_normalized_score"] = score
     (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)
+    for path, which, agent, rng, part_fingerprint in policies:  # (after the data: never beside other data)
+        save_policy(path, task, which, agent, rng, cfg.seed, metadata["behaviour_history"],
+                    cfg.behaviour.eval_episodes, size, part_fingerprint)  # fmt: skip
+        notes.append(f"its {which} policy (make ... policy=<file> collects again without training) -> {path}")
     print(f"{task} {quality}: {len(data)} transitions, {len(returns)} complete episodes, mean return "
           f"{metadata['mean_episode_return']:.1f}" + (f" (normalised {score:.1f})" if score is not None else "")
-          + f", fingerprint {metadata['fingerprint']} -> {cfg.out}"
-          + "".join(f"; its policy (make ... policy=<file> collects again without training) -> {p}" for p in written))  # fmt: skip
+          + f", fingerprint {metadata['fingerprint']} -> {cfg.out}" + "".join(f"; {n}" for n in notes))  # fmt: skip
     return metadata
 
 

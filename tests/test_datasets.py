@@ -1,5 +1,7 @@
 """Offline datasets: both layouts round-trip, bad files are clear errors, scores, and the make command."""
 
+from pathlib import Path
+
 import h5py
 import pytest
 import torch
@@ -8,6 +10,7 @@ from worldmodel import collect, make_env, uniform_policy
 from worldmodel.checkpoint import load_checked
 from worldmodel.datasets import (DatasetError, fingerprint, load_dataset, main, normalized_score, save_d4rl,
                                  save_minari)
+from planners.behaviour import policy_path
 from worldmodel.replay import ReplayBuffer
 
 
@@ -136,8 +139,27 @@ def test_a_saved_medium_policy_collects_the_same_data_without_training(tmp_path)
     assert again["fingerprint"] == trained["fingerprint"] and again["transitions"] == 300
     assert again["medium_policy_return"] == trained["medium_policy_return"]
     assert again["behaviour_history"] == trained["behaviour_history"] and again["policy_file"] == str(policy)
+    assert again["reproduced"] is True  # (the file keeps its data's fingerprint and checks it)
     other = main(["make", f"out={tmp_path / 'other.hdf5'}", f"policy={policy}", "seed=1", *common])
-    assert other["fingerprint"] != trained["fingerprint"]
+    assert other["fingerprint"] != trained["fingerprint"] and "reproduced" not in other and other["policy_seed"] == 0
+
+
+def test_each_policy_of_a_medium_expert_dataset_remakes_its_half(tmp_path):
+    common = ["env=hopper", "size=150", "behaviour.start_steps=50", "behaviour.eval_every=50",
+              "behaviour.eval_episodes=1", "behaviour.max_steps=100", "behaviour.medium_return=-1000",
+              "behaviour.agent.hidden=16"]  # fmt: skip
+    main(["make", "quality=medium-expert", f"out={tmp_path / 'me.hdf5'}", f"policy_dir={tmp_path}", *common])
+    both, _ = load_dataset(tmp_path / "me.hdf5")
+    for which, half in (("medium", both[:150]), ("expert", both[150:])):
+        made = main(["make", f"quality={which}", f"out={tmp_path / (which + '.hdf5')}",
+                     f"policy={tmp_path / f'me.{which}-policy.pt'}", *common])  # fmt: skip
+        assert made["fingerprint"] == fingerprint(half) and made["reproduced"] is True, which
+
+
+def test_policy_files_sit_beside_their_dataset():
+    assert policy_path("data/x.hdf5", "medium") == Path("data/x.medium-policy.pt")
+    assert policy_path("data/minari-x", "expert") == Path("data/minari-x.expert-policy.pt")  # a Minari directory
+    assert policy_path("data/ds.v1", "medium") == Path("data/ds.v1.medium-policy.pt")
 
 
 def test_a_policy_file_of_another_task_or_quality_is_refused(tmp_path):
@@ -151,6 +173,12 @@ def test_a_policy_file_of_another_task_or_quality_is_refused(tmp_path):
         main(["make", "env=hopper", "quality=expert", f"out={tmp_path / 'e.hdf5'}", f"policy={policy}", *common])
     with pytest.raises(SystemExit, match="quality medium or expert, not medium-replay"):
         main(["make", "env=hopper", "quality=medium-replay", f"out={tmp_path / 'r.hdf5'}", f"policy={policy}", *common])
+    broken = torch.load(policy, weights_only=True)
+    del broken["which"]
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(SystemExit, match=r"missing \['which'\]"):
+        main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'b.hdf5'}", f"policy={tmp_path / 'broken.pt'}",
+              *common])  # fmt: skip
     with pytest.raises(SystemExit, match="not a readable worldmodel.BehaviourPolicy"):
         main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'x.hdf5'}", f"policy={tmp_path / 'm.hdf5'}",
               *common])  # fmt: skip
