@@ -7,9 +7,10 @@ evaluation return reaches `medium_return` (medium), every transition seen until 
 other qualities reuse it, and a larger `max_steps` continues it.
 
 Each policy a dataset is collected from is also written beside the dataset
-(`<out>.<medium|expert>-policy.pt`, ~300 KB: the actor, its settings and the random state its
-collection started from); `make ... policy=<that file>` collects from it without training:
-the same transitions on the same kind of CPU (the same seed), and the same policy on any.
+(`data/x.hdf5` -> `data/x.<medium|expert>-policy.pt`, ~300 KB: the actor, its settings, the random
+state its collection started from, the data's size and fingerprint); `make ... policy=<that
+file>` collects from it without training: the same transitions on the same kind of CPU (the same
+seed and size; make checks and says so), and the same policy on any.
 """
 
 from __future__ import annotations
