@@ -194,9 +194,8 @@ class PlanMaker:
         the stamps): never before the reading it was made from; at that one only where act()
         waited for it and it came in time (`answered`); after, where it reached act() (`transit`
         after its making) before act() posted the reading, plus the `wait` act() gives a plan.
-        When act() posted (or will post) the other readings is
-        reckoned from the reading being planned from, a period a reading (without one, every plan
-        made before counts as held)."""
+        When act() posted (or will post) the other readings is reckoned from the reading being
+        planned from, a period a reading (without one, every plan counts as held once made)."""
         made_from = plan.start - plan.lead * self.period
         if chosen < made_from + 1e-9:
             return chosen > made_from - 1e-9 and plan.answered
