@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue #12's online protocol, every run resumable: each task x arm x seed is one
+# `python -m worldmodel.run` from scratch, one thread, evaluations of EVAL_EPISODES deterministic
+# episodes every EVAL_EVERY decisions. Rerun the same line to continue (a run resumes from its
+# last checkpoint; a finished one is skipped).
+#   TASKS="dmc/reacher-easy" ARMS="default guided" STEPS=10000 docs/results/scripts/online_table.sh
+# TASKS: env names (default: issue #12's six dm-control tasks); SEEDS (default "0 1 2");
+# STEPS: agent decisions (dm-control repeats each action twice: 50000 is 100k simulator steps);
+# ARMS: names from arm() below; WORKERS (default 1; 2 on an otherwise idle 2-core machine).
+# Runs: runs/online/<task without dmc/>-<arm>-<steps>/s<seed> (logs beside them); then
+#   python -m worldmodel.report runs/online/<task>-<arm>-<steps>/s? --out docs/results/online/<task>-<arm>-<steps>
+# Run from the repository root with its virtual environment active.
+set -uo pipefail
+tasks=(${TASKS:-dmc/cartpole-swingup dmc/reacher-easy dmc/cheetah-run dmc/walker-walk dmc/finger-spin dmc/hopper-stand})
+arms=(${ARMS:-default}) seeds=(${SEEDS:-0 1 2})
+steps=${STEPS:-50000} every=${EVAL_EVERY:-2500} episodes=${EVAL_EPISODES:-5}
+export OMP_NUM_THREADS=1
+
+arm() {  # name -> its planner overrides
+  case $1 in
+    default) echo "" ;;                                    # configs/config.yaml's MPPI with its learned value
+    novalue) echo "planner.value_learning=false" ;;
+    guided) echo "planner.horizon=5 planner.policy_samples=24" ;;  # TD-MPC's: the actor's sequences among the candidates
+    icem) echo "planner=icem" ;;
+    *) echo "unknown arm $1 (default, novalue, guided, icem)" >&2; return 1 ;;
+  esac
+}
+for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
+
+finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
+
+run() {  # task arm seed
+  local d=runs/online/${1#dmc/}-$2-$steps/s$3
+  finished "$d" && return
+  mkdir -p "$(dirname "$d")"
+  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
+  # shellcheck disable=SC2046
+  python -m worldmodel.run env="$1" $(arm "$2") env_steps="$steps" eval_every="$every" eval_episodes="$episodes" \
+      seed="$3" threads=1 run_dir="$d" > "$d.log" 2>&1
+}
+
+jobs=()
+for t in "${tasks[@]}"; do for s in "${seeds[@]}"; do for a in "${arms[@]}"; do jobs+=("run $t $a $s"); done; done; done
+mkdir -p runs/online
+queue=runs/online/.next-$$
+echo 0 > "$queue"
+worker() {
+  while true; do
+    local n
+    n=$(flock "$queue" sh -c 'n=$(cat "$0"); echo $((n + 1)) > "$0"; echo $n' "$queue")
+    [ "$n" -lt "${#jobs[@]}" ] || return 0
+    echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]}"
+    ${jobs[$n]} || echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]} failed (see its log)"
+  done
+}
+for w in $(seq 1 "${WORKERS:-1}"); do worker "$w" & done
+wait
+rm -f "$queue"
+echo "$(date -u +%FT%TZ) done"
