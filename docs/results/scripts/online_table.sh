@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue #12's online protocol, every run resumable: each task x arm x seed is one
 # `python -m worldmodel.run` from scratch, one thread, evaluations of EVAL_EPISODES deterministic
-# episodes every EVAL_EVERY decisions. Rerun the same line to continue (a run resumes from its
-# last checkpoint; a finished one is skipped).
-#   TASKS="dmc/reacher-easy" ARMS="default guided" STEPS=10000 docs/results/scripts/online_table.sh
+# episodes every EVAL_EVERY decisions (defaults 10 and 10000: the evaluations then cost half the
+# training's decisions; a dm-control episode is 500). Rerun the same line to continue (a run
+# resumes from its last checkpoint; a finished one is skipped).
+#   TASKS="dmc/cartpole-swingup dmc/reacher-easy dmc/cheetah-run" docs/results/scripts/online_table.sh
+#   EVAL_EVERY=5000 EVAL_EPISODES=5 TASKS=dmc/reacher-easy ARMS="default utd4 beta" STEPS=10000 docs/results/scripts/online_table.sh
 # TASKS: env names (default: issue #12's six dm-control tasks); SEEDS (default "0 1 2");
 # STEPS: agent decisions (dm-control repeats each action twice: 50000 is 100k simulator steps);
 # ARMS: names from arm() below; WORKERS (default 1; 2 on an otherwise idle 2-core machine).
@@ -13,7 +15,7 @@
 set -uo pipefail
 tasks=(${TASKS:-dmc/cartpole-swingup dmc/reacher-easy dmc/cheetah-run dmc/walker-walk dmc/finger-spin dmc/hopper-stand})
 arms=(${ARMS:-default}) seeds=(${SEEDS:-0 1 2})
-steps=${STEPS:-50000} every=${EVAL_EVERY:-2500} episodes=${EVAL_EPISODES:-5}
+steps=${STEPS:-50000} every=${EVAL_EVERY:-10000} episodes=${EVAL_EPISODES:-10}
 export OMP_NUM_THREADS=1
 
 arm() {  # name -> its planner overrides
@@ -22,7 +24,10 @@ arm() {  # name -> its planner overrides
     novalue) echo "planner.value_learning=false" ;;
     guided) echo "planner.horizon=5 planner.policy_samples=24" ;;  # TD-MPC's: the actor's sequences among the candidates
     icem) echo "planner=icem" ;;
-    *) echo "unknown arm $1 (default, novalue, guided, icem)" >&2; return 1 ;;
+    beta) echo "model.fit.beta=0.5" ;;                    # the first fit's beta-NLL as the refits' (fit_beta)
+    utd4) echo "planner.value_updates_per_step=4" ;;      # four value updates per decision
+    tau) echo "planner.value_agent.tau=0.02" ;;          # the value's target network 4x faster
+    *) echo "unknown arm $1 (default, novalue, guided, icem, beta, utd4, tau)" >&2; return 1 ;;
   esac
 }
 for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
