@@ -70,7 +70,7 @@ def save_policy(path: Path, task: str, which: str, agent: SAC, rng: torch.Tensor
                  "fingerprint": data_fingerprint}, path)  # fmt: skip
 
 
-_POLICY_KEYS = ("task", "which", "seed", "actor", "agent", "rng", "history")
+_POLICY_KEYS = ("task", "which", "seed", "actor", "agent", "rng", "history", "eval_episodes", "size", "fingerprint")
 
 
 def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
@@ -228,13 +228,13 @@ def make_dataset(cfg: DictConfig) -> dict:
         if same_seed:  # the random state its first collection started from: the same data
             torch.set_rng_state(saved["rng"])
         metadata[f"{quality}_policy_return"], part = collect_policy(task, cfg.seed, agent,
-                                                                    saved.get("eval_episodes", 3), size)  # fmt: skip
+                                                                    saved["eval_episodes"], size)  # fmt: skip
         parts.append(part)
         metadata.update(policy_file=str(cfg.policy), policy_seed=saved["seed"], behaviour_agent=saved["agent"],
                         behaviour_history=saved["history"])  # fmt: skip
         if not same_seed:
             notes.append(f"another draw from the policy (seed {cfg.seed}; its own data: seed {saved['seed']})")
-        elif saved.get("fingerprint") and saved.get("size") == size:
+        elif saved["size"] == size:
             metadata["reproduced"] = fingerprint(part) == saved["fingerprint"]
             notes.append(f"the policy's own data, {saved['fingerprint']}" if metadata["reproduced"] else
                          f"NOT the policy's own data ({saved['fingerprint']}): another kind of CPU or version")

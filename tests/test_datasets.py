@@ -174,9 +174,9 @@ def test_a_policy_file_of_another_task_or_quality_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="quality medium or expert, not medium-replay"):
         main(["make", "env=hopper", "quality=medium-replay", f"out={tmp_path / 'r.hdf5'}", f"policy={policy}", *common])
     broken = torch.load(policy, weights_only=True)
-    del broken["which"]
+    del broken["which"], broken["fingerprint"]
     torch.save(broken, tmp_path / "broken.pt")
-    with pytest.raises(SystemExit, match=r"missing \['which'\]"):
+    with pytest.raises(SystemExit, match=r"missing \['which', 'fingerprint'\]"):
         main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'b.hdf5'}", f"policy={tmp_path / 'broken.pt'}",
               *common])  # fmt: skip
     with pytest.raises(SystemExit, match="not a readable worldmodel.BehaviourPolicy"):
