@@ -1,15 +1,19 @@
 """Why dmc/reacher-easy is bimodal: probes of one finished online run (issue #12; docs/results.md).
 
     python docs/results/scripts/reacher_diagnosis.py episodes runs/online/reacher-easy-default-10000/s0
-    python docs/results/scripts/reacher_diagnosis.py reward runs/online/reacher-easy-default-10000/s0 0 0.5 1
+    python docs/results/scripts/reacher_diagnosis.py reward runs/online/reacher-easy-default-10000/s0 rows=6000 0 0.5 1
     python docs/results/scripts/reacher_diagnosis.py value runs/online/reacher-easy-default-10000/s0
+    python docs/results/scripts/reacher_diagnosis.py model runs/online/reacher-easy-default-10000/s0
     python docs/results/scripts/reacher_diagnosis.py plan runs/online/reacher-easy-default-10000/s0 8 "" horizon=30 \
         explore value_learning=false value_learning=false,horizon=30 value_learning=false,iterations=4
 
 episodes: each training episode's starting finger-to-target distance, return and first rewarded decision.
-reward:   fresh model fits on 80% of the run's rows with each beta-NLL given; the sparse reward's fit on the rest.
+reward:   fresh model fits on 80% of the run's rows (its first rows=N) with each beta-NLL given; the sparse
+          reward's fit on the rest.
 value:    fresh learned values trained on the run's rows (no new data) at two target rates and update
           counts; V by the finger's distance to the target.
+model:    the run's model rolled 15 decisions along real segments (the real actions) from states near
+          the target and from elsewhere: predicted against real finger-to-target distance and reward.
 plan:     the run's model and value planning deterministic episodes from the same starts, for each
           variant: comma-separated planner settings (horizon=30,iterations=4; value_learning=false:
           the model alone), `explore` for the training episodes' sampled acts; "" the run's own.
@@ -62,7 +66,9 @@ def episodes(run: str) -> None:
 
 def reward(run: str, *betas: str) -> None:
     _, buffer = load(run)
-    data = buffer.data()
+    rows = [int(b[5:]) for b in betas if b.startswith("rows=")]
+    data = buffer.data()[: rows[0] if rows else None]
+    betas = tuple(b for b in betas if not b.startswith("rows="))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     test, train = data[order[: len(data) // 5]], data[order[len(data) // 5:]]
     r = test["reward"].flatten()
@@ -101,6 +107,31 @@ def value(run: str) -> None:
         print(f"tau {tau}, after " + "; ".join(row), flush=True)
 
 
+def model(run: str, steps: str = "15") -> None:
+    cfg, buffer = load(run)
+    data, h = buffer.data(), int(steps)
+    length = task_spec(cfg).max_episode_steps
+    dynamics = EnsembleDynamics.load(f"{run}/model.pt")
+    starts = torch.tensor([i for i in range(len(data)) if i % length <= length - h])  # whole segments only
+    d0 = distance(data["obs"][starts])
+    for name, pick in (("within 0.06", d0 < 0.06), ("0.06-0.15 away", (d0 >= 0.06) & (d0 < 0.15)),
+                       ("0.15 or more away", d0 >= 0.15)):
+        rows = starts[pick][torch.randperm(int(pick.sum()), generator=torch.Generator().manual_seed(0))[:500]]
+        obs, error, real_r, pred_r = data["obs"][rows], [], 0.0, 0.0
+        with torch.no_grad():
+            for k in range(h):
+                out = dynamics.step(obs, data["action"][rows + k], mode="mean", deterministic=True)
+                obs, real = out["next_obs"], data["next_obs"][rows + k]
+                error.append((distance(obs) - distance(real)).abs().mean().item())
+                real_r += data["reward"][rows + k].flatten().mean().item()
+                pred_r += out["reward"].mean().item()
+        inside = (distance(obs) < 0.06) == (distance(real) < 0.06)
+        print(f"{len(rows)} segments starting {name}: mean |predicted - real distance| after 1, 5, {h} decisions "
+              + ", ".join(f"{error[k]:.4f}" for k in (0, 4, h - 1))
+              + f"; within 0.06 or not predicted right after {h}: {inside.float().mean():.0%}; reward over the {h}: "
+              f"real {real_r:.1f}, predicted {pred_r:.1f}", flush=True)
+
+
 def plan(run: str, count: str, *variants: str) -> None:
     cfg, _ = load(run)
     for variant in variants:
@@ -130,7 +161,7 @@ def plan(run: str, count: str, *variants: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    probes = {"episodes": episodes, "reward": reward, "value": value, "plan": plan}
+    probes = {"episodes": episodes, "reward": reward, "value": value, "model": model, "plan": plan}
     if len(sys.argv) < 3 or sys.argv[1] not in probes:
         sys.exit(__doc__)
     probes[sys.argv[1]](*sys.argv[2:])
