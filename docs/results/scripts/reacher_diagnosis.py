@@ -4,7 +4,7 @@
     python docs/results/scripts/reacher_diagnosis.py reward runs/online/reacher-easy-default-10000/s0 rows=6000 0 0.5 1
     python docs/results/scripts/reacher_diagnosis.py value runs/online/reacher-easy-default-10000/s0
     python docs/results/scripts/reacher_diagnosis.py model runs/online/reacher-easy-default-10000/s0
-    python docs/results/scripts/reacher_diagnosis.py hold runs/online/reacher-easy-default-10000/s0
+    python docs/results/scripts/reacher_diagnosis.py hold runs/online/reacher-easy-default-10000/s0 50
     python docs/results/scripts/reacher_diagnosis.py plan runs/online/reacher-easy-default-10000/s0 8 "" horizon=30 \
         explore value_learning=false value_learning=false,horizon=30 value_learning=false,iterations=4
 
@@ -15,9 +15,10 @@ value:    fresh learned values trained on the run's rows (no new data) at two ta
           counts; V by the finger's distance to the target.
 model:    the run's model rolled 15 decisions along real segments (the real actions) from states near
           the target and from elsewhere: predicted against real finger-to-target distance and reward.
-hold:     real states inside the target whose next 15 real decisions stayed inside: the imagined return
-          (the planner's own evaluation, value included) of those real actions against the plan the
-          planner makes there (from no warm start, and warm-started by its plan one decision earlier).
+hold:     real states inside the target whose arm then stayed inside for 15 decisions, and ones whose arm
+          left within 5: the imagined return (the planner's own evaluation, value included) of the real
+          actions, of the planner's plan there (warm-started by its plan one decision earlier) and of a
+          far stronger search's (4,096 candidates, 8 iterations).
 plan:     the run's model and value planning deterministic episodes from the same starts, for each
           variant: comma-separated planner settings (horizon=30,iterations=4; value_learning=false:
           the model alone), `explore` for the training episodes' sampled acts; "" the run's own.
@@ -139,33 +140,35 @@ def model(run: str, steps: str = "15") -> None:
 def hold(run: str, count: str = "100") -> None:
     cfg, buffer = load(run)
     data, length = buffer.data(), task_spec(cfg).max_episode_steps
-    spec = task_spec(cfg)
-    planner = Agent(spec, OmegaConf.to_container(cfg.planner, resolve=True), pretrained=run, seed=0).planner
+    spec, settings = task_spec(cfg), OmegaConf.to_container(cfg.planner, resolve=True)
+    planner = Agent(spec, settings, pretrained=run, seed=0).planner
+    strong = Agent(spec, {**settings, "candidates": 4096, "iterations": 8}, pretrained=run, seed=0).planner
     h = planner.config.horizon
-    inside = distance(data["next_obs"]) < 0.06  # [N]
-    starts = [i for i in range(1, len(data) - h) if i % length and i % length <= length - h
-              and bool(inside[i - 1]) and bool(inside[i:i + h].all())]  # fmt: skip
-    starts = torch.tensor(starts)[torch.randperm(len(starts), generator=torch.Generator().manual_seed(0))[: int(count)]]
-    real, cold, warm, cold_in, warm_in = [], [], [], 0, 0
-    with torch.no_grad():
-        for i in starts.tolist():
-            obs = data["obs"][i:i + 1]
-            actions = data["action"][i:i + h][None, None]  # [1, 1, H, A]
-            real.append(planner.evaluate(obs, actions).item())
-            for kind, out in (("cold", cold), ("warm", warm)):
-                planner.reset()
-                if kind == "warm":
-                    planner._act_plan(data["obs"][i - 1:i], True)
-                plan = planner._act_plan(obs, True)  # [1, H, A]
-                out.append(planner.evaluate(obs, plan[:, None]).item())
-                step = planner.model.step(obs, plan[:, 0], mode="mean", deterministic=True)
-                stays = bool(distance(step["next_obs"]) < 0.06)
-                cold_in, warm_in = cold_in + (kind == "cold" and stays), warm_in + (kind == "warm" and stays)
+    inside = distance(data["next_obs"]) < 0.06  # [N]: after row i's decision
+    pick = lambda ok: torch.tensor([i for i in range(1, len(data) - h) if i % length and i % length <= length - h  # noqa: E731
+                                    and bool(inside[i - 1]) and ok(i)])  # fmt: skip
+    kinds = (("stayed inside for the next 15 decisions", pick(lambda i: bool(inside[i:i + h].all()))),
+             ("left within 5 decisions", pick(lambda i: not bool(inside[i:i + 5].all()))))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    print(f"{len(starts)} held states: imagined return of the real holding actions {mean(real):.1f}; of the "
-          f"planner's plan {mean(cold):.1f} from no warm start ({sum(c < r for c, r in zip(cold, real))} below "
-          f"the real), {mean(warm):.1f} warm-started ({sum(w < r for w, r in zip(warm, real))} below); its first "
-          f"action keeps the finger inside in {cold_in} / {warm_in} of them (predicted)", flush=True)
+    for name, starts in kinds:
+        starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(0))[: int(count)]]
+        real, mine, best, kept = [], [], [], 0
+        with torch.no_grad():
+            for i in starts.tolist():
+                obs = data["obs"][i:i + 1]
+                real.append(planner.evaluate(obs, data["action"][i:i + h][None, None]).item())
+                for p, out in ((planner, mine), (strong, best)):
+                    p.reset()
+                    p._act_plan(data["obs"][i - 1:i], True)  # (warm-started as in an episode)
+                    plan = p._act_plan(obs, True)  # [1, H, A]
+                    out.append(planner.evaluate(obs, plan[:, None]).item())
+                    if p is planner:
+                        step = planner.model.step(obs, plan[:, 0], mode="mean", deterministic=True)
+                        kept += bool(distance(step["next_obs"]) < 0.06)
+        print(f"{len(starts)} real states inside the target whose arm {name}: imagined return (the planner's "
+              f"evaluation, value included) of the real actions {mean(real):.1f}, of the planner's plan "
+              f"{mean(mine):.1f}, of a 4,096-candidate 8-iteration plan {mean(best):.1f}; the plan's first action "
+              f"keeps the finger inside on {kept} (predicted)", flush=True)
 
 
 def plan(run: str, count: str, *variants: str) -> None:
