@@ -22,6 +22,7 @@ mkdir -p "$out"
 exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running" >&2; exit 1; }
 export OMP_NUM_THREADS=1
 here=$(dirname "$0")
+. "$here/work_queue.sh"
 
 finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
 
@@ -58,18 +59,5 @@ for p in "${planners[@]}"; do
     *) echo "unknown planner $p in PLANNERS (bc, mopo, ravl)" >&2; exit 1 ;;
   esac
 done
-echo 0 > "$out/.next"
-
-worker() {
-  while true; do
-    local n
-    n=$(flock "$out/.next" sh -c 'n=$(cat "$0"); echo $((n + 1)) > "$0"; echo $n' "$out/.next")
-    [ "$n" -lt "${#jobs[@]}" ] || return 0
-    echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]}"
-    ${jobs[$n]} || echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]} failed (see its log)"
-  done
-}
-
-for w in $(seq 1 "${WORKERS:-2}"); do worker "$w" & done
-wait
+run_jobs "$out/.next" "${WORKERS:-2}"
 echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k --raw"

@@ -17,6 +17,7 @@ tasks=(${TASKS:-dmc/cartpole-swingup dmc/reacher-easy dmc/cheetah-run dmc/walker
 arms=(${ARMS:-default}) seeds=(${SEEDS:-0 1 2})
 steps=${STEPS:-50000} every=${EVAL_EVERY:-10000} episodes=${EVAL_EPISODES:-10}
 export OMP_NUM_THREADS=1
+. "$(dirname "$0")/work_queue.sh"
 
 arm() {  # name -> its planner overrides
   case $1 in
@@ -48,17 +49,6 @@ jobs=()
 for t in "${tasks[@]}"; do for s in "${seeds[@]}"; do for a in "${arms[@]}"; do jobs+=("run $t $a $s"); done; done; done
 mkdir -p runs/online
 queue=runs/online/.next-$$
-echo 0 > "$queue"
-worker() {
-  while true; do
-    local n
-    n=$(flock "$queue" sh -c 'n=$(cat "$0"); echo $((n + 1)) > "$0"; echo $n' "$queue")
-    [ "$n" -lt "${#jobs[@]}" ] || return 0
-    echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]}"
-    ${jobs[$n]} || echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]} failed (see its log)"
-  done
-}
-for w in $(seq 1 "${WORKERS:-1}"); do worker "$w" & done
-wait
+run_jobs "$queue" "${WORKERS:-1}"
 rm -f "$queue"
 echo "$(date -u +%FT%TZ) done"
