@@ -11,8 +11,8 @@
 episodes: each training episode's starting finger-to-target distance, return and first rewarded decision.
 reward:   fresh model fits on 80% of the run's rows (its first rows=N) with each beta-NLL given; the sparse
           reward's fit on the rest.
-value:    fresh learned values trained on the run's rows (no new data) at two target rates and update
-          counts; V by the finger's distance to the target.
+value:    the run's learned value trained on on its own rows (no new data), and fresh ones at two target
+          rates and update counts (`continued` or `fresh` for one kind); V by the finger's distance.
 model:    the run's model rolled 15 decisions along real segments (the real actions) from states near
           the target and from elsewhere: predicted against real finger-to-target distance and reward.
 hold:     real states inside the target whose arm then stayed inside for 15 decisions, and ones whose arm
@@ -91,25 +91,35 @@ def reward(run: str, *betas: str) -> None:
               f"{(pred[hit] > 0.5).float().mean():.0%} of them and on {(pred[~hit] > 0.5).float().mean():.1%} of the others")
 
 
-def value(run: str) -> None:
+def value(run: str, *which: str) -> None:
     cfg, buffer = load(run)
     obs = buffer.data()["obs"]
     near = [(distance(obs) >= lo) & (distance(obs) < hi) for lo, hi in BANDS]
-    spec = task_spec(cfg)
+    spec, settings = task_spec(cfg), OmegaConf.to_container(cfg.planner, resolve=True)
+    kinds = set(which) or {"continued", "fresh"}
     print("V by distance " + " / ".join(f"[{lo}, {hi})" for lo, hi in BANDS))
-    for tau, total in ((0.005, 10_000), (0.02, 10_000), (0.005, 40_000)):
+
+    def fresh(tau: float):  # a new value, the target network's rate tau
         torch.manual_seed(0)
-        settings = OmegaConf.to_container(cfg.planner, resolve=True)
-        settings["value_agent"] = {**settings["value_agent"], "tau": tau}
-        planner = Agent(spec, settings, seed=0).planner
+        return Agent(spec, {**settings, "value_agent": {**settings["value_agent"], "tau": tau}}, seed=0).planner
+
+    arms = []  # (name, planner maker, updates)
+    if "continued" in kinds:  # the run's own value, trained on
+        arms.append(("the run's value, continued", lambda: Agent(spec, settings, pretrained=run, seed=0).planner, 20_000))
+    if "fresh" in kinds:
+        arms += [(f"fresh, tau {tau}", lambda tau=tau: fresh(tau), total)
+                 for tau, total in ((0.005, 10_000), (0.02, 10_000), (0.005, 40_000))]
+    for name, make, total in arms:
+        planner = make()
         planner.buffer = buffer
         row = []
-        for done in range(total // 4, total + 1, total // 4):
-            planner.learn(total // 4)
+        for done in range(0, total + 1, total // 4):
+            if done:
+                planner.learn(total // 4)
             with torch.no_grad():
                 v = planner.learned_value(obs)
             row.append(f"{done}: " + "/".join(f"{v[m].mean():.0f}" for m in near))
-        print(f"tau {tau}, after " + "; ".join(row), flush=True)
+        print(f"{name}, after " + "; ".join(row), flush=True)
 
 
 def model(run: str, steps: str = "15") -> None:
@@ -147,7 +157,7 @@ def hold(run: str, count: str = "100") -> None:
     inside = distance(data["next_obs"]) < 0.06  # [N]: after row i's decision
     pick = lambda ok: torch.tensor([i for i in range(1, len(data) - h) if i % length and i % length <= length - h  # noqa: E731
                                     and bool(inside[i - 1]) and ok(i)])  # fmt: skip
-    kinds = (("stayed inside for the next 15 decisions", pick(lambda i: bool(inside[i:i + h].all()))),
+    kinds = ((f"stayed inside for the next {h} decisions", pick(lambda i: bool(inside[i:i + h].all()))),
              ("left within 5 decisions", pick(lambda i: not bool(inside[i:i + 5].all()))))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     for name, starts in kinds:
