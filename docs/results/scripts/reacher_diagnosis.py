@@ -7,6 +7,7 @@
     python docs/results/scripts/reacher_diagnosis.py hold runs/online/reacher-easy-default-10000/s0 50
     python docs/results/scripts/reacher_diagnosis.py plan runs/online/reacher-easy-default-10000/s0 8 "" horizon=30 \
         explore value_learning=false value_learning=false,horizon=30 value_learning=false,iterations=4
+    python docs/results/scripts/reacher_diagnosis.py lose runs/online/reacher-easy-default-10000/s0 8
 
 episodes: each training episode's starting finger-to-target distance, return and first rewarded decision.
 reward:   fresh model fits on 80% of the run's rows (its first rows=N) with each beta-NLL given; the sparse
@@ -22,6 +23,9 @@ hold:     real states inside the target whose arm then stayed inside for 15 deci
 plan:     the run's model and value planning deterministic episodes from the same starts, for each
           variant: comma-separated planner settings (horizon=30,iterations=4; value_learning=false:
           the model alone), `explore` for the training episodes' sampled acts; "" the run's own.
+lose:     the run's planner's deterministic episodes: where the finger first enters the target and how
+          fast, where and how fast it leaves, where it ends; where it ends outside, how many of the
+          candidates the planner samples there reach the target in the model, and what they score.
 Reacher's observation: joint angles [0:2], finger-to-target vector [2:4], joint velocities [4:6];
 reward 1 a simulator step within 0.06 of the target (2 a decision with dm-control's action repeat).
 One thread; run it with nothing else on the core for its times to mean anything.
@@ -208,9 +212,51 @@ def plan(run: str, count: str, *variants: str) -> None:
               "distances: return\n  " + "\n  ".join(rows), flush=True)
 
 
+def lose(run: str, count: str = "8") -> None:
+    cfg, _ = load(run)
+    env = make_env(cfg.env.name, seed=12345, action_repeat=cfg.env.action_repeat)
+    agent = Agent(env.task_spec, OmegaConf.to_container(cfg.planner, resolve=True), pretrained=run, seed=0)
+    planner, h = agent.planner, agent.planner.config.horizon
+    for episode in range(int(count)):
+        planner.reset()
+        ro = env.rollout(env.task_spec.max_episode_steps,
+                         policy=lambda td: td.set("action", agent.act(td["observation"], True)))
+        obs, d = ro["observation"], distance(ro["next", "observation"])  # [T, 6], [T]
+        speed = ro["next", "observation"][:, 4:6].norm(dim=-1)  # joint speed after each decision
+        inside = d < 0.06
+        line = f"episode {episode}: return {ro['next', 'reward'].sum():.0f}, start {distance(obs[0]):.2f}"
+        if inside.any():
+            first = int(inside.nonzero()[0])
+            exits = (inside[:-1] & ~inside[1:]).nonzero().flatten()
+            line += (f"; first inside at decision {first} (joint speed {speed[first]:.2f}), inside "
+                     f"{int(inside.sum())} of {len(d)}")
+            for e in exits[:3].tolist():
+                line += (f"\n  left at decision {e + 1}: distance {d[e]:.3f} -> {d[e + 1]:.3f}, joint speed "
+                         f"{speed[e]:.2f} -> {speed[e + 1]:.2f}; 10 later {d[min(e + 10, len(d) - 1)]:.3f}")
+        line += f"\n  last 50 decisions: distance {d[-50:].min():.3f}-{d[-50:].max():.3f}, joint speed max {speed[-50:].max():.2f}"
+        if not inside[-50:].any():  # parked (or wandering) outside at the end: the planner's candidates there
+            with torch.no_grad():
+                state = ro["next", "observation"][-1:]
+                mean = planner._plan  # the warm start of the next plan (shifted) [1, H, A]
+                std = (planner.config.noise_std * planner._half_range()).expand_as(mean)
+                cands = planner._sample(mean, std, planner.config.candidates)  # [1, C, H, A]
+                returns = planner.evaluate(state, cands)[0]  # [C]
+                x, closest = state.expand(cands.shape[1], -1), torch.full((cands.shape[1],), 9.0)
+                for t in range(h):
+                    x = planner.model.step(x, cands[0, :, t], mode="mean", deterministic=True)["next_obs"]
+                    closest = torch.minimum(closest, distance(x))
+                reach = closest < 0.06
+                w = torch.softmax(returns / (planner.config.temperature * returns.std()), 0)
+                line += (f"\n  at the end: {int(reach.sum())} of {len(reach)} candidates reach the target in the "
+                         f"model (closest {closest.min():.3f}); return of those {returns[reach].mean():.1f} against "
+                         f"{returns[~reach].mean():.1f}, weight on them {w[reach].sum():.2f}; V here "
+                         f"{planner.learned_value(state).item():.1f}")
+        print(line, flush=True)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    probes = {"episodes": episodes, "reward": reward, "value": value, "model": model, "hold": hold, "plan": plan}
+    probes = {"episodes": episodes, "reward": reward, "value": value, "model": model, "hold": hold, "plan": plan, "lose": lose}
     if len(sys.argv) < 3 or sys.argv[1] not in probes:
         sys.exit(__doc__)
     probes[sys.argv[1]](*sys.argv[2:])
