@@ -28,7 +28,8 @@ arm() {  # name -> its planner overrides
     beta) echo "model.fit.beta=0.5" ;;                    # the first fit's beta-NLL as the refits' (fit_beta)
     utd4) echo "planner.value_updates_per_step=4" ;;      # four value updates per decision
     tau) echo "planner.value_agent.tau=0.02" ;;          # the value's target network 4x faster
-    *) echo "unknown arm $1 (default, novalue, guided, icem, beta, utd4, tau)" >&2; return 1 ;;
+    std1) echo "planner.noise_std=1.0" ;;                 # MPPI's sampling spread twice as wide
+    *) echo "unknown arm $1 (default, novalue, guided, icem, beta, utd4, tau, std1)" >&2; return 1 ;;
   esac
 }
 for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
