@@ -22,7 +22,9 @@ hold:     real states inside the target whose arm then stayed inside for 15 deci
           far stronger search's (4,096 candidates, 8 iterations).
 plan:     the run's model and value planning deterministic episodes from the same starts, for each
           variant: comma-separated planner settings (horizon=30,iterations=4; value_learning=false:
-          the model alone), `explore` for the training episodes' sampled acts; "" the run's own.
+          the model alone; value_agent.tau=0.02 a nested one), `explore` for the training episodes'
+          sampled acts, `train=N` the run's value trained N more updates on the run's rows first;
+          "" the run's own.
 lose:     the run's planner's deterministic episodes: where the finger first enters the target and how
           fast, where and how fast it leaves, where it ends; where it ends outside, how many of the
           candidates the planner samples there reach the target in the model, and what they score.
@@ -186,19 +188,28 @@ def hold(run: str, count: str = "100") -> None:
 
 
 def plan(run: str, count: str, *variants: str) -> None:
-    cfg, _ = load(run)
+    cfg, buffer = load(run)
     for variant in variants:
-        settings = {**OmegaConf.to_container(cfg.planner, resolve=True)}
-        deterministic = True
+        settings = OmegaConf.to_container(cfg.planner, resolve=True)
+        deterministic, train = True, 0
         for item in filter(None, variant.split(",")):
             key, _, text = item.partition("=")
             if key == "explore":
                 deterministic = False
-            else:
-                settings[key] = text == "true" if isinstance(settings[key], bool) else type(settings[key])(text)
+            elif key == "train":
+                train = int(text)
+            else:  # a planner setting; value_agent.tau=0.02 reaches into a nested one
+                *parents, leaf = key.split(".")
+                node = settings
+                for parent in parents:
+                    node = node[parent]
+                node[leaf] = text == "true" if isinstance(node[leaf], bool) else type(node[leaf])(text)
         env = make_env(cfg.env.name, seed=12345, action_repeat=cfg.env.action_repeat)
         value = settings["value_learning"]
         agent = Agent(env.task_spec, settings, pretrained=run if value else f"{run}/model.pt", seed=0)
+        if train:  # the run's value trained on, on the run's own rows
+            agent.planner.buffer = buffer
+            agent.planner.learn(train)
         rows, total = [], 0.0
         for _ in range(int(count)):
             agent.planner.reset()
