@@ -361,7 +361,8 @@ def _copy(model: EnsembleDynamics) -> EnsembleDynamics:
 
 def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
     """on_epoch hands out the fit's state; a new model resumed from the state saved after epoch 3
-    of a fit that then died ends where the uninterrupted fit ends, weights and history alike."""
+    of a fit that then died ends where the uninterrupted fit ends, weights and history alike, and
+    reports the whole fit's wall time."""
     import io
 
     data = linear_system(1500, seed=5)
@@ -375,7 +376,7 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
     def die_after_three(fit_state):
         state = fit_state()
         if state["epoch"] == 3:
-            torch.save(state, saved)  # as a run writes it to disk
+            torch.save({**state, "wall_s": 1e4}, saved)  # as a run writes it to disk (a long first part)
             raise KeyboardInterrupt("killed")
 
     torch.manual_seed(1)
@@ -385,6 +386,7 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
     resumed = small_model()  # a new process: fresh weights, other RNG state
     got = resumed.fit(data, **settings, resume=torch.load(saved, weights_only=False))
     assert got["history"] == expected["history"] and got["epochs"] == 6
+    assert got["wall_s"] >= 1e4  # the whole fit's time, not only the resumed part's
     for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="the fit to resume was on 1500 transitions, this data has 1000"):

@@ -89,6 +89,7 @@ def fit(
     if resume is not None:
         perm, n_holdout = resume["perm"].to(model.device), resume.get("n_holdout", n_holdout)
         holdout = resume.get("holdout", holdout)
+        start -= resume.get("wall_s", 0.0)  # the whole fit's time, the killed process's included
     elif model.fitted and new_rows is not None and int(len(new_rows) * holdout_ratio) >= MIN_NEW_HOLDOUT:
         n_holdout = min(int(len(new_rows) * holdout_ratio), max_holdout)
         perm, holdout = holdout_among(n, new_rows.to(model.device), n_holdout), "new rows"
@@ -141,7 +142,7 @@ def fit(
                 "best_state": [t.cpu() for t in best_state],
                 "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
-                "torch_rng": torch.get_rng_state()}  # fmt: skip
+                "torch_rng": torch.get_rng_state(), "wall_s": time.perf_counter() - start}  # fmt: skip
 
     bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
     while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
