@@ -29,7 +29,8 @@ arm() {  # name -> its planner overrides
     utd4) echo "planner.value_updates_per_step=4" ;;      # four value updates per decision
     tau) echo "planner.value_agent.tau=0.02" ;;          # the value's target network 4x faster
     std1) echo "planner.noise_std=1.0" ;;                 # MPPI's sampling spread twice as wide
-    *) echo "unknown arm $1 (default, novalue, guided, icem, beta, utd4, tau, std1)" >&2; return 1 ;;
+    g95) echo "planner.value_agent.discount=0.95" ;;      # the learned value's horizon 20 decisions, not 100
+    *) echo "unknown arm $1 (default, novalue, guided, icem, beta, utd4, tau, std1, g95)" >&2; return 1 ;;
   esac
 }
 for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
