@@ -26,8 +26,9 @@ plan:     the run's model and value planning deterministic episodes from the sam
           sampled acts, `train=N` the run's value trained N more updates on the run's rows first;
           "" the run's own.
 lose:     the run's planner's deterministic episodes: where the finger first enters the target and how
-          fast, where and how fast it leaves, where it ends; where it ends outside, how many of the
-          candidates the planner samples there reach the target in the model, and what they score.
+          fast, where and how fast it leaves, where it ends (and its wrist's angle: the joint stops at
+          +-160 degrees); where it ends outside, how many of the candidates the planner samples
+          there reach the target in the model, and what they score.
 Reacher's observation: joint angles [0:2], finger-to-target vector [2:4], joint velocities [4:6];
 reward 1 a simulator step within 0.06 of the target (2 a decision with dm-control's action repeat).
 One thread; run it with nothing else on the core for its times to mean anything.
@@ -244,7 +245,8 @@ def lose(run: str, count: str = "8") -> None:
             for e in exits[:3].tolist():
                 line += (f"\n  left at decision {e + 1}: distance {d[e]:.3f} -> {d[e + 1]:.3f}, joint speed "
                          f"{speed[e]:.2f} -> {speed[e + 1]:.2f}; 10 later {d[min(e + 10, len(d) - 1)]:.3f}")
-        line += f"\n  last 50 decisions: distance {d[-50:].min():.3f}-{d[-50:].max():.3f}, joint speed max {speed[-50:].max():.2f}"
+        line += (f"\n  last 50 decisions: distance {d[-50:].min():.3f}-{d[-50:].max():.3f}, joint speed max "
+                 f"{speed[-50:].max():.2f}; wrist at the end {ro['next', 'observation'][-1, 1]:.2f} rad (limit 2.79)")
         if not inside[-50:].any():  # parked (or wandering) outside at the end: the planner's candidates there
             with torch.no_grad():
                 state = ro["next", "observation"][-1:]
