@@ -43,14 +43,17 @@ class Agent:
 
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
                  refit_epochs: int = 30, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
-                 device: str = "cpu", refit_beta: float = 0.5, refit_offline_ratio: float | None = None):  # fmt: skip
+                 device: str = "cpu", refit_beta: float = 0.5, refit_offline_ratio: float | None = None,
+                 refit_steps: int | None = None):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
         arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...)
-        of the first fit; refit_epochs, refit_beta: max_epochs and beta of the warm-started refits after it;
+        of the first fit; refit_epochs, refit_steps, refit_beta: max_epochs, max_steps and beta of
+        the warm-started refits after it;
         refit_offline_ratio: see refit_data (None: refits fit on the whole buffer);
         pretrained: a run directory (its model.pt, with its checkpoint.pt's or agent.pt's learned
         value or actor-critic) or a model.pt; capacity: the replay buffer's transitions."""
         self.spec, self.fit_settings, self.refit_epochs, self.refit_beta = spec, dict(fit or {}), refit_epochs, refit_beta
+        self.refit_steps = refit_steps
         if refit_offline_ratio is not None and refit_offline_ratio < 0:
             raise ValueError(f"refit_offline_ratio must be >= 0 or None, got {refit_offline_ratio}")
         self.refit_offline_ratio = refit_offline_ratio
@@ -76,14 +79,16 @@ class Agent:
 
     @classmethod
     def from_config(cls, cfg, spec: TaskSpec, capacity: int, **planner_settings) -> Agent:
-        """From a run's config (planner, model with model.fit, fit_epochs, fit_beta, seed, pretrained, device);
+        """From a run's config (planner, model with model.fit, fit_epochs, fit_steps, fit_beta, seed,
+        pretrained, device);
         `planner_settings` override the config's planner settings."""
         from omegaconf import OmegaConf
 
         planner = {**OmegaConf.to_container(cfg.planner, resolve=True), **planner_settings}
         model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "fit"}
         return cls(spec, planner, model, dict(cfg.model.fit), cfg.fit_epochs, capacity, cfg.seed,
-                   cfg.get("pretrained"), cfg.get("device", "cpu"), cfg.fit_beta, cfg.get("refit_offline_ratio"))  # fmt: skip
+                   cfg.get("pretrained"), cfg.get("device", "cpu"), cfg.fit_beta, cfg.get("refit_offline_ratio"),
+                   cfg.get("fit_steps"))  # fmt: skip
 
     @property
     def model(self) -> EnsembleDynamics:
@@ -171,12 +176,12 @@ class Agent:
 
     def refit_settings(self, model: EnsembleDynamics | None = None, **overrides) -> dict:
         """EnsembleDynamics.fit settings for (a copy of) the model: a first fit runs up to
-        model.fit.max_epochs, a fitted model is warm-started for refit_epochs with beta-NLL's
-        refit_beta (with the plain NLL a refit on data from a new region raises the variance
-        there instead of fitting it: worldmodel.fitting.loss)."""
+        model.fit.max_epochs, a fitted model is warm-started for refit_epochs (at most refit_steps
+        gradient steps) with beta-NLL's refit_beta (with the plain NLL a refit on data from a new
+        region raises the variance there instead of fitting it: worldmodel.fitting.loss)."""
         model = model if model is not None else self.model
         if model.fitted:
-            refit = {"max_epochs": self.refit_epochs, "beta": self.refit_beta}
+            refit = {"max_epochs": self.refit_epochs, "max_steps": self.refit_steps, "beta": self.refit_beta}
         else:  # (model.fit's max_epochs; none given: no cap)
             refit = {"max_epochs": self.fit_settings.get("max_epochs")}
         return {**self.fit_settings, **refit, **overrides}

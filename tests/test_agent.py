@@ -1,5 +1,5 @@
 """planners.agent.Agent's refit rule: the first fit takes model.fit's settings, later warm-started
-refits fit_epochs and fit_beta (beta-NLL), from the command line through the config."""
+refits fit_epochs, fit_steps and fit_beta (beta-NLL), from the command line through the config."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from worldmodel.run import _compose
 
 def test_first_fit_and_warm_refits_take_their_own_settings(monkeypatch):
     cfg = _compose(["planner=mppi", "env=hopper", "model.fit.max_epochs=3", "model.fit.lr=0.002",
-                                    "fit_epochs=2", "fit_beta=0.25", "model.hidden=16", "model.ensemble_size=2",
+                                    "fit_epochs=2", "fit_steps=5", "fit_beta=0.25", "model.hidden=16", "model.ensemble_size=2",
                                     "model.num_elites=1"])  # fmt: skip
     env = make_env("hopper", seed=0)
     agent = Agent.from_config(cfg, env.task_spec, capacity=1000)
@@ -26,8 +26,9 @@ def test_first_fit_and_warm_refits_take_their_own_settings(monkeypatch):
     torch.manual_seed(0)
     agent.refit()
     assert agent.model.fitted and calls[-1]["max_epochs"] == 3 and calls[-1]["beta"] == 0.0
+    assert calls[-1].get("max_steps") is None  # (the first fit: model.fit's, no cap)
     agent.refit()  # the planner's update passes the refit settings to the model's fit
-    assert calls[-1]["max_epochs"] == 2 and calls[-1]["beta"] == 0.25
+    assert calls[-1]["max_epochs"] == 2 and calls[-1]["beta"] == 0.25 and calls[-1]["max_steps"] == 5
     refit = agent.refit_settings()
     assert refit["max_epochs"] == 2 and refit["beta"] == 0.25 and refit["lr"] == 0.002
     assert agent.refit_settings(max_epochs=7)["max_epochs"] == 7  # a caller's override wins

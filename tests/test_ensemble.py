@@ -245,6 +245,19 @@ def test_early_stopping_ends_fit_when_holdout_stops_improving():
     assert metrics["epochs"] < 100
 
 
+def test_max_steps_cuts_the_fit_short_mid_epoch():
+    """1000 rows (800 to train) in batches of 64 are 13 steps an epoch: a cap of 30 steps ends the
+    third epoch after 4 of its batches, and every epoch's record counts the steps so far."""
+    metrics = small_model().fit(linear_system(1000), batch_size=64, max_epochs=50, max_steps=30, patience=50,
+                                progress=False)  # fmt: skip
+    assert metrics["steps"] == 30 and metrics["epochs"] == 3
+    assert [h["steps"] for h in metrics["history"]] == [13, 26, 30]
+    uncapped = small_model().fit(linear_system(1000), batch_size=64, max_epochs=3, patience=50, progress=False)
+    assert uncapped["steps"] == 39
+    with pytest.raises(ValueError, match="max_steps=0 is out of range"):
+        small_model().fit(linear_system(1000), max_steps=0, progress=False)
+
+
 def test_same_seed_same_fit():
     def weights():
         torch.manual_seed(7)

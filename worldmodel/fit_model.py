@@ -49,7 +49,7 @@ def fit_model(cfg: DictConfig) -> dict:
     metrics = model.fit(data, **cfg.model.fit)
     model.save(run_dir / "model.pt")
     with open(run_dir / "fit_history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "holdout_mse", "holdout_calibration", "improved"])
+        writer = csv.DictWriter(f, fieldnames=["epoch", "steps", "train_loss", "holdout_mse", "holdout_calibration", "improved"])
         writer.writeheader()
         writer.writerows(metrics.pop("history"))
     report = {"env": cfg.env.name, "fit": metrics, "holdout": model.evaluate(holdout)}

@@ -36,6 +36,7 @@ def fit(
     holdout_ratio: float = 0.2,
     max_holdout: int = 5000,
     max_epochs: int | None = 60,
+    max_steps: int | None = None,
     patience: int = 5,
     beta: float = 0.0,
     bootstrap: bool = True,
@@ -51,10 +52,11 @@ def fit(
     predicted variance ** beta; 0 is the plain NLL) + log-variance-bound penalty + per-layer L2,
     each member on its own bootstrap (or reshuffled) minibatches. Stops when for `patience`
     epochs no member's holdout MSE improved by 1% on the fit's best epoch, or after `max_epochs`
-    (None: no cap); keeps each member's best weights on holdout, its starting weights included,
+    or `max_steps` gradient steps (None: no cap; the last epoch is cut short there, so a refit's
+    cost stays flat as the data grows); keeps each member's best weights on holdout, its starting weights included,
     and makes the `num_elites` best the elites. Returns per-member holdout MSE/NLL (standardised
-    units; also the starting weights' MSE), elites, epochs, train loss, wall seconds and a
-    per-epoch history.
+    units; also the starting weights' MSE), elites, epochs, gradient steps, train loss, wall
+    seconds and a per-epoch history.
 
     `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
     `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up
@@ -69,7 +71,7 @@ def fit(
     """
     start = time.perf_counter()
     check_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
-                   max_epochs=max_epochs, patience=patience, beta=beta)  # fmt: skip
+                   max_epochs=max_epochs, max_steps=max_steps, patience=patience, beta=beta)  # fmt: skip
     data = validate_transitions(data, model.obs_dim, model.act_dim).to(model.device)
     inputs = torch.cat([data["obs"], data["action"]], -1)
     targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
@@ -115,7 +117,7 @@ def fit(
         kept_mse = start_mse.clone()  # the kept weights' (the start's until an epoch beats it)
         moved = torch.zeros_like(start_mse, dtype=torch.bool)  # members whose kept weights are an epoch's
         best_state = [p.detach().clone() for p in model.parameters()]
-        epochs_since_update, epoch, train_loss, history = 0, 0, float("nan"), []
+        epochs_since_update, epoch, steps, train_loss, history = 0, 0, 0, float("nan"), []
         # one bootstrap resample per member for the whole fit (reshuffled each epoch), as PETS and
         # MBPO draw it: redrawn every epoch, every member would see all the data
         rows = x_train.shape[0]
@@ -131,6 +133,7 @@ def fit(
         best_state = [t.to(model.device) for t in best_state]
         resample = resample.to(model.device) if resample is not None else None
         epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
+        steps = resume.get("steps", 0)  # (a state saved before steps were counted: none)
         history = list(resume["history"])
         torch.set_rng_state(resume["torch_rng"])
 
@@ -140,15 +143,17 @@ def fit(
                 "start_mse": start_mse.cpu() if start_mse is not None else None,
                 "moved": moved.cpu() if moved is not None else None,
                 "best_state": [t.cpu() for t in best_state],
-                "resample": resample.cpu() if resample is not None else None, "epoch": epoch,
+                "resample": resample.cpu() if resample is not None else None, "epoch": epoch, "steps": steps,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
                 "torch_rng": torch.get_rng_state(), "wall_s": time.perf_counter() - start}  # fmt: skip
 
     bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
-    while epochs_since_update < patience and (max_epochs is None or epoch < max_epochs):
+    while (epochs_since_update < patience and (max_epochs is None or epoch < max_epochs)
+           and (max_steps is None or steps < max_steps)):  # fmt: skip
         threads.adapt()
-        train_loss = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta)
-        epoch += 1
+        train_loss, batches = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta,
+                                          None if max_steps is None else max_steps - steps)  # fmt: skip
+        epoch, steps = epoch + 1, steps + batches
         mse, _, calibration = holdout_metrics(model, x_hold, y_hold)
         improved = mse < 0.99 * best_mse  # by more than 1% on the fit's best epoch: patience restarts
         best_mse = torch.where(improved, mse, best_mse)
@@ -161,7 +166,7 @@ def fit(
                 for saved, p in zip(best_state, model.parameters()):
                     saved[better] = p[better]
         epochs_since_update = 0 if improved.any() else epochs_since_update + 1
-        history.append({"epoch": epoch, "train_loss": train_loss, "holdout_mse": mse.mean().item(),
+        history.append({"epoch": epoch, "steps": steps, "train_loss": train_loss, "holdout_mse": mse.mean().item(),
                         "holdout_calibration": calibration.mean().item(), "improved": bool(improved.any())})  # fmt: skip
         bar.update()
         bar.set_postfix(train=f"{train_loss:.3f}", holdout_mse=f"{mse.mean():.4f}")
@@ -175,6 +180,7 @@ def fit(
     model.elites.copy_(mse.argsort()[: model.num_elites].sort().values)
     return {
         "epochs": epoch,
+        "steps": steps,
         "train_loss": train_loss,
         "holdout_mse": mse.tolist(),
         "start_holdout_mse": start_mse.tolist() if start_mse is not None else None,
@@ -191,11 +197,12 @@ def fit(
 
 
 def fit_record(metrics: dict) -> dict:
-    """A fit's metrics (fit()'s return) as one log record: epochs, wall seconds, the holdout's mean
-    MSE and calibration, the starting weights' MSE on the same holdout, how many members kept
-    their starting weights, and what the holdout was drawn from."""
+    """A fit's metrics (fit()'s return) as one log record: epochs, gradient steps, wall seconds,
+    the holdout's mean MSE and calibration, the starting weights' MSE on the same holdout, how
+    many members kept their starting weights, and what the holdout was drawn from."""
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    record = {"epochs": metrics["epochs"], "wall_s": metrics["wall_s"], "holdout_mse": mean(metrics["holdout_mse"]),
+    record = {"epochs": metrics["epochs"], "steps": metrics.get("steps"), "wall_s": metrics["wall_s"],
+              "holdout_mse": mean(metrics["holdout_mse"]),
               "holdout_calibration": mean(metrics["holdout_calibration"]),
               "start_holdout_mse": mean(metrics.get("start_holdout_mse") or []),
               "start_kept": metrics.get("start_kept"), "holdout": metrics.get("holdout")}  # fmt: skip
@@ -220,18 +227,19 @@ def check_settings(**settings) -> None:
     given = {k: d for k, (d, _) in signature_fields(fit).items()} | settings
     for name, in_range in _RANGES.items():
         value = given[name]
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name == "max_epochs" and value is None)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name in _NULLABLE and value is None)):
             raise ValueError(f"fit setting {name} must be a number, got {value!r}")
         if not in_range(value):
             raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                             "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, patience >= 1, 0 <= beta <= 1)")
+                             "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, max_steps >= 1 or null, patience >= 1, 0 <= beta <= 1)")
 
 
 _RANGES: dict[str, Callable[[float], bool]] = {  # check_settings: each numeric fit() setting's valid range
     "batch_size": lambda v: v >= 1, "lr": lambda v: v > 0, "holdout_ratio": lambda v: 0 < v < 1,
-    "max_holdout": lambda v: v >= 5, "max_epochs": lambda v: v is None or v >= 1, "patience": lambda v: v >= 1,
-    "beta": lambda v: 0 <= v <= 1,
+    "max_holdout": lambda v: v >= 5, "max_epochs": lambda v: v is None or v >= 1,
+    "max_steps": lambda v: v is None or v >= 1, "patience": lambda v: v >= 1, "beta": lambda v: 0 <= v <= 1,
 }  # fmt: skip
+_NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
 
 
 def shared_optimizer(model: EnsembleDynamics, lr: float) -> torch.optim.Optimizer:
@@ -242,20 +250,22 @@ def shared_optimizer(model: EnsembleDynamics, lr: float) -> torch.optim.Optimize
 
 
 def train_epoch(model: EnsembleDynamics, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batch_size: int,
-                resample: Tensor | None, beta: float) -> float:  # fmt: skip
-    """One pass over the training rows x [N, O+A], y [N, O+1] in minibatches; the mean loss."""
+                resample: Tensor | None, beta: float, max_batches: int | None = None) -> tuple[float, int]:  # fmt: skip
+    """One pass over the training rows x [N, O+A], y [N, O+1] in minibatches (the first
+    `max_batches` of them, None: all); (the mean loss, the minibatches taken)."""
     n = x.shape[0]
     order = epoch_order(resample, model.ensemble_size, n, model.device)
     total, batches = 0.0, 0
     model.train()
-    for start in range(0, n, batch_size):
+    stop = n if max_batches is None else min(n, max_batches * batch_size)
+    for start in range(0, stop, batch_size):
         idx = order[:, start : start + batch_size]
         mean, logvar = model.forward_normalized(x[idx])
         optimizer.zero_grad(set_to_none=True)
         total += backward(model, mean, logvar, y[idx], beta)
         optimizer.step()
         batches += 1
-    return total / batches
+    return total / batches, batches
 
 
 def loss(model: EnsembleDynamics, mean: Tensor, logvar: Tensor, target: Tensor, beta: float = 0.0, *,

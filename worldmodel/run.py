@@ -502,7 +502,7 @@ _COUNTS = {  # key: smallest value
     "eval_episodes": 1, "checkpoint_every": 1, "offline.updates": 0, "offline.eval_every": 1,
     "offline.eval_episodes": 1, "offline.score_last": 1, "offline.model_eval_starts": 0,
 }  # fmt: skip
-_NULLABLE_COUNTS = {"offline.fit_epochs": 1}  # null, or a whole number >= the value
+_NULLABLE_COUNTS = {"offline.fit_epochs": 1, "fit_steps": 1}  # null, or a whole number >= the value
 _SELECTIONS = ("last", "model_score")  # offline.select
 
 
