@@ -339,7 +339,7 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
                     "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
     for r in out:
-        r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device)
+        r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device, threads=torch.get_num_threads())
     return out
 
 
