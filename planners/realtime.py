@@ -428,7 +428,7 @@ def _validate(cfg) -> None:
     from worldmodel.config import check_counts, check_paths
 
     check_counts(cfg, {"real_steps": 1, "train_every": 1, "fit_epochs": 1, "eval_episodes": 1, "plan_threads": 1,
-                       "seed_steps": 0, "seed": 0})  # fmt: skip
+                       "seed_steps": 0, "seed": 0}, {"fit_steps": 1})  # fmt: skip
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
         raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
     if cfg.planner.name not in MPC_PLANNERS:  # (Dyna and BC act with a policy only planner.learn trains)

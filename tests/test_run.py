@@ -214,6 +214,7 @@ BAD_INPUTS = {
     "model.fit.beta=2": r"fit setting beta=2 is out of range",
     "fit_beta=-0.5": r"fit setting beta=-0.5 is out of range",
     "fit_beta=true": r"fit setting beta must be a number, got True",
+    "fit_steps=0": r"fit_steps must be a whole number >= 1 or null, got 0",
     "model.hidden=big": r"model.hidden must be an int, got 'big'",
     "threads=0": r"threads must be 'auto' or a whole number >= 1, got 0",
     "threads=99": r"threads=99, but this process may use \d+ core\(s\)",

@@ -231,13 +231,15 @@ def check_settings(**settings) -> None:
             raise ValueError(f"fit setting {name} must be a number, got {value!r}")
         if not in_range(value):
             raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                             "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, max_steps >= 1 or null, patience >= 1, 0 <= beta <= 1)")
+                             "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, "
+                             "max_steps a whole number >= 1 or null, patience >= 1, 0 <= beta <= 1)")
 
 
 _RANGES: dict[str, Callable[[float], bool]] = {  # check_settings: each numeric fit() setting's valid range
     "batch_size": lambda v: v >= 1, "lr": lambda v: v > 0, "holdout_ratio": lambda v: 0 < v < 1,
     "max_holdout": lambda v: v >= 5, "max_epochs": lambda v: v is None or v >= 1,
-    "max_steps": lambda v: v is None or v >= 1, "patience": lambda v: v >= 1, "beta": lambda v: 0 <= v <= 1,
+    "max_steps": lambda v: v is None or (isinstance(v, int) and v >= 1),  # (a count of batches)
+    "patience": lambda v: v >= 1, "beta": lambda v: 0 <= v <= 1,
 }  # fmt: skip
 _NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
 
