@@ -3,7 +3,8 @@
 Replays a run's first fit and one warm-started refit from its transition log, and scores each
 model on the transitions that came next (where the planner went next, which no fit saw): the
 first fit's model as it was (no refit), a warm refit for each `--beta` (beta-NLL; 0 is the
-plain NLL) and a model fitted from scratch on the same data. Prints one row per run and writes
+plain NLL) and each `--refit-steps` cap (the run command's `fit_steps`; "none": uncapped) and a
+model fitted from scratch on the same data. Prints one row per run and writes
 nothing. Lower is better: mean squared error of the elites' mean (next_obs - obs and reward,
 original units; EnsembleDynamics.evaluate).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -25,11 +27,12 @@ from worldmodel.transition_log import TransitionLog
 
 
 def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs: int, betas: list[float],
-              holdouts: tuple[str, ...] = ("all",)) -> dict:  # fmt: skip
+              holdouts: tuple[str, ...] = ("all",), caps: tuple[int | None, ...] = (None,)) -> dict:  # fmt: skip
     """Fit on the run's first `first` transitions (model.fit's settings of the run), refit on the
     first `refit_at`, score on the `ahead` after them; the same seed for every model. holdouts:
     "all" (the refit holds out among all its rows) and/or "new" (among the rows after `first`
-    alone, as the run command's refits do: EnsembleDynamics.fit's new_rows)."""
+    alone, as the run command's refits do: EnsembleDynamics.fit's new_rows); caps: the refits'
+    max_steps (None: uncapped; a capped refit's names end in _steps<cap>)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
@@ -46,15 +49,16 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     start = fresh_model()
     start.fit(data[:first], **fit)
     row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"]}
-    for beta in betas:
-        for holdout in holdouts:
-            model = copy.deepcopy(start)
-            torch.manual_seed(cfg.seed)
-            new_rows = torch.arange(first, refit_at) if holdout == "new" else None
-            metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "beta": beta, "new_rows": new_rows})
-            name = f"refit_beta{beta:g}" + ("_new_holdout" if holdout == "new" else "")
-            row[name] = model.evaluate(nxt)["mse"]
-            row[f"{name}_epochs"], row[f"{name}_start_kept"] = metrics["epochs"], metrics["start_kept"]
+    for beta, holdout, cap in itertools.product(betas, holdouts, caps):
+        model = copy.deepcopy(start)
+        torch.manual_seed(cfg.seed)
+        new_rows = torch.arange(first, refit_at) if holdout == "new" else None
+        metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "max_steps": cap, "beta": beta,
+                                     "new_rows": new_rows})  # fmt: skip
+        name = f"refit_beta{beta:g}" + ("_new_holdout" if holdout == "new" else "") + (f"_steps{cap}" if cap else "")
+        row[name] = model.evaluate(nxt)["mse"]
+        row[f"{name}_epochs"], row[f"{name}_start_kept"] = metrics["epochs"], metrics["start_kept"]
+        row[f"{name}_steps"], row[f"{name}_wall_s"] = metrics["steps"], metrics["wall_s"]
     scratch = fresh_model()
     scratch.fit(seen, **fit)
     row["from_scratch"] = scratch.evaluate(nxt)["mse"]
@@ -69,6 +73,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--ahead", type=int, default=500, help="next transitions scored (default 500)")
     parser.add_argument("--refit-epochs", type=int, default=30, help="the refit's epochs (default 30: the run command's fit_epochs)")
     parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
+    parser.add_argument("--refit-steps", nargs="+", type=_cap, default=[None], metavar="N|none",
+                        help="the refits' gradient-step caps, each a refit of its own (default: none, uncapped; "
+                             "the run command's fit_steps is 1500)")
     parser.add_argument("--holdout", nargs="+", choices=["all", "new"], default=["all", "new"],
                         help="what refits hold out among: all their rows, or the new ones (default: both)")
     parser.add_argument("--threads", type=int, default=1)
@@ -81,9 +88,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "transitions").is_dir():
             parser.error(f"{run_dir} is not a run directory with a transition log (config.yaml, transitions/)")
         rows.append(check_run(run_dir, args.first, args.refit_at, args.ahead, args.refit_epochs, args.beta,
-                              tuple(args.holdout)))  # fmt: skip
+                              tuple(args.holdout), tuple(args.refit_steps)))  # fmt: skip
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
     return rows
+
+
+def _cap(text: str) -> int | None:
+    """--refit-steps' values: a whole number >= 1, or "none" (uncapped)."""
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 or none")
+    return int(text)
 
 
 if __name__ == "__main__":
