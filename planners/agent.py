@@ -44,7 +44,7 @@ class Agent:
     def __init__(self, spec: TaskSpec, planner: dict, model: dict | None = None, fit: dict | None = None,
                  refit_epochs: int = 30, capacity: int = 1_000_000, seed: int = 0, pretrained: str | Path | None = None,
                  device: str = "cpu", refit_beta: float = 0.5, refit_offline_ratio: float | None = None,
-                 refit_steps: int | None = 1500):  # fmt: skip
+                 refit_steps: int | None = None):  # fmt: skip
         """planner: {"name": ..., setting: value} (planners.make_planner); model: EnsembleDynamics
         arguments (ignored with `pretrained`); fit: EnsembleDynamics.fit settings (lr, max_epochs, ...)
         of the first fit; refit_epochs, refit_steps, refit_beta: max_epochs, max_steps and beta of

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--refit-epochs", type=int, default=30, help="the refit's epochs (default 30: the run command's fit_epochs)")
     parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
     parser.add_argument("--refit-steps", nargs="+", type=_cap, default=[None], metavar="N|none",
-                        help="the refits' gradient-step caps, each a refit of its own (default: none, uncapped; "
-                             "the run command's fit_steps is 1500)")
+                        help="the refits' gradient-step caps, each a refit of its own (default: none, uncapped, "
+                             "as the run command's fit_steps)")
     parser.add_argument("--holdout", nargs="+", choices=["all", "new"], default=["all", "new"],
                         help="what refits hold out among: all their rows, or the new ones (default: both)")
     parser.add_argument("--threads", type=int, default=1)

@@ -95,11 +95,9 @@ _NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained",
 # settings whose introduction changed what a run does: the value a config that predates the key ran
 # with, by command (an entry belongs here whenever a new key's default is not the old behaviour)
 PREDATED = {
-    "config": {"fit_beta": 0.0,  # plain-NLL refits before beta-NLL (98f913e)
-               "fit_steps": None},  # refits uncapped before fit_steps (c180ad1)
+    "config": {"fit_beta": 0.0},  # plain-NLL refits before beta-NLL (98f913e)
     "realtime": {"fit_beta": 0.0, "worker": "thread",  # (367f35e: planning processes)
-                 "refit_offline_ratio": None,  # whole-buffer refits before bounded ones (b57857a)
-                 "fit_steps": None},
+                 "refit_offline_ratio": None},  # whole-buffer refits before bounded ones (b57857a)
 }
 
 
