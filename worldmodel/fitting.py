@@ -52,9 +52,9 @@ def fit(
     predicted variance ** beta; 0 is the plain NLL) + log-variance-bound penalty + per-layer L2,
     each member on its own bootstrap (or reshuffled) minibatches. Stops when for `patience`
     epochs no member's holdout MSE improved by 1% on the fit's best epoch, or after `max_epochs`
-    or `max_steps` gradient steps (None: no cap; the last epoch is cut short there, so a refit's
-    cost stays flat as the data grows); keeps each member's best weights on holdout, its starting weights included,
-    and makes the `num_elites` best the elites. Returns per-member holdout MSE/NLL (standardised
+    or `max_steps` gradient steps (None: no cap; the last epoch is cut short there); keeps each
+    member's best weights on holdout, its starting weights included, and makes the `num_elites`
+    best the elites. Returns per-member holdout MSE/NLL (standardised
     units; also the starting weights' MSE), elites, epochs, gradient steps, train loss, wall
     seconds and a per-epoch history.
 
