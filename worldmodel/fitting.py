@@ -54,9 +54,8 @@ def fit(
     epochs no member's holdout MSE improved by 1% on the fit's best epoch, or after `max_epochs`
     or `max_steps` gradient steps (None: no cap; the last epoch is cut short there); keeps each
     member's best weights on holdout, its starting weights included, and makes the `num_elites`
-    best the elites. Returns per-member holdout MSE/NLL (standardised
-    units; also the starting weights' MSE), elites, epochs, gradient steps, train loss, wall
-    seconds and a per-epoch history.
+    best the elites. Returns per-member holdout MSE/NLL (standardised units; also the starting
+    weights' MSE), elites, epochs, gradient steps, train loss, wall seconds and a per-epoch history.
 
     `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
     `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from worldmodel import threads
 from worldmodel.ensemble import EnsembleDynamics
+from worldmodel.fitting import check_settings
 from worldmodel.envs import make_env
 from worldmodel.transition_log import TransitionLog
 
@@ -94,11 +95,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _cap(text: str) -> int | None:
-    """--refit-steps' values: a whole number >= 1, or "none" (uncapped)."""
+    """--refit-steps' values: "none" (uncapped), or a cap the fit's own check accepts."""
     if text.lower() == "none":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 or none")
+    try:
+        check_settings(max_steps=int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 or none") from None
     return int(text)
 
 
