@@ -258,6 +258,36 @@ def test_max_steps_cuts_the_fit_short_mid_epoch():
         small_model().fit(linear_system(1000), max_steps=0, progress=False)
 
 
+
+def test_a_bf16_fit_trains_fp32_weights_as_well_as_an_fp32_fit():
+    """fit(precision="bf16") runs the training steps' matmuls in bf16; the weights stay fp32, the
+    model keeps its own precision, and the fit learns the system about as well."""
+    fits = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(3)
+        model = small_model()
+        metrics = model.fit(linear_system(1000), batch_size=64, max_epochs=20, precision=precision, progress=False)
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        fits[precision] = (model, mean(metrics["holdout_mse"]), mean(metrics["start_holdout_mse"]))
+    (exact, exact_mse, _), (low, low_mse, low_start) = fits["fp32"], fits["bf16"]
+    assert low.precision == "fp32" and low.weights[0].dtype == torch.float32
+    assert not torch.equal(exact.weights[0], low.weights[0])  # the steps really ran in bf16
+    assert low_mse < 0.5 * low_start and abs(low_mse - exact_mse) < 0.05 * exact_mse
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        small_model().fit(linear_system(1000), precision="fp16", progress=False)
+
+
+def test_auto_fits_in_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
+    from worldmodel import fitting
+
+    model = small_model()
+    for units, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(fitting, "bf16_units", lambda units=units: units)
+        assert fitting.training_precision(model, "auto") == expected
+        assert model.fit(linear_system(300), max_epochs=1, progress=False)["precision"] == expected
+    assert fitting.training_precision(model, None) == "fp32" == fitting.training_precision(model, "fp32")
+    assert fitting.training_precision(small_model(precision="bf16"), None) == "bf16"
+
 def test_same_seed_same_fit():
     def weights():
         torch.manual_seed(7)

@@ -63,8 +63,8 @@ class EnsembleDynamics(nn.Module):
             obs_dim=obs_dim, act_dim=act_dim, ensemble_size=ensemble_size, num_elites=num_elites,
             hidden=hidden, layers=layers, weight_decay=list(weight_decay), precision=precision,
         )  # fmt: skip
-        if precision not in ("fp32", "tf32", "bf16"):
-            raise ValueError(f"precision must be 'fp32', 'tf32' or 'bf16', got {precision!r}")
+        if precision not in kernels.PRECISIONS:
+            raise ValueError(f"precision must be one of {kernels.PRECISIONS}, got {precision!r}")
         self.precision = precision  # kernels' matmul precision; "tf32" selects the fused kernel on GPUs
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.ensemble_size, self.num_elites = ensemble_size, num_elites
@@ -96,10 +96,11 @@ class EnsembleDynamics(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward_normalized(self, x: Tensor, members: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_normalized(self, x: Tensor, members: Tensor | None = None,
+                           precision: str | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Standardised inputs x [M, B, O+A] -> standardised (mean, logvar), each [M, B, O+1].
 
-        M = E, or len(members) when only those members run.
+        M = E, or len(members) when only those members run; precision: the matmuls' (None: the model's).
         """
         if members is not None and not x.is_cuda and not torch.is_grad_enabled():
             weights, biases, max_lv, min_lv = self._members_only(members)
@@ -107,7 +108,7 @@ class EnsembleDynamics(nn.Module):
         else:
             weights, biases, max_lv, min_lv = list(self.weights), list(self.biases), self.max_logvar, self.min_logvar
         return kernels.ensemble_gaussian_mlp(x, weights, biases, max_lv, min_lv, members=members,
-                                             precision=self.precision)  # fmt: skip
+                                             precision=precision or self.precision)  # fmt: skip
 
     @torch.no_grad()
     def _fit_normalizers(self, inputs: Tensor, targets: Tensor) -> None:

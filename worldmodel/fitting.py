@@ -15,6 +15,8 @@ from tensordict import TensorDict
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kernels import PRECISIONS
+from kernels.cpu import bf16_units
 from worldmodel import threads
 from worldmodel.optim import adam
 from worldmodel.transitions import validate_transitions
@@ -40,6 +42,7 @@ def fit(
     patience: int = 5,
     beta: float = 0.0,
     bootstrap: bool = True,
+    precision: str | None = "auto",
     new_rows: Tensor | None = None,
     progress: bool = True,
     on_epoch: Callable[[Callable[[], dict]], None] | None = None,
@@ -54,8 +57,11 @@ def fit(
     epochs no member's holdout MSE improved by 1% on the fit's best epoch, or after `max_epochs`
     or `max_steps` gradient steps (None: no cap; the last epoch is cut short there); keeps each
     member's best weights on holdout, its starting weights included, and makes the `num_elites`
-    best the elites. Returns per-member holdout MSE/NLL (standardised units; also the starting
-    weights' MSE), elites, epochs, gradient steps, train loss, wall seconds and a per-epoch history.
+    best the elites. `precision`: the training steps' matmuls (kernels.PRECISIONS; None: the
+    model's own; "auto": `training_precision`); the weights, Adam's state and the holdout checks
+    (which pick the weights kept) stay in the model's precision. Returns per-member holdout MSE/NLL (standardised units; also the starting
+    weights' MSE), elites, epochs, gradient steps, the steps' precision, train loss, wall seconds and
+    a per-epoch history.
 
     `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
     `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up
@@ -70,8 +76,10 @@ def fit(
     """
     start = time.perf_counter()
     check_settings(batch_size=batch_size, lr=lr, holdout_ratio=holdout_ratio, max_holdout=max_holdout,
-                   max_epochs=max_epochs, max_steps=max_steps, patience=patience, beta=beta)  # fmt: skip
+                   max_epochs=max_epochs, max_steps=max_steps, patience=patience, beta=beta,
+                   precision=precision)  # fmt: skip
     data = validate_transitions(data, model.obs_dim, model.act_dim).to(model.device)
+    precision = training_precision(model, precision)
     inputs = torch.cat([data["obs"], data["action"]], -1)
     targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
     n = inputs.shape[0]
@@ -151,7 +159,7 @@ def fit(
            and (max_steps is None or steps < max_steps)):  # fmt: skip
         threads.adapt()
         train_loss, batches = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta,
-                                          None if max_steps is None else max_steps - steps)  # fmt: skip
+                                          None if max_steps is None else max_steps - steps, precision)  # fmt: skip
         epoch, steps = epoch + 1, steps + batches
         mse, _, calibration = holdout_metrics(model, x_hold, y_hold)
         improved = mse < 0.99 * best_mse  # by more than 1% on the fit's best epoch: patience restarts
@@ -180,6 +188,7 @@ def fit(
     return {
         "epochs": epoch,
         "steps": steps,
+        "precision": precision,
         "train_loss": train_loss,
         "holdout_mse": mse.tolist(),
         "start_holdout_mse": start_mse.tolist() if start_mse is not None else None,
@@ -198,13 +207,14 @@ def fit(
 def fit_record(metrics: dict) -> dict:
     """A fit's metrics (fit()'s return) as one log record: epochs, gradient steps, wall seconds,
     the holdout's mean MSE and calibration, the starting weights' MSE on the same holdout, how
-    many members kept their starting weights, and what the holdout was drawn from."""
+    many members kept their starting weights, what the holdout was drawn from and the steps' precision."""
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     record = {"epochs": metrics["epochs"], "steps": metrics.get("steps"), "wall_s": metrics["wall_s"],
               "holdout_mse": mean(metrics["holdout_mse"]),
               "holdout_calibration": mean(metrics["holdout_calibration"]),
               "start_holdout_mse": mean(metrics.get("start_holdout_mse") or []),
-              "start_kept": metrics.get("start_kept"), "holdout": metrics.get("holdout")}  # fmt: skip
+              "start_kept": metrics.get("start_kept"), "holdout": metrics.get("holdout"),
+              "precision": metrics.get("precision")}  # fmt: skip
     return {k: v for k, v in record.items() if v is not None}
 
 
@@ -224,6 +234,9 @@ def check_settings(**settings) -> None:
     from worldmodel.config import signature_fields
 
     given = {k: d for k, (d, _) in signature_fields(fit).items()} | settings
+    if given["precision"] not in (None, "auto", *PRECISIONS):
+        raise ValueError(f"fit setting precision={given['precision']!r} is not one of {PRECISIONS}, auto "
+                         "or null (the model's)")
     for name, in_range in _RANGES.items():
         value = given[name]
         if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name in _NULLABLE and value is None)):
@@ -243,6 +256,15 @@ _RANGES: dict[str, Callable[[float], bool]] = {  # check_settings: each numeric 
 _NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
 
 
+def training_precision(model: EnsembleDynamics, precision: str | None) -> str:
+    """The precision of a fit's training steps: None is the model's own; "auto" is bf16 on a CPU
+    with bf16 units (AVX-512 BF16 or AMX; the model's own elsewhere): there a step takes about half
+    fp32's time and a refit learned the same (README, "Mixed precision")."""
+    if precision == "auto":
+        return "bf16" if model.device.type == "cpu" and bf16_units() else model.precision
+    return precision or model.precision
+
+
 def shared_optimizer(model: EnsembleDynamics, lr: float) -> torch.optim.Optimizer:
     """The model's Adam optimiser, which its refits share (created on first use, or when lr changes)."""
     if model._optimizer is None or model._optimizer.param_groups[0]["lr"] != lr:
@@ -251,9 +273,11 @@ def shared_optimizer(model: EnsembleDynamics, lr: float) -> torch.optim.Optimize
 
 
 def train_epoch(model: EnsembleDynamics, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batch_size: int,
-                resample: Tensor | None, beta: float, max_batches: int | None = None) -> tuple[float, int]:  # fmt: skip
+                resample: Tensor | None, beta: float, max_batches: int | None = None,
+                precision: str | None = None) -> tuple[float, int]:  # fmt: skip
     """One pass over the training rows x [N, O+A], y [N, O+1] in minibatches (the first
-    `max_batches` of them, None: all); (the mean loss, the minibatches taken)."""
+    `max_batches` of them, None: all; matmuls in `precision`, None: the model's); (the mean loss,
+    the minibatches taken)."""
     n = x.shape[0]
     order = epoch_order(resample, model.ensemble_size, n, model.device)
     total, batches = 0.0, 0
@@ -261,7 +285,7 @@ def train_epoch(model: EnsembleDynamics, optimizer: torch.optim.Optimizer, x: Te
     stop = n if max_batches is None else min(n, max_batches * batch_size)
     for start in range(0, stop, batch_size):
         idx = order[:, start : start + batch_size]
-        mean, logvar = model.forward_normalized(x[idx])
+        mean, logvar = model.forward_normalized(x[idx], precision=precision)
         optimizer.zero_grad(set_to_none=True)
         total += backward(model, mean, logvar, y[idx], beta)
         optimizer.step()

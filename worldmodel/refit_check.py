@@ -3,8 +3,8 @@
 Replays a run's first fit and one warm-started refit from its transition log, and scores each
 model on the transitions that came next (where the planner went next, which no fit saw): the
 first fit's model as it was (no refit), a warm refit for each `--beta` (beta-NLL; 0 is the
-plain NLL) and each `--refit-steps` cap (the run command's `fit_steps`; "none": uncapped) and a
-model fitted from scratch on the same data. Prints one row per run and writes
+plain NLL), each `--refit-steps` cap (the run command's `fit_steps`; "none": uncapped) and each
+`--precision` of its training steps (model.fit.precision), and a model fitted from scratch on the same data. Prints one row per run and writes
 nothing. Lower is better: mean squared error of the elites' mean (next_obs - obs and reward,
 original units; EnsembleDynamics.evaluate).
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from kernels import PRECISIONS
 from worldmodel import threads
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.fitting import check_settings
@@ -28,12 +29,14 @@ from worldmodel.transition_log import TransitionLog
 
 
 def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs: int, betas: list[float],
-              holdouts: tuple[str, ...] = ("all",), caps: tuple[int | None, ...] = (None,)) -> dict:  # fmt: skip
+              holdouts: tuple[str, ...] = ("all",), caps: tuple[int | None, ...] = (None,),
+              precisions: tuple[str | None, ...] = (None,)) -> dict:  # fmt: skip
     """Fit on the run's first `first` transitions (model.fit's settings of the run), refit on the
     first `refit_at`, score on the `ahead` after them; the same seed for every model. holdouts:
     "all" (the refit holds out among all its rows) and/or "new" (among the rows after `first`
     alone, as the run command's refits do: EnsembleDynamics.fit's new_rows); caps: the refits'
-    max_steps (None: uncapped; a capped refit's names end in _steps<cap>)."""
+    max_steps (None: uncapped; a capped refit's names end in _steps<cap>); precisions: the refits'
+    training matmuls' (None: the run's model.fit.precision; else the names end in _<precision>)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
@@ -50,13 +53,14 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     start = fresh_model()
     start.fit(data[:first], **fit)
     row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"]}
-    for beta, holdout, cap in itertools.product(betas, holdouts, caps):
+    for beta, holdout, cap, precision in itertools.product(betas, holdouts, caps, precisions):
         model = copy.deepcopy(start)
         torch.manual_seed(cfg.seed)
         new_rows = torch.arange(first, refit_at) if holdout == "new" else None
-        metrics = model.fit(seen, **{**fit, "max_epochs": refit_epochs, "max_steps": cap, "beta": beta,
-                                     "new_rows": new_rows})  # fmt: skip
-        name = f"refit_beta{beta:g}" + ("_new_holdout" if holdout == "new" else "") + (f"_steps{cap}" if cap else "")
+        settings = {"max_epochs": refit_epochs, "max_steps": cap, "beta": beta, "new_rows": new_rows}
+        metrics = model.fit(seen, **fit | settings | ({"precision": precision} if precision else {}))
+        name = (f"refit_beta{beta:g}" + ("_new_holdout" if holdout == "new" else "") + (f"_steps{cap}" if cap else "")
+                + (f"_{precision}" if precision else ""))  # fmt: skip
         row[name] = model.evaluate(nxt)["mse"]
         row[f"{name}_epochs"], row[f"{name}_start_kept"] = metrics["epochs"], metrics["start_kept"]
         row[f"{name}_steps"], row[f"{name}_wall_s"] = metrics["steps"], metrics["wall_s"]
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--refit-steps", nargs="+", type=_cap, default=[None], metavar="N|none",
                         help="the refits' gradient-step caps, each a refit of its own (default: none, uncapped, "
                              "as the run command's fit_steps)")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=[None],
+                        help="the refits' training matmuls, each a refit of its own (default: the run's model.fit.precision)")
     parser.add_argument("--holdout", nargs="+", choices=["all", "new"], default=["all", "new"],
                         help="what refits hold out among: all their rows, or the new ones (default: both)")
     parser.add_argument("--threads", type=int, default=1)
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "transitions").is_dir():
             parser.error(f"{run_dir} is not a run directory with a transition log (config.yaml, transitions/)")
         rows.append(check_run(run_dir, args.first, args.refit_at, args.ahead, args.refit_epochs, args.beta,
-                              tuple(args.holdout), tuple(args.refit_steps)))  # fmt: skip
+                              tuple(args.holdout), tuple(args.refit_steps), tuple(args.precision)))  # fmt: skip
         print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
     return rows
 
