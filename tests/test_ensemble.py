@@ -406,11 +406,12 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
     """on_epoch hands out the fit's state; a new model resumed from the state saved after epoch 3
     of a fit that then died ends where the uninterrupted fit ends, weights and history alike, and
     reports the whole fit's wall time. Its gradient steps count on: 1200 training rows are 5
-    batches an epoch, so max_steps=27 cuts the sixth epoch to 2 (a count restarted at 0 would not)."""
+    batches an epoch, so max_steps=27 cuts the sixth epoch to 2 (a count restarted at 0 would not).
+    It keeps the precision it began with (bf16 steps), whatever the resuming call asks for."""
     import io
 
     data = linear_system(1500, seed=5)
-    settings = dict(max_epochs=6, max_steps=27, patience=6, progress=False)
+    settings = dict(max_epochs=6, max_steps=27, patience=6, precision="bf16", progress=False)
     torch.manual_seed(1)
     whole = small_model()
     expected = whole.fit(data, **settings)
@@ -428,8 +429,8 @@ def test_a_fit_killed_mid_way_resumes_exactly_from_its_saved_state():
         small_model().fit(data, **settings, on_epoch=die_after_three)
     saved.seek(0)
     resumed = small_model()  # a new process: fresh weights, other RNG state
-    got = resumed.fit(data, **settings, resume=torch.load(saved, weights_only=False))
-    assert got["history"] == expected["history"] and got["epochs"] == 6 and got["steps"] == expected["steps"] == 27
+    got = resumed.fit(data, **{**settings, "precision": "fp32"}, resume=torch.load(saved, weights_only=False))
+    assert got["precision"] == "bf16" and got["history"] == expected["history"] and got["epochs"] == 6 and got["steps"] == expected["steps"] == 27
     assert got["wall_s"] >= 1e4  # the whole fit's time, not only the resumed part's
     for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
         assert torch.equal(a, b)

@@ -46,7 +46,8 @@ def test_each_precision_is_a_refit_of_its_own(run_dir):
     (row,) = main([str(run_dir), "--first", "40", "--refit-at", "80", "--ahead", "40", "--refit-epochs", "2",
                    "--beta", "0.5", "--holdout", "all", "--precision", "fp32", "bf16"])  # fmt: skip
     assert math.isfinite(row["refit_beta0.5_fp32"]) and math.isfinite(row["refit_beta0.5_bf16"])
-    # (that the steps differ: test_ensemble's bf16 fit; here a 2-step refit of a tiny model moves its score too little)
+    assert row["refit_beta0.5_fp32_precision"] == "fp32" and row["refit_beta0.5_bf16_precision"] == "bf16"
+    # (that bf16 steps change the weights: test_ensemble's bf16 fit; a 2-step refit of a tiny model moves its score too little)
     assert row["refit_beta0.5_bf16_steps"] == row["refit_beta0.5_fp32_steps"] == 2
 
 

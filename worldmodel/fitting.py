@@ -58,8 +58,9 @@ def fit(
     or `max_steps` gradient steps (None: no cap; the last epoch is cut short there); keeps each
     member's best weights on holdout, its starting weights included, and makes the `num_elites`
     best the elites. `precision`: the training steps' matmuls (kernels.PRECISIONS; None: the
-    model's own; "auto": `training_precision`); the weights, Adam's state and the holdout checks
-    (which pick the weights kept) stay in the model's precision. Returns per-member holdout
+    model's own; "auto": `training_precision`; a resumed fit keeps the one it began with); the
+    weights and Adam's state stay fp32, the holdout checks (which pick the weights kept) run in
+    the model's precision. Returns per-member holdout
     MSE/NLL (standardised units; also the starting weights' MSE), elites, epochs, gradient steps,
     the steps' precision, train loss, wall seconds and a per-epoch history.
 
@@ -80,6 +81,8 @@ def fit(
                    precision=precision)  # fmt: skip
     data = validate_transitions(data, model.obs_dim, model.act_dim).to(model.device)
     precision = training_precision(model, precision)
+    if resume is not None:  # the steps' precision the fit began with (auto can resolve otherwise on another host)
+        precision = resume.get("precision", precision)
     inputs = torch.cat([data["obs"], data["action"]], -1)
     targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
     n = inputs.shape[0]
@@ -145,7 +148,8 @@ def fit(
         torch.set_rng_state(resume["torch_rng"])
 
     def fit_state() -> dict:
-        return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "precision": precision,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "best_mse": best_mse.cpu(), "kept_mse": kept_mse.cpu(),
                 "start_mse": start_mse.cpu() if start_mse is not None else None,
                 "moved": moved.cpu() if moved is not None else None,

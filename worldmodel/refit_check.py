@@ -36,7 +36,9 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     "all" (the refit holds out among all its rows) and/or "new" (among the rows after `first`
     alone, as the run command's refits do: EnsembleDynamics.fit's new_rows); caps: the refits'
     max_steps (None: uncapped; a capped refit's names end in _steps<cap>); precisions: the refits'
-    training matmuls' (None: the run's model.fit.precision; else the names end in _<precision>)."""
+    training matmuls' (None: the run's model.fit.precision, fit()'s default "auto" where its config
+    has none; else the names end in _<precision>). The first fit and the one from scratch take the
+    run's model.fit settings; the row says each fit's precision."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
@@ -51,8 +53,9 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
         return EnsembleDynamics(spec.obs_dim, spec.act_dim, **model_args, termination_fn=spec.termination_fn)
 
     start = fresh_model()
-    start.fit(data[:first], **fit)
-    row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"]}
+    first_fit = start.fit(data[:first], **fit)
+    row = {"run": str(run_dir), "env": cfg.env.name, "seed": cfg.seed, "no_refit": start.evaluate(nxt)["mse"],
+           "first_fit_precision": first_fit["precision"]}  # fmt: skip
     for beta, holdout, cap, precision in itertools.product(betas, holdouts, caps, precisions):
         model = copy.deepcopy(start)
         torch.manual_seed(cfg.seed)
@@ -64,6 +67,7 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
         row[name] = model.evaluate(nxt)["mse"]
         row[f"{name}_epochs"], row[f"{name}_start_kept"] = metrics["epochs"], metrics["start_kept"]
         row[f"{name}_steps"], row[f"{name}_wall_s"] = metrics["steps"], metrics["wall_s"]
+        row[f"{name}_precision"] = metrics["precision"]
     scratch = fresh_model()
     scratch.fit(seen, **fit)
     row["from_scratch"] = scratch.evaluate(nxt)["mse"]
