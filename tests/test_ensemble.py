@@ -1,5 +1,7 @@
 """EnsembleDynamics: shapes, sampling modes, fitting, bad input and checkpoints (small, fast models)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -287,6 +289,8 @@ def test_auto_fits_in_bf16_only_on_a_cpu_with_bf16_units(monkeypatch):
         assert model.fit(linear_system(300), max_epochs=1, progress=False)["precision"] == expected
     assert fitting.training_precision(model, None) == "fp32" == fitting.training_precision(model, "fp32")
     assert fitting.training_precision(small_model(precision="bf16"), None) == "bf16"
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), precision="tf32")  # (the GPU kernels: the model's own)
+    assert fitting.training_precision(on_gpu, "auto") == "tf32"
 
 def test_same_seed_same_fit():
     def weights():
