@@ -264,12 +264,11 @@ def test_max_steps_cuts_the_fit_short_mid_epoch():
 def test_a_bf16_fit_trains_fp32_weights_as_well_as_an_fp32_fit():
     """fit(precision="bf16") runs the training steps' matmuls in bf16; the weights stay fp32, the
     model keeps its own precision, and the fit learns the system about as well."""
-    fits = {}
+    fits, mean = {}, lambda xs: sum(xs) / len(xs)
     for precision in ("fp32", "bf16"):
         torch.manual_seed(3)
         model = small_model()
         metrics = model.fit(linear_system(1000), batch_size=64, max_epochs=20, precision=precision, progress=False)
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         fits[precision] = (model, mean(metrics["holdout_mse"]), mean(metrics["start_holdout_mse"]))
     (exact, exact_mse, _), (low, low_mse, low_start) = fits["fp32"], fits["bf16"]
     assert low.precision == "fp32" and low.weights[0].dtype == torch.float32

@@ -60,9 +60,9 @@ def fit(
     best the elites. `precision`: the training steps' matmuls (kernels.PRECISIONS; None: the
     model's own; "auto": `training_precision`; a resumed fit keeps the one it began with); the
     weights and Adam's state stay fp32, the holdout checks (which pick the weights kept) run in
-    the model's precision. Returns per-member holdout
-    MSE/NLL (standardised units; also the starting weights' MSE), elites, epochs, gradient steps,
-    the steps' precision, train loss, wall seconds and a per-epoch history.
+    the model's precision. Returns per-member holdout MSE/NLL (standardised units; also the
+    starting weights' MSE), elites, epochs, gradient steps, the steps' precision, train loss,
+    wall seconds and a per-epoch history.
 
     `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
     `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up
@@ -263,7 +263,7 @@ _NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
 def training_precision(model: EnsembleDynamics, precision: str | None) -> str:
     """The precision of a fit's training steps: None is the model's own; "auto" is bf16 on a CPU
     with bf16 units (AVX-512 BF16 or AMX; the model's own elsewhere): there a refit ran 1.43x
-    faster and predicted the same (README, "How refits learn new data")."""
+    faster and predicted within 0.2% of fp32's (README, "How refits learn new data")."""
     if precision == "auto":
         return "bf16" if model.device.type == "cpu" and bf16_units() else model.precision
     return precision or model.precision

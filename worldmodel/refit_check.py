@@ -4,9 +4,9 @@ Replays a run's first fit and one warm-started refit from its transition log, an
 model on the transitions that came next (where the planner went next, which no fit saw): the
 first fit's model as it was (no refit), a warm refit for each `--beta` (beta-NLL; 0 is the
 plain NLL), each `--refit-steps` cap (the run command's `fit_steps`; "none": uncapped) and each
-`--precision` of its training steps (model.fit.precision), and a model fitted from scratch on the same data. Prints one row per run and writes
-nothing. Lower is better: mean squared error of the elites' mean (next_obs - obs and reward,
-original units; EnsembleDynamics.evaluate).
+`--precision` of its training steps (model.fit.precision), and a model fitted from scratch on the
+same data. Prints one row per run and writes nothing. Lower is better: mean squared error of the
+elites' mean (next_obs - obs and reward, original units; EnsembleDynamics.evaluate).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def check_run(run_dir: Path, first: int, refit_at: int, ahead: int, refit_epochs
     max_steps (None: uncapped; a capped refit's names end in _steps<cap>); precisions: the refits'
     training matmuls' (None: the run's model.fit.precision, fit()'s default "auto" where its config
     has none; else the names end in _<precision>). The first fit and the one from scratch take the
-    run's model.fit settings; the row says each fit's precision."""
+    run's model.fit settings; the row says the first fit's and each refit's precision."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
     data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
