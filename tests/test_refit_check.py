@@ -56,3 +56,25 @@ def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, 
         main([str(tmp_path)])
     with pytest.raises(SystemExit, match="logged 120 transitions"):
         main([str(run_dir)])  # the defaults need 2,000
+
+
+def test_a_refit_can_start_from_the_runs_checkpoint_instead_of_a_replayed_first_fit(tmp_path):
+    """A run stopped at 90 steps last fitted at 60: its checkpoint's model (and optimiser) saw 60
+    transitions (progress.fit_written), and a refit on 80 starts from it; a copy of it serves as well."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    run([a if not a.startswith(("env_steps=", "eval_every=")) else a.split("=")[0] + "=90" for a in TINY]
+        + [f"run_dir={run_dir}"])  # fmt: skip
+    args = [str(run_dir), "--start", "checkpoint", "--refit-at", "80", "--ahead", "10", "--refit-epochs", "2",
+            "--beta", "0.5", "--holdout", "all", "--no-scratch"]  # fmt: skip
+    (row,) = main(args)
+    assert row["first"] == 60 and row["first_fit_precision"] == "checkpoint" and "from_scratch" not in row
+    assert math.isfinite(row["no_refit"]) and row["refit_beta0.5"] != row["no_refit"]
+    shutil.copy(run_dir / "checkpoint.pt", tmp_path / "copy.pt")
+    (again,) = main([*args[:2], str(tmp_path / "copy.pt"), *args[3:]])
+    assert again["no_refit"] == row["no_refit"] and again["refit_beta0.5"] == row["refit_beta0.5"]
+    with pytest.raises(SystemExit, match="leave --first out"):
+        main([*args, "--first", "50"])
+    with pytest.raises(SystemExit):
+        main([*args[:2], str(tmp_path / "missing.pt"), *args[3:]])
