@@ -76,6 +76,9 @@ class Agent:
         if agent_state is not None:  # FOWM: the learned value (or actor-critic) comes along with the dynamics
             self.loaded = load_pretrained_agent(self.planner, agent_state)
         self.log: TransitionLog | None = None
+        # the buffer's rows (buffer.written) the model's last refit fitted on: a learner sets it, a
+        # resumed robot run reads it from its agent.pt (None: not known, every logged row is new)
+        self.fit_written: int | None = None
 
     @classmethod
     def from_config(cls, cfg, spec: TaskSpec, capacity: int, **planner_settings) -> Agent:

@@ -123,8 +123,10 @@ class BackgroundLearner(Learner):
         new = self.new
         self.new = 0
         model = copy.deepcopy(self.planner.model)
+        written = self.agent.buffer.written  # (the rows this refit fits on: the buffer does not grow meanwhile)
         data, new_rows = self.agent.refit_data(model, new)
         metrics = model.fit(data, **self.agent.refit_settings(model, progress=False, new_rows=new_rows))
+        self.agent.fit_written = written
         swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
         stats = self._take_value_stats()
         version = self.controller.swap(model, **swapped)

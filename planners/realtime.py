@@ -18,11 +18,13 @@ passed (one period sooner, for robots whose plans take well under a period). In 
 since the last call ("fresh"), an older plan shifted further ("shifted"), or the safe action
 ("fallback") when there is no usable plan, the planner failed or died, or an observation or
 plan holds NaN/inf. Every executed action is clipped to the action box and, with `slew`, to a
-maximal change per period; a `constraint(obs, action) -> bool` hook may veto an action (the
-safe one is taken instead). With `delay_ms` (sensor + actuator latency) a plan starts from the
+maximal change per period (actions sent by other means, e.g. random seed actions, go through
+`limit` to be held to it too); a `constraint(obs, action) -> bool` hook may veto an action (the
+safe one is taken instead, as far towards it as the slew limit allows). With `delay_ms` (sensor + actuator latency) a plan starts from the
 state the model predicts once the delay has passed, under the actions already committed. A
 watchdog, a thread of its own whatever the worker (so a long plan or a dead planner does not
-silence it), calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms`.
+silence it), calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms` (under a
+slew limit, each trip a step on towards it).
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
@@ -116,8 +118,9 @@ class RealtimeController:
         self.low, self.high = spec.action_low.float(), spec.action_high.float()
         middle = (self.low + self.high) / 2
         self.safe_action = (middle if safe_action is None else torch.as_tensor(safe_action).float()).clamp(self.low, self.high)
-        if self.safe_action.shape != self.low.shape:
-            raise ValueError(f"safe_action must have shape {list(self.low.shape)}, got {list(self.safe_action.shape)}")
+        if self.safe_action.shape != self.low.shape or not torch.isfinite(self.safe_action).all():
+            raise ValueError(f"safe_action must be finite, of shape {list(self.low.shape)}, got {self.safe_action} "
+                             "(an action box without finite bounds has no middle to default to: give one)")  # fmt: skip
         self.constraint, self.on_stale, self.clock = constraint, on_stale, clock
         self.watchdog_s = (cfg.watchdog_ms / 1000) if cfg.watchdog_ms is not None else 3 * cfg.period
         self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
@@ -158,14 +161,19 @@ class RealtimeController:
         `first`: obs begins an episode (after a reset): the plans made before are dropped and the
         planner's warm start is reset; the safe action until a plan from this episode comes."""
         began = time.perf_counter()
+        if self._watcher is None:
+            raise RuntimeError("act() on a controller that is not running: `with controller:` (or controller.start()) "
+                               "starts its planning worker and watchdog")  # fmt: skip
+        obs = torch.as_tensor(obs).float()
+        if obs.shape != (self.spec.obs_dim,):  # (a bug in the loop, not a sensor glitch: NaN readings fall back)
+            raise ValueError(f"act() takes one observation of shape [{self.spec.obs_dim}], got {list(obs.shape)}")
         stamp = self.clock() if stamp is None else stamp
         if first:
             with self._plans_lock:
                 self._episode += 1
                 self._plans = (None, None)
         self._count_deadline(stamp)
-        obs = torch.as_tensor(obs).float()
-        finite = posted = obs.shape == (self.spec.obs_dim,) and bool(torch.isfinite(obs).all())
+        finite = posted = bool(torch.isfinite(obs).all())
         if finite:
             self._last_obs_time = self.clock()
             if self._process is not None:
@@ -225,6 +233,12 @@ class RealtimeController:
             self.counts["late_plans"] += step > 0  # came after its first step's time: planning took longer than its lead
         return plan.actions[step], "fresh" if fresh else "shifted"
 
+    def limit(self, action: Tensor) -> Tensor:
+        """An action [A] the robot is sent by other means (e.g. a random seed action), clipped to the
+        box and the slew limit as act's are, and the last executed action from now on."""
+        self._last_action = self._limit(torch.as_tensor(action).float())
+        return self._last_action
+
     def _limit(self, action: Tensor) -> Tensor:
         """The action box, then the slew limit around the last executed action."""
         action = action.clamp(self.low, self.high)
@@ -250,7 +264,7 @@ class RealtimeController:
                 try:
                     self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
                                                     self.spec.act_dim, self.swapper.queue, self.version)
-                except RuntimeError:
+                except BaseException:  # (a planner that does not pickle, or no process to start)
                     if self.config.switch_interval_ms is not None:
                         sys.setswitchinterval(self._switch_interval)
                     raise
@@ -357,7 +371,9 @@ class RealtimeController:
         if self.on_stale is not None and silent:
             self.counts["watchdog_trips"] += 1
             self._last_obs_time = self.clock()  # once per silent interval
-            self.on_stale(self._limit(self.safe_action))
+            action = self._limit(self.safe_action)
+            self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
+            self.on_stale(action)
 
     # ---------------------------------------------------------------- learning in the background
 
@@ -444,7 +460,7 @@ def _validate(cfg) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
     from worldmodel import threads
-    from worldmodel.checkpoint import RunDirLock
+    from worldmodel.checkpoint import CheckpointError, RunDirLock
     from worldmodel.config import check_model_settings, run_dir_for, save_config
     from worldmodel.datasets import load_dataset
     from worldmodel.metrics import MetricsLogger
@@ -468,7 +484,11 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.pretrained:
             print(agent.describe_pretrained())
         agent.add_dataset(dataset)
-    except (ValueError, OSError) as e:
+        delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
+        config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, worker=cfg.worker,
+                                plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms,
+                                wait_ms=cfg.wait_ms)  # fmt: skip
+    except (ValueError, OSError, CheckpointError) as e:  # (before any file: a corrected command starts afresh)
         raise SystemExit(f"error: {e}") from None
 
     run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
@@ -480,14 +500,18 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {e}") from None
     with contextlib.ExitStack() as cleanup:  # on every path out: the lock, the metrics and the transition log
         cleanup.callback(lock.release)
-        save_config(cfg, run_dir)
+        if resume_dir is None:  # (a resumed run's, once its agent is restored: a failed resume keeps the old one)
+            save_config(cfg, run_dir)
         logger = MetricsLogger(run_dir)
         cleanup.callback(logger.close)
+        if resume_dir is not None:
+            logger.truncate(lambda record: True)  # (drops the torn last line of a killed run)
         cleanup.callback(agent.close)
-        return _run(cfg, agent, robot, dataset, run_dir, resume_dir, logger)
+        return _run(cfg, config, agent, robot, dataset, run_dir, resume_dir, logger)
 
 
-def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | None, logger) -> dict:
+def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | None,
+         logger) -> dict:  # fmt: skip
     """The control loop on the simulated robot, then the evaluations and the summary (main holds the
     run directory's lock and closes what this opens)."""
     from tqdm.auto import tqdm
@@ -496,6 +520,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
     from worldmodel import threads
     from worldmodel.checkpoint import CheckpointError
     from worldmodel.collect import uniform_policy
+    from worldmodel.config import save_config
     from worldmodel.envs import make_env
     from worldmodel.fitting import fit_record
     from worldmodel.metrics import write_json
@@ -517,16 +542,13 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
         unfitted = len(log)
         if agent_file.is_file():
             try:
-                fitted_at = agent.restore(agent_file).get("fit_written")
+                agent.fit_written = agent.restore(agent_file).get("fit_written")
             except CheckpointError as e:
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
-            unfitted = agent.buffer.written - fitted_at if fitted_at is not None else unfitted
+            unfitted = agent.buffer.written - agent.fit_written if agent.fit_written is not None else unfitted
+        save_config(cfg, run_dir)
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
-    delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
-    config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, worker=cfg.worker,
-                            plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms,
-                            wait_ms=cfg.wait_ms)  # fmt: skip
     controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
 
     def log_refit(version: int, record: dict) -> None:
@@ -592,7 +614,7 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
                 if latest is acted:
                     pass  # (only readings older than the one acted on came: they complete transitions)
                 elif len(log) < seeding or not ready():
-                    robot.send_action(random_policy(latest.obs))
+                    robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
                     seeded += 1
                 else:
                     first = any(r.first for r in readings if acted is None or r.seq > acted.seq)
@@ -657,9 +679,10 @@ def _run(cfg, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | No
 
 def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
     """run_dir/model.pt, then run_dir/agent.pt (what a resume reads, with the buffer's row count the
-    model was fitted on); `pretrained=<run dir>` reads both."""
+    model's last refit fitted on, agent.fit_written: the rows after it are new to the model);
+    `pretrained=<run dir>` reads both."""
     agent.model.save(run_dir / "model.pt")
-    agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.buffer.written)
+    agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.fit_written)
 
 
 class ReadingPairs:

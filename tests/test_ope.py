@@ -34,3 +34,12 @@ def test_episode_starts_are_the_first_observations_of_episodes_spread_evenly():
                        "terminated": ends, "truncated": torch.zeros(n, dtype=torch.bool)}, [n])  # fmt: skip
     assert episode_starts(data, 10).flatten().tolist() == [0.0, 3.0, 6.0]
     assert episode_starts(data, 2).flatten().tolist() == [0.0, 6.0]
+
+
+def test_model_selection_skips_evaluations_without_a_finite_model_return():
+    """A non-finite model return is logged as null (strict JSON): such evaluations are never picked."""
+    from worldmodel.ope import model_selected
+
+    records = [{"score": 1.0, "model_ret": None}, {"score": 2.0, "model_ret": 5.0}, {"score": 3.0},
+               {"score": 4.0, "model_ret": float("nan")}]  # fmt: skip
+    assert model_selected(records)["score"] == 2.0 and model_selected(records[:1]) is None

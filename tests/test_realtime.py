@@ -213,6 +213,33 @@ def test_the_watchdog_sends_the_safe_action_when_observations_stop(hopper):
     assert rt.counts["watchdog_trips"] >= 2 and all(torch.equal(a, torch.ones(3) * 0.5) for a in sent)
 
 
+def test_under_a_slew_limit_the_watchdog_steps_on_to_the_safe_action_and_seed_actions_are_limited(hopper):
+    """Each trip is a slew step from the last action sent, the watchdog's own included, so a stalled
+    sensor ends at the safe action; an action sent by other means (limit) is held to the slew too."""
+    spec, model, data = hopper
+    sent = []
+    config = RealtimeConfig(control_hz=100, watchdog_ms=10, slew=0.25)
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.zeros(3), on_stale=sent.append) as rt:
+        assert torch.equal(rt.limit(torch.ones(3)), torch.ones(3))  # (the first action: nothing to step from)
+        assert torch.equal(rt.limit(-torch.ones(3)), torch.ones(3) * 0.75)  # a seed action, slew-limited
+        rt.act(data["obs"][0])
+        wait_for(lambda: len(sent) >= 5)
+    first = sent[0][0].item()
+    assert first <= 0.75 and [a[0].item() for a in sent[:5]] == [max(first - 0.25 * k, 0.0) for k in range(5)][:5]
+    assert torch.equal(sent[4], torch.zeros(3))
+
+
+def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):
+    spec, model, data = hopper
+    rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100))
+    with pytest.raises(RuntimeError, match="not running"):
+        rt.act(data["obs"][0])
+    with rt, pytest.raises(ValueError, match=r"shape \[11\], got \[1, 11\]"):
+        rt.act(data["obs"][:1])
+    with pytest.raises(ValueError, match="safe_action must be finite"):
+        RealtimeController(mppi(model, spec), spec, safe_action=torch.tensor([0.0, float("nan"), 0.0]))
+
+
 @pytest.mark.parametrize("planner_state", ["planning", "dead"])
 def test_the_watchdog_trips_during_a_long_plan_and_after_the_planner_died(hopper, planner_state):
     """worker="thread": the watchdog has a thread of its own, so a plan in progress (here 3 s) or a
@@ -496,9 +523,9 @@ def test_a_wait_that_runs_out_answers_with_the_plans_there_are(hopper, worker):
 
 def test_an_action_for_a_reading_older_than_a_period_is_a_deadline_miss(hopper):
     spec, model, data = hopper
-    rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=20))  # (no thread needed)
-    rt.act(data["obs"][0], time.monotonic() - 0.01)
-    rt.act(data["obs"][1], time.monotonic() - 0.08)
+    with RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=20)) as rt:
+        rt.act(data["obs"][0], time.monotonic() - 0.01)
+        rt.act(data["obs"][1], time.monotonic() - 0.08)
     assert rt.stats()["deadline_misses"] == 1 and rt.stats()["deadline_miss_rate"] == 0.5
 
 
@@ -603,8 +630,19 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
     snapshot.restore(robot / "snapshots" / "agent-0.pt")  # eval_at=[0]: the robot run's agent at its start
     assert torch.equal(snapshot.planner.value_agent.value(obs, True), before.planner.value_agent.value(obs, True))
 
-    # a damaged log is a clear error on resume, and the run directory is free again afterwards
+    # a resume that cannot go on leaves the run's config as it was; a damaged log is a clear error
+    # on resume, and the run directory is free again afterwards
     from worldmodel.checkpoint import RunDirLock
+
+    config = (robot / "config.yaml").read_text()
+    with pytest.raises(SystemExit, match="error: the pretrained agent does not fit"):
+        main([f"resume={robot}", "planner.value_agent.hidden=64"])
+    agent_file = (robot / "agent.pt").read_bytes()
+    (robot / "agent.pt").write_bytes(b"damaged")
+    with pytest.raises(SystemExit, match="cannot resume"):
+        main([f"resume={robot}", "eval_episodes=2"])
+    assert (robot / "config.yaml").read_text() == config
+    (robot / "agent.pt").write_bytes(agent_file)
 
     segment = robot / "transitions" / "segment-000000.bin"
     segment.write_bytes(b"not a log" + segment.read_bytes()[9:])
@@ -619,6 +657,17 @@ def test_the_robot_command_refuses_planners_whose_policy_it_would_never_train(tm
 
     with pytest.raises(SystemExit, match=f"planner={planner}: .*never a Dyna or BC policy"):
         main(["env=hopper", f"planner={planner}", "real_steps=10", f"run_dir={tmp_path / 'rt'}"])
+    assert not (tmp_path / "rt").exists()
+
+
+def test_bad_robot_settings_or_an_unreadable_pretrained_file_fail_before_any_file(tmp_path):
+    from planners.realtime import main
+
+    with pytest.raises(SystemExit, match="wait_ms must be >= 0"):
+        main([*REALTIME_TINY, "real_steps=10", "wait_ms=60", f"run_dir={tmp_path / 'rt'}"])
+    (tmp_path / "garbage.pt").write_bytes(b"not a model")
+    with pytest.raises(SystemExit, match="error: .*garbage.pt"):
+        main([*REALTIME_TINY, "real_steps=10", f"pretrained={tmp_path / 'garbage.pt'}", f"run_dir={tmp_path / 'rt'}"])
     assert not (tmp_path / "rt").exists()
 
 
@@ -844,8 +893,14 @@ def test_background_refits_hold_out_among_the_transitions_added_since_the_last(h
         agent.buffer.extend(data[360:400])  # (as a resumed run's log rejoins the buffer)
         learner.refit_now(40)
         wait_for(lambda: learner.refits == 2)
+        learner.add(data[:10])  # fewer than train_every: no refit
     assert [m["holdout"] for m in refits] == ["new rows", "new rows"]
     assert [m["n_holdout"] for m in refits] == [12, 8]  # 20% of the 60, then of the 40 new rows
+    # what a resume reads: the rows the last refit fitted on, not the buffer's count when saved
+    from planners.realtime import save_agent_files
+
+    save_agent_files(tmp_path, agent, controller.version)
+    assert agent.buffer.written == 410 and torch.load(tmp_path / "agent.pt", weights_only=False)["fit_written"] == 400
 
 
 def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():

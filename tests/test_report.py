@@ -41,6 +41,18 @@ def test_runs_alike_or_without_a_config_pool_under_the_planner(tmp_path):
     assert row["planner"] == "mopo" and row["scores"] == [90.0, 70.0, 50.0]
 
 
+def test_runs_from_a_pretrained_agent_sit_apart_from_runs_without_whatever_its_path(tmp_path):
+    """pretrained=<run dir> differs by seed (mopo-s0, mopo-s1: one experiment), but runs with one and
+    runs without are two."""
+    for name, seed, score, pretrained in (("p0", 0, 300.0, "runs/mopo-s0"), ("p1", 1, 310.0, "runs/mopo-s1"),
+                                          ("n0", 0, 30.0, None)):  # fmt: skip
+        fake_run(tmp_path / name, seed, score, penalty=2.5)
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({**config, "pretrained": pretrained}))
+    rows = {r["planner"]: r["scores"] for r in report([str(tmp_path)])}
+    assert rows == {"mopo (pretrained=True)": [300.0, 310.0], "mopo (pretrained=False)": [30.0]}
+
+
 def test_the_model_selected_score_is_each_run_s_evaluation_with_the_best_model_return(tmp_path):
     for seed, evals in ((0, [(10.0, 30.0), (50.0, 95.0), (40.0, 35.0)]), (1, [(60.0, 70.0), (20.0, 90.0)])):
         fake_run(tmp_path / f"s{seed}", seed, evals[-1][1], penalty=2.5)

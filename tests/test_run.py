@@ -286,3 +286,22 @@ def test_a_key_of_another_planner_is_unknown_and_not_suggested_as_itself():
     message = str(e.value)
     assert "unknown key 'planner.candidates'" in message and "did you mean planner.candidates" not in message
     assert "planner.rollout_length" in message  # mopo's keys
+
+
+def test_a_run_begun_with_an_env_argument_resumes_and_a_stale_saved_key_is_a_clear_error(tmp_path):
+    """+env.<key>= (a simulator argument the env checks) is saved with the run and comes back on
+    resume; a saved key this version does not know says so instead of a traceback."""
+    from omegaconf import OmegaConf
+
+    from worldmodel.config import save_config
+
+    cfg, _ = load_config(["env=hopper", "+env.reset_noise_scale=0.5", "env_steps=100"])
+    (tmp_path / "run").mkdir()
+    save_config(cfg, tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").touch()  # (load_config asks only that it exists)
+    resumed, path = load_config([f"resume={tmp_path / 'run'}", "env_steps=200", "env.reset_noise_scale=0.6"])
+    assert path == tmp_path / "run" and resumed.env.reset_noise_scale == 0.6 and resumed.env_steps == 200
+    stale = OmegaConf.merge(OmegaConf.load(tmp_path / "run" / "config.yaml"), {"gone_setting": 1})
+    (tmp_path / "run" / "config.yaml").write_text(OmegaConf.to_yaml(stale))
+    with pytest.raises(SystemExit, match="does not fit this version"):
+        load_config([f"resume={tmp_path / 'run'}"])

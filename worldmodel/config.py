@@ -250,18 +250,28 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
 
 
 def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig],
-                   removed: tuple[str, ...] = ()) -> DictConfig:  # fmt: skip
+                   removed: tuple[str, ...] = (), open_keys: tuple[str, ...] = ("env",)) -> DictConfig:  # fmt: skip
     """A run directory's saved config.yaml over today's defaults (`compose([planner=, env=])`, for
     runs saved by an older version; top-level keys in `removed`, settings that are gone, dropped),
     with the other `argv` overrides (e.g. a larger budget) on top; a SystemExit that says why if
-    `resume` holds no config or an override does not fit."""
+    `resume` holds no config, it holds a key this version does not know, or an override does not
+    fit. `open_keys`: nodes whose keys their consumer checks (compose_config's; env's backend
+    arguments, given as +env.<key>= when the run began)."""
     saved_path = Path(resume) / "config.yaml"
     if not saved_path.is_file():
         raise SystemExit(f"error: cannot resume from {resume}: no config.yaml there (is it a run directory?)")
     saved = OmegaConf.load(saved_path)
     for key in removed:
         saved.pop(key, None)
-    cfg = OmegaConf.merge(compose([f"planner={saved.planner.name}", f"env={saved.env.name}"]), saved)
+    base = compose([f"planner={saved.planner.name}", f"env={saved.env.name}"])
+    for key in open_keys:
+        if key in base:
+            OmegaConf.set_struct(base[key], False)
+    try:
+        cfg = OmegaConf.merge(base, saved)
+    except Exception as e:
+        raise SystemExit(f"error: cannot resume from {resume}: its config.yaml does not fit this version ({e}); "
+                         "start a new run, or edit that file") from None
     OmegaConf.set_struct(cfg, True)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a for a in argv if not a.startswith(("resume=", "run_dir="))]))

@@ -43,8 +43,9 @@ def model_return(model, policy: Policy, start_obs: Tensor, horizon: int, obs_lim
 
 def model_selected(records: list[dict]) -> dict | None:
     """Of evaluation records ({"model_ret": ..., ...}), the one whose finite model return is highest
-    (the first on ties): the evaluation model-score selection picks; None when none has one."""
-    estimated = [r for r in records if math.isfinite(r.get("model_ret", math.nan))]
+    (the first on ties): the evaluation model-score selection picks; None when none has one (a
+    non-finite one is logged as null)."""
+    estimated = [r for r in records if r.get("model_ret") is not None and math.isfinite(r["model_ret"])]
     return max(estimated, key=lambda r: r["model_ret"]) if estimated else None
 
 

@@ -103,13 +103,15 @@ PREDATED = {
 
 def load_settings(run_dir: Path, command: str = "config") -> dict:
     """The run's config.yaml flattened to dotted keys ({"planner.penalty": 2.5, ...}), less
-    _NOT_SETTINGS; a key its config predates takes the value it ran with: PREDATED's where the key's
+    _NOT_SETTINGS but for whether it began from a pretrained agent ("pretrained": True/False, its
+    path being per seed); a key its config predates takes the value it ran with: PREDATED's where the key's
     arrival changed behaviour, else today's default (the command's configs/<command>.yaml, e.g.
     realtime for planners.realtime, and the planner's config dataclass); {} for a run without one."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
-    own = _flatten(_read_yaml(path))
+    config = _read_yaml(path)
+    own = _flatten(config) | {"pretrained": bool(config.get("pretrained"))}  # (whether, not which: paths differ by seed)
     return {**_run_defaults(command), **_planner_defaults(own.get("planner.name")), **PREDATED.get(command, {}), **own}
 
 
