@@ -596,7 +596,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
                unit="step", smoothing=0)  # fmt: skip
     status, last_report, seeded, logged_episodes, paired = "finished", time.monotonic(), 0, 0, ReadingPairs()
-    started = time.perf_counter()
+    began = time.perf_counter()
     try:
         with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
@@ -617,8 +617,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                     robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
                     seeded += 1
                 else:
-                    first = any(r.first for r in readings if acted is None or r.seq > acted.seq)
-                    robot.send_action(controller.act(latest.obs, latest.stamp, first=first))
+                    robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
                 pairs = pairs[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
                 if pairs:
                     learner.add(_transitions(pairs))
@@ -642,7 +641,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
     finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
         bar.close()
         log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - began
     if cfg.worker == "thread" or not agent_file.is_file():  # (a learning process saved its agent after each refit)
         save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not
     final, evals = None, {}
@@ -697,6 +696,13 @@ class ReadingPairs:
         self._recent: dict = {}  # seq -> Reading
         self.newest = None
         self.nonfinite = 0
+        self._episode_start = self._told = -1  # seqs: the newest episode-beginning reading; the last told of
+
+    def episode_begun(self) -> bool:
+        """Whether an episode began since the last call said so (its first reading may come after
+        the next one, by jitter: then the act after it is told)."""
+        begun, self._told = self._episode_start > self._told, self._episode_start
+        return begun
 
     def add(self, readings: list) -> list[tuple]:
         """The (before, after) pairs of readings these readings complete, ordered by after's seq."""
@@ -712,6 +718,8 @@ class ReadingPairs:
                 else:
                     self.nonfinite += 1
             self._recent[r.seq] = r
+            if r.first:
+                self._episode_start = max(self._episode_start, r.seq)
             if self.newest is None or r.seq > self.newest.seq:
                 self.newest = r
         if self.newest is not None:

@@ -729,13 +729,19 @@ def test_readings_that_arrive_out_of_order_still_make_every_transition():
 
     paired = ReadingPairs()
     assert paired.add([reading(0, first=True), reading(1)]) and paired.newest.seq == 1
+    assert paired.episode_begun() and not paired.episode_begun()  # (said once)
     assert [(b.seq, a.seq) for b, a in paired.add([reading(2), reading(4, first=True)])] == [(1, 2)]
-    assert paired.newest.seq == 4  # (the reset's reading came first: act on it)
+    assert paired.newest.seq == 4 and paired.episode_begun()  # (the reset's reading came first: act on it)
     late = paired.add([reading(3)])  # the episode's last reading, late: it completes its transition
     assert [(b.seq, a.seq, a.terminated) for b, a in late] == [(2, 3, True)] and paired.newest.seq == 4
     assert [(b.seq, a.seq) for b, a in paired.add([reading(6), reading(5)])] == [(4, 5), (5, 6)]
     assert paired.add([reading(6)]) == []  # (delivered twice)
     assert paired.add([reading(7, value=float("nan"))]) == [] and paired.nonfinite == 1
+    # an episode's first reading that comes after its second: the act after it is told
+    paired.add([reading(11)])
+    assert not paired.episode_begun()
+    paired.add([reading(10, first=True)])
+    assert paired.newest.seq == 11 and paired.episode_begun()
 
 
 def test_a_non_finite_reading_makes_no_transition():
