@@ -513,7 +513,9 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | None,
          logger) -> dict:  # fmt: skip
     """The control loop on the simulated robot, then the evaluations and the summary (main holds the
-    run directory's lock and closes what this opens)."""
+    run directory's lock and closes what this opens). The summary's robot and controller figures
+    (episodes, seed actions, robot steps, action sources, latencies, wall_s) are this session's,
+    from real step `session_began_at` on; real_steps and logged_transitions count the whole run."""
     from tqdm.auto import tqdm
 
     from planners import evaluate
@@ -591,6 +593,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
             logger.log("episode", len(log), ret=ret)
         return len(robot.episode_returns)
 
+    session_began = len(log)  # (a resumed run's earlier sessions' figures are in metrics.jsonl, not its summary)
     random_policy = uniform_policy(robot.env)
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
@@ -660,7 +663,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "vetoed", "watchdog_trips", "plans", "wait_timeouts")},
-               "real_steps": len(log),
+               "real_steps": len(log), "session_began_at": session_began,
                "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates,

@@ -582,6 +582,7 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
                 "fallback_rate", "real_steps", "logged_transitions", "final_eval_return"):  # fmt: skip
         assert summary[key] is not None, key
     assert summary["status"] == "finished" and summary["real_steps"] == summary["logged_transitions"] == 400
+    assert summary["session_began_at"] == len(before)  # (the summary's robot figures are this session's)
     after = TransitionLog(run_dir / "transitions", 11, 3).read()
     assert torch.equal(after["obs"][: len(before)], before["obs"])  # nothing logged before the kill was lost
     # every episode's end is logged with it: where a transition does not lead to the next, it ended
