@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from planners.sac import SAC, SACConfig
 from worldmodel import threads
-from worldmodel.checkpoint import atomic_save, load_checked
+from worldmodel.checkpoint import atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.collect import collect, uniform_policy
 from worldmodel.datasets import (REFERENCE_RETURNS, episode_ends, fingerprint, normalized_score, save_d4rl,
                                  save_minari)
@@ -174,7 +174,7 @@ class BehaviourTraining:
                            "return": ret, "step": s["step"]}  # fmt: skip
             tqdm.write(f"{self.task}: medium policy at step {s['step']} (return {ret:.0f})")
         atomic_save({"format": _FORMAT, "version": 1, "state": s, "agent": self.agent.training_state(),
-                     "buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "buffer": self.buffer.state_dict(), "torch_rng": rng_state(),
                      "identity": self._identity()}, self.path)  # fmt: skip
 
     def _restore(self, ckpt: dict) -> None:
@@ -197,7 +197,7 @@ class BehaviourTraining:
             self.buffer.extend(buffer.data())
         else:
             self.buffer = buffer
-        torch.set_rng_state(ckpt["torch_rng"])
+        set_rng_state(ckpt["torch_rng"])
 
     def _best(self) -> float:
         return max((h["return"] for h in self.state["history"]), default=-math.inf)
@@ -226,7 +226,7 @@ def make_dataset(cfg: DictConfig) -> dict:
         agent, saved = load_policy(cfg.policy, make_env(task).task_spec, quality)
         same_seed = saved["seed"] == cfg.seed
         if same_seed:  # the random state its first collection started from: the same data
-            torch.set_rng_state(saved["rng"])
+            set_rng_state(saved["rng"])
         metadata[f"{quality}_policy_return"], part = collect_policy(task, cfg.seed, agent,
                                                                     saved["eval_episodes"], size)  # fmt: skip
         parts.append(part)
@@ -254,7 +254,7 @@ def make_dataset(cfg: DictConfig) -> dict:
             parts.append(training.buffer.data()[: training.state["medium"]["step"]])
         for which in ("medium", "expert"):
             if which in quality.split("-") and quality != "medium-replay":
-                agent, rng = training.policy(which), torch.get_rng_state()
+                agent, rng = training.policy(which), rng_state()
                 metadata[f"{which}_policy_return"], part = collect_policy(task, cfg.seed, agent,
                                                                           cfg.behaviour.eval_episodes, size)  # fmt: skip
                 parts.append(part)

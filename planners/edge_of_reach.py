@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from planners import make_planner
-from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked
+from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.config import compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
@@ -95,7 +95,7 @@ def compare(cfg: DictConfig) -> dict:
 def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, list[str]]) -> dict:
     eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
-    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim)
+    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.task)
     probe = data["obs"][torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:2000]]
     logger, summary = MetricsLogger(run_dir), {}
     logger.truncate(lambda r: r["step"] <= states.get(r["kind"], {}).get("done", 0))
@@ -162,7 +162,7 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
     begun = states.get(method, {}).get("done", 0)
     if begun:
         planner.load_state_dict(states[method]["planner"])
-        torch.set_rng_state(states[method]["torch_rng"])
+        set_rng_state(states[method]["torch_rng"])
         tqdm.write(f"{method}: resuming at {begun} updates from {run_dir / 'checkpoint.pt'}")
     for previous, done in tqdm(pending, desc=f"{method} (true dynamics)"):
         for start in range(max(previous, begun), done, 100):  # the load is re-read between chunks of updates
@@ -174,7 +174,7 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
         row["entropy_share"] = entropy_share(planner.agent, probe)
         row["critic_loss"] = stats["critic_loss"]
         logger.log(method, done, **row)
-        states[method] = {"done": done, "planner": planner.state_dict(), "row": row, "torch_rng": torch.get_rng_state()}
+        states[method] = {"done": done, "planner": planner.state_dict(), "row": row, "torch_rng": rng_state()}
         atomic_save({FORMAT_KEY: "edge_of_reach", "methods": states}, run_dir / "checkpoint.pt")
         tqdm.write(f"{method} {done}: V(s0) {row['q_start']:.1f} vs discounted return "
                    f"{row['discounted_return']:.1f} (return {row['ret']:.1f}); Q on dataset states {row['q_dataset']:.1f}")

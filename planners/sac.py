@@ -204,6 +204,7 @@ class SAC(nn.Module):
         self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr)
         self.updates = 0
         self.actor_lr_horizon: int | None = None  # see anneal_actor_lr
+        self.actor_lr_start = 0
         self.anchor: Actor | None = None  # see set_anchor (a module: in state_dict once set)
         self.anchor_pending = False  # True while learning offline before anchor_here (actor_anchor waits for it)
         self._warned_unanchored = False
@@ -225,6 +226,7 @@ class SAC(nn.Module):
         """Networks (the anchor among them once set), temperature, optimiser moments and the update
         count, for a checkpoint."""
         return {"modules": self.state_dict(), "updates": self.updates, "actor_lr_horizon": self.actor_lr_horizon,
+                "actor_lr_start": self.actor_lr_start,
                 "optimizers": [o.state_dict() for o in (self.actor_optim, self.critic_optim, self.alpha_optim)]}
 
     def load_training_state(self, state: dict) -> None:
@@ -242,18 +244,21 @@ class SAC(nn.Module):
             for group in optim.param_groups:
                 group["lr"] = lr
         self.updates = state["updates"]
-        self.anneal_actor_lr(state.get("actor_lr_horizon"))
+        self.anneal_actor_lr(state.get("actor_lr_horizon"), state.get("actor_lr_start", 0))  # (older states: from 0)
 
-    def anneal_actor_lr(self, horizon: int | None) -> None:
-        """Decay the actor's learning rate along a cosine from actor_lr to 0 over the updates up to
-        `horizon` (OfflineRL-Kit's MOPO does so over its whole offline run); None: constant actor_lr."""
+    def anneal_actor_lr(self, horizon: int | None, start: int | None = None) -> None:
+        """Decay the actor's learning rate along a cosine from actor_lr at update `start` (default:
+        the update count now, e.g. a pretrained agent's) to 0 at update `horizon` (OfflineRL-Kit's
+        MOPO does so over its whole offline run); None: constant actor_lr."""
         self.actor_lr_horizon = horizon
+        self.actor_lr_start = self.updates if start is None else start
         self._set_actor_lr()
 
     def _set_actor_lr(self) -> None:
-        lr, horizon = self.config.actor_lr, self.actor_lr_horizon
+        lr, horizon, start = self.config.actor_lr, self.actor_lr_horizon, self.actor_lr_start
         if horizon:
-            lr *= 0.5 * (1 + math.cos(math.pi * min(self.updates, horizon) / horizon))
+            span = max(horizon - start, 1)
+            lr *= 0.5 * (1 + math.cos(math.pi * min(max(self.updates - start, 0), span) / span))
         for group in self.actor_optim.param_groups:
             group["lr"] = lr
 

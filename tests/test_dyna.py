@@ -187,6 +187,20 @@ def test_mbpo_rollout_length_schedule_grows_with_real_data():
     assert lengths == [1, 3, 5, 5]
 
 
+def test_the_cosine_actor_lr_starts_at_actor_lr_after_a_pretrained_agents_updates():
+    """schedule(N) anneals over the next N updates, from the agent's count now (a pretrained agent's
+    100), and a budget extended later keeps that start (a resumed run given more updates)."""
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = MOPO(model, SPEC, MOPOConfig(actor_lr_cosine=True))
+    agent, lr = planner.agent, planner.agent.config.actor_lr
+    agent.updates = 100
+    planner.schedule(50)
+    assert agent.actor_lr_start == 100 and agent.actor_optim.param_groups[0]["lr"] == pytest.approx(lr)
+    agent.updates = 125
+    planner.schedule(75)  # (now 200 in all)
+    assert agent.actor_lr_start == 100 and agent.actor_optim.param_groups[0]["lr"] == pytest.approx(lr * 0.5 * (1 + 0.5**0.5))
+
+
 def test_partial_agent_settings_keep_the_planners_other_defaults():
     model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     ravl = make_planner("ravl", model, SPEC, agent={"num_critics": 5})

@@ -175,6 +175,13 @@ def test_online_settings_without_a_dataset_and_old_checkpoints_are_clear_errors(
 def test_a_dataset_for_another_task_is_refused(tmp_path, dataset):
     with pytest.raises(SystemExit, match="expected \\[600, 17\\]"):
         main(["planner=mopo", f"dataset={dataset}", "env=halfcheetah", f"run_dir={tmp_path}"])
+    # walker2d's and halfcheetah's data have the same shapes: the task the dataset's metadata names decides
+    walker = make_env("walker2d", seed=0)
+    save_d4rl(tmp_path / "walker.hdf5", collect(walker, correlated_noise_policy(walker), 50),
+              {"env": "walker2d", "quality": "noise"})  # fmt: skip
+    with pytest.raises(SystemExit, match="holds walker2d transitions .* not halfcheetah's: give env=walker2d"):
+        main(["planner=mopo", f"dataset={tmp_path / 'walker.hdf5'}", "env=halfcheetah", f"run_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
@@ -374,3 +381,45 @@ def test_a_stop_during_the_offline_fit_saves_it_and_the_resumed_run_continues_it
     assert summary["status"] == "finished" and not (run_dir / "fit_state.pt").exists()
     assert [r["step"] for r in records(run_dir, "offline_fit")] == [1, 2, 3, 4, 5, 6]  # epoch 1 kept, 2-6 resumed
     assert len(records(run_dir, "fit")) == 1
+
+
+@pytest.mark.parametrize("stop_at", [200, 400])
+def test_a_stop_in_the_updates_before_an_evaluation_waits_for_it(tmp_path, dataset, stop_at):
+    """SIGINT during the chunk of updates that reaches an evaluation (here the one at 200, or the
+    last one at 400): the evaluation runs, then the run stops; the resumed run skips none."""
+    from worldmodel.interrupts import RunInterrupted
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, "planner=bc", f"dataset={dataset}", "offline.updates=400", "offline.eval_every=200", "env_steps=0",
+            f"run_dir={run_dir}"]  # fmt: skip
+    run = Run(load_config(args)[0])
+    run.open(run_dir)
+    learn = run.planner.learn
+
+    def signalled_before_the_evaluation(n=None):
+        if run.progress["offline_updates"] + n >= stop_at:
+            run.stop.requested = "SIGINT"
+        return learn(n)
+
+    run.planner.learn = signalled_before_the_evaluation
+    with pytest.raises(RunInterrupted):
+        run.run()
+    run.close()
+    assert [r["step"] for r in records(run_dir, "offline_eval")] == [200, 400][: stop_at // 200]
+    main([f"resume={run_dir}"])
+    assert [r["step"] for r in records(run_dir, "offline_eval")] == [200, 400]
+
+
+def test_a_resume_refuses_a_dataset_made_again_at_the_same_path(tmp_path, dataset):
+    """The run keeps the fingerprint of the data it learned from; other transitions at that path
+    (the file made again: another seed or CPU) are a clear error, not a run on two datasets."""
+    import shutil
+
+    data = tmp_path / "data.hdf5"
+    shutil.copy(dataset, data)
+    run_dir = tmp_path / "run"
+    main(["planner=bc", f"dataset={data}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}", *TINY])
+    env = make_env("hopper", seed=2)
+    save_d4rl(data, collect(env, correlated_noise_policy(env), 600), {"env": "hopper", "quality": "noise"})
+    with pytest.raises(SystemExit, match="the run learned from dataset .* now holds"):
+        main([f"resume={run_dir}", "offline.updates=40"])

@@ -354,6 +354,13 @@ def test_cosine_actor_lr_anneals_over_the_horizon_and_survives_a_checkpoint():
     assert copy.actor_lr_horizon == 4 and copy.actor_optim.param_groups[0]["lr"] == 0.0
     copy.anneal_actor_lr(None)  # constant again (online)
     assert copy.update(transitions(8, terminated=False))["actor_lr"] == 1e-3
+    # a pretrained agent (7 updates so far) annealed over 4 more starts at actor_lr, and a checkpoint keeps the start
+    copy.anneal_actor_lr(copy.updates + 4)
+    later = [copy.update(transitions(8, terminated=False))["actor_lr"] for _ in range(2)]
+    assert later == pytest.approx(lrs[:2])
+    again = SAC(O, LOW, HIGH, SACConfig(hidden=8, actor_lr=1e-3))
+    again.load_training_state(copy.training_state())
+    assert again.update(transitions(8, terminated=False))["actor_lr"] == pytest.approx(lrs[2])
 
 
 def test_a_loaded_training_state_keeps_the_receiving_agents_learning_rates():

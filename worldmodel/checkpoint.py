@@ -53,6 +53,24 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def rng_state() -> dict:
+    """torch's random generators as they stand: the CPU's and, where CUDA is in use, every GPU's
+    (a model on a GPU draws its minibatches and a policy its noise there), for a resumed run or fit
+    to draw what an uninterrupted one would."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+
+
+def set_rng_state(state: dict | torch.Tensor) -> None:
+    """Restore `rng_state()` (or a bare CPU state, as checkpoints before it hold); the GPUs' when
+    this machine has as many."""
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
     """Load a checkpoint written with `{"format": kind, ...}`; a clear error otherwise."""
     path = Path(path)

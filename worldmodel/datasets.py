@@ -22,6 +22,7 @@ import torch
 from tensordict import TensorDict
 
 from worldmodel.checkpoint import CheckpointError, atomic_write
+from worldmodel.envs import canonical_task_name
 from worldmodel.transitions import validate_transitions
 
 # D4RL's reference returns (random, expert) for its normalised score. gymnasium v5 tasks
@@ -143,10 +144,13 @@ def episode_ends(data: TensorDict) -> torch.Tensor:
 # ---------------------------------------------------------------------- reading
 
 
-def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None) -> tuple[TensorDict, dict]:
+def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None,
+                 task: str | None = None) -> tuple[TensorDict, dict]:  # fmt: skip
     """Read a D4RL-layout .hdf5 file or a Minari dataset (its directory, or its main_data.hdf5).
 
-    Returns (transitions, metadata). Checks the dimensions against obs_dim/act_dim when given.
+    Returns (transitions, metadata). Checks the dimensions against obs_dim/act_dim when given,
+    and, given the `task` it is for, that the task its metadata names (if any) is that one
+    (walker2d and halfcheetah data have the same dimensions).
     """
     path = Path(path)
     if path.is_dir():
@@ -171,6 +175,10 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
         raise DatasetError(f"{path}: {e}") from None
     if len(data) == 0:
         raise DatasetError(f"{path}: the dataset holds no transitions")
+    made_on = metadata.get("env")
+    if task is not None and made_on and canonical_task_name(str(made_on)) != canonical_task_name(task):
+        raise DatasetError(f"{path} holds {made_on} transitions (its metadata), not {task}'s: give env={made_on}, "
+                           f"or a dataset of {task}")  # fmt: skip
     if "fingerprint" in metadata and metadata["fingerprint"] != fingerprint(data):
         raise DatasetError(f"{path}: its transitions are not the ones `make` wrote (fingerprint {fingerprint(data)}, "
                            f"recorded {metadata['fingerprint']}): the file was changed or damaged; make it again, "

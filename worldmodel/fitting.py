@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from kernels import PRECISIONS
 from kernels.cpu import bf16_units
 from worldmodel import threads
+from worldmodel.checkpoint import rng_state, set_rng_state
 from worldmodel.optim import adam
 from worldmodel.transitions import validate_transitions
 
@@ -145,7 +146,7 @@ def fit(
         epochs_since_update, epoch, train_loss = resume["epochs_since_update"], resume["epoch"], resume["train_loss"]
         steps = resume.get("steps", 0)  # (a state saved before steps were counted: none)
         history = list(resume["history"])
-        torch.set_rng_state(resume["torch_rng"])
+        set_rng_state(resume["torch_rng"])
 
     def fit_state() -> dict:
         return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "precision": precision,
@@ -156,7 +157,7 @@ def fit(
                 "best_state": [t.cpu() for t in best_state],
                 "resample": resample.cpu() if resample is not None else None, "epoch": epoch, "steps": steps,
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
-                "torch_rng": torch.get_rng_state(), "wall_s": time.perf_counter() - start}  # fmt: skip
+                "torch_rng": rng_state(), "wall_s": time.perf_counter() - start}  # fmt: skip
 
     bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
     while (epochs_since_update < patience and (max_epochs is None or epoch < max_epochs)

@@ -31,7 +31,7 @@ from planners import (DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluation
                       planner_defaults)
 from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
-from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked
+from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
@@ -68,7 +68,7 @@ class Run:
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
-        self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim) if cfg.dataset else (None, {})
+        self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name) if cfg.dataset else (None, {})
         self.dataset_fingerprint = fingerprint(self.dataset) if self.dataset is not None else None
         capacity = cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0)
         self.agent = Agent.from_config(cfg, spec, capacity)
@@ -83,7 +83,8 @@ class Run:
         self.progress = {"step": 0, "episodes": 0, "fits": 0, "plan_s": 0.0, "plan_steps": 0,
                          "planning_errors": 0, "wall_s": 0.0, "best_eval": None, "final_eval": None,
                          "dataset_loaded": False, "offline_updates": 0, "offline_eval": None,
-                         "offline_evals": [], "selected": None, "fit_written": None}  # fmt: skip
+                         "offline_evals": [], "selected": None, "fit_written": None,
+                         "dataset_fingerprint": self.dataset_fingerprint}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
@@ -143,7 +144,7 @@ class Run:
     def save(self) -> None:
         atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
                      "selected_agent": self.selected_agent, "trained_agent": self.trained_agent,
-                     "torch_rng": torch.get_rng_state()},
+                     "torch_rng": rng_state()},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
 
     def restore(self, run_dir: Path) -> None:
@@ -153,6 +154,11 @@ class Run:
         if ckpt.get("version") != _VERSION:
             raise CheckpointError(f"{path} was written by an older worldmodel (checkpoint version "
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip
+        learned_from = ckpt["progress"].get("dataset_fingerprint")  # (None: no dataset, or a run from before it was kept)
+        if learned_from is not None and learned_from != self.dataset_fingerprint:
+            raise CheckpointError(f"{path}: the run learned from dataset {learned_from}, but {self.cfg.dataset} now "
+                                  f"holds {self.dataset_fingerprint}: the file was made again or replaced; resume "
+                                  "with that data, or start a new run")  # fmt: skip
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
         self.selected_agent = ckpt.get("selected_agent", ckpt.get("selected_actor"))  # (older runs: the actor alone)
@@ -162,7 +168,7 @@ class Run:
         if self.progress["selected"] is False and self.cfg.offline.select == "model_score":
             raise ValueError(f"{path} was written before worldmodel kept the actor of each evaluation, so "
                              "offline.select=model_score cannot pick among them: resume it with offline.select=last")  # fmt: skip
-        torch.set_rng_state(ckpt["torch_rng"])
+        set_rng_state(ckpt["torch_rng"])
 
     # -------------------------------------------------------------- the run
 
@@ -218,7 +224,8 @@ class Run:
                 stats = self.planner.learn(n)
                 p["offline_updates"] += n
                 bar.update(n)
-                self._stop_if_requested(started, bar)
+                if p["offline_updates"] < next_eval:  # (a stop there waits for the evaluation due: it is not skipped)
+                    self._stop_if_requested(started, bar)
             ret, spread = self._evaluated(bar, cfg.offline.eval_episodes)
             p.setdefault("offline_evals", []).append(ret)
             p["offline_eval"] = _mean(p["offline_evals"][-cfg.offline.score_last :])
