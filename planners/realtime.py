@@ -32,7 +32,8 @@ process's GIL; `BackgroundLearner` refits in a thread, `planners.processes.Learn
 process (with both in processes, the control process only acts and logs: act p99 0.66-0.75 ms
 on the simulated hopper on an idle 2-core machine, against 1.5 ms with threads, one 1,500-step
 run each; docs/benchmarks.md). With a LearningProcess the control process's planner and agent
-keep their starting weights (the learning process writes agent.pt after every swap).
+keep their starting weights (the learning process writes agent.pt after every swap), so a
+controller stopped there is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
