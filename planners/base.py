@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import torch
@@ -25,9 +26,27 @@ class Planner(ABC):
     # with symmetric_sampling, learning batches take half from them, half from the rest (RLPD)
     prior_rows: int = 0
 
+    # the attributes reset() clears (warm starts, the last action): what an evaluation in the middle
+    # of a training episode puts back afterwards (episode_state)
+    EPISODE_STATE: tuple[str, ...] = ()
+
     @abstractmethod
     def reset(self) -> None:
         """Start a new episode: clear every state kept between steps."""
+
+    def episode_state(self) -> dict:
+        """A copy of what reset() clears (EPISODE_STATE) and of the planner's random generator's
+        state, for `restore_episode_state` (an evaluation in mid-episode leaves training as it was)."""
+        state = copy.deepcopy({name: getattr(self, name) for name in self.EPISODE_STATE})
+        if isinstance(generator := getattr(self, "generator", None), torch.Generator):
+            state["generator"] = generator.get_state()
+        return state
+
+    def restore_episode_state(self, state: dict) -> None:
+        for name in self.EPISODE_STATE:
+            setattr(self, name, state[name])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
     @abstractmethod
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -78,18 +97,22 @@ def check_obs(obs: Tensor, obs_dim: int) -> Tensor:
 
 def evaluation_returns(planner: Planner, env, episodes: int) -> list[float]:
     """The returns of `episodes` deterministic episodes of `planner` on a TorchRL env (see
-    worldmodel.envs); the planner is reset around each."""
-    returns = []
-    for _ in range(episodes):
+    worldmodel.envs); the planner is reset before each, and left as it was found (a training
+    episode under way keeps its warm start, and its random stream does not depend on evaluations)."""
+    returns, before = [], planner.episode_state()
+    try:
+        for _ in range(episodes):
+            planner.reset()
+
+            def act(td):
+                threads.adapt()
+                return td.set("action", planner.act(td["observation"], deterministic=True))
+
+            rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
+            returns.append(rollout["next", "reward"].sum().item())
+    finally:
         planner.reset()
-
-        def act(td):
-            threads.adapt()
-            return td.set("action", planner.act(td["observation"], deterministic=True))
-
-        rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
-        returns.append(rollout["next", "reward"].sum().item())
-    planner.reset()
+        planner.restore_episode_state(before)
     return returns
 
 

@@ -32,6 +32,8 @@ class ICEM(CEM):
         self._best: Tensor | None = None  # best sequence so far in this step [N, H, A]
         self._best_return: Tensor | None = None
 
+    EPISODE_STATE = (*CEM.EPISODE_STATE, "_kept")
+
     def reset(self) -> None:
         super().reset()
         self._kept = None

@@ -155,6 +155,8 @@ class MPCPlanner(Planner):
 
     # ---------------------------------------------------------------- the robot loop
 
+    EPISODE_STATE = ("_plan", "previous_action")
+
     def reset(self) -> None:
         self._plan = None
         self.previous_action = None
@@ -287,18 +289,18 @@ class MPCPlanner(Planner):
         weight = self.uncertainty_weight()
         penalty = Uncertainty(cfg.uncertainty) if weight != 0 else None
         total = torch.zeros(rows, device=obs.device)
-        alive = torch.ones(rows, device=obs.device)
+        alive = torch.ones(rows, dtype=torch.bool, device=obs.device)
         for t in range(h):
             out = self.model.step(state, seq[:, t], mode=_MODEL_MODE[cfg.propagation],
                                   uncertainty=penalty, generator=self.generator)
             reward = out["reward"]
             if penalty is not None:
                 reward = reward - weight * out["uncertainty"]
-            total += cfg.discount**t * alive * reward
-            alive = alive * (~out["terminated"]).float()
+            total += cfg.discount**t * torch.where(alive, reward, 0.0)  # (an ended rollout's inf is not 0 x inf)
+            alive = alive & ~out["terminated"]
             state = out["next_obs"]
         if self.terminal_value is not None:
-            total += cfg.discount**h * alive * self.terminal_value(state)
+            total += cfg.discount**h * torch.where(alive, self.terminal_value(state), 0.0)
         returns = total.view(n, c, p).mean(-1)
         finite = torch.isfinite(returns).all()
         self._finite = finite if self._finite is None else self._finite & finite

@@ -81,6 +81,28 @@ def test_action_repeat_halves_the_episode_and_sums_rewards():
     assert ends == [499]  # 1000 physics steps = 500 decisions
 
 
+def test_a_repeated_action_stops_at_the_sub_step_that_ends_the_episode():
+    """dm-control's 1000 steps with 3 repeats: decision 334 ends after its first sub-step (the rest
+    would reset the task silently); hopper with 4: the decision whose sub-step falls is terminated,
+    from the state it fell into."""
+    env = make_env("dmc/cartpole-swingup", seed=0, action_repeat=3)
+    assert env.task_spec.max_episode_steps == 334
+    data = collect(env, lambda obs: torch.tensor([0.3]), 700)
+    assert data["truncated"].nonzero().flatten().tolist() == [333, 667]
+    hopper = make_env("hopper", seed=0, action_repeat=4)
+    data = collect(hopper, uniform_policy(hopper), 300)
+    ends = data["terminated"]
+    assert ends.sum() >= 3 and not (data["truncated"] & ~ends).any()
+    fell = hopper.task_spec.termination_fn(data["obs"], data["action"], data["next_obs"])
+    assert torch.equal(fell, ends)  # every fall ends its decision, and only a fall
+
+
+def test_arguments_that_change_termination_are_refused_where_a_termination_function_reads_the_defaults():
+    with pytest.raises(ValueError, match="terminate_when_unhealthy.* reads the task's defaults"):
+        make_env("hopper", terminate_when_unhealthy=False)
+    assert make_env("hopper", reset_noise_scale=0.01).task_spec.termination_fn is not None
+
+
 def test_max_episode_steps_truncates_episodes():
     env = make_env("halfcheetah", seed=0, max_episode_steps=30)
     data = collect(env, uniform_policy(env), 70)

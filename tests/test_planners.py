@@ -315,3 +315,28 @@ def test_policy_samples_need_a_learned_value_and_no_cuda_graph():
         MPPIConfig(policy_samples=-1)
     with pytest.raises(ValueError, match="policy_guided samples around the policy's sequences"):
         MPPIConfig(policy_guided=True)
+
+
+@pytest.mark.parametrize("name", ["mppi", "icem"])
+def test_an_evaluation_in_mid_episode_leaves_the_training_planner_as_it_was(name):
+    """evaluation_returns resets the planner for its own episodes, then puts back the warm start, the
+    last action, iCEM's kept elites and the random stream: the next training action is the one it
+    would have been without the evaluation."""
+    from planners import evaluate
+    from worldmodel import EnsembleDynamics, make_env
+    from worldmodel.collect import collect, uniform_policy
+
+    env = make_env("dmc/point_mass-easy", seed=0, action_repeat=2, max_episode_steps=4)
+    spec = env.task_spec
+    torch.manual_seed(0)
+    model = EnsembleDynamics(spec.obs_dim, spec.act_dim, ensemble_size=3, num_elites=2, hidden=16, layers=2)
+    model.fit(collect(env, uniform_policy(env), 60), max_epochs=1, progress=False)
+    obs = torch.randn(2, spec.obs_dim)
+    actions = []
+    for evaluated in (False, True):
+        planner = PLANNERS[name](model, spec, horizon=4, candidates=32)
+        planner.act(obs[0])
+        if evaluated:
+            evaluate(planner, env, 1)
+        actions.append(planner.act(obs[1]))  # (exploring: draws from the planner's random stream)
+    torch.testing.assert_close(actions[0], actions[1], atol=0, rtol=0)

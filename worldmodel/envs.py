@@ -47,6 +47,10 @@ GYM_IDS = {env_id: name for name, (env_id, _) in GYM_TASKS.items()}  # "Hopper-v
 # dm-control suite tasks never terminate; episodes end on the time limit (1000 steps).
 DMC_EPISODE_STEPS = 1000
 NEEDS_RENDERING = {"dmc/quadruped-escape"}  # resets upload a heightfield through an OpenGL context
+# gymnasium arguments that change when a task terminates or what its observation holds: its
+# termination function (what the planners imagine) reads the defaults, so these are refused
+TERMINATION_ARGS = ("terminate_when_unhealthy", "healthy_z_range", "healthy_angle_range", "healthy_state_range",
+                    "exclude_current_positions_from_observation")  # fmt: skip
 
 
 @functools.cache
@@ -122,7 +126,6 @@ def make_env(
         DMControlEnv,
         DoubleToFloat,
         FlattenObservation,
-        FrameSkipTransform,
         GymEnv,
         StepCounter,
         TransformedEnv,
@@ -137,6 +140,9 @@ def make_env(
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
     if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
         raise ValueError(f"max_episode_steps must be a whole number >= 1 or None, got {max_episode_steps!r}")
+    if GYM_TASKS.get(name, (None, None))[1] is not None and (changed := sorted(set(backend_kwargs) & set(TERMINATION_ARGS))):
+        raise ValueError(f"env {name}: {changed} would change when it terminates or what it observes, but its "
+                         "termination function (what the planners imagine) reads the task's defaults")  # fmt: skip
     transforms = []
     try:
         if name in GYM_TASKS:
@@ -160,7 +166,7 @@ def make_env(
         transforms.append(CatTensors(in_keys=obs_keys, out_key="observation", del_keys=True))
     transforms.append(DoubleToFloat())
     if action_repeat > 1:
-        transforms.append(FrameSkipTransform(action_repeat))
+        transforms.append(_episode_aware_frame_skip()(action_repeat))
     episode_steps = -(-native_steps // action_repeat)
     if max_episode_steps is not None:
         episode_steps = min(episode_steps, max_episode_steps)
@@ -179,3 +185,24 @@ def make_env(
         termination_fn=termination_fn,
     )
     return env
+
+
+@functools.cache
+def _episode_aware_frame_skip() -> type:
+    """TorchRL's FrameSkipTransform (an action applied `frame_skip` times, rewards summed) that
+    stops at the sub-step that ends the episode: the rest would step a terminated task on, or a
+    dm-control task past its time limit (which silently resets it), and lose the end. One env, no batch."""
+    from torchrl.envs import FrameSkipTransform
+
+    class EpisodeAwareFrameSkip(FrameSkipTransform):
+        def _step(self, tensordict, next_tensordict):
+            reward_key = self.parent.reward_key
+            reward = next_tensordict.get(reward_key)
+            for _ in range(self.frame_skip - 1):
+                if next_tensordict.get("done").any():
+                    break
+                next_tensordict = self.parent._step(tensordict)
+                reward = reward + next_tensordict.get(reward_key)
+            return next_tensordict.set(reward_key, reward)
+
+    return EpisodeAwareFrameSkip

@@ -107,7 +107,7 @@ class MetricsLogger:
     def plot(self, out: Path, title: str) -> None:
         """Returns as a PNG: offline evaluations against agent updates (with a Dyna run's return
         estimated in the model, and the evaluation that estimate selects), and training episodes
-        and evaluations against env steps (each panel only when the run has such records)."""
+        and evaluations against agent decisions (each panel only when the run has such records)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -133,7 +133,7 @@ class MetricsLogger:
                                     ("eval", dict(marker="o", label="evaluation"))):  # fmt: skip
                     if online[kind]:
                         ax.plot([r["step"] for r in online[kind]], [r["ret"] for r in online[kind]], **style)
-                ax.set(xlabel="env steps", ylabel="return", title=title if len(panels) < 2 else f"{title}: online")
+                ax.set(xlabel="agent decisions (env_steps; x action_repeat simulator steps)", ylabel="return", title=title if len(panels) < 2 else f"{title}: online")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best")
             ax.grid(alpha=0.3)

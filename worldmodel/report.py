@@ -317,7 +317,7 @@ def markdown(rows: list[dict]) -> str:
     model-selected mean +- std, runs, per-run scores, progress; below it, runs on the robot as
     `robot_markdown` gives them."""
     robot = [r for r in rows if "robot" in r]
-    lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best | model-selected | runs | "
+    lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best (max over evaluations: optimistic) | model-selected | runs | "
              "per run | updates or steps |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"  # noqa: E731
@@ -380,7 +380,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
             ax.plot(steps, means, label=f"{planner} ({len(members)} runs)")
             bands = [bootstrap_ci(p, resamples=2_000) if len(p) > 1 else (p[0], p[0]) for p in points]
             ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
-        ax.set(title=group, xlabel="agent updates (offline), env steps or real steps", ylabel="score")
+        ax.set(title=group, xlabel="agent updates (offline), agent decisions or real steps", ylabel="score")
         ax.legend()
         ax.grid(alpha=0.3)
         path = out / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', group).strip('_')}.png"  # (no spaces or commas)
