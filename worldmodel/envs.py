@@ -115,7 +115,8 @@ def make_env(
 ):
     """Make a task by name, seeded, as a TorchRL env with `env.task_spec` attached.
 
-    action_repeat: each action is applied that many times and the rewards summed.
+    action_repeat: each action is applied that many times and the rewards summed, stopping at
+    the sub-step that ends the episode (a fall, or a time limit that falls mid-decision).
     max_episode_steps: cap on agent decisions per episode, on top of the task's own limit.
     backend_kwargs go to gymnasium.make (e.g. reset_noise_scale=0.5) or dm-control's
     task_kwargs.
