@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from planners.agent import Agent
+from worldmodel import threads
 
 if TYPE_CHECKING:
     from planners.realtime import RealtimeController
@@ -194,7 +193,7 @@ class BackgroundLearner(Learner):
 
     def _run(self) -> None:
         try:
-            torch.set_num_threads(self.threads)
+            threads.fix_this_thread(self.threads)  # (the fits inside it do not follow the process's auto)
             while True:
                 try:  # (blocks only when the learned value is not owed any updates)
                     item = self._queue.get(block=self._value_owed() < 1)

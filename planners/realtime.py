@@ -58,6 +58,7 @@ from planners.base import Planner
 from planners.learning import BackgroundLearner, Learner  # noqa: F401  (Learner: the interface, re-exported)
 from planners.processes import (LearningProcess, Plan, PlanMaker, PlannerDied, PlanningProcess, PlanResult, Swapper,
                                 new_queue, percentile)
+from worldmodel import threads
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
@@ -308,7 +309,7 @@ class RealtimeController:
 
     def _run(self) -> None:
         """The planning thread: plan from the latest reading, again and again."""
-        torch.set_num_threads(self.config.plan_threads)
+        threads.fix_this_thread(self.config.plan_threads)
         planned_serial = 0
         try:
             while True:
@@ -460,7 +461,6 @@ def _validate(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
-    from worldmodel import threads
     from worldmodel.checkpoint import CheckpointError, RunDirLock
     from worldmodel.config import check_model_settings, run_dir_for, save_config
     from worldmodel.datasets import load_dataset
@@ -520,7 +520,6 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
     from tqdm.auto import tqdm
 
     from planners import evaluate
-    from worldmodel import threads
     from worldmodel.checkpoint import CheckpointError
     from worldmodel.collect import uniform_policy
     from worldmodel.config import save_config

@@ -34,6 +34,10 @@ def test_sweep_overrides_expand_to_their_cartesian_product_in_hydras_grammar():
     (["seed=0,1", "env=hopper", "hydra/launcher=slurm"], "unknown hydra/launcher=slurm"),
     (["seed=0,1", "env=hopper", "hydra.launcher.gpus=1"], "unknown hydra.launcher.gpus"),
     (["seed=0,1", "env=hopper", "run_dir=/tmp/r"], "sets each job's run_dir"),
+    (["seed=0,1", "env=hopper", "threads=2"], "sets each job's threads itself: hydra.launcher.threads_per_job"),
+    (["seed=0,1", "env=hopper", "hydra.launcher.cpus_per_job=abc"], "cpus_per_job must be a number, got 'abc'"),
+    (["seed=0,1", "env=hopper", "hydra.launcher.threads_per_job=0"], "threads_per_job must be >= 1"),
+    (["seed=0,1", "env=hopper", "hydra/launcher=ray", "hydra.launcher.threads_per_job=999"], "every job would fail"),
 ])  # fmt: skip
 def test_a_bad_sweep_is_refused_before_any_job_starts(tmp_path, argv, message):
     from worldmodel.run import main

@@ -67,3 +67,33 @@ def test_the_target_leaves_cores_that_others_use():
     cores = threads.available_cores()
     assert budget.target(0.0) == cores and budget.target(0.1) == cores  # system noise is not a job
     assert budget.target(1.0) == max(1, cores - 1) and budget.target(99.0) == 1
+
+
+def test_under_a_quota_smaller_than_the_affinity_set_others_count_against_the_quota(monkeypatch):
+    """A 2-CPU quota on a 16-core host: another job's 2 busy cores leave this one 1 thread, not 2."""
+    monkeypatch.setattr(threads, "_affinity", lambda: set(range(16)))
+    monkeypatch.setattr(threads, "_cgroup_quota", lambda: 2.0)
+    budget = threads._Budget()
+    assert threads.available_cores() == 2 and budget.target(0.0) == 2 and budget.target(2.0) == 1
+
+
+def test_a_thread_with_its_own_count_is_left_alone_by_adapt(monkeypatch):
+    """A learning or planning thread fixed at n keeps n when the fits inside it call adapt()."""
+    import threading
+
+    monkeypatch.setattr(threads._BUDGET, "auto", True)  # (the process: auto, and the machine idle)
+    monkeypatch.setattr(threads._BUDGET, "_last", (0.0, 0, 0))
+    monkeypatch.setattr(threads._Budget, "others_busy", lambda self: 0.0)
+    monkeypatch.setattr(threads._Budget, "target", lambda self, others: 2)
+    monkeypatch.setattr(threads._BUDGET, "count", torch.get_num_threads())
+    seen = []
+
+    def learner():
+        threads.fix_this_thread(1)
+        for _ in range(3):
+            seen.append((threads.adapt(), torch.get_num_threads()))
+
+    worker = threading.Thread(target=learner)
+    worker.start()
+    worker.join()
+    assert seen == [(1, 1)] * 3 and getattr(threads._FIXED, "count", None) is None  # (this thread is not fixed)

@@ -289,6 +289,7 @@ def train_epoch(model: EnsembleDynamics, optimizer: torch.optim.Optimizer, x: Te
     model.train()
     stop = n if max_batches is None else min(n, max_batches * batch_size)
     for start in range(0, stop, batch_size):
+        threads.adapt()  # (an epoch of a large dataset takes minutes: the load is followed within one; at most once a second)
         idx = order[:, start : start + batch_size]
         mean, logvar = model.forward_normalized(x[idx], precision=precision)
         optimizer.zero_grad(set_to_none=True)

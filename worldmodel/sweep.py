@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worldmodel.metrics import write_json
+from worldmodel.threads import available_cores
 
 MULTIRUN_FLAGS = ("--multirun", "-m")
 LAUNCHERS = ("ray", "basic")
@@ -106,11 +107,18 @@ def _launcher_config(settings: dict[str, str]) -> LauncherConfig:
     if unknown := sorted(set(settings) - fields):
         raise ValueError(f"unknown hydra.launcher.{unknown[0]}; valid: {', '.join(sorted(fields))}")
     values = {k: yaml.safe_load(v) for k, v in settings.items()}
+    numbers = {"cpus_per_job": (int, float), "gpus_per_job": (int, float), "threads_per_job": int, "max_workers": int,
+               "max_retries": int}  # fmt: skip
+    for key, value in values.items():
+        if key in numbers and value is not None and (isinstance(value, bool) or not isinstance(value, numbers[key])):
+            raise ValueError(f"hydra.launcher.{key} must be a number, got {value!r}")
     config = LauncherConfig(**values)
     if config.cpus_per_job <= 0 or config.gpus_per_job < 0 or config.max_retries < 0:
         raise ValueError("hydra.launcher: cpus_per_job must be > 0, gpus_per_job >= 0 and max_retries >= 0")
     if config.max_workers is not None and config.max_workers < 1:
         raise ValueError(f"hydra.launcher.max_workers must be >= 1, got {config.max_workers}")
+    if config.threads_per_job is not None and config.threads_per_job < 1:
+        raise ValueError(f"hydra.launcher.threads_per_job must be >= 1, got {config.threads_per_job}")
     return config
 
 
@@ -141,6 +149,9 @@ def plan_jobs(overrides: list[str], sweep_dir: Path) -> list[Job]:
 
     if any(o.split("=")[0] in ("run_dir", "resume") for o in overrides):
         raise ValueError("a multirun sets each job's run_dir itself (<hydra.sweep.dir>/<job number>)")
+    if any(o.split("=")[0] == "threads" for o in overrides):
+        raise ValueError("a multirun sets each job's threads itself: hydra.launcher.threads_per_job=N (default: "
+                         "cpus_per_job)")  # fmt: skip
     jobs = [Job(i, [_absolute(o) for o in combo], sweep_dir / str(i)) for i, combo in enumerate(expand(overrides))]
     for job in jobs:
         try:
@@ -248,7 +259,7 @@ class JobPool:
             if self._started_ray and address:
                 ray.init(address=address, log_to_driver=False)
             elif self._started_ray:  # a new local instance (address="local": not one `ray start` left running)
-                workers = config.max_workers or max(1, int((os.cpu_count() or 1) // config.cpus_per_job))
+                workers = config.max_workers or max(1, int(available_cores() // config.cpus_per_job))
                 ray.init(address="local", num_cpus=workers * config.cpus_per_job,
                          num_gpus=None if config.gpus_per_job else 0, include_dashboard=False, log_to_driver=False)  # fmt: skip
             self._remote = ray.remote(run_job).options(num_cpus=config.cpus_per_job, num_gpus=config.gpus_per_job,
@@ -351,6 +362,10 @@ def main(argv: list[str]) -> dict:
         sweep_dir = (sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         jobs = plan_jobs(overrides, sweep_dir)
         _check_same_sweep(sweep_dir, jobs)
+        local = not (config.address or os.environ.get("RAY_ADDRESS")) or launcher == "basic"
+        if local and config.threads > available_cores():  # (a cluster's machines may have more)
+            raise ValueError(f"{config.threads} thread(s) a job, but this machine gives {available_cores()} core(s): "
+                             "every job would fail; lower hydra.launcher.threads_per_job (or cpus_per_job)")  # fmt: skip
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -74,13 +75,15 @@ class _Budget:
         return max(0.0, (busy - last[1]) - (ours - last[2])) / _CLOCK_TICKS / (now - last[0])
 
     def target(self, others: float) -> int:
-        """Threads to use when others keep `others` cores busy: the cores they leave free (of our
-        affinity set), never more than available_cores() (which a cgroup quota may cap)."""
-        free = (len(_affinity()) or available_cores()) - math.ceil(others - BUSY_CORE)
-        return max(1, min(available_cores(), free))
+        """Threads to use when others keep `others` cores (of our affinity set) busy: the available
+        cores (affinity, capped by a cgroup quota) less theirs. Under a quota smaller than the
+        affinity set, whether the others share it cannot be told, so they count against it: one
+        thread too few costs less than one too many."""
+        return max(1, available_cores() - math.ceil(others - BUSY_CORE))
 
 
 _BUDGET = _Budget()
+_FIXED = threading.local()  # .count: this thread's own fixed count (fix_this_thread)
 
 
 def set_threads(threads: int | str | None = "auto") -> int:
@@ -111,9 +114,19 @@ def set_threads(threads: int | str | None = "auto") -> int:
     return count
 
 
+def fix_this_thread(count: int) -> None:
+    """This thread computes with `count` threads whatever the process's policy (a planning or
+    learning thread beside others in one process): adapt() leaves it alone."""
+    _FIXED.count = count
+    torch.set_num_threads(count)
+
+
 def adapt() -> int:
     """Under "auto", follow the load: use the cores others leave free (re-read at most once a
-    second; cheap to call often). Call from the thread that computes. Returns the count in use."""
+    second; cheap to call often). Call from the thread that computes. Returns the count in use
+    (a thread's own fixed count, see fix_this_thread)."""
+    if (fixed := getattr(_FIXED, "count", None)) is not None:
+        return fixed
     if _BUDGET.auto and (_BUDGET._last is None or time.monotonic() - _BUDGET._last[0] >= ADAPT_EVERY_S):
         others = _BUDGET.others_busy()
         if others is not None:
