@@ -93,6 +93,10 @@ def test_a_dataset_of_another_task_is_refused(hopper_data, tmp_path):
     save_d4rl(tmp_path / "d.hdf5", hopper_data)
     with pytest.raises(DatasetError, match="'obs' has shape \\[400, 11\\], expected \\[400, 17\\]"):
         load_dataset(tmp_path / "d.hdf5", obs_dim=17, act_dim=6)
+    save_d4rl(tmp_path / "named.hdf5", hopper_data, {"env": "hopper", "quality": "random"})
+    with pytest.raises(DatasetError, match="holds hopper transitions .* not walker2d's"):
+        load_dataset(tmp_path / "named.hdf5", task="walker2d")
+    assert len(load_dataset(tmp_path / "named.hdf5", task="Hopper-v5")[0]) == 400  # (a gymnasium id: the same task)
 
 
 def test_normalized_score_uses_d4rl_reference_returns():
@@ -228,3 +232,8 @@ def test_make_refuses_unknown_quality_and_missing_out(tmp_path):
         main(["make", "env=hopper", "quality=random"])
     with pytest.raises(SystemExit, match="usage"):
         main([])
+    with pytest.raises(SystemExit, match="unknown format 'minnari'"):
+        main(["make", "env=hopper", "quality=random", "format=minnari", f"out={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit, match="size must be a whole number >= 1, got 0"):
+        main(["make", "env=hopper", "quality=medium", "size=0", f"out={tmp_path / 'x.hdf5'}"])
+    assert not list(tmp_path.iterdir())

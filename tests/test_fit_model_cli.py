@@ -46,4 +46,8 @@ def test_unknown_env_exits_with_the_supported_names(tmp_path):
 def test_a_bad_fit_setting_fails_before_any_work_or_file(tmp_path):
     with pytest.raises(SystemExit, match=r"fit setting lr=-1 is out of range"):
         main(["env=hopper", "model.fit.lr=-1", f"run_dir={tmp_path / 'r'}"])
+    with pytest.raises(SystemExit, match=r"steps must be a whole number >= 1, got 0"):
+        main(["env=hopper", "steps=0", f"run_dir={tmp_path / 'r'}"])
+    with pytest.raises(SystemExit, match=r"device=foo is not a device name"):
+        main(["env=hopper", "device=foo", f"run_dir={tmp_path / 'r'}"])
     assert not (tmp_path / "r").exists()

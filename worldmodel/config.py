@@ -97,6 +97,23 @@ def _is_kind(value: Any, kind: str) -> bool:
     return isinstance(value, (Mapping, DictConfig))
 
 
+def check_device(device: str) -> None:
+    """A torch device this machine has (cpu, cuda, cuda:N); a ValueError that says what to give otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device} is not a device name (cpu, cuda, cuda:1): {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}, but no CUDA device is available (this torch {torch.__version__} "
+                         f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}): use device=cpu")  # fmt: skip
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device}, but there are {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device}: only cpu and cuda are supported")
+
+
 def check_counts(cfg: DictConfig, counts: Mapping[str, int], nullable: Mapping[str, int] | None = None) -> None:
     """Each dotted key of `counts` a whole number >= its value (or null, for the keys of `nullable`):
     a ValueError naming the first that is not."""

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("usage: python -m worldmodel.datasets make env=<task> quality=<"
                          + "|".join(QUALITIES) + "> out=<file.hdf5 or minari dir> [size=N seed=S ...]")
     from planners.behaviour import make_dataset  # the command wires the behaviour agents (as run.py does)
-    from worldmodel.config import compose_config
+    from worldmodel.config import check_counts, compose_config
     from worldmodel.envs import check_task_name
     from worldmodel.threads import set_threads
 
@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"unknown quality {cfg.quality!r}; choose from {list(QUALITIES)}")
         if not cfg.out:
             raise ValueError("give the output file: out=<path>.hdf5 (D4RL layout) or out=<dir> with format=minari")
+        if cfg.format not in ("d4rl", "minari"):
+            raise ValueError(f"unknown format {cfg.format!r}; choose d4rl (one .hdf5 file) or minari (a directory)")
+        check_counts(cfg, {"seed": 0, "size": 1})  # (before a behaviour agent trains for hours)
         set_threads(cfg.threads)
         return make_dataset(cfg)
     except (ValueError, DatasetError, CheckpointError) as e:  # (a policy= file among them)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError
 from worldmodel.collect import collect, correlated_noise_policy, uniform_policy
-from worldmodel.config import compose_config, make_run_dir
+from worldmodel.config import check_counts, check_device, compose_config, make_run_dir
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.replay import ReplayBuffer
@@ -31,6 +31,8 @@ def random_and_perturbed(name: str, steps: int, seed: int, progress: bool = Fals
 
 def fit_model(cfg: DictConfig) -> dict:
     check_task_name(cfg.env.name)
+    check_counts(cfg, {"steps": 1, "holdout_steps": 1, "seed": 0})
+    check_device(cfg.device)
     threads.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env_kwargs = {k: v for k, v in cfg.env.items() if k != "name"}

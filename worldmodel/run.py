@@ -33,7 +33,7 @@ from planners.agent import RUN_FORMAT, Agent
 from worldmodel import threads
 from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.collect import uniform_policy
-from worldmodel.config import (check_counts, check_model_settings, check_paths, compose_config, resumed_config,
+from worldmodel.config import (check_counts, check_device, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
 from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
 from worldmodel.ensemble import EnsembleDynamics
@@ -542,23 +542,9 @@ def validate(cfg: DictConfig) -> None:
     if any(v is not None for v in cfg.online.values()) and not cfg.dataset:
         raise ValueError("online.* settings change a planner at the switch from offline learning; they need dataset=<file>")
     check_model_settings(cfg)
-    _check_device(cfg.device)
+    check_device(cfg.device)
     threads.resolve_threads(cfg.get("threads", "auto"))  # (runs saved before the key existed: auto)
     check_paths(cfg, ("dataset", "pretrained"))
-
-
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device} is not a device name (cpu, cuda, cuda:1): {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device}, but no CUDA device is available (this torch {torch.__version__} "
-                         f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}): use device=cpu")  # fmt: skip
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device}, but there are {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device}: only cpu and cuda are supported")
 
 
 def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
