@@ -162,6 +162,9 @@ def test_an_optuna_search_runs_its_trials_on_ray_resumes_and_keeps_the_best(tmp_
     assert 0.1 <= best["params"]["planner.penalty"] <= 5
     again = search([*given, "search.trials=4", "hydra/launcher=basic"])  # the same study, one trial more
     assert again["trials"] == 4 and (out / "trial-3" / "summary.json").is_file() and not (out / "trial-4").exists()
+    with pytest.raises(SystemExit, match="holds a search of other settings"):  # another space: not this study
+        search([*given[:-1], "search.max_penalty=3", "search.trials=5", "hydra/launcher=basic"])
+    assert not (out / "trial-4").exists()
 
 
 def test_the_best_settings_become_the_datasets_preset_and_the_rest_of_the_file_stays(tmp_path):

@@ -26,7 +26,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from worldmodel.sweep import Job, JobPool, expand, split_args
@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, constant_liar=True, n_startup_trials=min(8, max(2, cfg.trials // 3)))
     study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler, load_if_exists=True,
                                 storage=f"sqlite:///{(sweep_dir / 'study.db').resolve()}")  # fmt: skip
+    # what makes it one study (not how many trials, nor how many at once): a resume must not mix in another
+    setup = {"fixed": sorted(fixed), "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel")}}
+    if (saved := study.user_attrs.get("setup")) is None:
+        study.set_user_attr("setup", setup)
+    elif saved != setup:
+        raise SystemExit(f"error: {sweep_dir} holds a search of other settings ({saved}), not {setup}: give another "
+                         "hydra.sweep.dir, or the same settings to resume it")  # fmt: skip
     pool = JobPool(launcher, launcher_cfg)
     parallel = cfg.parallel or pool.capacity
     running: dict[int, optuna.trial.Trial] = {}
