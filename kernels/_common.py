@@ -19,6 +19,19 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 POISON = False
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the benchmarks' counts), else argparse's one-line error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
 def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """An output buffer: uninitialised, or NaN-filled when POISON is set (tests)."""
     if POISON:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import cpu, dispatch, reference
+from kernels._common import positive_int
 
 IN, OUT, HIDDEN_LAYERS = 23, 36, 4
 VARIANTS = ("loop", "baddbmm", "einsum", "vmap", "compile", "ours", "ours_graph")
@@ -370,18 +371,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="E=7, B in {1, 4096}, hidden 200, short budget")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    ap.add_argument("-E", nargs="+", type=int, default=[5, 7])
-    ap.add_argument("-B", nargs="+", type=int, default=[1, 256, 4096, 65536])
-    ap.add_argument("--hidden", nargs="+", type=int, default=[200, 512])
+    ap.add_argument("-E", nargs="+", type=positive_int, default=[5, 7])
+    ap.add_argument("-B", nargs="+", type=positive_int, default=[1, 256, 4096, 65536])
+    ap.add_argument("--hidden", nargs="+", type=positive_int, default=[200, 512])
     ap.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
     ap.add_argument("--dtypes", nargs="+", choices=("fp32", "tf32", "bf16"),
                     help="default: fp32 on CPU; tf32 and bf16 on CUDA")
     ap.add_argument("--budget", type=float, default=1.0,
                     help="seconds of repeats per variant and shape (after warm-up; at least 2-10 repeats)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--markdown", action="store_true", help="also print a per-shape markdown summary")
     ap.add_argument("--from-json", metavar="PATH", help="print the table (and --markdown) of a saved run")
     args = ap.parse_args(argv)
+    if args.from_json and not os.path.isfile(args.from_json):
+        ap.error(f"--from-json {args.from_json}: no such file")
     if args.from_json:
         with open(args.from_json) as f:
             rows = json.load(f)

@@ -36,6 +36,7 @@ from tensordict import TensorDict
 from torch import nn
 
 import kernels
+from kernels._common import positive_int
 from kernels.bench import measure_peak, write_json
 from kernels.cpu import bf16_units
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig, RAVLConfig
@@ -416,8 +417,8 @@ def realtime_rows(real_steps: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = argparse.ArgumentParser(prog="python -m planners.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=positive_int, default=10)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--dyna", action="store_true", help="Dyna throughput instead: imagined transitions/s, updates/s")
     parser.add_argument("--concurrency", action="store_true", help="two runs at once against one alone, per thread setting")
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+", choices=SUITE_SECTIONS, default=list(SUITE_SECTIONS),
                         help="with --gpu-suite: only these sections (in the suite's order), e.g. to split it over two calls")
     parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
-    parser.add_argument("--realtime", type=int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
+    parser.add_argument("--realtime", type=positive_int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
     args = parser.parse_args(argv)
     keep_freed_memory()  # (as every run's process does: worldmodel.threads.set_threads)
     if args.realtime:

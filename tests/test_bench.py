@@ -39,3 +39,4 @@ def test_gpu_suite_runs_every_section_on_cpu(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "planners.bench", "--gpu-suite", "--device", "cpu"],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "give --quick" in refused.stderr  # (not hours of CPU)
+

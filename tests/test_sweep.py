@@ -197,3 +197,11 @@ def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_
     (run_dir / "checkpoint.pt").write_bytes(b"a trained agent")
     with pytest.raises(SystemExit, match=r"brings its trained agent.*model=.*run/model\.pt"):
         search([*OFFLINE_TINY, f"dataset={dataset}", f"model={run_dir}", f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])
+
+
+def test_multirun_help_prints_the_launcher_and_sweep_keys(capsys):
+    from worldmodel.run import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--multirun", "--help"])
+    assert done.value.code == 0 and "hydra.launcher" in capsys.readouterr().out

@@ -357,6 +357,9 @@ def _write_status(jobs: list[Job], sweep_dir: Path, bar) -> None:
 
 def main(argv: list[str]) -> dict:
     """`python -m worldmodel.run --multirun ...` (see the module docstring); returns sweep.json's content."""
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        raise SystemExit(0)
     try:
         overrides, launcher, sweep_dir, config = split_args(argv)
         sweep_dir = (sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")).resolve()

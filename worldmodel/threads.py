@@ -91,7 +91,7 @@ def set_threads(threads: int | str | None = "auto") -> int:
 
     "auto" (or None): the available cores less those other processes keep busy (sampled for
     0.1 s), then adjusted by `adapt()`; an explicit OMP_NUM_THREADS in the environment is
-    honoured as a fixed count. An int fixes the count. Every entry point calls this first, so
+    honoured as a fixed count. An int fixes the count. Every learning command calls this first, so
     it also sets the rest of a computing process up: glibc keeps freed memory
     (`worldmodel.allocator`), and one inter-op thread.
     """
