@@ -23,7 +23,7 @@ from torch import Tensor
 
 from planners import learned_agent, load_pretrained_agent, make_planner
 from planners.base import Planner
-from worldmodel.checkpoint import CheckpointError, atomic_save, load_checked
+from worldmodel.checkpoint import RUN_FORMAT, CheckpointError, atomic_save, load_checked
 from worldmodel.config import pretrained_files
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import TaskSpec
@@ -33,7 +33,6 @@ from worldmodel.transition_log import TransitionLog
 # a bounded refit (refit_offline_ratio) draws at least this many offline rows beside the new ones
 REFIT_MIN_OFFLINE = 10_000
 FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
-RUN_FORMAT = "worldmodel.RunState"  # worldmodel.run's checkpoint.pt: these keys, with the run's progress
 VALUE_CHECK_ROWS = 4096  # dataset states the pretrained value is read on (pretrained_value)
 
 

@@ -142,6 +142,7 @@ class RealtimeController:
         self._episode = 0  # episodes begun (act(first=True)); a plan from an earlier one is dropped
         self._used_serial = -1
         self._last_action: Tensor | None = None
+        self._action_lock = threading.Lock()  # (act's thread and the watchdog's both send actions)
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._stopping = False
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
@@ -193,12 +194,13 @@ class RealtimeController:
         if posted and self.config.wait_ms > 0:
             self._await_answer(stamp, began + self.config.wait_ms / 1000)
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
-        action = self._limit(action)
-        if self.constraint is not None and finite and not self.constraint(obs, action):
-            self.counts["vetoed"] += 1
-            action, source = self._limit(self.safe_action), "fallback"
+        with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
+            action = self._limit(action)
+            if self.constraint is not None and finite and not self.constraint(obs, action):
+                self.counts["vetoed"] += 1
+                action, source = self._limit(self.safe_action), "fallback"
+            self._last_action = action
         self.counts[source] += 1
-        self._last_action = action
         self.act_latency_s.append(time.perf_counter() - began)
         return action
 
@@ -238,8 +240,9 @@ class RealtimeController:
     def limit(self, action: Tensor) -> Tensor:
         """An action [A] the robot is sent by other means (e.g. a random seed action), clipped to the
         box and the slew limit as act's are, and the last executed action from now on."""
-        self._last_action = self._limit(torch.as_tensor(action).float())
-        return self._last_action
+        with self._action_lock:
+            self._last_action = self._limit(torch.as_tensor(action).float())
+            return self._last_action
 
     def _limit(self, action: Tensor) -> Tensor:
         """The action box, then the slew limit around the last executed action."""
@@ -373,8 +376,9 @@ class RealtimeController:
         if self.on_stale is not None and silent:
             self.counts["watchdog_trips"] += 1
             self._last_obs_time = self.clock()  # once per silent interval
-            action = self._limit(self.safe_action)
-            self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
+            with self._action_lock:
+                action = self._limit(self.safe_action)
+                self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
             self.on_stale(action)
 
     # ---------------------------------------------------------------- learning in the background
@@ -506,7 +510,10 @@ def main(argv: list[str] | None = None) -> dict:
         logger = MetricsLogger(run_dir)
         cleanup.callback(logger.close)
         if resume_dir is not None:
-            logger.truncate(lambda record: True)  # (drops the torn last line of a killed run)
+            try:
+                logger.truncate(lambda record: True)  # (drops the torn last line of a killed run)
+            except ValueError as e:
+                raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
         cleanup.callback(agent.close)
         return _run(cfg, config, agent, robot, dataset, run_dir, resume_dir, logger)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 FORMAT_KEY = "format"
+RUN_FORMAT = "worldmodel.RunState"  # worldmodel.run's checkpoint.pt (its model, planner, buffer and progress)
 
 
 class CheckpointError(RuntimeError):

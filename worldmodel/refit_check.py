@@ -25,8 +25,7 @@ from omegaconf import OmegaConf
 
 from kernels import PRECISIONS
 from worldmodel import threads
-from planners.agent import RUN_FORMAT
-from worldmodel.checkpoint import load_checked
+from worldmodel.checkpoint import RUN_FORMAT, load_checked
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.fitting import check_settings
 from worldmodel.envs import make_env

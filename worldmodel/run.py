@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from planners import (DYNA_PLANNERS, Dyna, MPCPlanner, PlanningError, evaluation_returns, learned_agent, planner_config,
                       planner_defaults)
-from planners.agent import RUN_FORMAT, Agent
+from planners.agent import Agent
 from worldmodel import threads
-from worldmodel.checkpoint import CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
+from worldmodel.checkpoint import (RUN_FORMAT, CheckpointError, RunDirLock, atomic_save, load_checked, rng_state,
+                                   set_rng_state)
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_device, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
@@ -47,7 +48,7 @@ from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
 
 
-_FORMAT = RUN_FORMAT  # (one home: pretrained=<run dir> reads it through planners.agent)
+_FORMAT = RUN_FORMAT  # (one home, worldmodel.checkpoint: pretrained=<run dir> reads it too)
 _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
 _FIT_STATE, _FIT_STATE_FORMAT = "fit_state.pt", "worldmodel.FitState"  # a long fit's progress
@@ -161,6 +162,7 @@ class Run:
                                   "with that data, or start a new run")  # fmt: skip
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
+        self.progress.setdefault("dataset_fingerprint", self.dataset_fingerprint)  # (a run from before it was kept)
         self.selected_agent = ckpt.get("selected_agent", ckpt.get("selected_actor"))  # (older runs: the actor alone)
         self.trained_agent = ckpt.get("trained_agent", ckpt.get("trained_actor"))
         if "selected" not in self.progress:  # a run from before the selection: its evaluations' actors are gone

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler, load_if_exists=True,
                                 storage=f"sqlite:///{(sweep_dir / 'study.db').resolve()}")  # fmt: skip
     # what makes it one study (not how many trials, nor how many at once): a resume must not mix in another
-    setup = {"fixed": sorted(fixed), "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel")}}
+    setup = {"fixed": sorted(fixed),  # (the space and the sampler's seed; not how many trials, nor saving the best)
+             "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel", "save")}}
     if (saved := study.user_attrs.get("setup")) is None:
         study.set_user_attr("setup", setup)
     elif saved != setup:
