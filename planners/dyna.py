@@ -133,7 +133,7 @@ class Dyna(Planner):
         With actor_lr_cosine the actor's learning rate anneals to 0 over that budget."""
         horizon = self.agent.updates + updates if updates and self.config.actor_lr_cosine else None
         if horizon != self.agent.actor_lr_horizon:  # (from now; a budget extended keeps its schedule's start)
-            self.agent.anneal_actor_lr(horizon, self.agent.actor_lr_start if self.agent.actor_lr_horizon else None)
+            self.agent.anneal_actor_lr(horizon)
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every real transition, then refresh the model buffer."""

@@ -247,11 +247,13 @@ class SAC(nn.Module):
         self.anneal_actor_lr(state.get("actor_lr_horizon"), state.get("actor_lr_start", 0))  # (older states: from 0)
 
     def anneal_actor_lr(self, horizon: int | None, start: int | None = None) -> None:
-        """Decay the actor's learning rate along a cosine from actor_lr at update `start` (default:
-        the update count now, e.g. a pretrained agent's) to 0 at update `horizon` (OfflineRL-Kit's
-        MOPO does so over its whole offline run); None: constant actor_lr."""
-        self.actor_lr_horizon = horizon
-        self.actor_lr_start = self.updates if start is None else start
+        """Decay the actor's learning rate along a cosine from actor_lr at update `start` to 0 at
+        update `horizon` (OfflineRL-Kit's MOPO does so over its whole offline run); None: constant
+        actor_lr. `start` None: a schedule under way keeps its start (a budget extended), a new one
+        starts at the update count now (e.g. a pretrained agent's)."""
+        if start is None:
+            start = self.actor_lr_start if self.actor_lr_horizon else self.updates
+        self.actor_lr_horizon, self.actor_lr_start = horizon, start
         self._set_actor_lr()
 
     def _set_actor_lr(self) -> None:

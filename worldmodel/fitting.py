@@ -162,7 +162,6 @@ def fit(
     bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
     while (epochs_since_update < patience and (max_epochs is None or epoch < max_epochs)
            and (max_steps is None or steps < max_steps)):  # fmt: skip
-        threads.adapt()
         train_loss, batches = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta,
                                           None if max_steps is None else max_steps - steps, precision)  # fmt: skip
         epoch, steps = epoch + 1, steps + batches

@@ -48,7 +48,6 @@ from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
 
 
-_FORMAT = RUN_FORMAT  # (one home, worldmodel.checkpoint: pretrained=<run dir> reads it too)
 _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
 _FIT_STATE, _FIT_STATE_FORMAT = "fit_state.pt", "worldmodel.FitState"  # a long fit's progress
@@ -143,7 +142,7 @@ class Run:
     # -------------------------------------------------------------- checkpoints
 
     def save(self) -> None:
-        atomic_save({"format": _FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
+        atomic_save({"format": RUN_FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
                      "selected_agent": self.selected_agent, "trained_agent": self.trained_agent,
                      "torch_rng": rng_state()},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
@@ -151,7 +150,7 @@ class Run:
     def restore(self, run_dir: Path) -> None:
         """Load run_dir/checkpoint.pt into this run (writes nothing)."""
         path = run_dir / "checkpoint.pt"
-        ckpt = load_checked(path, _FORMAT)
+        ckpt = load_checked(path, RUN_FORMAT)
         if ckpt.get("version") != _VERSION:
             raise CheckpointError(f"{path} was written by an older worldmodel (checkpoint version "
                                   f"{ckpt.get('version')}, this one reads {_VERSION}); start a new run")  # fmt: skip

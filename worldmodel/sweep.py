@@ -49,6 +49,11 @@ class LauncherConfig:
     max_retries: int = 2  # retries of a killed job (each resumes from its last checkpoint)
 
     @property
+    def cluster(self) -> str | None:
+        """The Ray cluster's address (address, else RAY_ADDRESS), or None: a local instance."""
+        return self.address or os.environ.get("RAY_ADDRESS")
+
+    @property
     def threads(self) -> int:
         return self.threads_per_job or max(1, int(self.cpus_per_job))
 
@@ -254,7 +259,7 @@ class JobPool:
         if launcher == "ray":
             import ray
 
-            address = config.address or os.environ.get("RAY_ADDRESS")
+            address = config.cluster
             self._started_ray = not ray.is_initialized()
             if self._started_ray and address:
                 ray.init(address=address, log_to_driver=False)
@@ -365,8 +370,7 @@ def main(argv: list[str]) -> dict:
         sweep_dir = (sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         jobs = plan_jobs(overrides, sweep_dir)
         _check_same_sweep(sweep_dir, jobs)
-        local = not (config.address or os.environ.get("RAY_ADDRESS")) or launcher == "basic"
-        if local and config.threads > available_cores():  # (a cluster's machines may have more)
+        if (launcher == "basic" or not config.cluster) and config.threads > available_cores():  # (a cluster's machines may have more)
             raise ValueError(f"{config.threads} thread(s) a job, but this machine gives {available_cores()} core(s): "
                              "every job would fail; lower hydra.launcher.threads_per_job (or cpus_per_job)")  # fmt: skip
     except ValueError as e:

@@ -4,7 +4,7 @@ torch's default takes every core whoever else is running, and its OpenMP threads
 wait for each other: beside one busy core, a 2-thread model fit ran 3-11x slower than on 1 thread.
 `set_threads("auto")` (the run command's default, `threads=auto`) starts from the cores this
 process may use (CPU affinity, capped by its cgroup CPU quota) minus those other processes keep
-busy, and `adapt()`, called at safe points of a run (every step, every fit epoch), follows the
+busy, and `adapt()`, called at safe points of a run (every step, every fit minibatch), follows the
 load as other jobs come and go. `set_threads(n)` fixes the count at n.
 """
 
