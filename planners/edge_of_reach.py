@@ -3,8 +3,10 @@
 Offline MBPO and RAVL learn from rollouts in the true simulator (worldmodel.simulator: no
 model error at all) started from dataset states. At each evaluation the critics' value of
 the policy, min_i Q_i(s, pi(s)), is compared with the discounted return the policy really
-gets from the same start states; `overestimation` subtracts the soft critics' entropy bonus
-(alpha H gamma / (1 - gamma)), which is not reward. Without value pessimism the states at the edge of the
+gets from the same start states; `overestimation` also subtracts the soft critics' entropy bonus
+along the evaluated episode (sum over t >= 1 of gamma^t alpha H(s_t), up to its real end), which is
+not reward. The critics value the stochastic policy from the second step on, the evaluation runs its
+mean action throughout: the same policy the evaluations score. Without value pessimism the states at the edge of the
 rollouts' reach are never corrected, so MBPO's Q drifts above any return it achieves; RAVL's
 EDAC critics keep it near. Writes metrics.jsonl, summary.json and q_vs_return.png.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from planners import make_planner
@@ -37,25 +40,32 @@ from worldmodel.threads import adapt, set_threads
 
 
 def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, float]:
-    """Mean over episodes of V(s0) = min_i Q_i(s0, pi(s0)), the discounted and the plain return from s0."""
-    values, discounted, plain = [], [], []  # V(s0) at the mean action, as the deterministic policy acts
+    """Means over episodes from s0: V(s0) = min_i Q_i(s0, pi(s0)) at the mean action (as the
+    deterministic policy acts), the discounted and the plain return, and `entropy_bonus`, the part
+    of a soft V(s0) that is the policy's future entropy rather than reward (entropy_bonus)."""
+    values, discounted, plain, bonus = [], [], [], []
     for _ in range(episodes):
         act = lambda td: td.set("action", agent.act(td["observation"], deterministic=True))  # noqa: E731
         rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
         rewards = rollout["next", "reward"].squeeze(-1).double()
+        weights = discount ** torch.arange(len(rewards), dtype=torch.float64)
         values.append(agent.value(rollout["observation"][:1], deterministic=True).item())
-        discounted.append((rewards * discount ** torch.arange(len(rewards), dtype=torch.float64)).sum().item())
+        discounted.append((rewards * weights).sum().item())
         plain.append(rewards.sum().item())
+        bonus.append(entropy_bonus(agent, rollout["observation"], weights))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"q_start": mean(values), "discounted_return": mean(discounted), "ret": mean(plain)}
+    return {"q_start": mean(values), "discounted_return": mean(discounted), "ret": mean(plain),
+            "entropy_bonus": mean(bonus)}
 
 
-def entropy_share(agent, obs) -> float:
-    """The part of a soft Q that is future entropy bonus, not reward: about
-    sum_{t>=1} gamma^t alpha H = alpha H gamma / (1 - gamma), with H the policy's mean entropy on obs."""
-    _, log_prob = agent.actor(obs)
-    gamma = agent.config.discount
-    return (agent.alpha * -log_prob.mean()).item() * gamma / (1 - gamma)
+@torch.no_grad()
+def entropy_bonus(agent, obs: Tensor, weights: Tensor) -> float:
+    """sum_{t>=1} gamma^t alpha H(s_t) along one episode's states obs [T, O] (weights [T]: gamma^t):
+    what a soft critic's Q(s0, a0) holds beyond reward, ending where the episode ends (a terminal
+    state bootstraps no bonus; a time limit's tail beyond is gamma^T small). H(s_t) is estimated by
+    -log pi(a|s_t) of one sampled action a state, unbiased in the sum."""
+    _, log_prob = agent.actor(obs[1:])
+    return (agent.alpha.double() * (-log_prob.double() * weights[1:]).sum()).item()
 
 
 RESUMABLE_KEYS = ("updates", "methods", "threads", "run_dir", "compare_with")  # may differ from the saved config when resuming
@@ -75,11 +85,18 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
                          f"give the same settings to resume it (only {', '.join(RESUMABLE_KEYS)} may change) "
                          f"or another run_dir")  # fmt: skip
     states = load_checked(run_dir / "checkpoint.pt", "edge_of_reach")["methods"]
+    _check_rows([state["row"] for state in states.values()], run_dir)
     if (done := max((state["done"] for state in states.values()), default=0)) > cfg.updates:
         raise ValueError(f"run_dir={run_dir} holds a comparison {done} updates long: updates={cfg.updates} cannot "
                          f"shorten it; give updates >= {done} or another run_dir")  # fmt: skip
     save_config(cfg, run_dir)
     return states
+
+
+def _check_rows(rows: list[dict], run_dir: Path) -> None:
+    if any("entropy_bonus" not in row for row in rows):
+        raise ValueError(f"{run_dir} was written before the entropy bonus was measured along the evaluated "
+                         "episodes (2026-12-06): start a new run_dir")
 
 
 def compare(cfg: DictConfig) -> dict:
@@ -121,8 +138,8 @@ def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, li
 
 def _summary_row(row: dict, updates: int) -> dict:
     """A method's summary: its last evaluation, its updates and the critics' overestimation (V(s0)
-    above the true discounted return, less the entropy bonus, which is not reward)."""
-    return {**row, "updates": updates, "overestimation": row["q_start"] - row["discounted_return"] - row["entropy_share"]}
+    above the true discounted return and the entropy bonus along the same episodes)."""
+    return {**row, "updates": updates, "overestimation": row["q_start"] - row["discounted_return"] - row["entropy_bonus"]}
 
 
 _SAME_SETTINGS = ("dataset", "task", "seed", "rollout_length", "rollout_batch_size", "rollout_every", "real_ratio")
@@ -143,6 +160,7 @@ def compared_runs(cfg: DictConfig) -> dict[Path, list[str]]:
                              + ", ".join(f"{k}={theirs.get(k)} (here {cfg.get(k)})" for k in differ))
         if shared := sorted(set(theirs.methods) & set(cfg.methods)):
             raise ValueError(f"compare_with={other} also runs {shared}: each method comes from one run")
+        _check_rows([row for method in theirs.methods for row in read_records(other, method)], other)
         out[other] = list(theirs.methods)
     return out
 
@@ -171,7 +189,6 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
         eval_env.set_seed(cfg.seed + 10_000 + done)  # the same episodes whether or not the run was resumed
         row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
         row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
-        row["entropy_share"] = entropy_share(planner.agent, probe)
         row["critic_loss"] = stats["critic_loss"]
         logger.log(method, done, **row)
         states[method] = {"done": done, "planner": planner.state_dict(), "row": row, "torch_rng": rng_state()}
@@ -190,8 +207,9 @@ def _plot(curves: dict[str, list[dict]], out, task: str) -> None:
     for (method, rows), color in zip(curves.items(), ("tab:red", "tab:blue", "tab:green")):
         steps = [r["step"] for r in rows]
         ax.plot(steps, [r["q_start"] for r in rows], color=color, label=f"{method}: V(s0), critics")
-        ax.plot(steps, [r["discounted_return"] for r in rows], color=color, linestyle="--", label=f"{method}: true")
-    ax.set(xlabel="agent updates", ylabel="discounted value from s0", title=f"{task}: true-dynamics rollouts")
+        ax.plot(steps, [r["discounted_return"] + r["entropy_bonus"] for r in rows], color=color, linestyle="--",
+                label=f"{method}: true (return + entropy bonus)")
+    ax.set(xlabel="agent updates", ylabel="discounted soft value from s0", title=f"{task}: true-dynamics rollouts")
     ax.set_yscale("symlog")
     ax.legend(loc="best")
     ax.grid(alpha=0.3)

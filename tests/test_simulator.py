@@ -48,8 +48,8 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
     for method, critics in (("mbpo", 2), ("ravl", 10)):  # agent.* reaches both agents beside each one's own
         assert states[method]["planner"]["agent"]["modules"]["critics.weights.1"].shape == (critics, 32, 32)
     for row in summary.values():
-        assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"] - row["entropy_share"])
-        assert row["entropy_share"] > 0
+        assert row["overestimation"] == pytest.approx(row["q_start"] - row["discounted_return"] - row["entropy_bonus"])
+        assert row["entropy_bonus"] != 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in rows] == [("mbpo", 10), ("mbpo", 20), ("ravl", 10), ("ravl", 20)]
     assert (tmp_path / "run" / "q_vs_return.png").is_file()
@@ -101,3 +101,19 @@ def test_edge_of_reach_methods_learned_in_separate_processes_meet_in_one_plot(tm
     # a plot of runs still learning elsewhere: no methods of its own
     plotted = main([*common, "methods=[]", f"compare_with=[{tmp_path / 'a'},{tmp_path / 'b'}]", f"run_dir={tmp_path / 'c'}"])
     assert set(plotted) == {"mbpo", "ravl"} and (tmp_path / "c" / "q_vs_return.png").is_file()
+
+
+def test_entropy_bonus_sums_the_discounted_entropy_of_the_episodes_own_later_states():
+    from planners.edge_of_reach import entropy_bonus
+    from planners.sac import SAC
+
+    agent = SAC(3, -torch.ones(2), torch.ones(2))
+    obs, gamma = torch.randn(4, 3), 0.9
+    weights = gamma ** torch.arange(4, dtype=torch.float64)
+    torch.manual_seed(0)
+    bonus = entropy_bonus(agent, obs, weights)
+    torch.manual_seed(0)
+    _, log_prob = agent.actor(obs[1:])
+    expected = agent.alpha.item() * sum(-lp * gamma**t for t, lp in zip((1, 2, 3), log_prob.tolist()))
+    assert bonus == pytest.approx(expected, rel=1e-5)
+    assert entropy_bonus(agent, obs[:1], weights[:1]) == 0.0  # an episode ended at its first step: no bonus
