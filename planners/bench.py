@@ -39,6 +39,7 @@ import kernels
 from kernels._common import positive_int
 from kernels.bench import measure_peak, write_json
 from kernels.cpu import bf16_units
+from planners import edac
 from planners import CEM, MOPO, MPPI, RAVL, BehaviourCloning, CEMConfig, MOPOConfig, MPPIConfig, RAVLConfig
 from worldmodel.allocator import keep_freed_memory
 from worldmodel.ensemble import EnsembleDynamics
@@ -265,7 +266,7 @@ def profile_rows(repeats: int) -> list[dict]:
         value = _median_ms(lambda: planner.terminal_value(state), repeats)
     agent = planner.value_agent
     value_flops = cfg.candidates * (agent.config.num_critics * _mlp_flops(agent.critics.weights)
-                                    + _mlp_flops([m.weight.T for m in agent.actor.net[::2]]))  # fmt: skip
+                                    + _linear_flops(agent.actor.net))  # fmt: skip
     mlp_flops = blocks.shape[0] * blocks.shape[1] * cfg.horizon * _mlp_flops(model.weights)
     stages = [
         ("ensemble MLP: matmuls", mlp["identity"], mlp_flops / (peak * 1e6)),
@@ -285,6 +286,11 @@ def profile_rows(repeats: int) -> list[dict]:
 def _mlp_flops(module_weights) -> int:
     """2 x sum(in x out) over the layers: multiply-add FLOPs per row of one member."""
     return 2 * sum(w.shape[-2] * w.shape[-1] for w in module_weights)
+
+
+def _linear_flops(net: nn.Module) -> int:
+    """_mlp_flops of a module's nn.Linear layers (an actor's or a policy's trunk)."""
+    return _mlp_flops([m.weight.T for m in net.modules() if isinstance(m, nn.Linear)])
 
 
 def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
@@ -309,12 +315,14 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
         mopo.observe(real)
         ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1, device=device)
-        # penalised rollouts run every member the measure reads on every row; plain ones one elite per row
+        # penalised rollouts run every member the measure reads on every row; plain ones one elite per row;
+        # the policy acts on every row too (its own precision, fp32 here)
         scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
         flops = 5 * 50_000 * per_row * (scored if penalty else 1)
+        policy_flops = 5 * 50_000 * _linear_flops(mopo.agent.actor.net)
         out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}{_tag(precision)}",
                     "per_s": 250_000 / ms * 1e3, "unit": "transitions/s", "ms": ms,
-                    "floor_ms": flops / (peaks[precision] * 1e6)})  # fmt: skip
+                    "floor_ms": flops / (peaks[precision] * 1e6) + policy_flops / (peak * 1e6)})  # fmt: skip
     model.precision = "fp32"
     agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig, {}),
               ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL, RAVLConfig, {}),
@@ -326,19 +334,22 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         agent = planner.agent
         ms = _median_ms(lambda: planner.learn(10), max(2, repeats // 2), warmup=1, device=device) / 10
         n, b = agent.config.num_critics, agent.config.batch_size
-        critic, actor = _mlp_flops(agent.critics.weights), _mlp_flops([m.weight.T for m in agent.actor.net[::2]])
+        critic, actor = _mlp_flops(agent.critics.weights), _linear_flops(agent.actor.net)
         # target fwd 1 + fwd/bwd 3 + actor-loss fwd and input grad 2 (+1 for EDAC's diversity term in
         # closed form: its pass up the critics' chain, its weight gradients sharing the TD error's
-        # products; planners.edac); actor 4
-        flops = b * (n * critic * (6 + (agent.config.eta > 0)) + 4 * actor)
-        out.append({"work": name + _tag(precision), "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
-                    "floor_ms": flops / (peaks[precision] * 1e6)})
+        # products; planners.edac); actor 4: the target's forward, the loss's forward and backward
+        # (+1: EDAC's order samples the temperature's log-probabilities afresh)
+        fresh = agent.config.update_order == "actor_first"
+        flops = b * (n * critic * (6 + (agent.config.eta > 0)) + (4 + fresh) * actor)
+        eager = extra.get("compile_critic_step") and "failed" in edac._compiled  # (compiling failed: it ran eagerly)
+        out.append({"work": name + (" (compiling failed: eager)" if eager else "") + _tag(precision),
+                    "per_s": 1000 / ms, "unit": "updates/s", "ms": ms, "floor_ms": flops / (peaks[precision] * 1e6)})
     if device == "cpu":  # (behaviour cloning trains on the CPU whatever the device)
         bc = BehaviourCloning(model, spec)
         bc.observe(real)
         ms = _median_ms(lambda: bc.learn(10), repeats, warmup=1) / 10
         out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
-                    "floor_ms": 256 * 3 * _mlp_flops([m.weight.T for m in bc.policy[::2]]) / (peak * 1e6)})  # fmt: skip
+                    "floor_ms": 256 * 3 * _linear_flops(bc.policy) / (peak * 1e6)})  # fmt: skip
     for r in out:
         r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device, threads=torch.get_num_threads())
     return out

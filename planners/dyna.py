@@ -92,7 +92,8 @@ class MOPOConfig(DynaConfig):
 @dataclass
 class RAVLConfig(DynaConfig):
     """No dynamics penalty; an EDAC agent as RAVL's code runs it: 10 critics and the actor of
-    3 x 256, min over all critics, gradient diversity eta, EDAC's initialisation and update order."""
+    3 x 256, min over all critics, gradient diversity eta, EDAC's initialisation, and the update
+    order of RAVL's code (alpha, actor, then the critics)."""
 
     agent: dict = field(default_factory=lambda: {"num_critics": 10, "critic_layers": 3, "actor_layers": 3,
                                                  "eta": 1.0, "init": "edac", "update_order": "actor_first"})  # fmt: skip
@@ -111,9 +112,9 @@ class Dyna(Planner):
             self.generator.manual_seed(config.seed)
         else:
             self.generator.seed()
-        capacity = config.rollout_batch_size * self._max_rollout_length() * config.retain_rounds
-        self.model_buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=capacity, device=str(model.device))
+        self.model_buffer = self._model_buffer_for(self.rollout_length)
         self._updates_since_rollout = 0
+        self._rolled_out = False  # (a first round runs before the first update, even if it kept nothing)
         self.last_rollout: dict[str, float] = {}
         self._penalty_warned = False
 
@@ -147,7 +148,7 @@ class Dyna(Planner):
         cfg = self.config
         stats: dict[str, float] = {}
         for _ in range(cfg.updates_per_step if updates is None else updates):
-            if len(self.model_buffer) == 0 or self._updates_since_rollout >= cfg.rollout_every:
+            if not self._rolled_out or self._updates_since_rollout >= cfg.rollout_every:
                 self.rollout()
             stats = self.agent.update(self._batch())
             self._updates_since_rollout += 1
@@ -158,7 +159,7 @@ class Dyna(Planner):
     @property
     def rollout_length(self) -> int:
         """k now: fixed, or MBPO's linear schedule over the real transitions observed so far
-        (an offline dataset counts; the model buffer is sized for the longest k)."""
+        (an offline dataset counts; the model buffer holds retain_rounds rounds of the k now)."""
         if self.config.rollout_schedule is None:
             return self.config.rollout_length
         start, end, low, high = self.config.rollout_schedule
@@ -205,9 +206,14 @@ class Dyna(Planner):
                 obs = step["next_obs"][~step["terminated"]]
         imagined = torch.cat(steps) if steps else None
         count = len(imagined) if imagined is not None else 0
+        self._resize_model_buffer(length)
         if count:
             self.model_buffer.extend(imagined)
-        self._updates_since_rollout = 0
+        elif started:
+            warnings.warn(f"a rollout round kept no imagined transition ({dropped} non-finite, of {started} starts): "
+                          "the agent learns from real data only until the next round; is the model diverged?",
+                          stacklevel=2)  # fmt: skip
+        self._updates_since_rollout, self._rolled_out = 0, True
         raw = torch.cat(raw_rewards) if count else torch.zeros(1)
         penalty = torch.cat(penalties) if count else torch.zeros(1)
         self.last_rollout = {  # over the kept rows: what the agent learns from, and what the penalty took
@@ -247,15 +253,26 @@ class Dyna(Planner):
             parts.append(self.model_buffer.sample(size - real))
         return torch.cat([p.to(self.model.device) for p in parts])
 
-    def _max_rollout_length(self) -> int:
-        schedule = self.config.rollout_schedule
-        return max(self.config.rollout_length, schedule[3] if schedule else 0)
+    def _model_buffer_for(self, length: int) -> ReplayBuffer:
+        capacity = self.config.rollout_batch_size * length * self.config.retain_rounds
+        return ReplayBuffer(self.spec.obs_dim, self.spec.act_dim, capacity=capacity, device=str(self.model.device))
+
+    def _resize_model_buffer(self, length: int) -> None:
+        """Hold retain_rounds rounds of k = `length` steps, keeping the newest rows (MBPO's pool
+        reallocation): a buffer sized for a schedule's longest k would keep many times
+        retain_rounds of the short early rounds, and reserve memory for them."""
+        old = self.model_buffer
+        if old.capacity == self.config.rollout_batch_size * length * self.config.retain_rounds:
+            return
+        self.model_buffer = self._model_buffer_for(length)
+        if len(old):
+            self.model_buffer.extend(old.data()[old.newest(self.model_buffer.capacity)])
 
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict:
-        """The agent (networks, optimisers, temperature) and the update counter; the model buffer
-        is not saved (a resumed run imagines a fresh one)."""
+        """The agent (networks, optimisers, temperature), the update counter and the rollouts' random
+        stream; the model buffer is not saved (a resumed run imagines a fresh one)."""
         return {"agent": self.agent.training_state(), "updates_since_rollout": self._updates_since_rollout,
                 "generator": self.generator.get_state()}
 

@@ -38,7 +38,7 @@ class SACConfig:
     actor_layers: int = 2
     critic_layers: int = 2
     num_critics: int = 2
-    critic_subset: int | None = None  # target: min over this many random critics (None: all of them)
+    critic_subset: int | None = None  # REDQ: target min over this many random critics, actor on all critics' mean (None: min over all, both)
     eta: float = 0.0  # EDAC gradient-diversity weight (0: plain SAC critics)
     discount: float = 0.99
     tau: float = 0.005  # target critics: Polyak averaging rate
@@ -298,7 +298,7 @@ class SAC(nn.Module):
                           stacklevel=2)  # fmt: skip
         if self.actor_lr_horizon:
             self._set_actor_lr()
-        if self.config.update_order == "actor_first":  # EDAC's order: alpha, actor, then critics
+        if self.config.update_order == "actor_first":  # RAVL's code (after CORL): alpha, actor, critics
             self._alpha_step(batch["obs"])
             actor_loss, log_prob, gap = self._actor_step(batch["obs"])
             critic_loss, q, diversity = self._critic_step(batch)
@@ -331,7 +331,8 @@ class SAC(nn.Module):
         distance from the anchor's actions in half-ranges, or None without actor_anchor or an anchor)."""
         mean, log_std = self.actor.gaussian(obs)
         action, log_prob = self.actor.sample(mean, log_std)
-        q = self.critics(obs, action).amin(0)
+        q = self.critics(obs, action)
+        q = q.amin(0) if self.config.critic_subset is None else q.mean(0)  # (REDQ's actor reads the mean)
         actor_loss, gap = (self.alpha * log_prob - q).mean(), None
         if self.anchor is not None and self.config.actor_anchor > 0:
             with torch.no_grad():

@@ -187,6 +187,35 @@ def test_mbpo_rollout_length_schedule_grows_with_real_data():
     assert lengths == [1, 3, 5, 5]
 
 
+def test_the_model_buffer_keeps_retain_rounds_rounds_of_the_rollout_length_now():
+    """Under a schedule the buffer holds retain_rounds rounds of today's k (MBPO's reallocation), not
+    of the longest k: 2 rounds of k=1 while k is 1, then the newest rows carried into k=5's buffer."""
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = MBPO(model, SPEC, DynaConfig(rollout_schedule=[10, 30, 1, 5], rollout_batch_size=4, retain_rounds=2))
+    planner.observe(real_data(10))
+    for _ in range(4):
+        planner.rollout()
+    assert planner.model_buffer.capacity == 8 and len(planner.model_buffer) == 8
+    planner.observe(real_data(20))
+    planner.rollout()  # k = 5: 20 rows more
+    assert planner.model_buffer.capacity == 40 and len(planner.model_buffer) == 28
+
+
+def test_a_rollout_round_that_keeps_nothing_warns_and_waits_for_the_next_round():
+    model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]])
+    config = DynaConfig(rollout_length=1, rollout_batch_size=4, rollout_every=5, agent={"hidden": 16, "batch_size": 8})
+    planner = MBPO(model, SPEC, config)
+    data = real_data(4)
+    data["obs"][:, 1] = float("nan")  # every imagined row is non-finite
+    planner.buffer.extend(real_data(8))
+    with pytest.warns(UserWarning, match="kept no imagined transition"):
+        planner.rollout(data["obs"])
+    rounds = []
+    planner.rollout = lambda: rounds.append(1)  # (counts the rounds learn() starts)
+    planner.learn(4)
+    assert rounds == [] and planner.agent.updates == 4  # real data only, no round per update
+
+
 def test_the_cosine_actor_lr_starts_at_actor_lr_after_a_pretrained_agents_updates():
     """schedule(N) anneals over the next N updates, from the agent's count now (a pretrained agent's
     100), and a budget extended later keeps that start (a resumed run given more updates)."""

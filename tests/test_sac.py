@@ -55,6 +55,19 @@ def test_td_target_bootstraps_only_from_non_terminal_steps(terminated):
     torch.testing.assert_close(loss, 3 * (2.0 - target).square().mean())
 
 
+@pytest.mark.parametrize("subset, expected", [(None, -1.0), (2, -2.5)], ids=["sac_min", "redq_mean"])
+def test_the_actor_reads_the_critics_min_or_with_a_critic_subset_redqs_mean(subset, expected):
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=4, critic_subset=subset, init_alpha=1e-9))
+    with torch.no_grad():
+        for w in agent.critics.weights:
+            w.zero_()
+        for b in agent.critics.biases:
+            b.zero_()
+        agent.critics.biases[-1].copy_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+    actor_loss, _, _ = agent._actor_step(transitions(8, terminated=False)["obs"])
+    assert actor_loss.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_critic_subset_takes_the_min_over_that_many_random_critics():
     agent = SAC(O, LOW, HIGH, SACConfig(hidden=8, num_critics=4, critic_subset=2, discount=1.0, init_alpha=1e-9))
     with torch.no_grad():
