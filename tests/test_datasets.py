@@ -76,10 +76,20 @@ def test_corrupt_and_truncated_files_are_clear_errors(hopper_data, tmp_path):
         load_dataset(tmp_path / "cut.hdf5")
 
 
+def _replace(f, key, change) -> None:
+    data = change(f[key][()])
+    del f[key]
+    f.create_dataset(key, data=data)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: f.__delitem__("rewards"), "lacks \\['rewards'\\]"),
     (lambda f: f["rewards"].__setitem__(5, float("nan")), "'reward' has non-finite values .* rows \\[5\\]"),
     (lambda f: (f.__delitem__("actions"), f.create_dataset("actions", data=torch.zeros(10, 3).numpy())), "different lengths"),
+    (lambda f: _replace(f, "terminals", lambda a: (a.astype("float32") + 1) * 0.5),
+     "terminated holds values other than 0 and 1"),
+    (lambda f: _replace(f, "observations", lambda a: a.astype("int64")), "obs is torch.int64, not floating point"),
+    (lambda f: (f.__delitem__("observations"), f.create_group("observations")), "is a group, not an array"),
 ])  # fmt: skip
 def test_damaged_fields_are_named(hopper_data, tmp_path, damage, message):
     save_d4rl(tmp_path / "d.hdf5", hopper_data)

@@ -32,6 +32,22 @@ def test_runs_with_different_settings_get_rows_of_their_own(tmp_path):
     assert "mopo (planner.penalty=5.0)" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_scores_and_seeds_line_up_whatever_the_directories_order(tmp_path):
+    """Sweep jobs are numbered directories (0, 1, 10, 2, ...); a run without a score yet leaves a seed
+    without a score: each score stays beside its own seed."""
+    for seed, score in ((0, 10.0), (1, 11.0), (10, 20.0), (2, None), (3, 13.0)):
+        fake_run(tmp_path / str(seed), seed, score, penalty=2.5)
+        if score is None:
+            (tmp_path / str(seed) / "metrics.jsonl").write_text("")
+            summary = json.loads((tmp_path / str(seed) / "summary.json").read_text())
+            (tmp_path / str(seed) / "summary.json").write_text(json.dumps({**summary, "status": "running",
+                                                                          "normalized_score": None}))
+    (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert row["seeds"] == [0, 1, 2, 3, 10]
+    assert list(zip(row["scored_seeds"], row["scores"])) == [(0, 10.0), (1, 11.0), (3, 13.0), (10, 20.0)]
+    assert "s0: 10.0, s1: 11.0, s3: 13.0, s10: 20.0" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_runs_alike_or_without_a_config_pool_under_the_planner(tmp_path):
     fake_run(tmp_path / "a", 0, 90.0, penalty=2.5)
     fake_run(tmp_path / "b", 1, 70.0, penalty=2.5)

@@ -189,40 +189,61 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
 def _read_d4rl(f: h5py.File) -> tuple[TensorDict, dict]:
     if missing := [k for k in _D4RL_KEYS if k not in f]:
         raise DatasetError(f"{f.filename}: D4RL layout lacks {missing} (needs {list(_D4RL_KEYS)})")
-    arrays = {key: torch.as_tensor(np.asarray(f[d4rl_key])) for d4rl_key, key in _D4RL_KEYS.items()}
+    arrays = {key: _array(f, d4rl_key, f.filename) for d4rl_key, key in _D4RL_KEYS.items()}
     lengths = {key: len(a) for key, a in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise DatasetError(f"{f.filename}: fields have different lengths {lengths} (truncated file?)")
     metadata = {k.removeprefix("metadata/"): _attr(v) for k, v in f.attrs.items()}
-    return _transitions(arrays), metadata
+    return _transitions(arrays, f.filename), metadata
 
 
 def _read_minari(f: h5py.File, path: Path) -> tuple[TensorDict, dict]:
     episodes = []
-    for name in sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k.split("_")[1])):
+    names = [k for k in f if k.startswith("episode_")]
+    if bad := [k for k in names if not k.removeprefix("episode_").isdigit()]:
+        raise DatasetError(f"{path}: {bad[:3]} are not Minari episode groups (episode_<number>)")
+    for name in sorted(names, key=lambda k: int(k.removeprefix("episode_"))):
         g = f[name]
         if missing := [k for k in ("observations", "actions", "rewards", "terminations", "truncations") if k not in g]:
             raise DatasetError(f"{path}: {name} lacks {missing}")
-        obs = torch.as_tensor(np.asarray(g["observations"]))
-        steps = len(g["actions"])
-        if len(obs) != steps + 1:
-            raise DatasetError(f"{path}: {name} has {len(obs)} observations for {steps} actions (needs one more)")
+        obs, action = _array(g, "observations", str(path)), _array(g, "actions", str(path))
+        if len(obs) != len(action) + 1:
+            raise DatasetError(f"{path}: {name} has {len(obs)} observations for {len(action)} actions (needs one more)")
         episodes.append(_transitions({
-            "obs": obs[:-1], "next_obs": obs[1:], "action": torch.as_tensor(np.asarray(g["actions"])),
-            "reward": torch.as_tensor(np.asarray(g["rewards"])),
-            "terminated": torch.as_tensor(np.asarray(g["terminations"])),
-            "truncated": torch.as_tensor(np.asarray(g["truncations"])),
-        }))  # fmt: skip
+            "obs": obs[:-1], "next_obs": obs[1:], "action": action, "reward": _array(g, "rewards", str(path)),
+            "terminated": _array(g, "terminations", str(path)), "truncated": _array(g, "truncations", str(path)),
+        }, f"{path}: {name}"))  # fmt: skip
     meta_file = path.parent / "metadata.json"
-    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    try:
+        metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{meta_file} (the dataset's metadata beside {path.name}) is not JSON: {e}") from e
     metadata.update({k: _attr(v) for k, v in f.attrs.items()})
     return torch.cat(episodes), metadata
 
 
-def _transitions(arrays: dict) -> TensorDict:
-    """Raw arrays to a transitions TensorDict: floats as float32, flags as bool."""
-    out = {k: (v.bool() if k in ("terminated", "truncated") else v.float()) for k, v in arrays.items()}
+def _transitions(arrays: dict, source: str) -> TensorDict:
+    """Raw arrays to a transitions TensorDict: floats as float32, flags (bool or 0/1) as bool;
+    DatasetError naming `source` and the field for any other dtype or flag value."""
+    out = {}
+    for key, value in arrays.items():
+        if key in ("terminated", "truncated"):
+            if value.dtype != torch.bool and not ((value == 0) | (value == 1)).all():
+                raise DatasetError(f"{source}: {key} holds values other than 0 and 1 (flags: bool or 0/1)")
+            out[key] = value.bool()
+        elif not value.is_floating_point():
+            raise DatasetError(f"{source}: {key} is {value.dtype}, not floating point (a D4RL file stores float32)")
+        else:
+            out[key] = value.float()
     return TensorDict(out, batch_size=[len(out["obs"])])
+
+
+def _array(f: h5py.File | h5py.Group, key: str, source: str) -> torch.Tensor:
+    """f[key] as a tensor; DatasetError where it is a group (Minari's dict observations), not an array."""
+    if not isinstance(f[key], h5py.Dataset):
+        raise DatasetError(f"{source}: {f[key].name} is a group, not an array (dict observations are not supported: "
+                           "flatten them into one array)")
+    return torch.as_tensor(np.asarray(f[key]))
 
 
 def _attr(value):

@@ -49,7 +49,7 @@ def check_run(run_dir: Path, first: int | None, refit_at: int, ahead: int, refit
     scratch on the refit's rows (from_scratch)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     spec = make_env(cfg.env.name, seed=cfg.seed).task_spec
-    data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim).read()
+    data = TransitionLog(run_dir / "transitions", spec.obs_dim, spec.act_dim, repair=False).read()  # (the run may still be writing it)
     checkpoint = run_dir / "checkpoint.pt" if start_from == "checkpoint" else None if start_from == "fit" else Path(start_from)
     state = load_checked(checkpoint, RUN_FORMAT) if checkpoint is not None else None
     if state is not None:

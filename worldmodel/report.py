@@ -292,6 +292,7 @@ def report(runs: list[dict]) -> list[dict]:
         groups[run["group"], run["variant"]].append(run)
     rows = []
     for (group, planner), members in sorted(groups.items()):
+        members = sorted(members, key=lambda r: r["seed"])  # (scores, seeds and selected_scores in one order)
         scored = [r for r in members if r["score"] is not None]
         bests = [r["best"] for r in members if r["best"] is not None]
         selected = [r["selected"] for r in scored if r.get("selected") is not None]
@@ -300,7 +301,8 @@ def report(runs: list[dict]) -> list[dict]:
                      "best": statistics.fmean(bests) if bests else None,
                      "selected_scores": selected, "selected_mean": statistics.fmean(selected) if selected else None,
                      "selected_std": statistics.stdev(selected) if len(selected) > 1 else None,
-                     "seeds": sorted(r["seed"] for r in members), "scores": [r["score"] for r in scored],
+                     "seeds": [r["seed"] for r in members], "scores": [r["score"] for r in scored],
+                     "scored_seeds": [r["seed"] for r in scored],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
                      "normalized": all(r["normalized"] for r in scored),
@@ -333,7 +335,8 @@ def markdown(rows: list[dict]) -> str:
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
         lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {selected} | {r['n']} | "
-                     f"{', '.join(fmt(s) for s in r['scores'])} | {progress}{unfinished} |")  # fmt: skip
+                     f"{', '.join(f's{seed}: {fmt(x)}' for seed, x in zip(r['scored_seeds'], r['scores']))} | "
+                     f"{progress}{unfinished} |")  # fmt: skip
     return "\n".join(lines) + ("\n\n" + robot_markdown(robot) if robot else "")
 
 
@@ -392,7 +395,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
 
 
 _SUMMARY_KEYS = ("group", "planner", "n", "mean", "std", "ci_low", "ci_high", "ci95", "iqm", "iqm_ci_low",
-                 "iqm_ci_high", "best", "selected_mean", "selected_std", "selected_scores", "scores", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data", "robot")  # fmt: skip
+                 "iqm_ci_high", "best", "selected_mean", "selected_std", "selected_scores", "scores", "scored_seeds", "seeds", "progress", "unfinished", "normalized", "datasets", "unknown_data", "robot")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
