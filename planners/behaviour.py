@@ -28,8 +28,8 @@ from planners.sac import SAC, SACConfig
 from worldmodel import threads
 from worldmodel.checkpoint import atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.collect import collect, uniform_policy
-from worldmodel.datasets import (REFERENCE_RETURNS, episode_ends, fingerprint, normalized_score, save_d4rl,
-                                 save_minari)
+from worldmodel.datasets import (REFERENCE_RETURNS, dynamics_args, episode_ends, fingerprint, normalized_score,
+                                 save_d4rl, save_minari)
 from worldmodel.envs import make_env
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
@@ -91,10 +91,11 @@ def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
     return agent, saved
 
 
-def collect_policy(task: str, seed: int, agent: SAC, eval_episodes: int, size: int) -> tuple[float, TensorDict]:
-    """A policy's data from a fresh environment (seed + 20,000): its return over `eval_episodes`
-    episodes, then `size` transitions [size], actions sampled from it as D4RL's were."""
-    env = make_env(task, seed=seed + 20_000)
+def collect_policy(task: str, seed: int, agent: SAC, eval_episodes: int, size: int,
+                   **env_kwargs) -> tuple[float, TensorDict]:  # fmt: skip
+    """A policy's data from a fresh environment (seed + 20,000; make_env's `env_kwargs`): its return
+    over `eval_episodes` episodes, then `size` transitions [size], actions sampled from it as D4RL's were."""
+    env = make_env(task, seed=seed + 20_000, **env_kwargs)
     episode_return = policy_return(env, agent, eval_episodes, False)
     return episode_return, collect(env, lambda obs: agent.act(obs), size, progress=True)
 
@@ -118,10 +119,10 @@ def policy_return(env, agent: SAC, episodes: int, deterministic: bool = True) ->
 class BehaviourTraining:
     """Online SAC on one task with the snapshots the dataset qualities need."""
 
-    def __init__(self, task: str, seed: int, settings: DictConfig, path: Path):
-        self.task, self.seed, self.settings, self.path = task, seed, settings, path
-        self.env = make_env(task, seed=seed)
-        self.eval_env = make_env(task, seed=seed + 10_000)
+    def __init__(self, task: str, seed: int, settings: DictConfig, path: Path, **env_kwargs):
+        self.task, self.seed, self.settings, self.path, self.env_kwargs = task, seed, settings, path, env_kwargs
+        self.env = make_env(task, seed=seed, **env_kwargs)
+        self.eval_env = make_env(task, seed=seed + 10_000, **env_kwargs)
         spec = self.env.task_spec
         self.agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**settings.agent))
         self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=settings.max_steps)
@@ -134,7 +135,8 @@ class BehaviourTraining:
     def _identity(self) -> dict:
         """The settings a cached run must share to be reused (the training budget may grow)."""
         same = {k: v for k, v in OmegaConf.to_container(self.settings, resolve=True).items() if k != "max_steps"}
-        return {"task": self.task, "seed": self.seed, **same, "medium_return": self.medium_return}
+        env = {"env": self.env_kwargs} if self.env_kwargs else {}  # (runs of the task's own settings: as before)
+        return {"task": self.task, "seed": self.seed, **same, "medium_return": self.medium_return, **env}
 
     def train(self, until: str) -> None:
         """Train until the medium snapshot exists (until="medium") or for max_steps ("expert")."""
@@ -217,18 +219,22 @@ def make_dataset(cfg: DictConfig) -> dict:
     layout), and beside it the policies it was collected from."""
     task, quality, size = cfg.env.name, cfg.quality, cfg.size
     torch.manual_seed(cfg.seed)
+    # the env settings the runs reading this data will step the task with (action repeat, backend arguments)
+    env_kwargs = {k: v for k, v in dynamics_args(cfg.env).items() if not (k == "action_repeat" and v == 1)}
+    if cfg.env.get("max_episode_steps") is not None:
+        env_kwargs["max_episode_steps"] = cfg.env.max_episode_steps
     metadata = {"env": task, "quality": quality, "seed": cfg.seed, "recipe": "D4RL (SAC behaviour policies)",
-                "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
+                "env_args": dynamics_args(cfg.env), "config": OmegaConf.to_container(cfg, resolve=True)}  # fmt: skip
     parts, policies, notes = [], [], []
     if cfg.policy:  # one saved policy's data, no training
         if quality not in ("medium", "expert"):
             raise ValueError(f"policy= collects one saved policy's data: quality medium or expert, not {quality}")
-        agent, saved = load_policy(cfg.policy, make_env(task).task_spec, quality)
+        agent, saved = load_policy(cfg.policy, make_env(task, **env_kwargs).task_spec, quality)
         same_seed = saved["seed"] == cfg.seed
         if same_seed:  # the random state its first collection started from: the same data
             set_rng_state(saved["rng"])
-        metadata[f"{quality}_policy_return"], part = collect_policy(task, cfg.seed, agent,
-                                                                    saved["eval_episodes"], size)  # fmt: skip
+        metadata[f"{quality}_policy_return"], part = collect_policy(task, cfg.seed, agent, saved["eval_episodes"],
+                                                                    size, **env_kwargs)  # fmt: skip
         parts.append(part)
         metadata.update(policy_file=str(cfg.policy), policy_seed=saved["seed"], behaviour_agent=saved["agent"],
                         behaviour_history=saved["history"])  # fmt: skip
@@ -239,12 +245,12 @@ def make_dataset(cfg: DictConfig) -> dict:
             notes.append(f"the policy's own data, {saved['fingerprint']}" if metadata["reproduced"] else
                          f"NOT the policy's own data ({saved['fingerprint']}): another kind of CPU or version")
     elif quality == "random":  # D4RL: a randomly initialised policy
-        env = make_env(task, seed=cfg.seed + 20_000)
+        env = make_env(task, seed=cfg.seed + 20_000, **env_kwargs)
         spec = env.task_spec
         agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**cfg.behaviour.agent))
         parts.append(collect(env, lambda obs: agent.act(obs), size, progress=True))
     else:
-        training = BehaviourTraining(task, cfg.seed, cfg.behaviour, run_path(cfg.policy_dir, task, cfg.seed))
+        training = BehaviourTraining(task, cfg.seed, cfg.behaviour, run_path(cfg.policy_dir, task, cfg.seed), **env_kwargs)
         training.train(until="expert" if "expert" in quality else "medium")
         if "medium" in quality and training.state["medium"] is None:
             raise ValueError(f"the behaviour agent never reached medium_return {training.medium_return:.0f} in "
@@ -256,7 +262,7 @@ def make_dataset(cfg: DictConfig) -> dict:
             if which in quality.split("-") and quality != "medium-replay":
                 agent, rng = training.policy(which), rng_state()
                 metadata[f"{which}_policy_return"], part = collect_policy(task, cfg.seed, agent,
-                                                                          cfg.behaviour.eval_episodes, size)  # fmt: skip
+                                                                          cfg.behaviour.eval_episodes, size, **env_kwargs)  # fmt: skip
                 parts.append(part)
                 policies.append((policy_path(cfg.out, which), which, agent, rng, fingerprint(part)))
         metadata["behaviour_history"] = training.state["history"]

@@ -112,7 +112,7 @@ def compare(cfg: DictConfig) -> dict:
 def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, list[str]]) -> dict:
     eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
     spec = eval_env.task_spec
-    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.task)
+    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.task, {})
     probe = data["obs"][torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:2000]]
     logger, summary = MetricsLogger(run_dir), {}
     logger.truncate(lambda r: r["step"] <= states.get(r["kind"], {}).get("done", 0))

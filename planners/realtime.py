@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
                                cfg.actuator_ms, seed=cfg.seed, **env_args)  # fmt: skip
         spec = robot.spec
         torch.manual_seed(cfg.seed)
-        dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name)[0] if cfg.dataset else None
+        dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name, cfg.env)[0] if cfg.dataset else None
         # the planner samples within the slew limit the controller enforces
         slew = {"slew": cfg.slew} if cfg.slew is not None and "slew" in cfg.planner and cfg.planner.slew is None else {}
         agent = Agent.from_config(cfg, spec, cfg.real_steps + (len(dataset) if dataset is not None else 0), **slew)

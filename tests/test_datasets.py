@@ -109,6 +109,23 @@ def test_a_dataset_of_another_task_is_refused(hopper_data, tmp_path):
     assert len(load_dataset(tmp_path / "named.hdf5", task="Hopper-v5")[0]) == 400  # (a gymnasium id: the same task)
 
 
+def test_data_is_collected_with_the_env_settings_its_runs_step_the_task_with(tmp_path):
+    """make honours env.action_repeat (dm-control's default 2) and records it; a run with another
+    repeat is refused, as is an older file (collected at repeat 1) read by a repeat-2 run."""
+    main(["make", "env=dmc/cartpole-swingup", "quality=random", "size=520", f"out={tmp_path / 'c.hdf5'}"])
+    data, saved = load_dataset(tmp_path / "c.hdf5", task="dmc/cartpole-swingup",
+                               env={"name": "dmc/cartpole-swingup", "action_repeat": 2, "max_episode_steps": None})
+    assert saved["env_args"] == {"action_repeat": 2}
+    assert int(data["truncated"].sum()) == 1  # (an episode of 500 decisions, not 1,000 steps)
+    with pytest.raises(DatasetError, match="collected with \\{'action_repeat': 2\\}, this run steps the task with "
+                                           "\\{'action_repeat': 1\\}"):  # fmt: skip
+        load_dataset(tmp_path / "c.hdf5", task="dmc/cartpole-swingup", env={"name": "dmc/cartpole-swingup", "action_repeat": 1})
+    old = {k: v for k, v in saved.items() if k != "env_args"}  # (a file from before the settings were recorded)
+    save_d4rl(tmp_path / "old.hdf5", data, old)
+    with pytest.raises(DatasetError, match="collected with"):
+        load_dataset(tmp_path / "old.hdf5", task="dmc/cartpole-swingup", env={"name": "dmc/cartpole-swingup", "action_repeat": 2})
+
+
 def test_normalized_score_uses_d4rl_reference_returns():
     assert normalized_score("hopper", -20.272305) == pytest.approx(0.0)
     assert normalized_score("halfcheetah", 12135.0) == pytest.approx(100.0)

@@ -14,11 +14,13 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 
 from worldmodel.checkpoint import CheckpointError, atomic_write
@@ -144,13 +146,23 @@ def episode_ends(data: TensorDict) -> torch.Tensor:
 # ---------------------------------------------------------------------- reading
 
 
+def dynamics_args(env: Mapping) -> dict:
+    """The settings of an env config ({name, action_repeat, max_episode_steps, backend arguments})
+    that change a task's transitions: the action repeat and the backend's arguments (not the
+    episode cap); action_repeat 1 where unset."""
+    args = OmegaConf.to_container(env, resolve=True) if isinstance(env, DictConfig) else dict(env)
+    return {"action_repeat": 1, **{k: v for k, v in args.items() if k not in ("name", "max_episode_steps")}}
+
+
 def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None,
-                 task: str | None = None) -> tuple[TensorDict, dict]:  # fmt: skip
+                 task: str | None = None, env: Mapping | None = None) -> tuple[TensorDict, dict]:  # fmt: skip
     """Read a D4RL-layout .hdf5 file or a Minari dataset (its directory, or its main_data.hdf5).
 
     Returns (transitions, metadata). Checks the dimensions against obs_dim/act_dim when given,
     and, given the `task` it is for, that the task its metadata names (if any) is that one
-    (walker2d and halfcheetah data have the same dimensions).
+    (walker2d and halfcheetah data have the same dimensions); given the run's `env` config, that
+    the data was collected with its dynamics_args (files from before they were recorded: action
+    repeat 1, no arguments, as `make` collected then).
     """
     path = Path(path)
     if path.is_dir():
@@ -179,6 +191,10 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
     if task is not None and made_on and canonical_task_name(str(made_on)) != canonical_task_name(task):
         raise DatasetError(f"{path} holds {made_on} transitions (its metadata), not {task}'s: give env={made_on}, "
                            f"or a dataset of {task}")  # fmt: skip
+    if env is not None and made_on and (made := metadata.get("env_args", {"action_repeat": 1})) != dynamics_args(env):
+        raise DatasetError(f"{path} was collected with {made}, this run steps the task with {dynamics_args(env)}: "
+                           f"give the data's settings (env.action_repeat=..., env.<argument>=...), or make data with "
+                           f"these")  # fmt: skip
     if "fingerprint" in metadata and metadata["fingerprint"] != fingerprint(data):
         raise DatasetError(f"{path}: its transitions are not the ones `make` wrote (fingerprint {fingerprint(data)}, "
                            f"recorded {metadata['fingerprint']}): the file was changed or damaged; make it again, "

@@ -68,7 +68,8 @@ class Run:
         self.env = make_env(cfg.env.name, seed=cfg.seed, **env_args)
         self.eval_env = make_env(cfg.env.name, seed=cfg.seed + 10_000, **env_args)
         spec = self.spec = self.env.task_spec
-        self.dataset, self.dataset_metadata = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name) if cfg.dataset else (None, {})
+        self.dataset, self.dataset_metadata = (load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name, cfg.env)
+                                               if cfg.dataset else (None, {}))  # fmt: skip
         self.dataset_fingerprint = fingerprint(self.dataset) if self.dataset is not None else None
         capacity = cfg.env_steps + (len(self.dataset) if self.dataset is not None else 0)
         self.agent = Agent.from_config(cfg, spec, capacity)
