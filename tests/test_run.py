@@ -246,6 +246,30 @@ def test_failed_resume_leaves_the_run_untouched(tmp_path):
     assert files(run_dir) == before
 
 
+def test_a_resume_that_fails_on_damaged_metrics_keeps_the_saved_config_and_says_what_to_do(tmp_path):
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join([lines[0], "{torn", *lines[1:]]) + "\n")
+    config = (run_dir / "config.yaml").read_text()
+    with pytest.raises(SystemExit, match="line 2, is not JSON: the file is damaged; delete that line to resume"):
+        main([f"resume={run_dir}", "env_steps=120"])
+    assert (run_dir / "config.yaml").read_text() == config  # (env_steps=120 was not saved)
+
+
+def test_a_resume_keeps_the_fit_records_its_checkpoint_holds_and_drops_a_fit_logged_after_it():
+    """An offline run fits at step 0; killed after logging that fit but before its checkpoint, the
+    resumed run fits again: the first record must go (a step-0 record is otherwise always kept)."""
+    run = Run(load_config(["env=hopper", *TINY])[0])
+    fit, epoch, eval_ = {"kind": "fit", "step": 0}, {"kind": "offline_fit", "step": 1}, {"kind": "eval", "step": 0}
+    run.progress.update(fits=0, step=0, offline_updates=0)
+    keep = run._kept_on_resume()
+    assert [keep(r) for r in (fit, epoch, eval_)] == [False, False, True]
+    run.progress.update(fits=1)
+    keep = run._kept_on_resume()
+    assert [keep(r) for r in (fit, epoch, eval_, fit)] == [True, True, True, False]  # (a second fit@0: after it)
+
+
 def test_two_processes_never_write_one_run_directory(tmp_path):
     import os
 
@@ -257,7 +281,9 @@ def test_two_processes_never_write_one_run_directory(tmp_path):
     with pytest.raises(SystemExit, match=f"run_dir={run_dir} is in use by process {os.getpid()}"):
         main([f"resume={run_dir}", "env_steps=120"])
     held.release()
+    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # (its writer was killed mid-write)
     assert main([f"resume={run_dir}", "env_steps=120"])["env_steps"] == 120
+    assert not list(run_dir.glob(".*.tmp"))
 
 
 def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):

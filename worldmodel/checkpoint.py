@@ -92,7 +92,8 @@ def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") 
 class RunDirLock:
     """An exclusive lock on a run directory for as long as this process holds it (`run_dir/.lock`,
     flock: released when the process exits, however it exits), so that two processes (say, a
-    sweep's retried job and an orphan of its first attempt) never write one run directory."""
+    sweep's retried job and an orphan of its first attempt) never write one run directory. Taking
+    it removes the temporaries atomic_write left in the directory when a holder was killed mid-write."""
 
     def __init__(self, run_dir: str | os.PathLike):
         import fcntl
@@ -111,6 +112,9 @@ class RunDirLock:
         self._file.truncate()
         self._file.write(f"process {os.getpid()}")
         self._file.flush()
+        # half-written files of a killed holder (atomic_write's temporaries: checkpoints of hundreds of MB)
+        for stale in Path(run_dir).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         if not self._file.closed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,12 @@ class MetricsLogger:
         self._mirror(kind, step, values)
         self.writer.flush()
 
+    def sync(self) -> None:
+        """Force metrics.jsonl's records to the disk (before a checkpoint that covers them)."""
+        if self.path.exists():
+            with open(self.path, "rb+") as f:
+                os.fsync(f.fileno())
+
     def _mirror(self, kind: str, step: int, values: dict) -> None:
         for name, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -88,7 +95,8 @@ class MetricsLogger:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 if i < len(lines) - 1:  # only the last line can be cut short (a process killed mid-write)
-                    raise ValueError(f"{self.path}, line {i + 1}, is not JSON: the file is damaged") from None
+                    raise ValueError(f"{self.path}, line {i + 1}, is not JSON: the file is damaged; delete that "
+                                     "line to resume (its record is lost)") from None
         kept = [r for r in rows if keep(r)]
         if len(kept) == len(lines):
             return

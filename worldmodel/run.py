@@ -21,6 +21,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ from worldmodel.fitting import fit_record
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.ope import episode_starts, model_return
-from worldmodel.transition_log import TransitionLog
+from worldmodel.transition_log import LogCorruptError, TransitionLog
 from worldmodel.transitions import from_rollout
 from worldmodel.uncertainty import Uncertainty
 
@@ -111,11 +112,15 @@ class Run:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
         self.run_dir = run_dir
         self._lock = RunDirLock(run_dir)  # one process per run directory
-        save_config(self.cfg, run_dir)
         self.logger = MetricsLogger(run_dir)
-        self.logger.truncate(self._recorded_before_checkpoint)  # a resumed run drops the records after it
-        self.agent.open_log(run_dir / "transitions")
+        self.logger.truncate(self._kept_on_resume())  # a resumed run drops the records after its checkpoint
+        try:
+            self.agent.open_log(run_dir / "transitions")
+        except LogCorruptError as e:
+            raise LogCorruptError(f"{e}: move {run_dir / 'transitions'} aside to resume from the checkpoint without "
+                                  "the transitions logged after it") from None  # fmt: skip
         self._rejoin_logged_transitions()
+        save_config(self.cfg, run_dir)  # (last: a resume that fails above leaves the saved config as it was)
 
     def _rejoin_logged_transitions(self) -> None:
         """Real transitions logged after the checkpoint (the run was killed) join the buffer and
@@ -134,11 +139,21 @@ class Run:
             tqdm.write(f"{len(extra)} real transition(s) logged after the checkpoint rejoin the buffer "
                        f"(now at step {p['step']})")  # fmt: skip
 
-    def _recorded_before_checkpoint(self, record: dict) -> bool:
-        p = self.progress
-        if record["kind"] == "offline_fit":  # by epoch: kept once the fit is in the checkpoint
-            return p["fits"] > 0
-        return record["step"] <= (p["offline_updates"] if record["kind"].startswith("offline") else p["step"])
+    def _kept_on_resume(self) -> Callable[[dict], bool]:
+        """Which metrics records the checkpoint covers (in file order): its first progress["fits"]
+        fit records (a fit logged, then killed before its checkpoint, is fitted again), the offline
+        fit's epochs once that fit is in it, and other records up to its step or update."""
+        p, fits_seen = self.progress, [0]
+
+        def keep(record: dict) -> bool:
+            if record["kind"] == "offline_fit":
+                return p["fits"] > 0
+            if record["kind"] == "fit":
+                fits_seen[0] += 1
+                return fits_seen[0] <= p["fits"]
+            return record["step"] <= (p["offline_updates"] if record["kind"].startswith("offline") else p["step"])
+
+        return keep
 
     # -------------------------------------------------------------- checkpoints
 
@@ -315,6 +330,7 @@ class Run:
         p = self.progress
         if self._saved_at != (p["step"], p["offline_updates"], p["fits"], p["offline_eval"]):
             p["wall_s"] = time.perf_counter() - started
+            self.logger.sync()  # (the records the checkpoint covers reach the disk before it does)
             self.save()
             if self.model.fitted:
                 self.model.save(self.run_dir / "model.pt")
