@@ -48,6 +48,15 @@ def test_scores_and_seeds_line_up_whatever_the_directories_order(tmp_path):
     assert "s0: 10.0, s1: 11.0, s3: 13.0, s10: 20.0" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_an_offline_then_online_run_in_its_offline_phase_is_not_grouped_with_offline_runs(tmp_path):
+    fake_run(tmp_path / "offline", 0, 50.0, penalty=2.5)
+    fake_run(tmp_path / "then-online", 1, 60.0, penalty=2.5)  # (its summary's env_steps: 0 so far)
+    config = yaml.safe_load((tmp_path / "then-online" / "config.yaml").read_text())
+    (tmp_path / "then-online" / "config.yaml").write_text(yaml.safe_dump({**config, "env_steps": 5000}))
+    rows = report([str(tmp_path)])
+    assert sorted(r["group"] for r in rows) == ["hopper-medium-replay", "hopper-medium-replay (offline, then online)"]
+
+
 def test_runs_alike_or_without_a_config_pool_under_the_planner(tmp_path):
     fake_run(tmp_path / "a", 0, 90.0, penalty=2.5)
     fake_run(tmp_path / "b", 1, 70.0, penalty=2.5)

@@ -28,7 +28,7 @@ from worldmodel.envs import canonical_task_name
 from worldmodel.transitions import validate_transitions
 
 # D4RL's reference returns (random, expert) for its normalised score. gymnasium v5 tasks
-# differ from the mujoco-py v2 tasks D4RL used, so compare with published tables with care.
+# differ from the gym v3 tasks (mujoco-py) D4RL used, so compare with published tables with care.
 REFERENCE_RETURNS = {
     "halfcheetah": (-280.178953, 12135.0),
     "hopper": (-20.272305, 3234.3),

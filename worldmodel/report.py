@@ -171,7 +171,10 @@ def load_run(run_dir: Path) -> dict:
         raise ValueError(f"{run_dir}/summary.json is not JSON ({e}); is the run being written right now?") from None
     if "control_hz" in summary:
         return _robot_run(run_dir, summary)
-    offline = "dataset" in summary and summary.get("env_steps", 0) == 0
+    # offline-only by the run's configured env_steps (the summary's counts progress: an offline-then-online
+    # run in its offline phase reads 0 there); runs without a config: by progress
+    configured = _read_yaml(run_dir / "config.yaml").get("env_steps") if (run_dir / "config.yaml").is_file() else None
+    offline = "dataset" in summary and (configured if configured is not None else summary.get("env_steps", 0)) == 0
     group = summary.get("dataset_name") or summary.get("dataset") or summary["env"]
     if "dataset" in summary and not offline:
         group += " (offline, then online)"  # not the same protocol as an offline-only run
