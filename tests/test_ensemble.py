@@ -97,6 +97,16 @@ def test_wrong_input_shapes_are_a_clear_error(obs, action):
         small_model().predict(obs, action)
 
 
+def test_step_takes_one_state_a_row_and_evaluate_two_rows_or_more(fitted):
+    model, _ = fitted
+    with pytest.raises(ValueError, match=r"step takes obs \[B, 3\] \(one state a row\), got \[4, 5, 3\]"):
+        model.step(torch.zeros(4, 5, O), torch.zeros(4, 5, A))
+    with pytest.raises(ValueError, match="at least 2 held-out transitions"):
+        model.evaluate(linear_system(1))
+    obs = torch.zeros(5, O, requires_grad=True)
+    assert not model.step(obs, torch.zeros(5, A))["next_obs"].requires_grad  # (no graph kept alive)
+
+
 def test_random_mode_draws_only_elites(fitted):
     model, _ = fitted
     out = model.step(torch.randn(400, O), torch.randn(400, A), mode="random")
@@ -505,6 +515,24 @@ def test_a_refit_counts_patience_from_its_own_epochs_and_never_returns_a_worse_m
     assert any(beaten)
     for m, moved in enumerate(beaten):  # a member keeps its start (re-expressed for the new normalisers)
         assert torch.allclose(after[m], before[m], rtol=1e-4, atol=1e-4) != moved  # where no epoch beat it
+
+
+def test_a_member_whose_adam_moments_diverged_learns_again_at_the_next_refit():
+    """A diverged member keeps its earlier weights; its NaN moments, shared by later refits, are
+    cleared, so the next refit moves it again (else every step made it NaN and it stayed put)."""
+    torch.manual_seed(0)
+    model = small_model()
+    data = linear_system(600)
+    model.fit(data, max_epochs=3, progress=False)
+    for state in model._optimizer.state.values():
+        state["exp_avg"][1] = float("nan")  # member 1 diverged
+    metrics = model.fit(data, max_epochs=2, progress=False)
+    assert metrics["start_kept"] >= 1  # (member 1 could not move: NaN at every step)
+    for state in model._optimizer.state.values():
+        assert state["exp_avg"].isfinite().all() and state["exp_avg_sq"].isfinite().all()
+    assert torch.isfinite(model.weights[0][1]).all()
+    metrics = model.fit(data, max_epochs=2, patience=5, progress=False)
+    assert metrics["start_kept"] == 0  # every member moved, member 1 included
 
 
 def test_member_slices_follow_a_fused_optimiser_step():

@@ -48,6 +48,9 @@ def test_a_bad_fit_setting_fails_before_any_work_or_file(tmp_path):
         main(["env=hopper", "model.fit.lr=-1", f"run_dir={tmp_path / 'r'}"])
     with pytest.raises(SystemExit, match=r"steps must be a whole number >= 1, got 0"):
         main(["env=hopper", "steps=0", f"run_dir={tmp_path / 'r'}"])
+    for count in ("batch_size=256.0", "max_holdout=100.5", "patience=2.5", "max_epochs=3.0"):  # (counts: whole numbers)
+        with pytest.raises(SystemExit, match=rf"fit setting {count} is out of range \(whole numbers"):
+            main(["env=hopper", f"model.fit.{count}", f"run_dir={tmp_path / 'r'}"])
     with pytest.raises(SystemExit, match=r"device=foo is not a device name"):
         main(["env=hopper", "device=foo", f"run_dir={tmp_path / 'r'}"])
     assert not (tmp_path / "r").exists()

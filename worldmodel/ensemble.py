@@ -162,6 +162,7 @@ class EnsembleDynamics(nn.Module):
         std = self.target_norm.std
         return self.target_norm.inverse(mean), logvar.exp() * std.square()
 
+    @torch.no_grad()  # (it samples: nothing to differentiate; predict() is the differentiable path)
     def step(
         self,
         obs: Tensor,
@@ -186,6 +187,8 @@ class EnsembleDynamics(nn.Module):
             raise ValueError(f"unknown mode {mode!r}; choose from 'random', 'fixed', 'mean'")
         if members is not None and mode != "fixed":
             raise ValueError(f"members are only used in 'fixed' mode, not {mode!r}")
+        if obs.dim() != 2:
+            raise ValueError(f"step takes obs [B, {self.obs_dim}] (one state a row), got {list(obs.shape)}")
         obs, action = self._check_inputs(obs, action, None)
         row = torch.arange(obs.shape[0], device=self.device)
         if uncertainty is None and mode != "mean" and members is None:
@@ -292,6 +295,8 @@ class EnsembleDynamics(nn.Module):
         of squared error / predicted variance (1 is perfectly calibrated).
         """
         data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
+        if len(data) < 2:
+            raise ValueError(f"evaluate needs at least 2 held-out transitions (an R^2 over rows), got {len(data)}")
         target = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
         mean, var = self.predict(data["obs"], data["action"], members=self.elites)
         err2 = (mean.mean(0) - target) ** 2

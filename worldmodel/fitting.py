@@ -187,6 +187,7 @@ def fit(
     with torch.no_grad():
         for saved, p in zip(best_state, model.parameters()):
             p.copy_(saved)
+    clear_diverged_moments(optimizer, list(model.parameters()))
     mse, nll, calibration = holdout_metrics(model, x_hold, y_hold)
     model.elites.copy_(mse.argsort()[: model.num_elites].sort().values)
     return {
@@ -246,18 +247,39 @@ def check_settings(**settings) -> None:
         if isinstance(value, bool) or not (isinstance(value, (int, float)) or (name in _NULLABLE and value is None)):
             raise ValueError(f"fit setting {name} must be a number, got {value!r}")
         if not in_range(value):
-            raise ValueError(f"fit setting {name}={value!r} is out of range (batch_size >= 1, lr > 0, "
-                             "0 < holdout_ratio < 1, max_holdout >= 5, max_epochs >= 1 or null, "
-                             "max_steps a whole number >= 1 or null, patience >= 1, 0 <= beta <= 1)")
+            raise ValueError(f"fit setting {name}={value!r} is out of range (whole numbers: batch_size >= 1, "
+                             "max_holdout >= 5, max_epochs and max_steps >= 1 or null, patience >= 1; lr > 0, "
+                             "0 < holdout_ratio < 1, 0 <= beta <= 1)")
+
+
+def _whole(low: int, nullable: bool = False) -> Callable[[float], bool]:
+    """A count's check: a whole number >= low (or None where it means no cap)."""
+    return lambda v: (nullable and v is None) or (isinstance(v, int) and v >= low)
 
 
 _RANGES: dict[str, Callable[[float], bool]] = {  # check_settings: each numeric fit() setting's valid range
-    "batch_size": lambda v: v >= 1, "lr": lambda v: v > 0, "holdout_ratio": lambda v: 0 < v < 1,
-    "max_holdout": lambda v: v >= 5, "max_epochs": lambda v: v is None or v >= 1,
-    "max_steps": lambda v: v is None or (isinstance(v, int) and v >= 1),  # (a count of batches)
-    "patience": lambda v: v >= 1, "beta": lambda v: 0 <= v <= 1,
+    "batch_size": _whole(1), "lr": lambda v: v > 0, "holdout_ratio": lambda v: 0 < v < 1,
+    "max_holdout": _whole(5), "max_epochs": _whole(1, nullable=True), "max_steps": _whole(1, nullable=True),
+    "patience": _whole(1), "beta": lambda v: 0 <= v <= 1,
 }  # fmt: skip
 _NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
+
+
+@torch.no_grad()
+def clear_diverged_moments(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """Zero the Adam moments of the members (dim 0 of every parameter [E, ...]) whose moments went
+    non-finite: a member that diverged keeps its earlier weights, but the shared optimiser (refits
+    reuse it, checkpoints save it) would make them NaN again at its next step, for good."""
+    states = [optimizer.state[p] for p in params if p in optimizer.state]
+    diverged = None
+    for state in states:
+        for moment in (state["exp_avg"], state["exp_avg_sq"]):
+            bad = ~moment.isfinite().reshape(moment.shape[0], -1).all(1)
+            diverged = bad if diverged is None else diverged | bad
+    if diverged is not None and diverged.any():
+        for state in states:
+            state["exp_avg"][diverged] = 0
+            state["exp_avg_sq"][diverged] = 0
 
 
 def training_precision(model: EnsembleDynamics, precision: str | None) -> str:

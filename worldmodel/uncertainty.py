@@ -71,7 +71,10 @@ class Uncertainty:
     def __call__(
         self, mean: Tensor, var: Tensor, elites: Tensor | None = None, sample: Tensor | None = None
     ) -> Tensor:
-        """mean, var [E, B, O+1] (delta then reward), elites [N] indices, sample [B, O+1] -> [B]."""
+        """mean, var [M, B, O+1] (delta then reward), elites [N] indices, sample [B, O+1] -> [B].
+
+        With elites_only, give every member's predictions (M = E) and `elites`, or the elites'
+        alone (M = N) and no `elites`: the measure reads whichever members it is given."""
         if self.elites_only and elites is not None:
             mean, var = mean.index_select(0, elites), var.index_select(0, elites)
         if not self.include_reward:
