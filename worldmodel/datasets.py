@@ -154,6 +154,37 @@ def dynamics_args(env: Mapping) -> dict:
     return {"action_repeat": 1, **{k: v for k, v in args.items() if k not in ("name", "max_episode_steps")}}
 
 
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A dataset's metadata alone (task, quality, ...: what `make` recorded), its transitions unread."""
+    path = _main_file(path)
+    return _read(path, _d4rl_metadata, lambda f: _minari_metadata(f, path))
+
+
+def _main_file(path: str | os.PathLike) -> Path:
+    """A dataset's HDF5 file (a Minari directory's main_data.hdf5); DatasetError saying how to make one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "data" / "main_data.hdf5"
+    if not path.is_file():
+        raise DatasetError(f"dataset {path} does not exist; make one with "
+                           f"`python -m worldmodel.datasets make env=<task> quality=<quality> out=<file>`")  # fmt: skip
+    return path
+
+
+def _read(path: Path, d4rl, minari):
+    """d4rl(f) or minari(f) by the file's layout; DatasetError for any other file."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "observations" in f:
+                return d4rl(f)
+            if any(k.startswith("episode_") for k in f):
+                return minari(f)
+            raise DatasetError(f"{path}: neither D4RL (observations, actions, ...) nor Minari (episode_*) layout; "
+                               f"top-level keys: {sorted(f)[:10]}")  # fmt: skip
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read it as HDF5 (corrupt or truncated?): {e}") from None
+
+
 def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None,
                  task: str | None = None, env: Mapping | None = None) -> tuple[TensorDict, dict]:  # fmt: skip
     """Read a D4RL-layout .hdf5 file or a Minari dataset (its directory, or its main_data.hdf5).
@@ -164,23 +195,8 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
     the data was collected with its dynamics_args (files from before they were recorded: action
     repeat 1, no arguments, as `make` collected then).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "data" / "main_data.hdf5"
-    if not path.is_file():
-        raise DatasetError(f"dataset {path} does not exist; make one with "
-                           f"`python -m worldmodel.datasets make env=<task> quality=<quality> out=<file>`")  # fmt: skip
-    try:
-        with h5py.File(path, "r") as f:
-            if "observations" in f:
-                data, metadata = _read_d4rl(f)
-            elif any(k.startswith("episode_") for k in f):
-                data, metadata = _read_minari(f, path)
-            else:
-                raise DatasetError(f"{path}: neither D4RL (observations, actions, ...) nor Minari (episode_*) layout; "
-                                   f"top-level keys: {sorted(f)[:10]}")  # fmt: skip
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read it as HDF5 (corrupt or truncated?): {e}") from None
+    path = _main_file(path)
+    data, metadata = _read(path, _read_d4rl, lambda f: _read_minari(f, path))
     try:
         data = validate_transitions(data, obs_dim, act_dim)
     except ValueError as e:
@@ -209,8 +225,11 @@ def _read_d4rl(f: h5py.File) -> tuple[TensorDict, dict]:
     lengths = {key: len(a) for key, a in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise DatasetError(f"{f.filename}: fields have different lengths {lengths} (truncated file?)")
-    metadata = {k.removeprefix("metadata/"): _attr(v) for k, v in f.attrs.items()}
-    return _transitions(arrays, f.filename), metadata
+    return _transitions(arrays, f.filename), _d4rl_metadata(f)
+
+
+def _d4rl_metadata(f: h5py.File) -> dict:
+    return {k.removeprefix("metadata/"): _attr(v) for k, v in f.attrs.items()}
 
 
 def _read_minari(f: h5py.File, path: Path) -> tuple[TensorDict, dict]:
@@ -229,13 +248,17 @@ def _read_minari(f: h5py.File, path: Path) -> tuple[TensorDict, dict]:
             "obs": obs[:-1], "next_obs": obs[1:], "action": action, "reward": _array(g, "rewards", str(path)),
             "terminated": _array(g, "terminations", str(path)), "truncated": _array(g, "truncations", str(path)),
         }, f"{path}: {name}"))  # fmt: skip
+    return torch.cat(episodes), _minari_metadata(f, path)
+
+
+def _minari_metadata(f: h5py.File, path: Path) -> dict:
     meta_file = path.parent / "metadata.json"
     try:
         metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     except json.JSONDecodeError as e:
         raise DatasetError(f"{meta_file} (the dataset's metadata beside {path.name}) is not JSON: {e}") from e
     metadata.update({k: _attr(v) for k, v in f.attrs.items()})
-    return torch.cat(episodes), metadata
+    return metadata
 
 
 def _transitions(arrays: dict, source: str) -> TensorDict:

@@ -37,7 +37,7 @@ from worldmodel.checkpoint import (RUN_FORMAT, CheckpointError, RunDirLock, atom
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_device, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
-from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings
+from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings, read_metadata
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.fitting import fit_record
@@ -584,7 +584,7 @@ def load_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
 def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
     """Set the planner settings configs/offline.yaml gives this dataset (its task and quality),
     except those given on the command line; returns what it set (and says so)."""
-    metadata = load_dataset(cfg.dataset)[1]
+    metadata = read_metadata(cfg.dataset)
     given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
     preset = cfg.offline.preset
     applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name, preset).items() if k not in given}

@@ -199,11 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _preset(run_cfg) -> str | None:
     """The dataset's <task>-<quality> (offline.preset, or its metadata), or None."""
-    from worldmodel.datasets import load_dataset
+    from worldmodel.datasets import read_metadata
 
     if run_cfg.offline.preset:
         return run_cfg.offline.preset
-    metadata = load_dataset(run_cfg.dataset)[1]
+    metadata = read_metadata(run_cfg.dataset)
     return f"{metadata['env']}-{metadata['quality']}" if metadata.get("env") and metadata.get("quality") else None
 
 
