@@ -96,10 +96,15 @@ def check_obs(obs: Tensor, obs_dim: int) -> Tensor:
 
 
 def evaluation_returns(planner: Planner, env, episodes: int) -> list[float]:
-    """The returns of `episodes` deterministic episodes of `planner` on a TorchRL env (see
-    worldmodel.envs); the planner is reset before each, and left as it was found (a training
+    """The returns of `episodes` deterministic episodes of `planner` (evaluation_rollouts)."""
+    return [rollout["next", "reward"].sum().item() for rollout in evaluation_rollouts(planner, env, episodes)]
+
+
+def evaluation_rollouts(planner: Planner, env, episodes: int) -> list[TensorDict]:
+    """`episodes` deterministic episodes of `planner` on a TorchRL env (see worldmodel.envs), each
+    its rollout [T]; the planner is reset before each, and left as it was found (a training
     episode under way keeps its warm start, and its random stream does not depend on evaluations)."""
-    returns, before = [], planner.episode_state()
+    rollouts, before = [], planner.episode_state()
     try:
         for _ in range(episodes):
             planner.reset()
@@ -108,12 +113,11 @@ def evaluation_returns(planner: Planner, env, episodes: int) -> list[float]:
                 threads.adapt()
                 return td.set("action", planner.act(td["observation"], deterministic=True))
 
-            rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
-            returns.append(rollout["next", "reward"].sum().item())
+            rollouts.append(env.rollout(env.task_spec.max_episode_steps, policy=act))
     finally:
         planner.reset()
         planner.restore_episode_state(before)
-    return returns
+    return rollouts
 
 
 def evaluate(planner: Planner, env, episodes: int) -> float:

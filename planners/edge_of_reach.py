@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from planners import make_planner
+from planners.base import evaluation_rollouts
 from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.config import compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
@@ -39,14 +40,13 @@ from worldmodel.simulator import SimulatorDynamics
 from worldmodel.threads import adapt, set_threads
 
 
-def value_vs_return(agent, env, episodes: int, discount: float) -> dict[str, float]:
-    """Means over episodes from s0: V(s0) = min_i Q_i(s0, pi(s0)) at the mean action (as the
-    deterministic policy acts), the discounted and the plain return, and `entropy_bonus`, the part
-    of a soft V(s0) that is the policy's future entropy rather than reward (entropy_bonus)."""
+def value_vs_return(planner, env, episodes: int, discount: float) -> dict[str, float]:
+    """Means over `planner`'s deterministic evaluation episodes from s0: V(s0) = min_i Q_i(s0, pi(s0))
+    at the mean action (as the deterministic policy acts), the discounted and the plain return,
+    and `entropy_bonus`, the part of a soft V(s0) that is the policy's future entropy, not reward."""
     values, discounted, plain, bonus = [], [], [], []
-    for _ in range(episodes):
-        act = lambda td: td.set("action", agent.act(td["observation"], deterministic=True))  # noqa: E731
-        rollout = env.rollout(env.task_spec.max_episode_steps, policy=act)
+    agent = planner.agent
+    for rollout in evaluation_rollouts(planner, env, episodes):
         rewards = rollout["next", "reward"].squeeze(-1).double()
         weights = discount ** torch.arange(len(rewards), dtype=torch.float64)
         values.append(agent.value(rollout["observation"][:1], deterministic=True).item())
@@ -187,7 +187,7 @@ def learn(cfg: DictConfig, method: str, states: dict, pending: list[tuple[int, i
             adapt()
             stats = planner.learn(min(100, done - start))
         eval_env.set_seed(cfg.seed + 10_000 + done)  # the same episodes whether or not the run was resumed
-        row = value_vs_return(planner.agent, eval_env, cfg.eval_episodes, planner.agent.config.discount)
+        row = value_vs_return(planner, eval_env, cfg.eval_episodes, planner.agent.config.discount)
         row["q_dataset"] = planner.agent.value(probe, deterministic=True).mean().item()
         row["critic_loss"] = stats["critic_loss"]
         logger.log(method, done, **row)
