@@ -197,6 +197,7 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
 
 NO_DATASET = "no_such_dataset.hdf5"
 BAD_INPUTS = {
+    "hydra.run.dir=elsewhere": r"hydra.run.dir is not read here .* give run_dir=<dir>",
     "+foo=1": r"unknown key 'foo' \(a typo\?\); valid keys for config: .*env_steps",
     "+planer.horizon=30": r"unknown key 'planer.horizon' \(a typo\?\); did you mean planner.horizon\?",
     "env_step=300": r"unknown key 'env_step' \(a typo\?\); did you mean env_steps",
