@@ -17,10 +17,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from kernels import _common
-from kernels.reference import bf16_hidden
+from kernels.reference import _ACTIVATIONS as _ACT
+from kernels.reference import _select, bf16_hidden
 from kernels.reference import ensemble_mlp as mlp_baddbmm  # noqa: F401  (re-exported variant)
 
-_ACT = {"silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda t: t}
 _ACT_INPLACE = {"silu": lambda t: F.silu(t, inplace=True), "relu": torch.relu_, "tanh": torch.tanh_,
                 "identity": lambda t: t}
 
@@ -156,8 +156,7 @@ def mlp_baddbmm_inference(
     """No-grad stacked baddbmm with in-place activations (small-batch inference)."""
     act = _ACT_INPLACE[activation]
     if members is not None:
-        weights = [w.index_select(0, members) for w in weights]
-        biases = [b.index_select(0, members) for b in biases]
+        weights, biases = _select(weights, members), _select(biases, members)
     last = len(weights) - 1
     h = x  # only called when nothing requires grad, so in-place activations are safe
     for i, (w, b) in enumerate(zip(weights, biases)):
