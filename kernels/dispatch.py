@@ -67,7 +67,8 @@ def ensemble_mlp(
     weights[l] [E, in_l, out_l], biases[l] [E, out_l]. `members` (int64 [M]) runs only those
     members (elites) on x [M, B, in] -> [M, B, out], reading their weights in place.
     precision: "fp32" (exact fp32 products), "tf32" (TF32 tensor cores on GPU; fp32 on CPU) or
-    "bf16" (bf16 operands, fp32 accumulation). Differentiable w.r.t. x, weights and biases.
+    "bf16" (bf16 operands, fp32 accumulation). Differentiable w.r.t. x, weights and biases (on
+    CUDA once: a double backward needs kernels.reference).
     """
     _common.check_mlp_args(x, weights, biases, activation, members, precision)
     if backend(x) == "triton":
@@ -92,7 +93,7 @@ def ensemble_gaussian_mlp(
     Returns mean and log-variance [E or M, B, D], the log-variance soft-clamped between the
     per-member bounds max_logvar/min_logvar [E, D] (lv = max - softplus(max - raw);
     lv = min + softplus(lv - min)). On the Triton path the clamp is fused into the last layer.
-    Differentiable w.r.t. x, weights, biases and both bounds.
+    Differentiable w.r.t. x, weights, biases and both bounds (once on CUDA, as above).
     """
     _common.check_mlp_args(x, weights, biases, activation, members, precision)
     _common.check_logvar_bounds(max_logvar, min_logvar, weights, x)

@@ -729,12 +729,14 @@ def ensemble_mlp(
 
     x [P, B, in] fp32 -> [P, B, out]; with logvar_bounds (max, min) [E, D] -> (mean, logvar) [P, B, D].
     Inference (no grad needed) takes the fused one-launch kernel when the widths allow;
-    training goes through _EnsembleMLPFunction.
+    training goes through _EnsembleMLPFunction, differentiable once (its backward is kernels of
+    its own: a double backward, create_graph=True, needs kernels.reference).
     """
     if x.dtype != torch.float32:
         raise ValueError(f"the Triton path takes float32 tensors (precision= picks tf32/bf16 math), got {x.dtype}")
     act, prec = ACT_CODES[activation], PREC_CODES[precision]
     params = [*weights, *biases, *(logvar_bounds or ())]
+    members = members.contiguous() if members is not None else None  # (the kernels read ids at unit stride)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _EnsembleMLPFunction.apply(x, members, act, prec, logvar_bounds is not None, len(weights), *params)
     if fusable(x, weights, precision):

@@ -144,6 +144,21 @@ def test_elite_subset_reads_member_weights(members, dtype):
         torch.testing.assert_close(run_layered(x, ws, bs, members=m).double(), ref, **FP32_TOL)
 
 
+def test_strided_member_ids_pick_the_members_they_name():
+    """members [0, 3] as a stride-2 view of [0, 1, 3, 2]: the kernels read ids at unit stride, so
+    the wrapper makes them contiguous (else members 0 and 1 ran, and trained members 0 and 3)."""
+    E, widths = 4, [23, 40, 40, 40, 10]
+    ws, bs = make_params(E, widths, seed=6)
+    m = torch.tensor([0, 1, 3, 2], device=DEVICE)[::2]
+    assert not m.is_contiguous()
+    x = rand_x(2, 13, widths[0])
+    ref = reference_out(x, ws, bs, members=m.contiguous())
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.ensemble_mlp(x, ws, bs, members=m).double(), ref, **FP32_TOL)
+    ws = [w.clone().requires_grad_(True) for w in ws]  # (the training path)
+    torch.testing.assert_close(kernels.ensemble_mlp(x, ws, bs, members=m).detach().double(), ref, **FP32_TOL)
+
+
 def test_tf32_and_bf16_precision():
     ws, bs = make_params(2, [23, 64, 64, 12], seed=7)
     x = rand_x(2, 21, 23)
