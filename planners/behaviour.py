@@ -60,22 +60,24 @@ def policy_path(out: str | Path, which: str) -> Path:
 
 
 def save_policy(path: Path, task: str, which: str, agent: SAC, rng: torch.Tensor, seed: int, history: list,
-                eval_episodes: int, size: int, data_fingerprint: str) -> None:  # fmt: skip
+                eval_episodes: int, size: int, data_fingerprint: str, env_args: dict) -> None:  # fmt: skip
     """A collection's behaviour policy: the actor, its settings, the torch random state the
     collection started from (after `seed`'s training; `rng`), the evaluation episodes run before
-    it, and the size and fingerprint of the data it gave."""
+    it, the size and fingerprint of the data it gave, and the env settings it acted under
+    (datasets.dynamics_args)."""
     atomic_save({"format": _POLICY_FORMAT, "version": 1, "task": task, "which": which, "seed": seed,
                  "actor": agent.actor.state_dict(), "agent": dataclasses.asdict(agent.config), "rng": rng,
                  "history": history, "eval_episodes": eval_episodes, "size": size,
-                 "fingerprint": data_fingerprint}, path)  # fmt: skip
+                 "fingerprint": data_fingerprint, "env_args": env_args}, path)  # fmt: skip
 
 
 _POLICY_KEYS = ("task", "which", "seed", "actor", "agent", "rng", "history", "eval_episodes", "size", "fingerprint")
 
 
-def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
+def load_policy(path: str | Path, spec, quality: str, env_args: dict | None = None) -> tuple[SAC, dict]:
     """The agent of a policy file `save_policy` wrote, for collecting `quality` data on the task
-    of `spec` (a worldmodel.envs.TaskSpec), and the file's record (seed, rng, history, ...)."""
+    of `spec` (a worldmodel.envs.TaskSpec) under `env_args` (datasets.dynamics_args: the ones it
+    acted under; files without them: action repeat 1), and the file's record (seed, rng, history, ...)."""
     saved = load_checked(path, _POLICY_FORMAT)
     missing = [key for key in _POLICY_KEYS if key not in saved]
     if saved.get("version") != 1 or missing:
@@ -83,6 +85,10 @@ def load_policy(path: str | Path, spec, quality: str) -> tuple[SAC, dict]:
                          f"{saved.get('version')}, missing {missing})")  # fmt: skip
     if saved["task"] != spec.name or saved["which"] != quality:
         raise ValueError(f"{path} holds the {saved['task']} {saved['which']} policy, not {spec.name} {quality}")
+    acted_under = saved.get("env_args", {"action_repeat": 1})
+    if env_args is not None and acted_under != env_args:
+        raise ValueError(f"{path}'s policy acted under {acted_under}, not {env_args}: give the env settings it "
+                         "was trained with")  # fmt: skip
     try:
         agent = SAC(spec.obs_dim, spec.action_low, spec.action_high, SACConfig(**saved["agent"]))
         agent.actor.load_state_dict(saved["actor"])
@@ -229,7 +235,7 @@ def make_dataset(cfg: DictConfig) -> dict:
     if cfg.policy:  # one saved policy's data, no training
         if quality not in ("medium", "expert"):
             raise ValueError(f"policy= collects one saved policy's data: quality medium or expert, not {quality}")
-        agent, saved = load_policy(cfg.policy, make_env(task, **env_kwargs).task_spec, quality)
+        agent, saved = load_policy(cfg.policy, make_env(task, **env_kwargs).task_spec, quality, dynamics_args(cfg.env))
         same_seed = saved["seed"] == cfg.seed
         if same_seed:  # the random state its first collection started from: the same data
             set_rng_state(saved["rng"])
@@ -276,7 +282,7 @@ def make_dataset(cfg: DictConfig) -> dict:
     (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)
     for path, which, agent, rng, part_fingerprint in policies:  # (after the data: never beside other data)
         save_policy(path, task, which, agent, rng, cfg.seed, metadata["behaviour_history"],
-                    cfg.behaviour.eval_episodes, size, part_fingerprint)  # fmt: skip
+                    cfg.behaviour.eval_episodes, size, part_fingerprint, dynamics_args(cfg.env))  # fmt: skip
         notes.append(f"its {which} policy (make ... policy=<file> collects again without training) -> {path}")
     print(f"{task} {quality}: {len(data)} transitions, {len(returns)} complete episodes, mean return "
           f"{metadata['mean_episode_return']:.1f}" + (f" (normalised {score:.1f})" if score is not None else "")

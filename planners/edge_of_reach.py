@@ -85,18 +85,11 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
                          f"give the same settings to resume it (only {', '.join(RESUMABLE_KEYS)} may change) "
                          f"or another run_dir")  # fmt: skip
     states = load_checked(run_dir / "checkpoint.pt", "edge_of_reach")["methods"]
-    _check_rows([state["row"] for state in states.values()], run_dir)
     if (done := max((state["done"] for state in states.values()), default=0)) > cfg.updates:
         raise ValueError(f"run_dir={run_dir} holds a comparison {done} updates long: updates={cfg.updates} cannot "
                          f"shorten it; give updates >= {done} or another run_dir")  # fmt: skip
     save_config(cfg, run_dir)
     return states
-
-
-def _check_rows(rows: list[dict], run_dir: Path) -> None:
-    if any("entropy_bonus" not in row for row in rows):
-        raise ValueError(f"{run_dir} was written before the entropy bonus was measured along the evaluated "
-                         "episodes (2026-12-06): start a new run_dir")
 
 
 def compare(cfg: DictConfig) -> dict:
@@ -139,7 +132,13 @@ def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, li
 def _summary_row(row: dict, updates: int) -> dict:
     """A method's summary: its last evaluation, its updates and the critics' overestimation (V(s0)
     above the true discounted return and the entropy bonus along the same episodes)."""
-    return {**row, "updates": updates, "overestimation": row["q_start"] - row["discounted_return"] - row["entropy_bonus"]}
+    return {**row, "updates": updates, "overestimation": row["q_start"] - soft_return(row)}
+
+
+def soft_return(row: dict) -> float:
+    """An evaluation's true soft value from s0: its discounted return and entropy bonus (rows written
+    before 2026-12-06 hold `entropy_share`, the bonus of a policy that never ends, in its place)."""
+    return row["discounted_return"] + row.get("entropy_bonus", row.get("entropy_share", 0.0))
 
 
 _SAME_SETTINGS = ("dataset", "task", "seed", "rollout_length", "rollout_batch_size", "rollout_every", "real_ratio")
@@ -160,7 +159,6 @@ def compared_runs(cfg: DictConfig) -> dict[Path, list[str]]:
                              + ", ".join(f"{k}={theirs.get(k)} (here {cfg.get(k)})" for k in differ))
         if shared := sorted(set(theirs.methods) & set(cfg.methods)):
             raise ValueError(f"compare_with={other} also runs {shared}: each method comes from one run")
-        _check_rows([row for method in theirs.methods for row in read_records(other, method)], other)
         out[other] = list(theirs.methods)
     return out
 
@@ -207,7 +205,7 @@ def _plot(curves: dict[str, list[dict]], out, task: str) -> None:
     for (method, rows), color in zip(curves.items(), ("tab:red", "tab:blue", "tab:green")):
         steps = [r["step"] for r in rows]
         ax.plot(steps, [r["q_start"] for r in rows], color=color, label=f"{method}: V(s0), critics")
-        ax.plot(steps, [r["discounted_return"] + r["entropy_bonus"] for r in rows], color=color, linestyle="--",
+        ax.plot(steps, [soft_return(r) for r in rows], color=color, linestyle="--",
                 label=f"{method}: true (return + entropy bonus)")
     ax.set(xlabel="agent updates", ylabel="discounted soft value from s0", title=f"{task}: true-dynamics rollouts")
     ax.set_yscale("symlog")

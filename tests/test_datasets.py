@@ -117,7 +117,7 @@ def test_data_is_collected_with_the_env_settings_its_runs_step_the_task_with(tmp
                                env={"name": "dmc/cartpole-swingup", "action_repeat": 2, "max_episode_steps": None})
     assert saved["env_args"] == {"action_repeat": 2}
     assert int(data["truncated"].sum()) == 1  # (an episode of 500 decisions, not 1,000 steps)
-    with pytest.raises(DatasetError, match="collected with \\{'action_repeat': 2\\}, this run steps the task with "
+    with pytest.raises(DatasetError, match="collected with \\{'action_repeat': 2\\}, but this command steps the task with "
                                            "\\{'action_repeat': 1\\}"):  # fmt: skip
         load_dataset(tmp_path / "c.hdf5", task="dmc/cartpole-swingup", env={"name": "dmc/cartpole-swingup", "action_repeat": 1})
     old = {k: v for k, v in saved.items() if k != "env_args"}  # (a file from before the settings were recorded)
@@ -204,6 +204,9 @@ def test_a_policy_file_of_another_task_or_quality_is_refused(tmp_path):
         main(["make", "env=hopper", "quality=expert", f"out={tmp_path / 'e.hdf5'}", f"policy={policy}", *common])
     with pytest.raises(SystemExit, match="quality medium or expert, not medium-replay"):
         main(["make", "env=hopper", "quality=medium-replay", f"out={tmp_path / 'r.hdf5'}", f"policy={policy}", *common])
+    with pytest.raises(SystemExit, match=r"acted under \{'action_repeat': 1\}, not \{'action_repeat': 2\}"):
+        main(["make", "env=hopper", "env.action_repeat=2", "quality=medium", f"out={tmp_path / 'a.hdf5'}",
+              f"policy={policy}", *common])  # fmt: skip
     broken = torch.load(policy, weights_only=True)
     del broken["which"], broken["fingerprint"]
     torch.save(broken, tmp_path / "broken.pt")

@@ -530,6 +530,7 @@ def test_a_member_whose_adam_moments_diverged_learns_again_at_the_next_refit():
     assert metrics["start_kept"] >= 1  # (member 1 could not move: NaN at every step)
     for state in model._optimizer.state.values():
         assert state["exp_avg"].isfinite().all() and state["exp_avg_sq"].isfinite().all()
+        assert (state["exp_avg_sq"][1] > 0).any()  # (the others' scale: no zero second moment)
     assert torch.isfinite(model.weights[0][1]).all()
     metrics = model.fit(data, max_epochs=2, patience=5, progress=False)
     assert metrics["start_kept"] == 0  # every member moved, member 1 included

@@ -3,6 +3,7 @@ checks, and (in a subprocess under TRITON_INTERPRET=1) the Triton kernels' own t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -14,6 +15,8 @@ import torch
 
 import kernels
 from kernels import _common, cpu, dispatch, reference
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is installed on Linux only")
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -336,6 +339,7 @@ def test_bad_arguments_raise_value_error(case):
 # ----------------------------------------------------------------------------------------------
 
 
+@needs_triton
 def test_triton_kernels_pass_under_the_interpreter():
     """tests/test_kernels_triton.py with TRITON_INTERPRET=1, which must be set before triton is
     imported: a subprocess keeps it away from everything else this pytest process runs."""
@@ -354,6 +358,7 @@ def test_triton_kernels_pass_under_the_interpreter():
     assert not re.search(r"\d+ (failed|error|skipped)", proc.stdout), tail
 
 
+@needs_triton
 def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(monkeypatch):
     """Without a GPU: Triton's Autotuner runs with its timer and the kernel launch stubbed, so
     the key it caches is compared with the one kernels.triton_mlp computes to decide whether a

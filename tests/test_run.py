@@ -197,7 +197,7 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
 
 NO_DATASET = "no_such_dataset.hdf5"
 BAD_INPUTS = {
-    "hydra.run.dir=elsewhere": r"hydra.run.dir is not read here .* give run_dir=<dir>",
+    "++hydra.run.dir=elsewhere": r"hydra.run.dir is not read here: .*run_dir= or out= says where they go",
     "+foo=1": r"unknown key 'foo' \(a typo\?\); valid keys for config: .*env_steps",
     "+planer.horizon=30": r"unknown key 'planer.horizon' \(a typo\?\); did you mean planner.horizon\?",
     "env_step=300": r"unknown key 'env_step' \(a typo\?\); did you mean env_steps",
@@ -282,9 +282,10 @@ def test_two_processes_never_write_one_run_directory(tmp_path):
     with pytest.raises(SystemExit, match=f"run_dir={run_dir} is in use by process {os.getpid()}"):
         main([f"resume={run_dir}", "env_steps=120"])
     held.release()
-    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # (its writer was killed mid-write)
+    (run_dir / ".checkpoint.pt.x1y2.worldmodel-tmp").write_bytes(b"half a checkpoint")  # (its writer was killed)
+    (run_dir / ".notes.tmp").write_bytes(b"another program's")
     assert main([f"resume={run_dir}", "env_steps=120"])["env_steps"] == 120
-    assert not list(run_dir.glob(".*.tmp"))
+    assert [p.name for p in run_dir.glob(".*tmp")] == [".notes.tmp"]
 
 
 def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path):

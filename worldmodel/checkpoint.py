@@ -23,13 +23,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, truncated, or of the wrong kind."""
 
 
+TEMP_SUFFIX = ".worldmodel-tmp"  # atomic_write's temporaries (RunDirLock clears a killed writer's)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`
     (readable by all, like a normally created file), on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -113,7 +116,7 @@ class RunDirLock:
         self._file.write(f"process {os.getpid()}")
         self._file.flush()
         # half-written files of a killed holder (atomic_write's temporaries: checkpoints of hundreds of MB)
-        for stale in Path(run_dir).glob(".*.tmp"):
+        for stale in Path(run_dir).glob(f".*{TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
 
     def release(self) -> None:

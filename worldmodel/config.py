@@ -181,9 +181,9 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
     from worldmodel.envs import check_task_name
 
     for override in overrides:  # every task is an env option: an unknown one gets the full list
-        if override.startswith(("hydra.run.", "hydra.job.chdir", "hydra.output_subdir")):
-            raise SystemExit(f"error: {override.split('=')[0]} is not read here (Hydra composes the config, but does "
-                             "not place the run): give run_dir=<dir>")  # fmt: skip
+        if override.lstrip("+~").startswith(("hydra.run.", "hydra.job.chdir", "hydra.output_subdir")):
+            raise SystemExit(f"error: {override.split('=')[0].lstrip('+~')} is not read here: Hydra composes the "
+                             "config but places no files (run_dir= or out= says where they go)")  # fmt: skip
         if override.startswith("env="):
             try:
                 check_task_name(override[4:])

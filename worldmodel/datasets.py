@@ -208,9 +208,9 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
         raise DatasetError(f"{path} holds {made_on} transitions (its metadata), not {task}'s: give env={made_on}, "
                            f"or a dataset of {task}")  # fmt: skip
     if env is not None and made_on and (made := metadata.get("env_args", {"action_repeat": 1})) != dynamics_args(env):
-        raise DatasetError(f"{path} was collected with {made}, this run steps the task with {dynamics_args(env)}: "
-                           f"give the data's settings (env.action_repeat=..., env.<argument>=...), or make data with "
-                           f"these")  # fmt: skip
+        raise DatasetError(f"{path} was collected with {made}, but this command steps the task with "
+                           f"{dynamics_args(env)}: a model of one would plan in the other; give a new run the data's "
+                           f"settings (env.action_repeat=..., env.<argument>=...), or make data with these")  # fmt: skip
     if "fingerprint" in metadata and metadata["fingerprint"] != fingerprint(data):
         raise DatasetError(f"{path}: its transitions are not the ones `make` wrote (fingerprint {fingerprint(data)}, "
                            f"recorded {metadata['fingerprint']}): the file was changed or damaged; make it again, "

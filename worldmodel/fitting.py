@@ -267,9 +267,11 @@ _NULLABLE = ("max_epochs", "max_steps")  # settings whose None means no cap
 
 @torch.no_grad()
 def clear_diverged_moments(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
-    """Zero the Adam moments of the members (dim 0 of every parameter [E, ...]) whose moments went
+    """Reset the Adam moments of the members (dim 0 of every parameter [E, ...]) whose moments went
     non-finite: a member that diverged keeps its earlier weights, but the shared optimiser (refits
-    reuse it, checkpoints save it) would make them NaN again at its next step, for good."""
+    reuse it, checkpoints save it) would make them NaN again at its next step, for good. The first
+    moment restarts at 0, the second at the healthy members' mean (Adam's step count is shared, so
+    a zero second moment would get no bias correction: steps of several learning rates)."""
     states = [optimizer.state[p] for p in params if p in optimizer.state]
     diverged = None
     for state in states:
@@ -279,7 +281,8 @@ def clear_diverged_moments(optimizer: torch.optim.Optimizer, params: list[torch.
     if diverged is not None and diverged.any():
         for state in states:
             state["exp_avg"][diverged] = 0
-            state["exp_avg_sq"][diverged] = 0
+            healthy = state["exp_avg_sq"][~diverged]
+            state["exp_avg_sq"][diverged] = healthy.mean(0) if len(healthy) else 0
 
 
 def training_precision(model: EnsembleDynamics, precision: str | None) -> str:
