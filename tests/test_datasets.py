@@ -72,7 +72,7 @@ def test_corrupt_and_truncated_files_are_clear_errors(hopper_data, tmp_path):
     save_d4rl(tmp_path / "d.hdf5", hopper_data)
     raw = (tmp_path / "d.hdf5").read_bytes()
     (tmp_path / "cut.hdf5").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
         load_dataset(tmp_path / "cut.hdf5")
 
 

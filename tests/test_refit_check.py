@@ -32,7 +32,7 @@ def test_replays_a_runs_refits_and_scores_them_on_the_transitions_that_came_next
     assert row["refit_beta0.5_new_holdout"] == row["refit_beta0.5"] and row["refit_beta0.5_start_kept"] is not None
 
 
-def test_a_capped_refit_stops_at_its_steps_beside_the_uncapped_one(run_dir):
+def test_a_capped_refit_stops_at_its_steps_beside_the_uncapped_one(run_dir, capsys):
     """80 rows (64 to train) in batches of 256 are 1 step an epoch: 2 epochs uncapped, 1 capped at 1."""
     (row,) = main([str(run_dir), "--first", "40", "--refit-at", "80", "--ahead", "40", "--refit-epochs", "2",
                    "--beta", "0.5", "--holdout", "all", "--refit-steps", "none", "1"])  # fmt: skip
@@ -40,6 +40,7 @@ def test_a_capped_refit_stops_at_its_steps_beside_the_uncapped_one(run_dir):
     assert row["refit_beta0.5_steps1_epochs"] == 1 and row["refit_beta0.5_steps1"] != row["refit_beta0.5"]
     with pytest.raises(SystemExit):
         main([str(run_dir), "--refit-steps", "0"])
+    assert "'0': give a whole number >= 1 or none" in capsys.readouterr().err
 
 
 def test_each_precision_is_a_refit_of_its_own(run_dir):

@@ -52,5 +52,10 @@ def test_hopper_termination_rejects_large_negative_state_values():
 def test_termination_fns_accept_any_batch_shape():
     env = make_env("walker2d", seed=0)
     obs = torch.randn(4, 5, env.task_spec.obs_dim)
-    out = env.task_spec.termination_fn(obs, torch.zeros(4, 5, 6), obs)
+    obs[0, :3, 0] = 0.5  # (height 0.5: fallen; random heights near 0 are fallen too, some rows not)
+    obs[1, :, 0], obs[1, :, 1] = 1.25, 0.0  # standing
+    fn, action = env.task_spec.termination_fn, torch.zeros(4, 5, 6)
+    out = fn(obs, action, obs)
     assert out.shape == (4, 5) and out.dtype == torch.bool
+    flat = fn(obs.reshape(20, -1), action.reshape(20, -1), obs.reshape(20, -1)).reshape(4, 5)
+    assert torch.equal(out, flat) and out[0, :3].all() and not out[1].any()

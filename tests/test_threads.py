@@ -10,9 +10,14 @@ import torch
 from worldmodel import threads
 
 
+@pytest.mark.skipif(threads.available_cores() < 2, reason="needs 2 cores to tell a count from the default")
 def test_a_fixed_count_sets_torch_threads():
-    assert threads.set_threads(1) == 1 and torch.get_num_threads() == 1
-    assert threads.current() == {"mode": "fixed", "threads": 1, "available_cores": threads.available_cores()}
+    try:  # (the suite runs at 1 thread: 2 is a change torch must see)
+        assert threads.set_threads(2) == 2 and torch.get_num_threads() == 2
+        assert threads.current() == {"mode": "fixed", "threads": 2, "available_cores": threads.available_cores()}
+    finally:
+        threads.set_threads(1)
+    assert torch.get_num_threads() == 1
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -34,9 +39,11 @@ def test_available_cores_follow_the_cpu_affinity():
     assert _in_subprocess(code).strip() == "1"
 
 
-def test_auto_honours_an_explicit_omp_num_threads():
-    code = "from worldmodel import threads; n = threads.set_threads('auto'); print(n, threads.current()['mode'])"
-    assert _in_subprocess(code, OMP_NUM_THREADS="1").split() == ["1", "fixed"]
+@pytest.mark.parametrize("omp", ["1", "2"])
+def test_auto_honours_an_explicit_omp_num_threads(omp):
+    code = ("import torch; from worldmodel import threads; n = threads.set_threads('auto'); "
+            "print(n, threads.current()['mode'], torch.get_num_threads())")  # fmt: skip
+    assert _in_subprocess(code, OMP_NUM_THREADS=omp).split() == [omp, "fixed", omp]
 
 
 # In a fresh process: `before` the busy process starts, then `after` (a second later); prints the count used.

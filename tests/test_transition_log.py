@@ -117,6 +117,22 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def test_append_returns_only_once_its_records_are_fsynced(tmp_path, hopper_steps, monkeypatch):
+    """SIGKILL keeps the page cache, so the kill test below cannot see a missing fsync: count them.
+    With sync_every=1 each append syncs its segment (and a new segment's directory entry)."""
+    import worldmodel.transition_log as tl
+
+    synced = []
+    monkeypatch.setattr(tl.os, "fsync", lambda fd: synced.append(os.path.realpath(f"/proc/self/fd/{fd}")))
+    with TransitionLog(tmp_path, O, A, segment_records=3) as log:
+        for i in range(4):
+            before = len(synced)
+            log.append(hopper_steps[i : i + 1])
+            on_disk = [p for p in synced[before:] if p.endswith(".bin")]
+            assert on_disk and on_disk[-1] == str(log._segments[-1][0])  # the record's own segment, last
+        assert str(tmp_path) in synced  # a new segment's directory entry
+
+
 def test_kill_9_at_random_moments_loses_no_acknowledged_transition(tmp_path):
     """A real writer (hopper steps, one record each) is SIGKILLed three times at random counts;
     every acknowledged record survives, each restart appends after them, and the log stays a

@@ -1,5 +1,8 @@
 """Transition validation and the replay buffer: bad data is refused by name, saves are atomic."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -157,12 +160,27 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     buffer.save(path)
     before = path.read_bytes()
 
-    def crash(*args, **kwargs):
+    def crash(obj, f, *args, **kwargs):  # the disk fills half way through the file
+        Path(f).write_bytes(b"half a buffer")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     buffer.extend(transitions(3, start=100.0))
     with pytest.raises(OSError, match="disk full"):
         buffer.save(path)
-    assert path.read_bytes() == before
+    assert path.read_bytes() == before  # (a plain save would have left "half a buffer" there)
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    from worldmodel import checkpoint
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+                                                            real_fsync(fd))[1])  # fmt: skip
+    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    with checkpoint.atomic_write(tmp_path / "f.bin") as tmp:
+        Path(tmp).write_bytes(b"data")
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]  # file, rename, directory
+    assert (tmp_path / "f.bin").read_bytes() == b"data"

@@ -63,6 +63,7 @@ def test_elites_only_ignores_other_members():
     elites_only = Uncertainty("max_aleatoric", elites_only=True, include_reward=True)
     # member 2 has the largest std (5); dropping member 1 leaves it
     assert all_members(MEAN, VAR, elites).item() == pytest.approx(5.0)
+    assert all_members(MEAN, VAR, torch.tensor([0, 1])).item() == pytest.approx(5.0)  # member 2, though no elite
     assert elites_only(MEAN, VAR, torch.tensor([0, 1])).item() == pytest.approx(2.0)
     assert elites_only(MEAN, VAR, elites).item() == pytest.approx(5.0)
 

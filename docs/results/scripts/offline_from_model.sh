@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One offline run from a fitted model used as it is (model=<model.pt>: no refit), the way the
 # walker2d results of 2026-12-04 ran: one thread, 10-episode evaluations, the actor whose model
-# return was best kept (offline.select=model_score). Rerunning the same line resumes a cut-off run.
+# return was best kept (offline.select=model_score). Rerunning the same line resumes a cut-off run
+# (its saved settings: the arguments are then not read) and leaves a finished one as it is.
 #
 #   docs/results/scripts/offline_from_model.sh <planner> <task> <dataset> <model.pt> <seed> <run_dir> [key=value ...]
 #   docs/results/scripts/offline_from_model.sh mopo walker2d data/walker2d-medium-replay.hdf5 \
@@ -9,11 +10,15 @@
 #       offline.updates=200000 planner.penalty=1.0 planner.rollout_length=1 planner.agent.precision=bf16
 set -euo pipefail
 planner=$1 task=$2 dataset=$3 model=$4 seed=$5 run_dir=$6; shift 6
-if [ -f "$run_dir/config.yaml" ]; then
+. "$(dirname "$0")/work_queue.sh"
+export OMP_NUM_THREADS=1
+finished "$run_dir" && { echo "$run_dir: finished already"; exit 0; }
+if resumable "$run_dir"; then
+  echo "$run_dir: resuming with its saved settings" >&2
   args=(resume="$run_dir")
 else
   args=(planner="$planner" env="$task" dataset="$dataset" model="$model" env_steps=0
         offline.select=model_score eval_episodes=10 seed="$seed" threads=1 run_dir="$run_dir" "$@")
 fi
 mkdir -p "$(dirname "$run_dir")"
-python -m worldmodel.run "${args[@]}" > "$run_dir.log" 2>&1
+logged "$run_dir.log" python -m worldmodel.run "${args[@]}"

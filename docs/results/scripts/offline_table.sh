@@ -19,33 +19,42 @@ out=runs/offline/$name-200k models=runs/offline/$name-model-bf16
 seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
 [ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=<transitions> out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
-exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running" >&2; exit 1; }
+exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running (stop it with kill -TERM -- -<its process group>)" >&2; exit 75; }
 export OMP_NUM_THREADS=1
 here=$(dirname "$0")
 . "$here/work_queue.sh"
+# models and runs of data since remade at the same path are not this table's: refuse them
+fingerprint=$(python -c "from worldmodel.datasets import read_metadata; print(read_metadata('$data').get('fingerprint', ''))")
+for summary in "$models"-s*/summary.json "$out"/*/summary.json; do
+  [ -f "$summary" ] || continue
+  if grep -q '"dataset_fingerprint"' "$summary" && ! grep -q "\"dataset_fingerprint\": \"$fingerprint\"" "$summary"; then
+    echo "$(dirname "$summary") learned from other data than $data holds now ($fingerprint): move it aside" >&2; exit 1
+  fi
+done
 
-finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
-
-fit() {  # seed
+fit() {  # seed: the seed's model, fitted once (the other worker waits for it under the seed's lock)
   local d=$models-s$1
-  [ -f "$d/model.pt" ] && return
-  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
-  python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 model.precision=bf16 \
-      eval_episodes=1 seed="$1" threads=1 run_dir="$d" > "$d.log" 2>&1
+  (
+    flock 9
+    [ -f "$d/model.pt" ] && exit 0
+    if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
+    logged "$d.log" python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 \
+        model.precision=bf16 eval_episodes=1 seed="$1" threads=1 run_dir="$d"
+  ) 9> "$d.fitting"
 }
 
 bc() {  # seed
   local d=$out/bc-s$1
   finished "$d" && return
-  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
-  python -m worldmodel.run planner=bc env="$task" dataset="$data" env_steps=0 offline.updates=200000 eval_episodes=10 \
-      seed="$1" threads=1 run_dir="$d" > "$d.log" 2>&1
+  if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; return; fi
+  logged "$d.log" python -m worldmodel.run planner=bc env="$task" dataset="$data" env_steps=0 offline.updates=200000 \
+      eval_episodes=10 seed="$1" threads=1 run_dir="$d"
 }
 
 from_model() {  # planner seed
   local d=$out/$1-s$2 model=$models-s$2/model.pt
   finished "$d" && return
-  until [ -f "$model" ]; do sleep 60; done  # (the other worker may still be fitting it)
+  fit "$2" && [ -f "$model" ] || { echo "$(date -u +%FT%TZ) seed $2 has no model ($models-s$2.log says why)" >&2; return 1; }
   local extra=(); [ "$1" = ravl ] && extra=(planner.agent.compile_critic_step=true)  # (EDAC's step, 10% faster)
   "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=bf16 "${extra[@]}"
 }
@@ -59,5 +68,5 @@ for p in "${planners[@]}"; do
     *) echo "unknown planner $p in PLANNERS (bc, mopo, ravl)" >&2; exit 1 ;;
   esac
 done
-run_jobs "$out/.next" "${WORKERS:-2}"
+run_jobs "$out/.next" "${WORKERS:-2}" || exit 1
 echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k --raw"

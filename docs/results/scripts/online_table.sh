@@ -35,22 +35,23 @@ arm() {  # name -> its planner overrides
 }
 for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
 
-finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
-
-run() {  # task arm seed
+run() {  # task arm seed (a run another instance of this script holds is left to it)
   local d=runs/online/${1#dmc/}-$2-$steps/s$3
   finished "$d" && return
   mkdir -p "$(dirname "$d")"
-  if [ -f "$d/config.yaml" ]; then python -m worldmodel.run resume="$d" > "$d.log" 2>&1; return; fi
-  # shellcheck disable=SC2046
-  python -m worldmodel.run env="$1" $(arm "$2") env_steps="$steps" eval_every="$every" eval_episodes="$episodes" \
-      seed="$3" threads=1 run_dir="$d" > "$d.log" 2>&1
+  (
+    flock -n 9 || { echo "$d: run by another instance" >&2; exit 0; }
+    if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
+    # shellcheck disable=SC2046
+    logged "$d.log" python -m worldmodel.run env="$1" $(arm "$2") env_steps="$steps" eval_every="$every" \
+        eval_episodes="$episodes" seed="$3" threads=1 run_dir="$d"
+  ) 9> "$d.running"
 }
 
 jobs=()
 for t in "${tasks[@]}"; do for s in "${seeds[@]}"; do for a in "${arms[@]}"; do jobs+=("run $t $a $s"); done; done; done
 mkdir -p runs/online
 queue=runs/online/.next-$$
-run_jobs "$queue" "${WORKERS:-1}"
-rm -f "$queue"
+trap 'rm -f "$queue" "$queue.failed"' EXIT
+run_jobs "$queue" "${WORKERS:-1}" || exit 1
 echo "$(date -u +%FT%TZ) done"
