@@ -379,8 +379,12 @@ def test_a_stop_during_the_offline_fit_saves_it_and_the_resumed_run_continues_it
         run.run()
     run.close()
     assert (run_dir / "fit_state.pt").is_file() and json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    state = torch.load(run_dir / "fit_state.pt", weights_only=False)
+    state["fit"]["wall_s"] = 3600.0  # (as if the cut-short fit had run an hour)
+    torch.save(state, run_dir / "fit_state.pt")
     summary = main([f"resume={run_dir}"])
     assert summary["status"] == "finished" and not (run_dir / "fit_state.pt").exists()
+    assert summary["wall_s"] > 3600 and records(run_dir, "fit")[0]["wall_s"] > 3600  # the hour is counted
     assert [r["step"] for r in records(run_dir, "offline_fit")] == [1, 2, 3, 4, 5, 6]  # epoch 1 kept, 2-6 resumed
     assert len(records(run_dir, "fit")) == 1
 

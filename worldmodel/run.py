@@ -193,7 +193,7 @@ class Run:
         """Learn to the end (offline, then online); on SIGINT/SIGTERM (caught while `self.stop` is
         active) save everything and raise RunInterrupted. A failure marks summary.json "failed"
         and leaves the last checkpoint as it was."""
-        started = time.perf_counter() - self.progress["wall_s"]
+        started = time.perf_counter() - self.progress["wall_s"] - self._unsaved_fit_s()
         try:
             if not (self.run_dir / "checkpoint.pt").is_file():
                 self._checkpoint(started)  # from here on, any run can resume
@@ -378,6 +378,12 @@ class Run:
             if step == 0 and self.dataset is not None:  # the offline fit's holdout curve, by epoch
                 for row in metrics["history"]:
                     self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
+
+    def _unsaved_fit_s(self) -> float:
+        """Seconds a fit cut short spent after the checkpoint (its fit_state.pt; 0 without one):
+        wall_s counts them, though the checkpoint was taken before that fit."""
+        path = self.run_dir / _FIT_STATE
+        return load_checked(path, _FIT_STATE_FORMAT)["fit"].get("wall_s", 0.0) if path.is_file() else 0.0
 
     def _fit_saver(self, path: Path, started: float):
         """on_epoch for a long fit: its state to `path` every minute, and on a stop request (then
