@@ -429,3 +429,13 @@ def test_a_resume_refuses_a_dataset_made_again_at_the_same_path(tmp_path, datase
     save_d4rl(data, collect(env, correlated_noise_policy(env), 600), {"env": "hopper", "quality": "noise"})
     with pytest.raises(SystemExit, match="the run learned from dataset .* now holds"):
         main([f"resume={run_dir}", "offline.updates=40"])
+
+
+def test_the_same_seed_reproduces_an_offline_run(tmp_path, dataset):
+    def run(name, seed):
+        summary = main(["planner=mopo", f"dataset={dataset}", "offline.updates=40", "env_steps=0", f"seed={seed}",
+                        f"run_dir={tmp_path / name}", *TINY, *DYNA_TINY])  # fmt: skip
+        return summary["offline_evals"], [r["critic_loss"] for r in records(tmp_path / name, "offline_train")]
+
+    first = run("a", 5)
+    assert run("b", 5) == first and run("c", 6) != first
