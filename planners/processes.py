@@ -150,11 +150,11 @@ class PlanMaker:
                 self.planner.reset()
         lead = self.lead(max(0.0, time.monotonic() - posted))
         start_time = stamp + lead * self.period
-        if hasattr(self.planner, "previous_action"):  # sampling respects the slew from the action before
-            self.planner.previous_action = self.committed(start_time - self.period, last_action)
-        if self.plan is not None and hasattr(self.planner, "skip"):  # the warm start: from this plan's start on
-            self.planner.skip(max(0, self.plan.step_at(start_time, self.period) - 1))
         try:
+            if hasattr(self.planner, "previous_action"):  # sampling respects the slew from the action before
+                self.planner.previous_action = self.committed(start_time - self.period, last_action)
+            if self.plan is not None and hasattr(self.planner, "skip"):  # the warm start: from this plan's start on
+                self.planner.skip(max(0, self.plan.step_at(start_time, self.period) - 1))
             start = self._predict(obs, stamp, lead, last_action)
             actions = self.planner.act_ahead(start, self.deterministic).detach().cpu().float()
         except (RuntimeError, ValueError) as e:  # PlanningError among them: no plan from this state
@@ -352,14 +352,14 @@ class PlanningProcess:
         planned from, and a PlannerDied if the planner broke; waits up to `timeout` seconds for
         the first when there is none. Raises EOFError once the process is gone and everything it
         sent was read."""
-        out = []
+        out, closed = [], False
         try:
             while self._results.poll(timeout if not out else 0.0):
                 out.append(self._results.recv())
-        except EOFError:  # (the pipe closed: the process is gone)
-            pass
-        if not out and not self.process.is_alive():
-            self.process.join(1.0)
+        except EOFError:  # (the pipe closed: the process is gone, or going)
+            closed = True
+        if not out and (closed or not self.process.is_alive()):
+            self.process.join(1.0)  # (closed, not yet reaped: a wait for it, not a spin until is_alive turns)
             raise EOFError(f"the planning process exited (code {self.process.exitcode})")
         return out
 

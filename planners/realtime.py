@@ -39,8 +39,10 @@ Shapes: O obs dims, A action dims, H plan steps.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import itertools
 import math
 import sys
 import threading
@@ -62,6 +64,8 @@ from worldmodel import threads
 from worldmodel.envs import TaskSpec
 
 SOURCES = ("fresh", "shifted", "fallback")
+LATENCY_WINDOW = 1_000_000  # act and plan latencies kept (the newest): about 14 hours at 20 Hz
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for the planning thread
 WORKERS = ("thread", "process")
 
 
@@ -96,6 +100,9 @@ class RealtimeConfig:
             raise ValueError(f"max_shift must be >= 0 or None, got {self.max_shift}")
         if self.plan_threads < 1:
             raise ValueError(f"plan_threads must be >= 1, got {self.plan_threads}")
+        if self.watchdog_ms is not None and not self.watchdog_ms > 0:
+            raise ValueError(f"watchdog_ms must be > 0 or None (3 periods), got {self.watchdog_ms}; a controller "
+                             "without on_stale has no watchdog")  # fmt: skip
         if self.worker not in WORKERS:
             raise ValueError(f"worker must be one of {WORKERS}, got {self.worker!r}")
         room = max(1, math.ceil(self.delay_ms / 1000 / self.period - 1e-9)) * self.period * 1000 - self.delay_ms
@@ -144,18 +151,22 @@ class RealtimeController:
         self._last_action: Tensor | None = None
         self._action_lock = threading.Lock()  # (act's thread and the watchdog's both send actions)
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
+        self._last_act_time: float | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
         self._watcher: threading.Thread | None = None  # the watchdog's thread
         self._watcher_stop = threading.Event()
         self.error: BaseException | None = None  # what killed the planning thread or process, if anything
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
-        self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "nonfinite_plans": 0,
+        self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "bad_stamps": 0, "nonfinite_plans": 0,
                                                     "planner_errors": 0, "deadline_misses": 0, "watchdog_trips": 0,
                                                     "plans": 0, "late_plans": 0, "skipped_posts": 0,
-                                                    "wait_timeouts": 0}  # fmt: skip
-        self.act_latency_s: list[float] = []
-        self.plan_latency_s: list[float] = []
+                                                    "wait_timeouts": 0, "constraint_errors": 0,
+                                                    "watchdog_errors": 0}  # fmt: skip
+        # (bounded: a robot left running for days; the newest LATENCY_WINDOW of each)
+        self.act_latency_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.plan_latency_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.watchdog_error: Exception | None = None  # the last exception on_stale raised (the watchdog goes on)
 
     # ---------------------------------------------------------------- the control side
 
@@ -170,15 +181,18 @@ class RealtimeController:
         obs = torch.as_tensor(obs).float()
         if obs.shape != (self.spec.obs_dim,):  # (a bug in the loop, not a sensor glitch: NaN readings fall back)
             raise ValueError(f"act() takes one observation of shape [{self.spec.obs_dim}], got {list(obs.shape)}")
-        stamp = self.clock() if stamp is None else stamp
+        now = self.clock()
+        stamp = now if stamp is None else float(stamp)
+        good_stamp = math.isfinite(stamp) and stamp <= now + self.config.period  # (this clock's, not from the future)
         if first:
             with self._plans_lock:
                 self._episode += 1
                 self._plans = (None, None)
         self._count_deadline(stamp)
-        finite = posted = bool(torch.isfinite(obs).all())
+        self._last_act_time = now  # (the watchdog stays quiet while act() answers, fallbacks included)
+        finite = posted = bool(torch.isfinite(obs).all()) and good_stamp
         if finite:
-            self._last_obs_time = self.clock()
+            self._last_obs_time = now
             if self._process is not None:
                 self._collect()
                 if not self._process.post(obs, stamp, self._last_action, self._episode):
@@ -190,19 +204,27 @@ class RealtimeController:
                     self._latest = (obs, stamp, self._obs_serial, time.monotonic(), self._episode)
                     self._wake.notify()
         else:
-            self.counts["nonfinite_obs"] += 1
+            self.counts["nonfinite_obs" if good_stamp else "bad_stamps"] += 1
         if posted and self.config.wait_ms > 0:
             self._await_answer(stamp, began + self.config.wait_ms / 1000)
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
         with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
             action = self._limit(action)
-            if self.constraint is not None and finite and not self.constraint(obs, action):
+            if self.constraint is not None and finite and not self._allowed(obs, action):
                 self.counts["vetoed"] += 1
                 action, source = self._limit(self.safe_action), "fallback"
             self._last_action = action
         self.counts[source] += 1
         self.act_latency_s.append(time.perf_counter() - began)
         return action
+
+    def _allowed(self, obs: Tensor, action: Tensor) -> bool:
+        """The constraint's verdict; one that raises vetoes the action (counted: act() still answers)."""
+        try:
+            return bool(self.constraint(obs, action))
+        except Exception:  # noqa: BLE001  (the user's hook: whatever it raises, the robot gets the safe action)
+            self.counts["constraint_errors"] += 1
+            return False
 
     def _await_answer(self, stamp: float, deadline: float) -> None:
         """With wait_ms: wait until the planner has planned from this episode's reading taken at
@@ -265,6 +287,9 @@ class RealtimeController:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
+            # a restart begins clean: no error, plans or reading of the worker before
+            self.error, self._latest, self._plans, self._used_serial = None, None, (None, None), -1
+            self._last_obs_time = self._last_act_time = None
             if self.config.worker == "process":
                 try:
                     self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
@@ -290,7 +315,10 @@ class RealtimeController:
             self._watcher.join()
             self._watcher = None
             if self._thread is not None:
-                self._thread.join()
+                self._thread.join(timeout=STOP_TIMEOUT_S)
+                if self._thread.is_alive():  # (a plan that never returns: the daemon thread is left behind)
+                    print(f"the planning thread did not stop within {STOP_TIMEOUT_S:g} s (a plan that never "
+                          "returns?); leaving it", file=sys.stderr)  # fmt: skip
                 self._thread = None
             if self._process is not None:
                 self._process.stop()
@@ -372,14 +400,23 @@ class RealtimeController:
             self._answered.notify_all()
 
     def _watchdog(self) -> None:
-        silent = self._last_obs_time is not None and self.clock() - self._last_obs_time > self.watchdog_s
-        if self.on_stale is not None and silent:
-            self.counts["watchdog_trips"] += 1
-            self._last_obs_time = self.clock()  # once per silent interval
-            with self._action_lock:
-                action = self._limit(self.safe_action)
-                self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
+        """on_stale(the safe action, slew-limited) once per silent interval: no finite reading for
+        watchdog_s, and no act() either (one answering NaN readings sends the safe action itself).
+        An on_stale that raises is counted and kept in `watchdog_error`; the watchdog goes on."""
+        now = self.clock()
+        quiet = lambda t: t is not None and now - t > self.watchdog_s  # noqa: E731
+        if self.on_stale is None or not quiet(self._last_obs_time) or not quiet(self._last_act_time):
+            return
+        self.counts["watchdog_trips"] += 1
+        self._last_obs_time = now  # once per silent interval
+        with self._action_lock:
+            action = self._limit(self.safe_action)
+            self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
+        try:
             self.on_stale(action)
+        except Exception as e:  # noqa: BLE001  (the robot's driver: the safety net must outlive its errors)
+            self.counts["watchdog_errors"] += 1
+            self.watchdog_error = e
 
     # ---------------------------------------------------------------- learning in the background
 
@@ -413,7 +450,7 @@ class RealtimeController:
         out["late_plan_rate"] = self.counts["late_plans"] / self.counts["fresh"] if self.counts["fresh"] else 0.0
         out["plan_lead"] = self._plans[1].lead if self._plans[1] is not None else math.nan
         for name, values in (("act", self.act_latency_s), ("plan", self.plan_latency_s)):
-            values = values[-window:] if window else values
+            values = list(itertools.islice(reversed(values), window)) if window else values  # (the newest)
             for q in (50, 99):
                 out[f"{name}_latency_p{q}_ms"] = percentile(values, q) * 1000
             out[f"{name}_latency_max_ms"] = max(values, default=math.nan) * 1000
@@ -619,19 +656,21 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                         raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
                 acted = paired.newest
-                pairs = paired.add(readings)
+                pairs = paired.add(readings)[: cfg.real_steps - len(log)]  # (a batch may overshoot the end)
                 latest = paired.newest
-                if latest is acted:
-                    pass  # (only readings older than the one acted on came: they complete transitions)
-                elif len(log) < seeding or not ready():
-                    robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
-                    seeded += 1
-                else:
-                    robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
-                pairs = pairs[: cfg.real_steps - len(log)]  # (a batch of readings may overshoot the end)
+                try:  # the action first (the deadline), then the completed transitions, whatever the action did
+                    if latest is acted:
+                        pass  # (only readings older than the one acted on came: they complete transitions)
+                    elif len(log) < seeding or not ready():
+                        robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
+                        seeded += 1
+                    else:
+                        robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
+                finally:
+                    if pairs:
+                        learner.add(_transitions(pairs))
+                        bar.update(len(pairs))
                 if pairs:
-                    learner.add(_transitions(pairs))
-                    bar.update(len(pairs))
                     snapshot_due()
                 logged_episodes = log_episodes(logged_episodes)
                 if time.monotonic() - last_report > 1.0:

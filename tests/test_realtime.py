@@ -229,6 +229,74 @@ def test_under_a_slew_limit_the_watchdog_steps_on_to_the_safe_action_and_seed_ac
     assert torch.equal(sent[4], torch.zeros(3))
 
 
+def test_a_bad_timestamp_is_answered_with_the_safe_action_and_planning_goes_on(hopper):
+    """A NaN, infinite or future timestamp (another clock's) is a reading to fall back on, like a NaN
+    observation: act() answers, and the planner (which plans for stamp + lead) is not killed by it."""
+    spec, model, data = hopper
+    with RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100),
+                            safe_action=torch.zeros(3)) as rt:  # fmt: skip
+        for bad in (float("nan"), float("inf"), time.monotonic() + 3600):
+            assert torch.equal(rt.act(data["obs"][0], bad, first=True), torch.zeros(3))
+        assert rt.counts["bad_stamps"] == 3 and rt.counts["nonfinite_obs"] == 0
+        for i in range(200):
+            rt.act(data["obs"][i], time.monotonic())
+            if rt.counts["fresh"]:
+                break
+            time.sleep(0.01)
+        assert rt.error is None and rt.counts["fresh"] >= 1
+
+
+def test_a_restarted_controller_plans_again_after_its_planner_died(hopper):
+    spec, model, data = hopper
+    planner, broken = mppi(model, spec), [True]
+    act_ahead = planner.act_ahead
+
+    def once_broken(obs, deterministic=True):
+        if broken[0]:
+            raise TypeError("a bug in the planner")
+        return act_ahead(obs, deterministic)
+
+    planner.act_ahead = once_broken
+    rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=100))
+    with rt:
+        rt.act(data["obs"][0], time.monotonic())
+        wait_for(lambda: rt.error is not None)
+    broken[0] = False
+    with rt:
+        assert rt.error is None
+        for i in range(300):
+            rt.act(data["obs"][i % 400], time.monotonic())
+            if rt.counts["fresh"]:
+                break
+            time.sleep(0.01)
+    assert rt.counts["fresh"] >= 1
+
+
+def test_the_watchdog_outlives_a_failing_driver_and_keeps_quiet_while_act_answers(hopper):
+    spec, model, data = hopper
+    with pytest.raises(ValueError, match="watchdog_ms must be > 0 or None"):
+        RealtimeConfig(watchdog_ms=0)
+    calls = []
+
+    def failing_driver(action):
+        calls.append(action)
+        raise OSError("the robot's bus is down")
+
+    config = RealtimeConfig(control_hz=100, watchdog_ms=100)  # (10x the acts' spacing below: room for a loaded machine)
+    with RealtimeController(mppi(model, spec), spec, config, on_stale=failing_driver,
+                            constraint=lambda obs, action: 1 / 0) as rt:  # fmt: skip
+        rt.act(data["obs"][0])
+        assert rt.counts["constraint_errors"] == 1 and rt.counts["vetoed"] == 1  # (a raising constraint: a veto)
+        wait_for(lambda: len(calls) >= 2)  # the watchdog went on after the driver's first error
+        assert rt.counts["watchdog_errors"] >= 2 and isinstance(rt.watchdog_error, OSError)
+        trips = rt.counts["watchdog_trips"]
+        nan = torch.full((11,), float("nan"))
+        for _ in range(20):  # NaN readings: act() answers every 10 ms, so no trip (no second command a period)
+            rt.act(nan)
+            time.sleep(0.01)
+        assert rt.counts["watchdog_trips"] == trips
+
+
 def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):
     spec, model, data = hopper
     rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100))
