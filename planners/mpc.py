@@ -165,8 +165,8 @@ class MPCPlanner(Planner):
         """The next plan starts `steps` control periods later than the one after the last plan's
         first: drop that many more steps of the warm start (a real-time controller whose plans
         are more than a period apart)."""
-        for _ in range(steps if self._plan is not None else 0):
-            self._plan = self._shift(self._plan)
+        for _ in range(min(steps, self.config.horizon) if self._plan is not None else 0):  # (a whole horizon
+            self._plan = self._shift(self._plan)                                            # shifts it all out)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:

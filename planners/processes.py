@@ -359,8 +359,9 @@ class PlanningProcess:
         except EOFError:  # (the pipe closed: the process is gone, or going)
             closed = True
         if not out and (closed or not self.process.is_alive()):
-            self.process.join(1.0)  # (closed, not yet reaped: a wait for it, not a spin until is_alive turns)
-            raise EOFError(f"the planning process exited (code {self.process.exitcode})")
+            self.process.join(timeout)  # (a closed pipe returns at once: the caller's own budget, not a spin)
+            if not self.process.is_alive():
+                raise EOFError(f"the planning process exited (code {self.process.exitcode})")
         return out
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -23,8 +23,9 @@ maximal change per period (actions sent by other means, e.g. random seed actions
 safe one is taken instead, as far towards it as the slew limit allows). With `delay_ms` (sensor + actuator latency) a plan starts from the
 state the model predicts once the delay has passed, under the actions already committed. A
 watchdog, a thread of its own whatever the worker (so a long plan or a dead planner does not
-silence it), calls `on_stale(safe_action)` when no observation arrived for `watchdog_ms` (under a
-slew limit, each trip a step on towards it).
+silence it), calls `on_stale(safe_action)` when neither a finite observation nor an act() call
+came for `watchdog_ms` (under a slew limit, each trip a step on towards it). Stamps are read on
+`clock` (default time.monotonic): give the stamps' own clock where they come from another one.
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
@@ -77,7 +78,7 @@ class RealtimeConfig:
     delay_ms: float = 0.0  # sensor + actuator latency: plans start from the state predicted after it
     max_shift: int | None = None  # a plan serves at most this many periods past its start (None: its length)
     slew: float | None = None  # the largest change of any action dim per control period (None: unlimited)
-    watchdog_ms: float | None = None  # no observation for this long -> on_stale(safe action) (None: 3 periods)
+    watchdog_ms: float | None = None  # no observation nor act() for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
     # act() waits up to this long for the plan from its own reading (0: never waits, act takes
     # microseconds): its first action then acts once the delay has passed, planned from one
@@ -153,6 +154,7 @@ class RealtimeController:
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._last_act_time: float | None = None
         self._stopping = False
+        self._generation = 0  # start()s so far: each planning thread serves its own
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
         self._watcher: threading.Thread | None = None  # the watchdog's thread
         self._watcher_stop = threading.Event()
@@ -205,6 +207,10 @@ class RealtimeController:
                     self._wake.notify()
         else:
             self.counts["nonfinite_obs" if good_stamp else "bad_stamps"] += 1
+            if not good_stamp and self.counts["bad_stamps"] == 1:
+                print(f"act(): stamp {stamp} is not finite or lies ahead of the controller's clock ({now:.3f}): the "
+                      "safe action. Stamps from another clock (time.time, a ROS clock) need RealtimeController("
+                      "clock=<that clock>)", file=sys.stderr)  # fmt: skip
         if posted and self.config.wait_ms > 0:
             self._await_answer(stamp, began + self.config.wait_ms / 1000)
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
@@ -287,9 +293,14 @@ class RealtimeController:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
-            # a restart begins clean: no error, plans or reading of the worker before
+            # a restart begins clean: no error, plans, reading or warm start of the worker before
             self.error, self._latest, self._plans, self._used_serial = None, None, (None, None), -1
             self._last_obs_time = self._last_act_time = None
+            self.watchdog_error = self.last_planner_error = None
+            self._maker.plans, self._maker.reading = [], None
+            if hasattr(self.planner, "reset"):
+                self.planner.reset()
+            self._generation += 1  # (a planning thread of a stop() that timed out ends at its next turn)
             if self.config.worker == "process":
                 try:
                     self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
@@ -341,19 +352,22 @@ class RealtimeController:
     def _run(self) -> None:
         """The planning thread: plan from the latest reading, again and again."""
         threads.fix_this_thread(self.config.plan_threads)
-        planned_serial = 0
+        planned_serial, generation = 0, self._generation
         try:
             while True:
                 with self._wake:
-                    while not self._stopping and (self._latest is None or self._latest[2] == planned_serial):
+                    ended = lambda: self._stopping or generation != self._generation  # noqa: E731
+                    while not ended() and (self._latest is None or self._latest[2] == planned_serial):
                         self._wake.wait()
-                    if self._stopping:
+                    if ended():
                         return
                     obs, stamp, planned_serial, posted, episode = self._latest
                 with self.swapper.planning():
                     result = self._maker.make(obs, stamp, self._last_action, self.version, posted, episode)
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
+            if generation != self._generation:
+                return  # (a thread a stop() left behind: not the running controller's error)
             self.error = e
             with self._answered:
                 self._answered.notify_all()
@@ -708,7 +722,8 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, "wait_ms": cfg.wait_ms,
                **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
-                                        "nonfinite_obs", "vetoed", "watchdog_trips", "plans", "wait_timeouts")},
+                                        "nonfinite_obs", "bad_stamps", "vetoed", "constraint_errors", "watchdog_trips",
+                                        "watchdog_errors", "plans", "wait_timeouts")},
                "real_steps": len(log), "session_began_at": session_began,
                "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,

@@ -238,10 +238,10 @@ def test_a_bad_timestamp_is_answered_with_the_safe_action_and_planning_goes_on(h
         for bad in (float("nan"), float("inf"), time.monotonic() + 3600):
             assert torch.equal(rt.act(data["obs"][0], bad, first=True), torch.zeros(3))
         assert rt.counts["bad_stamps"] == 3 and rt.counts["nonfinite_obs"] == 0
-        for i in range(200):
-            rt.act(data["obs"][i], time.monotonic())
-            if rt.counts["fresh"]:
-                break
+        i, deadline = 0, time.monotonic() + 30
+        while not rt.counts["fresh"] and time.monotonic() < deadline:
+            rt.act(data["obs"][i % 400], time.monotonic())
+            i += 1
             time.sleep(0.01)
         assert rt.error is None and rt.counts["fresh"] >= 1
 
@@ -264,10 +264,10 @@ def test_a_restarted_controller_plans_again_after_its_planner_died(hopper):
     broken[0] = False
     with rt:
         assert rt.error is None
-        for i in range(300):
+        i, deadline = 0, time.monotonic() + 30
+        while not rt.counts["fresh"] and time.monotonic() < deadline:
             rt.act(data["obs"][i % 400], time.monotonic())
-            if rt.counts["fresh"]:
-                break
+            i += 1
             time.sleep(0.01)
     assert rt.counts["fresh"] >= 1
 
@@ -287,8 +287,8 @@ def test_the_watchdog_outlives_a_failing_driver_and_keeps_quiet_while_act_answer
                             constraint=lambda obs, action: 1 / 0) as rt:  # fmt: skip
         rt.act(data["obs"][0])
         assert rt.counts["constraint_errors"] == 1 and rt.counts["vetoed"] == 1  # (a raising constraint: a veto)
-        wait_for(lambda: len(calls) >= 2)  # the watchdog went on after the driver's first error
-        assert rt.counts["watchdog_errors"] >= 2 and isinstance(rt.watchdog_error, OSError)
+        wait_for(lambda: rt.counts["watchdog_errors"] >= 2)  # the watchdog went on after the driver's first error
+        assert len(calls) >= 2 and isinstance(rt.watchdog_error, OSError)
         trips = rt.counts["watchdog_trips"]
         nan = torch.full((11,), float("nan"))
         for _ in range(20):  # NaN readings: act() answers every 10 ms, so no trip (no second command a period)

@@ -380,10 +380,15 @@ class Run:
                     self.logger.log("offline_fit", row["epoch"], **{k: v for k, v in row.items() if k != "epoch"})
 
     def _unsaved_fit_s(self) -> float:
-        """Seconds a fit cut short spent after the checkpoint (its fit_state.pt; 0 without one):
-        wall_s counts them, though the checkpoint was taken before that fit."""
-        path = self.run_dir / _FIT_STATE
-        return load_checked(path, _FIT_STATE_FORMAT)["fit"].get("wall_s", 0.0) if path.is_file() else 0.0
+        """Seconds the offline fit, cut short, spent beyond what the checkpoint's wall_s holds (its
+        fit_state.pt's time, less what a resume counted before: progress["fit_s_counted"]); 0
+        once the checkpoint holds a fit or without the file."""
+        path, p = self.run_dir / _FIT_STATE, self.progress
+        if p["fits"] or not path.is_file():
+            return 0.0
+        fit_s = load_checked(path, _FIT_STATE_FORMAT)["fit"].get("wall_s", 0.0)
+        unsaved, p["fit_s_counted"] = max(0.0, fit_s - p.get("fit_s_counted", 0.0)), fit_s
+        return unsaved
 
     def _fit_saver(self, path: Path, started: float):
         """on_epoch for a long fit: its state to `path` every minute, and on a stop request (then

@@ -24,8 +24,9 @@ export OMP_NUM_THREADS=1
 here=$(dirname "$0")
 . "$here/work_queue.sh"
 # models and runs of data since remade at the same path are not this table's: refuse them
-fingerprint=$(python -c "from worldmodel.datasets import read_metadata; print(read_metadata('$data').get('fingerprint', ''))")
-for summary in "$models"-s*/summary.json "$out"/*/summary.json; do
+fingerprint=$(python -c "from worldmodel.datasets import read_metadata; print(read_metadata('$data').get('fingerprint', ''))") \
+  || { echo "cannot read $data's metadata" >&2; exit 1; }
+[ -n "$fingerprint" ] && for summary in "$models"-s*/summary.json "$out"/*/summary.json; do  # (a file make did not write: no record)
   [ -f "$summary" ] || continue
   if grep -q '"dataset_fingerprint"' "$summary" && ! grep -q "\"dataset_fingerprint\": \"$fingerprint\"" "$summary"; then
     echo "$(dirname "$summary") learned from other data than $data holds now ($fingerprint): move it aside" >&2; exit 1

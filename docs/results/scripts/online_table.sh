@@ -41,6 +41,7 @@ run() {  # task arm seed (a run another instance of this script holds is left to
   mkdir -p "$(dirname "$d")"
   (
     flock -n 9 || { echo "$d: run by another instance" >&2; exit 0; }
+    finished "$d" && exit 0  # (it may have finished while this instance waited its turn)
     if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
     # shellcheck disable=SC2046
     logged "$d.log" python -m worldmodel.run env="$1" $(arm "$2") env_steps="$steps" eval_every="$every" \

@@ -28,6 +28,7 @@ run_jobs() {
       case $code in 130|143) what="stopped by a signal" ;; *) what="failed" ;; esac
       echo "$(date -u +%FT%TZ) worker $1: ${jobs[$n]} $what (exit $code; see its log)"
       flock "$counter" sh -c 'echo "$1 (exit $2)" >> "$0"' "$counter.failed" "${jobs[$n]}" "$code"
+      case $code in 130|143) return 0 ;; esac  # (Ctrl-C or a TERM stops the queue, not just the job)
     done
   }
   for w in $(seq 1 "$2"); do worker "$w" & done
