@@ -12,16 +12,29 @@
 #   TAG=-fit20 OFFLINE_ARGS="offline.fit_epochs=20" docs/results/scripts/finetune_chain.sh walker2d 20 0 1 2
 #   DATA_SIZE=100000 OFFLINE_ARGS="offline.fit_epochs=20" docs/results/scripts/finetune_chain.sh hopper 20 0 1 2  # the hopper of
 #       docs/results.md (runs/offline/hmr-50k-mopo-s0 there: a 20-epoch model)
+#   AGENT=runs/offline/hopper-medium-replay-200k/mopo-s0 TAG=-200k docs/results/scripts/finetune_chain.sh hopper 20 0 1 2
+#       (a finished offline agent of the same data instead of the 50k one; TAG keeps its robot runs apart)
+# DATA (default data/<task>-medium-replay.hdf5) names the data file; an existing one is used as it is,
+# so DATA_SIZE and OFFLINE_ARGS are refused where their outputs exist already without a TAG of their own.
 set -euo pipefail
-finished() { grep -qs '"status": "finished"' "$1/summary.json"; }
+here=$(dirname "$0")
+. "$here/work_queue.sh"
 task=$1; hz=$2; shift 2
 export OMP_NUM_THREADS=1
-data=data/$task-medium-replay.hdf5
-agent=runs/offline/$task-mr-50k-mopo${TAG:-}-s0
+data=${DATA:-data/$task-medium-replay.hdf5}
+agent=${AGENT:-runs/offline/$task-mr-50k-mopo${TAG:-}-s0}
+mkdir -p runs; exec 7> "runs/.finetune-$task${TAG:-}.lock"; flock -n 7 || { echo "a chain for $task${TAG:-} is running already" >&2; exit 75; }
+if [ -f "$data" ] && [ -n "${DATA_SIZE:-}" ]; then
+  echo "$data exists: DATA_SIZE=$DATA_SIZE would not be used (give DATA=<another file>)" >&2; exit 1
+fi
+if [ -n "${OFFLINE_ARGS:-}" ] && [ -z "${TAG:-}" ] && [ -d "$agent" ]; then
+  echo "$agent exists: OFFLINE_ARGS would not be used (give TAG=<variant> for a run of its own)" >&2; exit 1
+fi
 [ -f "$data" ] || python -m worldmodel.datasets make env="$task" quality=medium-replay size="${DATA_SIZE:-200000}" \
     out="$data" threads=1
 if finished "$agent"; then :
-elif [ -f "$agent/config.yaml" ]; then python -m worldmodel.run resume="$agent"
+elif [ -n "${AGENT:-}" ]; then echo "AGENT=$agent has not finished its offline run" >&2; exit 1
+elif resumable "$agent"; then python -m worldmodel.run resume="$agent"
 else
   python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=50000 \
       offline.select=model_score eval_episodes=10 seed=0 threads=1 run_dir="$agent" ${OFFLINE_ARGS:-}
@@ -30,7 +43,7 @@ fi
 for seed in "$@"; do
   out=runs/realtime/$task-mopo50k${TAG:-}-guided-ft20k-anchor0.1-${hz}hz-s$seed
   finished "$out" && continue
-  if [ -f "$out/config.yaml" ]; then python -m planners.realtime resume="$out"; continue; fi
+  if [ -f "$out/config.yaml" ]; then python -m planners.realtime resume="$out"; continue; fi  # (its log and agent.pt)
   python -m planners.realtime env="$task" control_hz="$hz" latency_ms=10 real_steps=20000 \
       pretrained="$agent" dataset="$data" planner.symmetric_sampling=true planner.horizon=5 \
       planner.policy_samples=24 planner.policy_guided=true planner.noise_std=0.2 planner.temperature=0.1 \
