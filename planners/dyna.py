@@ -254,15 +254,18 @@ class Dyna(Planner):
         return torch.cat([p.to(self.model.device) for p in parts])
 
     def _model_buffer_for(self, length: int) -> ReplayBuffer:
-        capacity = self.config.rollout_batch_size * length * self.config.retain_rounds
+        capacity = self._model_buffer_capacity(length)
         return ReplayBuffer(self.spec.obs_dim, self.spec.act_dim, capacity=capacity, device=str(self.model.device))
+
+    def _model_buffer_capacity(self, length: int) -> int:
+        return self.config.rollout_batch_size * length * self.config.retain_rounds
 
     def _resize_model_buffer(self, length: int) -> None:
         """Hold retain_rounds rounds of k = `length` steps, keeping the newest rows (MBPO's pool
         reallocation): a buffer sized for a schedule's longest k would keep many times
         retain_rounds of the short early rounds, and reserve memory for them."""
         old = self.model_buffer
-        if old.capacity == self.config.rollout_batch_size * length * self.config.retain_rounds:
+        if old.capacity == self._model_buffer_capacity(length):
             return
         self.model_buffer = self._model_buffer_for(length)
         if len(old):

@@ -145,9 +145,8 @@ class PlanMaker:
         began, posted = time.perf_counter(), time.monotonic() if posted is None else posted
         self.reading = (stamp, posted)
         if episode != self.episode:
-            self.episode, self.plans = episode, []
-            if hasattr(self.planner, "reset"):
-                self.planner.reset()
+            self.episode = episode
+            self.reset()
         lead = self.lead(max(0.0, time.monotonic() - posted))
         start_time = stamp + lead * self.period
         try:
@@ -169,6 +168,12 @@ class PlanMaker:
                     answered=self.wait > 0 and finished - posted <= self.wait)
         self.plans = [*self.plans[-(self.ahead + 2):], plan]  # (what acted over the delay's periods, and before)
         return PlanResult(self.plan, seconds=seconds, reading=(stamp, episode))
+
+    def reset(self) -> None:
+        """Forget the plans made and the planner's warm start (a new episode, or a restarted controller)."""
+        self.plans = []
+        if hasattr(self.planner, "reset"):
+            self.planner.reset()
 
     def committed(self, time: float, last_action: Tensor | None = None) -> Tensor | None:
         """The action [A] the controller executes at `time`, as RealtimeController._choose picks it

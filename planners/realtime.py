@@ -297,9 +297,7 @@ class RealtimeController:
             self.error, self._latest, self._plans, self._used_serial = None, None, (None, None), -1
             self._last_obs_time = self._last_act_time = None
             self.watchdog_error = self.last_planner_error = None
-            self._maker.plans, self._maker.reading = [], None
-            if hasattr(self.planner, "reset"):
-                self.planner.reset()
+            self._maker.reset()
             self._generation += 1  # (a planning thread of a stop() that timed out ends at its next turn)
             if self.config.worker == "process":
                 try:
