@@ -33,6 +33,9 @@ from worldmodel.transition_log import TransitionLog
 # a bounded refit (refit_offline_ratio) draws at least this many offline rows beside the new ones
 REFIT_MIN_OFFLINE = 10_000
 FORMAT, VERSION = "worldmodel.Agent", 1  # agent.pt: model + planner (no buffer: the log holds the data)
+# the most real transitions one fsync of the log covers (a LogWriter's group when the disk is slow);
+# a power loss can tear that many at the log's end, which reopening drops
+LOG_SYNC_EVERY = 64
 VALUE_CHECK_ROWS = 4096  # dataset states the pretrained value is read on (pretrained_value)
 
 
@@ -156,7 +159,7 @@ class Agent:
 
     def open_log(self, directory: str | Path) -> TransitionLog:
         """The append-only, crash-safe log of real transitions in `directory` (created or reopened)."""
-        self.log = TransitionLog(directory, self.spec.obs_dim, self.spec.act_dim)
+        self.log = TransitionLog(directory, self.spec.obs_dim, self.spec.act_dim, sync_every=LOG_SYNC_EVERY)
         return self.log
 
     def record(self, real: TensorDict) -> None:

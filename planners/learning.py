@@ -1,9 +1,9 @@
 """Learning beside a real-time controller: real transitions in, the model and the learned value
 trained on copies away from the control loop and swapped in between two plans.
 
-`Learner` is what a control loop calls, whoever does the learning: `add` (log durably, then hand
-over), `refit_now`, `snapshot`, `poll`, `start`/`stop` (or `with`), and `error`, `refits` and
-`value_updates` to read. `BackgroundLearner` learns in a thread of this process;
+`Learner` is what a control loop calls, whoever does the learning: `add` (logged durably in a
+writer thread, then handed over), `refit_now`, `snapshot`, `poll`, `start`/`stop` (or `with`),
+and `error`, `refits`, `value_updates` and `log_backlog` to read. `BackgroundLearner` learns in a thread of this process;
 `planners.processes.LearningProcess` runs a BackgroundLearner in a process of its own.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from planners.agent import Agent
 from worldmodel import threads
+from worldmodel.transition_log import LogWriter
 
 if TYPE_CHECKING:
     from planners.realtime import RealtimeController
@@ -34,43 +35,73 @@ class RefitNow:
 
 
 class Learner:
-    """The learner interface of a control loop (`RealtimeController` + `Agent`); subclasses hand
-    items to their worker in `_send` (transitions [N], a RefitNow, a snapshot's Path) and start and stop it."""
+    """The learner interface of a control loop (`RealtimeController` + `Agent`): what `add`,
+    `refit_now` and `snapshot` are given goes, in order, through a `LogWriter` thread (transitions
+    logged durably there, so the control loop never waits on the disk) to the worker, in
+    `_send`. Subclasses start and stop their worker in `_start` and `_stop`."""
 
     def __init__(self, controller, agent: Agent):
         if agent.planner is not controller.planner:
             raise ValueError("the controller must run the agent's planner: RealtimeController(agent.planner, ...)")
         self.controller, self.agent = controller, agent
-        self.error: BaseException | None = None  # set when the worker died
+        self.error: BaseException | None = None  # set when the worker (or the log's writer) died
         self.refits = 0
         self.value_updates = 0  # the learned value's updates
+        self._writer: LogWriter | None = None  # while started
 
     def add(self, transitions) -> None:
-        """Log transitions [N] durably, then hand them to the learner."""
-        self.agent.record(transitions)
-        self._send(transitions)
+        """Transitions [N] (validated here): logged durably by the writer thread, then handed to the learner."""
+        self._put(transitions)
 
     def refit_now(self, new: int = 0) -> None:
         """Refit on what the buffer holds as soon as the learner is free (e.g. an offline dataset);
         `new`: the rows at the buffer's end the model was not fitted on (see RefitNow)."""
-        self._send(RefitNow(new))
+        self._put(RefitNow(new))
 
     def snapshot(self, path: Path) -> None:
         """Save the agent as it stands once the transitions added so far are learned from (the
         refit they are due included) to `path` (Agent.save); copied between two plans."""
-        self._send(Path(path))
+        self._put(Path(path))
+
+    @property
+    def log_backlog(self) -> int:
+        """Transitions added and not yet on disk (a slow or stalled disk makes it grow)."""
+        return self._writer.backlog if self._writer is not None else 0
 
     def poll(self) -> None:
-        """Take in what the worker reports (a learning process's refits); called from the control loop."""
+        """Take in what the worker reports (a learning process's refits) and the writer's failure;
+        called from the control loop."""
+        if self._writer is not None and self._writer.error is not None and self.error is None:
+            self.error = RuntimeError(f"the transition log's writer failed: {self._writer.error}")
+
+    def _put(self, item) -> None:
+        if self._writer is None:
+            raise RuntimeError("the learner is not running: `with learner:` (or learner.start()) first")
+        self._writer.put(item)
 
     def _send(self, item) -> None:
-        """Hand the worker an item: transitions [N], a RefitNow, or a snapshot's Path."""
+        """Hand the worker an item: transitions [N] (logged), a RefitNow, or a snapshot's Path."""
         raise NotImplementedError
 
     def start(self) -> Learner:
-        raise NotImplementedError
+        if self.agent.log is None:
+            raise RuntimeError("the agent has no transition log: call agent.open_log(directory) first")
+        self._start()
+        self._writer = LogWriter(self.agent.log, then=self._send)
+        return self
 
     def stop(self) -> None:
+        """Log and hand over what was added, then stop the worker (it finishes what it was given)."""
+        if self._writer is not None:
+            self._writer.close()
+            self.poll()
+            self._writer = None
+        self._stop()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Learner:
@@ -180,12 +211,11 @@ class BackgroundLearner(Learner):
     def _send(self, item) -> None:
         self._queue.put(item)
 
-    def start(self) -> BackgroundLearner:
+    def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

@@ -443,8 +443,8 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
 class LearningProcess(Learner):
     """A BackgroundLearner (planners.learning) in a spawned process of its own, beside a planning
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
-    (`save_agent`) after each. The control process keeps the transition log: `add` appends
-    transitions durably here, then sends them; `poll()` (from the control loop) takes in the
+    (`save_agent`) after each. The control process keeps the transition log: the writer thread
+    appends what `add` is given durably here, then sends it; `poll()` (from the control loop) takes in the
     refits done, updating the controller's version and calling `on_refit(version, record)` with the
     refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics) and
     `on_value(version, stats)` with each learned-value swap's (BackgroundLearner's on_value), and
@@ -461,7 +461,7 @@ class LearningProcess(Learner):
         self.process = None
         self._stopping = False
 
-    def start(self) -> LearningProcess:
+    def _start(self) -> None:
         if self.controller.swapper.queue is None:
             raise ValueError("a learning process swaps into a planning process: give it a RealtimeController "
                              "with worker='process'")  # fmt: skip
@@ -472,12 +472,12 @@ class LearningProcess(Learner):
                                    args=(agent, self.controller.swapper.queue, self.controller.version, self._inbox,
                                          self._results, *self._settings, os.getpid()))  # fmt: skip
         self.process.start()
-        return self
 
     def _send(self, item) -> None:
         self._inbox.put(item if isinstance(item, (RefitNow, Path)) else _dumps(item))  # (transitions pickled by value)
 
     def poll(self) -> None:
+        super().poll()
         while True:
             try:
                 message = self._results.get_nowait()
@@ -498,7 +498,7 @@ class LearningProcess(Learner):
         if self.error is None and not self._stopping and not self.process.is_alive():
             self.error = RuntimeError(f"the learning process exited (code {self.process.exitcode})")
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         """Wait for the refit in progress and the snapshots asked for, then end the process."""
         if self.process is None or self._stopping:
             return

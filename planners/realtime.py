@@ -638,7 +638,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
         due = [n for n in due if n not in missed]
 
     def snapshot_due() -> None:
-        while due and due[0] <= len(log):
+        while due and due[0] <= steps:
             snapshots.mkdir(exist_ok=True)
             learner.snapshot(snapshots / f"agent-{due.pop(0)}.pt")
 
@@ -646,10 +646,11 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
         """Log the robot's episodes that ended since the first `logged`, at the real step now (within
         a control period of their end); returns how many are logged."""
         for ret in robot.episode_returns[logged:]:
-            logger.log("episode", len(log), ret=ret)
+            logger.log("episode", steps, ret=ret)
         return len(robot.episode_returns)
 
-    session_began = len(log)  # (a resumed run's earlier sessions' figures are in metrics.jsonl, not its summary)
+    # real transitions taken (handed to the learner, whose writer thread logs them: len(log) trails by its backlog)
+    steps = session_began = len(log)  # (a resumed run's earlier sessions' figures are in metrics.jsonl, not its summary)
     random_policy = uniform_policy(robot.env)
     seeding = 0 if (cfg.pretrained or dataset is not None) else cfg.seed_steps
     bar = tqdm(total=cfg.real_steps, initial=len(log), desc=f"realtime {cfg.planner.name} {cfg.env.name}",
@@ -661,19 +662,19 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
             if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
                 learner.refit_now(unfitted)  # learn from the dataset, or the resumed log, before acting on it
             snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
-            while len(log) < cfg.real_steps:
+            while steps < cfg.real_steps:
                 readings = robot.readings(timeout=1.0)
                 if not readings:
                     if robot.error is not None:
                         raise RuntimeError(f"the simulated robot died: {robot.error}")
                     continue
                 acted = paired.newest
-                pairs = paired.add(readings)[: cfg.real_steps - len(log)]  # (a batch may overshoot the end)
+                pairs = paired.add(readings)[: cfg.real_steps - steps]  # (a batch may overshoot the end)
                 latest = paired.newest
                 try:  # the action first (the deadline), then the completed transitions, whatever the action did
                     if latest is acted:
                         pass  # (only readings older than the one acted on came: they complete transitions)
-                    elif len(log) < seeding or not ready():
+                    elif steps < seeding or not ready():
                         robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
                         seeded += 1
                     else:
@@ -681,6 +682,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                 finally:
                     if pairs:
                         learner.add(_transitions(pairs))
+                        steps += len(pairs)
                         bar.update(len(pairs))
                 if pairs:
                     snapshot_due()
@@ -688,7 +690,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                 if time.monotonic() - last_report > 1.0:
                     last_report = time.monotonic()
                     stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
-                    logger.log("realtime", len(log), **{k: stats[k] for k in _SUMMARY_KEYS})
+                    logger.log("realtime", steps, **{k: stats[k] for k in _SUMMARY_KEYS}, log_backlog=learner.log_backlog)
                     bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
                                     model=controller.version)  # fmt: skip
                 learner.poll()

@@ -998,3 +998,37 @@ def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():
             for p in learners.parameters():
                 p.add_(1.0)  # the learner trains on
         assert all(torch.equal(a, b) for a, b in zip(swapped, planner.value_agent.parameters()))
+
+
+def test_a_stalled_disk_delays_the_log_never_the_control_loop(hopper, tmp_path, monkeypatch):
+    """learner.add returns at once while each fsync takes 0.3 s (a stalled SD card): the writer
+    thread logs the transitions in groups, the learner gets each only once it is on disk, and
+    stop() logs everything that was added."""
+    import worldmodel.transition_log as tl
+    from planners.agent import Agent
+    from planners.realtime import BackgroundLearner
+
+    spec, _, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_learning": False},
+                  model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
+    controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
+    learner = BackgroundLearner(controller, agent, train_every=10_000)
+    with pytest.raises(RuntimeError, match="no transition log: call agent.open_log"):
+        learner.start()
+    log = agent.open_log(tmp_path / "log")
+    with pytest.raises(RuntimeError, match="not running"):
+        learner.add(data[:1])
+    fsync = tl.os.fsync
+    monkeypatch.setattr(tl.os, "fsync", lambda fd: (time.sleep(0.3), fsync(fd)))
+    with learner:
+        worst = 0.0
+        for i in range(40):
+            began = time.perf_counter()
+            learner.add(data[i : i + 1])
+            worst = max(worst, time.perf_counter() - began)
+        assert worst < 0.05 and learner.log_backlog > 0 and len(log) < 40
+        taken = agent.buffer.written
+        assert taken <= len(log)  # the learner took in only what was on disk
+    assert len(log) == 40 and learner.log_backlog == 0 and learner.error is None
+    assert torch.equal(log.read()["obs"], data["obs"][:40])
+    wait_for(lambda: agent.buffer.written == 40)

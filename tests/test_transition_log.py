@@ -170,3 +170,73 @@ def test_a_segment_torn_while_being_created_is_dropped(tmp_path, hopper_steps, e
         log.append(hopper_steps[10:13])
         assert len(log) == 5 * earlier + 3
         assert_same(log.read()[5 * earlier :], hopper_steps[10:13])
+
+
+def test_append_fsyncs_every_sync_every_records_and_before_it_returns(tmp_path, hopper_steps, monkeypatch):
+    import worldmodel.transition_log as tl
+
+    synced = []
+    monkeypatch.setattr(tl.os, "fsync", lambda fd: synced.append(len(log)))
+    log = TransitionLog(tmp_path, O, A, sync_every=4)
+    log.append(hopper_steps[:10])  # 4, 8, then the last 2 before it returns
+    assert [n for n in synced if n] == [4, 8, 10]
+    log.close()
+    assert_same(TransitionLog(tmp_path, O, A).read(), hopper_steps[:10])
+
+
+def test_a_log_writer_never_makes_its_caller_wait_on_the_disk(tmp_path, hopper_steps, monkeypatch):
+    """With every fsync taking 0.2 s, put() still returns at once; the rows waiting together go
+    in one fsync (up to sync_every), and each item reaches `then` in the order put, only once the
+    transitions before it are on disk."""
+    import time
+
+    import worldmodel.transition_log as tl
+
+    fsync, synced = tl.os.fsync, []
+    monkeypatch.setattr(tl.os, "fsync", lambda fd: (synced.append(fd), time.sleep(0.2), fsync(fd)))
+    log = TransitionLog(tmp_path, O, A, sync_every=8)
+    seen = []  # (item, rows on disk when it was handed on)
+    writer = tl.LogWriter(log, then=lambda item: seen.append((item, len(log))))
+    began = time.perf_counter()
+    for i in range(20):
+        writer.put(hopper_steps[i : i + 1])
+        if i == 9:
+            writer.put("after ten")
+    put_s = time.perf_counter() - began
+    assert put_s < 0.1 and writer.backlog > 0
+    writer.close()
+    assert writer.error is None and writer.backlog == 0
+    assert [x for x, _ in seen if isinstance(x, str)] == ["after ten"]
+    rows = [x for x, _ in seen if not isinstance(x, str)]
+    assert torch.equal(torch.cat([r["obs"] for r in rows]), hopper_steps["obs"][:20])  # in order
+    handed = 0
+    for item, on_disk in seen:
+        handed += 1 if not isinstance(item, str) else 0
+        assert on_disk >= handed  # nothing handed on before it was logged
+        if isinstance(item, str):
+            assert handed == 10  # the string came after the first ten transitions, before the rest
+    # 20 rows in 4-5 fsyncs (groups of up to 8 around the string; the first group is whatever was
+    # queued when the thread woke), not 20; plus the new segment's header and directory entry
+    assert len(log) == 20 and 4 + 2 <= len(synced) <= 5 + 2
+
+
+def test_a_failing_disk_stops_the_writer_with_its_error_and_a_bad_batch_raises_at_put(tmp_path, hopper_steps,
+                                                                                      monkeypatch):  # fmt: skip
+    import worldmodel.transition_log as tl
+
+    log = TransitionLog(tmp_path, O, A)
+    writer = tl.LogWriter(log)
+    bad = hopper_steps[:2].clone()
+    bad["obs"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="obs"):
+        writer.put(bad)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tl.os, "fsync", full)
+    writer.put(hopper_steps[:3])
+    writer.close()
+    assert isinstance(writer.error, OSError) and "No space left" in str(writer.error)
+    with pytest.raises(RuntimeError, match="writer failed: .*No space left"):
+        writer.put(hopper_steps[3:4])
