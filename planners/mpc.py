@@ -71,9 +71,9 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
-        if self.value_penalty < 0 or self.policy_samples < 0:
-            raise ValueError(f"value_penalty and policy_samples must be >= 0, got {self.value_penalty}, "
-                             f"{self.policy_samples}")
+        if self.value_penalty < 0 or self.policy_samples < 0 or self.value_updates_per_step < 0:
+            raise ValueError(f"value_penalty, policy_samples and value_updates_per_step must be >= 0, got "
+                             f"{self.value_penalty}, {self.policy_samples}, {self.value_updates_per_step}")
         if self.policy_samples and not self.value_learning:
             raise ValueError("policy_samples draws from the learned value's policy: it needs value_learning=True")
         if self.policy_guided and not self.policy_samples:

@@ -311,8 +311,10 @@ def test_policy_samples_need_a_learned_value_and_no_cuda_graph():
         MPPIConfig(value_learning=False, policy_samples=4)
     with pytest.raises(ValueError, match="cannot be replayed from a CUDA graph"):
         MPPIConfig(policy_samples=4, cuda_graph=True)
-    with pytest.raises(ValueError, match="policy_samples must be >= 0"):
+    with pytest.raises(ValueError, match="value_updates_per_step must be >= 0, got 0.0, -1, 1"):
         MPPIConfig(policy_samples=-1)
+    with pytest.raises(ValueError, match="must be >= 0, got 0.0, 0, -2"):
+        MPPIConfig(value_updates_per_step=-2)
     with pytest.raises(ValueError, match="policy_guided samples around the policy's sequences"):
         MPPIConfig(policy_guided=True)
 
