@@ -3,8 +3,9 @@ trained on copies away from the control loop and swapped in between two plans.
 
 `Learner` is what a control loop calls, whoever does the learning: `add` (logged durably in a
 writer thread, then handed over), `refit_now`, `snapshot`, `poll`, `start`/`stop` (or `with`),
-and `error`, `refits`, `value_updates` and `log_backlog` to read. `BackgroundLearner` learns in a thread of this process;
-`planners.processes.LearningProcess` runs a BackgroundLearner in a process of its own.
+and `error`, `refits`, `value_updates` and `log_backlog` to read. `BackgroundLearner` learns in
+a thread of this process; `planners.processes.LearningProcess` runs a BackgroundLearner in a
+process of its own.
 """
 
 from __future__ import annotations

@@ -444,8 +444,8 @@ class LearningProcess(Learner):
     """A BackgroundLearner (planners.learning) in a spawned process of its own, beside a planning
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
     (`save_agent`) after each. The control process keeps the transition log: the writer thread
-    appends what `add` is given durably here, then sends it; `poll()` (from the control loop) takes in the
-    refits done, updating the controller's version and calling `on_refit(version, record)` with the
+    appends what `add` is given durably here, then sends it; `poll()` (from the control loop)
+    takes in the refits done, updating the controller's version and calling `on_refit(version, record)` with the
     refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics) and
     `on_value(version, stats)` with each learned-value swap's (BackgroundLearner's on_value), and
     sets `error` if the process died. The agent is pickled by value, less its log.
