@@ -84,6 +84,9 @@ class SACConfig:
                              f"precision={self.precision!r}")  # fmt: skip
         if self.actor_anchor < 0:
             raise ValueError(f"actor_anchor must be >= 0 (0: no trust region), got {self.actor_anchor}")
+        if min(self.actor_lr, self.critic_lr, self.alpha_lr) < 0 or not 0 <= self.tau <= 1:
+            raise ValueError(f"the learning rates must be >= 0 (0: frozen) and tau in [0, 1], got actor_lr="
+                             f"{self.actor_lr}, critic_lr={self.critic_lr}, alpha_lr={self.alpha_lr}, tau={self.tau}")
         if self.alpha_max is not None and self.alpha_max <= 0:
             raise ValueError(f"alpha_max must be > 0 or None, got {self.alpha_max}")
         if self.eta > 0 and self.num_critics < 2:

@@ -306,9 +306,11 @@ def test_training_state_round_trip_continues_identically():
         (dict(update_order="alpha_first"), r"update_order one of .* update_order='alpha_first'"),
         (dict(alpha_max=0.0), r"alpha_max must be > 0 or None, got 0.0"),
         (dict(actor_anchor=-1.0), r"actor_anchor must be >= 0 \(0: no trust region\), got -1.0"),
+        (dict(critic_lr=-3e-4), r"learning rates must be >= 0 \(0: frozen\) .* critic_lr=-0.0003"),
+        (dict(tau=1.5), r"tau in \[0, 1\], got .* tau=1.5"),
     ],
     ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic",
-         "init", "precision", "update_order", "alpha_max", "actor_anchor"],
+         "init", "precision", "update_order", "alpha_max", "actor_anchor", "negative_lr", "tau"],
 )
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
