@@ -221,27 +221,23 @@ class LogWriter:
             self._queue = None
 
     def _run(self) -> None:
-        item = None
         try:
             while (item := self._queue.get()) is not _STOP:
-                group, after = [], None  # transitions waiting together, and the item that ends them
+                group, rows = [], 0  # transitions waiting together (then `item`: what ends them, or None)
                 while isinstance(item, TensorDict):
                     group.append(item)
-                    if sum(len(g) for g in group) >= self.log.sync_every or self._queue.empty():
-                        item = None
-                        break
-                    item = self._queue.get()
-                after = item
+                    rows += len(item)
+                    item = None if rows >= self.log.sync_every or self._queue.empty() else self._queue.get()
                 if group:
                     self.log.append(torch.cat(group) if len(group) > 1 else group[0])
                     with self._lock:
-                        self.backlog -= sum(len(g) for g in group)
+                        self.backlog -= rows
                     for g in group:
                         self.then(g)
-                if after is _STOP:
+                if item is _STOP:
                     break
-                if after is not None:
-                    self.then(after)
+                if item is not None:
+                    self.then(item)
         except Exception as e:  # noqa: BLE001  (a full or failing disk: the control loop reads `error`)
             self.error = e
 
