@@ -8,6 +8,7 @@ from planners.bc import BCConfig, BehaviourCloning
 from planners.cem import CEM, CEMConfig
 from planners.dyna import MBPO, MOPO, RAVL, Dyna, DynaConfig, MBPOConfig, MOPOConfig, RAVLConfig
 from planners.icem import ICEM, ICEMConfig
+from planners.imagination import Imagination, ImaginationConfig
 from planners.mpc import MPCConfig, MPCPlanner, PlanningError
 from planners.mppi import MPPI, MPPIConfig
 from planners.random_shooting import RandomShooting, RandomShootingConfig
@@ -49,6 +50,8 @@ def planner_config(name: str, settings: dict):
     for key in _AGENT_KEYS:
         if isinstance(settings.get(key), dict):
             check_settings(f"planner.{key}", settings[key], dataclass_fields(SACConfig))
+    if isinstance(settings.get("value_imagination"), dict):
+        check_settings("planner.value_imagination", settings["value_imagination"], dataclass_fields(ImaginationConfig))
     return config_cls(**settings)
 
 
@@ -95,7 +98,7 @@ def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:
 __all__ = [
     "DYNA_PLANNERS", "MPC_PLANNERS", "PLANNERS", "evaluate", "evaluation_returns", "learned_agent", "load_pretrained_agent", "make_planner", "planner_config",
     "planner_defaults",
-    "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig",
+    "BCConfig", "BehaviourCloning", "CEM", "CEMConfig", "Dyna", "DynaConfig", "ICEM", "ICEMConfig", "Imagination", "ImaginationConfig",
     "MBPO", "MBPOConfig", "MOPO", "MOPOConfig", "MPCConfig", "MPCPlanner", "MPPI", "MPPIConfig",
     "Planner", "PlanningError", "RAVL", "RAVLConfig", "RandomShooting", "RandomShootingConfig", "SAC", "SACConfig",
 ]  # fmt: skip

@@ -176,7 +176,7 @@ class BackgroundLearner(Learner):
             self._value = copy.deepcopy(self.planner.value_agent)
         n = min(self._value_owed(), self.VALUE_SWAP_EVERY - self._unswapped)
         for _ in range(n):
-            for key, x in self._value.update(self.planner.value_batch()).items():
+            for key, x in self._value.update(self.planner.value_batch(self._value)).items():
                 self._value_stats[key] = self._value_stats.get(key, 0.0) + x
         self.value_updates += n
         self._unswapped += n

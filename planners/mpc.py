@@ -6,7 +6,7 @@ H horizon steps, O obs dims, A action dims.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 import warnings
 from typing import Callable, Literal
 
@@ -15,6 +15,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from planners.base import Planner, check_obs
+from planners.imagination import Imagination, ImaginationConfig
 from planners.noise import colored_noise
 from planners.sac import SAC, SACConfig, sac_settings
 from worldmodel.envs import TaskSpec
@@ -45,6 +46,10 @@ class MPCConfig:
     value_agent: dict = field(default_factory=dict)  # planners.SACConfig fields
     value_updates_per_step: int = 1
     symmetric_sampling: bool = False  # value batches: half offline data, half new (RLPD; see prior_rows)
+    # planners.ImaginationConfig fields: with real_ratio < 1 the rest of each value batch is imagined
+    # (Dyna's rollouts from real states with the value's policy; MOPO's penalty with penalty > 0), so
+    # critics pretrained by MOPO go on learning from the data they were trained on (default: real only)
+    value_imagination: dict = field(default_factory=dict)
     # > 0: the learned value is the critics' mean minus this many of their std (their disagreement,
     # FOWM's penalty for states the data does not cover) instead of their min
     value_penalty: float = 0.0
@@ -84,6 +89,7 @@ class MPCConfig:
         if self.slew is not None and not self.slew > 0:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
+        self.value_imagination = asdict(ImaginationConfig(**{"real_ratio": 1.0, **self.value_imagination}))
         if self.value_penalty > 0 and self.value_agent["num_critics"] < 2:
             raise ValueError("value_penalty reads the critics' disagreement: it needs value_agent.num_critics >= 2")
 
@@ -116,6 +122,11 @@ class MPCPlanner(Planner):
             self.value_agent.to(model.device)
             self.terminal_value = self.learned_value  # (a method, not a lambda: a planner pickles)
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
+        self.imagination = None  # the learned value's imagined transitions (value_imagination)
+        if self.value_agent is not None and config.value_imagination["real_ratio"] < 1:
+            generator = torch.Generator(model.device)
+            generator.manual_seed(config.seed) if config.seed is not None else generator.seed()
+            self.imagination = Imagination(self, generator)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)
         self.generator = torch.Generator(model.device)
@@ -148,6 +159,11 @@ class MPCPlanner(Planner):
         go without optimism."""
         weight = self.config.uncertainty_penalty
         return weight if weight > 0 or self._exploring else 0.0
+
+    @property
+    def imagination_config(self) -> ImaginationConfig:
+        """The learned value's imagined transitions (value_imagination)."""
+        return ImaginationConfig(**self.config.value_imagination)
 
     def learned_value(self, state: Tensor) -> Tensor:
         """The learned terminal value of states [B, O]: [B]."""
@@ -202,30 +218,44 @@ class MPCPlanner(Planner):
         self.buffer.extend(transition)
 
     def learn(self, updates: int | None = None) -> dict[str, float]:
-        """Train the learned terminal value (if value_learning) on real transitions."""
+        """Train the learned terminal value (if value_learning) on real (and imagined) transitions;
+        returns the last update's stats and the last rollout round's (value_imagination)."""
         if self.value_agent is None or len(self.buffer) == 0:
             return {}
         stats: dict[str, float] = {}
         for _ in range(self.config.value_updates_per_step if updates is None else updates):
             stats = self.value_agent.update(self.value_batch())
-        return stats
+        return {**stats, **(self.imagination.last_rollout if self.imagination is not None else {})}
 
-    def value_batch(self) -> TensorDict:
-        """A batch of real transitions for the learned value (half offline, half new with symmetric_sampling)."""
+    def value_batch(self, agent: SAC | None = None) -> TensorDict:
+        """A batch for the learned value `agent` (default: the planner's; a background learner trains
+        a copy): real transitions (half offline, half new with symmetric_sampling) and, with
+        value_imagination, imagined ones rolled out with that agent's policy when a round is due."""
+        agent = agent if agent is not None else self.value_agent
         split = self.prior_rows if self.config.symmetric_sampling else None
-        return self.buffer.sample(self.value_agent.config.batch_size, split).to(self.model.device)
+        if self.imagination is not None:
+            return self.imagination.batch(agent, agent.config.batch_size, split).to(self.model.device)
+        return self.buffer.sample(agent.config.batch_size, split).to(self.model.device)
 
     def state_dict(self) -> dict:
-        """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume)."""
+        """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume);
+        with value_imagination its random stream and updates since its last round (the model buffer
+        is not saved: a resumed run imagines a fresh one)."""
         state = {"generator": self.generator.get_state()}
         if self.value_agent is not None:
             state["value_agent"] = self.value_agent.training_state()
+        if self.imagination is not None:
+            state["imagination"] = {"generator": self.imagination.generator.get_state(),
+                                    "updates_since_rollout": self.imagination.updates_since_rollout}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if self.value_agent is not None:
             self.value_agent.load_training_state(state["value_agent"])
+        if self.imagination is not None and "imagination" in state:
+            self.imagination.generator.set_state(state["imagination"]["generator"])
+            self.imagination.updates_since_rollout = state["imagination"]["updates_since_rollout"]
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""

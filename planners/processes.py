@@ -318,7 +318,8 @@ class PlanningProcess:
         self._slot_view = self._slot.numpy()  # (numpy's item writes take 0.1 us, torch's several)
         self._slot_lock, self._wake, self._stop = ctx.Lock(), ctx.Semaphore(0), ctx.Event()
         self._results, sender = ctx.Pipe(duplex=False)
-        buffers = [getattr(maker.planner, name, None) for name in ("buffer", "model_buffer")]  # (not needed to plan)
+        imagination = getattr(maker.planner, "imagination", None)  # (its buffers are not needed to plan)
+        buffers = [getattr(maker.planner, "buffer", None), getattr(imagination, "model_buffer", None)]
         maker = _dumps(maker, leave_out=buffers)
         self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
                                    args=(maker, self._slot, self._slot_lock, self._wake, self._stop, swaps,

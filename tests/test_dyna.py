@@ -1,12 +1,13 @@
 """Dyna planners (MBPO, MOPO, RAVL) and behaviour cloning on hand-made ensembles whose predictions are known."""
 
+import math
 import warnings
 
 import pytest
 import torch
 from tensordict import TensorDict
 
-import planners.dyna
+import planners.imagination
 from planners import MBPO, MOPO, RAVL, BehaviourCloning, DynaConfig, MOPOConfig, make_planner
 from worldmodel import EnsembleDynamics, TaskSpec
 
@@ -119,7 +120,7 @@ def test_a_state_beyond_obs_limit_ends_its_rollout(limit, steps):
 def test_rollouts_stop_at_terminal_steps(chunk, monkeypatch):
     """obs[0] grows by 1 per step and the task ends once it passes 2.5: every rollout is 3 steps
     (also with the starts imagined in chunks of 7: every start once, each rollout whole)."""
-    monkeypatch.setattr(planners.dyna, "ROLLOUT_CHUNK", chunk)
+    monkeypatch.setattr(planners.imagination, "ROLLOUT_CHUNK", chunk)
     model = constant_ensemble([[1.0, 0.0]], [0.0], [[1e-4, 1e-4, 1e-4]], termination_fn=lambda o, a, n: n[:, 0] > 2.5)
     planner = MBPO(model, SPEC, DynaConfig(rollout_length=5, rollout_batch_size=50, seed=0))
     data = real_data(50)
@@ -280,5 +281,61 @@ def test_dyna_checkpoint_state_round_trip():
     other.load_state_dict(planner.state_dict())
     obs = torch.randn(4, O)
     torch.testing.assert_close(other.act(obs, deterministic=True), planner.act(obs, deterministic=True))
-    assert other.agent.updates == 3 and other._updates_since_rollout == planner._updates_since_rollout == 3
+    assert other.agent.updates == 3 and other.imagination.updates_since_rollout == planner.imagination.updates_since_rollout == 3
     assert torch.equal(other.generator.get_state(), planner.generator.get_state())
+
+
+# ---------------------------------------------------------------- an MPC planner's learned value from imagination
+
+
+def mppi_with_imagination(model, **imagination) -> "planners.MPPI":
+    from planners import MPPI, MPPIConfig
+
+    config = MPPIConfig(horizon=2, candidates=8, value_agent={"hidden": 16, "batch_size": 64}, seed=0,
+                        value_imagination={"rollout_length": 1, "rollout_batch_size": 100, **imagination})  # fmt: skip
+    return MPPI(model, SPEC, config)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+def test_an_mpc_value_learns_from_real_and_penalised_imagined_rows(ratio):
+    """value_imagination: real_ratio of each value batch real, the rest rolled out with MOPO's penalty
+    (obs-std norms 0.5 and 1.0 over the two members: imagined reward 1 - 0.5 x 1.0); 1.0: real only."""
+    std = torch.tensor([[0.3, 0.4, 1e-3], [0.6, 0.8, 1e-3]])
+    planner = mppi_with_imagination(constant_ensemble(torch.zeros(2, O), [1.0, 1.0], std), real_ratio=ratio,
+                                    penalty=0.5)  # fmt: skip
+    planner.observe(real_data(100, reward=1000.0))
+    assert (planner.imagination is None) == (ratio == 1.0)
+    batch = planner.value_batch()
+    real = batch["reward"] > 500
+    assert len(batch) == 64 and real.sum() == round(64 * ratio)
+    assert torch.allclose(batch["reward"][~real], torch.full(((~real).sum(),), 0.5), atol=0.02)
+    stats = planner.learn(3)
+    assert planner.value_agent.updates == 3 and math.isfinite(stats["critic_loss"])
+    assert ("penalty_mean" in stats) == (ratio < 1) and stats.get("penalty_mean", 1.0) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_mpc_value_imagines_with_the_policy_of_the_agent_it_trains():
+    """A background learner trains a copy of the value: the rollouts follow that copy's policy."""
+    import copy
+
+    planner = mppi_with_imagination(constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]]), real_ratio=0.5)
+    planner.observe(real_data(100))
+    trained = copy.deepcopy(planner.value_agent)
+    trained.act = lambda obs, deterministic=False: torch.full((obs.shape[0], A), 0.7)
+    planner.value_batch(trained)
+    assert torch.equal(planner.imagination.model_buffer.data()["action"], torch.full((100, A), 0.7))
+
+
+def test_an_mpc_values_imagination_resumes_and_refuses_unknown_settings():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    planner = mppi_with_imagination(model, real_ratio=0.5, rollout_every=5)
+    planner.observe(real_data(100))
+    planner.learn(3)
+    other = mppi_with_imagination(model, real_ratio=0.5, rollout_every=5)
+    other.load_state_dict(planner.state_dict())
+    assert other.imagination.updates_since_rollout == 3
+    torch.testing.assert_close(other.imagination.generator.get_state(), planner.imagination.generator.get_state())
+    with pytest.raises(ValueError, match="planner.value_imagination.lambda"):
+        make_planner("mppi", model, SPEC, value_imagination={"lambda": 2.5})
+    with pytest.raises(ValueError, match="real_ratio must be in"):
+        make_planner("mppi", model, SPEC, value_imagination={"real_ratio": 1.5})

@@ -887,15 +887,19 @@ def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
         assert "planning process died: TypeError: a bug in the planner" in str(rt.error)
 
 
-def test_the_learned_value_trains_between_refits_one_update_per_real_transition(hopper, tmp_path):
+@pytest.mark.parametrize("imagination", [{}, {"real_ratio": 0.5, "rollout_batch_size": 32, "rollout_every": 100}])
+def test_the_learned_value_trains_between_refits_one_update_per_real_transition(hopper, tmp_path, imagination):
     """FOWM's pace: the background learner trains its own copy of the learned value, one update per
-    real transition (planner.value_updates_per_step), and swaps it in without waiting for a refit."""
+    real transition (planner.value_updates_per_step), and swaps it in without waiting for a refit;
+    with value_imagination part of each batch is imagined, a round every rollout_every updates."""
     from planners.agent import Agent
     from planners.realtime import BackgroundLearner
 
-    spec, _, data = hopper
-    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2},
+    spec, model, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2,
+                         "value_imagination": imagination},
                   model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
+    agent.planner.model = model  # (a fitted model to imagine with)
     agent.open_log(tmp_path / "log")
     controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
     swaps, stats = [], []
@@ -915,6 +919,8 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     assert all(math.isfinite(s["q"]) and s["alpha"] > 0 and s["critic_loss"] >= 0 for s in stats)
     assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from
+    if imagination:  # rounds before updates 1, 101 and 201, 32 starts x 5 steps (the hopper may fall)
+        assert 3 * 32 <= len(agent.planner.imagination.model_buffer) <= 3 * 32 * 5
 
 
 def test_each_value_row_is_the_mean_of_the_updates_it_brought_refits_between_included(hopper, tmp_path, monkeypatch):
