@@ -14,6 +14,11 @@
 #       docs/results.md (runs/offline/hmr-50k-mopo-s0 there: a 20-epoch model)
 #   AGENT=runs/offline/hopper-medium-replay-200k/mopo-s0 TAG=-200k docs/results/scripts/finetune_chain.sh hopper 20 0 1 2
 #       (a finished offline agent of the same data instead of the 50k one; TAG keeps its robot runs apart)
+#   AGENT=runs/offline/hopper-medium-replay-200k/mopo-s0 TAG=-200k-imagine ROBOT_ARGS="planner.value_imagination.real_ratio=0.05
+#       planner.value_imagination.penalty=2.5 planner.value_imagination.uncertainty_elites_only=false
+#       planner.value_imagination.uncertainty_include_reward=true" docs/results/scripts/finetune_chain.sh hopper 20 0 1 2
+#       (ROBOT_ARGS: the robot runs' extra overrides; here the value keeps MOPO's recipe, imagined rows
+#       with its penalty, as the agent was trained offline)
 # DATA (default data/<task>-medium-replay.hdf5) names the data file; an existing one is used as it is,
 # so DATA_SIZE and OFFLINE_ARGS are refused where their outputs exist already without a TAG of their own.
 set -euo pipefail
@@ -26,6 +31,9 @@ agent=${AGENT:-runs/offline/$task-mr-50k-mopo${TAG:-}-s0}
 mkdir -p runs; exec 7> "runs/.finetune-$task${TAG:-}.lock"; flock -n 7 || { echo "a chain for $task${TAG:-} is running already" >&2; exit 75; }
 if [ -f "$data" ] && [ -n "${DATA_SIZE:-}" ]; then
   echo "$data exists: DATA_SIZE=$DATA_SIZE would not be used (give DATA=<another file>)" >&2; exit 1
+fi
+if [ -n "${ROBOT_ARGS:-}" ] && [ -z "${TAG:-}" ]; then
+  echo "ROBOT_ARGS needs a TAG=<variant> of its own (its robot runs would mix with the default ones)" >&2; exit 1
 fi
 if [ -n "${OFFLINE_ARGS:-}" ] && [ -z "${TAG:-}" ] && [ -d "$agent" ]; then
   echo "$agent exists: OFFLINE_ARGS would not be used (give TAG=<variant> for a run of its own)" >&2; exit 1
@@ -48,5 +56,5 @@ for seed in "$@"; do
       pretrained="$agent" dataset="$data" planner.symmetric_sampling=true planner.horizon=5 \
       planner.policy_samples=24 planner.policy_guided=true planner.noise_std=0.2 planner.temperature=0.1 \
       planner.propagation=tsinf planner.value_agent.actor_anchor=0.1 train_every=1000 \
-      eval_at=[0,5000] eval_episodes=10 seed="$seed" run_dir="$out"
+      eval_at=[0,5000] eval_episodes=10 seed="$seed" run_dir="$out" ${ROBOT_ARGS:-}
 done
