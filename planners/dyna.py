@@ -109,7 +109,8 @@ class Dyna(Planner):
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every real transition, then refresh the model buffer."""
         stats = self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})
-        self.rollout()
+        if self.imagination.imagines:
+            self.rollout()
         return stats
 
     def learn(self, updates: int | None = None) -> dict[str, float]:

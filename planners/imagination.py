@@ -95,6 +95,10 @@ class Imagination:
         self.updates_since_rollout += 1
         return self.sample(size, split)
 
+    def expire(self) -> None:
+        """The model changed: roll out afresh before the next batch (the rows kept are the old model's)."""
+        self.rolled_out = False
+
     def sample(self, size: int, split: int | None = None) -> TensorDict:
         """real_ratio of `size` rows from the real buffer (split: RLPD's symmetric sampling, see
         ReplayBuffer.sample), the rest imagined; all real while the model buffer is empty."""
@@ -178,7 +182,8 @@ class Imagination:
             f"{stats['raw_reward']:.2f} before it, {stats['imagined_reward']:.2f} after): every imagined step is a "
             "loss, so on a task whose episodes end the agent can learn to end them early (a walker falls). The "
             f"model's uncertainty is large (mean {stats['penalty_mean']:.2f}): fit it longer "
-            "(offline.fit_epochs=null fits until the holdout stops improving) or lower planner.penalty",
+            "(offline.fit_epochs=null fits until the holdout stops improving) or lower the penalty (planner.penalty; "
+            "an MPC planner's planner.value_imagination.penalty)",
             stacklevel=5)
 
     def _model_buffer_for(self, length: int) -> ReplayBuffer:

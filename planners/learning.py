@@ -48,6 +48,7 @@ class Learner:
         self.error: BaseException | None = None  # set when the worker (or the log's writer) died
         self.refits = 0
         self.value_updates = 0  # the learned value's updates
+        self.ended_early = False  # stop() ended the worker before it finished (grace_s)
         self._writer: LogWriter | None = None  # while started
 
     def add(self, transitions) -> None:
@@ -91,25 +92,36 @@ class Learner:
         self._writer = LogWriter(self.agent.log, then=self._send)
         return self
 
-    def stop(self) -> None:
-        """Log and hand over what was added, then stop the worker (it finishes what it was given)."""
+    # leaving `with learner:` on an exception (Ctrl-C, a dead worker): the seconds the worker gets to
+    # finish what it was given before it is ended (a clean exit waits for it as long as it takes)
+    STOP_GRACE_S = 30.0
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Log and hand over what was added, then stop the worker once it finished what it was given.
+        grace_s: wait that long at most (None: as long as it takes), then end the worker: what it
+        learned since it last saved the agent is lost; the logged transitions are not (a resumed
+        run learns from them again). `ended_early` says whether it came to that."""
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close()  # (always: every transition added is on disk before stop returns)
             self.poll()
             self._writer = None
-        self._stop()
+        if not self._stop(grace_s):
+            self.ended_early = True
+            print(f"the learner was still busy {grace_s:g} s after it was asked to stop; ended it (the transition "
+                  "log keeps every transition: resume=<run dir> learns from them again)", file=sys.stderr)
 
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _stop(self) -> None:
+    def _stop(self, grace_s: float | None) -> bool:
+        """Stop the worker, waiting at most grace_s (None: unbounded); whether it finished in time."""
         raise NotImplementedError
 
     def __enter__(self) -> Learner:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.stop(None if exc_type is None else self.STOP_GRACE_S)
 
 
 class BackgroundLearner(Learner):
@@ -128,6 +140,7 @@ class BackgroundLearner(Learner):
     """
 
     VALUE_SWAP_EVERY = 50
+    ABORT_WAIT_S = 5.0  # after an aborted stop, how long to wait for the thread to notice
 
     def __init__(self, controller: RealtimeController, agent: Agent, train_every: int, threads: int = 1,
                  on_swap: Callable[[int, dict | None], None] | None = None, inbox=None,
@@ -145,6 +158,7 @@ class BackgroundLearner(Learner):
         self._unswapped = 0  # value updates not swapped in yet
         self._value = None  # the learned value this thread trains (a copy of the planner's)
         self._value_stats: dict[str, float] = {}  # the sums of the unswapped updates' stats
+        self._abort = threading.Event()  # stop() ran out of grace: drop what is left
         has_value = getattr(self.planner, "value_agent", None) is not None
         self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
 
@@ -161,6 +175,8 @@ class BackgroundLearner(Learner):
         swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
         stats = self._take_value_stats()
         version = self.controller.swap(model, **swapped)
+        if getattr(self.planner, "imagination", None) is not None:
+            self.planner.imagination.expire()  # (its rows are the old model's)
         self.refits += 1
         if self.on_swap is not None:
             self.on_swap(version, metrics)
@@ -176,18 +192,20 @@ class BackgroundLearner(Learner):
             self._value = copy.deepcopy(self.planner.value_agent)
         n = min(self._value_owed(), self.VALUE_SWAP_EVERY - self._unswapped)
         for _ in range(n):
+            if self._abort.is_set():
+                return
             for key, x in self._value.update(self.planner.value_batch(self._value)).items():
                 self._value_stats[key] = self._value_stats.get(key, 0.0) + x
-        self.value_updates += n
-        self._unswapped += n
+            self.value_updates += 1
+            self._unswapped += 1
         if self._unswapped >= self.VALUE_SWAP_EVERY:
             self._swap_value()
 
     def _settle_value(self) -> None:
         """Make the value updates owed and swap in what was not swapped yet."""
-        while self._value_owed() >= 1:
+        while self._value_owed() >= 1 and not self._abort.is_set():
             self._train_value()
-        if self._unswapped:
+        if self._unswapped and not self._abort.is_set():
             self._swap_value()
 
     def _swap_value(self) -> None:
@@ -203,7 +221,8 @@ class BackgroundLearner(Learner):
             return None
         stats = {key: x / self._unswapped for key, x in self._value_stats.items()}
         self._unswapped, self._value_stats = 0, {}
-        return {**stats, "value_updates": self.value_updates}
+        imagination = getattr(self.planner, "imagination", None)  # (the last rollout round's, if it imagines)
+        return {**stats, **(imagination.last_rollout if imagination is not None else {}), "value_updates": self.value_updates}
 
     def _report_value(self, version: int, stats: dict[str, float] | None) -> None:
         if stats is not None and self.on_value is not None:
@@ -216,16 +235,30 @@ class BackgroundLearner(Learner):
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
         self._thread.start()
 
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
+    def _stop(self, grace_s: float | None) -> bool:
+        """Past grace_s the thread is told to abort: it stops before its next update, refit or
+        snapshot (a refit in progress runs to its end, the process's exit ends it)."""
+        if self._thread is None:
+            return True
+        self._queue.put(None)
+        self._thread.join(grace_s)
+        finished = not self._thread.is_alive()
+        if not finished:
+            self._abort.set()
+            self._thread.join(self.ABORT_WAIT_S)
+        if not self._thread.is_alive():
             self._thread = None
+        return finished
+
+    @property
+    def busy(self) -> bool:
+        """Whether the thread still runs (after a stop that ended it early: a refit finishing)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         try:
             threads.fix_this_thread(self.threads)  # (the fits inside it do not follow the process's auto)
-            while True:
+            while not self._abort.is_set():
                 try:  # (blocks only when the learned value is not owed any updates)
                     item = self._queue.get(block=self._value_owed() < 1)
                 except queue.Empty:
@@ -238,6 +271,8 @@ class BackgroundLearner(Learner):
                     if self.new >= self.train_every:
                         self._refit()  # (the refit the transitions before the snapshot are due)
                     self._settle_value()  # (and the value updates they are owed)
+                    if self._abort.is_set():
+                        break
                     with self.controller.between_plans():  # copied between two plans, written outside
                         state = copy.deepcopy(self.agent.state_dict(buffer=False))
                     self.agent.save(item, state=state, model_version=self.controller.version)

@@ -90,6 +90,8 @@ class MPCConfig:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
         self.value_imagination = asdict(ImaginationConfig(**{"real_ratio": 1.0, **self.value_imagination}))
+        if self.value_imagination["real_ratio"] < 1 and not self.value_learning:
+            raise ValueError("value_imagination imagines rows for the learned value: it needs value_learning=True")
         if self.value_penalty > 0 and self.value_agent["num_critics"] < 2:
             raise ValueError("value_penalty reads the critics' disagreement: it needs value_agent.num_critics >= 2")
 
@@ -122,10 +124,11 @@ class MPCPlanner(Planner):
             self.value_agent.to(model.device)
             self.terminal_value = self.learned_value  # (a method, not a lambda: a planner pickles)
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
+        self.imagination_config = ImaginationConfig(**config.value_imagination)
         self.imagination = None  # the learned value's imagined transitions (value_imagination)
-        if self.value_agent is not None and config.value_imagination["real_ratio"] < 1:
-            generator = torch.Generator(model.device)
-            generator.manual_seed(config.seed) if config.seed is not None else generator.seed()
+        if self.value_agent is not None and self.imagination_config.real_ratio < 1:
+            generator = torch.Generator(model.device)  # (a stream apart from the planner's sampling)
+            generator.manual_seed(config.seed + 1) if config.seed is not None else generator.seed()
             self.imagination = Imagination(self, generator)
         self.low = spec.action_low.to(model.device)
         self.high = spec.action_high.to(model.device)
@@ -159,11 +162,6 @@ class MPCPlanner(Planner):
         go without optimism."""
         weight = self.config.uncertainty_penalty
         return weight if weight > 0 or self._exploring else 0.0
-
-    @property
-    def imagination_config(self) -> ImaginationConfig:
-        """The learned value's imagined transitions (value_imagination)."""
-        return ImaginationConfig(**self.config.value_imagination)
 
     def learned_value(self, state: Tensor) -> Tensor:
         """The learned terminal value of states [B, O]: [B]."""
@@ -239,27 +237,28 @@ class MPCPlanner(Planner):
 
     def state_dict(self) -> dict:
         """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume);
-        with value_imagination its random stream and updates since its last round (the model buffer
-        is not saved: a resumed run imagines a fresh one)."""
+        with value_imagination its random stream (the model buffer is not saved: a resumed run
+        imagines a fresh one before its first value update)."""
         state = {"generator": self.generator.get_state()}
         if self.value_agent is not None:
             state["value_agent"] = self.value_agent.training_state()
         if self.imagination is not None:
-            state["imagination"] = {"generator": self.imagination.generator.get_state(),
-                                    "updates_since_rollout": self.imagination.updates_since_rollout}
+            state["imagination_generator"] = self.imagination.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         if self.value_agent is not None:
             self.value_agent.load_training_state(state["value_agent"])
-        if self.imagination is not None and "imagination" in state:
-            self.imagination.generator.set_state(state["imagination"]["generator"])
-            self.imagination.updates_since_rollout = state["imagination"]["updates_since_rollout"]
+        if self.imagination is not None and "imagination_generator" in state:
+            self.imagination.generator.set_state(state["imagination_generator"])
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""
-        return self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})
+        stats = self.model.fit(self.buffer.data(), **{"progress": False, **fit_kwargs})
+        if self.imagination is not None:
+            self.imagination.expire()
+        return stats
 
     @torch.no_grad()
     def plan(self, obs: Tensor) -> Tensor:

@@ -437,6 +437,8 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
             if result.error is not None:  # (as text: not every exception pickles)
                 result.error = RuntimeError(repr(result.error))
             results.send(result)
+    except (BrokenPipeError, EOFError):
+        os._exit(1)  # the control process is gone (killed): nobody to tell
     except BaseException as e:  # the planner is broken: say why (as text: any exception), then exit
         results.send(PlannerDied(f"{type(e).__name__}: {e}", traceback.format_exc()))
 
@@ -499,18 +501,29 @@ class LearningProcess(Learner):
         if self.error is None and not self._stopping and not self.process.is_alive():
             self.error = RuntimeError(f"the learning process exited (code {self.process.exitcode})")
 
-    def _stop(self) -> None:
-        """Wait for the refit in progress and the snapshots asked for, then end the process."""
+    def _stop(self, grace_s: float | None) -> bool:
+        """Wait for the refit in progress, the value updates owed and the snapshots asked for (at
+        most grace_s), then end the process; past grace_s it is terminated."""
         if self.process is None or self._stopping:
-            return
+            return True
         self._stopping = True
         self._inbox.put(None)
-        while self.process.is_alive():  # (reading what it sends meanwhile: a full pipe would block its exit)
-            self.poll()
+        deadline = None if grace_s is None else time.monotonic() + grace_s
+        while self.process.is_alive() and (deadline is None or time.monotonic() < deadline):
+            self.poll()  # (reading what it sends meanwhile: a full pipe would block its exit)
             self.process.join(0.1)
+        finished = not self.process.is_alive()
+        if not finished:  # (its results are not read after this: one cut off mid-message would block the read)
+            self.process.terminate()
+            self.process.join(5.0)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+            return False
         self.poll()
         if self.error is None and self.process.exitcode != 0:
             self.error = RuntimeError(f"the learning process exited (code {self.process.exitcode})")
+        return True
 
 
 class _Inbox:

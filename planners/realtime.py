@@ -63,6 +63,7 @@ from planners.processes import (LearningProcess, Plan, PlanMaker, PlannerDied, P
                                 new_queue, percentile)
 from worldmodel import threads
 from worldmodel.envs import TaskSpec
+from worldmodel.interrupts import EXIT_CODES, StopRequest
 
 SOURCES = ("fresh", "shifted", "fallback")
 LATENCY_WINDOW = 1_000_000  # act and plan latencies kept (the newest): about 14 hours at 20 Hz
@@ -657,56 +658,61 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                unit="step", smoothing=0)  # fmt: skip
     status, last_report, seeded, logged_episodes, paired = "finished", time.monotonic(), 0, 0, ReadingPairs()
     began = time.perf_counter()
-    try:
-        with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
-            if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
-                learner.refit_now(unfitted)  # learn from the dataset, or the resumed log, before acting on it
-            snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
-            while steps < cfg.real_steps:
-                readings = robot.readings(timeout=1.0)
-                if not readings:
-                    if robot.error is not None:
-                        raise RuntimeError(f"the simulated robot died: {robot.error}")
-                    continue
-                acted = paired.newest
-                pairs = paired.add(readings)[: cfg.real_steps - steps]  # (a batch may overshoot the end)
-                latest = paired.newest
-                try:  # the action first (the deadline), then the completed transitions, whatever the action did
-                    if latest is acted:
-                        pass  # (only readings older than the one acted on came: they complete transitions)
-                    elif steps < seeding or not ready():
-                        robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
-                        seeded += 1
-                    else:
-                        robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
-                finally:
+    with StopRequest("the control period") as stop:  # (SIGINT, SIGTERM: leave the loop as Ctrl-C does)
+        try:
+            with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
+                if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
+                    learner.refit_now(unfitted)  # learn from the dataset, or the resumed log, before acting on it
+                snapshot_due()  # (eval_at=[0]: the pretrained agent, the return at the switch)
+                while steps < cfg.real_steps:
+                    if stop.requested is not None:
+                        raise KeyboardInterrupt(stop.requested)  # (the learner gets its grace, Learner.STOP_GRACE_S)
+                    readings = robot.readings(timeout=1.0)
+                    if not readings:
+                        if robot.error is not None:
+                            raise RuntimeError(f"the simulated robot died: {robot.error}")
+                        continue
+                    acted = paired.newest
+                    pairs = paired.add(readings)[: cfg.real_steps - steps]  # (a batch may overshoot the end)
+                    latest = paired.newest
+                    try:  # the action first (the deadline), then the completed transitions, whatever the action did
+                        if latest is acted:
+                            pass  # (only readings older than the one acted on came: they complete transitions)
+                        elif steps < seeding or not ready():
+                            robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
+                            seeded += 1
+                        else:
+                            robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
+                    finally:
+                        if pairs:
+                            learner.add(_transitions(pairs))
+                            steps += len(pairs)
+                            bar.update(len(pairs))
                     if pairs:
-                        learner.add(_transitions(pairs))
-                        steps += len(pairs)
-                        bar.update(len(pairs))
-                if pairs:
-                    snapshot_due()
-                logged_episodes = log_episodes(logged_episodes)
-                if time.monotonic() - last_report > 1.0:
-                    last_report = time.monotonic()
-                    stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
-                    logger.log("realtime", steps, **{k: stats[k] for k in _SUMMARY_KEYS}, log_backlog=learner.log_backlog)
-                    bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
-                                    model=controller.version)  # fmt: skip
-                learner.poll()
-                if learner.error is not None or controller.error is not None or robot.error is not None:
-                    raise RuntimeError(f"a background worker died: {learner.error or controller.error or robot.error}")
-        learner.poll()  # (what the learner finished while stopping: the last refit and snapshots)
-        if learner.error is not None:
-            raise RuntimeError(f"the learner failed: {learner.error}")
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
-        bar.close()
-        log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
+                        snapshot_due()
+                    logged_episodes = log_episodes(logged_episodes)
+                    if time.monotonic() - last_report > 1.0:
+                        last_report = time.monotonic()
+                        stats = controller.stats(window=1000)  # (sorting the whole run's latencies would slow the loop)
+                        logger.log("realtime", steps, **{k: stats[k] for k in _SUMMARY_KEYS}, log_backlog=learner.log_backlog)
+                        bar.set_postfix(p99_ms=f"{stats['act_latency_p99_ms']:.2f}", fresh=f"{stats['fresh_rate']:.2f}",
+                                        model=controller.version)  # fmt: skip
+                    learner.poll()
+                    if learner.error is not None or controller.error is not None or robot.error is not None:
+                        raise RuntimeError(f"a background worker died: {learner.error or controller.error or robot.error}")
+            learner.poll()  # (what the learner finished while stopping: the last refit and snapshots)
+            if learner.error is not None:
+                raise RuntimeError(f"the learner failed: {learner.error}")
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
+            bar.close()
+            log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
+        interrupted_by = stop.requested or ("SIGINT" if status == "interrupted" else None)
     wall = time.perf_counter() - began
-    if cfg.worker == "thread" or not agent_file.is_file():  # (a learning process saved its agent after each refit)
+    if (cfg.worker == "thread" or not agent_file.is_file()) and not getattr(learner, "busy", False):
         save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not
+        # (a learning process saved its agent after each refit; a thread ended early, still refitting, leaves the last)
     final, evals = None, {}
     if status == "finished":
         if cfg.worker == "process" and agent_file.is_file():
@@ -718,7 +724,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
             evals[str(n)] = evaluate(agent.planner, eval_env, cfg.eval_episodes)
             logger.log("eval", n, ret=evals[str(n)])
     stats = controller.stats()
-    summary = {"status": status, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
+    summary = {"status": status, "interrupted_by": interrupted_by, "env": cfg.env.name, "planner": cfg.planner.name, "seed": cfg.seed,
                "control_hz": cfg.control_hz, "latency_ms": cfg.latency_ms, "wait_ms": cfg.wait_ms,
                **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
@@ -727,7 +733,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                "real_steps": len(log), "session_began_at": session_began,
                "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
-               "refits": learner.refits, "value_updates": learner.value_updates,
+               "refits": learner.refits, "value_updates": learner.value_updates, "learner_ended_early": learner.ended_early,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
                "eval_returns": evals, "pretrained_value": pretrained_value, "wall_s": wall, "worker": cfg.worker,
                "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
@@ -830,4 +836,5 @@ def _plot(controller: RealtimeController, returns: list[float], out: Path, title
 
 
 if __name__ == "__main__":
-    main()
+    ended = main()
+    sys.exit(EXIT_CODES.get(ended["interrupted_by"], 1) if ended["status"] == "interrupted" else 0)

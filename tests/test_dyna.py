@@ -326,16 +326,29 @@ def test_an_mpc_value_imagines_with_the_policy_of_the_agent_it_trains():
     assert torch.equal(planner.imagination.model_buffer.data()["action"], torch.full((100, A), 0.7))
 
 
-def test_an_mpc_values_imagination_resumes_and_refuses_unknown_settings():
+def test_an_mpc_values_imagination_rolls_out_afresh_after_a_refit_and_on_resume():
     model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     planner = mppi_with_imagination(model, real_ratio=0.5, rollout_every=5)
     planner.observe(real_data(100))
-    planner.learn(3)
+    planner.learn(3)  # one round, before the first update
+    assert len(planner.imagination.model_buffer) == 100
+    planner.imagination.expire()  # (what update() does after a refit)
+    planner.learn(1)
+    assert len(planner.imagination.model_buffer) == 200 and planner.imagination.updates_since_rollout == 1
     other = mppi_with_imagination(model, real_ratio=0.5, rollout_every=5)
+    other.observe(real_data(100))
     other.load_state_dict(planner.state_dict())
-    assert other.imagination.updates_since_rollout == 3
     torch.testing.assert_close(other.imagination.generator.get_state(), planner.imagination.generator.get_state())
+    other.learn(1)  # (the model buffer is not saved: a round before the first update)
+    assert len(other.imagination.model_buffer) == 100
+    assert not torch.equal(planner.generator.get_state(), planner.imagination.generator.get_state())  # two streams
+
+
+def test_an_mpc_values_imagination_refuses_unknown_or_idle_settings():
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
     with pytest.raises(ValueError, match="planner.value_imagination.lambda"):
         make_planner("mppi", model, SPEC, value_imagination={"lambda": 2.5})
     with pytest.raises(ValueError, match="real_ratio must be in"):
         make_planner("mppi", model, SPEC, value_imagination={"real_ratio": 1.5})
+    with pytest.raises(ValueError, match="needs value_learning=True"):
+        make_planner("mppi", model, SPEC, value_learning=False, value_imagination={"real_ratio": 0.5})

@@ -672,6 +672,30 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     assert [row["step"] for row in episodes] == sorted(row["step"] for row in episodes) and episodes[-1]["step"] <= 400
 
 
+def test_sigterm_stops_the_simulated_robot_command_cleanly(tmp_path):
+    """A service manager's SIGTERM: the loop leaves at the next control period, the learner gets its
+    grace, the summary says `interrupted` and by what, the exit code is the shell's 143, every
+    transition taken is in the log and no child process is left."""
+    import subprocess
+    import sys
+
+    from worldmodel import TransitionLog
+
+    run_dir = tmp_path / "rt"
+    cmd = [sys.executable, "-m", "planners.realtime", *REALTIME_TINY, "real_steps=100000", "seed=0",
+           "worker=process", f"run_dir={run_dir}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run_dir / "transitions").is_dir() and len(TransitionLog(run_dir / "transitions", 11, 3,
+                                                                               repair=False)) >= 150, timeout=120)  # fmt: skip
+    children = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    proc.terminate()
+    assert proc.wait(timeout=90) == 143
+    wait_for(lambda: not any(map(running, children)), timeout=10)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+    assert summary["logged_transitions"] == len(TransitionLog(run_dir / "transitions", 11, 3)) >= 150
+
+
 def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
     """The Agent both loops build: a worldmodel.run directory is a robot run's `pretrained=`, the
     robot run's directory (agent.pt, model.pt) a pretrained agent again, learned value included."""
@@ -888,11 +912,13 @@ def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
 
 
 @pytest.mark.parametrize("imagination", [{}, {"real_ratio": 0.5, "rollout_batch_size": 32, "rollout_every": 100}])
-def test_the_learned_value_trains_between_refits_one_update_per_real_transition(hopper, tmp_path, imagination):
+def test_the_learned_value_trains_between_refits_one_update_per_real_transition(hopper, tmp_path, monkeypatch,
+                                                                               imagination):
     """FOWM's pace: the background learner trains its own copy of the learned value, one update per
     real transition (planner.value_updates_per_step), and swaps it in without waiting for a refit;
     with value_imagination part of each batch is imagined, a round every rollout_every updates."""
     from planners.agent import Agent
+    from planners.imagination import Imagination
     from planners.realtime import BackgroundLearner
 
     spec, model, data = hopper
@@ -900,6 +926,9 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
                          "value_imagination": imagination},
                   model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
     agent.planner.model = model  # (a fitted model to imagine with)
+    rounds = []
+    rollout = Imagination.rollout
+    monkeypatch.setattr(Imagination, "rollout", lambda self, *a, **k: rounds.append(1) or rollout(self, *a, **k))
     agent.open_log(tmp_path / "log")
     controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
     swaps, stats = [], []
@@ -919,8 +948,11 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
     assert all(math.isfinite(s["q"]) and s["alpha"] > 0 and s["critic_loss"] >= 0 for s in stats)
     assert not torch.equal(agent.planner.value_agent.value(obs, True), before)
     assert len(agent.log) == 120  # every transition logged before it was learned from
-    if imagination:  # rounds before updates 1, 101 and 201, 32 starts x 5 steps (the hopper may fall)
+    # with imagination: rounds before updates 1, 101 and 201, each 32 starts x 1-5 steps (the hopper may fall)
+    assert len(rounds) == (3 if imagination else 0)
+    if imagination:
         assert 3 * 32 <= len(agent.planner.imagination.model_buffer) <= 3 * 32 * 5
+        assert all(s["imagined"] >= 32 and s["penalty_mean"] == 0 for s in stats)  # (the last round's, in each row)
 
 
 def test_each_value_row_is_the_mean_of_the_updates_it_brought_refits_between_included(hopper, tmp_path, monkeypatch):
@@ -982,6 +1014,38 @@ def test_background_refits_hold_out_among_the_transitions_added_since_the_last(h
 
     save_agent_files(tmp_path, agent, controller.version)
     assert agent.buffer.written == 410 and torch.load(tmp_path / "agent.pt", weights_only=False)["fit_written"] == 400
+
+
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_leaving_the_learner_on_an_interrupt_ends_a_busy_worker_after_its_grace(hopper, tmp_path, monkeypatch, worker):
+    """Ctrl-C while the learner owes 100,000 value updates (minutes): `with learner:` gives it
+    STOP_GRACE_S, then ends it; every transition added is in the log all the same."""
+    from planners.agent import Agent
+    from planners.learning import Learner
+    from planners.processes import LearningProcess
+    from planners.realtime import BackgroundLearner
+
+    spec, _, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 1000},
+                  model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
+    agent.open_log(tmp_path / "log")
+    monkeypatch.setattr(Learner, "STOP_GRACE_S", 1.0)
+    controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50, worker=worker))
+    with controller:
+        if worker == "process":
+            learner = LearningProcess(controller, agent, train_every=10_000)
+        else:
+            learner = BackgroundLearner(controller, agent, train_every=10_000)
+        began = None
+        with pytest.raises(KeyboardInterrupt), learner:
+            learner.add(data[:100])
+            wait_for(lambda: learner.log_backlog == 0 and len(agent.log) == 100)
+            began = time.monotonic()
+            raise KeyboardInterrupt
+        assert learner.ended_early and time.monotonic() - began < 15
+        assert learner.value_updates < 100_000 and len(agent.log) == 100
+        if worker == "process":
+            assert not learner.process.is_alive() and learner.error is None
 
 
 def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():

@@ -33,7 +33,8 @@ if [ -f "$data" ] && [ -n "${DATA_SIZE:-}" ]; then
   echo "$data exists: DATA_SIZE=$DATA_SIZE would not be used (give DATA=<another file>)" >&2; exit 1
 fi
 if [ -n "${ROBOT_ARGS:-}" ] && [ -z "${TAG:-}" ]; then
-  echo "ROBOT_ARGS needs a TAG=<variant> of its own (its robot runs would mix with the default ones)" >&2; exit 1
+  echo "ROBOT_ARGS needs a TAG=<variant> of its own (its robot runs would mix with the default ones); without" \
+       "AGENT=<offline run> the TAG names a new offline agent too" >&2; exit 1
 fi
 if [ -n "${OFFLINE_ARGS:-}" ] && [ -z "${TAG:-}" ] && [ -d "$agent" ]; then
   echo "$agent exists: OFFLINE_ARGS would not be used (give TAG=<variant> for a run of its own)" >&2; exit 1
