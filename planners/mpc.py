@@ -84,8 +84,8 @@ class MPCConfig:
         if self.policy_guided and not self.policy_samples:
             raise ValueError("policy_guided samples around the policy's sequences: set policy_samples > 0")
         if self.policy_samples and self.cuda_graph:
-            raise ValueError("policy_samples draws the policy's noise outside the planner's generator: "
-                             "it cannot be replayed from a CUDA graph (set cuda_graph=False)")
+            raise ValueError("policy_samples has not been captured in a CUDA graph on a GPU yet: "
+                             "set cuda_graph=False")
         if self.slew is not None and not self.slew > 0:
             raise ValueError(f"slew must be > 0 or None, got {self.slew}")
         self.value_agent = sac_settings(self.value_agent)
@@ -346,7 +346,7 @@ class MPCPlanner(Planner):
         state = obs.repeat_interleave(p, dim=0)  # [N * P, O]
         actions = []
         for _ in range(cfg.horizon):
-            action = self.value_agent.act(state).clamp(self.low, self.high)
+            action = self.value_agent.act(state, generator=self.generator).clamp(self.low, self.high)
             actions.append(action)
             state = self.model.step(state, action, mode=_MODEL_MODE[cfg.propagation], generator=self.generator)["next_obs"]
         return self.rate_limited(torch.stack(actions, dim=1).view(n, p, cfg.horizon, -1))

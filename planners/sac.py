@@ -134,15 +134,18 @@ class Actor(nn.Module):
         """Pre-tanh values [B, A] -> actions in the box [B, A]."""
         return self.center + self.half_range * torch.tanh(u)
 
-    def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(self, obs: Tensor, deterministic: bool = False,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Sample (reparameterised) an action and its log-probability [B]; deterministic: tanh(mean)."""
-        return self.sample(*self.gaussian(obs), deterministic)
+        return self.sample(*self.gaussian(obs), deterministic, generator)
 
-    def sample(self, mean: Tensor, log_std: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
-        """From `gaussian`'s mean and log-std [B, A]: an action [B, A] and its log-probability [B]."""
+    def sample(self, mean: Tensor, log_std: Tensor, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """From `gaussian`'s mean and log-std [B, A]: an action [B, A] and its log-probability [B]
+        (the noise from `generator`, default torch's global stream)."""
         if deterministic:
             return self.squash(mean), torch.zeros(mean.shape[:-1], device=mean.device)
-        noise = torch.randn_like(mean)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         u = mean + log_std.exp() * noise
         # log N(u) - log|d action / d u|, with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -274,9 +277,9 @@ class SAC(nn.Module):
         return alpha if self.config.alpha_max is None else alpha.clamp(max=self.config.alpha_max)
 
     @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
-        """obs [O] or [B, O] -> action [A] or [B, A]."""
-        action, _ = self.actor(obs.float().reshape(-1, obs.shape[-1]), deterministic)
+    def act(self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """obs [O] or [B, O] -> action [A] or [B, A] (sampled from `generator`, default torch's global stream)."""
+        action, _ = self.actor(obs.float().reshape(-1, obs.shape[-1]), deterministic, generator)
         return action.reshape(*obs.shape[:-1], -1)
 
     @torch.no_grad()
