@@ -26,6 +26,12 @@ class Planner(ABC):
     # with symmetric_sampling, learning batches take half from them, half from the rest (RLPD)
     prior_rows: int = 0
 
+    @property
+    def symmetric_split(self) -> int | None:
+        """The split learning batches are drawn around (ReplayBuffer.sample): prior_rows where the
+        config asks for symmetric_sampling, else None (uniform over the buffer)."""
+        return self.prior_rows if getattr(self.config, "symmetric_sampling", False) else None
+
     # the attributes reset() clears (warm starts, the last action): what an evaluation in the middle
     # of a training episode puts back afterwards (episode_state)
     EPISODE_STATE: tuple[str, ...] = ()

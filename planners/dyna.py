@@ -118,7 +118,7 @@ class Dyna(Planner):
         `rollout_every`; returns the last step's losses and the last rollout's statistics."""
         stats: dict[str, float] = {}
         for _ in range(self.config.updates_per_step if updates is None else updates):
-            stats = self.agent.update(self.imagination.batch(self.agent, self.agent.config.batch_size, self._split))
+            stats = self.agent.update(self.imagination.batch(self.agent, self.agent.config.batch_size, self.symmetric_split))
         return {**stats, **self.last_rollout}
 
     # ---------------------------------------------------------------- imagination
@@ -143,13 +143,9 @@ class Dyna(Planner):
         """A rollout round with the agent's policy (Imagination.rollout)."""
         return self.imagination.rollout(self.agent, start_obs)
 
-    @property
-    def _split(self) -> int | None:
-        return self.prior_rows if self.config.symmetric_sampling else None
-
     def _batch(self) -> TensorDict:
         """One agent batch: real_ratio of it from real data, the rest imagined."""
-        return self.imagination.sample(self.agent.config.batch_size, self._split)
+        return self.imagination.sample(self.agent.config.batch_size, self.symmetric_split)
 
     # ---------------------------------------------------------------- checkpoints
 

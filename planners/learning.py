@@ -110,6 +110,12 @@ class Learner:
             print(f"the learner was still busy {grace_s:g} s after it was asked to stop; ended it (the transition "
                   "log keeps every transition: resume=<run dir> learns from them again)", file=sys.stderr)
 
+    @property
+    def busy(self) -> bool:
+        """Whether the worker still runs after a stop that ended it early (a thread finishing its
+        refit; a learning process is terminated, never busy)."""
+        return False
+
     def _start(self) -> None:
         raise NotImplementedError
 
@@ -252,7 +258,6 @@ class BackgroundLearner(Learner):
 
     @property
     def busy(self) -> bool:
-        """Whether the thread still runs (after a stop that ended it early: a refit finishing)."""
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:

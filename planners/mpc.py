@@ -230,10 +230,9 @@ class MPCPlanner(Planner):
         a copy): real transitions (half offline, half new with symmetric_sampling) and, with
         value_imagination, imagined ones rolled out with that agent's policy when a round is due."""
         agent = agent if agent is not None else self.value_agent
-        split = self.prior_rows if self.config.symmetric_sampling else None
         if self.imagination is not None:
-            return self.imagination.batch(agent, agent.config.batch_size, split).to(self.model.device)
-        return self.buffer.sample(agent.config.batch_size, split).to(self.model.device)
+            return self.imagination.batch(agent, agent.config.batch_size, self.symmetric_split)
+        return self.buffer.sample(agent.config.batch_size, self.symmetric_split).to(self.model.device)
 
     def state_dict(self) -> dict:
         """The sampling RNG and the learned value (the plan itself is per-episode, cleared on resume);

@@ -710,7 +710,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
             log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
         interrupted_by = stop.requested or ("SIGINT" if status == "interrupted" else None)
     wall = time.perf_counter() - began
-    if (cfg.worker == "thread" or not agent_file.is_file()) and not getattr(learner, "busy", False):
+    if (cfg.worker == "thread" or not agent_file.is_file()) and not learner.busy:
         save_agent_files(run_dir, agent, controller.version)  # the agent as the run left it, refitted or not
         # (a learning process saved its agent after each refit; a thread ended early, still refitting, leaves the last)
     final, evals = None, {}
