@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue #10's protocol for one dataset, every run resumable: for seeds 0-2 a converged bf16 model
-# each, then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
+# Issue #10's protocol for one dataset, every run resumable: for seeds 0-2 a converged model
+# each (bf16 where the CPU has bf16 units, fp32 elsewhere; PRECISION=bf16|fp32 picks), then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
 # 200k updates, MOPO and RAVL from their seed's model as it is; one thread per run, two runs at a
 # time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
 # SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table; DATA=<file>
@@ -8,14 +8,16 @@
 #   docs/results/scripts/offline_table.sh halfcheetah medium      # reads data/halfcheetah-medium.hdf5
 #   PLANNERS=mopo WORKERS=1 docs/results/scripts/offline_table.sh walker2d medium
 #   DATA=data/halfcheetah-medium-1m.hdf5 docs/results/scripts/offline_table.sh halfcheetah medium
-# Models: runs/offline/<name>-model-bf16-s<seed>; runs: runs/offline/<name>-200k/ (<name>: <task>-<quality>, or DATA's)
+# Models: runs/offline/<name>-model-<precision>-s<seed>; runs: runs/offline/<name>-200k/ (<name>: <task>-<quality>, or DATA's)
 # {bc,mopo,ravl}-s<seed> (logs beside them); then
 #   python -m worldmodel.report runs/offline/<name>-200k/{bc,mopo,ravl}-s? --out docs/results/<name>-200k --raw
 # Run from the repository root with its virtual environment active.
 set -uo pipefail
 task=$1 quality=$2
 data=${DATA:-data/$task-$quality.hdf5} name=$(basename "${DATA:-$task-$quality}" .hdf5)
-out=runs/offline/$name-200k models=runs/offline/$name-model-bf16
+precision=${PRECISION:-$(python -c "from kernels.cpu import bf16_units; print('bf16' if bf16_units() else 'fp32')")}
+case $precision in bf16|fp32) ;; *) echo "PRECISION must be bf16 or fp32, got $precision" >&2; exit 1 ;; esac
+out=runs/offline/$name-200k models=runs/offline/$name-model-$precision
 seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
 [ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=<transitions> out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
@@ -40,7 +42,7 @@ fit() {  # seed: the seed's model, fitted once (the other worker waits for it un
     [ -f "$d/model.pt" ] && exit 0
     if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
     logged "$d.log" python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 \
-        model.precision=bf16 eval_episodes=1 seed="$1" threads=1 run_dir="$d"
+        model.precision=$precision eval_episodes=1 seed="$1" threads=1 run_dir="$d"
   ) 9> "$d.fitting"
 }
 
@@ -57,7 +59,7 @@ from_model() {  # planner seed
   finished "$d" && return
   fit "$2" && [ -f "$model" ] || { echo "$(date -u +%FT%TZ) seed $2 has no model ($models-s$2.log says why)" >&2; return 1; }
   local extra=(); [ "$1" = ravl ] && extra=(planner.agent.compile_critic_step=true)  # (EDAC's step, 10% faster)
-  "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=bf16 "${extra[@]}"
+  "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=$precision "${extra[@]}"
 }
 
 jobs=()
