@@ -5,6 +5,7 @@ Shapes: E members, M run members (M = E, or len(members)), B rows. See kernels/R
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 ACTIVATIONS = ("silu", "relu", "tanh", "identity")
 PRECISIONS = ("fp32", "tf32", "bf16")
+
+# Held by every launch through Triton's autotuner (it keeps per-call state, and tuning times its
+# candidates with device syncs) and, by planners.graph, across a CUDA graph's warm-up and capture:
+# a learning thread's first launch of a new shape waits for the capture instead of syncing the
+# device under it. Re-entrant: the capturing thread's own launches take it again.
+TUNING_LOCK = threading.RLock()
 
 # Test hook: when True every output buffer a kernel writes into starts as NaN, so an element
 # that a kernel forgets to write fails the comparison instead of passing on stale zeros.

@@ -1,9 +1,14 @@
 """Build the Triton kernels for an H100 (sm_90) without a GPU and report their resources.
 
-python -m kernels.compile_check [--arch 90]: compiles each kernel in the configurations the
-launchers use, through Triton's own pipeline and bundled ptxas, and prints shared memory,
-registers per thread and spill stack bytes. It proves the GPU build compiles and shows where
-it spills; it says nothing about speed (that needs a GPU: python -m kernels.bench).
+python -m kernels.compile_check [--arch 90] [--all-tiles]: runs the launchers of the
+in=23 -> 200 x4 -> 36 network at B=65536 (inference, and a training forward and backward) on
+meta tensors, keeps each launch they would make (`kernels.triton_mlp.captured_launches`), and
+compiles it through Triton's own pipeline and bundled ptxas with the specialisation Triton gives
+those arguments at launch (int32 or int64, a stride of 1 folded in as a constant, 16-divisible
+values and aligned pointers marked), then prints shared memory, registers per thread and spill
+stack bytes. --all-tiles builds every tile the autotuner may time as well as the heuristic one.
+It proves the GPU build compiles and shows where it spills; it says nothing about speed (that
+needs a GPU: python -m kernels.bench).
 """
 
 from __future__ import annotations
@@ -13,36 +18,45 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 
+import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import triton_mlp as tm
+from kernels.bench import IN, OUT, widths
 
-_INT32 = {"R", "K", "N", "D", "B", "IN", "H", "D_OUT", "P", "R_BUCKET"}
-
-
-def _signature(fn, constexprs: dict) -> dict:
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name == "mem_ptr":
-            sig[name] = "*i64"
-        elif name in _INT32:
-            sig[name] = "i32"
-        elif name.startswith("s_"):
-            sig[name] = "i64"
-        else:
-            sig[name] = "*fp32"
-    return sig
+_KERNEL_NAMES = {"_fused_mlp_kernel": "fused", "_linear_kernel": "linear", "_gaussian_kernel": "gaussian head"}
 
 
-def build(fn, constexprs: dict, num_warps: int, num_stages: int, arch: int) -> dict:
-    src = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
+def specialise(launch: tm.Launch) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of a launch as Triton's JIT specialises its arguments."""
+    fn = launch.kernel
+    bound = dict(zip(fn.arg_names, launch.args)) | launch.constexprs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        value = bound[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+            continue
+        kind, key = native_specialize_impl(BaseBackend, value, False, True, True)
+        if kind == "constexpr":  # (an int equal to 1)
+            signature[param.name], constexprs[param.name] = "constexpr", key
+            continue
+        signature[param.name] = kind
+        if key:
+            attrs[(i,)] = BaseBackend.parse_attr(key)
+    return signature, constexprs, attrs
+
+
+def build(launch: tm.Launch, arch: int) -> dict:
+    signature, constexprs, attrs = specialise(launch)
+    src = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": num_warps, "num_stages": num_stages})
+                        options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
@@ -55,42 +69,87 @@ def build(fn, constexprs: dict, num_warps: int, num_stages: int, arch: int) -> d
                 wgmma="warp_group_dot" in ck.asm["ttgir"])
 
 
-def configs():
-    """(label, kernel, constexprs, num_warps, num_stages) as the launchers use them for the
-    in=23 -> 200 x4 -> 36 network at large B."""
-    prec_names = {v: k for k, v in tm.PREC_CODES.items()}
-    bm, warps = tm.FUSED_TILE
-    for prec in (1, 2):  # (fp32 takes the per-layer kernels on CUDA)
-        for gauss, out_p in ((False, 64), (True, 32)):
-            c = dict(N_MID=3, ACT=1, GAUSS=gauss, HAS_MEMBERS=True, PREC=prec, EMU_BF16=False,
-                     BLOCK_M=bm, IN_P=32, CH=64, OUT_P=out_p)
-            yield (f"fused {prec_names[prec]} gauss={gauss} BM={bm}", tm._fused_mlp_kernel, c, warps, 1)
-    bm, bn, bk, warps = tm._tiles(65536, 200)
-    for prec in (0, 1, 2):
-        for label, extra in (("fwd+store_z", dict(HAS_BIAS=True, STORE_Z=True, GRAD_Z=False, W_BY_MEMBER=True)),
-                             ("bwd dX*act'", dict(HAS_BIAS=False, STORE_Z=False, GRAD_Z=True, W_BY_MEMBER=True)),
-                             ("bwd dW", dict(HAS_BIAS=False, STORE_Z=False, GRAD_Z=False, W_BY_MEMBER=False))):
-            c = dict(HAS_MEMBERS=True, ACT=1, PREC=prec, EMU_BF16=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                     **extra)
-            yield (f"linear {label} {prec_names[prec]}", tm._linear_kernel, c, warps, 3)
-        gbm, gbn, gbk, gwarps = tm._gaussian_tiles(65536, 18)
-        c = dict(HAS_MEMBERS=True, STORE_RAW=True, PREC=prec, EMU_BF16=False, BLOCK_M=gbm, BLOCK_N=gbn,
-                 BLOCK_K=gbk)
-        yield (f"gaussian head {prec_names[prec]}", tm._gaussian_kernel, c, gwarps, 3)
+def _label(launch: tm.Launch) -> str:
+    c = launch.constexprs
+    name = _KERNEL_NAMES[launch.kernel.__name__]
+    prec = {v: k for k, v in tm.PREC_CODES.items()}[c["PREC"]]
+    if name == "fused":
+        what = f"gauss={c['GAUSS']}"
+    elif name == "linear":
+        what = ("fwd+store_z" if c["STORE_Z"] else "bwd dX*act'" if c["GRAD_Z"] and c["ACT"]
+                else "bwd dW" if not c["W_BY_MEMBER"] else "bwd dX" if not c["HAS_BIAS"]
+                else "fwd" if c["ACT"] else "fwd out")
+    else:
+        what = "raw" if c["STORE_RAW"] else "inference"
+    named = dict(zip(launch.kernel.arg_names, launch.args))
+    shape = "{IN}->{H}".format(**named) if name == "fused" else "{}->{}".format(named["K"], named.get("N", named.get("D")))
+    tile = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in c)
+    return f"{name} {what} {shape} {prec} {tile} w{launch.num_warps}"
+
+
+def launches(B: int = 65536, hidden: int = 200, E: int = 7) -> list[tm.Launch]:
+    """Every distinct launch of the network's inference (fused where it may) and training step
+    (per-layer forward storing pre-activations, then the backward) in tf32 and bf16, and fp32's
+    per-layer kernels, on meta tensors: nothing is allocated or run."""
+    meta = torch.device("meta")
+    w = widths(hidden)
+    members = torch.arange(E, device=meta)
+    kept: dict[tuple, tm.Launch] = {}
+    for prec in ("fp32", "tf32", "bf16"):
+        code = tm.PREC_CODES[prec]
+        for gauss in (False, True):
+            weights = [torch.empty(E, a, b, device=meta) for a, b in zip(w[:-1], w[1:])]
+            biases = [torch.empty(E, b, device=meta) for b in w[1:]]
+            bounds = (torch.empty(E, OUT // 2, device=meta),) * 2 if gauss else None
+            x = torch.empty(E, B, IN, device=meta)
+            with tm.captured_launches() as seen:
+                if tm.fusable(x, weights, prec):  # inference: as kernels.ensemble_mlp takes it
+                    tm._fused_forward(x, weights, biases, members, tm.ACT_CODES["silu"], code, bounds)
+                else:
+                    tm._layers_forward(x, weights, biases, members, tm.ACT_CODES["silu"], code, bounds, save=False)
+                params = [t.requires_grad_() for t in (*weights, *biases)]
+                out = tm._EnsembleMLPFunction.apply(x.requires_grad_(), members, tm.ACT_CODES["silu"], code,
+                                                    gauss, len(weights), *params, *(bounds or ()))
+                outs = out if gauss else (out,)
+                torch.autograd.grad(outs, [x, *params], [torch.empty_like(o) for o in outs])
+            for launch in seen:
+                signature, constexprs, attrs = specialise(launch)
+                key = (launch.kernel.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())),
+                       str(sorted(attrs.items())), launch.num_warps, launch.num_stages)
+                kept.setdefault(key, launch)
+    return list(kept.values())
+
+
+def candidate_tiles(launch: tm.Launch) -> Iterator[tm.Launch]:
+    """The launch with each tile the autotuner may time for it (its prune's choice; the heuristic
+    tile first)."""
+    fn = launch.kernel.__name__
+    named = dict(zip(launch.kernel.arg_names, launch.args)) | launch.constexprs
+    if fn == "_fused_mlp_kernel":
+        configs = [triton.Config(dict(BLOCK_M=bm), num_warps=w, num_stages=1) for bm, w in tm._FUSED_CANDIDATES]
+        configs = tm._fused_candidates(configs, named, **launch.constexprs)
+    else:
+        prune = tm._gemm_candidates(tm._tiles if fn == "_linear_kernel" else tm._gaussian_tiles)
+        configs = prune(tm._GEMM_CANDIDATES, named)
+    for c in configs:
+        yield tm.Launch(launch.kernel, launch.args, launch.constexprs | c.kwargs, c.num_warps, c.num_stages)
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
+    ap.add_argument("--all-tiles", action="store_true", help="every tile the autotuner may time, not only the heuristic one")
     args = ap.parse_args(argv)
-    print(f"sm_{args.arch}, triton {triton.__version__}")
-    print(f"{'kernel / config':40s} {'smem B':>8s} {'regs':>5s} {'spill B':>8s} wgmma")
+    print(f"sm_{args.arch}, triton {triton.__version__}, B=65536, 23 -> 200 x4 -> 36, as launched")
+    print(f"{'kernel / config':44s} {'smem B':>8s} {'regs':>5s} {'spill B':>8s} wgmma")
     rows = []
-    for label, fn, c, warps, stages in configs():
-        r = build(fn, c, warps, stages, args.arch)
-        print(f"{label:40s} {r['shared_bytes']:8d} {r['regs']:5d} {r['spill_stack_bytes']:8d} {r['wgmma']}",
-              flush=True)
-        rows.append({"config": label, "arch": args.arch, **r})
+    for launch in launches():
+        for tiled in candidate_tiles(launch) if args.all_tiles else [launch]:
+            label = _label(tiled)
+            r = build(tiled, args.arch)
+            print(f"{label:44s} {r['shared_bytes']:8d} {r['regs']:5d} {r['spill_stack_bytes']:8d} {r['wgmma']}",
+                  flush=True)
+            rows.append({"config": label, "arch": args.arch, **r})
     return rows
 
 

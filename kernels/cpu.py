@@ -201,9 +201,18 @@ def ensemble_mlp(
                       "than fp32 (1 GFLOP/s measured on an AVX2 machine): use precision='fp32' here", stacklevel=3)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in weights) or any(t.requires_grad for t in biases))
-    variant = choose(x.shape[1], needs_grad, precision)
-    if precision == "bf16" and variant == "loop_inference":  # chunk by chunk, not layer by layer
-        return mlp_loop_inference(x, weights, biases, activation, members, bf16_hidden_layers=True)
+    return run_variant(choose(x.shape[1], needs_grad, precision), x, weights, biases, activation, members, precision)
+
+
+def run_variant(
+    name: str, x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str = "silu",
+    members: Tensor | None = None, precision: str = "fp32", chunk_rows: int | None = None,
+) -> Tensor:
+    """VARIANTS[name] at `precision` (bf16: the hidden layers on bf16 operands); chunk_rows for
+    loop_inference (`mlp_loop_inference`'s default when None)."""
+    if name == "loop_inference":  # (bf16: chunk by chunk, not layer by layer)
+        return mlp_loop_inference(x, weights, biases, activation, members, chunk_rows=chunk_rows,
+                                  bf16_hidden_layers=precision == "bf16")
     if precision == "bf16":
-        return bf16_hidden(VARIANTS[variant], x, weights, biases, activation, members, cast=_bf16)
-    return VARIANTS[variant](x, weights, biases, activation, members)
+        return bf16_hidden(VARIANTS[name], x, weights, biases, activation, members, cast=_bf16)
+    return VARIANTS[name](x, weights, biases, activation, members)

@@ -22,8 +22,8 @@ interpreter computes a bf16 tl.dot on the raw uint16 bit patterns, so its real b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -138,7 +138,7 @@ def _member(mem_ptr, p, HAS_MEMBERS: tl.constexpr):
 @triton.jit
 def _linear_kernel(
     a_ptr, w_ptr, bias_ptr, c_ptr, z_ptr, mem_ptr,
-    R, K, N, R_BUCKET,
+    R, K, N, R_BUCKET, K_BUCKET,
     s_ap, s_ar, s_ak,
     s_we, s_wk, s_wn,
     s_be, s_bn,
@@ -153,7 +153,8 @@ def _linear_kernel(
     Forward:  epilogue = act(acc + bias[e]); with STORE_Z the pre-activation goes to z_ptr.
     Backward: GRAD_Z, epilogue = acc * act'(Z[p]) (Z read from z_ptr, same strides as C).
     W is indexed by member id e(p) when W_BY_MEMBER, else by p (dW = H^T @ dZ).
-    R_BUCKET (unused here) is R rounded up to a power of two: the autotuner's key.
+    R_BUCKET and K_BUCKET (unused here) are R and K rounded up to powers of two: the autotuner's
+    keys (K is the batch in the weight gradient's product, so it varies with a ragged last batch).
     """
     pid_r = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -377,9 +378,10 @@ def _fused_mlp_kernel(
 # ----------------------------------------------------------------------------------------------
 # Tiles: on a GPU each kernel times its candidate tiles once per (shape bucket, precision,
 # flavour) with Triton's autotuner and keeps the fastest; the heuristic tiles below are always a
-# candidate, so tuning never picks worse than them. Rows are bucketed to powers of two (R_BUCKET),
-# so a shrinking batch does not re-tune at every size. Without tuning (WORLDMODEL_AUTOTUNE=0, or
-# under the interpreter, which has no timer) the heuristic tiles are used as they are.
+# candidate, so tuning never picks worse than them. Rows and the inner size are bucketed to powers
+# of two (R_BUCKET, K_BUCKET), so a shrinking or ragged batch does not re-tune at every size.
+# Without tuning (WORLDMODEL_AUTOTUNE=0, or under the interpreter, which has no timer) the
+# heuristic tiles are used as they are.
 # All tile dimensions are >= 16 so tl.dot is legal for bf16 on NVIDIA GPUs.
 AUTOTUNE = not INTERPRET and os.environ.get("WORLDMODEL_AUTOTUNE", "1") != "0"
 _TUNING_MS = dict(warmup=5, rep=20)  # per candidate: short, so a first call pays seconds, not minutes
@@ -440,6 +442,32 @@ def tuned_choices() -> dict[str, dict[str, str]]:
 
 
 _recording: list[str] | None = None  # recorded_tiles(): the tiles of each launch, while recording
+_capturing_launches: list[Launch] | None = None  # captured_launches(): launches kept, not run
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch as a launcher makes it: the kernel, its positional arguments, its
+    constexpr flags with the heuristic tiles, num_warps and num_stages."""
+
+    kernel: triton.JITFunction
+    args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+@contextlib.contextmanager
+def captured_launches() -> Iterator[list[Launch]]:
+    """Inside, every launch is kept as a Launch (with the heuristic tiles) and not run: the
+    arguments a call would pass, so `kernels.compile_check` builds each kernel with the
+    specialisation a real launch gets (from meta tensors, without a GPU)."""
+    global _capturing_launches
+    kept, _capturing_launches = _capturing_launches, []
+    try:
+        yield _capturing_launches
+    finally:
+        _capturing_launches = kept
 
 
 @contextlib.contextmanager
@@ -454,8 +482,6 @@ def recorded_tiles() -> Iterator[list[str]]:
         _recording = kept
 
 
-_TUNING_LOCK = threading.Lock()  # Triton's Autotuner keeps per-call state: one launch through it at a time
-
 
 def _tuned_key(tuned, args: tuple, kwargs: dict) -> tuple:
     """The autotuner's cache key for this launch (as triton.runtime.autotuner.Autotuner.run builds it)."""
@@ -466,12 +492,15 @@ def _tuned_key(tuned, args: tuple, kwargs: dict) -> tuple:
 def _launch(kernel, tuned, grid, args, kwargs, heuristic: dict, warps: int, stages: int) -> None:
     """Launch `kernel` with the autotuner's tiles (when tuning) or the heuristic ones. While a CUDA
     graph is being captured a key not tuned yet takes the heuristic tiles (timing would sync)."""
+    if _capturing_launches is not None:
+        _capturing_launches.append(Launch(kernel, args, {**kwargs, **heuristic}, warps, stages))
+        return
     if tuned is not None and _common._capturing(args[0]):
-        with _TUNING_LOCK:
+        with _common.TUNING_LOCK:
             if _tuned_key(tuned, args, kwargs) not in tuned.cache:
                 tuned = None
     if tuned is not None:
-        with _TUNING_LOCK:
+        with _common.TUNING_LOCK:
             tuned[grid](*args, **kwargs)
             tiles = str(tuned.best_config)
     else:
@@ -485,7 +514,9 @@ def _tiles(R: int, N: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for a [R, K] @ [K, N] product."""
     block_n = min(64, _pow2(N))
     block_m = 128 if R >= 4096 else (64 if R > 16 else 16)
-    return block_m, block_n, 32, 4 if block_m * block_n <= 64 * 64 else 8
+    # 128 rows over 8 warps: 128 x 32 on 4 warps spilled in fp32 (255 registers, 24-32 bytes on
+    # sm_90 and sm_80 for the input gradient of a 23-wide layer; kernels.compile_check)
+    return block_m, block_n, 32, 8 if block_m == 128 else 4
 
 
 def _gaussian_tiles(R: int, D: int) -> tuple[int, int, int, int]:
@@ -494,7 +525,7 @@ def _gaussian_tiles(R: int, D: int) -> tuple[int, int, int, int]:
     return bm, bn, bk, 8 if bm * bn >= 64 * 64 // 2 else warps
 
 
-_GEMM_KEYS = ["R_BUCKET", "K", "N", "HAS_MEMBERS", "W_BY_MEMBER", "HAS_BIAS", "ACT", "STORE_Z", "GRAD_Z", "PREC"]
+_GEMM_KEYS = ["R_BUCKET", "K_BUCKET", "N", "HAS_MEMBERS", "W_BY_MEMBER", "HAS_BIAS", "ACT", "STORE_Z", "GRAD_Z", "PREC"]
 _linear_tuned = _autotuned(_linear_kernel, _GEMM_CANDIDATES, _GEMM_KEYS, _gemm_candidates(_tiles))
 _gaussian_tuned = _autotuned(_gaussian_kernel, _GEMM_CANDIDATES, ["R_BUCKET", "K", "D", "HAS_MEMBERS", "STORE_RAW", "PREC"],
                              _gemm_candidates(_gaussian_tiles))
@@ -527,7 +558,7 @@ def _linear(
         a, w, bias if bias is not None else w, c,
         grad_z if grad_z is not None else (z if z is not None else c),
         members if members is not None else a,
-        R, K, N, _pow2(R),
+        R, K, N, _pow2(R), _pow2(K),
         *a.stride(),
         s_we, s_wk, s_wn,
         *(bias.stride() if bias is not None else (0, 0)),
@@ -600,10 +631,14 @@ def _fused_forward(
             block_m = 16 if B <= 16 else 32
         maxlv, minlv = (b.contiguous() for b in bounds) if bounds is not None else (x, x)
         resident = _resident_programs(x.device)
-        # scratch for the most programs and the largest row block any candidate tile may launch
+
+        def programs(bm: int) -> int:  # the launch's programs for a row block of bm
+            return min(triton.cdiv(B, bm) * P, fused_programs(resident, bm))
+
+        # scratch for the largest launch (programs x rows) of any tile the autotuner may pick
         blocks = [bm for bm, _ in _FUSED_CANDIDATES] if _fused_tuned is not None else [block_m]
-        programs = min(triton.cdiv(B, min(blocks)) * P, resident)
-        scratch = torch.empty(programs * 2 * max(blocks) * 4 * ch, dtype=torch.float32, device=x.device)
+        rows = max(programs(bm) * bm for bm in blocks)
+        scratch = torch.empty(rows * 2 * 4 * ch, dtype=torch.float32, device=x.device)
         args = (
             x, out, lv, members if members is not None else x, maxlv, minlv, scratch,
             weights[0], biases[0], *mids, weights[-1], biases[-1],
@@ -612,9 +647,17 @@ def _fused_forward(
         )
         flags = dict(N_MID=len(weights) - 2, ACT=act, GAUSS=bounds is not None, HAS_MEMBERS=members is not None,
                      PREC=prec, EMU_BF16=INTERPRET, IN_P=_pow2(IN), CH=ch, OUT_P=_pow2(d_out))
-        grid = lambda meta: (min(triton.cdiv(B, meta["BLOCK_M"]) * P, resident),)  # noqa: E731
+        grid = lambda meta: (programs(meta["BLOCK_M"]),)  # noqa: E731
         _launch(_fused_mlp_kernel, _fused_tuned, grid, args, flags, dict(BLOCK_M=block_m), warps, 1)
     return (out, lv) if bounds is not None else out
+
+
+def fused_programs(resident: int, block_m: int) -> int:
+    """Programs of a fused launch with row block block_m: `resident` for FUSED_TILE's rows or fewer,
+    proportionally fewer for larger blocks, so the scratch (2 x block_m x 4*CH fp32 a program)
+    stays within what FUSED_TILE's programs hold and in L2 (128 rows at 2 programs per SM
+    would need 67 MB on an H100's 132 SMs against its 50 MB of L2)."""
+    return max(1, resident * FUSED_TILE[0] // max(block_m, FUSED_TILE[0]))
 
 
 def _resident_programs(device: torch.device) -> int:

@@ -22,6 +22,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from kernels._common import TUNING_LOCK
+
 if TYPE_CHECKING:
     from planners.mpc import MPCPlanner
 
@@ -96,7 +98,9 @@ class PlanGraph:
         self.obs, self.warm = obs.clone(), warm.clone()
         # under a slew limit the first step is bounded by the action executed last: a static input too
         self.previous = planner.previous_action.detach().to(obs.device).clone() if _bounded(planner) else None
-        with torch.cuda.device(obs.device):
+        # the tuning lock held throughout: another thread's autotuning (timed with device syncs)
+        # waits for this capture instead of running under it
+        with torch.cuda.device(obs.device), TUNING_LOCK:
             rng = planner.generator.get_state()  # the warm-up's draws are not the step's
             stream = torch.cuda.Stream(obs.device)  # this graph's own (not torch.cuda.graph's shared one)
             stream.wait_stream(torch.cuda.current_stream(obs.device))

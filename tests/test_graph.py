@@ -2,11 +2,14 @@
 syncs (what capture forbids); on a CUDA GPU, that graphed plans equal eager ones step by step."""
 
 import copy
+import itertools
 import pickle
+import threading
 
 import pytest
 import torch
 
+import kernels
 from planners import CEM, ICEM, MPPI, CEMConfig, ICEMConfig, MPPIConfig, PlanningError, RandomShooting
 from planners.graph import HostSyncError, graph_key, host_syncs_allowed, no_host_syncs
 from planners.processes import apply_swap
@@ -199,3 +202,35 @@ def test_graphed_step_still_stops_on_non_finite_returns():
     with pytest.raises(PlanningError, match="non-finite"):
         planner.act(obs)
     assert planner._graphs.captures == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_capture_succeeds_while_a_learning_thread_tunes_new_shapes():
+    """planners.graph holds the tuning lock across warm-up and capture: a learning thread's
+    autotuning of shapes never seen (timed with device syncs) waits for the capture instead of
+    syncing the device under it."""
+    planner = MPPI(hopper_model("cuda", hidden=200), hopper_spec(), MPPIConfig(**SMALL, cuda_graph=True))
+    weights = [torch.randn(7, a, b, device="cuda", requires_grad=True) for a, b in ((OBS + 3, 200), (200, 36))]
+    biases = [torch.zeros(7, w.shape[2], device="cuda", requires_grad=True) for w in weights]
+    stop, errors = threading.Event(), []
+
+    def learn():  # forward and backward at a new row bucket each time: the autotuner times candidates
+        try:
+            for k in itertools.cycle(range(4, 15)):
+                if stop.is_set():
+                    return
+                x = torch.randn(7, 2**k + 3, OBS + 3, device="cuda")
+                kernels.ensemble_mlp(x, weights, biases).sum().backward()
+        except Exception as e:  # (reported by the main thread)
+            errors.append(e)
+
+    learner = threading.Thread(target=learn)
+    learner.start()
+    try:
+        obs = torch.tensor([1.2] + [0.0] * (OBS - 1), device="cuda")
+        for robots in (1, 2, 3):  # a capture each
+            planner.act(obs.expand(robots, -1).contiguous())
+    finally:
+        stop.set()
+        learner.join(60)
+    assert not errors and planner._graphs.captures == 3

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -358,11 +359,9 @@ def test_triton_kernels_pass_under_the_interpreter():
     assert not re.search(r"\d+ (failed|error|skipped)", proc.stdout), tail
 
 
-@needs_triton
-def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(monkeypatch):
-    """Without a GPU: Triton's Autotuner runs with its timer and the kernel launch stubbed, so
-    the key it caches is compared with the one kernels.triton_mlp computes to decide whether a
-    launch during a CUDA graph capture may use the tuned tiles (tuning there would sync)."""
+def _stub_linear_autotuner(monkeypatch):
+    """kernels.triton_mlp with its GEMM autotuner's timer and launches stubbed (no GPU): the
+    smallest candidate row block "wins"; returns the module, the autotuner and the launch log."""
     from kernels import triton_mlp as tm
 
     if not tm.AUTOTUNE:
@@ -377,6 +376,15 @@ def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(mo
             return lambda *args, **kwargs: launched.append(("heuristic", kwargs["BLOCK_M"]))
 
     monkeypatch.setattr(tm, "_linear_kernel", Heuristic())
+    return tm, tuned, launched
+
+
+@needs_triton
+def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(monkeypatch):
+    """Without a GPU: Triton's Autotuner runs with its timer and the kernel launch stubbed, so
+    the key it caches is compared with the one kernels.triton_mlp computes to decide whether a
+    launch during a CUDA graph capture may use the tuned tiles (tuning there would sync)."""
+    tm, tuned, launched = _stub_linear_autotuner(monkeypatch)
     a, w, b = torch.randn(2, 300, 23), torch.randn(3, 23, 200), torch.randn(3, 200)
     members = torch.tensor([0, 2])
     tm._linear(a, w, b, members, 1, 1)  # tuned: the smallest candidate that fits "wins"
@@ -385,6 +393,60 @@ def test_autotuned_launches_know_triton_s_key_and_never_tune_inside_a_capture(mo
     tm._linear(a[:, :290], w, b, members, 1, 1)  # same key (rows bucketed): the tuned tiles, no timing
     tm._linear(a.repeat(1, 4, 1), w, b, members, 1, 1)  # a key never tuned: the heuristic tiles
     assert launched[1:] == [("tuned", 16), ("heuristic", tm._tiles(1200, 200)[0])] and len(tuned.cache) == 1
+
+
+@needs_triton
+def test_a_ragged_batch_does_not_retune_the_weight_gradient(monkeypatch):
+    """dW = H^T @ dZ has the batch as its inner size K: a fit's last, ragged batch (250 rows where
+    the others have 256) must find the tiles tuned for the full ones, not time every candidate."""
+    tm, tuned, launched = _stub_linear_autotuner(monkeypatch)
+    timed = []
+    bench = tuned._bench
+    monkeypatch.setattr(tuned, "_bench", lambda *args, config, **kwargs: timed.append(config) or bench(config=config))
+    for batch in (256, 250, 256, 241):
+        h, g = torch.randn(3, batch, 200), torch.randn(3, batch, 36)
+        tm._linear(h.transpose(1, 2), g, None, None, 0, 1, w_by_member=False)
+    candidates = len(timed)
+    assert len(tuned.cache) == 1 and len(launched) == 4 and candidates > 1  # one tuning, on the first batch
+    tm._linear(torch.randn(3, 200, 1000), torch.randn(3, 1000, 36), None, None, 0, 1, w_by_member=False)
+    assert len(tuned.cache) == 2 and len(timed) > candidates  # (another bucket is tuned anew)
+
+
+@needs_triton
+def test_a_learning_thread_s_tuned_launch_waits_for_a_capture_holding_the_tuning_lock(monkeypatch):
+    """planners.graph holds kernels._common.TUNING_LOCK across a capture: another thread's
+    launch through the autotuner (which may time candidates with device syncs) waits for it,
+    while the capturing thread's own launches take the lock again (re-entrant)."""
+    tm, tuned, launched = _stub_linear_autotuner(monkeypatch)
+    a, w, b = torch.randn(2, 300, 23), torch.randn(3, 23, 200), torch.randn(3, 200)
+    with tm._common.TUNING_LOCK:
+        tm._linear(a, w, b, None, 1, 1)  # the capturing thread itself: no deadlock
+        learner = threading.Thread(target=tm._linear, args=(a, w, b, None, 1, 1))
+        learner.start()
+        learner.join(0.3)
+        assert learner.is_alive() and len(launched) == 1  # held at the lock
+    learner.join(5)
+    assert not learner.is_alive() and len(launched) == 2
+
+
+@needs_triton
+def test_the_fused_kernel_s_scratch_stays_within_its_l2_budget_for_every_tile(monkeypatch):
+    """A 128-row tile launches half the programs of a 64-row one, so the scratch (2 x rows x 256
+    fp32 a program at width 256) is FUSED_TILE's: 34.6 MB for an H100's 132 SMs, not 69 MB
+    (its L2 holds 50 MB)."""
+    from kernels import triton_mlp as tm
+
+    resident = 132 * tm.FUSED_PROGRAMS_PER_SM
+    assert [tm.fused_programs(resident, bm) for bm in (32, 64, 128)] == [resident, resident, resident // 2]
+    monkeypatch.setattr(tm, "_resident_programs", lambda device: resident)
+    monkeypatch.setattr(tm, "_fused_tuned", object())  # (as on a GPU: any candidate tile may launch)
+    E, B, H, meta = 7, 65536, 256, torch.device("meta")
+    weights = [torch.empty(E, 23, H, device=meta), torch.empty(E, H, H, device=meta), torch.empty(E, H, 36, device=meta)]
+    biases = [torch.empty(E, w.shape[2], device=meta) for w in weights]
+    with tm.captured_launches() as seen:
+        tm._fused_forward(torch.empty(E, B, 23, device=meta), weights, biases, None, 1, 1, None)
+    scratch = seen[0].args[6]
+    assert scratch.numel() * 4 == resident * tm.FUSED_TILE[0] * 2 * H * 4 <= 35e6
 
 
 def test_bf16_copies_follow_a_fused_optimiser_step():
@@ -421,3 +483,31 @@ def test_bf16_copies_of_weights_are_cast_once_and_follow_in_place_changes():
                                                         precision="bf16"), torch.bmm(x, w), rtol=2e-2, atol=5e-2)
     w.data = torch.zeros(3, 8, 4)  # new storage, the same version: seen too
     assert torch.equal(cpu._bf16(w), torch.zeros(3, 8, 4, dtype=torch.bfloat16))
+
+
+def test_tune_cpu_times_the_variants_at_the_precision_asked(capsys):
+    from kernels import tune_cpu
+
+    rows = tune_cpu.main(["-E", "2", "--hidden", "16", "-B", "4", "300", "--chunks", "128", "--reps", "1",
+                          "--precision", "bf16"])
+    assert [(r["pass"], r["B"]) for r in rows] == [("fwd", 4), ("fwd", 300), ("fwd+bwd", 4), ("fwd+bwd", 300)]
+    assert set(rows[1]["ms"]) == {"baddbmm_inference", "loop_inference", "baddbmm", "loop", "loop_inference/chunk128"}
+    assert all(r["best"] == min(r["ms"], key=r["ms"].get) for r in rows)
+    assert "fwd     bf16 E=2 hidden=16 B=   300" in capsys.readouterr().out
+    x, (ws, bs) = torch.randn(2, 5, 23), tune_cpu._params(2, 16, False)
+    for name in ("baddbmm_inference", "loop_inference"):  # what it times is what precision="bf16" computes
+        torch.testing.assert_close(cpu.run_variant(name, x, ws, bs, precision="bf16"),
+                                   reference.bf16_hidden(reference.ensemble_mlp, x, ws, bs, "silu", None),
+                                   atol=1e-2, rtol=1e-2)
+
+
+def test_the_kernel_bench_rotates_operands_past_the_caches_at_every_precision():
+    """Small cells rotate enough pools that no call finds its inputs and weights in cache (bf16
+    operands are counted at 2 bytes: a pool sized as fp32 would be half as large)."""
+    from kernels import bench
+
+    w = bench.widths(200)
+    for dtype, itemsize in (("fp32", 4), ("bf16", 2)):
+        _, n = bench.make_call(bench.Case("baddbmm", 7, 1, 200, dtype, bench.PASSES[0]), "cpu")
+        set_bytes = itemsize * 7 * (bench.IN + sum(a * b + b for a, b in zip(w[:-1], w[1:])))
+        assert n * set_bytes >= bench.pool_bytes("cpu") > (n - 1) * set_bytes
