@@ -17,8 +17,10 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 # Held by every launch through Triton's autotuner (it keeps per-call state, and tuning times its
 # candidates with device syncs) and, by planners.graph, across a CUDA graph's warm-up and capture:
-# a learning thread's first launch of a new shape waits for the capture instead of syncing the
-# device under it. Re-entrant: the capturing thread's own launches take it again.
+# another thread's tuning of a new shape waits for the capture instead of syncing the device under
+# it, and so does any of its autotuned launches (a learning thread stalls for the capture's
+# warm-up, compiles included: seconds, once per new planning shape). Re-entrant: the capturing
+# thread's own launches take it again.
 TUNING_LOCK = threading.RLock()
 
 # Test hook: when True every output buffer a kernel writes into starts as NaN, so an element

@@ -152,8 +152,9 @@ def measure_peak(device: str, dtype: str) -> float:
     return 2 * n**3 / ms / 1e6
 
 
-def capture(fn: Callable[[], object], warmup: int = 1) -> torch.cuda.CUDAGraph:
-    """fn captured in a CUDA graph, after warm-up calls on a side stream (as torch's graph docs ask)."""
+def capture(fn: Callable[[], object], warmup: int = 1, pool=None) -> torch.cuda.CUDAGraph:
+    """fn captured in a CUDA graph, after warm-up calls on a side stream (as torch's graph docs ask);
+    pool: a memory pool shared with other graphs replayed one at a time (torch.cuda.graph_pool_handle())."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.no_grad():
@@ -161,7 +162,7 @@ def capture(fn: Callable[[], object], warmup: int = 1) -> torch.cuda.CUDAGraph:
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
+    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
         fn()
     return graph
 
@@ -209,7 +210,7 @@ def applicable(c: Case, device: str) -> bool:
 
 def pool_bytes(device: str) -> float:
     """What the rotated inputs and weights of a case add up to at least: 64 MB, and on a GPU four
-    times its L2 (an H100's 50 MB, an H200's 60), so no call finds its operands in cache."""
+    times its L2 (50 MB on an H100 or H200), so no call finds its operands in cache."""
     if device == "cuda":
         return max(64e6, 4 * getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0))
     return 64e6
@@ -240,7 +241,9 @@ def make_call(c: Case, device: str) -> tuple[Callable[[int], None], int]:
 
     if c.variant == "ours_graph":  # a graph per pool entry: its weights rotate as the other variants' do
         inputs = [x.clone() for x, _, _ in pools]
-        graphs = [capture(lambda x=x, ws=ws, bs=bs: f(x, ws, bs), warmup=3) for x, (_, ws, bs) in zip(inputs, pools)]
+        pool = torch.cuda.graph_pool_handle()  # (one memory pool: the graphs replay one at a time)
+        graphs = [capture(lambda x=x, ws=ws, bs=bs: f(x, ws, bs), warmup=3, pool=pool)
+                  for x, (_, ws, bs) in zip(inputs, pools)]
 
         def call(i):
             inputs[i].copy_(pools[(i + 1) % n_inputs][0])  # a new observation batch each step, as a planner would

@@ -1,8 +1,8 @@
 """Build the Triton kernels for an H100 (sm_90) without a GPU and report their resources.
 
-python -m kernels.compile_check [--arch 90] [--all-tiles]: runs the launchers of the
-in=23 -> 200 x4 -> 36 network at B=65536 (inference, and a training forward and backward) on
-meta tensors, keeps each launch they would make (`kernels.triton_mlp.captured_launches`), and
+python -m kernels.compile_check [--arch 90] [--all-tiles]: runs the launchers of the dynamics
+model (7 x 23 -> 200 x4 -> 36) and a critic ensemble (10 x 23 -> 256 x3 -> 1) at 256 and 65,536
+rows per member (inference, and a training forward and backward) on meta tensors, keeps each launch they would make (`kernels.triton_mlp.captured_launches`), and
 compiles it through Triton's own pipeline and bundled ptxas with the specialisation Triton gives
 those arguments at launch (int32 or int64, a stride of 1 folded in as a constant, 16-divisible
 values and aligned pointers marked), then prints shared memory, registers per thread and spill
@@ -14,6 +14,7 @@ needs a GPU: python -m kernels.bench).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import triton_mlp as tm
-from kernels.bench import IN, OUT, widths
+from kernels.bench import IN, widths
 
 _KERNEL_NAMES = {"_fused_mlp_kernel": "fused", "_linear_kernel": "linear", "_gaussian_kernel": "gaussian head"}
 
@@ -87,29 +88,34 @@ def _label(launch: tm.Launch) -> str:
     return f"{name} {what} {shape} {prec} {tile} w{launch.num_warps}"
 
 
-def launches(B: int = 65536, hidden: int = 200, E: int = 7) -> list[tm.Launch]:
-    """Every distinct launch of the network's inference (fused where it may) and training step
-    (per-layer forward storing pre-activations, then the backward) in tf32 and bf16, and fp32's
-    per-layer kernels, on meta tensors: nothing is allocated or run."""
+# (members, widths in -> hidden... -> out, Gaussian heads built): the dynamics model of the
+# benchmarks (kernels.bench) and a RAVL critic ensemble (10 critics of 3 x 256, one output)
+NETWORKS = {"model": (7, widths(200), (False, True)), "critics": (10, [IN, 256, 256, 256, 1], (False,))}
+
+
+def launches(batches: tuple[int, ...] = (256, 65536)) -> list[tm.Launch]:
+    """Every distinct launch of NETWORKS' inference (fused where it may) and training step
+    (per-layer forward storing pre-activations, then the backward, the input's gradient
+    included) in fp32, tf32 and bf16 at each batch (rows per member), on meta tensors: nothing
+    is allocated or run."""
     meta = torch.device("meta")
-    w = widths(hidden)
-    members = torch.arange(E, device=meta)
     kept: dict[tuple, tm.Launch] = {}
-    for prec in ("fp32", "tf32", "bf16"):
-        code = tm.PREC_CODES[prec]
-        for gauss in (False, True):
+    for E, w, heads in NETWORKS.values():
+        members = torch.arange(E, device=meta)
+        for B, prec, gauss in itertools.product(batches, ("fp32", "tf32", "bf16"), heads):
+            code, silu = tm.PREC_CODES[prec], tm.ACT_CODES["silu"]
             weights = [torch.empty(E, a, b, device=meta) for a, b in zip(w[:-1], w[1:])]
             biases = [torch.empty(E, b, device=meta) for b in w[1:]]
-            bounds = (torch.empty(E, OUT // 2, device=meta),) * 2 if gauss else None
-            x = torch.empty(E, B, IN, device=meta)
+            bounds = (torch.empty(E, w[-1] // 2, device=meta),) * 2 if gauss else None
+            x = torch.empty(E, B, w[0], device=meta)
             with tm.captured_launches() as seen:
                 if tm.fusable(x, weights, prec):  # inference: as kernels.ensemble_mlp takes it
-                    tm._fused_forward(x, weights, biases, members, tm.ACT_CODES["silu"], code, bounds)
+                    tm._fused_forward(x, weights, biases, members, silu, code, bounds)
                 else:
-                    tm._layers_forward(x, weights, biases, members, tm.ACT_CODES["silu"], code, bounds, save=False)
+                    tm._layers_forward(x, weights, biases, members, silu, code, bounds, save=False)
                 params = [t.requires_grad_() for t in (*weights, *biases)]
-                out = tm._EnsembleMLPFunction.apply(x.requires_grad_(), members, tm.ACT_CODES["silu"], code,
-                                                    gauss, len(weights), *params, *(bounds or ()))
+                out = tm._EnsembleMLPFunction.apply(x.requires_grad_(), members, silu, code, gauss, len(weights),
+                                                    *params, *(bounds or ()))
                 outs = out if gauss else (out,)
                 torch.autograd.grad(outs, [x, *params], [torch.empty_like(o) for o in outs])
             for launch in seen:
@@ -140,7 +146,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
     ap.add_argument("--all-tiles", action="store_true", help="every tile the autotuner may time, not only the heuristic one")
     args = ap.parse_args(argv)
-    print(f"sm_{args.arch}, triton {triton.__version__}, B=65536, 23 -> 200 x4 -> 36, as launched")
+    print(f"sm_{args.arch}, triton {triton.__version__}; the launches of 7 x 23 -> 200 x4 -> 36 and 10 x 23 -> 256 x3 -> 1 "
+          "at 256 and 65,536 rows, as launched")
     print(f"{'kernel / config':44s} {'smem B':>8s} {'regs':>5s} {'spill B':>8s} wgmma")
     rows = []
     for launch in launches():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -442,7 +443,7 @@ def tuned_choices() -> dict[str, dict[str, str]]:
 
 
 _recording: list[str] | None = None  # recorded_tiles(): the tiles of each launch, while recording
-_capturing_launches: list[Launch] | None = None  # captured_launches(): launches kept, not run
+_capturing_launches = threading.local()  # .launches: captured_launches()'s list in this thread (kept, not run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,12 +463,12 @@ def captured_launches() -> Iterator[list[Launch]]:
     """Inside, every launch is kept as a Launch (with the heuristic tiles) and not run: the
     arguments a call would pass, so `kernels.compile_check` builds each kernel with the
     specialisation a real launch gets (from meta tensors, without a GPU)."""
-    global _capturing_launches
-    kept, _capturing_launches = _capturing_launches, []
+    kept = getattr(_capturing_launches, "launches", None)
+    _capturing_launches.launches = []
     try:
-        yield _capturing_launches
+        yield _capturing_launches.launches
     finally:
-        _capturing_launches = kept
+        _capturing_launches.launches = kept
 
 
 @contextlib.contextmanager
@@ -482,7 +483,6 @@ def recorded_tiles() -> Iterator[list[str]]:
         _recording = kept
 
 
-
 def _tuned_key(tuned, args: tuple, kwargs: dict) -> tuple:
     """The autotuner's cache key for this launch (as triton.runtime.autotuner.Autotuner.run builds it)."""
     given = {k: v for k, v in {**dict(zip(tuned.arg_names, args)), **kwargs}.items() if k in tuned.arg_names}
@@ -492,8 +492,9 @@ def _tuned_key(tuned, args: tuple, kwargs: dict) -> tuple:
 def _launch(kernel, tuned, grid, args, kwargs, heuristic: dict, warps: int, stages: int) -> None:
     """Launch `kernel` with the autotuner's tiles (when tuning) or the heuristic ones. While a CUDA
     graph is being captured a key not tuned yet takes the heuristic tiles (timing would sync)."""
-    if _capturing_launches is not None:
-        _capturing_launches.append(Launch(kernel, args, {**kwargs, **heuristic}, warps, stages))
+    captured = getattr(_capturing_launches, "launches", None)
+    if captured is not None:
+        captured.append(Launch(kernel, args, {**kwargs, **heuristic}, warps, stages))
         return
     if tuned is not None and _common._capturing(args[0]):
         with _common.TUNING_LOCK:
@@ -656,14 +657,14 @@ def fused_programs(resident: int, block_m: int) -> int:
     """Programs of a fused launch with row block block_m: `resident` for FUSED_TILE's rows or fewer,
     proportionally fewer for larger blocks, so the scratch (2 x block_m x 4*CH fp32 a program)
     stays within what FUSED_TILE's programs hold and in L2 (128 rows at 2 programs per SM
-    would need 67 MB on an H100's 132 SMs against its 50 MB of L2)."""
+    would need 69 MB on an H100's 132 SMs against its 50 MB of L2)."""
     return max(1, resident * FUSED_TILE[0] // max(block_m, FUSED_TILE[0]))
 
 
 def _resident_programs(device: torch.device) -> int:
-    """Programs of the persistent fused kernel: a few per SM on a GPU (each holds 2 x 64 KiB or
-    less of scratch and one tile's accumulators), so its scratch stays in L2; under the
-    interpreter, one per tile (no cap)."""
+    """Programs of the persistent fused kernel with FUSED_TILE's rows: a few per SM on a GPU (each
+    holds 2 x 64 rows x 256 fp32 of scratch at most, and one tile's accumulators), so its scratch
+    stays in L2 (larger tiles launch fewer: fused_programs); under the interpreter, one per tile."""
     if device.type != "cuda":
         return 1 << 30
     return FUSED_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
