@@ -72,8 +72,7 @@ def make_planner(name: str, model, spec, buffer=None, terminal_value=None, **set
 def learned_agent(planner: Planner) -> SAC | None:
     """The SAC a planner learns: an MPC planner's learned value or a Dyna planner's agent (None:
     neither, e.g. behaviour cloning or MPC without a value)."""
-    agent = getattr(planner, "value_agent", None) or getattr(planner, "agent", None)
-    return agent if isinstance(agent, SAC) else None
+    return planner.learned if isinstance(planner.learned, SAC) else None
 
 
 def load_pretrained_agent(planner: Planner, saved: dict) -> str | None:

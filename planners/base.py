@@ -32,6 +32,26 @@ class Planner(ABC):
         config asks for symmetric_sampling, else None (uniform over the buffer)."""
         return self.prior_rows if getattr(self.config, "symmetric_sampling", False) else None
 
+    # the attribute holding the SAC that learn() trains from real transitions (an MPC planner's
+    # learned value, a Dyna planner's agent; None: none): a background learner (planners.learning)
+    # trains a copy of it with learning_batch, learn_updates_per_step updates a real transition,
+    # and swaps it in
+    LEARNED: str | None = None
+
+    @property
+    def learned(self):
+        """The SAC that learn() trains (LEARNED's), or None."""
+        return getattr(self, self.LEARNED, None) if self.LEARNED else None
+
+    @property
+    def learn_updates_per_step(self) -> int:
+        """The learned SAC's updates per real transition (learn()'s default count)."""
+        return 0
+
+    def learning_batch(self, agent) -> TensorDict:
+        """A batch for `agent` (the learned SAC, or a background learner's copy of it)."""
+        raise NotImplementedError(f"{type(self).__name__} learns no SAC from real transitions")
+
     # the attributes reset() clears (warm starts, the last action): what an evaluation in the middle
     # of a training episode puts back afterwards (episode_state)
     EPISODE_STATE: tuple[str, ...] = ()

@@ -77,6 +77,8 @@ class Dyna(Planner):
     """Acts with the agent's policy; learns it from imagined rollouts (`learn`) and refits the
     model on every observed real transition (`update`)."""
 
+    LEARNED = "agent"
+
     def __init__(self, model, spec: TaskSpec, config: DynaConfig, buffer: ReplayBuffer | None = None):
         self.model, self.spec, self.config = model, spec, config
         self.buffer = buffer if buffer is not None else ReplayBuffer(spec.obs_dim, spec.act_dim)
@@ -117,9 +119,19 @@ class Dyna(Planner):
         """`updates` agent gradient steps (default: updates_per_step), with a rollout round every
         `rollout_every`; returns the last step's losses and the last rollout's statistics."""
         stats: dict[str, float] = {}
-        for _ in range(self.config.updates_per_step if updates is None else updates):
-            stats = self.agent.update(self.imagination.batch(self.agent, self.agent.config.batch_size, self.symmetric_split))
+        for _ in range(self.learn_updates_per_step if updates is None else updates):
+            stats = self.agent.update(self.learning_batch(self.agent))
         return {**stats, **self.last_rollout}
+
+    @property
+    def learn_updates_per_step(self) -> int:
+        return self.config.updates_per_step
+
+    def learning_batch(self, agent: SAC) -> TensorDict:
+        """A batch for `agent` (the planner's, or a background learner's copy): real_ratio of real
+        transitions (half offline, half new with symmetric_sampling), the rest imagined with that
+        agent's policy, a rollout round first when one is due."""
+        return self.imagination.batch(agent, agent.config.batch_size, self.symmetric_split)
 
     # ---------------------------------------------------------------- imagination
 

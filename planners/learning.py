@@ -137,9 +137,10 @@ class BackgroundLearner(Learner):
     puts them in the agent's buffer and, every `train_every` new ones, fits a copy of the model
     (`agent.refit_settings`: warm-started for refit_epochs, or a first fit) and swaps it into the
     controller between two plans, then calls `on_swap(version, metrics)`. The planner's learned
-    value (MPC planners with value_learning) keeps pace with the robot as FOWM's does: whenever
-    the thread is otherwise idle it trains its own copy, `planner.config.value_updates_per_step`
-    updates per real transition added, and swaps a copy in every `VALUE_SWAP_EVERY` updates
+    SAC (`planner.learned`: an MPC planner's learned value, a Dyna planner's agent) keeps pace with
+    the robot as FOWM's value does: whenever the thread is otherwise idle it trains its own copy,
+    `planner.learn_updates_per_step` updates per real transition added (batches from
+    `planner.learning_batch`), and swaps a copy in every `VALUE_SWAP_EVERY` updates
     (`on_swap(version, None)`), so value learning does not wait for the slow refits; a refit swaps
     the value as it stands too. After each swap that brought value updates, `on_value(version,
     stats)`: their mean SAC.update stats (losses, Q, temperature, entropy, ...) and `value_updates`.
@@ -165,8 +166,7 @@ class BackgroundLearner(Learner):
         self._value = None  # the learned value this thread trains (a copy of the planner's)
         self._value_stats: dict[str, float] = {}  # the sums of the unswapped updates' stats
         self._abort = threading.Event()  # stop() ran out of grace: drop what is left
-        has_value = getattr(self.planner, "value_agent", None) is not None
-        self._value_rate = self.planner.config.value_updates_per_step if has_value else 0
+        self._value_rate = self.planner.learn_updates_per_step if self.planner.learned is not None else 0
 
     def _refit(self) -> None:
         """Fit a copy of the model on the buffer (Agent.refit_data); swap it in (with the learned value
@@ -178,7 +178,7 @@ class BackgroundLearner(Learner):
         data, new_rows = self.agent.refit_data(model, new)
         metrics = model.fit(data, **self.agent.refit_settings(model, progress=False, new_rows=new_rows))
         self.agent.fit_written = written
-        swapped = {} if self._value is None else {"value_agent": self._value}  # (apply_swap copies it)
+        swapped = {} if self._value is None else {self.planner.LEARNED: self._value}  # (apply_swap copies it)
         stats = self._take_value_stats()
         version = self.controller.swap(model, **swapped)
         if getattr(self.planner, "imagination", None) is not None:
@@ -195,12 +195,12 @@ class BackgroundLearner(Learner):
         """The updates owed to this thread's learned value, up to the next VALUE_SWAP_EVERY-th since
         the last swap (then the queue is looked at again); a copy swapped in once they have gathered."""
         if self._value is None:
-            self._value = copy.deepcopy(self.planner.value_agent)
+            self._value = copy.deepcopy(self.planner.learned)
         n = min(self._value_owed(), self.VALUE_SWAP_EVERY - self._unswapped)
         for _ in range(n):
             if self._abort.is_set():
                 return
-            for key, x in self._value.update(self.planner.value_batch(self._value)).items():
+            for key, x in self._value.update(self.planner.learning_batch(self._value)).items():
                 self._value_stats[key] = self._value_stats.get(key, 0.0) + x
             self.value_updates += 1
             self._unswapped += 1
@@ -216,7 +216,7 @@ class BackgroundLearner(Learner):
 
     def _swap_value(self) -> None:
         stats = self._take_value_stats()
-        version = self.controller.swap(value_agent=self._value)  # (apply_swap copies it)
+        version = self.controller.swap(**{self.planner.LEARNED: self._value})  # (apply_swap copies it)
         if self.on_swap is not None:
             self.on_swap(version, None)
         self._report_value(version, stats)

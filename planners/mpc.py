@@ -110,6 +110,7 @@ class MPCPlanner(Planner):
     """
 
     graphable = True  # whether optimize() depends only on (obs, warm start, previous action, RNG)
+    LEARNED = "value_agent"
 
     def __init__(self, model, spec: TaskSpec, config: MPCConfig,
                  terminal_value: Callable[[Tensor], Tensor] | None = None, buffer: ReplayBuffer | None = None):
@@ -221,15 +222,18 @@ class MPCPlanner(Planner):
         if self.value_agent is None or len(self.buffer) == 0:
             return {}
         stats: dict[str, float] = {}
-        for _ in range(self.config.value_updates_per_step if updates is None else updates):
-            stats = self.value_agent.update(self.value_batch())
+        for _ in range(self.learn_updates_per_step if updates is None else updates):
+            stats = self.value_agent.update(self.learning_batch(self.value_agent))
         return {**stats, **(self.imagination.last_rollout if self.imagination is not None else {})}
 
-    def value_batch(self, agent: SAC | None = None) -> TensorDict:
-        """A batch for the learned value `agent` (default: the planner's; a background learner trains
-        a copy): real transitions (half offline, half new with symmetric_sampling) and, with
+    @property
+    def learn_updates_per_step(self) -> int:
+        return self.config.value_updates_per_step if self.value_agent is not None else 0
+
+    def learning_batch(self, agent: SAC) -> TensorDict:
+        """A batch for the learned value `agent` (the planner's, or a background learner's copy):
+        real transitions (half offline, half new with symmetric_sampling) and, with
         value_imagination, imagined ones rolled out with that agent's policy when a round is due."""
-        agent = agent if agent is not None else self.value_agent
         if self.imagination is not None:
             return self.imagination.batch(agent, agent.config.batch_size, self.symmetric_split)
         return self.buffer.sample(agent.config.batch_size, self.symmetric_split).to(self.model.device)

@@ -284,16 +284,18 @@ class Swapper:
 
 
 def apply_swap(planner, attributes: dict) -> None:
-    """Set a swap's attributes on `planner` (between two plans). A learned value is copied: loaded
-    into the planner's own (in place: a captured CUDA graph of the planning step keeps reading its
-    weights), or deep-copied where the planner has none of its kind, so the learner goes on
-    training its own; anything else, a model among them, replaces the attribute."""
+    """Set a swap's attributes on `planner` (between two plans). The learned SAC (planner.LEARNED:
+    an MPC planner's learned value, a Dyna planner's agent) is copied: loaded into the planner's own
+    (in place: a captured CUDA graph of the planning step keeps reading its weights), or deep-copied
+    where the planner has none of its kind, so the learner goes on training its own; anything else,
+    a model among them, replaces the attribute."""
     for name, value in attributes.items():
         current = getattr(planner, name, None)
-        if name == "value_agent" and current is not None and type(current) is type(value):
+        learned = name == planner.LEARNED
+        if learned and current is not None and type(current) is type(value):
             current.load_training_state(value.training_state())
         else:
-            setattr(planner, name, copy.deepcopy(value) if name == "value_agent" else value)
+            setattr(planner, name, copy.deepcopy(value) if learned else value)
 
 
 def new_queue():

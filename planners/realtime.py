@@ -496,18 +496,18 @@ _REMOVED_KEYS = ("value_updates",)
 
 
 def _validate(cfg) -> None:
-    from planners import MPC_PLANNERS
+    from planners import DYNA_PLANNERS, MPC_PLANNERS
     from worldmodel.config import check_counts, check_paths
 
     check_counts(cfg, {"real_steps": 1, "train_every": 1, "fit_epochs": 1, "eval_episodes": 1, "plan_threads": 1,
                        "seed_steps": 0, "seed": 0}, {"fit_steps": 1})  # fmt: skip
     if any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= cfg.real_steps for n in cfg.eval_at):
         raise ValueError(f"eval_at must list real-step counts in [0, real_steps={cfg.real_steps}], got {list(cfg.eval_at)}")
-    if cfg.planner.name not in MPC_PLANNERS:  # (Dyna and BC act with a policy only planner.learn trains)
-        raise ValueError(f"planner={cfg.planner.name}: the real-time loop refits the model and an MPC planner's "
-                         "learned value in the background, never a Dyna or BC policy, which would act untrained; use "
-                         f"planner={'|'.join(MPC_PLANNERS)} here (pretrained=<run dir> brings a Dyna run's model "
-                         "and critics), or python -m worldmodel.run for this planner")
+    if cfg.planner.name not in (*MPC_PLANNERS, *DYNA_PLANNERS):  # (behaviour cloning learns nothing online)
+        raise ValueError(f"planner={cfg.planner.name}: the real-time loop refits the model and trains an MPC "
+                         "planner's learned value or a Dyna planner's agent in the background; behaviour cloning "
+                         f"learns neither: use planner={'|'.join((*MPC_PLANNERS, *DYNA_PLANNERS))} here, or python -m "
+                         "worldmodel.run for this planner")
     if cfg.worker not in WORKERS:
         raise ValueError(f"worker must be one of {list(WORKERS)}, got {cfg.worker!r}")
     check_paths(cfg, ("pretrained", "dataset"))

@@ -305,7 +305,7 @@ def test_an_mpc_value_learns_from_real_and_penalised_imagined_rows(ratio):
                                     penalty=0.5)  # fmt: skip
     planner.observe(real_data(100, reward=1000.0))
     assert (planner.imagination is None) == (ratio == 1.0)
-    batch = planner.value_batch()
+    batch = planner.learning_batch(planner.value_agent)
     real = batch["reward"] > 500
     assert len(batch) == 64 and real.sum() == round(64 * ratio)
     assert torch.allclose(batch["reward"][~real], torch.full(((~real).sum(),), 0.5), atol=0.02)
@@ -322,7 +322,7 @@ def test_an_mpc_value_imagines_with_the_policy_of_the_agent_it_trains():
     planner.observe(real_data(100))
     trained = copy.deepcopy(planner.value_agent)
     trained.act = lambda obs, deterministic=False: torch.full((obs.shape[0], A), 0.7)
-    planner.value_batch(trained)
+    planner.learning_batch(trained)
     assert torch.equal(planner.imagination.model_buffer.data()["action"], torch.full((100, A), 0.7))
 
 

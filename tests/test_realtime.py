@@ -2,6 +2,7 @@
 stalls, safety limits, NaN, model swaps under load, the watchdog; planning in a thread and in
 a process of its own."""
 
+import itertools
 import json
 import math
 import os
@@ -744,13 +745,40 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
     RunDirLock(robot).release()  # (raises "in use" if the failed resume kept the lock)
 
 
-@pytest.mark.parametrize("planner", ["mopo", "bc"])
-def test_the_robot_command_refuses_planners_whose_policy_it_would_never_train(tmp_path, planner):
+def test_the_robot_command_refuses_behaviour_cloning_which_learns_nothing_online(tmp_path):
     from planners.realtime import main
 
-    with pytest.raises(SystemExit, match=f"planner={planner}: .*never a Dyna or BC policy"):
-        main(["env=hopper", f"planner={planner}", "real_steps=10", f"run_dir={tmp_path / 'rt'}"])
+    with pytest.raises(SystemExit, match="planner=bc: .*behaviour cloning learns neither"):
+        main(["env=hopper", "planner=bc", "real_steps=10", f"run_dir={tmp_path / 'rt'}"])
     assert not (tmp_path / "rt").exists()
+
+
+def test_a_dyna_agent_acts_on_the_robot_and_its_policy_fine_tunes_in_the_background(tmp_path):
+    """A pretrained MOPO agent deployed as it is (its policy acts; no planning): the learning worker
+    refits the model and trains a copy of the agent from real and imagined rows
+    (planner.updates_per_step a real transition), swapping it in; the robot run's agent.pt is a
+    pretrained MOPO agent again."""
+    from planners.agent import Agent
+    from planners.realtime import main
+    from worldmodel.run import main as run
+
+    sim = tmp_path / "sim"
+    run(["planner=mopo", "env=hopper", "env_steps=120", "seed_steps=60", "train_every=60", "eval_every=120",
+         "env.max_episode_steps=100", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2",
+         "model.hidden=32", "planner.updates_per_step=1", "planner.rollout_batch_size=64",
+         "planner.agent.hidden=32", f"run_dir={sim}"])  # fmt: skip
+    robot = tmp_path / "robot"
+    summary = main([*[a for a in REALTIME_TINY if not a.startswith("planner.")], "planner=mopo",
+                    "planner.updates_per_step=2", "planner.rollout_batch_size=64", "planner.agent.hidden=32",
+                    "real_steps=120", f"pretrained={sim}", "worker=process", f"run_dir={robot}"])  # fmt: skip
+    assert summary["status"] == "finished" and summary["seed_actions"] == 0 and summary["refits"] >= 1
+    assert summary["value_updates"] >= 100 and summary["fresh_rate"] > 0.5  # (a policy plans in a millisecond)
+    spec = make_env("hopper").task_spec
+    settings = {"name": "mopo", "agent": {"hidden": 32}}
+    before, after = Agent(spec, settings, pretrained=sim), Agent(spec, settings, pretrained=robot)
+    assert after.loaded == "agent" and after.planner.agent.updates > before.planner.agent.updates
+    obs = torch.randn(8, 11)
+    assert not torch.equal(before.planner.act(obs, True), after.planner.act(obs, True))
 
 
 def test_bad_robot_settings_or_an_unreadable_pretrained_file_fail_before_any_file(tmp_path):
@@ -1049,8 +1077,9 @@ def test_leaving_the_learner_on_an_interrupt_ends_a_busy_worker_after_its_grace(
 
 
 def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():
-    """apply_swap loads a learned value into the planner's own (in place), or deep-copies it where
-    the planner has none: either way the learner's object stays its own."""
+    """apply_swap loads the learned SAC (planner.LEARNED: an MPC planner's value, a Dyna planner's
+    agent) into the planner's own (in place), or deep-copies it where the planner has none: either
+    way the learner's object stays its own."""
     from types import SimpleNamespace
 
     from planners import SAC, SACConfig
@@ -1058,16 +1087,17 @@ def test_a_swapped_value_is_a_copy_the_learner_may_keep_training():
 
     low, high = -torch.ones(2), torch.ones(2)
     learners = SAC(3, low, high, SACConfig(hidden=8))
-    for planner in (SimpleNamespace(value_agent=None), SimpleNamespace(value_agent=SAC(3, low, high, SACConfig(hidden=8)))):
-        before = planner.value_agent
-        apply_swap(planner, {"value_agent": learners})
-        assert planner.value_agent is not learners and (before is None or planner.value_agent is before)
-        swapped = [p.clone() for p in planner.value_agent.parameters()]
+    for name, own in itertools.product(("value_agent", "agent"), (None, SAC(3, low, high, SACConfig(hidden=8)))):
+        planner = SimpleNamespace(LEARNED=name, **{name: own})
+        apply_swap(planner, {name: learners})
+        held = getattr(planner, name)
+        assert held is not learners and (own is None or held is own)
+        swapped = [p.clone() for p in held.parameters()]
         assert all(torch.equal(a, b) for a, b in zip(swapped, learners.parameters()))
         with torch.no_grad():
             for p in learners.parameters():
                 p.add_(1.0)  # the learner trains on
-        assert all(torch.equal(a, b) for a, b in zip(swapped, planner.value_agent.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(swapped, held.parameters()))
 
 
 def test_a_stalled_disk_delays_the_log_never_the_control_loop(hopper, tmp_path, monkeypatch):
