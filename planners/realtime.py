@@ -486,8 +486,44 @@ def _load_config(argv: list[str]):
     compose = lambda args: compose_config("realtime", args, __doc__, open_keys=("env",),  # noqa: E731
                                           groups={"planner": planner_defaults()})  # fmt: skip
     if resume is None:
-        return compose(argv), None
+        cfg = compose(argv)
+        _inherit_planner(cfg, argv)
+        return cfg, None
     return resumed_config(resume, argv, compose, removed=_REMOVED_KEYS), Path(resume)
+
+
+def _inherit_planner(cfg, argv: list[str]) -> None:
+    """A Dyna planner deployed from a pretrained run of the same planner takes that run's planner
+    settings (its penalty, rollouts, real ratio, agent sizes: the agent as it was trained), except
+    those given on the command line (planner.<key>=...)."""
+    from omegaconf import OmegaConf
+
+    from planners import DYNA_PLANNERS
+
+    saved = Path(str(cfg.pretrained)) / "config.yaml" if cfg.get("pretrained") else None
+    if cfg.planner.name not in DYNA_PLANNERS or saved is None or not saved.is_file():
+        return
+    trained = OmegaConf.load(saved).get("planner") or {}
+    if trained.get("name") != cfg.planner.name:
+        return
+    given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
+
+    def flat(node, prefix=""):  # dotted keys of the trained run's settings, nested ones (agent.*) each
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    trained = OmegaConf.to_container(trained, resolve=True)
+    inherited = {k: v for k, v in flat(trained) if k != "name" and k.split(".")[0] in cfg.planner
+                 and not any(k == g or k.startswith(g + ".") for g in given)}
+    changed = sorted(k for k, v in inherited.items() if OmegaConf.select(cfg.planner, k) != v)
+    for key, value in inherited.items():
+        OmegaConf.update(cfg.planner, key, value, force_add=True)
+    if changed:
+        print(f"planner={cfg.planner.name}: the settings {saved.parent} was trained with: "
+              + ", ".join(f"{k}={inherited[k]}" for k in changed) + " (planner.<key>=... overrides)")
 
 
 # settings a saved run may hold that are gone: value_updates (per refit) became the planner's own

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from planners import MPPI, MPPIConfig
 from planners.processes import Plan, PlanMaker
@@ -754,10 +755,10 @@ def test_the_robot_command_refuses_behaviour_cloning_which_learns_nothing_online
 
 
 def test_a_dyna_agent_acts_on_the_robot_and_its_policy_fine_tunes_in_the_background(tmp_path):
-    """A pretrained MOPO agent deployed as it is (its policy acts; no planning): the learning worker
-    refits the model and trains a copy of the agent from real and imagined rows
-    (planner.updates_per_step a real transition), swapping it in; the robot run's agent.pt is a
-    pretrained MOPO agent again."""
+    """A pretrained MOPO agent deployed as it is (its policy acts; no planning), with the planner
+    settings it was trained with but those given: the learning worker refits the model and trains a
+    copy of the agent from real and imagined rows (planner.updates_per_step a real transition),
+    swapping it in; the robot run's agent.pt is a pretrained MOPO agent again."""
     from planners.agent import Agent
     from planners.realtime import main
     from worldmodel.run import main as run
@@ -769,9 +770,12 @@ def test_a_dyna_agent_acts_on_the_robot_and_its_policy_fine_tunes_in_the_backgro
          "planner.agent.hidden=32", f"run_dir={sim}"])  # fmt: skip
     robot = tmp_path / "robot"
     summary = main([*[a for a in REALTIME_TINY if not a.startswith("planner.")], "planner=mopo",
-                    "planner.updates_per_step=2", "planner.rollout_batch_size=64", "planner.agent.hidden=32",
-                    "real_steps=120", f"pretrained={sim}", "worker=process", f"run_dir={robot}"])  # fmt: skip
+                    "planner.updates_per_step=2", "planner.agent.actor_anchor=0.1", "real_steps=120",
+                    f"pretrained={sim}", "worker=process", f"run_dir={robot}"])  # fmt: skip
     assert summary["status"] == "finished" and summary["seed_actions"] == 0 and summary["refits"] >= 1
+    planner = OmegaConf.load(robot / "config.yaml").planner  # the sim run's, but for what was given
+    assert planner.agent.hidden == 32 and planner.rollout_batch_size == 64 and planner.agent.actor_anchor == 0.1
+    assert planner.updates_per_step == 2
     assert summary["value_updates"] >= 100 and summary["fresh_rate"] > 0.5  # (a policy plans in a millisecond)
     spec = make_env("hopper").task_spec
     settings = {"name": "mopo", "agent": {"hidden": 32}}
