@@ -19,6 +19,9 @@
 #       planner.value_imagination.uncertainty_include_reward=true" docs/results/scripts/finetune_chain.sh hopper 20 0 1 2
 #       (ROBOT_ARGS: the robot runs' extra overrides; here the value keeps MOPO's recipe, imagined rows
 #       with its penalty, as the agent was trained offline)
+#   AGENT=runs/offline/hopper-medium-replay-200k/mopo-s0 TAG=-200k-policy PLANNER=mopo docs/results/scripts/finetune_chain.sh hopper 20 0 1 2
+#       (PLANNER=mopo: the MOPO agent deployed as it is, its policy acting, fine-tuned in the background
+#       with its own recipe, 2 updates a real transition, actor anchored; no planning around it)
 # DATA (default data/<task>-medium-replay.hdf5) names the data file; an existing one is used as it is,
 # so DATA_SIZE and OFFLINE_ARGS are refused where their outputs exist already without a TAG of their own.
 set -euo pipefail
@@ -49,13 +52,19 @@ else
       offline.select=model_score eval_episodes=10 seed=0 threads=1 run_dir="$agent" ${OFFLINE_ARGS:-}
 fi
 [ "${STAGE:-all}" = offline ] && exit 0
+case ${PLANNER:-mppi} in
+  mppi) deploy="guided"  # the guided MPPI around the agent's actor, its critics the learned value
+        robot=(planner.horizon=5 planner.policy_samples=24 planner.policy_guided=true planner.noise_std=0.2
+               planner.temperature=0.1 planner.propagation=tsinf planner.value_agent.actor_anchor=0.1) ;;
+  mbpo|mopo|ravl) deploy="policy"  # the agent itself (its training settings, from its run)
+        robot=(planner="$PLANNER" planner.agent.actor_anchor=0.1 planner.updates_per_step=2) ;;
+  *) echo "PLANNER must be mppi (the default) or a Dyna planner (mbpo, mopo, ravl), got $PLANNER" >&2; exit 1 ;;
+esac
 for seed in "$@"; do
-  out=runs/realtime/$task-mopo50k${TAG:-}-guided-ft20k-anchor0.1-${hz}hz-s$seed
+  out=runs/realtime/$task-mopo50k${TAG:-}-$deploy-ft20k-anchor0.1-${hz}hz-s$seed
   finished "$out" && continue
   if [ -f "$out/config.yaml" ]; then python -m planners.realtime resume="$out"; continue; fi  # (its log and agent.pt)
   python -m planners.realtime env="$task" control_hz="$hz" latency_ms=10 real_steps=20000 \
-      pretrained="$agent" dataset="$data" planner.symmetric_sampling=true planner.horizon=5 \
-      planner.policy_samples=24 planner.policy_guided=true planner.noise_std=0.2 planner.temperature=0.1 \
-      planner.propagation=tsinf planner.value_agent.actor_anchor=0.1 train_every=1000 \
+      pretrained="$agent" dataset="$data" planner.symmetric_sampling=true "${robot[@]}" train_every=1000 \
       eval_at=[0,5000] eval_episodes=10 seed="$seed" run_dir="$out" ${ROBOT_ARGS:-}
 done
