@@ -231,9 +231,20 @@ def bandit(agent: SAC, best: torch.Tensor, updates: int) -> torch.Tensor:
 def test_the_actor_anchor_keeps_a_fine_tuned_actor_near_the_one_it_was_loaded_with():
     """Pretrained on one bandit, fine-tuned on another: without actor_anchor the actor moves to the
     new peak; with it, load_pretrained_agent anchors it where it was loaded and it stays near."""
-    from types import SimpleNamespace
-
     from planners import load_pretrained_agent
+    from planners.base import Planner
+
+    class ValueHolder(Planner):  # a planner that is its learned value alone
+        LEARNED = "value_agent"
+
+        def __init__(self, agent: SAC):
+            self.value_agent = agent
+
+        def reset(self) -> None:
+            pass
+
+        def act(self, obs, deterministic=False):
+            return self.value_agent.act(obs, deterministic)
 
     torch.manual_seed(0)
     first, best = torch.tensor([-0.5, 0.5]), torch.tensor([0.5, 1.5])
@@ -243,7 +254,7 @@ def test_the_actor_anchor_keeps_a_fine_tuned_actor_near_the_one_it_was_loaded_wi
     moved = {}
     # (anchor 8: the loss is about |a - best|^2 + 4 |a - first|^2, least a fifth of the way if Q were exact)
     for anchor in (0.0, 8.0):
-        planner = SimpleNamespace(value_agent=SAC(O, LOW, HIGH, SACConfig(**fast, actor_anchor=anchor)))
+        planner = ValueHolder(SAC(O, LOW, HIGH, SACConfig(**fast, actor_anchor=anchor)))
         load_pretrained_agent(planner, {"value_agent": pretrained.training_state()})
         assert (planner.value_agent.anchor is None) == (anchor == 0)
         moved[anchor] = (bandit(planner.value_agent, best, 600) - first).abs().mean().item()
