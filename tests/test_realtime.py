@@ -844,6 +844,28 @@ def test_an_episode_ends_reading_arrives_before_the_resets_whatever_the_jitter()
         assert (ended.terminated or ended.truncated) and ended.stamp == reset.stamp
 
 
+def test_a_new_episode_starts_at_rest_whatever_was_sent_for_the_last():
+    """The reset routine hands the robot back at rest and takes no command sent before the new
+    episode's first reading reached the driver: a falling walker's last torques, held into the new
+    episode, toppled it within 7-11 steps. Commands sent from that reading on act as usual."""
+    from worldmodel.robot import SimulatedRobot
+
+    arrived, full = [], torch.ones(3)
+    with SimulatedRobot("hopper", control_hz=200, latency_ms=4, seed=0) as robot:
+        deadline = time.monotonic() + 20.0
+        while sum(r.first for r in arrived) < 6 and time.monotonic() < deadline:
+            arrived += robot.readings(timeout=1.0)
+            robot.send_action(full)  # (full torque: the hopper falls within a second)
+    by_seq = {r.seq: r for r in arrived}
+    starts = [r for r in arrived if r.first and r.seq > 0 and r.seq + 1 in by_seq]
+    assert len(starts) >= 4
+    for first in starts:  # the new episode's first step acted at rest, its later ones on the commands
+        assert torch.equal(by_seq[first.seq + 1].action, robot.rest)
+    later = [r for r in arrived if not r.first and r.seq - 3 in by_seq and not any(
+        by_seq.get(r.seq - k, r).first for k in range(1, 4))]
+    assert later and all(torch.equal(r.action, full) for r in later)
+
+
 def test_readings_that_arrive_out_of_order_still_make_every_transition():
     from planners.realtime import ReadingPairs
     from worldmodel.robot import Reading

@@ -8,9 +8,13 @@ with the action held then; its reading reaches `get_obs()` `latency_ms` (+- `jit
 it was measured, or never (`drop_rate`). So an action sent in answer to a reading takes effect
 from the state after it, at the earliest, as on a sample-and-hold robot: floor(latency / period)
 + 1 steps on, which is RealtimeController's ceil(delay_ms / period) for a latency that is not a
-whole number of periods (at 0 or exactly one period the controller plans one step short). Episodes reset on their own, as a robot's would by a
-reset routine. A reading carries what a robot's driver would report, plus the reward and the
-action that was in effect, so the loop can build the real transitions.
+whole number of periods (at 0 or exactly one period the controller plans one step short).
+Episodes reset on their own, as a robot's would by a reset routine, which hands the robot back
+at rest (the middle of the action box) and takes no command sent before the new episode's first
+reading reached the driver: those answered the old episode (a falling walker's last torques,
+held into the new episode, toppled it within 7-11 steps). A reading carries what a robot's
+driver would report, plus the reward and the action that was in effect, so the loop can build
+the real transitions.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ class SimulatedRobot:
         self.period, self.latency, self.jitter = 1 / control_hz, latency_ms / 1000, jitter_ms / 1000
         self.drop_rate, self.actuator = drop_rate, actuator_ms / 1000
         self.rng = random.Random(seed)
-        self._held = ((self.spec.action_low + self.spec.action_high) / 2).float()
+        self.rest = ((self.spec.action_low + self.spec.action_high) / 2).float()  # held at the start and after a reset
+        self._held = self.rest
         self._commands: list[tuple[float, int, Tensor]] = []  # (effective time, order, action)
+        self._episode_delivered = 0.0  # when the current episode's first reading reaches the driver
         self._in_flight: list[Reading] = []  # readings not yet delivered (a heap by delivery time)
         self._cond = threading.Condition()
         self._running = False
@@ -137,7 +143,9 @@ class SimulatedRobot:
             now = time.monotonic()
             with self._cond:
                 while self._commands and self._commands[0][0] <= now:
-                    self._held = heapq.heappop(self._commands)[2]
+                    effective, _, command = heapq.heappop(self._commands)
+                    if effective - self.actuator >= self._episode_delivered:  # (else sent for the last episode)
+                        self._held = command
                 action = self._held
             td["action"] = action
             step, td = self.env.step_and_maybe_reset(td)
@@ -156,8 +164,10 @@ class SimulatedRobot:
                 self.episode_returns.append(episode_return)
                 episode_return = 0.0
                 seq += 1  # (the reset's reading: measured with the episode's last, delivered after it, as a reset takes time)
-                self._send(Reading(0.0, seq, td["observation"].clone(), reached, first=True), always=True,
-                           not_before=last.delivery)  # fmt: skip
+                first = Reading(0.0, seq, td["observation"].clone(), reached, first=True)
+                self._send(first, always=True, not_before=last.delivery)
+                with self._cond:  # the reset routine hands the robot back at rest
+                    self._held, self._episode_delivered = self.rest, first.delivery
 
     def _send(self, reading: Reading, always: bool = False, not_before: float = 0.0) -> None:
         """Deliver after the latency (+- jitter), and not before `not_before`, unless the reading is dropped."""
