@@ -499,6 +499,7 @@ def _inherit_planner(cfg, argv: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from planners import DYNA_PLANNERS
+    from worldmodel.config import flatten
 
     saved = Path(str(cfg.pretrained)) / "config.yaml" if cfg.get("pretrained") else None
     if cfg.planner.name not in DYNA_PLANNERS or saved is None or not saved.is_file():
@@ -507,17 +508,8 @@ def _inherit_planner(cfg, argv: list[str]) -> None:
     if trained.get("name") != cfg.planner.name:
         return
     given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
-
-    def flat(node, prefix=""):  # dotted keys of the trained run's settings, nested ones (agent.*) each
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    trained = OmegaConf.to_container(trained, resolve=True)
-    inherited = {k: v for k, v in flat(trained) if k != "name" and k.split(".")[0] in cfg.planner
-                 and not any(k == g or k.startswith(g + ".") for g in given)}
+    inherited = {k: v for k, v in flatten(OmegaConf.to_container(trained, resolve=True)).items()
+                 if k != "name" and k.split(".")[0] in cfg.planner and not any(k == g or k.startswith(g + ".") for g in given)}
     changed = sorted(k for k, v in inherited.items() if OmegaConf.select(cfg.planner, k) != v)
     for key, value in inherited.items():
         OmegaConf.update(cfg.planner, key, value, force_add=True)

@@ -206,14 +206,14 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
         except (HydraException, OmegaConfBaseException) as e:
             message = str(e).split("\nConfig search path")[0]
             chosen = [o for o in overrides if o.split("=", 1)[0] in options]  # (planner=..., env=...)
-            valid = lambda: _dotted_keys(compose(config_name=name, overrides=chosen))  # noqa: E731  (those groups' keys)
+            valid = lambda: list(flatten(compose(config_name=name, overrides=chosen)))  # noqa: E731  (those groups' keys)
             if "Could not override" in message:  # a key that is not there: a typo, most often
                 raise SystemExit(_unknown_key(message.split("'")[1], valid(), name)) from None
             if "Available options" not in message:  # an unknown key rather than an unknown group option
                 message += f"\nvalid keys for {name}: {', '.join(valid())}"
             raise SystemExit(f"error: {message}") from None
-    known = set(_dotted_keys(base))
-    for key in _dotted_keys(cfg):
+    known = set(flatten(base))
+    for key in flatten(cfg):
         if key not in known and not key.startswith(tuple(f"{k}." for k in open_keys)):
             raise SystemExit(_unknown_key(key, known, name))
     return cfg
@@ -228,11 +228,15 @@ def _unknown_key(key: str, known: Iterable[str], name: str) -> str:
     return f"error: unknown key {key!r} (a typo?); {hint} (--help lists every key)"
 
 
-def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in cfg.items():
-        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) and value else [f"{prefix}{key}"]
-    return keys
+def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested config (a DictConfig or a dict) as {dotted key: leaf value}; an empty mapping is a leaf."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
