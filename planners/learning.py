@@ -263,6 +263,7 @@ class BackgroundLearner(Learner):
     def _run(self) -> None:
         try:
             threads.fix_this_thread(self.threads)  # (the fits inside it do not follow the process's auto)
+            threads.defer_to_foreground()  # (the control loop's act() comes first)
             while not self._abort.is_set():
                 try:  # (blocks only when the learned value is not owed any updates)
                     item = self._queue.get(block=self._value_owed() < 1)

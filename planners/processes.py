@@ -40,6 +40,7 @@ from torch import Tensor
 from planners.learning import BackgroundLearner, Learner, RefitNow
 from worldmodel.allocator import keep_freed_memory
 from worldmodel.fitting import fit_record
+from worldmodel.threads import defer_to_foreground
 
 _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
 _PIPE_TRANSIT_S = 0.0005  # a plan's way from a planning process to act() (pickling, the pipe, act()'s poll)
@@ -409,6 +410,7 @@ def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, resu
     _detach(parent)
     swaps.cancel_join_thread()
     torch.set_num_threads(threads)
+    defer_to_foreground()
     keep_freed_memory()
     maker = _loads(maker)
     maker.transit = _PIPE_TRANSIT_S

@@ -351,6 +351,7 @@ class RealtimeController:
     def _run(self) -> None:
         """The planning thread: plan from the latest reading, again and again."""
         threads.fix_this_thread(self.config.plan_threads)
+        threads.defer_to_foreground()
         planned_serial, generation = 0, self._generation
         try:
             while True:

@@ -121,6 +121,21 @@ def fix_this_thread(count: int) -> None:
     torch.set_num_threads(count)
 
 
+def defer_to_foreground() -> bool:
+    """Make the calling thread a background one (Linux's SCHED_BATCH): waking up, it waits for the
+    next scheduler tick instead of preempting the thread on the core, so a planning or learning
+    worker woken by a control loop's act() never takes act()'s core in mid-call (a 3 ms policy plan
+    that did so made act()'s p99 3-4 ms on 2 cores, docs/benchmarks.md). Threads it starts later
+    inherit it. Returns whether it applied (False where the OS has no SCHED_BATCH)."""
+    if not hasattr(os, "SCHED_BATCH"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # (0: this thread, on Linux)
+    except OSError:
+        return False
+    return True
+
+
 def adapt() -> int:
     """Under "auto", follow the load: use the cores others leave free (re-read at most once a
     second; cheap to call often). Call from the thread that computes. Returns the count in use
