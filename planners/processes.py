@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import math
+import multiprocessing.connection
 import os
 import pickle
 import queue
@@ -46,6 +47,8 @@ _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
 _PIPE_TRANSIT_S = 0.0005  # a plan's way from a planning process to act() (pickling, the pipe, act()'s poll)
 _OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
+_MAIN_GUARD = ("A script that starts planning or learning processes needs `if __name__ == \"__main__\":` around "
+               "its top-level code: a spawned process imports the main module")
 
 
 @dataclass
@@ -323,21 +326,23 @@ class PlanningProcess:
         self._results, sender = ctx.Pipe(duplex=False)
         imagination = getattr(maker.planner, "imagination", None)  # (its buffers are not needed to plan)
         buffers = [getattr(maker.planner, "buffer", None), getattr(imagination, "model_buffer", None)]
-        maker = _dumps(maker, leave_out=buffers)
-        self.process = ctx.Process(target=_plan_forever, name="planner", daemon=True,
-                                   args=(maker, self._slot, self._slot_lock, self._wake, self._stop, swaps,
-                                         sender, threads, obs_dim, version, os.getpid()))  # fmt: skip
-        self.process.start()
+        self.process = spawn(_plan_forever, "planner", _dumps(maker, leave_out=buffers),
+                             (self._slot, self._slot_lock, self._wake, self._stop, swaps, sender, threads, obs_dim,
+                              version, os.getpid()))  # fmt: skip
         sender.close()  # (the child's end: once the child is gone, receive() sees the pipe close)
         self._serial = 0
-        try:  # ready once it has its planner (a spawned interpreter imports torch first: seconds)
-            ready = self._results.poll(_START_TIMEOUT_S) and self._results.recv() == ("ready",)
+        # ready once it has its planner (a spawned interpreter imports torch first: seconds); its exit
+        # (the process's sentinel) ends the wait at once
+        multiprocessing.connection.wait([self._results, self.process.sentinel], _START_TIMEOUT_S)
+        try:
+            ready = self._results.poll() and self._results.recv() == ("ready",)
         except EOFError:
             ready = False
         if not ready:
             self.stop()
             raise RuntimeError(f"the planning process failed to start (exit code {self.process.exitcode}; killed "
-                               f"if it was not ready after {_START_TIMEOUT_S:g} s): its error is printed above")  # fmt: skip
+                               f"if it was not ready after {_START_TIMEOUT_S:g} s): its error is printed above. "
+                               f"{_MAIN_GUARD}")  # fmt: skip
 
     def post(self, obs: Tensor, stamp: float, last_action: Tensor | None, episode: int = 0) -> bool:
         """Hand the planner the reading obs [O] taken at `stamp` in `episode` and the action
@@ -382,6 +387,33 @@ class PlanningProcess:
             self.process.join()
 
 
+def spawn(target, name: str, payload: bytes, args: tuple):
+    """Start target(payload's pipe, *args) in a spawned daemon process, and send it `payload` (a
+    pickled planner or agent: megabytes) through that pipe from a thread of this process. Given as
+    an argument it would go down the pipe CPython starts the child through, which the parent holds
+    open while writing: a child that died before reading it all (e.g. re-running a script without
+    `if __name__ == "__main__":`) left the parent blocked forever. Returns the process."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=target, name=name, daemon=True, args=(reader, *args))
+    process.start()
+    reader.close()  # (the child's end: once the child is gone, a blocked send fails)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # (the child died first: its start or its poll() says so)
+            writer.send_bytes(payload)
+        writer.close()
+
+    threading.Thread(target=send, name=f"{name}-payload", daemon=True).start()
+    return process
+
+
+def _receive(reader):
+    """In a child of `spawn`: its payload, unpickled."""
+    with reader:
+        return _loads(reader.recv_bytes())
+
+
 def _dumps(obj, leave_out: list | None = None) -> bytes:
     """obj pickled by value (tensors too: no shared memory to leak or to race with), with the
     objects in `leave_out` (e.g. a planner's replay buffer) as None."""
@@ -404,15 +436,16 @@ def _loads(blob: bytes):
     return Unpickler(io.BytesIO(blob)).load()
 
 
-def _plan_forever(maker: bytes, slot: Tensor, slot_lock, wake, stop, swaps, results, threads: int, obs_dim: int,
+def _plan_forever(maker, slot: Tensor, slot_lock, wake, stop, swaps, results, threads: int, obs_dim: int,
                   version: int, parent: int) -> None:  # fmt: skip
-    """The planning process: wait for a reading, take swaps, plan, send the result; repeat."""
+    """The planning process (maker: spawn's payload pipe): wait for a reading, take swaps, plan,
+    send the result; repeat."""
     _detach(parent)
     swaps.cancel_join_thread()
     torch.set_num_threads(threads)
     defer_to_foreground()
     keep_freed_memory()
-    maker = _loads(maker)
+    maker = _receive(maker)
     maker.transit = _PIPE_TRANSIT_S
     results.send(("ready",))
     planned = 0.0  # the serial of the last reading planned from
@@ -474,11 +507,9 @@ class LearningProcess(Learner):
                              "with worker='process'")  # fmt: skip
         ctx = torch.multiprocessing.get_context("spawn")
         self._inbox, self._results = new_queue(), ctx.Queue()
-        agent = _dumps(self.agent, leave_out=[self.agent.log])
-        self.process = ctx.Process(target=_learn_forever, name="learner", daemon=True,
-                                   args=(agent, self.controller.swapper.queue, self.controller.version, self._inbox,
-                                         self._results, *self._settings, os.getpid()))  # fmt: skip
-        self.process.start()
+        self.process = spawn(_learn_forever, "learner", _dumps(self.agent, leave_out=[self.agent.log]),
+                             (self.controller.swapper.queue, self.controller.version, self._inbox, self._results,
+                              *self._settings, os.getpid()))  # fmt: skip
 
     def _send(self, item) -> None:
         self._inbox.put(item if isinstance(item, (RefitNow, Path)) else _dumps(item))  # (transitions pickled by value)
@@ -544,14 +575,15 @@ class _Inbox:
         return self.queue.empty()
 
 
-def _learn_forever(agent: bytes, swaps, version: int, inbox, results, train_every: int, threads: int, save_agent,
+def _learn_forever(agent, swaps, version: int, inbox, results, train_every: int, threads: int, save_agent,
                    parent: int) -> None:  # fmt: skip
-    """The learning process: BackgroundLearner's loop, with swaps sent to the planning process."""
+    """The learning process (agent: spawn's payload pipe): BackgroundLearner's loop, with swaps
+    sent to the planning process."""
 
     _detach(parent)
     swaps.cancel_join_thread()  # (the planning process may be gone: its last swaps are dropped at exit)
     keep_freed_memory()
-    agent = _loads(agent)
+    agent = _receive(agent)
 
     def refitted(version: int, metrics: dict | None) -> None:
         if metrics is None:  # a learned-value swap: valued() reports it

@@ -982,6 +982,30 @@ def test_planning_and_learning_workers_never_preempt_the_control_thread(hopper, 
             assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
+def test_a_script_without_a_main_guard_gets_an_error_not_a_hang(tmp_path):
+    """A spawned planning process imports the main module: a script that starts one at its top
+    level makes the child die on its way up, before it read its planner (megabytes). The script
+    ends with an error saying what to do, where the start used to block forever."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "robot.py"
+    script.write_text(
+        "from planners import MPPI\n"
+        "from planners.realtime import RealtimeConfig, RealtimeController\n"
+        "from worldmodel import EnsembleDynamics, make_env\n"
+        "spec = make_env('hopper').task_spec\n"
+        "planner = MPPI(EnsembleDynamics(spec.obs_dim, spec.act_dim), spec)\n"
+        "with RealtimeController(planner, spec, RealtimeConfig(worker='process')):\n"
+        "    pass\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    assert "the planning process failed to start" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+
+
 def test_a_planner_that_raises_a_bug_kills_its_process_and_says_why(hopper):
     spec, model, data = hopper
     planner = Broken(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
