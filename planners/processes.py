@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import gc
 import io
 import math
 import multiprocessing.connection
@@ -447,6 +448,8 @@ def _plan_forever(maker, slot: Tensor, slot_lock, wake, stop, swaps, results, th
     keep_freed_memory()
     maker = _receive(maker)
     maker.transit = _PIPE_TRANSIT_S
+    gc.collect()  # (as the control process does at start: no full collection over the planner's objects mid-plan)
+    gc.freeze()
     results.send(("ready",))
     planned = 0.0  # the serial of the last reading planned from
     try:

@@ -30,9 +30,11 @@ came for `watchdog_ms` (under a slew limit, each trip a step on towards it). Sta
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
 process's GIL; `BackgroundLearner` refits in a thread, `planners.processes.LearningProcess` in a
-process (with both in processes, the control process only acts and logs: act p99 0.66-0.75 ms
-on the simulated hopper on an idle 2-core machine, against 1.5 ms with threads, one 1,500-step
-run each; docs/benchmarks.md). With a LearningProcess the control process's planner and agent
+process (with both in processes, the control process only acts and logs: act p99 0.41-0.52 ms
+on the simulated hopper on an idle 2-core machine, against 0.54-1.9 ms with threads, one 1,500-step
+run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
+woken, they never preempt act()), and start() freezes the objects that exist then out of
+Python's cyclic garbage collector (`gc.freeze`), so a full collection cannot stall the loop. With a LearningProcess the control process's planner and agent
 keep their starting weights (the learning process writes agent.pt after every swap), so a
 controller stopped there is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import gc
 import itertools
 import math
 import sys
@@ -314,6 +317,11 @@ class RealtimeController:
             self._watcher_stop.clear()
             self._watcher = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             self._watcher.start()
+            # what exists now (models, data, configs: ~500k objects in a robot run) leaves the cyclic
+            # collector's view, its garbage collected first: a full collection took 218 ms there, 4
+            # periods at 20 Hz, and ~0 after
+            gc.collect()
+            gc.freeze()
         return self
 
     def stop(self) -> None:
