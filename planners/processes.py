@@ -48,8 +48,9 @@ _POST_WAIT_S = 0.0002  # the longest act() waits for the observation slot
 _PIPE_TRANSIT_S = 0.0005  # a plan's way from a planning process to act() (pickling, the pipe, act()'s poll)
 _OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
-_MAIN_GUARD = ("A script that starts planning or learning processes needs `if __name__ == \"__main__\":` around "
-               "its top-level code: a spawned process imports the main module")
+_MAIN_GUARD = ("If that error says the process had not finished its bootstrapping phase: a script that starts "
+               "planning or learning processes needs `if __name__ == \"__main__\":` around its top-level code (a "
+               "spawned process imports the main module)")
 
 
 @dataclass
@@ -393,17 +394,22 @@ def spawn(target, name: str, payload: bytes, args: tuple):
     pickled planner or agent: megabytes) through that pipe from a thread of this process. Given as
     an argument it would go down the pipe CPython starts the child through, which the parent holds
     open while writing: a child that died before reading it all (e.g. re-running a script without
-    `if __name__ == "__main__":`) left the parent blocked forever. Returns the process."""
+    `if __name__ == "__main__":`) left the parent blocked forever; `args` must stay small (well
+    under a pipe's 64 KiB) for the same reason. Returns the process."""
     ctx = torch.multiprocessing.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
     process = ctx.Process(target=target, name=name, daemon=True, args=(reader, *args))
-    process.start()
-    reader.close()  # (the child's end: once the child is gone, a blocked send fails)
+    try:
+        process.start()
+    except BaseException:
+        writer.close()
+        raise
+    finally:
+        reader.close()  # (the child's end: once the child is gone, a blocked send fails)
 
     def send() -> None:
-        with contextlib.suppress(OSError):  # (the child died first: its start or its poll() says so)
+        with writer, contextlib.suppress(OSError):  # (the child died first: its start or its poll() says so)
             writer.send_bytes(payload)
-        writer.close()
 
     threading.Thread(target=send, name=f"{name}-payload", daemon=True).start()
     return process

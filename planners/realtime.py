@@ -33,8 +33,9 @@ process's GIL; `BackgroundLearner` refits in a thread, `planners.processes.Learn
 process (with both in processes, the control process only acts and logs: act p99 0.41-0.52 ms
 on the simulated hopper on an idle 2-core machine, against 0.54-1.9 ms with threads, one 1,500-step
 run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
-woken, they never preempt act()), and start() freezes the objects that exist then out of
-Python's cyclic garbage collector (`gc.freeze`), so a full collection cannot stall the loop. With a LearningProcess the control process's planner and agent
+on waking they do not preempt act()), and while a controller runs the objects that existed at
+its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
+since. With a LearningProcess the control process's planner and agent
 keep their starting weights (the learning process writes agent.pt after every swap), so a
 controller stopped there is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
@@ -119,6 +120,29 @@ class RealtimeConfig:
     @property
     def period(self) -> float:
         return 1.0 / self.control_hz
+
+
+_running = [0]  # controllers started and not stopped in this process (see _freeze_heap)
+_running_lock = threading.Lock()
+
+
+def _freeze_heap() -> None:
+    """At the first controller's start: collect, then freeze every object there is out of the
+    cyclic collector's full passes (gc.freeze; ~500k objects in a robot run, whose full collection
+    took 218 ms, 4 periods at 20 Hz), so a full pass in the loop scans only what came since."""
+    with _running_lock:
+        _running[0] += 1
+        if _running[0] == 1:
+            gc.collect()
+            gc.freeze()
+
+
+def _thaw_heap() -> None:
+    """At the last running controller's stop: the frozen objects are the collector's again."""
+    with _running_lock:
+        _running[0] -= 1
+        if _running[0] == 0:
+            gc.unfreeze()
 
 
 class RealtimeController:
@@ -302,6 +326,7 @@ class RealtimeController:
             self._last_obs_time = self._last_act_time = None
             self.watchdog_error = self.last_planner_error = None
             self._maker.reset()
+            _freeze_heap()
             self._generation += 1  # (a planning thread of a stop() that timed out ends at its next turn)
             if self.config.worker == "process":
                 try:
@@ -310,6 +335,7 @@ class RealtimeController:
                 except BaseException:  # (a planner that does not pickle, or no process to start)
                     if self.config.switch_interval_ms is not None:
                         sys.setswitchinterval(self._switch_interval)
+                    _thaw_heap()
                     raise
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
@@ -317,11 +343,6 @@ class RealtimeController:
             self._watcher_stop.clear()
             self._watcher = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             self._watcher.start()
-            # what exists now (models, data, configs: ~500k objects in a robot run) leaves the cyclic
-            # collector's view, its garbage collected first: a full collection took 218 ms there, 4
-            # periods at 20 Hz, and ~0 after
-            gc.collect()
-            gc.freeze()
         return self
 
     def stop(self) -> None:
@@ -343,6 +364,7 @@ class RealtimeController:
                 self._process = None
             if self.config.switch_interval_ms is not None:
                 sys.setswitchinterval(self._switch_interval)
+            _thaw_heap()
 
     def __enter__(self) -> RealtimeController:
         return self.start()

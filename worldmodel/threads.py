@@ -5,7 +5,9 @@ wait for each other: beside one busy core, a 2-thread model fit ran 3-11x slower
 `set_threads("auto")` (the run command's default, `threads=auto`) starts from the cores this
 process may use (CPU affinity, capped by its cgroup CPU quota) minus those other processes keep
 busy, and `adapt()`, called at safe points of a run (every step, every fit minibatch), follows the
-load as other jobs come and go. `set_threads(n)` fixes the count at n.
+load as other jobs come and go. `set_threads(n)` fixes the count at n. `defer_to_foreground()`
+makes a background worker (a real-time controller's planner or learner) yield to the thread it
+shares a core with instead of preempting it on waking.
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def fix_this_thread(count: int) -> None:
 
 def defer_to_foreground() -> bool:
     """Make the calling thread a background one (Linux's SCHED_BATCH): waking up, it waits for the
-    next scheduler tick instead of preempting the thread on the core, so a planning or learning
-    worker woken by a control loop's act() never takes act()'s core in mid-call (a 3 ms policy plan
+    scheduler tick instead of preempting the thread on the core, so a planning or learning
+    worker woken by a control loop's act() does not take act()'s core in mid-call (a 3 ms policy plan
     that did so made act()'s p99 3-4 ms on 2 cores, docs/benchmarks.md). Threads it starts later
     inherit it. Returns whether it applied (False where the OS has no SCHED_BATCH)."""
     if not hasattr(os, "SCHED_BATCH"):
