@@ -35,9 +35,9 @@ on the simulated hopper on an idle 2-core machine, against 0.54-1.9 ms with thre
 run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
 on waking they do not preempt act()), and while a controller runs the objects that existed at
 its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
-since. With a LearningProcess the control process's planner and agent
-keep their starting weights (the learning process writes agent.pt after every swap), so a
-controller stopped there is not started again: a new one from that agent.pt plans with the swaps.
+since. With a LearningProcess the control process's planner and agent keep their starting
+weights (the learning process writes agent.pt after every swap), so a controller stopped there
+is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -122,7 +122,7 @@ class RealtimeConfig:
         return 1.0 / self.control_hz
 
 
-_running = [0]  # controllers started and not stopped in this process (see _freeze_heap)
+_running = 0  # controllers started and not stopped in this process (see _freeze_heap)
 _running_lock = threading.Lock()
 
 
@@ -130,18 +130,20 @@ def _freeze_heap() -> None:
     """At the first controller's start: collect, then freeze every object there is out of the
     cyclic collector's full passes (gc.freeze; ~500k objects in a robot run, whose full collection
     took 218 ms, 4 periods at 20 Hz), so a full pass in the loop scans only what came since."""
+    global _running
     with _running_lock:
-        _running[0] += 1
-        if _running[0] == 1:
+        _running += 1
+        if _running == 1:
             gc.collect()
             gc.freeze()
 
 
 def _thaw_heap() -> None:
     """At the last running controller's stop: the frozen objects are the collector's again."""
+    global _running
     with _running_lock:
-        _running[0] -= 1
-        if _running[0] == 0:
+        _running -= 1
+        if _running == 0:
             gc.unfreeze()
 
 
