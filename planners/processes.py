@@ -492,7 +492,7 @@ def _plan_forever(maker, slot: Tensor, slot_lock, wake, stop, swaps, results, th
 class LearningProcess(Learner):
     """A BackgroundLearner (planners.learning) in a spawned process of its own, beside a planning
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
-    (`save_agent`) after each. The control process keeps the transition log: the writer thread
+    (`save_agent`) after each refit and at its end. The control process keeps the transition log: the writer thread
     appends what `add` is given durably here, then sends it; `poll()` (from the control loop)
     takes in the refits done, updating the controller's version and calling `on_refit(version, record)` with the
     refit's `worldmodel.fitting.fit_record` (a thread's on_swap gets fit()'s whole metrics) and
@@ -502,8 +502,9 @@ class LearningProcess(Learner):
 
     def __init__(self, controller, agent, train_every: int, threads: int = 1, save_agent=None, on_refit=None,
                  on_value=None):  # fmt: skip
-        """controller: a RealtimeController with worker="process", started before this; save_agent(agent,
-        version): a picklable function writing the agent's files after a swap (in the process)."""
+        """controller: a RealtimeController with worker="process" (its swaps' queue exists from its
+        construction: `with learner, controller:` starts this first); save_agent(agent, version): a
+        picklable function writing the agent's files after each refit and at the end (in the process)."""
         super().__init__(controller, agent)
         self.on_refit, self.on_value = on_refit, on_value
         self._settings = (train_every, threads, save_agent)

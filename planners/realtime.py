@@ -36,7 +36,7 @@ run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer
 on waking they do not preempt act()), and while a controller runs the objects that existed at
 its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
 since. With a LearningProcess the control process's planner and agent keep their starting
-weights (the learning process writes agent.pt after every swap), so a controller stopped there
+weights (the learning process writes agent.pt after each refit and at its end), so a controller stopped there
 is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
 """

@@ -4,7 +4,7 @@ The simulation steps at a fixed control period in its own thread whatever the co
 does: the last action received holds until a new one takes effect (after `actuator_ms`).
 A step computes the state one period ahead (the action held at a tick acts until the next),
 and that state is measured when it is reached, at the next tick, where the step from it starts
-with the action held then; its reading reaches `get_obs()` `latency_ms` (+- `jitter_ms`) after
+with the action held then; its reading reaches `readings()` `latency_ms` (+- `jitter_ms`) after
 it was measured, or never (`drop_rate`). So an action sent in answer to a reading takes effect
 from the state after it, at the earliest, as on a sample-and-hold robot: floor(latency / period)
 + 1 steps on, which is RealtimeController's ceil(delay_ms / period) for a latency that is not a
