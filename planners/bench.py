@@ -10,7 +10,7 @@ the run command at once against one alone, at threads=auto and at every core fix
 `--gpu-suite`: everything a lent GPU should measure, in one run (`--device`, `--quick`).
 `--profile`: where a default MPPI step's time goes, stage by stage.
 `--realtime STEPS`: the simulated robot under the real-time controller at 20 and 50 Hz, planning
-in a thread and in a process.
+in a thread and in a process (the default MPPI), and an MBPO agent's policy in a process.
 """
 
 from __future__ import annotations
@@ -404,22 +404,28 @@ def concurrency_rows() -> list[dict]:
 _REALTIME_RUN = ["env=hopper", "latency_ms=10", "seed_steps=200", "train_every=250", "eval_episodes=1"]
 
 
+# (planner, control_hz, worker): the default MPPI both ways, and an MBPO policy (plans of a few
+# ms, its planner asleep most of a period: what once preempted act() on waking) in processes
+_REALTIME_CASES = [*(("mppi", hz, worker) for hz, worker in itertools.product((20, 50), ("thread", "process"))),
+                   ("mbpo", 20, "process"), ("mbpo", 50, "process")]
+
+
 def realtime_rows(real_steps: int) -> list[dict]:
     """The simulated robot (`python -m planners.realtime`) at 20 and 50 Hz with 10 ms sensor
     latency, planning and learning in threads of the control process or in processes of their
-    own (`worker=`); beside each, the synchronous loop's
-    view of the same plans (act = a whole plan: its latency is the plan's) and the floor of an
-    act() call (copying and clipping one action)."""
+    own (`worker=`), for the default MPPI and an MBPO agent's policy (_REALTIME_CASES); beside
+    each, the synchronous loop's view of the same plans (act = a whole plan: its latency is the
+    plan's) and the floor of an act() call (copying and clipping one action)."""
     from planners.realtime import main as realtime
 
     low, high, action = -torch.ones(3), torch.ones(3), torch.zeros(3)
     floor_ms = _median_ms(lambda: torch.as_tensor(action).float().clamp(low, high), 200)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for hz, worker in itertools.product((20, 50), ("thread", "process")):
-            s = realtime([*_REALTIME_RUN, f"control_hz={hz}", f"worker={worker}", f"real_steps={real_steps}",
-                          f"run_dir={tmp}/{hz}-{worker}"])  # fmt: skip
-            out.append({"control_hz": hz, "worker": worker, **{k: s[k] for k in ("act_latency_p50_ms", "act_latency_p99_ms",
+        for planner, hz, worker in _REALTIME_CASES:
+            s = realtime([*_REALTIME_RUN, f"planner={planner}", f"control_hz={hz}", f"worker={worker}",
+                          f"real_steps={real_steps}", f"run_dir={tmp}/{planner}-{hz}-{worker}"])  # fmt: skip
+            out.append({"planner": planner, "control_hz": hz, "worker": worker, **{k: s[k] for k in ("act_latency_p50_ms", "act_latency_p99_ms",
                         "act_latency_max_ms", "plan_latency_p50_ms", "plan_latency_p99_ms", "fresh_rate",
                         "shifted_rate", "fallback_rate", "deadline_miss_rate", "model_version", "seed_actions",
                         "real_steps")}, "sync_misses_p50": s["plan_latency_p50_ms"] > 1000 / hz,
@@ -444,18 +450,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+", choices=SUITE_SECTIONS, default=list(SUITE_SECTIONS),
                         help="with --gpu-suite: only these sections (in the suite's order), e.g. to split it over two calls")
     parser.add_argument("--profile", action="store_true", help="where a default MPPI step's time goes, stage by stage")
-    parser.add_argument("--realtime", type=positive_int, metavar="STEPS", help="the simulated robot at 20 and 50 Hz for STEPS steps")
+    parser.add_argument("--realtime", type=positive_int, metavar="STEPS",
+                        help="the simulated robot at 20 and 50 Hz for STEPS steps (default MPPI, an MBPO policy)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # (as every run's process does: worldmodel.threads.set_threads)
     if args.realtime:
         table = realtime_rows(args.realtime)
-        print(f"\n`python -m planners.realtime {' '.join(_REALTIME_RUN)}` (default MPPI), {args.realtime} robot steps; "
-              "synchronous: act() would be a whole plan\n")  # fmt: skip
-        print("| Hz | planning in a | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms (synchronous act) "
-              "| fresh / shifted / fallback | deadline misses | refits |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"\n`python -m planners.realtime {' '.join(_REALTIME_RUN)} planner=<planner>`, {args.realtime} robot "
+              "steps; synchronous: act() would be a whole plan\n")  # fmt: skip
+        print("| planner | Hz | planning in a | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms (synchronous "
+              "act) | fresh / shifted / fallback | deadline misses | planner versions (refits, value swaps) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in table:
-            print(f"| {r['control_hz']} | {r['worker']} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
+            print(f"| {r['planner']} | {r['control_hz']} | {r['worker']} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
                   f"{r['act_latency_max_ms']:.1f} | {r['act_floor_ms']:.3f} | {r['plan_latency_p50_ms']:.1f} / "
                   f"{r['plan_latency_p99_ms']:.1f} | {r['fresh_rate']:.0%} / {r['shifted_rate']:.0%} / "
                   f"{r['fallback_rate']:.0%} | {r['deadline_miss_rate']:.1%} | {r['model_version']} |")  # fmt: skip

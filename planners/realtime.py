@@ -30,8 +30,8 @@ came for `watchdog_ms` (under a slew limit, each trip a step on towards it). Sta
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
 a process of their own (`worker="process"`: a planner that pickles), out of reach of this
 process's GIL; `BackgroundLearner` refits in a thread, `planners.processes.LearningProcess` in a
-process (with both in processes, the control process only acts and logs: act p99 0.41-0.52 ms
-on the simulated hopper on an idle 2-core machine, against 0.54-1.9 ms with threads, one 1,500-step
+process (with both in processes, the control process only acts and logs: act p99 0.39-0.65 ms
+on the simulated hopper on an idle 2-core machine, against 0.38-2.5 ms with threads, one 1,500-step
 run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
 on waking they do not preempt act()), and while a controller runs the objects that existed at
 its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
