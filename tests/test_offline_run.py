@@ -439,3 +439,46 @@ def test_the_same_seed_reproduces_an_offline_run(tmp_path, dataset):
 
     first = run("a", 5)
     assert run("b", 5) == first and run("c", 6) != first
+
+
+def test_a_long_run_checkpoints_by_the_clock_between_evaluations(tmp_path, dataset, monkeypatch):
+    """checkpoint_minutes: a checkpoint after each chunk of updates once that much wall time has
+    passed (here: at once), so a run that dies between evaluations resumes from the last one, not
+    from the last evaluation; null keeps to the evaluations."""
+    args = [*TINY, "planner=bc", f"dataset={dataset}", "offline.updates=400", "offline.eval_every=400", "env_steps=0"]
+    saved = {}
+    for minutes in ("null", "1e-9"):
+        run = Run(load_config([*args, f"checkpoint_minutes={minutes}", f"run_dir={tmp_path / minutes}"])[0])
+        saves, save = [], run.save
+        monkeypatch.setattr(run, "save", lambda: (saves.append(run.progress["offline_updates"]), save())[1])
+        run.open(tmp_path / minutes)
+        run.run()
+        run.close()
+        saved[minutes] = saves
+    assert saved["null"] == [0, 400]  # the start, the evaluation
+    assert saved["1e-9"] == [0, 100, 200, 300, 400]
+
+    run_dir = tmp_path / "killed"
+    run = Run(load_config([*args, "checkpoint_minutes=1e-9", f"run_dir={run_dir}"])[0])
+    run.open(run_dir)
+    learn = run.planner.learn
+
+    def dies_after_300(n=None):
+        if run.progress["offline_updates"] >= 300:
+            raise MemoryError("killed")  # (no chance to save, as a SIGKILL)
+        return learn(n)
+
+    run.planner.learn = dies_after_300
+    with pytest.raises(MemoryError):
+        run.run()
+    run.close()
+    assert json.loads((run_dir / "summary.json").read_text())["offline_updates"] == 300
+    resumed = Run(load_config([f"resume={run_dir}"])[0])
+    resumed.restore(run_dir)
+    assert resumed.progress["offline_updates"] == 300  # 300 of 400 updates kept, not 0
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "true", "soon"])
+def test_checkpoint_minutes_is_a_positive_number_or_null(dataset, bad):
+    with pytest.raises(ValueError, match="checkpoint_minutes must be a number > 0"):
+        validate(load_config([*TINY, "planner=bc", f"dataset={dataset}", f"checkpoint_minutes={bad}"])[0])

@@ -89,6 +89,7 @@ class Run:
                          "dataset_fingerprint": self.dataset_fingerprint}  # fmt: skip
         self.stop = StopRequest("the current step")
         self._saved_at: tuple | None = None  # the progress last checkpointed
+        self._saved_t = time.monotonic()  # when (checkpoint_minutes counts from here)
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
         # offline model-score selection (Dyna): the evaluated agent whose actor's model return was best
@@ -242,6 +243,8 @@ class Run:
                 p["offline_updates"] += n
                 bar.update(n)
                 if p["offline_updates"] < next_eval:  # (a stop there waits for the evaluation due: it is not skipped)
+                    if self._checkpoint_due():
+                        self._checkpoint(started)
                     self._stop_if_requested(started, bar)
             ret, spread = self._evaluated(bar, cfg.offline.eval_episodes)
             p.setdefault("offline_evals", []).append(ret)
@@ -311,7 +314,7 @@ class Run:
                 self._evaluate(step, bar)
             bar.update()
             if step < cfg.env_steps:  # (at the last step the run is finished, not interrupted)
-                if step % cfg.checkpoint_every == 0:
+                if step % cfg.checkpoint_every == 0 or self._checkpoint_due():
                     self._checkpoint(started)
                 self._stop_if_requested(started, bar)
         bar.close()
@@ -322,6 +325,11 @@ class Run:
                 bar.close()
             self._checkpoint(started, status="interrupted")
             raise RunInterrupted(self.stop.requested)
+
+    def _checkpoint_due(self) -> bool:
+        """checkpoint_minutes of wall time have passed since the last checkpoint."""
+        minutes = self.cfg.get("checkpoint_minutes")  # (runs saved before the key existed: today's default)
+        return minutes is not None and time.monotonic() - self._saved_t >= 60 * minutes
 
     def _checkpoint(self, started: float, status: str = "running") -> dict:
         """Save the whole run (checkpoint.pt) and what a user reads (model.pt, summary.json, the
@@ -336,6 +344,7 @@ class Run:
                 self.model.save(self.run_dir / "model.pt")
             self.logger.plot(self.run_dir / "learning_curve.png", f"{self.cfg.planner.name} on {self.cfg.env.name}")
             self._saved_at = (p["step"], p["offline_updates"], p["fits"], p["offline_eval"])
+            self._saved_t = time.monotonic()
         summary = self._summary(status)
         write_json(summary, self.run_dir / "summary.json")
         return summary
@@ -559,6 +568,10 @@ def validate(cfg: DictConfig) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if value is not None and (not number or (value < 0 and not signed)):
             raise ValueError(f"online.{key} must be a number{'' if signed else ' >= 0'} or null, got {value!r}")
+    minutes = cfg.get("checkpoint_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise ValueError(f"checkpoint_minutes must be a number > 0 (minutes of wall time between checkpoints) or "
+                         f"null (checkpoint_every alone), got {minutes!r}")
     if cfg.offline.select not in _SELECTIONS:
         raise ValueError(f"offline.select={cfg.offline.select}: use one of {', '.join(_SELECTIONS)}")
     if cfg.offline.select == "model_score" and not (cfg.dataset and cfg.planner.name in DYNA_PLANNERS
