@@ -596,3 +596,34 @@ def test_newest_rows_follow_the_buffer_around_its_ring():
     assert newest.tolist() == [4, 0, 1]
     torch.testing.assert_close(buffer.data()["obs"][newest], rows["obs"][4:])
     assert len(buffer.newest(99)) == 5 and len(buffer.newest(0)) == 0
+
+
+def test_shift_logvar_scales_every_predicted_variance_exactly(fitted):
+    model = _copy(fitted[0])
+    data = linear_system(200, seed=5)
+    shift = torch.randn(model.ensemble_size, O + 1)
+    _, before = model.predict(data["obs"], data["action"])
+    model.shift_logvar(shift)
+    _, after = model.predict(data["obs"], data["action"])
+    torch.testing.assert_close(after, before * shift.exp().unsqueeze(1), rtol=1e-4, atol=0)
+
+
+def test_recalibration_makes_held_out_variance_match_the_error():
+    """An over-confident fit (200 epochs on 1,000 rows, no early stop: its variance shrinks to the
+    training error) recalibrated on its holdout: squared error over predicted variance is 1 there,
+    and on fresh rows of the same system close to 1 where the plain fit's is 1.4."""
+    fresh = linear_system(4000, noise=0.2, seed=9)
+    calibration = {}
+    for recalibrate in (False, True):
+        torch.manual_seed(0)
+        model = small_model(hidden=64)
+        metrics = model.fit(linear_system(1000, noise=0.2), max_epochs=200, patience=1000, recalibrate=recalibrate,
+                            progress=False)  # fmt: skip
+        calibration[recalibrate] = model.evaluate(fresh)["calibration"]
+        if recalibrate:
+            assert metrics["holdout_calibration"] == pytest.approx([1.0] * model.ensemble_size, rel=1e-3)
+            assert min(metrics["holdout_calibration_fitted"]) > 0
+        else:
+            assert "holdout_calibration_fitted" not in metrics
+    assert calibration[False] > 1.25, calibration  # (the plain fit is over-confident: the check can fail)
+    assert abs(calibration[True] - 1) < 0.1, calibration

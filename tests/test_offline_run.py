@@ -264,7 +264,16 @@ def test_the_offline_fit_records_its_holdout_curve(tmp_path, dataset):
     curve = records(run_dir, "offline_fit")
     assert [r["step"] for r in curve] == [1, 2, 3] and all(r["holdout_mse"] > 0 for r in curve)
     (fit,) = records(run_dir, "fit")
-    assert fit["epochs"] == 3 and fit["holdout_calibration"] > 0
+    assert fit["epochs"] == 3 and fit["holdout_calibration"] > 0 and "holdout_calibration_fitted" not in fit
+
+
+def test_a_recalibrated_fit_records_its_calibration_before_and_after(tmp_path, dataset):
+    run_dir = tmp_path / "run"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=20", "env_steps=0", f"run_dir={run_dir}",
+          *TINY, *DYNA_TINY, "offline.fit_epochs=3", "model.fit.recalibrate=true"])  # fmt: skip
+    (fit,) = records(run_dir, "fit")
+    assert fit["holdout_calibration"] == pytest.approx(1.0, rel=1e-3)  # on the fit's holdout, by construction
+    assert fit["holdout_calibration_fitted"] > 0 and fit["holdout_calibration_fitted"] != pytest.approx(1.0, rel=1e-3)
 
 
 def test_a_given_model_is_used_as_it_is_not_refit_on_the_dataset(tmp_path, dataset):

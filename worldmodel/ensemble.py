@@ -130,8 +130,15 @@ class EnsembleDynamics(nn.Module):
         w, b = self.weights[-1], self.biases[-1]  # [E, H, 2 (O+1)], [E, 2 (O+1)]: means, then log-variances
         w[..., :d].mul_(ratio)
         b[..., :d].mul_(ratio).add_((out_mean - self.target_norm.mean) / self.target_norm.std)
-        shift = 2 * ratio.log()
-        b[..., d:].add_(shift)
+        self.shift_logvar(2 * ratio.log())
+
+    @torch.no_grad()
+    def shift_logvar(self, shift: Tensor) -> None:
+        """Add `shift` ([O+1], or [E, O+1] per member) to every standardised log-variance the
+        model predicts: the output layer's log-variance biases and both soft bounds move together,
+        so the bounded output moves by exactly `shift` (a variance scaled by exp(shift))."""
+        d = self.target_norm.mean.numel()
+        self.biases[-1][..., d:].add_(shift)
         self.max_logvar.add_(shift)
         self.min_logvar.add_(shift)
 
