@@ -603,9 +603,26 @@ def test_shift_logvar_scales_every_predicted_variance_exactly(fitted):
     data = linear_system(200, seed=5)
     shift = torch.randn(model.ensemble_size, O + 1)
     _, before = model.predict(data["obs"], data["action"])
+    with torch.no_grad():  # (the elites' path: their parameters cached between calls)
+        _, elites_before = model.predict(data["obs"], data["action"], members=model.elites)
     model.shift_logvar(shift)
     _, after = model.predict(data["obs"], data["action"])
     torch.testing.assert_close(after, before * shift.exp().unsqueeze(1), rtol=1e-4, atol=0)
+    with torch.no_grad():
+        _, elites_after = model.predict(data["obs"], data["action"], members=model.elites)
+    torch.testing.assert_close(elites_after, elites_before * shift[model.elites].exp().unsqueeze(1), rtol=1e-4, atol=0)
+
+
+def test_a_warm_refit_judged_on_rows_it_trained_on_is_not_recalibrated(fitted):
+    """A refit with too few new rows for a holdout of their own holds out among all rows, which
+    the starting weights trained on: recalibrating there would shrink the variance to the
+    training error, so it is skipped; a refit held out among new rows is recalibrated."""
+    model = _copy(fitted[0])
+    data = linear_system(3400, seed=3)
+    few_new = model.fit(data, max_epochs=1, new_rows=torch.arange(3300, 3400), recalibrate=True, progress=False)
+    assert few_new["holdout"] == "all rows" and "holdout_calibration_fitted" not in few_new
+    many_new = model.fit(data, max_epochs=1, new_rows=torch.arange(2000, 3400), recalibrate=True, progress=False)
+    assert many_new["holdout"] == "new rows" and "holdout_calibration_fitted" in many_new
 
 
 def test_recalibration_makes_held_out_variance_match_the_error():

@@ -481,13 +481,12 @@ def test_a_long_run_checkpoints_by_the_clock_between_evaluations(tmp_path, datas
     with pytest.raises(MemoryError):
         run.run()
     run.close()
-    assert json.loads((run_dir / "summary.json").read_text())["offline_updates"] == 300
     resumed = Run(load_config([f"resume={run_dir}"])[0])
     resumed.restore(run_dir)
     assert resumed.progress["offline_updates"] == 300  # 300 of 400 updates kept, not 0
 
 
-@pytest.mark.parametrize("bad", ["0", "-1", "true", "soon"])
+@pytest.mark.parametrize("bad", ["0", "-1", "true", "soon", "nan", "inf"])
 def test_checkpoint_minutes_is_a_positive_number_or_null(dataset, bad):
     with pytest.raises(ValueError, match="checkpoint_minutes must be a number > 0"):
         validate(load_config([*TINY, "planner=bc", f"dataset={dataset}", f"checkpoint_minutes={bad}"])[0])

@@ -350,3 +350,23 @@ def test_the_same_seed_reproduces_a_run_and_another_seed_does_not(tmp_path):
     other, _ = run("c", 4)
     assert torch.equal(actions, again) and rows == rows_again
     assert not torch.equal(actions, other)
+
+
+def test_an_online_run_checkpoints_by_the_clock_between_checkpoint_every(tmp_path, monkeypatch):
+    """checkpoint_minutes online: a checkpoint after a step once that much wall time has passed
+    (here at once: every step), not only every checkpoint_every steps."""
+    steps = {}
+    for minutes in ("null", "1e-9"):
+        run_dir = tmp_path / minutes
+        args = ["planner=mppi", "env=hopper", "env_steps=50", f"run_dir={run_dir}",
+                *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000",
+                f"checkpoint_minutes={minutes}"]  # fmt: skip
+        run = Run(load_config(args)[0])
+        saved, save = [], run.save
+        monkeypatch.setattr(run, "save", lambda: (saved.append(run.progress["step"]), save())[1])
+        run.open(run_dir)
+        run.run()
+        run.close()
+        steps[minutes] = saved
+    assert steps["null"] == [0, 50]  # the start, the end
+    assert steps["1e-9"] == list(range(0, 51))  # and after every step between

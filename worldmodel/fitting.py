@@ -68,9 +68,10 @@ def fit(
 
     `recalibrate`: then scale each member's predicted variance, output by output, so that the kept
     weights' squared error over predicted variance on the holdout is 1 (`recalibrate_variance`;
-    the calibration before it is returned as `holdout_calibration_fitted`). A fit to convergence
-    tends to over-confidence (1.6-1.8 on hopper-medium-replay), which shrinks the variances MOPO's
-    penalty and the rollouts' sampling read.
+    the calibration before it is returned as `holdout_calibration_fitted`), unless the starting
+    weights trained on the holdout (a warm refit whose holdout is drawn from all rows: it is
+    skipped there). A fit to convergence tends to over-confidence (1.3-1.8 on hopper-medium-replay),
+    which shrinks the variances MOPO's penalty and the rollouts' sampling read.
 
     `new_rows`: where in `data` the rows are that the model has not been fitted on (e.g.
     `buffer.newest(k)`). A warm-started refit holds out only among them (holdout_ratio of them, up
@@ -116,6 +117,9 @@ def fit(
     else:
         perm = torch.randperm(n, device=model.device)
     train_idx, hold_idx = perm[n_holdout:], perm[:n_holdout]
+    # no weights kept have trained on the holdout (a first fit's, or held out among new rows): what
+    # recalibrate needs (a warm refit judged on all rows would scale the variance to training error)
+    unseen = resume.get("unseen_holdout", True) if resume is not None else not model.fitted or holdout == "new rows"
     if resume is None:
         model._fit_normalizers(inputs[train_idx], targets[train_idx])
     else:  # weights, normalisers and optimiser as they were after the saved epoch
@@ -156,7 +160,8 @@ def fit(
         set_rng_state(resume["torch_rng"])
 
     def fit_state() -> dict:
-        return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "precision": precision,
+        return {"rows": n, "perm": perm.cpu(), "n_holdout": n_holdout, "holdout": holdout, "unseen_holdout": unseen,
+                "precision": precision,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "best_mse": best_mse.cpu(), "kept_mse": kept_mse.cpu(),
                 "start_mse": start_mse.cpu() if start_mse is not None else None,
@@ -195,7 +200,7 @@ def fit(
         for saved, p in zip(best_state, model.parameters()):
             p.copy_(saved)
     clear_diverged_moments(optimizer, list(model.parameters()))
-    fitted_calibration = recalibrate_variance(model, x_hold, y_hold)[1] if recalibrate else None
+    fitted_calibration = recalibrate_variance(model, x_hold, y_hold)[1] if recalibrate and unseen else None
     mse, nll, calibration = holdout_metrics(model, x_hold, y_hold)
     model.elites.copy_(mse.argsort()[: model.num_elites].sort().values)
     recalibrated = {} if fitted_calibration is None else {"holdout_calibration_fitted": fitted_calibration.tolist()}

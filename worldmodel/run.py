@@ -569,7 +569,8 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and (not number or (value < 0 and not signed)):
             raise ValueError(f"online.{key} must be a number{'' if signed else ' >= 0'} or null, got {value!r}")
     minutes = cfg.get("checkpoint_minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not math.isfinite(minutes) or minutes <= 0):  # fmt: skip
         raise ValueError(f"checkpoint_minutes must be a number > 0 (minutes of wall time between checkpoints) or "
                          f"null (checkpoint_every alone), got {minutes!r}")
     if cfg.offline.select not in _SELECTIONS:
