@@ -5,6 +5,10 @@
 # time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
 # SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table; DATA=<file>
 # reads another dataset of the task and quality (runs named after the file: <name>-200k, ...).
+# MODEL_TAG=<variant> MODEL_ARGS="<model.* overrides>" fit the models another way, in directories of
+# their own (<name>-model-<precision><variant>-s<seed>, runs in <name>-200k<variant>/): the same seed
+# fits the same weights, so an A/B differs only in what MODEL_ARGS changes.
+#   MODEL_TAG=-recal MODEL_ARGS="model.fit.recalibrate=true" PLANNERS=mopo docs/results/scripts/offline_table.sh hopper medium-replay
 #   docs/results/scripts/offline_table.sh halfcheetah medium      # reads data/halfcheetah-medium.hdf5
 #   PLANNERS=mopo WORKERS=1 docs/results/scripts/offline_table.sh walker2d medium
 #   DATA=data/halfcheetah-medium-1m.hdf5 docs/results/scripts/offline_table.sh halfcheetah medium
@@ -17,7 +21,9 @@ task=$1 quality=$2
 data=${DATA:-data/$task-$quality.hdf5} name=$(basename "${DATA:-$task-$quality}" .hdf5)
 precision=${PRECISION:-$(python -c "from kernels.cpu import bf16_units; print('bf16' if bf16_units() else 'fp32')")}
 case $precision in bf16|fp32) ;; *) echo "PRECISION must be bf16 or fp32, got $precision" >&2; exit 1 ;; esac
-out=runs/offline/$name-200k models=runs/offline/$name-model-$precision
+variant=${MODEL_TAG:-}
+[ -n "${MODEL_ARGS:-}" ] && [ -z "$variant" ] && { echo "MODEL_ARGS needs MODEL_TAG=<variant> (its models and runs would mix with the default ones)" >&2; exit 1; }
+out=runs/offline/$name-200k$variant models=runs/offline/$name-model-$precision$variant
 seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
 [ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=<transitions> out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
@@ -42,7 +48,7 @@ fit() {  # seed: the seed's model, fitted once (the other worker waits for it un
     [ -f "$d/model.pt" ] && exit 0
     if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
     logged "$d.log" python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 \
-        model.precision=$precision eval_episodes=1 seed="$1" threads=1 run_dir="$d"
+        model.precision=$precision eval_episodes=1 seed="$1" threads=1 run_dir="$d" ${MODEL_ARGS:-}
   ) 9> "$d.fitting"
 }
 
@@ -72,4 +78,4 @@ for p in "${planners[@]}"; do
   esac
 done
 run_jobs "$out/.next" "${WORKERS:-2}" || exit 1
-echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k --raw"
+echo "$(date -u +%FT%TZ) done: python -m worldmodel.report $out/{bc,mopo,ravl}-s? --out docs/results/$name-200k$variant --raw"
