@@ -304,7 +304,7 @@ class EnsembleDynamics(nn.Module):
         data = validate_transitions(data, self.obs_dim, self.act_dim).to(self.device)
         if len(data) < 2:
             raise ValueError(f"evaluate needs at least 2 held-out transitions (an R^2 over rows), got {len(data)}")
-        target = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
+        target = fitting.model_targets(data)
         mean, var = self.predict(data["obs"], data["action"], members=self.elites)
         err2 = (mean.mean(0) - target) ** 2
         r2 = 1 - err2.mean(0) / target.var(0, unbiased=False).clamp_min(1e-12)

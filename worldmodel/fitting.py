@@ -92,8 +92,7 @@ def fit(
     precision = training_precision(model, precision)
     if resume is not None:  # the steps' precision the fit began with (auto can resolve otherwise on another host)
         precision = resume.get("precision", precision)
-    inputs = torch.cat([data["obs"], data["action"]], -1)
-    targets = torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
+    inputs, targets = torch.cat([data["obs"], data["action"]], -1), model_targets(data)
     n = inputs.shape[0]
     n_holdout = min(int(n * holdout_ratio), max_holdout)
     if n_holdout < 5 or n - n_holdout < 10:
@@ -236,6 +235,11 @@ def fit_record(metrics: dict) -> dict:
               "start_kept": metrics.get("start_kept"), "holdout": metrics.get("holdout"),
               "precision": metrics.get("precision")}  # fmt: skip
     return {k: v for k, v in record.items() if v is not None}
+
+
+def model_targets(data: TensorDict) -> Tensor:
+    """What the model predicts for transitions [N]: next_obs - obs and the reward, [N, O+1]."""
+    return torch.cat([data["next_obs"] - data["obs"], data["reward"].unsqueeze(-1)], -1)
 
 
 def holdout_among(n: int, rows: Tensor, count: int) -> Tensor:

@@ -17,15 +17,15 @@ import torch
 
 from worldmodel import EnsembleDynamics
 from worldmodel.datasets import load_dataset
-from worldmodel.fitting import recalibrate_variance
-from worldmodel.uncertainty import max_aleatoric
+from worldmodel.fitting import model_targets, recalibrate_variance
+from worldmodel.uncertainty import Uncertainty
 
 
 def penalty(model: EnsembleDynamics, rows) -> float:
-    """MOPO's max_aleatoric over the elites' next-state outputs, averaged over rows."""
+    """MOPO's measure (its defaults: max_aleatoric over the elites' next-state outputs), averaged over rows."""
     with torch.no_grad():
         mean, var = model.predict(rows["obs"], rows["action"], members=model.elites)
-    return max_aleatoric(mean[..., :-1], var[..., :-1]).mean().item()
+    return Uncertainty()(mean, var).mean().item()
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     before = {"calibration": model.evaluate(cal)["calibration"], "test": model.evaluate(test)["calibration"],
               "penalty": penalty(model, test)}  # fmt: skip
     x = model.input_norm(torch.cat([cal["obs"], cal["action"]], -1))
-    y = model.target_norm(torch.cat([cal["next_obs"] - cal["obs"], cal["reward"].unsqueeze(-1)], -1))
+    y = model.target_norm(model_targets(cal))
     shift, _ = recalibrate_variance(model, x, y)
     after = {"calibration": model.evaluate(cal)["calibration"], "test": model.evaluate(test)["calibration"],
              "penalty": penalty(model, test)}  # fmt: skip
