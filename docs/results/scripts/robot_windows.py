@@ -1,5 +1,7 @@
 """Robot runs' own episodes by the real step they ended in, in issue #11's windows
-(0-1k], (1k-5k], (5k-10k], (10k-20k]: mean ± std (count, lowest), from each run's metrics.jsonl.
+(0-1k], (1k-5k], (5k-10k], (10k-20k]: per run mean ± std (count, lowest), from each run's
+metrics.jsonl; with several runs (seeds), a last line per window as the README's robot table gives
+it: the mean ± sample std of the runs' means, and the lowest episode of any run.
 
     python docs/results/scripts/robot_windows.py runs/realtime/<run> [...]
 
@@ -7,19 +9,43 @@
 this keeps the issue's fixed ones, run by run.)
 """
 
+import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 WINDOWS = [(0, 1000), (1000, 5000), (5000, 10000), (10000, 20000)]
 
-for run in map(Path, sys.argv[1:]):
-    episodes = [json.loads(line) for line in open(run / "metrics.jsonl") if '"kind": "episode"' in line]
-    cells = []
-    for low, high in WINDOWS:
-        returns = [e["ret"] for e in episodes if low < e["step"] <= high]
-        if returns:
-            cells.append(f"({low}-{high}]: {statistics.mean(returns):.0f} ± {statistics.pstdev(returns):.0f} "
-                         f"({len(returns)}, lowest {min(returns):.0f})")
-    print(f"{run.name}: " + "; ".join(cells))
+
+def window_returns(run: Path) -> dict[tuple[int, int], list[float]]:
+    """The run's robot episode returns by window (windows without an episode left out)."""
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"{run}: no metrics.jsonl (give a planners.realtime run directory)")
+    episodes = [json.loads(line) for line in open(metrics) if '"kind": "episode"' in line]
+    found = {(low, high): [e["ret"] for e in episodes if low < e["step"] <= high] for low, high in WINDOWS}
+    return {window: returns for window, returns in found.items() if returns}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="planners.realtime run directories")
+    runs = parser.parse_args().runs
+    by_run = {run: window_returns(run) for run in runs}
+    for run, windows in by_run.items():
+        cells = [f"({low}-{high}]: {statistics.mean(r):.0f} ± {statistics.pstdev(r):.0f} ({len(r)}, lowest {min(r):.0f})"
+                 for (low, high), r in windows.items()]
+        print(f"{run.name}: " + "; ".join(cells))
+    if len(runs) > 1:
+        cells = []
+        for low, high in WINDOWS:
+            means = [statistics.mean(w[(low, high)]) for w in by_run.values() if (low, high) in w]
+            if len(means) > 1:
+                lowest = min(min(w[(low, high)]) for w in by_run.values() if (low, high) in w)
+                cells.append(f"({low}-{high}]: {statistics.mean(means):.0f} ± {statistics.stdev(means):.0f} "
+                             f"({len(means)} runs, lowest {lowest:.0f})")
+        print("across runs: " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
