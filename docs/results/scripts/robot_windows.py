@@ -39,11 +39,11 @@ def main() -> None:
     if len(runs) > 1:
         cells = []
         for low, high in WINDOWS:
-            means = [statistics.mean(w[(low, high)]) for w in by_run.values() if (low, high) in w]
-            if len(means) > 1:
-                lowest = min(min(w[(low, high)]) for w in by_run.values() if (low, high) in w)
+            found = [w[(low, high)] for w in by_run.values() if (low, high) in w]
+            if len(found) > 1:
+                means = [statistics.mean(r) for r in found]
                 cells.append(f"({low}-{high}]: {statistics.mean(means):.0f} ± {statistics.stdev(means):.0f} "
-                             f"({len(means)} runs, lowest {lowest:.0f})")
+                             f"({len(found)} runs, lowest {min(map(min, found)):.0f})")
         print("across runs: " + "; ".join(cells))
 
 
