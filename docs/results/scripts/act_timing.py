@@ -1,7 +1,7 @@
 """Where a robot run's act() time goes: `python -m planners.realtime` with act()'s parts and
 Python's garbage collections timed, the slowest acts listed with the parts inside them, and a
 full collection timed before and after gc.freeze at the end. `--unbatched` keeps the workers at
-the default scheduling (no SCHED_BATCH) for an A/B. The figures of docs/benchmarks.md's "The
+the default scheduling (no SCHED_BATCH) for an A/B, `--idle` puts them under SCHED_IDLE instead. The figures of docs/benchmarks.md's "The
 workers under SCHED_BATCH" and of docs/results.md's walker2d act p99 came from this:
 
     python docs/results/scripts/act_timing.py [--unbatched] env=walker2d control_hz=20 latency_ms=10 \
@@ -22,8 +22,17 @@ import planners.realtime as realtime
 from planners import processes
 from worldmodel import threads
 
+
+
+def _idle() -> bool:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return True
+
+
 if os.environ.get("ACT_TIMING_UNBATCHED"):
     threads.defer_to_foreground = processes.defer_to_foreground = lambda: False
+if os.environ.get("ACT_TIMING_IDLE"):
+    threads.defer_to_foreground = processes.defer_to_foreground = _idle
 
 events: list[tuple[float, str, float]] = []  # (start, what, seconds)
 
@@ -69,6 +78,10 @@ if __name__ == "__main__":
         argv.remove("--unbatched")
         os.environ["ACT_TIMING_UNBATCHED"] = "1"
         threads.defer_to_foreground = processes.defer_to_foreground = lambda: False
+    if "--idle" in argv:
+        argv.remove("--idle")
+        os.environ["ACT_TIMING_IDLE"] = "1"
+        threads.defer_to_foreground = processes.defer_to_foreground = _idle
     for name in ("act", "_collect", "_choose"):
         setattr(realtime.RealtimeController, name, timed(name.lstrip("_"), getattr(realtime.RealtimeController, name)))
     processes.PlanningProcess.post = timed("post", processes.PlanningProcess.post)
