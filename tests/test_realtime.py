@@ -144,9 +144,10 @@ def test_a_model_emitting_nan_never_produces_an_action(hopper, worker):
             assert torch.equal(rt.act(data["obs"][i], i * 0.01), safe)
             wait_for(lambda: counts(rt)["planner_errors"] + rt.counts["nonfinite_plans"] >= i + 1)
         obs = data["obs"][0].clone()
-        obs[4] = float("nan")
-        assert torch.equal(rt.act(obs, 0.5), safe)
-    assert rt.counts["fallback"] == 21 and rt.counts["nonfinite_obs"] == 1 and rt.counts["fresh"] == 0
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            obs[4] = bad
+            assert torch.equal(rt.act(obs, 0.5), safe)
+    assert rt.counts["fallback"] == 23 and rt.counts["nonfinite_obs"] == 3 and rt.counts["fresh"] == 0
     # the error reaches the controller (from a process, as text): the planner's, or the prediction's
     # of the state its plan starts from
     error = repr(rt.last_planner_error)
