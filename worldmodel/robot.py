@@ -140,9 +140,9 @@ class SimulatedRobot:
                 time.sleep(delay)
             else:
                 self.overruns += 1  # the simulation itself fell behind the clock
-            now = time.monotonic()
-            with self._cond:
-                while self._commands and self._commands[0][0] <= now:
+            with self._cond:  # (the commands in effect at the tick: one that came later waits for the next
+                # step, also when the simulation runs late, so a late step never acts on an answer to a later reading)
+                while self._commands and self._commands[0][0] <= tick:
                     effective, _, command = heapq.heappop(self._commands)
                     if effective - self.actuator >= self._episode_delivered:  # (else sent for the last episode)
                         self._held = command
