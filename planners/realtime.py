@@ -808,8 +808,8 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
 
 
 def _all_finite(values: Tensor) -> bool:
-    """Whether every entry of a small CPU tensor is finite, in Python (act()'s check: two torch ops and a
-    sync cost 0.1 ms a call at 20 Hz on a cold core, the Python loop over a reading's values microseconds)."""
+    """Whether every entry of a small CPU tensor (a reading, an action) is finite, in Python: two torch ops
+    and a sync cost 0.1 ms a call at 20 Hz on a cold core, the Python loop over a reading's values microseconds."""
     return all(map(math.isfinite, values.tolist())) if values.device.type == "cpu" else bool(torch.isfinite(values).all())
 
 
@@ -867,8 +867,8 @@ class ReadingPairs:
 
 def _finite(before, after) -> bool:
     """Whether the transition two consecutive readings make is finite (the log refuses one that is not)."""
-    return (bool(torch.isfinite(before.obs).all() and torch.isfinite(after.obs).all()) and math.isfinite(after.reward)
-            and (after.action is None or bool(torch.isfinite(after.action).all())))
+    return (_all_finite(before.obs) and _all_finite(after.obs) and math.isfinite(after.reward)
+            and (after.action is None or _all_finite(after.action)))
 
 
 def _transitions(pairs: list) -> TensorDict:

@@ -1,12 +1,14 @@
 """act() at 20 Hz with nothing else in the control process: a MOPO planner (its policy's plans through
 an unfitted model, as fast as a trained one's) in a planning process, observations from a random
 walk; no simulated robot, no learner, no transition log. `spin` adds a Python thread busy 1 ms in
-every 5 (as a robot driver or a simulation might be). Prints act()'s latency over the last 1,000 of
-1,300 calls. Run it alone (pause other jobs):
+every 5 (as a robot driver or a simulation might be); `profile` prints cProfile's table of the
+act() calls. Prints act()'s latency over the last 1,000 of 1,300 calls. Run it alone (pause other jobs):
 
-    python docs/results/scripts/act_bare.py [spin]
+    python docs/results/scripts/act_bare.py [spin] [profile]
 """
 
+import cProfile
+import pstats
 import sys
 import threading
 import time
@@ -33,7 +35,7 @@ def busy() -> None:
 def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", "planning with a model that was never fitted")
-    spin = sys.argv[1:] == ["spin"]
+    spin, profiler = "spin" in sys.argv[1:], cProfile.Profile() if "profile" in sys.argv[1:] else None
     spec = make_env("hopper", seed=0).task_spec
     model = EnsembleDynamics(spec.obs_dim, spec.act_dim, termination_fn=spec.termination_fn)
     planner = MOPO(model, spec, MOPOConfig(penalty=2.5, rollout_length=5))
@@ -50,12 +52,17 @@ def main() -> None:
             time.sleep(max(0.0, due - time.monotonic()))
             obs = obs + 0.01 * torch.randn(spec.obs_dim)
             began = time.perf_counter()
-            controller.act(obs, time.monotonic() - 0.01)
+            if profiler is not None:
+                profiler.runcall(controller.act, obs, time.monotonic() - 0.01)
+            else:
+                controller.act(obs, time.monotonic() - 0.01)
             seconds.append(time.perf_counter() - began)
         stats = controller.stats()
     ms = sorted(1e3 * s for s in seconds[WARMUP:])
     print(f"{'with a busy thread' if spin else 'bare'}: act p50 {ms[len(ms) // 2]:.3f} ms, p99 {ms[int(len(ms) * 0.99)]:.3f}, "
           f"max {ms[-1]:.2f}; fresh {stats['fresh_rate']:.3f}; plan p50 {stats['plan_latency_p50_ms']:.2f} ms")
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
 
 
 if __name__ == "__main__":

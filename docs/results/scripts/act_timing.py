@@ -1,10 +1,11 @@
 """Where a robot run's act() time goes: `python -m planners.realtime` with act()'s parts and
 Python's garbage collections timed, the slowest acts listed with the parts inside them, and a
 full collection timed before and after gc.freeze at the end. `--unbatched` keeps the workers at
-the default scheduling (no SCHED_BATCH) for an A/B, `--idle` puts them under SCHED_IDLE instead. The figures of docs/benchmarks.md's "The
-workers under SCHED_BATCH" and of docs/results.md's walker2d act p99 came from this:
+the default scheduling (no SCHED_BATCH) for an A/B, `--idle` puts them under SCHED_IDLE instead.
+The figures of docs/benchmarks.md's "The workers under SCHED_BATCH" and of docs/results.md's
+walker2d act p99 came from this:
 
-    python docs/results/scripts/act_timing.py [--unbatched] env=walker2d control_hz=20 latency_ms=10 \
+    python docs/results/scripts/act_timing.py [--unbatched | --idle] env=walker2d control_hz=20 latency_ms=10 \
         real_steps=800 pretrained=runs/offline/w2d-m-50k-mopo-fit20-s0 dataset=data/walker2d-medium.hdf5 \
         planner=mopo planner.updates_per_step=0 train_every=1000000 eval_at=[] eval_episodes=1 seed=0 \
         run_dir=<a new directory>
@@ -22,6 +23,7 @@ import planners.realtime as realtime
 from planners import processes
 from worldmodel import threads
 
+POLICIES = {"--unbatched": "ACT_TIMING_UNBATCHED", "--idle": "ACT_TIMING_IDLE"}  # flag -> the variable children read
 
 
 def _idle() -> bool:
@@ -29,10 +31,15 @@ def _idle() -> bool:
     return True
 
 
-if os.environ.get("ACT_TIMING_UNBATCHED"):
-    threads.defer_to_foreground = processes.defer_to_foreground = lambda: False
-if os.environ.get("ACT_TIMING_IDLE"):
-    threads.defer_to_foreground = processes.defer_to_foreground = _idle
+def _patch_workers() -> None:
+    """The workers' scheduling as the environment asks (here and in the spawned workers)."""
+    if os.environ.get("ACT_TIMING_UNBATCHED"):
+        threads.defer_to_foreground = processes.defer_to_foreground = lambda: False
+    if os.environ.get("ACT_TIMING_IDLE"):
+        threads.defer_to_foreground = processes.defer_to_foreground = _idle
+
+
+_patch_workers()
 
 events: list[tuple[float, str, float]] = []  # (start, what, seconds)
 
@@ -74,14 +81,11 @@ def report() -> None:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--unbatched" in argv:
-        argv.remove("--unbatched")
-        os.environ["ACT_TIMING_UNBATCHED"] = "1"
-        threads.defer_to_foreground = processes.defer_to_foreground = lambda: False
-    if "--idle" in argv:
-        argv.remove("--idle")
-        os.environ["ACT_TIMING_IDLE"] = "1"
-        threads.defer_to_foreground = processes.defer_to_foreground = _idle
+    for flag, variable in POLICIES.items():
+        if flag in argv:
+            argv.remove(flag)
+            os.environ[variable] = "1"
+    _patch_workers()
     for name in ("act", "_collect", "_choose"):
         setattr(realtime.RealtimeController, name, timed(name.lstrip("_"), getattr(realtime.RealtimeController, name)))
     processes.PlanningProcess.post = timed("post", processes.PlanningProcess.post)
