@@ -35,7 +35,9 @@ on the simulated hopper on an idle 2-core machine, against 0.38-2.5 ms with thre
 run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
 on waking they do not preempt act()), and while a controller runs the objects that existed at
 its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
-since. With a LearningProcess the control process's planner and agent keep their starting
+since. With `priority` the thread that starts the controller (the one calling act()) runs under
+SCHED_FIFO while it runs (`threads.run_realtime`): busy workers then never delay it (act p99 0.7
+against 12 ms on a loaded 2-core machine). With a LearningProcess the control process's planner and agent keep their starting
 weights (the learning process writes agent.pt after each refit and at its end), so a controller stopped there
 is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
@@ -70,6 +72,7 @@ from worldmodel.envs import TaskSpec
 from worldmodel.interrupts import EXIT_CODES, StopRequest
 
 SOURCES = ("fresh", "shifted", "fallback")
+AUTO_PRIORITY = 50  # control_priority=auto's SCHED_FIFO priority (ros2_control's default for its control thread)
 LATENCY_WINDOW = 1_000_000  # act and plan latencies kept (the newest): about 14 hours at 20 Hz
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for the planning thread
 WORKERS = ("thread", "process")
@@ -96,6 +99,10 @@ class RealtimeConfig:
     # Python's GIL switch interval while running: act() waits at most about this long for the GIL
     # held by the planning and learning threads (Python's default is 5 ms); None: leave it
     switch_interval_ms: float | None = None
+    # SCHED_FIFO priority (1-99) of the thread that starts the controller, the one calling act(), while
+    # it runs (threads.run_realtime: no worker delays it on waking or preempts it; Linux, and a user
+    # allowed real-time priorities); None: leave its scheduling alone
+    priority: int | None = None
 
     def __post_init__(self):
         if not self.control_hz > 0 or self.delay_ms < 0:
@@ -111,6 +118,9 @@ class RealtimeConfig:
                              "without on_stale has no watchdog")  # fmt: skip
         if self.worker not in WORKERS:
             raise ValueError(f"worker must be one of {WORKERS}, got {self.worker!r}")
+        if self.priority is not None and (isinstance(self.priority, bool) or not isinstance(self.priority, int)
+                                          or not 1 <= self.priority <= 99):  # fmt: skip
+            raise ValueError(f"priority must be an integer in 1-99 (SCHED_FIFO) or None, got {self.priority!r}")
         room = max(1, math.ceil(self.delay_ms / 1000 / self.period - 1e-9)) * self.period * 1000 - self.delay_ms
         if not 0 <= self.wait_ms < room + 1e-9:
             raise ValueError(f"wait_ms must be >= 0 and leave the answer time to reach the robot before it takes "
@@ -188,6 +198,7 @@ class RealtimeController:
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
         self._watcher: threading.Thread | None = None  # the watchdog's thread
         self._watcher_stop = threading.Event()
+        self._restore_priority: Callable[[], None] | None = None  # (with `priority`: the starting thread's policy back)
         self.error: BaseException | None = None  # what killed the planning thread or process, if anything
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "bad_stamps": 0, "nonfinite_plans": 0,
@@ -319,6 +330,8 @@ class RealtimeController:
 
     def start(self) -> RealtimeController:
         if self._watcher is None:
+            if self.config.priority is not None:  # (first: a user not allowed it gets the error before anything starts)
+                self._restore_priority = threads.run_realtime(self.config.priority)
             if self.config.switch_interval_ms is not None:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
@@ -338,6 +351,7 @@ class RealtimeController:
                     if self.config.switch_interval_ms is not None:
                         sys.setswitchinterval(self._switch_interval)
                     _thaw_heap()
+                    self._restore_scheduling()
                     raise
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
@@ -367,6 +381,13 @@ class RealtimeController:
             if self.config.switch_interval_ms is not None:
                 sys.setswitchinterval(self._switch_interval)
             _thaw_heap()
+            self._restore_scheduling()
+
+    def _restore_scheduling(self) -> None:
+        """The starting thread's scheduling as it was before start() (with `priority`)."""
+        if self._restore_priority is not None:
+            self._restore_priority()
+            self._restore_priority = None
 
     def __enter__(self) -> RealtimeController:
         return self.start()
@@ -574,6 +595,24 @@ def _validate(cfg) -> None:
     check_paths(cfg, ("pretrained", "dataset"))
 
 
+def _control_priority(value) -> int | None:
+    """control_priority as a SCHED_FIFO priority or None: auto is AUTO_PRIORITY where this user may
+    use it, else ordinary scheduling (said once); a number is that priority (the controller's start
+    says what to do where it is not allowed)."""
+    if value is None:
+        return None
+    if value == "auto":
+        if threads.realtime_allowed(AUTO_PRIORITY):
+            return AUTO_PRIORITY
+        print("control_priority=auto: this user may not use SCHED_FIFO, so the control loop runs under ordinary "
+              "scheduling (act's p99 then grows with the machine's load: allow real-time priorities, e.g. `ulimit "
+              f"-r {AUTO_PRIORITY}`, or set control_priority=null to silence this)", file=sys.stderr)  # fmt: skip
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
+        raise ValueError(f"control_priority must be auto, null or an integer in 1-99 (SCHED_FIFO), got {value!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run a planner in real time on the simulated robot; returns the summary (see the module doc)."""
     from worldmodel.checkpoint import CheckpointError, RunDirLock
@@ -587,10 +626,11 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         _validate(cfg)
         check_model_settings(cfg)
+        priority = _control_priority(cfg.control_priority)
         threads.set_threads(cfg.threads)
         env_args = {k: v for k, v in cfg.env.items() if k != "name"}
         robot = SimulatedRobot(cfg.env.name, cfg.control_hz, cfg.latency_ms, cfg.jitter_ms, cfg.drop_rate,
-                               cfg.actuator_ms, seed=cfg.seed, **env_args)  # fmt: skip
+                               cfg.actuator_ms, seed=cfg.seed, priority=priority, **env_args)  # fmt: skip
         spec = robot.spec
         torch.manual_seed(cfg.seed)
         dataset = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.env.name, cfg.env)[0] if cfg.dataset else None
@@ -603,7 +643,7 @@ def main(argv: list[str] | None = None) -> dict:
         delay = cfg.delay_ms if cfg.delay_ms is not None else cfg.latency_ms + cfg.actuator_ms
         config = RealtimeConfig(control_hz=cfg.control_hz, delay_ms=delay, slew=cfg.slew, worker=cfg.worker,
                                 plan_threads=cfg.plan_threads, switch_interval_ms=cfg.switch_interval_ms,
-                                wait_ms=cfg.wait_ms)  # fmt: skip
+                                wait_ms=cfg.wait_ms, priority=priority)  # fmt: skip
     except (ValueError, OSError, CheckpointError) as e:  # (before any file: a corrected command starts afresh)
         raise SystemExit(f"error: {e}") from None
 
@@ -797,6 +837,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                "refits": learner.refits, "value_updates": learner.value_updates, "learner_ended_early": learner.ended_early,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
                "eval_returns": evals, "pretrained_value": pretrained_value, "wall_s": wall, "worker": cfg.worker,
+               "control_priority": config.priority,
                "threads": {"plan": cfg.plan_threads, "learn": learn_threads}}  # fmt: skip
     write_json(summary, run_dir / "summary.json")
     _plot(controller, robot.episode_returns, run_dir / "realtime.png", f"{cfg.planner.name} on {cfg.env.name} "

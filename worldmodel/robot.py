@@ -14,7 +14,8 @@ at rest (the middle of the action box) and takes no command sent before the new 
 reading reached the driver: those answered the old episode (a falling walker's last torques,
 held into the new episode, toppled it within 7-11 steps). A reading carries what a robot's
 driver would report, plus the reward and the action that was in effect, so the loop can build
-the real transitions.
+the real transitions. With `priority` the simulation thread runs under SCHED_FIFO, as the
+robot's own clock that no worker on the machine delays.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from worldmodel.envs import make_env
+from worldmodel.threads import run_realtime
 
 
 @dataclass(order=True)
@@ -50,11 +52,15 @@ class SimulatedRobot:
     """`task` (any make_env name) run at `control_hz` in real time; see the module docstring."""
 
     def __init__(self, task: str, control_hz: float = 20.0, latency_ms: float = 10.0, jitter_ms: float = 0.0,
-                 drop_rate: float = 0.0, actuator_ms: float = 0.0, seed: int = 0, **env_kwargs):  # fmt: skip
+                 drop_rate: float = 0.0, actuator_ms: float = 0.0, seed: int = 0, priority: int | None = None,
+                 **env_kwargs):  # fmt: skip
         if not control_hz > 0 or min(latency_ms, jitter_ms, actuator_ms) < 0 or not 0 <= drop_rate < 1:
             raise ValueError("control_hz must be > 0, latency_ms, jitter_ms and actuator_ms >= 0, drop_rate in [0, 1)")
         if jitter_ms > latency_ms:
             raise ValueError(f"jitter_ms={jitter_ms} > latency_ms={latency_ms}: a reading cannot arrive before it is taken")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99):
+            raise ValueError(f"priority must be an integer in 1-99 (SCHED_FIFO) or None, got {priority!r}")
+        self.priority = priority  # the simulation thread's SCHED_FIFO priority, as a robot's own clock (None: ordinary)
         self.env = make_env(task, seed=seed, **env_kwargs)
         self.spec = self.env.task_spec
         self.period, self.latency, self.jitter = 1 / control_hz, latency_ms / 1000, jitter_ms / 1000
@@ -122,6 +128,8 @@ class SimulatedRobot:
 
     def _simulate(self) -> None:
         try:
+            if self.priority is not None:
+                run_realtime(self.priority)  # (for this thread's life)
             self._physics()
         except Exception as e:  # the robot stops: readings() returns nothing, and `error` says why
             self.error = e

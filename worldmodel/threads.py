@@ -7,7 +7,8 @@ process may use (CPU affinity, capped by its cgroup CPU quota) minus those other
 busy, and `adapt()`, called at safe points of a run (every step, every fit minibatch), follows the
 load as other jobs come and go. `set_threads(n)` fixes the count at n. `defer_to_foreground()`
 makes a background worker (a real-time controller's planner or learner) yield to the thread it
-shares a core with instead of preempting it on waking.
+shares a core with instead of preempting it on waking; `run_realtime(priority)` does the opposite
+for a control loop's thread (SCHED_FIFO).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -136,6 +138,54 @@ def defer_to_foreground() -> bool:
     except OSError:
         return False
     return True
+
+
+def run_realtime(priority: int) -> Callable[[], None]:
+    """Run the calling thread under Linux's SCHED_FIFO at `priority` (1-99), as robot control loops
+    do: waking up, it takes a core at once from any ordinary thread, and no ordinary thread
+    preempts it, so its time does not depend on how busy the workers keep the cores. Threads it
+    starts inherit it; processes it starts do not (SCHED_RESET_ON_FORK). Returns a function that
+    puts the thread back under its previous policy (callable from any thread). Raises
+    PermissionError saying what to do where the user may not (not root, no CAP_SYS_NICE, an rtprio
+    limit below `priority`) and OSError where the OS has no SCHED_FIFO."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99:
+        raise ValueError(f"a SCHED_FIFO priority is an integer in 1-99, got {priority!r}")
+    if not hasattr(os, "SCHED_FIFO"):
+        raise OSError("SCHED_FIFO (a real-time priority) is Linux's: leave the priority unset on this OS")
+    tid = threading.get_native_id()  # (Linux's sched_setscheduler takes a thread id: restore works from any thread)
+    policy, param = os.sched_getscheduler(tid), os.sched_getparam(tid)
+    try:
+        os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except PermissionError:
+        raise PermissionError(f"SCHED_FIFO priority {priority} is not allowed to this user: run as root, give "
+                              "python CAP_SYS_NICE (setcap cap_sys_nice+ep), or raise the rtprio limit (`ulimit -r "
+                              f"{priority}`; /etc/security/limits.conf: `<user> - rtprio {priority}`); or leave the "
+                              "priority unset") from None  # fmt: skip
+
+    def restore() -> None:
+        try:
+            os.sched_setscheduler(tid, policy, param)
+        except ProcessLookupError:  # (the thread has ended)
+            pass
+
+    return restore
+
+
+def realtime_allowed(priority: int) -> bool:
+    """Whether run_realtime(priority) would succeed here (tried on a short-lived thread of its own)."""
+    allowed = []
+
+    def attempt() -> None:
+        try:
+            run_realtime(priority)
+            allowed.append(True)
+        except OSError:  # (PermissionError, or no SCHED_FIFO)
+            pass
+
+    probe = threading.Thread(target=attempt, name="rt-probe")
+    probe.start()
+    probe.join()
+    return bool(allowed)
 
 
 def adapt() -> int:

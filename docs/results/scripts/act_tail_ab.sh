@@ -7,15 +7,17 @@
 # Each run is killed once its loop is over (the learner's owed updates and the final evaluation
 # are not needed here).
 #
-#   docs/results/scripts/act_tail_ab.sh default switch=0.5 switch=0.1 idle nolearn
+#   docs/results/scripts/act_tail_ab.sh default switch=0.5 switch=0.1 idle nolearn fifo
 #
 # arms: default; switch=<ms> (switch_interval_ms, the control process's GIL switch interval);
 # idle (the planning and learning workers under SCHED_IDLE instead of SCHED_BATCH, through
-# act_timing.py --idle); nolearn (no refits nor agent updates). Run directories: /tmp/act-tail-<arm>.
+# act_timing.py --idle); nolearn (no refits nor agent updates); fifo (control_priority=50: the control
+# loop and the simulated robot's threads under SCHED_FIFO). Run directories: /tmp/act-tail-<arm>.
+# BUSY=1 leaves the other worldmodel jobs running (a machine busier than the robot's workers).
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
-paused=$(pgrep -f "worldmodel.run|worldmodel.datasets|planners.edge_of_reach" | tr '\n' ' ')
+paused=$([ "${BUSY:-0}" = 1 ] || pgrep -f "worldmodel.run|worldmodel.datasets|planners.edge_of_reach" | tr '\n' ' ')
 [ -n "$paused" ] && kill -STOP $paused
 trap '[ -n "$paused" ] && kill -CONT $paused' EXIT
 steps=${STEPS:-3000}
@@ -27,7 +29,8 @@ for arm in "$@"; do
     switch=*) extra+=(switch_interval_ms="${arm#switch=}") ;;
     idle) run=(python docs/results/scripts/act_timing.py --idle) ;;
     nolearn) extra=(planner.updates_per_step=0 train_every=1000000) ;;
-    *) echo "unknown arm $arm (default, switch=<ms>, idle, nolearn)" >&2; exit 1 ;;
+    fifo) extra+=(control_priority=50) ;;
+    *) echo "unknown arm $arm (default, switch=<ms>, idle, nolearn, fifo)" >&2; exit 1 ;;
   esac
   "${run[@]}" env=hopper control_hz=20 latency_ms=10 real_steps="$steps" \
     pretrained=runs/offline/hopper-medium-replay-200k/mopo-s0 dataset=data/hopper-medium-replay.hdf5 \
