@@ -35,9 +35,10 @@ on the simulated hopper on an idle 2-core machine, against 0.38-2.5 ms with thre
 run each; docs/benchmarks.md). The workers run under SCHED_BATCH (`threads.defer_to_foreground`:
 on waking they do not preempt act()), and while a controller runs the objects that existed at
 its start are out of the cyclic collector's full passes (`gc.freeze`): those scan only what came
-since. With `priority` the thread that starts the controller (the one calling act()) runs under
-SCHED_FIFO while it runs (`threads.run_realtime`): busy workers then never delay it (act p99 0.7
-against 12 ms on a loaded 2-core machine). With a LearningProcess the control process's planner and agent keep their starting
+since. With `priority` the thread that starts the controller (it should be the one calling act())
+and the watchdog's run under SCHED_FIFO while it runs (`threads.run_realtime`): other processes'
+work then does not delay act() (with planning and learning processes on a loaded 2-core machine:
+window-median act p99 0.70-0.75 against 11.6-12.5 ms). With a LearningProcess the control process's planner and agent keep their starting
 weights (the learning process writes agent.pt after each refit and at its end), so a controller stopped there
 is not started again: a new one from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
@@ -99,9 +100,9 @@ class RealtimeConfig:
     # Python's GIL switch interval while running: act() waits at most about this long for the GIL
     # held by the planning and learning threads (Python's default is 5 ms); None: leave it
     switch_interval_ms: float | None = None
-    # SCHED_FIFO priority (1-99) of the thread that starts the controller, the one calling act(), while
-    # it runs (threads.run_realtime: no worker delays it on waking or preempts it; Linux, and a user
-    # allowed real-time priorities); None: leave its scheduling alone
+    # SCHED_FIFO priority (1-99) of the thread that starts the controller (the one calling act()) and
+    # the watchdog's while it runs (threads.run_realtime: no ordinary thread delays it on waking or
+    # preempts it; Linux, and a user allowed real-time priorities); None: leave its scheduling alone
     priority: int | None = None
 
     def __post_init__(self):
@@ -118,9 +119,8 @@ class RealtimeConfig:
                              "without on_stale has no watchdog")  # fmt: skip
         if self.worker not in WORKERS:
             raise ValueError(f"worker must be one of {WORKERS}, got {self.worker!r}")
-        if self.priority is not None and (isinstance(self.priority, bool) or not isinstance(self.priority, int)
-                                          or not 1 <= self.priority <= 99):  # fmt: skip
-            raise ValueError(f"priority must be an integer in 1-99 (SCHED_FIFO) or None, got {self.priority!r}")
+        if self.priority is not None:
+            threads.check_priority(self.priority)
         room = max(1, math.ceil(self.delay_ms / 1000 / self.period - 1e-9)) * self.period * 1000 - self.delay_ms
         if not 0 <= self.wait_ms < room + 1e-9:
             raise ValueError(f"wait_ms must be >= 0 and leave the answer time to reach the robot before it takes "
@@ -199,6 +199,10 @@ class RealtimeController:
         self._watcher: threading.Thread | None = None  # the watchdog's thread
         self._watcher_stop = threading.Event()
         self._restore_priority: Callable[[], None] | None = None  # (with `priority`: the starting thread's policy back)
+        self._raised_thread: int | None = None  # (with `priority`: the native id of the thread start() raised)
+        self._warned_thread = False
+        self._switch_interval: float | None = None  # (with switch_interval_ms: Python's, to restore)
+        self._frozen = False  # (start() froze the heap; the teardown thaws it)
         self.error: BaseException | None = None  # what killed the planning thread or process, if anything
         self.last_planner_error: Exception | None = None  # the last plan that failed (and was skipped)
         self.counts = dict.fromkeys(SOURCES, 0) | {"vetoed": 0, "nonfinite_obs": 0, "bad_stamps": 0, "nonfinite_plans": 0,
@@ -224,6 +228,10 @@ class RealtimeController:
         obs = torch.as_tensor(obs).float()
         if obs.shape != (self.spec.obs_dim,):  # (a bug in the loop, not a sensor glitch: NaN readings fall back)
             raise ValueError(f"act() takes one observation of shape [{self.spec.obs_dim}], got {list(obs.shape)}")
+        if self._raised_thread is not None and not self._warned_thread and threading.get_native_id() != self._raised_thread:
+            self._warned_thread = True
+            print("act() is called from another thread than the one that started the controller: `priority` "
+                  "raised that one, not this; start the controller from the thread that calls act()", file=sys.stderr)
         now = self.clock()
         stamp = now if stamp is None else float(stamp)
         good_stamp = math.isfinite(stamp) and stamp <= now + self.config.period  # (this clock's, not from the future)
@@ -329,9 +337,12 @@ class RealtimeController:
     # ---------------------------------------------------------------- the planning worker
 
     def start(self) -> RealtimeController:
-        if self._watcher is None:
-            if self.config.priority is not None:  # (first: a user not allowed it gets the error before anything starts)
-                self._restore_priority = threads.run_realtime(self.config.priority)
+        if self._watcher is not None:
+            return self
+        if self.config.priority is not None:  # (first: a user not allowed it gets the error before anything starts)
+            self._restore_priority = threads.run_realtime(self.config.priority)
+            self._raised_thread = threading.get_native_id()
+        try:
             if self.config.switch_interval_ms is not None:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
@@ -342,52 +353,57 @@ class RealtimeController:
             self.watchdog_error = self.last_planner_error = None
             self._maker.reset()
             _freeze_heap()
+            self._frozen = True
             self._generation += 1  # (a planning thread of a stop() that timed out ends at its next turn)
-            if self.config.worker == "process":
-                try:
-                    self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
-                                                    self.spec.act_dim, self.swapper.queue, self.version)
-                except BaseException:  # (a planner that does not pickle, or no process to start)
-                    if self.config.switch_interval_ms is not None:
-                        sys.setswitchinterval(self._switch_interval)
-                    _thaw_heap()
-                    self._restore_scheduling()
-                    raise
+            if self.config.worker == "process":  # (a planner that does not pickle raises here)
+                self._process = PlanningProcess(self._maker, self.config.plan_threads, self.spec.obs_dim,
+                                                self.spec.act_dim, self.swapper.queue, self.version)  # fmt: skip
             else:
                 self._thread = threading.Thread(target=self._run, name="planner", daemon=True)
                 self._thread.start()
             self._watcher_stop.clear()
             self._watcher = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             self._watcher.start()
+        except BaseException:
+            self._teardown()  # (what did start, stopped; the thread's scheduling and the switch interval back)
+            raise
         return self
 
     def stop(self) -> None:
+        if self._watcher is None:
+            with self._wake:
+                self._stopping = True
+            return
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Stop whatever start() started and undo what it changed (stop(), or a start() that failed)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
+        self._watcher_stop.set()
         if self._watcher is not None:
-            self._watcher_stop.set()
-            self._watcher.join()
+            if self._watcher.is_alive():
+                self._watcher.join()
             self._watcher = None
-            if self._thread is not None:
-                self._thread.join(timeout=STOP_TIMEOUT_S)
-                if self._thread.is_alive():  # (a plan that never returns: the daemon thread is left behind)
-                    print(f"the planning thread did not stop within {STOP_TIMEOUT_S:g} s (a plan that never "
-                          "returns?); leaving it", file=sys.stderr)  # fmt: skip
-                self._thread = None
-            if self._process is not None:
-                self._process.stop()
-                self._process = None
-            if self.config.switch_interval_ms is not None:
-                sys.setswitchinterval(self._switch_interval)
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_TIMEOUT_S)
+            if self._thread.is_alive():  # (a plan that never returns: the daemon thread is left behind)
+                print(f"the planning thread did not stop within {STOP_TIMEOUT_S:g} s (a plan that never "
+                      "returns?); leaving it", file=sys.stderr)  # fmt: skip
+            self._thread = None
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
+        if self._frozen:
             _thaw_heap()
-            self._restore_scheduling()
-
-    def _restore_scheduling(self) -> None:
-        """The starting thread's scheduling as it was before start() (with `priority`)."""
+            self._frozen = False
         if self._restore_priority is not None:
             self._restore_priority()
-            self._restore_priority = None
+            self._restore_priority = self._raised_thread = None
 
     def __enter__(self) -> RealtimeController:
         return self.start()
@@ -428,7 +444,11 @@ class RealtimeController:
                   file=sys.stderr)  # fmt: skip
 
     def _watch(self) -> None:
-        """The watchdog's thread: looks every half watchdog interval until stop()."""
+        """The watchdog's thread: looks every half watchdog interval until stop(), with `priority`
+        under SCHED_FIFO as the thread calling act() (threads do not inherit it)."""
+        if self.config.priority is not None:
+            with contextlib.suppress(OSError):  # (the starting thread was under it already, without the right)
+                threads.run_realtime(self.config.priority)
         while not self._watcher_stop.wait(timeout=self.watchdog_s / 2):
             self._watchdog()
 
@@ -597,19 +617,21 @@ def _validate(cfg) -> None:
 
 def _control_priority(value) -> int | None:
     """control_priority as a SCHED_FIFO priority or None: auto is AUTO_PRIORITY where this user may
-    use it, else ordinary scheduling (said once); a number is that priority (the controller's start
-    says what to do where it is not allowed)."""
+    use it, else ordinary scheduling (said once); a number is that priority, refused (before any
+    file is written) where this user may not use it."""
     if value is None:
         return None
     if value == "auto":
         if threads.realtime_allowed(AUTO_PRIORITY):
             return AUTO_PRIORITY
         print("control_priority=auto: this user may not use SCHED_FIFO, so the control loop runs under ordinary "
-              "scheduling (act's p99 then grows with the machine's load: allow real-time priorities, e.g. `ulimit "
-              f"-r {AUTO_PRIORITY}`, or set control_priority=null to silence this)", file=sys.stderr)  # fmt: skip
+              "scheduling, where act()'s p99 grows with the machine's load. To allow it: "
+              f"{threads.realtime_remedy(AUTO_PRIORITY)}; control_priority=null silences this", file=sys.stderr)  # fmt: skip
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
+    if isinstance(value, str):
         raise ValueError(f"control_priority must be auto, null or an integer in 1-99 (SCHED_FIFO), got {value!r}")
+    threads.check_priority(value, "control_priority")
+    threads.check_realtime(value)  # (PermissionError, with what to do)
     return value
 
 

@@ -106,13 +106,15 @@ def test_a_thread_with_its_own_count_is_left_alone_by_adapt(monkeypatch):
     assert seen == [(1, 1)] * 3 and getattr(threads._FIXED, "count", None) is None  # (this thread is not fixed)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="Linux's SCHED_FIFO")
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux's SCHED_FIFO")
 def test_run_realtime_raises_the_calling_thread_alone_and_restores_it():
-    """The thread runs under SCHED_FIFO at the priority; a process it starts does not (SCHED_RESET_ON_FORK),
-    nor do the process's other threads; restore() puts it back."""
+    """The thread runs under SCHED_FIFO at the priority; neither a process nor a thread it starts
+    does (SCHED_RESET_ON_FORK), nor the process's other threads; asked again for a priority it
+    has, it is left alone; restore() puts it back."""
     import threading
 
     seen, main = {}, threading.get_native_id()
+    policy = os.sched_getscheduler(main)
 
     def control_loop():
         tid = threading.get_native_id()
@@ -125,7 +127,12 @@ def test_run_realtime_raises_the_calling_thread_alone_and_restores_it():
         seen["during"] = (os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(tid).sched_priority)
         seen["child"] = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
                                        capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        started = threading.Thread(target=lambda: seen.setdefault("thread", os.sched_getscheduler(0)))
+        started.start()
+        started.join()
         seen["main"] = os.sched_getscheduler(main)
+        threads.run_realtime(5)()  # (already above 5: left as it is, and its restore changes nothing)
+        seen["nested"] = os.sched_getparam(tid).sched_priority
         restore()
         seen["after"] = os.sched_getscheduler(tid)
 
@@ -134,9 +141,9 @@ def test_run_realtime_raises_the_calling_thread_alone_and_restores_it():
     thread.join()
     if seen.get("refused"):
         pytest.skip("this user may not use SCHED_FIFO")
-    assert seen["during"] == (os.SCHED_FIFO, 7)
-    assert seen["child"] == str(os.SCHED_OTHER) and seen["main"] == os.SCHED_OTHER
-    assert seen["after"] == seen["before"] == os.SCHED_OTHER
+    assert seen["during"] == (os.SCHED_FIFO, 7) and seen["nested"] == 7
+    assert seen["child"] == str(os.SCHED_OTHER) and seen["thread"] == os.SCHED_OTHER and seen["main"] == policy
+    assert seen["after"] == seen["before"]
 
 
 @pytest.mark.parametrize("bad", [0, 100, True, 2.0])
@@ -145,20 +152,7 @@ def test_run_realtime_refuses_a_priority_outside_1_to_99(bad):
         threads.run_realtime(bad)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="Linux's SCHED_FIFO")
-def test_a_user_not_allowed_real_time_priorities_is_told_what_to_do():
-    """An ordinary user with no rtprio allowance (root drops to nobody first) gets a
-    PermissionError naming the ways to allow it."""
-    script = (
-        "import os, resource\n"
-        "from worldmodel import threads\n"
-        "resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))\n"
-        "if os.getuid() == 0:\n"
-        "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-        "try:\n"
-        "    threads.run_realtime(5)\n"
-        "except PermissionError as e:\n"
-        "    print(e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert "is not allowed to this user" in out and "ulimit -r 5" in out and "CAP_SYS_NICE" in out
+def test_a_user_not_allowed_real_time_priorities_is_told_what_to_do(unprivileged):
+    """An ordinary user with no rtprio allowance gets a PermissionError naming the ways to allow it."""
+    out, _ = unprivileged("", "try:\n    threads.run_realtime(5)\nexcept PermissionError as e:\n    print(e)")
+    assert "is not allowed to this user" in out and "CAP_SYS_NICE" in out and "rtprio 5" in out

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from worldmodel.envs import make_env
-from worldmodel.threads import run_realtime
+from worldmodel.threads import check_priority, run_realtime
 
 
 @dataclass(order=True)
@@ -58,8 +58,8 @@ class SimulatedRobot:
             raise ValueError("control_hz must be > 0, latency_ms, jitter_ms and actuator_ms >= 0, drop_rate in [0, 1)")
         if jitter_ms > latency_ms:
             raise ValueError(f"jitter_ms={jitter_ms} > latency_ms={latency_ms}: a reading cannot arrive before it is taken")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99):
-            raise ValueError(f"priority must be an integer in 1-99 (SCHED_FIFO) or None, got {priority!r}")
+        if priority is not None:
+            check_priority(priority)
         self.priority = priority  # the simulation thread's SCHED_FIFO priority, as a robot's own clock (None: ordinary)
         self.env = make_env(task, seed=seed, **env_kwargs)
         self.spec = self.env.task_spec

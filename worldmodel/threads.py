@@ -13,8 +13,10 @@ for a control loop's thread (SCHED_FIFO).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -140,52 +142,75 @@ def defer_to_foreground() -> bool:
     return True
 
 
+def check_priority(priority, name: str = "priority") -> None:
+    """Refuse a SCHED_FIFO priority that is not an integer in 1-99 (ValueError naming `name`)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99:
+        raise ValueError(f"{name} must be an integer in 1-99 (SCHED_FIFO), got {priority!r}")
+
+
+def realtime_remedy(priority: int) -> str:
+    """What a user does to be allowed SCHED_FIFO at `priority`."""
+    return (f"give python CAP_SYS_NICE (root has it, except in a container started without `--cap-add "
+            f"SYS_NICE`; or `setcap cap_sys_nice+ep <python>`), or an rtprio limit of at least {priority} "
+            f"(/etc/security/limits.conf: `<user> - rtprio {priority}`, then log in again; `ulimit -r {priority}` "
+            "where the hard limit allows it); under cgroup v1 real-time group scheduling the cgroup needs a "
+            "cpu.rt_runtime_us too (docker run --cpu-rt-runtime)")
+
+
 def run_realtime(priority: int) -> Callable[[], None]:
     """Run the calling thread under Linux's SCHED_FIFO at `priority` (1-99), as robot control loops
     do: waking up, it takes a core at once from any ordinary thread, and no ordinary thread
-    preempts it, so its time does not depend on how busy the workers keep the cores. Threads it
-    starts inherit it; processes it starts do not (SCHED_RESET_ON_FORK). Returns a function that
-    puts the thread back under its previous policy (callable from any thread). Raises
-    PermissionError saying what to do where the user may not (not root, no CAP_SYS_NICE, an rtprio
-    limit below `priority`) and OSError where the OS has no SCHED_FIFO."""
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 99:
-        raise ValueError(f"a SCHED_FIFO priority is an integer in 1-99, got {priority!r}")
-    if not hasattr(os, "SCHED_FIFO"):
-        raise OSError("SCHED_FIFO (a real-time priority) is Linux's: leave the priority unset on this OS")
-    tid = threading.get_native_id()  # (Linux's sched_setscheduler takes a thread id: restore works from any thread)
+    preempts it, so no busy worker process delays it. Neither the threads nor the processes it
+    starts inherit it (SCHED_RESET_ON_FORK: they start under ordinary scheduling). A thread already
+    under SCHED_FIFO or SCHED_RR at `priority` or above is left as it is. Returns a function that
+    puts the thread back under its previous policy (callable from any thread; nothing once the
+    thread has ended). Raises PermissionError saying what to do where the user may not, and OSError
+    off Linux."""
+    check_priority(priority)
+    if sys.platform != "linux":
+        raise OSError("SCHED_FIFO for one thread is Linux's: leave the priority unset on this OS")
+    thread, tid = threading.current_thread(), threading.get_native_id()  # (Linux's calls take a thread's id)
     policy, param = os.sched_getscheduler(tid), os.sched_getparam(tid)
+    if policy & ~os.SCHED_RESET_ON_FORK in (os.SCHED_FIFO, os.SCHED_RR) and param.sched_priority >= priority:
+        return lambda: None  # (a nested controller, or a thread started under `chrt -f` higher)
     try:
         os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except PermissionError:
-        raise PermissionError(f"SCHED_FIFO priority {priority} is not allowed to this user: run as root, give "
-                              "python CAP_SYS_NICE (setcap cap_sys_nice+ep), or raise the rtprio limit (`ulimit -r "
-                              f"{priority}`; /etc/security/limits.conf: `<user> - rtprio {priority}`); or leave the "
-                              "priority unset") from None  # fmt: skip
+        raise PermissionError(f"SCHED_FIFO priority {priority} is not allowed to this user: "
+                              f"{realtime_remedy(priority)}; or leave the priority unset") from None  # fmt: skip
 
     def restore() -> None:
-        try:
-            os.sched_setscheduler(tid, policy, param)
-        except ProcessLookupError:  # (the thread has ended)
-            pass
+        if thread.is_alive():  # (an ended thread's id may name another one by now)
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setscheduler(tid, policy, param)
 
     return restore
 
 
-def realtime_allowed(priority: int) -> bool:
-    """Whether run_realtime(priority) would succeed here (tried on a short-lived thread of its own)."""
-    allowed = []
+def check_realtime(priority: int) -> None:
+    """Raise what run_realtime(priority) would raise here (tried on a short-lived thread of its own)."""
+    failed: list[BaseException] = []
 
     def attempt() -> None:
         try:
             run_realtime(priority)
-            allowed.append(True)
-        except OSError:  # (PermissionError, or no SCHED_FIFO)
-            pass
+        except (OSError, ValueError) as e:
+            failed.append(e)
 
     probe = threading.Thread(target=attempt, name="rt-probe")
     probe.start()
     probe.join()
-    return bool(allowed)
+    if failed:
+        raise failed[0]
+
+
+def realtime_allowed(priority: int) -> bool:
+    """Whether run_realtime(priority) would succeed here."""
+    try:
+        check_realtime(priority)
+    except OSError:
+        return False
+    return True
 
 
 def adapt() -> int:

@@ -13,6 +13,7 @@
 # idle (the planning and learning workers under SCHED_IDLE instead of SCHED_BATCH, through
 # act_timing.py --idle); nolearn (no refits nor agent updates); fifo (control_priority=50: the control
 # loop and the simulated robot's threads under SCHED_FIFO). Run directories: /tmp/act-tail-<arm>.
+# Every arm but fifo runs under ordinary scheduling (control_priority=null; the command's default is auto).
 # BUSY=1 leaves the other worldmodel jobs running (a machine busier than the robot's workers).
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -23,12 +24,12 @@ trap '[ -n "$paused" ] && kill -CONT $paused' EXIT
 steps=${STEPS:-3000}
 for arm in "$@"; do
   d=/tmp/act-tail-$arm; rm -rf "$d"
-  run=(python -m planners.realtime); extra=(planner.updates_per_step=2 train_every=1000)
+  run=(python -m planners.realtime); extra=(planner.updates_per_step=2 train_every=1000 control_priority=null)
   case $arm in
     default) ;;
     switch=*) extra+=(switch_interval_ms="${arm#switch=}") ;;
     idle) run=(python docs/results/scripts/act_timing.py --idle) ;;
-    nolearn) extra=(planner.updates_per_step=0 train_every=1000000) ;;
+    nolearn) extra=(planner.updates_per_step=0 train_every=1000000 control_priority=null) ;;
     fifo) extra+=(control_priority=50) ;;
     *) echo "unknown arm $arm (default, switch=<ms>, idle, nolearn, fifo)" >&2; exit 1 ;;
   esac

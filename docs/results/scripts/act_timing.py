@@ -8,9 +8,10 @@ walker2d act p99 came from this:
     python docs/results/scripts/act_timing.py [--unbatched | --idle] env=walker2d control_hz=20 latency_ms=10 \
         real_steps=800 pretrained=runs/offline/w2d-m-50k-mopo-fit20-s0 dataset=data/walker2d-medium.hdf5 \
         planner=mopo planner.updates_per_step=0 train_every=1000000 eval_at=[] eval_episodes=1 seed=0 \
-        run_dir=<a new directory>
+        control_priority=null run_dir=<a new directory>
 
-(the planning and learning processes import this file as their main module, so the patches
+(control_priority=null: the figures were measured under ordinary scheduling, before the command's
+default became auto; the planning and learning processes import this file as their main module, so the patches
 below, read from the environment, hold in them too).
 """
 
