@@ -428,7 +428,7 @@ def realtime_rows(real_steps: int) -> list[dict]:
             out.append({"planner": planner, "control_hz": hz, "worker": worker, **{k: s[k] for k in ("act_latency_p50_ms", "act_latency_p99_ms",
                         "act_latency_max_ms", "plan_latency_p50_ms", "plan_latency_p99_ms", "fresh_rate",
                         "shifted_rate", "fallback_rate", "deadline_miss_rate", "model_version", "seed_actions",
-                        "real_steps")}, "sync_misses_p50": s["plan_latency_p50_ms"] > 1000 / hz,
+                        "real_steps", "control_priority")}, "sync_misses_p50": s["plan_latency_p50_ms"] > 1000 / hz,
                         "act_floor_ms": floor_ms})  # fmt: skip
     return out
 
@@ -458,11 +458,12 @@ def main(argv: list[str] | None = None) -> None:
         table = realtime_rows(args.realtime)
         print(f"\n`python -m planners.realtime {' '.join(_REALTIME_RUN)} planner=<planner>`, {args.realtime} robot "
               "steps; synchronous: act() would be a whole plan\n")  # fmt: skip
-        print("| planner | Hz | planning in a | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms (synchronous "
-              "act) | fresh / shifted / fallback | deadline misses | planner versions (refits, value swaps) |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| planner | Hz | planning in a | control loop | act p50 / p99 / max ms | act floor ms | plan p50 / p99 ms "
+              "(synchronous act) | fresh / shifted / fallback | deadline misses | planner versions (refits, value swaps) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in table:
-            print(f"| {r['planner']} | {r['control_hz']} | {r['worker']} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
+            loop = f"SCHED_FIFO {r['control_priority']}" if r["control_priority"] else "ordinary"  # (control_priority=auto)
+            print(f"| {r['planner']} | {r['control_hz']} | {r['worker']} | {loop} | {r['act_latency_p50_ms']:.3f} / {r['act_latency_p99_ms']:.3f} / "
                   f"{r['act_latency_max_ms']:.1f} | {r['act_floor_ms']:.3f} | {r['plan_latency_p50_ms']:.1f} / "
                   f"{r['plan_latency_p99_ms']:.1f} | {r['fresh_rate']:.0%} / {r['shifted_rate']:.0%} / "
                   f"{r['fallback_rate']:.0%} | {r['deadline_miss_rate']:.1%} | {r['model_version']} |")  # fmt: skip
