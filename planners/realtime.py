@@ -38,9 +38,10 @@ its start are out of the cyclic collector's full passes (`gc.freeze`): those sca
 since. With `priority` the thread that starts the controller (it should be the one calling act())
 and the watchdog's run under SCHED_FIFO while it runs (`threads.run_realtime`): other processes'
 work then does not delay act() (with planning and learning processes on a loaded 2-core machine:
-window-median act p99 0.70-0.75 against 11.6-12.5 ms). With a LearningProcess the control process's planner and agent keep their starting
-weights (the learning process writes agent.pt after each refit and at its end), so a controller stopped there
-is not started again: a new one from that agent.pt plans with the swaps.
+window-median act p99 0.70-0.75 against 11.6-12.5 ms). With a LearningProcess the control
+process's planner and agent keep their starting weights (the learning process writes agent.pt
+after each refit and at its end), so a controller stopped there is not started again: a new one
+from that agent.pt plans with the swaps.
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -365,19 +366,12 @@ class RealtimeController:
             self._watcher = threading.Thread(target=self._watch, name="watchdog", daemon=True)
             self._watcher.start()
         except BaseException:
-            self._teardown()  # (what did start, stopped; the thread's scheduling and the switch interval back)
+            self.stop()  # (what did start, stopped; the thread's scheduling and the switch interval back)
             raise
         return self
 
     def stop(self) -> None:
-        if self._watcher is None:
-            with self._wake:
-                self._stopping = True
-            return
-        self._teardown()
-
-    def _teardown(self) -> None:
-        """Stop whatever start() started and undo what it changed (stop(), or a start() that failed)."""
+        """Stop whatever start() started and undo what it changed (also for a start() that failed)."""
         with self._wake:
             self._stopping = True
             self._wake.notify()

@@ -981,9 +981,10 @@ def test_a_planning_process_takes_swaps_between_plans_and_its_death_means_the_sa
 
 def _fifo_allowed() -> bool:
     """Whether this process may put a thread under SCHED_FIFO (root, CAP_SYS_NICE or an rtprio limit)."""
+    from planners.realtime import AUTO_PRIORITY
     from worldmodel import threads
 
-    return threads.realtime_allowed(50)
+    return threads.realtime_allowed(AUTO_PRIORITY)
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's SCHED_BATCH")

@@ -2,7 +2,7 @@
 # Issue #11's act() tail on the simulated hopper: the 200k-update MOPO agent of hopper-medium-replay
 # (seed 0) deployed as a policy and fine-tuned in the background (the 20k rows' settings), 3,000
 # robot steps per arm, one arm after another, every other worldmodel job paused (SIGSTOP) while
-# it runs. Prints, per arm, the p99 of act()'s latency over the last 1,000 acts as the loop logs it
+# it runs. Prints, per arm (robot_windows.py --act), the p99 of act()'s latency over the last 1,000 acts as the loop logs it
 # each second (metrics.jsonl), from real step 1,000 on: median, min and max over those windows.
 # Each run is killed once its loop is over (the learner's owed updates and the final evaluation
 # are not needed here).
@@ -40,13 +40,5 @@ for arm in "$@"; do
   pid=$!
   until grep -qs "$steps/$steps" "$d.log" || ! kill -0 $pid 2> /dev/null; do sleep 2; done
   sleep 3; pkill -9 -f "run_dir=$d"; wait $pid 2> /dev/null
-  python - "$arm" "$d/metrics.jsonl" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[2]) if '"realtime"' in line]
-windows = [r for r in rows if r["step"] >= 1000]
-p99 = [r["act_latency_p99_ms"] for r in windows]
-print(f"{sys.argv[1]}: {len(windows)} windows, act p99 median {statistics.median(p99):.2f} ms (min {min(p99):.2f}, "
-      f"max {max(p99):.2f}); p50 median {statistics.median(r['act_latency_p50_ms'] for r in windows):.2f}; "
-      f"plan p50 median {statistics.median(r['plan_latency_p50_ms'] for r in windows):.2f} ms", flush=True)
-PY
+  python docs/results/scripts/robot_windows.py --act "$d"
 done
