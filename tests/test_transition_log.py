@@ -172,6 +172,19 @@ def test_a_segment_torn_while_being_created_is_dropped(tmp_path, hopper_steps, e
         assert_same(log.read()[5 * earlier :], hopper_steps[10:13])
 
 
+
+@pytest.mark.parametrize("begun", [b"", b"WMTL"])
+def test_a_reader_of_a_log_being_written_reads_a_segment_just_begun_as_empty(tmp_path, hopper_steps, begun):
+    """repair=False (e.g. refit_check on a running run's log) when the writer has created the next
+    segment and not yet written its header: the rows before it, nothing changed on disk."""
+    with TransitionLog(tmp_path, O, A, segment_records=5) as log:
+        log.append(hopper_steps[:5])
+    (tmp_path / "segment-000001.bin").write_bytes(begun)
+    reader = TransitionLog(tmp_path, O, A, segment_records=5, repair=False)
+    assert len(reader) == 5
+    assert_same(reader.read(), hopper_steps[:5])
+    assert (tmp_path / "segment-000001.bin").read_bytes() == begun
+
 def test_append_fsyncs_every_sync_every_records_and_before_it_returns(tmp_path, hopper_steps, monkeypatch):
     import worldmodel.transition_log as tl
 

@@ -50,7 +50,9 @@ class TransitionLog:
         self.sync_every, self.segment_records, self.repair = sync_every, segment_records, repair
         self.fields = 2 * obs_dim + act_dim + 3
         self.record_bytes = 4 * self.fields + 4
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.is_dir():  # (made durable: a power loss must not take the directory its segments are in)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.directory.parent)
         found = sorted(self.directory.glob("segment-*.bin"))
         counts = [self._check_segment(p, last=i == len(found) - 1) for i, p in enumerate(found)]
         # [path, whole records] per segment; a last segment torn while being created is gone
@@ -92,6 +94,8 @@ class TransitionLog:
         return whole
 
     def _records(self, path: Path) -> np.ndarray:
+        if path.stat().st_size <= _HEADER.size:  # (a segment the writer has just begun: no record yet)
+            return np.zeros((0, self.record_bytes), np.uint8)
         raw = np.fromfile(path, dtype=np.uint8, offset=_HEADER.size)
         whole = len(raw) // self.record_bytes
         return raw[: whole * self.record_bytes].reshape(whole, self.record_bytes)
