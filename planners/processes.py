@@ -372,7 +372,7 @@ class PlanningProcess:
         try:
             while self._results.poll(timeout if not out else 0.0):
                 out.append(self._results.recv())
-        except EOFError:  # (the pipe closed: the process is gone, or going)
+        except (EOFError, OSError):  # (the pipe closed: the process is gone, or going, or stop() closed our end)
             closed = True
         if not out and (closed or not self.process.is_alive()):
             self.process.join(timeout)  # (a closed pipe returns at once: the caller's own budget, not a spin)
@@ -387,6 +387,7 @@ class PlanningProcess:
         if self.process.is_alive():  # (a plan that does not end)
             self.process.kill()
             self.process.join()
+        self._results.close()  # (its descriptor now, not at the next garbage collection: a controller restarted often)
 
 
 def spawn(target, name: str, payload: bytes, args: tuple):

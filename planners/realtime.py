@@ -221,7 +221,8 @@ class RealtimeController:
     def act(self, obs: Tensor, stamp: float | None = None, first: bool = False) -> Tensor:
         """The action to execute now for obs [O] taken at time `stamp` (default: now): [A].
         `first`: obs begins an episode (after a reset): the plans made before are dropped and the
-        planner's warm start is reset; the safe action until a plan from this episode comes."""
+        planner's warm start is reset; the safe action until a plan from this episode comes, and
+        the slew limit steps from the safe action (the robot is at rest after its reset)."""
         began = time.perf_counter()
         if self._watcher is None:
             raise RuntimeError("act() on a controller that is not running: `with controller:` (or controller.start()) "
@@ -240,6 +241,8 @@ class RealtimeController:
             with self._plans_lock:
                 self._episode += 1
                 self._plans = (None, None)
+            with self._action_lock:  # the reset left the robot at rest: the slew limit steps on from the safe action
+                self._last_action = self.safe_action
         self._count_deadline(stamp)
         self._last_act_time = now  # (the watchdog stays quiet while act() answers, fallbacks included)
         finite = posted = good_stamp and _all_finite(obs)
@@ -264,12 +267,14 @@ class RealtimeController:
         if posted and self.config.wait_ms > 0:
             self._await_answer(stamp, began + self.config.wait_ms / 1000)
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
-        with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
-            action = self._limit(action)
-            if self.constraint is not None and finite and not self._allowed(obs, action):
+        if self.constraint is not None and finite:  # (outside the lock: a hook that hangs must not stop the watchdog)
+            with self._action_lock:
+                limited = self._limit(action)
+            if not self._allowed(obs, limited):
                 self.counts["vetoed"] += 1
-                action, source = self._limit(self.safe_action), "fallback"
-            self._last_action = action
+                action, source = self.safe_action, "fallback"
+        with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
+            action = self._last_action = self._limit(action)
         self.counts[source] += 1
         self.act_latency_s.append(time.perf_counter() - began)
         return action
@@ -318,8 +323,13 @@ class RealtimeController:
     def limit(self, action: Tensor) -> Tensor:
         """An action [A] the robot is sent by other means (e.g. a random seed action), clipped to the
         box and the slew limit as act's are, and the last executed action from now on."""
+        action = torch.as_tensor(action).float()
+        if action.shape != self.low.shape or not _all_finite(action):  # (NaN would pass the clamps, and every
+            # action after it would be limited around NaN)
+            raise ValueError(f"limit() takes a finite action of shape {list(self.low.shape)}, got {action}: not "
+                             "sent; send controller.safe_action instead")  # fmt: skip
         with self._action_lock:
-            self._last_action = self._limit(torch.as_tensor(action).float())
+            self._last_action = self._limit(action)
             return self._last_action
 
     def _limit(self, action: Tensor) -> Tensor:
@@ -427,6 +437,8 @@ class RealtimeController:
                     obs, stamp, planned_serial, posted, episode = self._latest
                 with self.swapper.planning():
                     result = self._maker.make(obs, stamp, self._last_action, self.version, posted, episode)
+                if generation != self._generation:
+                    return  # (a thread a stop() left behind: its plan is not the restarted controller's)
                 self._record(result)
         except Exception as e:  # the thread dies: act() falls back to the safe action from now on
             if generation != self._generation:

@@ -300,6 +300,81 @@ def test_the_watchdog_outlives_a_failing_driver_and_keeps_quiet_while_act_answer
         assert rt.counts["watchdog_trips"] == trips
 
 
+def test_limit_refuses_an_action_that_would_poison_the_slew_limit(hopper):
+    """A NaN passes clamp: sent through limit() it would be the last action, and every action after
+    it limited around NaN."""
+    spec, model, data = hopper
+    with RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100, slew=0.3)) as rt:
+        for bad in ([float("nan"), 0.0, 0.0], [0.0, float("inf"), 0.0], [0.0, 0.0]):
+            with pytest.raises(ValueError, match="limit\\(\\) takes a finite action of shape \\[3\\]"):
+                rt.limit(torch.tensor(bad))
+        rt.limit(torch.zeros(3))
+        assert torch.allclose(rt.limit(torch.tensor([0.9, 0.0, -0.1])), torch.tensor([0.3, 0.0, -0.1]))
+        assert torch.isfinite(rt.act(data["obs"][0])).all()
+
+
+def test_a_new_episode_slews_from_the_safe_action_not_the_last_episodes_last(hopper):
+    """After a reset the robot is at rest: the first action of the new episode is within `slew` of
+    the safe action, wherever the last episode's actions had gone."""
+    spec, model, data = hopper
+    config = RealtimeConfig(control_hz=100, slew=0.1)
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.zeros(3)) as rt:
+        for _ in range(12):  # the last episode drove its actions to the box's corner
+            rt.limit(-torch.ones(3))
+        assert torch.allclose(rt.act(data["obs"][0]), -0.9 * torch.ones(3))  # (the safe action, as far as the slew allows)
+        first = rt.act(data["obs"][1], first=True)
+        assert (first.abs() <= 0.1 + 1e-6).all(), first
+
+
+def test_a_plan_left_behind_by_stop_never_becomes_the_restarted_controllers(hopper, monkeypatch):
+    """stop() leaves a planning thread whose plan does not return (after STOP_TIMEOUT_S); when that
+    plan ends at last, it is not the plan of the controller started since."""
+    import planners.realtime as realtime
+
+    monkeypatch.setattr(realtime, "STOP_TIMEOUT_S", 0.1)
+    spec, model, data = hopper
+    planner, entered, stuck = mppi(model, spec), threading.Event(), threading.Event()
+    plan = planner.act_ahead
+
+    def hanging(obs, deterministic=True):
+        entered.set()
+        stuck.wait(10)
+        return plan(obs, deterministic)
+
+    planner.act_ahead = hanging
+    rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=100))
+    with rt:
+        rt.act(data["obs"][0])
+        wait_for(entered.is_set)
+    left = threading.enumerate()
+    with rt:
+        stuck.set()  # the old plan returns now
+        wait_for(lambda: not any(t.name == "planner" and t.ident != rt._thread.ident and t.is_alive() for t in left))
+        assert newest(rt) is None and rt.counts["plans"] == 0
+
+
+def test_a_constraint_hook_that_hangs_does_not_silence_the_watchdog(hopper):
+    """The hook runs outside the lock the watchdog takes to send the safe action: while act() waits
+    on a hook stuck on (say) a dead bus, the watchdog still trips."""
+    spec, model, data = hopper
+    stuck, sent = threading.Event(), []
+
+    def hanging(obs, action):
+        stuck.wait(10)
+        return True
+
+    config = RealtimeConfig(control_hz=100, watchdog_ms=50)
+    with RealtimeController(mppi(model, spec), spec, config, constraint=hanging, on_stale=sent.append) as rt:
+        acting = threading.Thread(target=rt.act, args=(data["obs"][0],))
+        acting.start()
+        try:
+            wait_for(lambda: len(sent) >= 2, timeout=5)
+        finally:
+            stuck.set()
+            acting.join()
+        assert rt.counts["watchdog_trips"] >= 2
+
+
 def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):
     spec, model, data = hopper
     rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100))
