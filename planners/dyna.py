@@ -101,12 +101,15 @@ class Dyna(Planner):
     def observe(self, transition: TensorDict) -> None:
         self.buffer.extend(transition)
 
-    def schedule(self, updates: int | None) -> None:
+    def schedule(self, updates: int | None, start: int | None = None) -> None:
         """The agent's update budget ahead (offline: all its updates; None: open-ended, online).
-        With actor_lr_cosine the actor's learning rate anneals to 0 over that budget."""
+        With actor_lr_cosine the actor's learning rate anneals to 0 over that budget, along a cosine
+        begun at update `start` (None: a schedule under way keeps its start, a new one begins now;
+        given, e.g. an offline budget extended after the switch dropped its schedule, the cosine
+        goes on as one over the whole budget)."""
         horizon = self.agent.updates + updates if updates and self.config.actor_lr_cosine else None
-        if horizon != self.agent.actor_lr_horizon:  # (from now; a budget extended keeps its schedule's start)
-            self.agent.anneal_actor_lr(horizon)
+        if horizon != self.agent.actor_lr_horizon or horizon and start not in (None, self.agent.actor_lr_start):
+            self.agent.anneal_actor_lr(horizon, start)
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every real transition, then refresh the model buffer."""

@@ -76,7 +76,7 @@ from worldmodel.interrupts import EXIT_CODES, StopRequest
 SOURCES = ("fresh", "shifted", "fallback")
 AUTO_PRIORITY = 50  # control_priority=auto's SCHED_FIFO priority (ros2_control's default for its control thread)
 LATENCY_WINDOW = 1_000_000  # act and plan latencies kept (the newest): about 14 hours at 20 Hz
-STOP_TIMEOUT_S = 10.0  # how long stop() waits for the planning thread
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for the planning thread, and for the watchdog
 WORKERS = ("thread", "process")
 
 
@@ -387,8 +387,10 @@ class RealtimeController:
             self._wake.notify()
         self._watcher_stop.set()
         if self._watcher is not None:
-            if self._watcher.is_alive():
-                self._watcher.join()
+            self._watcher.join(timeout=STOP_TIMEOUT_S)
+            if self._watcher.is_alive():  # (an on_stale that never returns, say a driver on a dead bus)
+                print(f"the watchdog did not stop within {STOP_TIMEOUT_S:g} s (an on_stale call that never "
+                      "returns?); leaving it", file=sys.stderr)  # fmt: skip
             self._watcher = None
         if self._thread is not None:
             self._thread.join(timeout=STOP_TIMEOUT_S)

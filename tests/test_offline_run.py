@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 from worldmodel import EnsembleDynamics, ReplayBuffer, collect, correlated_noise_policy, make_env
 from worldmodel.datasets import fingerprint, load_dataset, save_d4rl
 from worldmodel.run import Run, load_config, main, validate
+from worldmodel.transition_log import TransitionLog
 
 TINY = [
     "env=hopper", "env.max_episode_steps=40", "train_every=30", "eval_every=30", "checkpoint_every=30",
@@ -195,6 +199,54 @@ def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
     assert [r["step"] for r in records(run_dir, "fit")] == [0, 30]  # the dataset was fitted once
     assert [r["step"] for r in records(run_dir, "eval")] == [0, 30]  # one switch point, the latest offline policy
+
+
+def test_an_offline_budget_extended_after_the_switch_goes_on_along_one_cosine(tmp_path, dataset):
+    """MOPO's actor lr anneals to 0 along a cosine over the offline updates; a finished offline run
+    given more of them goes on along one cosine over the whole budget, as a run given it at once
+    would, not along a fresh one from where it stopped."""
+    run_dir = tmp_path / "run"
+    main(["planner=mopo", f"dataset={dataset}", "offline.updates=40", "env_steps=0", f"run_dir={run_dir}",
+          *TINY, *DYNA_TINY])  # fmt: skip
+    main([f"resume={run_dir}", "offline.updates=80"])
+    lr = {r["step"]: r["actor_lr"] for r in records(run_dir, "offline_train")}
+    cosine = lambda update, total: 1e-4 * 0.5 * (1 + math.cos(math.pi * update / total))  # noqa: E731
+    assert lr[20] == pytest.approx(cosine(19, 40))  # (a record shows the lr of its chunk's last update)
+    assert lr[60] == pytest.approx(cosine(59, 80)) and lr[80] == pytest.approx(cosine(79, 80))
+
+
+def test_a_run_killed_after_the_switch_makes_it_again_and_then_rejoins_its_steps(tmp_path, dataset):
+    """SIGKILL after the switch to online and a few online steps, before any checkpoint after it:
+    the resumed run makes the switch again from its checkpoint of before it (the actor anchor, one
+    step-0 evaluation), then the logged steps rejoin the buffer; no refit fell due in them, so none
+    is made."""
+    run_dir = tmp_path / "run"
+    every = ("checkpoint_every", "train_every", "eval_every")
+    cmd = [sys.executable, "-m", "worldmodel.run", "planner=mopo", f"dataset={dataset}", "offline.updates=40",
+           "env_steps=5000", "planner.agent.actor_anchor=0.1", f"run_dir={run_dir}",
+           *[a for a in TINY if not a.startswith(every)], *DYNA_TINY,
+           "checkpoint_every=100000", "train_every=1000", "eval_every=1000"]  # fmt: skip
+
+    def logged() -> int:
+        return len(TransitionLog(run_dir / "transitions", 11, 3, repair=False)) if (run_dir / "transitions").is_dir() else 0
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while logged() < 10:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    steps = logged()
+    assert 10 <= steps < 1000 and json.loads((run_dir / "summary.json").read_text())["env_steps"] == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*actor_anchor.*")  # (no anchor: SAC.update warns)
+        summary = main([f"resume={run_dir}", f"env_steps={steps + 10}"])
+    assert summary["status"] == "finished" and summary["env_steps"] == steps + 10
+    modules = torch.load(run_dir / "checkpoint.pt", weights_only=False)["planner"]["agent"]["modules"]
+    assert any(k.startswith("anchor.") for k in modules)
+    assert [r["step"] for r in records(run_dir, "eval")] == [0, steps + 10]
+    assert [r["step"] for r in records(run_dir, "fit")] == [0]  # the dataset's fit alone
 
 
 def test_model_score_selection_keeps_the_snapshot_with_the_best_model_return(tmp_path, dataset, monkeypatch):

@@ -353,6 +353,31 @@ def test_a_plan_left_behind_by_stop_never_becomes_the_restarted_controllers(hopp
         assert newest(rt) is None and rt.counts["plans"] == 0
 
 
+def test_stop_returns_while_the_watchdogs_driver_call_hangs(hopper, monkeypatch):
+    """An on_stale that never returns (a driver on a dead bus) does not hang stop(), and with it
+    the `with` block's exit and a Ctrl-C's cleanup: the watchdog is left behind after STOP_TIMEOUT_S."""
+    import planners.realtime as realtime
+
+    monkeypatch.setattr(realtime, "STOP_TIMEOUT_S", 0.2)
+    spec, model, data = hopper
+    dead_bus, called = threading.Event(), threading.Event()
+
+    def hanging_driver(action):
+        called.set()
+        dead_bus.wait(30)
+
+    rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100, watchdog_ms=30),
+                            on_stale=hanging_driver)  # fmt: skip
+    try:
+        with rt:
+            rt.act(data["obs"][0])
+            wait_for(called.is_set)
+            began = time.monotonic()
+        assert time.monotonic() - began < 5
+    finally:
+        dead_bus.set()
+
+
 def test_a_constraint_hook_that_hangs_does_not_silence_the_watchdog(hopper):
     """The hook runs outside the lock the watchdog takes to send the safe action: while act() waits
     on a hook stuck on (say) a dead bus, the watchdog still trips."""

@@ -78,6 +78,34 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     assert len(buffer) == 120
 
 
+def test_an_error_hours_into_a_run_is_a_failure_with_its_traceback_not_bad_input(tmp_path, monkeypatch):
+    """Bad input is refused in one line before any work; a ValueError once the run learns (a
+    bug, or data gone bad) keeps its traceback, and summary.json says the run failed."""
+    def broken(self, started):
+        raise ValueError("a NaN in the 9,000th transition")
+
+    monkeypatch.setattr(Run, "_online", broken)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="9,000th"):
+        main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "9,000th" in summary["error"]
+
+
+def test_a_resume_refused_for_a_damaged_transition_log_leaves_the_metrics_as_they_were(tmp_path):
+    run_dir = tmp_path / "run"
+    main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
+    (run_dir / "metrics.jsonl").open("a").write('{"kind": "eval", "step": 75, "ret": 0.0}\n')  # after the checkpoint
+    metrics = (run_dir / "metrics.jsonl").read_bytes()
+    segment = run_dir / "transitions" / "segment-000000.bin"
+    damaged = bytearray(segment.read_bytes())
+    damaged[0] ^= 0xFF  # its header
+    segment.write_bytes(bytes(damaged))
+    with pytest.raises(SystemExit, match="bad header.*: move .*transitions aside"):
+        main([f"resume={run_dir}", "env_steps=120"])
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics
+
+
 def test_unknown_planner_lists_the_choices():
     with pytest.raises(SystemExit, match=r"(?s)Could not find .planner/ppo.*bc.*cem.*icem.*mbpo.*mopo.*mppi.*random.*ravl$"):
         main(["planner=ppo"])

@@ -15,13 +15,14 @@ SIGTERM finishes the current step, saves everything and prints the resume comman
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -114,18 +115,19 @@ class Run:
         self.run_dir = run_dir
         self._lock = RunDirLock(run_dir)  # one process per run directory
         self.logger = MetricsLogger(run_dir)
-        self.logger.truncate(self._kept_on_resume())  # a resumed run drops the records after its checkpoint
         try:
             self.agent.open_log(run_dir / "transitions")
         except LogCorruptError as e:
             raise LogCorruptError(f"{e}: move {run_dir / 'transitions'} aside to resume from the checkpoint without "
                                   "the transitions logged after it") from None  # fmt: skip
-        self._rejoin_logged_transitions()
+        self.logger.truncate(self._kept_on_resume())  # a resumed run drops the records after its checkpoint
         save_config(self.cfg, run_dir)  # (last: a resume that fails above leaves the saved config as it was)
 
     def _rejoin_logged_transitions(self) -> None:
         """Real transitions logged after the checkpoint (the run was killed) join the buffer and
-        count as steps taken: nothing real is lost, nor collected twice."""
+        count as steps taken: nothing real is lost, nor collected twice. Called as online learning
+        (re)starts: after the offline phase and its switch, which a checkpoint from before the
+        switch makes again (the rejoined steps were taken by the policy after it)."""
         p = self.progress
         logged = len(self.log) - p.get("log_offset", 0)
         if logged < p["step"]:  # a log begun after the run (older runs): align it from here
@@ -133,10 +135,13 @@ class Run:
         elif logged > p["step"]:
             extra = self.log.read(start=p["step"] + p.get("log_offset", 0))
             self.planner.observe(extra)
+            rejoined = range(p["step"] + 1, p["step"] + len(extra) + 1)
             p["step"] += len(extra)
             p["episodes"] += int((extra["terminated"] | extra["truncated"]).sum())
-            self._fit_due = p["step"] >= self.seed_steps  # the model learns from them before the next action
-            self._eval_due = True  # evaluations due in the rejoined range were skipped: one now
+            # a refit or an evaluation that fell due in the rejoined steps was skipped: one now, before
+            # the next action (none where none fell due, as in a run never killed)
+            self._fit_due = any(map(self._fit_at, rejoined))
+            self._eval_due = any(map(self._eval_at, rejoined))
             tqdm.write(f"{len(extra)} real transition(s) logged after the checkpoint rejoin the buffer "
                        f"(now at step {p['step']})")  # fmt: skip
 
@@ -228,8 +233,8 @@ class Run:
         if p["offline_updates"] < total and p["step"] == 0 and self.trained_agent is not None:
             self._use_agent(self.trained_agent)  # learning goes on from the trained agent, not the snapshot
             self.trained_agent = None
-        if isinstance(self.planner, Dyna):
-            self.planner.schedule(total - p["offline_updates"])
+        if isinstance(self.planner, Dyna):  # (one cosine from the offline phase's first update, a budget extended too)
+            self.planner.schedule(total - p["offline_updates"], start=self.planner.agent.updates - p["offline_updates"])
         if p["step"] == 0 and (agent := learned_agent(self.planner)) is not None:
             agent.anchor_pending = True  # (actor_anchor's trust region starts at the switch below)
         bar = _bar(total, p["offline_updates"], f"offline {cfg.planner.name}", "update")
@@ -280,6 +285,7 @@ class Run:
         cfg, p = self.cfg, self.progress
         td, episode_return, learned = self.env.reset(), 0.0, {}
         self.planner.reset()
+        self._rejoin_logged_transitions()
         bar = _bar(cfg.env_steps, p["step"], f"{cfg.planner.name} {cfg.env.name}", "step")
         if self._fit_due:
             self._fit(p["step"])
@@ -302,13 +308,13 @@ class Run:
                 bar.set_postfix(ret=f"{episode_return:.1f}", plan_ms=f"{self._plan_ms():.1f}")
                 episode_return = 0.0
                 self.planner.reset()
-            if step >= self.seed_steps and (step == self.seed_steps or step % cfg.train_every == 0):
+            if self._fit_at(step):
                 bar.set_postfix_str("fitting the model...")
                 self._fit(step)
                 bar.set_postfix(plan_ms=f"{self._plan_ms():.1f}")
             if p["fits"] > 0 or cfg.pretrained or self.dataset is not None:
                 learned = self.planner.learn()
-            if step % cfg.eval_every == 0 or step == cfg.env_steps:
+            if self._eval_at(step):
                 if learned:
                     self.logger.log("train", step, **learned)
                 self._evaluate(step, bar)
@@ -318,6 +324,15 @@ class Run:
                     self._checkpoint(started)
                 self._stop_if_requested(started, bar)
         bar.close()
+
+    def _fit_at(self, step: int) -> bool:
+        """Whether the model is refitted after online step `step`: at the end of the seed steps,
+        then every train_every."""
+        return step >= self.seed_steps and (step == self.seed_steps or step % self.cfg.train_every == 0)
+
+    def _eval_at(self, step: int) -> bool:
+        """Whether the policy is evaluated after online step `step`: every eval_every, and at the last."""
+        return step % self.cfg.eval_every == 0 or step == self.cfg.env_steps
 
     def _stop_if_requested(self, started: float, bar=None) -> None:
         if self.stop.requested:
@@ -474,9 +489,11 @@ class Run:
 
     def _use_agent(self, state: dict) -> None:
         """Put a kept SAC.training_state in the planner's agent (an actor's state_dict alone from a
-        checkpoint that predates whole-agent snapshots: its actor only)."""
+        checkpoint that predates whole-agent snapshots: its actor only). A copy: the optimisers
+        would otherwise step the snapshot's own moments in place (torch's optimisers keep the
+        tensors they are loaded with)."""
         if "modules" in state:
-            self.planner.agent.load_training_state(state)
+            self.planner.agent.load_training_state(copy.deepcopy(state))
         else:
             self.planner.agent.actor.load_state_dict(state)
         self._saved_at = None  # (the checkpoint must hold it)
@@ -650,6 +667,16 @@ def check_config(argv: list[str]) -> tuple[DictConfig, Path | None]:
     return cfg, resume_dir
 
 
+@contextlib.contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    """Bad input found while a run is set up (settings, files, a checkpoint to resume) ends the
+    command with one line, `error: <what to do>`, before any work."""
+    try:
+        yield
+    except (ValueError, CheckpointError, DatasetError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--multirun", "-m") for a in argv):  # a sweep: one run per combination (worldmodel.sweep)
@@ -659,29 +686,29 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, resume_dir = check_config(argv)
     run = None
     try:
-        applied = _apply_dataset_settings(cfg, argv) if cfg.dataset and resume_dir is None else {}
-        threads.set_threads(cfg.get("threads", "auto"))
-        run = Run(cfg)
-        run.progress["dataset_settings"] = applied  # (a resumed run reads its own from the checkpoint)
-        if resume_dir is not None:
-            run.restore(resume_dir)
-            run_dir = resume_dir
-        else:
-            run_dir = run_dir_for(cfg, "run", cfg.env.name)
-            if (run_dir / "checkpoint.pt").exists():
-                raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "
-                                 "or choose another run_dir")  # fmt: skip
+        with _bad_input_exits():
+            applied = _apply_dataset_settings(cfg, argv) if cfg.dataset and resume_dir is None else {}
+            threads.set_threads(cfg.get("threads", "auto"))
+            run = Run(cfg)
+            run.progress["dataset_settings"] = applied  # (a resumed run reads its own from the checkpoint)
+            if resume_dir is not None:
+                run.restore(resume_dir)
+                run_dir = resume_dir
+            else:
+                run_dir = run_dir_for(cfg, "run", cfg.env.name)
+                if (run_dir / "checkpoint.pt").exists():
+                    raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "
+                                     "or choose another run_dir")  # fmt: skip
         with run.stop:  # from here, SIGINT/SIGTERM stop the run cleanly
-            run.open(run_dir)
-            return run.run()
+            with _bad_input_exits():
+                run.open(run_dir)
+            return run.run()  # (an error from here on is a failure, with its traceback: summary.json says "failed")
     except RunInterrupted as stop:
         command = " ".join(["python -m worldmodel.run", f"resume={shlex.quote(str(run.run_dir))}"])
         print(f"{stop.signal_name}: stopped at step {run.progress['step']} "
               f"(offline updates {run.progress['offline_updates']}); everything is saved in {run.run_dir}.\n"
               f"Resume with: {command}", file=sys.stderr)  # fmt: skip
         raise SystemExit(stop.exit_code) from None
-    except (ValueError, CheckpointError, DatasetError) as e:
-        raise SystemExit(f"error: {e}") from None
     finally:
         if run is not None:
             run.close()
