@@ -10,10 +10,10 @@ three channels, none of which can stall `act`:
 - finished plans (and failures), in a pipe the control process polls without waiting;
 - model and value swaps, in a queue the planner reads between two plans, so that one plan never
   mixes two versions.
-The process is spawned (no fork of a threaded process) with a copy of the planner, less its
-replay buffer; a planner must therefore pickle. It exits when stopped, and within 0.5 s of its
-parent's death (a thread polls for it; a death signal would follow the thread that started it,
-not the process).
+The process starts from a fork server (`process_context`: never a fork of the threaded control
+process) with a copy of the planner, less its replay buffer; a planner must therefore pickle. It
+exits when stopped, and within 0.5 s of its parent's death (a thread polls for it; a death signal
+would follow the thread that started it, not the process).
 Shapes: O obs dims, A action dims, H plan steps.
 """
 
@@ -50,7 +50,7 @@ _OBS_AT = 5  # where the observation begins in a planning process's slot
 _START_TIMEOUT_S = 120.0
 _MAIN_GUARD = ("If that error says the process had not finished its bootstrapping phase: a script that starts "
                "planning or learning processes needs `if __name__ == \"__main__\":` around its top-level code (a "
-               "spawned process imports the main module)")
+               "planning or learning process imports the main module)")
 
 
 @dataclass
@@ -304,22 +304,35 @@ def apply_swap(planner, attributes: dict) -> None:
             setattr(planner, name, copy.deepcopy(value) if learned else value)
 
 
+def process_context() -> multiprocessing.context.BaseContext:
+    """How planning and learning processes start: from a fork server where the platform has one
+    (Linux, macOS), which imports torch and this package once and forks each process from there,
+    so a process is ready in well under a second instead of a fresh interpreter's 5-8 s of imports
+    on a 2-core machine; else (Windows) spawned. Neither forks the control process, whose threads
+    a fork would copy mid-step. Like spawn, the fork server's processes import the main module."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["planners.processes"])  # (read when the server starts: the first process)
+    return context
+
+
 def new_queue():
-    """A spawn-context queue that never holds up its process's exit: what was put and not yet
+    """A queue of `process_context()` that never holds up its process's exit: what was put and not yet
     read when the reader is gone is dropped (a swap nobody plans with, transitions already in
     the durable log) instead of waiting for a reader forever."""
-    q = torch.multiprocessing.get_context("spawn").Queue()
+    q = process_context().Queue()
     q.cancel_join_thread()
     return q
 
 
 class PlanningProcess:
-    """A PlanMaker in a spawned process: `post` the latest reading, `receive` what it finished."""
+    """A PlanMaker in a process of its own (process_context()): `post` the latest reading, `receive` what it finished."""
 
     def __init__(self, maker: PlanMaker, threads: int, obs_dim: int, act_dim: int, swaps, version: int = 0):
         """maker: a copy of it plans there; swaps: the queue a Swapper sends to (new_queue());
         version: the planner's version now."""
-        ctx = torch.multiprocessing.get_context("spawn")
+        ctx = process_context()
         self.obs_dim = obs_dim
         # [stamp, serial, has last action, posted (monotonic seconds), episode, obs [O], last action [A]]
         self._slot = torch.zeros(_OBS_AT + obs_dim + act_dim, dtype=torch.float64).share_memory_()
@@ -333,7 +346,7 @@ class PlanningProcess:
                               version, os.getpid()))  # fmt: skip
         sender.close()  # (the child's end: once the child is gone, receive() sees the pipe close)
         self._serial = 0
-        # ready once it has its planner (a spawned interpreter imports torch first: seconds); its exit
+        # ready once it has its planner (a spawned interpreter imports torch first: seconds; from the fork server, the server's first start); its exit
         # (the process's sentinel) ends the wait at once
         multiprocessing.connection.wait([self._results, self.process.sentinel], _START_TIMEOUT_S)
         try:
@@ -391,13 +404,13 @@ class PlanningProcess:
 
 
 def spawn(target, name: str, payload: bytes, args: tuple):
-    """Start target(payload's pipe, *args) in a spawned daemon process, and send it `payload` (a
+    """Start target(payload's pipe, *args) in a daemon process of process_context(), and send it `payload` (a
     pickled planner or agent: megabytes) through that pipe from a thread of this process. Given as
     an argument it would go down the pipe CPython starts the child through, which the parent holds
     open while writing: a child that died before reading it all (e.g. re-running a script without
     `if __name__ == "__main__":`) left the parent blocked forever; `args` must stay small (well
     under a pipe's 64 KiB) for the same reason. Returns the process."""
-    ctx = torch.multiprocessing.get_context("spawn")
+    ctx = process_context()
     reader, writer = ctx.Pipe(duplex=False)
     process = ctx.Process(target=target, name=name, daemon=True, args=(reader, *args))
     try:
@@ -491,7 +504,7 @@ def _plan_forever(maker, slot: Tensor, slot_lock, wake, stop, swaps, results, th
 
 
 class LearningProcess(Learner):
-    """A BackgroundLearner (planners.learning) in a spawned process of its own, beside a planning
+    """A BackgroundLearner (planners.learning) in a process of its own (process_context()), beside a planning
     process: its swaps go straight to the planning process, and it writes model.pt and agent.pt
     (`save_agent`) after each refit and at its end. The control process keeps the transition log: the writer thread
     appends what `add` is given durably here, then sends it; `poll()` (from the control loop)
@@ -516,7 +529,7 @@ class LearningProcess(Learner):
         if self.controller.swapper.queue is None:
             raise ValueError("a learning process swaps into a planning process: give it a RealtimeController "
                              "with worker='process'")  # fmt: skip
-        ctx = torch.multiprocessing.get_context("spawn")
+        ctx = process_context()
         self._inbox, self._results = new_queue(), ctx.Queue()
         self.process = spawn(_learn_forever, "learner", _dumps(self.agent, leave_out=[self.agent.log]),
                              (self.controller.swapper.queue, self.controller.version, self._inbox, self._results,
@@ -623,9 +636,20 @@ def _detach(parent: int) -> None:
     death (no orphans)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def watch() -> None:
-        while os.getppid() == parent:
+    def watch() -> None:  # (by its pid: a fork server's process is the server's child, not the parent's)
+        while _alive(parent):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (it exists, as another user's)
+        return True
+    return True
