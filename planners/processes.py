@@ -30,6 +30,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -305,12 +306,13 @@ def apply_swap(planner, attributes: dict) -> None:
 
 
 def process_context() -> multiprocessing.context.BaseContext:
-    """How planning and learning processes start: from a fork server where the platform has one
-    (Linux, macOS), which imports torch and this package once and forks each process from there,
-    so a process is ready in well under a second instead of a fresh interpreter's 5-8 s of imports
-    on a 2-core machine; else (Windows) spawned. Neither forks the control process, whose threads
-    a fork would copy mid-step. Like spawn, the fork server's processes import the main module."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    """How planning and learning processes start: on Linux from a fork server, which imports torch
+    and this package once and forks each process from there, so a process is ready in about a
+    second instead of a fresh interpreter's 5-8 s of imports on a 2-core machine; elsewhere spawned
+    (macOS's system libraries are not safe to fork once loaded). Neither forks the control process,
+    whose threads a fork would copy mid-step. Like spawn, the fork server's processes import the
+    main module."""
+    if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["planners.processes"])  # (read when the server starts: the first process)
