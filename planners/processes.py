@@ -311,7 +311,8 @@ def process_context() -> multiprocessing.context.BaseContext:
     second instead of a fresh interpreter's 5-8 s of imports on a 2-core machine; elsewhere spawned
     (macOS's system libraries are not safe to fork once loaded). Neither forks the control process,
     whose threads a fork would copy mid-step. Like spawn, the fork server's processes import the
-    main module."""
+    main module; unlike spawn, they inherit the environment variables and standard streams the
+    process had when it started its first (the server's), not those of each later start."""
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -647,7 +648,13 @@ def _detach(parent: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process `pid` exists."""
+    """Whether process `pid` runs: on Linux it exists and is not a zombie (a killed parent its own
+    parent has not reaped yet is dead); elsewhere, that it exists."""
+    if sys.platform.startswith("linux"):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -269,12 +269,17 @@ class RealtimeController:
         action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
         if self.constraint is not None and finite:  # (outside the lock: a hook that hangs must not stop the watchdog)
             with self._action_lock:
-                limited = self._limit(action)
-            if not self._allowed(obs, limited):
-                self.counts["vetoed"] += 1
-                action, source = self.safe_action, "fallback"
-        with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
-            action = self._last_action = self._limit(action)
+                reference, limited = self._last_action, self._limit(action)
+            allowed = self._allowed(obs, limited)
+            with self._action_lock:  # the action the hook approved, unless another was sent meanwhile (a watchdog trip)
+                if allowed and self._last_action is reference:
+                    action = self._last_action = limited
+                else:
+                    self.counts["vetoed"] += not allowed
+                    action, source = self._last_action = self._limit(self.safe_action), "fallback"
+        else:
+            with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
+                action = self._last_action = self._limit(action)
         self.counts[source] += 1
         self.act_latency_s.append(time.perf_counter() - began)
         return action
@@ -457,7 +462,8 @@ class RealtimeController:
         if self.config.priority is not None:
             with contextlib.suppress(OSError):  # (the starting thread was under it already, without the right)
                 threads.run_realtime(self.config.priority)
-        while not self._watcher_stop.wait(timeout=self.watchdog_s / 2):
+        generation = self._generation  # (a watchdog a stop() left behind, its on_stale hung, ends when it returns)
+        while not self._watcher_stop.wait(timeout=self.watchdog_s / 2) and generation == self._generation:
             self._watchdog()
 
     def _collect(self, timeout: float = 0.0) -> None:

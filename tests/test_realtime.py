@@ -374,23 +374,42 @@ def test_stop_returns_while_the_watchdogs_driver_call_hangs(hopper, monkeypatch)
             wait_for(called.is_set)
             began = time.monotonic()
         assert time.monotonic() - began < 5
+        with rt:  # restarted, then the bus comes back: the watchdog left behind ends, one serves the controller
+            dead_bus.set()
+            watchdogs = lambda: [t for t in threading.enumerate() if t.name == "watchdog" and t.is_alive()]  # noqa: E731
+            wait_for(lambda: len(watchdogs()) == 1)
+            time.sleep(0.1)  # (more than a watchdog interval: the old one would have gone on looking by now)
+            assert watchdogs() == [rt._watcher]
     finally:
         dead_bus.set()
 
 
 def test_a_constraint_hook_that_hangs_does_not_silence_the_watchdog(hopper):
     """The hook runs outside the lock the watchdog takes to send the safe action: while act() waits
-    on a hook stuck on (say) a dead bus, the watchdog still trips."""
+    on a hook stuck on (say) a dead bus, the watchdog still trips; and once the hook returns, the
+    robot is not sent the planned action the hook approved before the safe action went out, but
+    the safe action (as far as the slew allows)."""
     spec, model, data = hopper
-    stuck, sent = threading.Event(), []
+    hang, stuck, sent = threading.Event(), threading.Event(), []
 
     def hanging(obs, action):
-        stuck.wait(10)
+        if hang.is_set():
+            stuck.wait(10)
         return True
 
+    safe = torch.tensor([0.5, -0.5, 0.5])
     config = RealtimeConfig(control_hz=100, watchdog_ms=50)
-    with RealtimeController(mppi(model, spec), spec, config, constraint=hanging, on_stale=sent.append) as rt:
-        acting = threading.Thread(target=rt.act, args=(data["obs"][0],))
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=safe, constraint=hanging,
+                            on_stale=sent.append) as rt:  # fmt: skip
+        i = 0
+        while not rt.counts["fresh"]:  # a plan drives the actions first
+            assert i < 6000, "no plan in 30 s"
+            rt.act(data["obs"][i % 400])
+            i += 1
+            time.sleep(0.005)
+        hang.set()
+        answer = []
+        acting = threading.Thread(target=lambda: answer.append(rt.act(data["obs"][i % 400])))
         acting.start()
         try:
             wait_for(lambda: len(sent) >= 2, timeout=5)
@@ -398,6 +417,7 @@ def test_a_constraint_hook_that_hangs_does_not_silence_the_watchdog(hopper):
             stuck.set()
             acting.join()
         assert rt.counts["watchdog_trips"] >= 2
+        assert torch.equal(answer[0], safe)
 
 
 def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):

@@ -50,9 +50,10 @@ class TransitionLog:
         self.sync_every, self.segment_records, self.repair = sync_every, segment_records, repair
         self.fields = 2 * obs_dim + act_dim + 3
         self.record_bytes = 4 * self.fields + 4
-        if not self.directory.is_dir():  # (made durable: a power loss must not take the directory its segments are in)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.directory.parent)
+        made = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for directory in made:  # (made durable: a power loss must not take the directories its segments are in)
+            _fsync_dir(directory.parent)
         found = sorted(self.directory.glob("segment-*.bin"))
         counts = [self._check_segment(p, last=i == len(found) - 1) for i, p in enumerate(found)]
         # [path, whole records] per segment; a last segment torn while being created is gone
