@@ -167,6 +167,9 @@ class BackgroundLearner(Learner):
         self._value_stats: dict[str, float] = {}  # the sums of the unswapped updates' stats
         self._abort = threading.Event()  # stop() ran out of grace: drop what is left
         self._value_rate = self.planner.learn_updates_per_step if self.planner.learned is not None else 0
+        # the transition count the value's updates are owed from: 0, or for a planner that imagines
+        # part of its batches, the count when its model was first seen fitted (None until then)
+        self._owed_from: int | None = 0 if getattr(self.planner, "imagination", None) is None else None
 
     def _refit(self) -> None:
         """Fit a copy of the model on the buffer (Agent.refit_data); swap it in (with the learned value
@@ -189,7 +192,16 @@ class BackgroundLearner(Learner):
         self._report_value(version, stats)
 
     def _value_owed(self) -> int:
-        return int(self._value_rate * self.added) - self.value_updates if self._value_rate else 0
+        """Value updates owed: learn_updates_per_step per transition added, but none while the planner
+        would imagine with a model never fitted (its rows would be noise, and would stay in the model
+        buffer for retain_rounds rounds): from its first fit on, as the synchronous loop's do."""
+        if not self._value_rate:
+            return 0
+        if self._owed_from is None:
+            if not getattr(self.planner.model, "fitted", True):
+                return 0
+            self._owed_from = self.added
+        return int(self._value_rate * (self.added - self._owed_from)) - self.value_updates
 
     def _train_value(self) -> None:
         """The updates owed to this thread's learned value, up to the next VALUE_SWAP_EVERY-th since

@@ -87,6 +87,9 @@ class SACConfig:
         if min(self.actor_lr, self.critic_lr, self.alpha_lr) < 0 or not 0 <= self.tau <= 1:
             raise ValueError(f"the learning rates must be >= 0 (0: frozen) and tau in [0, 1], got actor_lr="
                              f"{self.actor_lr}, critic_lr={self.critic_lr}, alpha_lr={self.alpha_lr}, tau={self.tau}")
+        if not self.init_alpha > 0 or not 0 <= self.discount <= 1:
+            raise ValueError(f"init_alpha must be > 0 (for a fixed temperature set alpha_lr=0) and discount in [0, 1], "
+                             f"got init_alpha={self.init_alpha}, discount={self.discount}")
         if self.alpha_max is not None and self.alpha_max <= 0:
             raise ValueError(f"alpha_max must be > 0 or None, got {self.alpha_max}")
         if self.eta > 0 and self.num_critics < 2:
@@ -245,7 +248,7 @@ class SAC(nn.Module):
             self.set_anchor()
         self.load_state_dict(state["modules"])
         for optim, saved in zip((self.actor_optim, self.critic_optim, self.alpha_optim), state["optimizers"]):
-            optim.load_state_dict(saved)
+            optim.load_state_dict(copy.deepcopy(saved))  # (it keeps tensors as given: the saver's moments otherwise)
         for optim, lr in ((self.critic_optim, self.config.critic_lr), (self.alpha_optim, self.config.alpha_lr)):
             for group in optim.param_groups:
                 group["lr"] = lr

@@ -1456,3 +1456,30 @@ def test_a_stalled_disk_delays_the_log_never_the_control_loop(hopper, tmp_path, 
     assert len(log) == 40 and learner.log_backlog == 0 and learner.error is None
     assert torch.equal(log.read()["obs"], data["obs"][:40])
     wait_for(lambda: agent.buffer.written == 40)
+
+
+def test_a_planner_that_imagines_learns_its_value_only_from_a_fitted_models_rows(hopper, tmp_path, monkeypatch):
+    """With no pretrained model, no value update (and so no rollout round) runs before the first
+    refit: an unfitted model's rows are noise and would stay in the model buffer for rounds."""
+    from planners.agent import Agent
+    from planners.imagination import Imagination
+    from planners.realtime import BackgroundLearner
+
+    spec, _, data = hopper
+    agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2,
+                         "value_imagination": {"real_ratio": 0.5, "rollout_batch_size": 32, "rollout_every": 100}},
+                  model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2}, fit={"max_epochs": 2})  # fmt: skip
+    assert not agent.planner.model.fitted
+    fitted_at_rollout = []
+    rollout = Imagination.rollout
+    monkeypatch.setattr(Imagination, "rollout", lambda self, *a, **k: fitted_at_rollout.append(self.planner.model.fitted)
+                        or rollout(self, *a, **k))  # fmt: skip
+    agent.open_log(tmp_path / "log")
+    controller = RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50))
+    with BackgroundLearner(controller, agent, train_every=60) as learner:
+        learner.add(data[:60])
+        wait_for(lambda: learner.refits == 1)
+        learner.add(data[60:120])
+        wait_for(lambda: learner.value_updates == 120)
+    assert fitted_at_rollout and all(fitted_at_rollout)
+    assert learner.value_updates == 2 * (120 - 60)  # owed from the transitions added after the first fit

@@ -303,6 +303,18 @@ def test_training_state_round_trip_continues_identically():
     assert torch.equal(copy.anchor.net[0].weight, agent.anchor.net[0].weight)
 
 
+def test_a_loaded_training_state_is_the_loaders_own_not_shared_with_the_saver():
+    """Loading another agent's state (a background learner's swap) copies its optimiser moments: the
+    saver's later updates do not move the loader's, so a snapshot's moments match its weights."""
+    config = SACConfig(hidden=16)
+    saver, loader = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, config)
+    saver.update(transitions(32, terminated=False))
+    loader.load_training_state(saver.training_state())
+    moments = [s["exp_avg"].clone() for s in loader.critic_optim.state.values()]
+    saver.update(transitions(32, terminated=False))
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, loader.critic_optim.state.values()))
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -319,9 +331,12 @@ def test_training_state_round_trip_continues_identically():
         (dict(actor_anchor=-1.0), r"actor_anchor must be >= 0 \(0: no trust region\), got -1.0"),
         (dict(critic_lr=-3e-4), r"learning rates must be >= 0 \(0: frozen\) .* critic_lr=-0.0003"),
         (dict(tau=1.5), r"tau in \[0, 1\], got .* tau=1.5"),
+        (dict(init_alpha=0.0), r"init_alpha must be > 0 \(for a fixed temperature set alpha_lr=0\) .* init_alpha=0.0"),
+        (dict(discount=1.5), r"discount in \[0, 1\], got .* discount=1.5"),
     ],
     ids=["num_critics=0", "hidden=0", "critic_layers=0", "critic_subset=3", "critic_subset=0", "eta_one_critic",
-         "init", "precision", "update_order", "alpha_max", "actor_anchor", "negative_lr", "tau"],
+         "init", "precision", "update_order", "alpha_max", "actor_anchor", "negative_lr", "tau", "init_alpha",
+         "discount"],
 )
 def test_bad_settings_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -73,6 +73,23 @@ def test_buffer_grows_then_overwrites_oldest_at_capacity():
     assert firsts == [8.0, 12.0, 16.0] + [1000.0 + 4 * i for i in range(5)]  # rows 0.0 and 4.0 are gone
 
 
+@pytest.mark.parametrize("n", [9, 12, 22])
+def test_a_batch_larger_than_the_capacity_keeps_its_last_rows_in_order(n, monkeypatch):
+    """The last `capacity` rows stay where row-by-row writes would put them (newest() finds them),
+    and no storage write holds two rows for one slot (on a GPU which would win is undefined)."""
+    buffer = ReplayBuffer(O, A, capacity=4)
+    buffer.extend(transitions(3, start=1000.0))
+    writes = []
+    extend = buffer._rb.extend
+    monkeypatch.setattr(buffer._rb, "extend", lambda rows: writes.append(len(rows)) or extend(rows))
+    buffer.extend(transitions(n))
+    assert max(writes) <= 4 and sum(writes) % 4 == n % 4
+    newest = buffer.data()["obs"][buffer.newest(4), 0].tolist()
+    assert newest == [4.0 * i for i in range(n - 4, n)]
+    buffer.extend(transitions(1, start=-4.0))  # (the write position after it is where it should be)
+    assert buffer.data()["obs"][buffer.newest(2), 0].tolist() == [4.0 * (n - 1), -4.0]
+
+
 def test_buffer_refuses_bad_batches_and_keeps_its_contents():
     buffer = ReplayBuffer(O, A, capacity=10)
     buffer.extend(transitions(3))

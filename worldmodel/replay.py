@@ -39,11 +39,16 @@ class ReplayBuffer:
         return len(self._rb)
 
     def extend(self, transitions: TensorDict) -> None:
-        """Append a batch [N] of transitions (see worldmodel.transitions)."""
+        """Append a batch [N] of transitions (see worldmodel.transitions); of a batch larger than the
+        capacity the last `capacity` rows stay, where writing the rows one by one would leave them."""
         batch = validate_transitions(transitions, self.obs_dim, self.act_dim)
-        if len(batch):
-            self._rb.extend(batch.to(self.device))
-            self.written += len(batch)
+        n, cap = len(batch), self.capacity
+        # whole laps of the ring that later rows overwrite are skipped; the rest goes in chunks of at
+        # most `capacity`, so no write has two rows for one slot (which wins is undefined on a GPU)
+        skip = max(n // cap - 1, 0) * cap
+        for chunk in batch[skip:].split(cap) if n else ():
+            self._rb.extend(chunk.to(self.device))
+        self.written += n
 
     def sample(self, batch_size: int, split: int | None = None) -> TensorDict:
         """`batch_size` transitions drawn uniformly with replacement (torch's global RNG).
