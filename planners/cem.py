@@ -18,6 +18,15 @@ class CEMConfig(MPCConfig):
     init_std: float = 0.5  # initial std as a fraction of half the action range
     min_std: float = 0.01
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.num_elites <= self.candidates or self.iterations < 1:
+            raise ValueError(f"num_elites must be in [1, candidates={self.candidates}] "
+                             f"and iterations >= 1, got num_elites={self.num_elites}, iterations={self.iterations}")
+        if not 0 <= self.momentum < 1 or not self.init_std > 0 or not self.min_std >= 0:
+            raise ValueError(f"momentum must be in [0, 1), init_std > 0 and min_std >= 0, got momentum={self.momentum}, "
+                             f"init_std={self.init_std}, min_std={self.min_std}")
+
 
 class CEM(MPCPlanner):
     """Each iteration: sample a population from a Gaussian over sequences, refit the Gaussian
@@ -25,8 +34,6 @@ class CEM(MPCPlanner):
 
     def __init__(self, model, spec, config: CEMConfig | None = None, terminal_value=None, buffer=None):
         super().__init__(model, spec, config or CEMConfig(), terminal_value, buffer)
-        if self.config.num_elites > self.config.candidates:
-            raise ValueError("num_elites must not exceed candidates")
 
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config

@@ -19,6 +19,12 @@ class ICEMConfig(CEMConfig):
     population_decay: float = 1.25
     keep_elites: float = 0.3  # fraction of elites carried into the next iteration (and step)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.population_decay >= 1 or not 0 < self.keep_elites <= 1:
+            raise ValueError(f"population_decay must be >= 1 and keep_elites in (0, 1], got population_decay="
+                             f"{self.population_decay}, keep_elites={self.keep_elites}")
+
 
 class ICEM(CEM):
     """Acts on the best sequence found, not the mean; elites survive across iterations and,

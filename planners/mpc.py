@@ -33,7 +33,7 @@ class MPCConfig:
     horizon: int = 15
     particles: int = 1  # model samples per candidate; returns are averaged over them
     propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
-    discount: float = 0.99  # as the learned value's
+    discount: float = 0.99  # the plan's; the learned value trains with value_agent.discount (0.99 too): change both
     # lambda: reward - lambda * uncertainty (0 disables it); negative: an exploration bonus, optimism
     # where the model is unsure, used only by acts that explore (deterministic=False: the run
     # command's training episodes), not by deterministic ones (its evaluations, the real-time
@@ -189,6 +189,7 @@ class MPCPlanner(Planner):
 
         Not deterministic: the first action is drawn from the planner's final spread.
         """
+        obs = torch.as_tensor(obs)  # (array-likes too, as check_obs takes them)
         action = self._act_plan(obs, deterministic)[:, 0]
         return action[0] if obs.dim() == 1 else action
 
@@ -265,8 +266,15 @@ class MPCPlanner(Planner):
 
     @torch.no_grad()
     def plan(self, obs: Tensor) -> Tensor:
-        """The planned action sequence, for inspection (keeps no state): [O] -> [H, A], [N, O] -> [N, H, A]."""
-        plan, _ = self._optimize(obs)
+        """The planned action sequence, for inspection (keeps no state, its random stream included: the
+        next act() draws what it would have without it): [O] -> [H, A], [N, O] -> [N, H, A]."""
+        obs = torch.as_tensor(obs)
+        stream = None if self.config.cuda_graph else self.generator.get_state()  # (a graph's stream is its own)
+        try:
+            plan, _ = self._optimize(obs)
+        finally:
+            if stream is not None:
+                self.generator.set_state(stream)
         return plan[0] if obs.dim() == 1 else plan
 
     def optimize(self, obs: Tensor, mean: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -293,6 +301,8 @@ class MPCPlanner(Planner):
         else:
             self._finite = None
             plan, std = self.optimize(obs, warm)
+            finite = torch.isfinite(plan).all()  # (and the plan's own: folded into the one sync below)
+            self._finite = finite if self._finite is None else self._finite & finite
         if self._finite is not None and not bool(self._finite):  # the step's one host sync
             raise PlanningError(
                 "the model predicted non-finite rewards or states from a finite observation while "
@@ -387,12 +397,15 @@ class MPCPlanner(Planner):
 
     def rate_limited(self, sequences: Tensor) -> Tensor:
         """Sequences [N, ..., H, A] with each step within `slew` of the one before (the first
-        within slew of previous_action, when known); unchanged without a slew limit."""
+        within slew of previous_action, when known for these N start states: an action per row, or
+        [A] for one); unchanged without a slew limit."""
         slew = self.config.slew
         if slew is None:
             return sequences
         steps = list(sequences.unbind(-2))
         previous = self.previous_action
+        if previous is not None and previous.numel() != sequences.shape[0] * sequences.shape[-1]:
+            previous = None  # (another batch's, as _warm_start drops its plan: not these rows' last actions)
         if previous is not None:
             previous = previous.to(sequences.device).reshape(-1, *[1] * (sequences.dim() - 3), sequences.shape[-1])
         for t, step in enumerate(steps):

@@ -19,6 +19,15 @@ class MPPIConfig(MPCConfig):
     min_std: float = 0.05
     noise_beta: float = 0.0  # coloured noise exponent (0: white)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.candidates < 2 or self.iterations < 1:
+            raise ValueError(f"MPPI needs candidates >= 2 (their returns' spread scales the temperature) and "
+                             f"iterations >= 1, got candidates={self.candidates}, iterations={self.iterations}")
+        if not self.temperature > 0 or not self.noise_std > 0 or not self.min_std >= 0:
+            raise ValueError(f"temperature and noise_std must be > 0 and min_std >= 0, got temperature="
+                             f"{self.temperature}, noise_std={self.noise_std}, min_std={self.min_std}")
+
 
 class MPPI(MPCPlanner):
     """Each iteration: sample candidates around the plan, weight them by exp(return / temperature),

@@ -16,6 +16,11 @@ class RandomShootingConfig(MPCConfig):
     discount: float = 1.0
     value_learning: bool = False  # the baseline plans with the model alone
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+
 
 class RandomShooting(MPCPlanner):
     """Samples sequences uniformly in the action box (plus the warm-started plan) and keeps the best."""

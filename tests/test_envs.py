@@ -108,3 +108,13 @@ def test_max_episode_steps_truncates_episodes():
     data = collect(env, uniform_policy(env), 70)
     assert env.task_spec.max_episode_steps == 30
     assert data["truncated"].nonzero().flatten().tolist() == [29, 59]
+
+
+@pytest.mark.parametrize("action_repeat, steps", [(1, 1000), (2, 500)])
+def test_a_suite_task_without_a_time_limit_ends_its_episodes_as_the_others_do(action_repeat, steps):
+    """dm-control's lqr tasks have no time limit: their episodes end (truncated) after 1,000 simulator
+    steps as every other suite task's, so a run resets its planner and logs its episodes."""
+    env = make_env("dmc/lqr-lqr_2_1", seed=0, action_repeat=action_repeat)
+    data = collect(env, lambda obs: torch.zeros(env.task_spec.act_dim), steps + 3)  # (random pushes diverge)
+    assert env.task_spec.max_episode_steps == steps
+    assert data["truncated"].nonzero().flatten().tolist() == [steps - 1]

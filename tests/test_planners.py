@@ -168,10 +168,70 @@ def test_bad_configs_and_inputs_are_clear_errors():
     model = single_integrator()
     with pytest.raises(ValueError, match="unknown propagation 'ts2'"):
         MPPIConfig(propagation="ts2")
-    with pytest.raises(ValueError, match="num_elites must not exceed candidates"):
+    with pytest.raises(ValueError, match=r"num_elites must be in \[1, candidates=10\]"):
         CEM(model, model.spec(), CEMConfig(candidates=10, num_elites=20))
     with pytest.raises(ValueError, match=r"obs must be \[2\] or \[N, 2\]"):
         MPPI(model, model.spec()).act(torch.zeros(3))
+
+
+BAD_SETTINGS = [
+    (MPPIConfig, dict(temperature=0.0), r"temperature and noise_std must be > 0 .* temperature=0.0"),
+    (MPPIConfig, dict(temperature=-0.5), r"temperature and noise_std must be > 0 .* temperature=-0.5"),
+    (MPPIConfig, dict(candidates=1), r"MPPI needs candidates >= 2 .* candidates=1, iterations=1"),
+    (MPPIConfig, dict(iterations=0), r"iterations >= 1, got candidates=512, iterations=0"),
+    (MPPIConfig, dict(noise_std=0.0), r"noise_std must be > 0 .* noise_std=0.0"),
+    (CEMConfig, dict(num_elites=0), r"num_elites must be in \[1, candidates=400\] .* num_elites=0"),
+    (CEMConfig, dict(iterations=0), r"iterations >= 1, got num_elites=40, iterations=0"),
+    (CEMConfig, dict(momentum=1.0), r"momentum must be in \[0, 1\), .* momentum=1.0"),
+    (ICEMConfig, dict(iterations=0), r"iterations >= 1, got num_elites=10, iterations=0"),
+    (ICEMConfig, dict(keep_elites=0.0), r"keep_elites in \(0, 1\], got population_decay=1.25, keep_elites=0.0"),
+    (ICEMConfig, dict(population_decay=0.5), r"population_decay must be >= 1 .* population_decay=0.5"),
+    (RandomShootingConfig, dict(candidates=0), r"candidates must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("config, bad, message", BAD_SETTINGS,
+                         ids=[f"{c.__name__}:{next(iter(b))}={next(iter(b.values()))}" for c, b, _ in BAD_SETTINGS])
+def test_settings_that_would_plan_nan_or_nothing_are_clear_errors(config, bad, message):
+    """A zero temperature or a single MPPI candidate made NaN actions; no elites or no iteration crashed
+    deep in the planner or blamed the model."""
+    with pytest.raises(ValueError, match=message):
+        config(**bad)
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_act_and_plan_take_numpy_observations(name):
+    import numpy as np
+
+    model = single_integrator()
+    planner = PLANNERS[name](model, model.spec(), horizon=2)
+    assert planner.act(np.zeros(2, np.float32)).shape == (2,)
+    assert planner.plan(np.zeros((3, 2), np.float32)).shape == (3, 2, 2)
+    assert planner.plan([0.0, 0.0]).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_plan_leaves_the_random_stream_as_it_found_it(name):
+    """plan() is for inspection: a planner that was asked for a plan acts as its twin that was not."""
+    model = single_integrator()
+    asked, twin = (PLANNERS[name](model, model.spec(), horizon=3) for _ in range(2))
+    obs = torch.tensor([0.3, -0.2])
+    first = asked.plan(obs)
+    torch.testing.assert_close(asked.plan(obs), first)
+    torch.testing.assert_close(asked.act(obs), twin.act(obs))
+
+
+def test_a_slew_limit_reads_no_previous_action_of_another_batch():
+    """After one observation's act, a batch of 3 other start states is not held within slew of that
+    one action (as the warm start, another batch's last action is not these rows'), and a batch's own
+    last actions bind its rows one by one."""
+    model = single_integrator(goal=(0.9, -0.9))
+    planner = PLANNERS["mppi"](model, model.spec(), slew=0.1, horizon=2)
+    planner.previous_action = torch.tensor([[-0.9, 0.9]])
+    first = planner.act(torch.zeros(3, 2), deterministic=True)
+    assert (first[:, 0] > 0.5).all() and (first[:, 1] < -0.5).all()  # (free: straight toward the goal)
+    second = planner.act(torch.zeros(3, 2), deterministic=True)
+    assert ((second - first).abs() <= 0.1 + 1e-6).all()
 
 
 def test_observe_stores_transitions_and_update_refits_the_model():
@@ -321,7 +381,8 @@ def test_a_plan_with_policy_samples_depends_on_the_planners_seed_alone():
     torch.manual_seed(2)
     torch.randn(1000)
     torch.testing.assert_close(twin.plan(torch.zeros(1, 2)), first, rtol=0, atol=0)
-    assert not torch.equal(planner.plan(torch.zeros(1, 2)), first)  # (its generator moved on: a new draw)
+    planner.act(torch.zeros(2))
+    assert not torch.equal(planner.plan(torch.zeros(1, 2)), first)  # (act moved its generator on: a new draw)
 
 
 def test_policy_samples_need_a_learned_value_and_no_cuda_graph():

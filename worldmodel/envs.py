@@ -44,7 +44,8 @@ GYM_TASKS: dict[str, tuple[str, TerminationFn | None]] = {
     "walker2d": ("Walker2d-v5", walker2d_termination),
 }
 GYM_IDS = {env_id: name for name, (env_id, _) in GYM_TASKS.items()}  # "Hopper-v5" -> "hopper"
-# dm-control suite tasks never terminate; episodes end on the time limit (1000 steps).
+# dm-control suite tasks never terminate; episodes end on the time limit (1000 steps; the lqr
+# tasks have none, and end after as many here)
 DMC_EPISODE_STEPS = 1000
 NEEDS_RENDERING = {"dmc/quadruped-escape"}  # resets upload a heightfield through an OpenGL context
 # gymnasium arguments that change when a task terminates or what its observation holds: its
@@ -154,7 +155,7 @@ def make_env(
             domain, task = name.removeprefix("dmc/").split("-", 1)
             termination_fn = None
             base = DMControlEnv(domain, task, device=device, **backend_kwargs)
-            native_steps = DMC_EPISODE_STEPS
+            native_steps = base._env._step_limit  # (simulator steps; inf for the lqr tasks)
     except TypeError as e:  # an unknown backend argument (e.g. a typo in +env.<key>=...)
         if not backend_kwargs:
             raise
@@ -168,6 +169,10 @@ def make_env(
     transforms.append(DoubleToFloat())
     if action_repeat > 1:
         transforms.append(_episode_aware_frame_skip()(action_repeat))
+    if native_steps == float("inf"):  # (an episode that never ends would never reset the planner or be logged)
+        native_steps = DMC_EPISODE_STEPS
+        max_episode_steps = max_episode_steps or -(-native_steps // action_repeat)
+    native_steps = int(native_steps)
     episode_steps = -(-native_steps // action_repeat)
     if max_episode_steps is not None:
         episode_steps = min(episode_steps, max_episode_steps)
