@@ -17,6 +17,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from worldmodel import threads
+from worldmodel.checkpoint import restore_generator
 
 
 class Planner(ABC):
@@ -72,7 +73,7 @@ class Planner(ABC):
         for name in self.EPISODE_STATE:
             setattr(self, name, state[name])
         if "generator" in state:
-            self.generator.set_state(state["generator"])
+            restore_generator(self.generator, state["generator"])
 
     @abstractmethod
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor
 from planners.base import Planner, check_obs
 from planners.imagination import Imagination, ImaginationConfig
 from planners.sac import SAC, SACConfig, sac_settings
+from worldmodel.checkpoint import restore_generator
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 
@@ -173,7 +174,7 @@ class Dyna(Planner):
     def load_state_dict(self, state: dict) -> None:
         self.agent.load_training_state(state["agent"])
         self.imagination.updates_since_rollout = state["updates_since_rollout"]
-        self.generator.set_state(state["generator"])
+        restore_generator(self.generator, state["generator"])
 
 
 class MBPO(Dyna):

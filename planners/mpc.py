@@ -18,6 +18,7 @@ from planners.base import Planner, check_obs
 from planners.imagination import Imagination, ImaginationConfig
 from planners.noise import colored_noise
 from planners.sac import SAC, SACConfig, sac_settings
+from worldmodel.checkpoint import restore_generator
 from worldmodel.envs import TaskSpec
 from worldmodel.replay import ReplayBuffer
 from worldmodel.uncertainty import Uncertainty
@@ -251,11 +252,11 @@ class MPCPlanner(Planner):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        restore_generator(self.generator, state["generator"])
         if self.value_agent is not None:
             self.value_agent.load_training_state(state["value_agent"])
         if self.imagination is not None and "imagination_generator" in state:
-            self.imagination.generator.set_state(state["imagination_generator"])
+            restore_generator(self.imagination.generator, state["imagination_generator"])
 
     def update(self, **fit_kwargs) -> dict:
         """Refit the model (warm-started) on every observed transition; fit_kwargs go to model.fit."""

@@ -285,6 +285,22 @@ def test_dyna_checkpoint_state_round_trip():
     assert torch.equal(other.generator.get_state(), planner.generator.get_state())
 
 
+def test_a_random_stream_saved_on_another_device_reseeds_with_a_warning_on_resume():
+    """A checkpoint written on a GPU (a CUDA generator's 16-byte state) resumes on a CPU: the
+    stream is reseeded from the saved one, the same way every time, and says so."""
+    model = constant_ensemble([[0.0, 0.0]], [0.0], [[1e-3, 1e-3, 1e-3]])
+    config = DynaConfig(rollout_length=1, rollout_batch_size=20, agent={"hidden": 16, "batch_size": 8}, seed=0)
+    state = MBPO(model, SPEC, config).state_dict()
+    state["generator"] = torch.arange(16, dtype=torch.uint8)  # (a CUDA generator's: seed and offset)
+    resumed = []
+    for _ in range(2):
+        planner = MBPO(model, SPEC, config)
+        with pytest.warns(UserWarning, match=r"random stream \(16 bytes\) is not a cpu generator's .* reseeded"):
+            planner.load_state_dict(state)
+        resumed.append(planner.generator.get_state())
+    assert torch.equal(resumed[0], resumed[1]) and not torch.equal(resumed[0], MBPO(model, SPEC, config).generator.get_state())
+
+
 # ---------------------------------------------------------------- an MPC planner's learned value from imagination
 
 

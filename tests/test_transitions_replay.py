@@ -168,6 +168,9 @@ def test_corrupt_truncated_or_foreign_file_is_a_clear_error(tmp_path):
         ReplayBuffer.load(tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         ReplayBuffer.load(tmp_path / "missing.pt")
+    torch.save({"format": "worldmodel.ReplayBuffer", "note": Path("x")}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match=r"holds objects other than tensors and plain values"):
+        ReplayBuffer.load(tmp_path / "pickled.pt")
 
 
 def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):

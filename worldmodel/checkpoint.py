@@ -7,8 +7,10 @@ crash leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -75,6 +77,20 @@ def set_rng_state(state: dict | torch.Tensor) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Set `generator` to a saved `get_state()`; one saved from a generator of another kind (a CUDA
+    stream resumed on a CPU, or back) cannot continue there: it is reseeded from that state
+    (the same resume draws the same numbers) with a warning, instead of failing the resume."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        seed = int.from_bytes(hashlib.sha256(state.cpu().numpy().tobytes()).digest()[:8], "little") >> 1
+        generator.manual_seed(seed)
+        warnings.warn(f"a saved random stream ({state.numel()} bytes) is not a {generator.device.type} generator's (saved on "
+                      "another device?): reseeded from it, so this resume draws other numbers than the saved "
+                      "run would have", stacklevel=2)  # fmt: skip
+
+
 def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
     """Load a checkpoint written with `{"format": kind, ...}`; a clear error otherwise."""
     path = Path(path)
@@ -83,9 +99,9 @@ def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/garbled files
-        raise CheckpointError(
-            f"{path} is not a readable {kind} checkpoint (corrupt or truncated?): {e}"
-        ) from e
+        why = ("holds objects other than tensors and plain values, which are not loaded (not written by this "
+               "engine's save, or edited since?)" if "Unsupported global" in str(e) else "corrupt or truncated?")
+        raise CheckpointError(f"{path} is not a readable {kind} checkpoint ({why}): {e}") from e
     found = obj.get(FORMAT_KEY) if isinstance(obj, dict) else type(obj).__name__
     if found != kind:
         raise CheckpointError(f"{path} holds a {found!r} checkpoint, expected {kind!r}")
