@@ -326,8 +326,14 @@ class MPCPlanner(Planner):
         rows = n * c * p
         state = obs[:, None, None, :].expand(n, c, p, obs.shape[-1]).reshape(rows, -1)
         seq = actions[:, :, None].expand(n, c, p, h, a).reshape(rows, h, a)
-        # tsinf: the model's default fixed assignment (row b -> elite b % num_elites) is constant
-        # over the horizon, and the P particles of a candidate (adjacent rows) get different elites
+        # tsinf: each rollout a random elite held over the horizon (PETS's TS-infinity): the rows are
+        # shuffled into the model's fixed assignment (row b -> elite b % num_elites, each elite an
+        # equal share), so no candidate's place (iCEM's mean, a policy's sequence) fixes its elite
+        shuffle = None
+        if cfg.propagation == "tsinf":  # (a permutation by sorting random keys: capturable in a CUDA graph)
+            shuffle = torch.rand(rows, generator=self.generator, device=obs.device).argsort()
+        if shuffle is not None:
+            state, seq = state[shuffle], seq[shuffle]
         # read from the config at every plan: online.* settings may change it at the switch
         weight = self.uncertainty_weight()
         penalty = Uncertainty(cfg.uncertainty) if weight != 0 else None
@@ -344,6 +350,8 @@ class MPCPlanner(Planner):
             state = out["next_obs"]
         if self.terminal_value is not None:
             total += cfg.discount**h * torch.where(alive, self.terminal_value(state), 0.0)
+        if shuffle is not None:
+            total = torch.empty_like(total).index_copy_(0, shuffle, total)  # (back in candidate order)
         returns = total.view(n, c, p).mean(-1)
         finite = torch.isfinite(returns).all()
         self._finite = finite if self._finite is None else self._finite & finite

@@ -304,6 +304,22 @@ def test_a_random_stream_saved_on_another_device_reseeds_with_a_warning_on_resum
 # ---------------------------------------------------------------- an MPC planner's learned value from imagination
 
 
+def test_tsinf_gives_each_rollout_a_random_elite_held_over_the_horizon():
+    """TS-infinity on two elites whose rewards are 0 and 1: a candidate's return is 0 or H (one elite
+    the whole horizon), each elite scores half the rollouts, and which candidate gets which is drawn
+    anew each plan, not fixed by its place among the candidates."""
+    from planners import MPPI, MPPIConfig
+
+    model = constant_ensemble(torch.zeros(2, O), [0.0, 1.0], torch.full((2, O + 1), 1e-4))
+    planner = MPPI(model, SPEC, MPPIConfig(horizon=3, candidates=16, propagation="tsinf", value_learning=False,
+                                           discount=1.0, seed=0))  # fmt: skip
+    actions = torch.zeros(1, 16, 3, A)
+    patterns = [planner.evaluate(torch.zeros(1, O), actions)[0].round() for _ in range(4)]
+    for returns in patterns:
+        assert sorted(returns.tolist()) == [0.0] * 8 + [3.0] * 8
+    assert len({tuple(r.tolist()) for r in patterns}) > 1
+
+
 def mppi_with_imagination(model, **imagination) -> "planners.MPPI":
     from planners import MPPI, MPPIConfig
 
