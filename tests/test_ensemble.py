@@ -1,5 +1,6 @@
 """EnsembleDynamics: shapes, sampling modes, fitting, bad input and checkpoints (small, fast models)."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -187,6 +188,30 @@ def test_fit_learns_a_noisy_linear_system_with_calibrated_variance(fitted):
     assert report["r2_delta"] > 0.95 and report["r2_reward"] > 0.95
     assert 0.7 < report["calibration"] < 1.4
     assert metrics["epochs"] <= 60 and len(metrics["holdout_mse"]) == 4
+
+
+def test_a_dimension_that_never_changes_has_no_r2_and_does_not_swamp_the_average(fitted):
+    """A delta dimension constant in the held-out rows (a fixed target's coordinate) divided its tiny
+    error by a zero variance: R^2 of -1e7 for the whole model. It is NaN and left out instead."""
+    model, _ = fitted
+    data = linear_system(500, seed=2)
+    data["next_obs"][:, 1] = data["obs"][:, 1]  # (dimension 1 never changes)
+    report = model.evaluate(data)
+    assert math.isnan(report["r2_per_dim"][1]) and all(math.isfinite(report["r2_per_dim"][i]) for i in (0, 2))
+    assert report["r2_delta"] == pytest.approx((report["r2_per_dim"][0] + report["r2_per_dim"][2]) / 2)
+
+
+def test_explicit_members_are_found_among_elites_in_any_order_and_as_a_list(fitted):
+    """Elites loaded or set out of order (fit sorts them, a state_dict need not) still give each row
+    its own member's prediction with an uncertainty measure; members may be a list."""
+    model, _ = fitted
+    model = _copy(model)
+    model.elites.copy_(model.elites.flip(0))  # (e.g. [3, 1])
+    obs, action = torch.randn(4, O), torch.rand(4, A) * 2 - 1
+    members = [int(model.elites[0]), int(model.elites[1])] * 2
+    out = model.step(obs, action, mode="fixed", members=members, deterministic=True, uncertainty=Uncertainty())
+    mean, _ = model.predict(obs, action)
+    torch.testing.assert_close(out["next_obs"], obs + mean[members, torch.arange(4), :-1])
 
 
 def test_elites_are_the_members_best_on_holdout(fitted):
@@ -409,6 +434,31 @@ def test_elite_parameter_cache_follows_every_parameter_change(fitted):
     assert not torch.allclose(cached, first)
 
 
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_copy_refitted_as_its_original_was_steps_with_its_own_weights(copier):
+    """A background learner refits a deep copy of the planner's model each time: the copy's parameter
+    versions start again at 0, so after as many steps as the last refit they equal that refit's; the
+    elite cache must not come along with the copy and serve the old weights."""
+    import copy
+    import pickle
+
+    clone = copy.deepcopy if copier == "deepcopy" else lambda m: pickle.loads(pickle.dumps(m))
+    torch.manual_seed(0)
+    first = small_model(ensemble_size=2, num_elites=2)
+    first.fit(linear_system(200), max_epochs=2, progress=False)
+    obs, action = torch.randn(6, O), torch.rand(6, A) * 2 - 1
+    refits = [clone(first)]
+    refits[0].fit(linear_system(200, seed=1), max_steps=20, progress=False)
+    refits[0].step(obs, action, mode="fixed", deterministic=True)  # (its elites cached)
+    refits.append(clone(refits[0]))
+    refits[1].fit(linear_system(200, seed=2), max_steps=20, progress=False)
+    with torch.no_grad():
+        stepped = refits[1].step(obs, action, mode="fixed", deterministic=True)["next_obs"]
+        mean, _ = refits[1].predict(obs, action)  # every member, no cache involved
+    expected = obs + mean[refits[1].elites[torch.arange(6) % 2], torch.arange(6), :-1]
+    torch.testing.assert_close(stepped, expected)
+
+
 def _copy(model: EnsembleDynamics) -> EnsembleDynamics:
     clone = small_model(hidden=64)
     clone.load_state_dict(model.state_dict())
@@ -585,6 +635,11 @@ def test_a_refit_judges_itself_on_held_out_new_rows_only():
     assert few["holdout"] == "all rows" and fitting.MIN_NEW_HOLDOUT > 20
     with pytest.raises(ValueError, match="new_rows must index the data's 2500 rows"):
         model.fit(data, new_rows=torch.tensor([2500]), progress=False)
+    mask = torch.zeros(2500, dtype=torch.bool)
+    mask[2000:] = True
+    for bad in (mask, torch.tensor([2000, 2001, 2001])):
+        with pytest.raises(ValueError, match="new_rows must be distinct integer row positions .* not a mask"):
+            model.fit(data, new_rows=bad, progress=False)
 
 
 def test_newest_rows_follow_the_buffer_around_its_ring():

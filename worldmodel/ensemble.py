@@ -142,6 +142,11 @@ class EnsembleDynamics(nn.Module):
         self.max_logvar.add_(shift)
         self.min_logvar.add_(shift)
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) starts without the members cache: its parameters' versions begin
+        again at 0, so a refitted copy's could match the cached key and plan with the old weights."""
+        return {**super().__getstate__(), "_members_cache": None}
+
     def _members_only(self, members: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         """The parameters of `members` alone, cached until a parameter changes in place (an optimiser
         step or load_state_dict; edits through `.data` bypass the version counter). Planning asks
@@ -212,7 +217,7 @@ class EnsembleDynamics(nn.Module):
                 chosen = torch.full_like(row, -1)
             else:
                 chosen = self._choose_members(mode, members, obs.shape[0], generator)
-                slot = _position_in(self.elites, chosen)
+                slot = _position_in(self.elites, chosen, self.ensemble_size)
                 mu, sigma2 = elite_mean[slot, row], elite_var[slot, row]
         if deterministic:
             outcome = mu
@@ -265,6 +270,7 @@ class EnsembleDynamics(nn.Module):
             return self.elites[pick]
         if members is None:  # fixed mode from here on
             return self.elites[torch.arange(batch, device=self.device) % self.num_elites]
+        members = torch.as_tensor(members, device=self.device)
         if members.shape != (batch,):
             raise ValueError(f"members must have shape [{batch}], got {list(members.shape)}")
         if not torch.isin(members, self.elites).all():
@@ -297,7 +303,8 @@ class EnsembleDynamics(nn.Module):
     def evaluate(self, data: TensorDict) -> dict:
         """How well the elites explain held-out transitions (original units).
 
-        r2_delta: R^2 of the elites' mean prediction of next_obs - obs, averaged over dims;
+        r2_delta: R^2 of the elites' mean prediction of next_obs - obs, averaged over the dims that
+        vary in `data` (r2_per_dim: NaN for one that does not);
         r2_reward: the same for the reward; calibration: mean over elites, rows and outputs
         of squared error / predicted variance (1 is perfectly calibrated).
         """
@@ -307,9 +314,12 @@ class EnsembleDynamics(nn.Module):
         target = fitting.model_targets(data)
         mean, var = self.predict(data["obs"], data["action"], members=self.elites)
         err2 = (mean.mean(0) - target) ** 2
-        r2 = 1 - err2.mean(0) / target.var(0, unbiased=False).clamp_min(1e-12)
+        spread = target.var(0, unbiased=False)
+        # a dimension that never changes in these rows (a fixed target's coordinate) has no R^2: NaN,
+        # left out of the average, where its tiny error over a zero variance would swamp it
+        r2 = torch.where(spread > 1e-12, 1 - err2.mean(0) / spread.clamp_min(1e-12), torch.nan)
         return {
-            "r2_delta": r2[:-1].mean().item(),
+            "r2_delta": r2[:-1].nanmean().item(),
             "r2_reward": r2[-1].item(),
             "r2_per_dim": r2[:-1].tolist(),
             "calibration": (((mean - target) ** 2) / var).mean().item(),
@@ -359,6 +369,8 @@ def _truncated_normal(shape: tuple[int, ...], std: float) -> Tensor:
     return nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std)
 
 
-def _position_in(elites: Tensor, members: Tensor) -> Tensor:
-    """Index of each member id within the (sorted) elites tensor."""
-    return torch.searchsorted(elites, members.contiguous())
+def _position_in(elites: Tensor, members: Tensor, ensemble_size: int) -> Tensor:
+    """Index of each member id within the elites tensor (in whatever order it holds them)."""
+    position = torch.full((ensemble_size,), -1, dtype=torch.long, device=elites.device)
+    position[elites] = torch.arange(elites.numel(), device=elites.device)
+    return position[members]

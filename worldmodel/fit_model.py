@@ -7,18 +7,18 @@ fit_history.csv (per epoch) and report.json (fit metrics and held-out accuracy).
 from __future__ import annotations
 
 import csv
-import json
 import sys
 
 import torch
 from omegaconf import DictConfig
 
 from worldmodel import threads
-from worldmodel.checkpoint import CheckpointError
+from worldmodel.checkpoint import CheckpointError, atomic_write
 from worldmodel.collect import collect, correlated_noise_policy, uniform_policy
 from worldmodel.config import check_counts, check_device, compose_config, make_run_dir
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
+from worldmodel.metrics import write_json
 from worldmodel.replay import ReplayBuffer
 
 
@@ -50,12 +50,12 @@ def fit_model(cfg: DictConfig) -> dict:
     buffer.save(run_dir / "data.pt")
     metrics = model.fit(data, **cfg.model.fit)
     model.save(run_dir / "model.pt")
-    with open(run_dir / "fit_history.csv", "w", newline="") as f:
+    with atomic_write(run_dir / "fit_history.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "steps", "train_loss", "holdout_mse", "holdout_calibration", "improved"])
         writer.writeheader()
         writer.writerows(metrics.pop("history"))
     report = {"env": cfg.env.name, "fit": metrics, "holdout": model.evaluate(holdout)}
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(report, run_dir / "report.json")
     h = report["holdout"]
     print(
         f"{cfg.env.name}: {len(data)} transitions, {metrics['epochs']} epochs in {metrics['wall_s']:.1f}s | "

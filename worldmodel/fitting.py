@@ -102,6 +102,10 @@ def fit(
         )
     if resume is not None and resume.get("rows") != n:
         raise ValueError(f"the fit to resume was on {resume.get('rows')} transitions, this data has {n}")
+    if new_rows is not None and (new_rows.dtype in (torch.bool, torch.uint8) or new_rows.is_floating_point()
+                                 or new_rows.unique().numel() != len(new_rows)):  # fmt: skip
+        raise ValueError(f"new_rows must be distinct integer row positions (e.g. ReplayBuffer.newest(count)), not a "
+                         f"mask or a list with repeats; got {new_rows.dtype}, {len(new_rows)} entries")
     if new_rows is not None and len(new_rows) and not (0 <= int(new_rows.min()) and int(new_rows.max()) < n):
         raise ValueError(f"new_rows must index the data's {n} rows, got positions {int(new_rows.min())}.."
                          f"{int(new_rows.max())}")  # fmt: skip
