@@ -32,6 +32,23 @@ def test_runs_with_different_settings_get_rows_of_their_own(tmp_path):
     assert "mopo (planner.penalty=5.0)" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_a_setting_written_as_1_or_1_point_0_is_one_setting(tmp_path):
+    fake_run(tmp_path / "a-s0", 0, 90.0, penalty=1)
+    fake_run(tmp_path / "a-s1", 1, 80.0, penalty=1.0)
+    rows = report([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert [(r["planner"], r["scores"]) for r in rows] == [("mopo", [90.0, 80.0])]
+
+
+def test_a_mean_curve_is_taken_only_where_every_run_has_an_evaluation():
+    """An unfinished run (no 6000) and an evaluation off the grid after a resume (4137) do not make
+    the mean jump from one set of runs to another."""
+    from worldmodel.report import shared_points
+
+    runs = [{"curve": [(2000, 10.0), (4000, 20.0), (6000, 30.0)]},
+            {"curve": [(2000, 50.0), (4000, 60.0), (4137, 61.0)]}]  # fmt: skip
+    assert shared_points(runs) == [(2000, [10.0, 50.0]), (4000, [20.0, 60.0])]
+
+
 def test_scores_and_seeds_line_up_whatever_the_directories_order(tmp_path):
     """Sweep jobs are numbered directories (0, 1, 10, 2, ...); a run without a score yet leaves a seed
     without a score: each score stays beside its own seed."""

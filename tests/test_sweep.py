@@ -177,14 +177,30 @@ def test_the_best_settings_become_the_datasets_preset_and_the_rest_of_the_file_s
     save_preset("mopo", "hopper-medium", {"planner.penalty": 1.25, "planner.rollout_length": 3}, path)
     save_preset("mopo", "ant-medium", {"planner.penalty": 0.5}, path)
     save_preset("ravl", "hopper-medium", {"planner.real_ratio": 0.1}, path)
+    save_preset("ravl", "walker2d-medium", {"planner.real_ratio": 0.123456789, "planner.penalty": 5.0}, path)
     import yaml
 
     table = yaml.safe_load(path.read_text())
     assert table["mopo"]["hopper-medium"] == {"penalty": 1.25, "rollout_length": 3}
+    # a float is kept exactly, and as a float (5.0, not 5: runs' settings compare as written)
+    assert table["ravl"]["walker2d-medium"] == {"real_ratio": 0.123456789, "penalty": 5.0}
+    assert isinstance(table["ravl"]["walker2d-medium"]["penalty"], float)
     assert table["mopo"]["ant-medium"] == {"penalty": 0.5} and table["ravl"]["hopper-medium"] == {"real_ratio": 0.1}
     before = yaml.safe_load(original)
     assert table["mopo"]["walker2d-medium"] == before["mopo"]["walker2d-medium"]  # the other rows stay
     assert path.read_text().count("#") >= original.count("#")  # and so do the comments
+
+
+def test_search_settings_are_read_as_the_runs_overrides_are_and_type_checked():
+    from worldmodel.search import _split
+
+    rest, cfg = _split(["search.min_penalty=1e-2", "search.trials=3", "planner=mopo"])
+    assert rest == ["planner=mopo"] and cfg.min_penalty == 0.01 and cfg.trials == 3
+    for bad, message in (("search.trials=2.5", "search.trials must be int, got 2.5"),
+                         ("search.save=1", "search.save must be bool, got 1"),
+                         ("search.max_penalty=lots", "search.max_penalty must be float, got 'lots'")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _split([bad])
 
 
 def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_trial(tmp_path, offline_setup):

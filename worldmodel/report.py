@@ -157,10 +157,15 @@ def label_variants(runs: list[dict]) -> None:
         buckets[run["group"], run["planner"]].append(run)
     for (_, planner), members in buckets.items():
         shared = set.intersection(*(set(r["settings"]) for r in members))
-        differ = sorted(k for k in shared if len({repr(r["settings"][k]) for r in members}) > 1)
+        differ = sorted(k for k in shared if len({_setting_value(r["settings"][k]) for r in members}) > 1)
         for run in members:
             told = ", ".join(f"{k}={run['settings'][k]}" for k in differ)
             run["variant"] = f"{planner} ({told})" if told else planner
+
+
+def _setting_value(value) -> str:
+    """A setting as compared between runs: numbers by value (1 and 1.0 are one setting)."""
+    return repr(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
 
 
 def load_run(run_dir: Path) -> dict:
@@ -365,6 +370,15 @@ def robot_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def shared_points(runs: list[dict]) -> list[tuple[int, list[float]]]:
+    """(step, every run's score there) at the steps where every run has an evaluation: a mean over
+    the runs that happen to have one (an unfinished run, one evaluated off the grid after a resume)
+    would jump from one set of runs to another."""
+    steps = sorted({s for r in runs for s, v in r["curve"] if v is not None})
+    points = [[v for r in runs for s, v in r["curve"] if s == step and v is not None] for step in steps]
+    return [(step, p) for step, p in zip(steps, points) if len(p) == len(runs)]
+
+
 def plot_curves(runs: list[dict], out: Path) -> list[Path]:
     """One PNG per group: each planner variant's mean curve over runs, the band its 95% bootstrap interval."""
     import matplotlib
@@ -380,12 +394,15 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
     for group, planners in sorted(by_group.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for planner, members in sorted(planners.items()):
-            steps = sorted({s for r in members for s, v in r["curve"] if v is not None})
-            points = [[v for r in members for s, v in r["curve"] if s == step and v is not None] for step in steps]
-            means = [statistics.fmean(p) for p in points]
-            ax.plot(steps, means, label=f"{planner} ({len(members)} runs)")
-            bands = [bootstrap_ci(p, resamples=2_000) if len(p) > 1 else (p[0], p[0]) for p in points]
-            ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], alpha=0.2)
+            common = shared_points(members)  # (each run's own curve faintly beside it: nothing hidden)
+            line = ax.plot([s for s, _ in common], [statistics.fmean(p) for _, p in common],
+                           label=f"{planner} ({len(members)} runs)")[0]  # fmt: skip
+            bands = [bootstrap_ci(p, resamples=2_000) if len(p) > 1 else (p[0], p[0]) for _, p in common]
+            ax.fill_between([s for s, _ in common], [b[0] for b in bands], [b[1] for b in bands], alpha=0.2,
+                            color=line.get_color())  # fmt: skip
+            for run in members if len(members) > 1 else ():
+                own = [(s, v) for s, v in run["curve"] if v is not None]
+                ax.plot([s for s, _ in own], [v for _, v in own], color=line.get_color(), alpha=0.3, linewidth=0.8)
         ax.set(title=group, xlabel="agent updates (offline), agent decisions or real steps", ylabel="score")
         ax.legend()
         ax.grid(alpha=0.3)

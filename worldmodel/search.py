@@ -94,11 +94,16 @@ def save_preset(planner: str, preset: str, params: dict, path: Path) -> None:
 
 
 def _yaml(value) -> str:
+    """A value as a preset keeps it: a float exactly and as a float (2.5, 5.0), not rounded."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _split(argv: list[str]) -> tuple[list[str], SearchConfig]:
-    import yaml
+    from omegaconf import OmegaConf
 
     given, rest = {}, []
     for arg in argv:
@@ -107,9 +112,14 @@ def _split(argv: list[str]) -> tuple[list[str], SearchConfig]:
             name = key.removeprefix("search.")
             if name not in SEARCH_KEYS:
                 raise ValueError(f"unknown search.{name}; valid: {', '.join(SEARCH_KEYS)}")
-            given[name] = yaml.safe_load(value)
+            given[name] = OmegaConf.from_dotlist([f"value={value}"]).value  # (1e-2 a float, as in the run's overrides)
         else:
             rest.append(arg)
+    for f in fields(SearchConfig):  # (a number where a whole number or a flag is due: an error, not a cast)
+        kinds = {"int": int, "int | None": int, "bool": bool, "float": (int, float)}[str(f.type)]
+        value = given.get(f.name)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) != (kinds is bool)):
+            raise ValueError(f"search.{f.name} must be {str(f.type).replace(' | None', '')}, got {value!r}")
     cfg = SearchConfig(**given)
     if cfg.trials < 1 or (cfg.parallel is not None and cfg.parallel < 1) or not 0 < cfg.min_penalty < cfg.max_penalty:
         raise ValueError("search.trials and search.parallel must be >= 1 and 0 < search.min_penalty < search.max_penalty")
@@ -226,7 +236,7 @@ def _finish(study, sweep_dir: Path, planner: str, save_as: str | None, fixed: li
         Path(tmp).write_text(yaml.safe_dump(result, sort_keys=False))
     print("| trial | score | " + " | ".join(best.params) + " |\n|---|---|" + "---|" * len(best.params))
     for t in trials[:10]:
-        print(f"| {t.number} | {t.value:.1f} | " + " | ".join(_yaml(t.params.get(k)) for k in best.params) + " |")
+        print(f"| {t.number} | {t.value:.1f} | " + " | ".join(_short(t.params.get(k)) for k in best.params) + " |")
     if save_as is not None:
         summary = json.loads((sweep_dir / f"trial-{best.number}" / "summary.json").read_text())
         given = {k: yaml.safe_load(v) for k, _, v in (a.partition("=") for a in fixed)
