@@ -66,7 +66,10 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     first = main(["env=dmc/cartpole-swingup", "env_steps=60", f"run_dir={run_dir}", *TINY])
     assert first["env_steps"] == 60
     (run_dir / "metrics.jsonl").open("a").write('{"kind": "eval", "step": 75, "ret": 0.0}\n')  # after the checkpoint
-    resumed = main([f"resume={run_dir}", "env_steps=120"])
+    with pytest.raises(SystemExit, match=r"is a planner=mppi run; a resumed run keeps its planner \(planner=cem given\)"):
+        main([f"resume={run_dir}", "planner=cem", "env_steps=120"])
+    # the command the run began with, resume= added, names its groups again: that is no change
+    resumed = main([f"resume={run_dir}", "planner=mppi", "env=dmc/cartpole-swingup", "env_steps=120"])
     assert resumed["env_steps"] == 120 and resumed["model_fits"] == 3
     assert resumed["wall_s"] > first["wall_s"]
     assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]  # the stale record was dropped
@@ -167,7 +170,10 @@ def test_interrupt_saves_everything_and_resume_loses_no_finished_step(tmp_path, 
            *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").is_file() or '"fit"' not in (run_dir / "metrics.jsonl").read_text():
+    def seen(kind: str) -> int:
+        return (run_dir / "metrics.jsonl").read_text().count(f'"{kind}"') if (run_dir / "metrics.jsonl").is_file() else 0
+
+    while not seen("fit") or seen("episode") < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(sig)
@@ -198,7 +204,10 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
            *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").is_file() or '"fit"' not in (run_dir / "metrics.jsonl").read_text():
+    def seen(kind: str) -> int:
+        return (run_dir / "metrics.jsonl").read_text().count(f'"{kind}"') if (run_dir / "metrics.jsonl").is_file() else 0
+
+    while not seen("fit") or seen("episode") < 2:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.kill()
@@ -212,6 +221,12 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
     buffer = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
     assert len(buffer) == len(before_kill) + 20  # the logged steps rejoined the buffer; 20 more were taken
     assert torch.equal(buffer["obs"][: len(before_kill)], before_kill["obs"])
+    # the episodes those rejoined steps ended keep their records (the truncation to the checkpoint's
+    # step spares what the log holds; at most the last, killed between its step and its record, is gone)
+    ended = int((before_kill["terminated"] | before_kill["truncated"]).sum())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in records if r["kind"] == "episode" and r["step"] <= len(before_kill)]
+    assert len(kept) >= 2 and ended - 1 <= len(kept) <= ended
     # killed after logging its last steps but before its last checkpoint (e.g. in the final
     # evaluation): the resumed run rejoins them, evaluates at once and finishes
     total = len(before_kill) + 20
@@ -398,3 +413,20 @@ def test_an_online_run_checkpoints_by_the_clock_between_checkpoint_every(tmp_pat
         steps[minutes] = saved
     assert steps["null"] == [0, 50]  # the start, the end
     assert steps["1e-9"] == list(range(0, 51))  # and after every step between
+
+
+def test_default_run_directories_name_the_seed_and_never_collide(tmp_path, monkeypatch):
+    """runs/<kind>/<label>-<time>-s<seed>: two runs started in one second (a shell loop's) with one
+    seed get directories of their own, not one that the second finds in use."""
+    from omegaconf import OmegaConf
+
+    from worldmodel.config import run_dir_for
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20261207-093000")
+    cfg = OmegaConf.create({"run_dir": None, "seed": 3})
+    first = run_dir_for(cfg, "run", "dmc/cartpole-swingup")
+    assert first == Path("runs/run/dmc_cartpole-swingup-20261207-093000-s3")
+    first.mkdir(parents=True)
+    assert run_dir_for(cfg, "run", "dmc/cartpole-swingup") == first.with_name(first.name + "-2")
+    assert run_dir_for(OmegaConf.create({"run_dir": "mine"}), "run", "x") == Path("mine")

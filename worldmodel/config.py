@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -240,10 +241,14 @@ def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
-    """Where a run's files go: cfg.run_dir, or runs/<kind>/<label>-<time>. Creates nothing."""
+    """Where a run's files go: cfg.run_dir, or runs/<kind>/<label>-<time>-s<seed> (runs started
+    in one second with one seed, e.g. a shell loop's, get -2, -3, ...). Creates nothing."""
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
-    return Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    seed = f"-s{cfg.seed}" if cfg.get("seed") is not None else ""
+    base = Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}{seed}"
+    return next(p for p in (base.with_name(f"{base.name}-{i}") if i > 1 else base for i in itertools.count(1))
+                if not p.exists())
 
 
 def make_run_dir(cfg: DictConfig, kind: str, label: str) -> Path:
@@ -297,8 +302,15 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
         raise SystemExit(f"error: cannot resume from {resume}: its config.yaml does not fit this version ({e}); "
                          "start a new run, or edit that file") from None
     OmegaConf.set_struct(cfg, True)
+    overrides = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
+    for group in ("planner", "env"):  # (the command the run began with, resume= added, names its groups again)
+        given = [a.partition("=")[2] for a in overrides if a.partition("=")[0] in (group, f"{group}.name")]
+        if any(name != cfg[group].name for name in given):
+            raise SystemExit(f"error: {resume} is a {group}={cfg[group].name} run; a resumed run keeps its {group} "
+                             f"({group}={given[-1]} given): start a new run with another run_dir for another one")
+        overrides = [a for a in overrides if a.partition("=")[0] != group]
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a for a in argv if not a.startswith(("resume=", "run_dir="))]))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except Exception as e:
         raise SystemExit(f"error: bad override for a resumed run: {e}") from None
     cfg.run_dir, cfg.resume = resume, resume

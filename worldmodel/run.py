@@ -148,8 +148,10 @@ class Run:
     def _kept_on_resume(self) -> Callable[[dict], bool]:
         """Which metrics records the checkpoint covers (in file order): its first progress["fits"]
         fit records (a fit logged, then killed before its checkpoint, is fitted again), the offline
-        fit's epochs once that fit is in it, and other records up to its step or update."""
+        fit's epochs once that fit is in it, episodes up to the last step the transition log holds
+        (those steps rejoin the buffer), and other records up to its step or update."""
         p, fits_seen = self.progress, [0]
+        logged = p["step"] if self.log is None else max(p["step"], len(self.log) - p.get("log_offset", 0))
 
         def keep(record: dict) -> bool:
             if record["kind"] == "offline_fit":
@@ -157,6 +159,8 @@ class Run:
             if record["kind"] == "fit":
                 fits_seen[0] += 1
                 return fits_seen[0] <= p["fits"]
+            if record["kind"] == "episode":
+                return record["step"] <= logged
             return record["step"] <= (p["offline_updates"] if record["kind"].startswith("offline") else p["step"])
 
         return keep
