@@ -203,6 +203,20 @@ def test_search_settings_are_read_as_the_runs_overrides_are_and_type_checked():
             _split([bad])
 
 
+def test_a_searchs_trials_get_absolute_paths_and_no_run_directory_of_the_users(tmp_path, offline_setup, monkeypatch):
+    """A search's fixed overrides reach its trials as a multirun's reach its jobs: a relative path
+    made absolute (a Ray worker starts elsewhere), resume= or threads= refused."""
+    from worldmodel.search import main as search
+    from worldmodel.sweep import shared_overrides
+
+    dataset, _ = offline_setup
+    monkeypatch.chdir(dataset.parent)
+    assert shared_overrides([f"dataset={dataset.name}", "seed=1"]) == [f"dataset={dataset}", "seed=1"]
+    for bad, message in (("resume=elsewhere", "sets each job's run_dir itself"), ("threads=2", "sets each job's threads")):
+        with pytest.raises(SystemExit, match=message):
+            search([*OFFLINE_TINY, f"dataset={dataset}", bad, f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])
+
+
 def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_trial(tmp_path, offline_setup):
     from worldmodel.search import main as search
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from worldmodel.sweep import Job, JobPool, expand, split_args
+from worldmodel.sweep import Job, JobPool, expand, shared_overrides, split_args
 
 @dataclass
 class SearchConfig:
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         fixed, launcher, sweep_dir, launcher_cfg = split_args(rest)
         if len(expand(fixed)) > 1:
             raise ValueError("the search samples the settings itself: give fixed key=value overrides, no sweeps")
+        fixed = shared_overrides(fixed)
         sweep_dir = (sweep_dir or Path("runs") / "search" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         from worldmodel.config import pretrained_files
         from worldmodel.run import check_config

@@ -152,18 +152,24 @@ def plan_jobs(overrides: list[str], sweep_dir: Path) -> list[Job]:
     """The jobs of a sweep, each checked as `python -m worldmodel.run` would check it."""
     from worldmodel.run import check_config
 
-    if any(o.split("=")[0] in ("run_dir", "resume") for o in overrides):
-        raise ValueError("a multirun sets each job's run_dir itself (<hydra.sweep.dir>/<job number>)")
-    if any(o.split("=")[0] == "threads" for o in overrides):
-        raise ValueError("a multirun sets each job's threads itself: hydra.launcher.threads_per_job=N (default: "
-                         "cpus_per_job)")  # fmt: skip
-    jobs = [Job(i, [_absolute(o) for o in combo], sweep_dir / str(i)) for i, combo in enumerate(expand(overrides))]
+    jobs = [Job(i, shared_overrides(combo), sweep_dir / str(i)) for i, combo in enumerate(expand(overrides))]
     for job in jobs:
         try:
             check_config(job.overrides)
         except SystemExit as e:
             raise ValueError(f"job {job.num} ({' '.join(job.overrides)}): {str(e).removeprefix('error: ')}") from None
     return jobs
+
+
+def shared_overrides(overrides: list[str]) -> list[str]:
+    """Overrides as a multirun's or a search's jobs get them: paths made absolute (a Ray worker
+    starts elsewhere); a key the launcher sets for each job (run_dir, resume, threads) refused."""
+    if any(o.split("=")[0] in ("run_dir", "resume") for o in overrides):
+        raise ValueError("a multirun or a search sets each job's run_dir itself (in hydra.sweep.dir)")
+    if any(o.split("=")[0] == "threads" for o in overrides):
+        raise ValueError("a multirun or a search sets each job's threads itself: hydra.launcher.threads_per_job=N "
+                         "(default: cpus_per_job)")  # fmt: skip
+    return [_absolute(o) for o in overrides]
 
 
 def _absolute(override: str) -> str:
