@@ -9,8 +9,9 @@ directory `<hydra.sweep.dir>/<i>`; the sweep directory keeps `multirun.yaml` (th
 
 Each job is a `python -m worldmodel.run` process with `cpus_per_job` Ray CPUs and as many
 torch threads, so that jobs never oversubscribe a machine. A job whose process is killed (or
-whose Ray worker or node is lost) is retried up to `max_retries` times and resumes from its
-run directory's last checkpoint; a job that fails on its own (a bad setting, a crash) is not.
+whose Ray worker or node is lost) is retried on Ray up to `max_retries` times and resumes from its
+run directory's last checkpoint (under hydra/launcher=basic it is marked failed: re-running the
+command resumes it); a job that fails on its own (a bad setting, a crash) is not.
 Every job's config is checked before the first one starts. Re-running the same command with
 the same `hydra.sweep.dir` resumes the sweep: finished jobs are kept, the others continue.
 """
@@ -46,7 +47,7 @@ class LauncherConfig:
     gpus_per_job: float = 0.0  # Ray GPUs (fractions allowed) each job reserves
     threads_per_job: int | None = None  # torch threads of a job (default: cpus_per_job, at least 1)
     max_workers: int | None = None  # local Ray: jobs at once (default: the cores / cpus_per_job)
-    max_retries: int = 2  # retries of a killed job (each resumes from its last checkpoint)
+    max_retries: int = 2  # Ray's retries of a killed job (each resumes from its last checkpoint; basic: none)
 
     @property
     def cluster(self) -> str | None:
