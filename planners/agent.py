@@ -67,7 +67,10 @@ class Agent:
                                              termination_fn=spec.termination_fn)  # fmt: skip
             if agent_file is not None:
                 kind = FORMAT if agent_file.name == "agent.pt" else RUN_FORMAT
-                agent_state = load_checked(agent_file, kind)["planner"]
+                saved = load_checked(agent_file, kind)
+                agent_state = saved["planner"]
+                if "model" in saved:  # (the dynamics saved with that agent: model.pt is written apart, a crash
+                    dynamics.load_state_dict(saved["model"])  # between the two writes leaves it a refit ahead)
         else:
             dynamics = EnsembleDynamics(spec.obs_dim, spec.act_dim, **(model or {}), termination_fn=spec.termination_fn)
         dynamics.to(device)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from planners import make_planner
 from planners.base import evaluation_rollouts
 from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
-from worldmodel.config import compose_config, run_dir_for, save_config
+from worldmodel.config import check_counts, compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
 from worldmodel.metrics import MetricsLogger, read_records, write_json
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not cfg.dataset:
         raise SystemExit("error: give dataset=<file> (make one with python -m worldmodel.datasets make ...)")
     try:
+        check_counts(cfg, {"updates": 1, "eval_every": 1, "eval_episodes": 1, "rollout_length": 1,
+                           "rollout_batch_size": 1, "rollout_every": 1, "seed": 0})  # (before any work or file)
         set_threads(cfg.threads)
         return compare(cfg)
     except (ValueError, CheckpointError) as e:

@@ -99,3 +99,21 @@ def test_a_pretrained_value_below_zero_warns_where_episodes_end(tmp_path, task, 
     if warns:  # the cause named from the data's own rewards: a positive reward, so the penalty
         assert ("smaller penalty" in said[0]) == (data["reward"].mean() > 0)
     assert Agent(spec, {"name": "mppi"}, tiny).pretrained_value(data["obs"]) is None  # nothing pretrained
+
+
+def test_pretrained_takes_the_dynamics_saved_with_the_agent_not_a_model_pt_written_apart(tmp_path):
+    """A run directory's model.pt is written apart from its agent.pt (or checkpoint.pt): killed
+    between the two writes, model.pt is a refit ahead of the agent's value. pretrained=<dir> pairs
+    the agent with the dynamics saved beside it in the same file."""
+    env = make_env("hopper", seed=0)
+    spec = env.task_spec
+    settings = ({"name": "mppi", "candidates": 16, "horizon": 3}, {"ensemble_size": 2, "num_elites": 1, "hidden": 16})
+    agent = Agent(spec, *settings)
+    agent.planner.observe(collect(env, uniform_policy(env), 200))
+    agent.refit(max_epochs=1)
+    agent.save(tmp_path / "agent.pt")
+    agent.refit(max_epochs=1)  # (the next refit's model.pt, written before the agent.pt that never came)
+    agent.model.save(tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "agent.pt", weights_only=True)["model"]
+    loaded = Agent(spec, *settings, pretrained=tmp_path)
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.model.state_dict().items())

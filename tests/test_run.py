@@ -430,3 +430,22 @@ def test_default_run_directories_name_the_seed_and_never_collide(tmp_path, monke
     first.mkdir(parents=True)
     assert run_dir_for(cfg, "run", "dmc/cartpole-swingup") == first.with_name(first.name + "-2")
     assert run_dir_for(OmegaConf.create({"run_dir": "mine"}), "run", "x") == Path("mine")
+
+
+def test_tensorboard_killed_mid_rebuild_is_rebuilt_at_the_next_resume(tmp_path, monkeypatch):
+    """A resume truncates metrics.jsonl, then rebuilds TensorBoard from it; killed in between, the
+    next resume finds nothing to drop in the JSONL but must still rebuild TensorBoard."""
+    from worldmodel.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    for step in (10, 20, 30):
+        logger.log("eval", step, ret=float(step))
+    mirror = MetricsLogger._mirror
+    monkeypatch.setattr(MetricsLogger, "_mirror", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        logger.truncate(lambda r: r["step"] <= 20)  # (the JSONL rewritten; TensorBoard emptied, not refilled)
+    monkeypatch.setattr(MetricsLogger, "_mirror", mirror)
+    MetricsLogger(tmp_path).truncate(lambda r: r["step"] <= 20)
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [e.step for e in events.Scalars("eval/ret")] == [10, 20]
+    assert not (tmp_path / ".tb-rebuilding").exists()

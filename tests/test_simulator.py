@@ -55,6 +55,19 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
     assert (tmp_path / "run" / "q_vs_return.png").is_file()
 
 
+@pytest.mark.parametrize("bad, message", [("updates=0", "updates must be a whole number >= 1, got 0"),
+                                          ("eval_every=0", "eval_every must be a whole number >= 1, got 0"),
+                                          ("eval_episodes=0", "eval_episodes must be a whole number >= 1, got 0")])
+def test_edge_of_reach_refuses_counts_that_would_fail_after_the_work_or_skip_it(tmp_path, bad, message):
+    from planners.edge_of_reach import main
+
+    env = make_env("hopper", seed=1)
+    save_d4rl(tmp_path / "d.hdf5", collect(env, correlated_noise_policy(env), 50))
+    with pytest.raises(SystemExit, match=message):
+        main([f"dataset={tmp_path / 'd.hdf5'}", "task=hopper", bad, f"run_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_edge_of_reach_resumes_from_its_checkpoint_and_extends_to_more_updates_and_methods(tmp_path):
     from planners.edge_of_reach import main
 

@@ -6,11 +6,11 @@ command; a second signal stops at once, without saving (the last checkpoint stil
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
 
-from tqdm.auto import tqdm
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
 
@@ -50,5 +50,7 @@ class StopRequest:
             self.__exit__()
             raise KeyboardInterrupt(f"{name} again: stopped without saving")
         self.requested = name
-        tqdm.write(f"\n{name}: finishing {self.what}, then saving a checkpoint "
-                   f"({name} again stops at once, without saving)")  # fmt: skip
+        # (a raw write: the signal may land inside a buffered write to the same stream, which a
+        # buffered one here would re-enter and fail; stderr, where the progress bars are)
+        os.write(2, f"\n{name}: finishing {self.what}, then saving a checkpoint "
+                    f"({name} again stops at once, without saving)\n".encode())  # fmt: skip

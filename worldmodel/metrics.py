@@ -98,16 +98,22 @@ class MetricsLogger:
                     raise ValueError(f"{self.path}, line {i + 1}, is not JSON: the file is damaged; delete that "
                                      "line to resume (its record is lost)") from None
         kept = [r for r in rows if keep(r)]
-        if len(kept) == len(lines):
+        # TensorBoard is rebuilt from the kept records; a marker stands while it is not, so that a
+        # process killed mid-way rebuilds it at the next resume (its records then drop nothing)
+        stale = self.path.parent / ".tb-rebuilding"
+        if len(kept) == len(lines) and not stale.exists():
             return
-        with atomic_write(self.path) as tmp:
-            Path(tmp).write_text("".join(strict_json(r) + "\n" for r in kept))
+        stale.touch()
+        if len(kept) != len(lines):
+            with atomic_write(self.path) as tmp:
+                Path(tmp).write_text("".join(strict_json(r) + "\n" for r in kept))
         self.writer.close()
         shutil.rmtree(self.tb_dir, ignore_errors=True)
         self.writer = self._new_writer()
         for r in kept:
             self._mirror(r["kind"], r["step"], {k: v for k, v in r.items() if k not in ("kind", "step")})
         self.writer.flush()
+        stale.unlink()
 
     def records(self, kind: str) -> list[dict]:
         return read_records(self.path.parent, kind)
