@@ -33,7 +33,7 @@ class MPCConfig:
 
     horizon: int = 15
     particles: int = 1  # model samples per candidate; returns are averaged over them
-    propagation: Propagation = "ts1"  # random elite per step | fixed elite per particle | elites' mean
+    propagation: Propagation = "ts1"  # random elite per step | random elite per particle, held | elites' mean
     discount: float = 0.99  # the plan's; the learned value trains with value_agent.discount (0.99 too): change both
     # lambda: reward - lambda * uncertainty (0 disables it); negative: an exploration bonus, optimism
     # where the model is unsure, used only by acts that explore (deterministic=False: the run
