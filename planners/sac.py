@@ -47,7 +47,7 @@ class SACConfig:
     alpha_lr: float = 3e-4
     init_alpha: float = 1.0
     alpha_max: float | None = None  # the temperature used is min(exp(log_alpha), alpha_max) (OfflineRL-Kit: 1)
-    target_entropy: float | None = None  # default: -A
+    target_entropy: float | None = None  # default: -A in the unit box (SAC's, MBPO's), i.e. -A + sum(log half-range) here
     batch_size: int = 256
     init: str = "default"  # "default" (nn.Linear's) | "edac": hidden biases 0.1, small output layers
     # SAC's critic, actor, alpha | "actor_first": alpha, actor, then critic, each stepped in turn
@@ -207,7 +207,10 @@ class SAC(nn.Module):
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.target_critics.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
-        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+        # log_prob is the density in the task's action units (with log half-range): the published -A
+        # is in the unit box, so a box other than [-1, 1] (humanoid's 0.4, pusher's 2) shifts it
+        unit_box = -float(act_dim) + self.actor.half_range.log().sum().item()
+        self.target_entropy = unit_box if cfg.target_entropy is None else cfg.target_entropy
         self.actor_optim = adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_optim = adam(self.critics.parameters(), cfg.critic_lr)
         self.alpha_optim = adam([self.log_alpha], cfg.alpha_lr)

@@ -303,6 +303,15 @@ def test_training_state_round_trip_continues_identically():
     assert torch.equal(copy.anchor.net[0].weight, agent.anchor.net[0].weight)
 
 
+def test_the_default_target_entropy_is_minus_a_in_the_unit_box_whatever_the_tasks_box():
+    """log_prob is the density in the task's units; SAC's -A target is in [-1, 1]: a box of
+    half-range 2 (pusher's) moves the target by log 2 a dimension, a unit box leaves it at -A."""
+    ones = torch.ones(3)
+    assert SAC(O, -ones, ones).target_entropy == pytest.approx(-3.0)
+    assert SAC(O, -2 * ones, 2 * ones).target_entropy == pytest.approx(-3.0 + 3 * math.log(2.0))
+    assert SAC(O, -2 * ones, 2 * ones, SACConfig(target_entropy=-1.5)).target_entropy == -1.5
+
+
 def test_a_loaded_training_state_is_the_loaders_own_not_shared_with_the_saver():
     """Loading another agent's state (a background learner's swap) copies its optimiser moments: the
     saver's later updates do not move the loader's, so a snapshot's moments match its weights."""
