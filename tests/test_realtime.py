@@ -802,8 +802,9 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     values = [row for row in rows if row["kind"] == "value"]  # the learning process's learned-value stats
     assert values and all(math.isfinite(row["q"]) and row["value_updates"] > 0 for row in values)
     episodes = [row for row in rows if row["kind"] == "episode"]  # the resumed process's episodes all logged
-    assert summary["episode_returns"] and [row["ret"] for row in episodes[-len(summary["episode_returns"]):]] == \
-        summary["episode_returns"]  # fmt: skip
+    if (resumed["terminated"] | resumed["truncated"]).any():  # (none where a loaded machine's kill came late)
+        assert summary["episode_returns"] and [row["ret"] for row in episodes[-len(summary["episode_returns"]):]] == \
+            summary["episode_returns"]  # fmt: skip
     assert [row["step"] for row in episodes] == sorted(row["step"] for row in episodes) and episodes[-1]["step"] <= 400
 
 
