@@ -168,7 +168,6 @@ def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
     torch.manual_seed(0)
     model = EnsembleDynamics(spec.obs_dim, spec.act_dim).to(device)
     obs = torch.randn(spec.obs_dim, device=device)
-    flops_per_row_step = 2 * sum(w.shape[1] * w.shape[2] for w in model.weights)
     peak = _peak_gflops(device)
 
     warnings.filterwarnings("ignore", "planning with a model that was never fitted")  # speed alone is measured
@@ -210,12 +209,19 @@ def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
             at = next(i for i, case in enumerate(cases) if case[0].startswith("CEM PETS"))
             cases.insert(at, ("CEM PETS (400 x 20 particles x 30 x 5)", "mbrl-lib CEMOptimizer", lambda: their_pets(obs),
                               400 * 20 * 30 * 5))  # fmt: skip
+    # the learned value's floor: its actor and critics on the 512 candidates' last states, in fp32
+    agent = valued.value_agent
+    value_ms = 512 * (agent.config.num_critics * _mlp_flops(agent.critics.weights) + _linear_flops(agent.actor.net)) \
+        / (peak * 1e6)  # fmt: skip
     out = []
     for config, impl, fn, row_steps in cases:
         ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5), device=device)
-        floor_ms = row_steps * flops_per_row_step / ((bf16_peak if "bf16" in impl else peak) * 1e6)
+        precision = "bf16" if "bf16" in impl else "fp32"
+        floor_ms = row_steps * _model_floor_ms(model, precision, peak, bf16_peak, device) \
+            + (value_ms if "learned value" in config else 0.0)  # fmt: skip
         out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms,
-                    "floor_ms": floor_ms, "peak_gflops": peak, "bf16_peak_gflops": bf16_peak, "device": device})  # fmt: skip
+                    "floor_ms": floor_ms, "peak_gflops": peak, "bf16_peak_gflops": bf16_peak, "device": device,
+                    "threads": torch.get_num_threads()})  # fmt: skip
     if device == "cuda":  # graphed and eager plans from the same seed: the same actions, step by step
         eager_ms = {r["config"]: r["ms_per_step"] for r in out if r["planner"] == "ours"}
         for r in out:
@@ -283,6 +289,16 @@ def profile_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def _model_floor_ms(model, precision: str, peak: float, bf16_peak: float | None, device: str) -> float:
+    """One member's forward on one row at the matmul peaks, in ms: in bf16 the hidden layers at the
+    bf16 peak and, on a CPU, the Gaussian head at the fp32 one (kernels.reference keeps it in fp32)."""
+    layers = [_mlp_flops([w]) for w in model.weights]
+    if precision != "bf16":
+        return sum(layers) / (peak * 1e6)
+    head_peak = bf16_peak if device == "cuda" else peak
+    return sum(layers[:-1]) / (bf16_peak * 1e6) + layers[-1] / (head_peak * 1e6)
+
+
 def _mlp_flops(module_weights) -> int:
     """2 x sum(in x out) over the layers: multiply-add FLOPs per row of one member."""
     return 2 * sum(w.shape[-2] * w.shape[-1] for w in module_weights)
@@ -305,7 +321,6 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
                        "reward": torch.randn(50_000), "next_obs": torch.randn(50_000, spec.obs_dim),
                        "terminated": flags, "truncated": flags}, [50_000])  # fmt: skip
     out = []
-    per_row = _mlp_flops(model.weights)
     bf16_peak = _bf16_peak(device) if bf16 else None
     peaks = {"fp32": peak, **({"bf16": bf16_peak} if bf16_peak else {})}
     for penalty, precision in ((0.0, "fp32"), (1.0, "fp32"), (1.0, "bf16")):
@@ -318,11 +333,12 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         # penalised rollouts run every member the measure reads on every row; plain ones one elite per row;
         # the policy acts on every row too (its own precision, fp32 here)
         scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
-        flops = 5 * 50_000 * per_row * (scored if penalty else 1)
+        model_ms = 5 * 50_000 * (scored if penalty else 1) * _model_floor_ms(model, precision, peak, peaks.get("bf16"),
+                                                                             device)  # fmt: skip
         policy_flops = 5 * 50_000 * _linear_flops(mopo.agent.actor.net)
         out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}{_tag(precision)}",
                     "per_s": 250_000 / ms * 1e3, "unit": "transitions/s", "ms": ms,
-                    "floor_ms": flops / (peaks[precision] * 1e6) + policy_flops / (peak * 1e6)})  # fmt: skip
+                    "floor_ms": model_ms + policy_flops / (peak * 1e6)})  # fmt: skip
     model.precision = "fp32"
     agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig, {}),
               ("RAVL EDAC (10 critics 3x256, eta=1)", RAVL, RAVLConfig, {}),
@@ -519,8 +535,9 @@ def _print_planning(table: list[dict]) -> None:
         print(f"{r['config']:40s} {r['planner']:27s} {r['ms_per_step']:9.1f} {r['hz']:7.1f} {r['floor_ms']:9.1f} "
               f"{ratio:>10s}{graph}")
     bf16 = table[0].get("bf16_peak_gflops")
-    print(f"floor: model matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run"
-          + (f"; the bf16 row at bf16's {bf16:.0f})" if bf16 else ")"))
+    print(f"floor: matmul FLOPs (the model's, and the learned value's where it plans with one) at "
+          f"{table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run, {table[0]['threads']} thread(s)"
+          + (f"; the bf16 row's hidden layers at bf16's {bf16:.0f})" if bf16 else ")"))
     if table[0]["device"] == "cpu" and not any(r["planner"].startswith("mbrl-lib") for r in table):
         print("(no mbrl-lib row: pip install --no-deps mbrl==0.2.0 termcolor)")
 

@@ -69,3 +69,16 @@ def test_mbrl_pets_is_left_out_where_mbrl_lib_is_missing(cheetah, monkeypatch):
     monkeypatch.setitem(sys.modules, "mbrl.models", None)
     spec, model = cheetah
     assert mbrl_pets(model, spec, horizon=3, candidates=20, num_elites=4, iterations=2, particles=5) is None
+
+
+def test_a_bf16_floor_charges_the_gaussian_head_at_the_fp32_peak_on_a_cpu():
+    """On a CPU only the hidden layers run on bf16 operands (kernels.reference keeps the head in
+    fp32): the floor charges the head at the fp32 peak; on a GPU every layer is bf16."""
+    from planners.bench import _model_floor_ms
+    from worldmodel import EnsembleDynamics
+
+    model = EnsembleDynamics(17, 6)  # 23 -> 200 x 4 -> 36
+    hidden, head = 2 * (23 * 200 + 3 * 200 * 200), 2 * 200 * 36
+    assert _model_floor_ms(model, "fp32", 100.0, 400.0, "cpu") == pytest.approx((hidden + head) / 100e6)
+    assert _model_floor_ms(model, "bf16", 100.0, 400.0, "cpu") == pytest.approx(hidden / 400e6 + head / 100e6)
+    assert _model_floor_ms(model, "bf16", 100.0, 400.0, "cuda") == pytest.approx((hidden + head) / 400e6)
