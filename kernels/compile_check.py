@@ -90,7 +90,8 @@ def _label(launch: tm.Launch) -> str:
 
 # (members, widths in -> hidden... -> out, Gaussian heads built): the dynamics model of the
 # benchmarks (kernels.bench) and a RAVL critic ensemble (10 critics of 3 x 256, one output)
-NETWORKS = {"model": (7, widths(200), (False, True)), "critics": (10, [IN, 256, 256, 256, 1], (False,))}
+# (members, layer widths, with/without the Gaussian head, activation): as the engine launches them
+NETWORKS = {"model": (7, widths(200), (False, True), "silu"), "critics": (10, [IN, 256, 256, 256, 1], (False,), "relu")}
 
 
 def launches(batches: tuple[int, ...] = (256, 65536)) -> list[tm.Launch]:
@@ -100,21 +101,21 @@ def launches(batches: tuple[int, ...] = (256, 65536)) -> list[tm.Launch]:
     is allocated or run."""
     meta = torch.device("meta")
     kept: dict[tuple, tm.Launch] = {}
-    for E, w, heads in NETWORKS.values():
+    for E, w, heads, activation in NETWORKS.values():
         members = torch.arange(E, device=meta)
         for B, prec, gauss in itertools.product(batches, ("fp32", "tf32", "bf16"), heads):
-            code, silu = tm.PREC_CODES[prec], tm.ACT_CODES["silu"]
+            code, act = tm.PREC_CODES[prec], tm.ACT_CODES[activation]
             weights = [torch.empty(E, a, b, device=meta) for a, b in zip(w[:-1], w[1:])]
             biases = [torch.empty(E, b, device=meta) for b in w[1:]]
             bounds = (torch.empty(E, w[-1] // 2, device=meta),) * 2 if gauss else None
             x = torch.empty(E, B, w[0], device=meta)
             with tm.captured_launches() as seen:
                 if tm.fusable(x, weights, prec):  # inference: as kernels.ensemble_mlp takes it
-                    tm._fused_forward(x, weights, biases, members, silu, code, bounds)
+                    tm._fused_forward(x, weights, biases, members, act, code, bounds)
                 else:
-                    tm._layers_forward(x, weights, biases, members, silu, code, bounds, save=False)
+                    tm._layers_forward(x, weights, biases, members, act, code, bounds, save=False)
                 params = [t.requires_grad_() for t in (*weights, *biases)]
-                out = tm._EnsembleMLPFunction.apply(x.requires_grad_(), members, silu, code, gauss, len(weights),
+                out = tm._EnsembleMLPFunction.apply(x.requires_grad_(), members, act, code, gauss, len(weights),
                                                     *params, *(bounds or ()))
                 outs = out if gauss else (out,)
                 torch.autograd.grad(outs, [x, *params], [torch.empty_like(o) for o in outs])
