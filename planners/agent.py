@@ -52,8 +52,9 @@ class Agent:
         of the first fit; refit_epochs, refit_steps, refit_beta: max_epochs, max_steps and beta of
         the warm-started refits after it;
         refit_offline_ratio: see refit_data (None: refits fit on the whole buffer);
-        pretrained: a run directory (its model.pt, with its checkpoint.pt's or agent.pt's learned
-        value or actor-critic) or a model.pt; capacity: the replay buffer's transitions."""
+        pretrained: a run directory (its checkpoint.pt's or agent.pt's learned value or actor-critic
+        with the dynamics saved beside them, model.pt giving their architecture) or a model.pt;
+        capacity: the replay buffer's transitions."""
         self.spec, self.fit_settings, self.refit_epochs, self.refit_beta = spec, dict(fit or {}), refit_epochs, refit_beta
         self.refit_steps = refit_steps
         if refit_offline_ratio is not None and refit_offline_ratio < 0:

@@ -129,7 +129,8 @@ class PlanGraph:
             plan, std = planner.optimize(self.obs, self.warm)
         finally:
             planner.previous_action = kept
-        finite = planner._finite if planner._finite is not None else torch.ones((), dtype=torch.bool, device=plan.device)
+        finite = torch.isfinite(plan).all()  # (the plan's own, as the eager step checks it)
+        finite = finite if planner._finite is None else planner._finite & finite
         return plan, std, finite
 
     def replay(self, obs: Tensor, warm: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -268,9 +268,13 @@ class MPCPlanner(Planner):
     @torch.no_grad()
     def plan(self, obs: Tensor) -> Tensor:
         """The planned action sequence, for inspection (keeps no state, its random stream included: the
-        next act() draws what it would have without it): [O] -> [H, A], [N, O] -> [N, H, A]."""
+        next act() draws what it would have without it; not under a CUDA graph on a GPU):
+        [O] -> [H, A], [N, O] -> [N, H, A]."""
         obs = torch.as_tensor(obs)
-        stream = None if self.config.cuda_graph else self.generator.get_state()  # (a graph's stream is its own)
+        # (a CUDA graph's replay moves the generator registered with it on: with cuda_graph on a GPU
+        # the stream is not restored)
+        graphed = self.config.cuda_graph and self.model.device.type == "cuda"
+        stream = None if graphed else self.generator.get_state()
         try:
             plan, _ = self._optimize(obs)
         finally:

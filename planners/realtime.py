@@ -893,7 +893,7 @@ def _all_finite(values: Tensor) -> bool:
 def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
     """run_dir/model.pt, then run_dir/agent.pt (what a resume reads, with the buffer's row count the
     model's last refit fitted on, agent.fit_written: the rows after it are new to the model);
-    `pretrained=<run dir>` reads both."""
+    `pretrained=<run dir>` reads model.pt's architecture and agent.pt's weights (its model among them)."""
     agent.model.save(run_dir / "model.pt")
     agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.fit_written)
 

@@ -299,6 +299,9 @@ def test_a_random_stream_saved_on_another_device_reseeds_with_a_warning_on_resum
             planner.load_state_dict(state)
         resumed.append(planner.generator.get_state())
     assert torch.equal(resumed[0], resumed[1]) and not torch.equal(resumed[0], MBPO(model, SPEC, config).generator.get_state())
+    state["generator"] = torch.arange(100, dtype=torch.uint8)  # (no generator's: damaged, an error as before)
+    with pytest.raises(RuntimeError):
+        MBPO(model, SPEC, config).load_state_dict(state)
 
 
 # ---------------------------------------------------------------- an MPC planner's learned value from imagination

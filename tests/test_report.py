@@ -47,6 +47,7 @@ def test_a_mean_curve_is_taken_only_where_every_run_has_an_evaluation():
     runs = [{"curve": [(2000, 10.0), (4000, 20.0), (6000, 30.0)]},
             {"curve": [(2000, 50.0), (4000, 60.0), (4137, 61.0)]}]  # fmt: skip
     assert shared_points(runs) == [(2000, [10.0, 50.0]), (4000, [20.0, 60.0])]
+    assert shared_points([*runs, {"curve": []}]) == shared_points(runs)  # (a run not evaluated yet)
 
 
 def test_scores_and_seeds_line_up_whatever_the_directories_order(tmp_path):

@@ -70,6 +70,13 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
         main([f"resume={run_dir}", "planner=cem", "env_steps=120"])
     # the command the run began with, resume= added, names its groups again: that is no change
     resumed = main([f"resume={run_dir}", "planner=mppi", "env=dmc/cartpole-swingup", "env_steps=120"])
+    from worldmodel.config import resumed_config
+    from worldmodel.run import _compose
+
+    hopper = tmp_path / "hopper"
+    hopper.mkdir()
+    (hopper / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("dmc/cartpole-swingup", "hopper"))
+    assert resumed_config(str(hopper), ["env=Hopper-v5"], _compose).env.name == "hopper"  # (a gymnasium id is its name)
     assert resumed["env_steps"] == 120 and resumed["model_fits"] == 3
     assert resumed["wall_s"] > first["wall_s"]
     assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]  # the stale record was dropped

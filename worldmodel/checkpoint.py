@@ -77,6 +77,9 @@ def set_rng_state(state: dict | torch.Tensor) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_CUDA_STATE_BYTES = 16  # a CUDA generator's get_state(): its seed and offset
+
+
 def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     """Set `generator` to a saved `get_state()`; one saved from a generator of another kind (a CUDA
     stream resumed on a CPU, or back) cannot continue there: it is reseeded from that state
@@ -84,6 +87,9 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
     try:
         generator.set_state(state)
     except RuntimeError:
+        other = _CUDA_STATE_BYTES if generator.device.type == "cpu" else torch.Generator().get_state().numel()
+        if state.numel() != other:  # (not another device's: damaged, as any other bad state)
+            raise
         seed = int.from_bytes(hashlib.sha256(state.cpu().numpy().tobytes()).digest()[:8], "little") >> 1
         generator.manual_seed(seed)
         warnings.warn(f"a saved random stream ({state.numel()} bytes) is not a {generator.device.type} generator's (saved on "

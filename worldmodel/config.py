@@ -241,8 +241,9 @@ def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
-    """Where a run's files go: cfg.run_dir, or runs/<kind>/<label>-<time>-s<seed> (runs started
-    in one second with one seed, e.g. a shell loop's, get -2, -3, ...). Creates nothing."""
+    """Where a run's files go: cfg.run_dir, or runs/<kind>/<label>-<time>-s<seed> (-2, -3, ... where
+    that exists: a run begun in the same second with the same seed; two started at once still meet
+    on one name, and the run directory lock refuses the second). Creates nothing."""
     if cfg.get("run_dir"):
         return Path(cfg.run_dir)
     seed = f"-s{cfg.seed}" if cfg.get("seed") is not None else ""
@@ -303,9 +304,12 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
                          "start a new run, or edit that file") from None
     OmegaConf.set_struct(cfg, True)
     overrides = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
+    from worldmodel.envs import canonical_task_name
+
     for group in ("planner", "env"):  # (the command the run began with, resume= added, names its groups again)
         given = [a.partition("=")[2] for a in overrides if a.partition("=")[0] in (group, f"{group}.name")]
-        if any(name != cfg[group].name for name in given):
+        same = canonical_task_name if group == "env" else str  # (Hopper-v5 is hopper)
+        if any(same(name) != cfg[group].name for name in given):
             raise SystemExit(f"error: {resume} is a {group}={cfg[group].name} run; a resumed run keeps its {group} "
                              f"({group}={given[-1]} given): start a new run with another run_dir for another one")
         overrides = [a for a in overrides if a.partition("=")[0] != group]

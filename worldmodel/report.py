@@ -374,6 +374,7 @@ def shared_points(runs: list[dict]) -> list[tuple[int, list[float]]]:
     """(step, every run's score there) at the steps where every run has an evaluation: a mean over
     the runs that happen to have one (an unfinished run, one evaluated off the grid after a resume)
     would jump from one set of runs to another."""
+    runs = [r for r in runs if any(v is not None for _, v in r["curve"])]  # (one not evaluated yet has no say)
     steps = sorted({s for r in runs for s, v in r["curve"] if v is not None})
     points = [[v for r in runs for s, v in r["curve"] if s == step and v is not None] for step in steps]
     return [(step, p) for step, p in zip(steps, points) if len(p) == len(runs)]

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
              "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel", "save")}}
     if (saved := study.user_attrs.get("setup")) is None:
         study.set_user_attr("setup", setup)
-    elif saved != setup:
+    elif {**saved, "fixed": sorted(shared_overrides(saved["fixed"]))} != setup:  # (a study saved before paths were made absolute)
         raise SystemExit(f"error: {sweep_dir} holds a search of other settings ({saved}), not {setup}: give another "
                          "hydra.sweep.dir, or the same settings to resume it")  # fmt: skip
     pool = JobPool(launcher, launcher_cfg)
