@@ -35,6 +35,11 @@ mkdir -p runs; exec 7> "runs/.finetune-$task${TAG:-}.lock"; flock -n 7 || { echo
 if [ -f "$data" ] && [ -n "${DATA_SIZE:-}" ]; then
   echo "$data exists: DATA_SIZE=$DATA_SIZE would not be used (give DATA=<another file>)" >&2; exit 1
 fi
+for given in AGENT DATA PLANNER; do  # (each changes what the robot runs are: they need a directory of their own)
+  if [ -n "${!given:-}" ] && [ "$given=${!given}" != PLANNER=mppi ] && [ -z "${TAG:-}" ]; then
+    echo "$given=${!given} needs a TAG=<variant> of its own (its runs would mix with the default ones)" >&2; exit 1
+  fi
+done
 if [ -n "${ROBOT_ARGS:-}" ] && [ -z "${TAG:-}" ]; then
   echo "ROBOT_ARGS needs a TAG=<variant> of its own (its robot runs would mix with the default ones); without" \
        "AGENT=<offline run> the TAG names a new offline agent too" >&2; exit 1

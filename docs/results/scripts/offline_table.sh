@@ -32,7 +32,7 @@ export OMP_NUM_THREADS=1
 here=$(dirname "$0")
 . "$here/work_queue.sh"
 # models and runs of data since remade at the same path are not this table's: refuse them
-fingerprint=$(python -c "from worldmodel.datasets import read_metadata; print(read_metadata('$data').get('fingerprint', ''))") \
+fingerprint=$(python -c "import sys; from worldmodel.datasets import read_metadata; print(read_metadata(sys.argv[1]).get('fingerprint', ''))" "$data") \
   || { echo "cannot read $data's metadata" >&2; exit 1; }
 [ -n "$fingerprint" ] && for summary in "$models"-s*/summary.json "$out"/*/summary.json; do  # (a file make did not write: no record)
   [ -f "$summary" ] || continue
@@ -62,7 +62,13 @@ bc() {  # seed
 
 from_model() {  # planner seed
   local d=$out/$1-s$2 model=$models-s$2/model.pt
+  # (the run directory's name does not hold the precision: a run begun in another, on another
+  # machine, is neither mixed into this table nor resumed as this machine's)
+  saved_as "$d" planner.agent.precision="$precision" || return 1
   finished "$d" && return
+  if resumable "$d"; then  # (its own model and settings: nothing to fit for it)
+    "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d"; return
+  fi
   fit "$2" && [ -f "$model" ] || { echo "$(date -u +%FT%TZ) seed $2 has no model ($models-s$2.log says why)" >&2; return 1; }
   local extra=(); [ "$1" = ravl ] && extra=(planner.agent.compile_critic_step=true)  # (EDAC's step: 10% faster in bf16, 1.33x in fp32 on an AVX2 CPU)
   "$here/offline_from_model.sh" "$1" "$task" "$data" "$model" "$2" "$d" offline.updates=200000 planner.agent.precision=$precision "${extra[@]}"

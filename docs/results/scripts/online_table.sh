@@ -37,6 +37,7 @@ for a in "${arms[@]}"; do arm "$a" > /dev/null || exit 1; done
 
 run() {  # task arm seed (a run another instance of this script holds is left to it)
   local d=runs/online/${1#dmc/}-$2-$steps/s$3
+  saved_as "$d" eval_every="$every" eval_episodes="$episodes" || return 1  # (the name does not hold them)
   finished "$d" && return
   mkdir -p "$(dirname "$d")"
   (

@@ -3,8 +3,10 @@
 # > runs/queue.log 2>&1 &`. The walker2d-medium and halfcheetah-medium data from their shipped
 # behaviour policies (docs/results/policies; minutes each), then, where walker2d-medium's data are
 # the ones seed 0 and BC ran on (fingerprint ae233efcc03f5c63), its MOPO seeds 1-2 two at a time and
-# then halfcheetah-medium's whole table; otherwise both tables side by side, one worker each.
-cd "$(dirname "$0")/../../.." && . .venv/bin/activate
+# then halfcheetah-medium's whole table; otherwise walker2d-medium's MOPO and BC and
+# halfcheetah-medium's whole table side by side, one worker each (the exit status: 1 if either failed).
+set -u
+cd "$(dirname "$0")/../../.." && . .venv/bin/activate || { echo "no .venv here: install first (README)" >&2; exit 1; }
 mkdir -p data runs/offline
 make() {  # task out
   [ -f "$2" ] || OMP_NUM_THREADS=1 python -m worldmodel.datasets make env="$1" quality=medium size=200000 out="$2" \
@@ -20,6 +22,8 @@ if [ "$fp" = ae233efcc03f5c63 ]; then
   WORKERS=2 docs/results/scripts/offline_table.sh halfcheetah medium
 else
   PLANNERS="mopo bc" WORKERS=1 docs/results/scripts/offline_table.sh walker2d medium &
+  walker=$!
   WORKERS=1 docs/results/scripts/offline_table.sh halfcheetah medium
-  wait
+  cheetah=$?
+  wait "$walker" && exit "$cheetah"
 fi
