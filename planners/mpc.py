@@ -336,7 +336,6 @@ class MPCPlanner(Planner):
         shuffle = None
         if cfg.propagation == "tsinf":  # (a permutation by sorting random keys: capturable in a CUDA graph)
             shuffle = torch.rand(rows, generator=self.generator, device=obs.device).argsort()
-        if shuffle is not None:
             state, seq = state[shuffle], seq[shuffle]
         # read from the config at every plan: online.* settings may change it at the switch
         weight = self.uncertainty_weight()
