@@ -11,14 +11,15 @@
 set -euo pipefail
 planner=$1 task=$2 dataset=$3 model=$4 seed=$5 run_dir=$6; shift 6
 . "$(dirname "$0")/work_queue.sh"
-export OMP_NUM_THREADS=1
+threads=${THREADS:-1}  # (torch threads, one by default; a resumed run takes it too)
+export OMP_NUM_THREADS=$threads
 finished "$run_dir" && { echo "$run_dir: finished already"; exit 0; }
 if resumable "$run_dir"; then
   echo "$run_dir: resuming with its saved settings" >&2
-  args=(resume="$run_dir")
+  args=(resume="$run_dir" threads="$threads")
 else
   args=(planner="$planner" env="$task" dataset="$dataset" model="$model" env_steps=0
-        offline.select=model_score eval_episodes=10 seed="$seed" threads=1 run_dir="$run_dir" "$@")
+        offline.select=model_score eval_episodes=10 seed="$seed" threads="$threads" run_dir="$run_dir" "$@")
 fi
 mkdir -p "$(dirname "$run_dir")"
 logged "$run_dir.log" python -m worldmodel.run "${args[@]}"

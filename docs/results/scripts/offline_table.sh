@@ -2,7 +2,8 @@
 # Issue #10's protocol for one dataset, every run resumable: for seeds 0-2 a converged model
 # each (bf16 where the CPU has bf16 units, fp32 elsewhere; PRECISION=bf16|fp32 picks), then behaviour cloning, MOPO (configs/offline.yaml's preset for the dataset) and RAVL at
 # 200k updates, MOPO and RAVL from their seed's model as it is; one thread per run, two runs at a
-# time (a 2-core machine: WORKERS=1 beside another job). Rerun the same line to continue.
+# time (a 2-core machine: WORKERS=1 beside another job; THREADS=2 WORKERS=1 runs one at a time on two
+# threads, which gives EDAC 1.7x, docs/benchmarks.md; a resumed run takes THREADS too). Rerun the same line to continue.
 # SEEDS="0 1 2" and PLANNERS="bc mopo ravl" (the defaults) pick a part of the table; DATA=<file>
 # reads another dataset of the task and quality (runs named after the file: <name>-200k, ...).
 # MODEL_TAG=<variant> MODEL_ARGS="<model.* overrides>" fit the models another way, in directories of
@@ -28,7 +29,10 @@ seeds=(${SEEDS:-0 1 2}) planners=(${PLANNERS:-bc mopo ravl})
 [ -f "$data" ] || { echo "no $data: make it first, python -m worldmodel.datasets make env=$task quality=$quality size=<transitions> out=$data threads=1" >&2; exit 1; }
 mkdir -p "$out"
 exec 8> "$out/.running"; flock -n 8 || { echo "$out: already running (stop it with kill -TERM -- -<its process group>)" >&2; exit 75; }
-export OMP_NUM_THREADS=1
+threads=${THREADS:-1}
+case $threads in [1-9]) ;; *) echo "THREADS must be a whole number 1-9, got $threads" >&2; exit 1 ;; esac
+[ $((threads * ${WORKERS:-2})) -le "$(nproc)" ] || { echo "WORKERS x THREADS exceeds this machine's $(nproc) cores" >&2; exit 1; }
+export OMP_NUM_THREADS=$threads THREADS=$threads
 here=$(dirname "$0")
 . "$here/work_queue.sh"
 # models and runs of data since remade at the same path are not this table's: refuse them
@@ -46,18 +50,18 @@ fit() {  # seed: the seed's model, fitted once (the other worker waits for it un
   (
     flock 9
     [ -f "$d/model.pt" ] && exit 0
-    if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; exit; fi
+    if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d" threads="$threads"; exit; fi
     logged "$d.log" python -m worldmodel.run planner=mopo env="$task" dataset="$data" env_steps=0 offline.updates=0 \
-        model.precision=$precision eval_episodes=1 seed="$1" threads=1 run_dir="$d" ${MODEL_ARGS:-}
+        model.precision=$precision eval_episodes=1 seed="$1" threads="$threads" run_dir="$d" ${MODEL_ARGS:-}
   ) 9> "$d.fitting"
 }
 
 bc() {  # seed
   local d=$out/bc-s$1
   finished "$d" && return
-  if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d"; return; fi
+  if resumable "$d"; then logged "$d.log" python -m worldmodel.run resume="$d" threads="$threads"; return; fi
   logged "$d.log" python -m worldmodel.run planner=bc env="$task" dataset="$data" env_steps=0 offline.updates=200000 \
-      eval_episodes=10 seed="$1" threads=1 run_dir="$d"
+      eval_episodes=10 seed="$1" threads="$threads" run_dir="$d"
 }
 
 from_model() {  # planner seed
