@@ -867,7 +867,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "bad_stamps", "vetoed", "constraint_errors", "watchdog_trips",
                                         "watchdog_errors", "plans", "wait_timeouts")},
-               "real_steps": len(log), "session_began_at": session_began,
+               "real_steps": steps, "session_began_at": session_began,  # (handed to the learner; logged: len(log))
                "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates, "learner_ended_early": learner.ended_early,

@@ -137,7 +137,14 @@ def test_make_random_dataset(tmp_path, capsys):
     meta = main(["make", "env=hopper", "quality=random", "size=300", f"out={tmp_path / 'r.hdf5'}"])
     data, saved = load_dataset(tmp_path / "r.hdf5", obs_dim=11, act_dim=3)
     assert len(data) == 300 and saved["quality"] == "random" and meta["episodes"] > 3
-    assert saved["mean_normalized_score"] == pytest.approx(normalized_score("hopper", saved["mean_episode_return"]))
+    returns, running = [], 0.0  # the complete episodes' returns, summed row by row from the data
+    for reward, ended in zip(data["reward"].tolist(), (data["terminated"] | data["truncated"]).tolist()):
+        running += reward
+        if ended:
+            returns.append(running)
+            running = 0.0
+    assert saved["mean_episode_return"] == pytest.approx(sum(returns) / len(returns), rel=1e-5)
+    assert saved["mean_normalized_score"] == pytest.approx(normalized_score("hopper", sum(returns) / len(returns)), rel=1e-5)
     assert saved["fingerprint"] == fingerprint(data) and f"fingerprint {fingerprint(data)}" in capsys.readouterr().out
 
 

@@ -300,7 +300,7 @@ def test_a_random_stream_saved_on_another_device_reseeds_with_a_warning_on_resum
         resumed.append(planner.generator.get_state())
     assert torch.equal(resumed[0], resumed[1]) and not torch.equal(resumed[0], MBPO(model, SPEC, config).generator.get_state())
     state["generator"] = torch.arange(100, dtype=torch.uint8)  # (no generator's: damaged, an error as before)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="RNG state size to be 100"):
         MBPO(model, SPEC, config).load_state_dict(state)
 
 

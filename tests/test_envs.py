@@ -22,6 +22,26 @@ def test_make_env_gives_flat_float_observations_and_bounded_actions(name):
     assert data["reward"].shape == (5,)
 
 
+@pytest.mark.parametrize("name", ["hopper", "humanoid", "pusher", "dmc/cartpole-swingup", "dmc/walker-walk"])
+def test_the_action_box_is_the_simulators_own(name):
+    """The TaskSpec's bounds are the backend's action space (humanoid's is +-0.4, not +-1)."""
+    spec = make_env(name, seed=0).task_spec
+    if name.startswith("dmc/"):
+        from dm_control import suite
+
+        native = suite.load(*name[4:].split("-", 1)).action_spec()
+        low, high = native.minimum, native.maximum
+    else:
+        import gymnasium as gym
+
+        from worldmodel.envs import GYM_TASKS
+
+        native = gym.make(GYM_TASKS[name][0]).action_space
+        low, high = native.low, native.high
+    assert torch.equal(spec.action_low, torch.as_tensor(low, dtype=torch.float32))
+    assert torch.equal(spec.action_high, torch.as_tensor(high, dtype=torch.float32))
+
+
 def test_required_tasks_are_listed():
     assert set(REQUIRED) <= set(task_names())
 

@@ -4,6 +4,7 @@ checks, and (in a subprocess under TRITON_INTERPRET=1) the Triton kernels' own t
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -65,6 +66,40 @@ def test_variant_choice_switches_at_the_measured_thresholds():
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS, needs_grad=False, precision="bf16") == "baddbmm_inference"
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS_BF16 - 1, needs_grad=False, precision="bf16") == "baddbmm_inference"
     assert cpu.choose(cpu.INFER_LOOP_MIN_ROWS_BF16, needs_grad=False, precision="bf16") == "loop_inference"
+
+
+def test_the_reference_is_each_member_an_ordinary_mlp():
+    """kernels.reference (what every kernel is checked against; cpu's baddbmm variant is it) against
+    a member-by-member, row-by-row MLP written out with no batching."""
+    E, B, widths = 3, 4, [5, 7, 7, 3]
+    ws, bs = make_params(E, widths, seed=3, dtype=torch.float64)
+    x = rand_x(E, B, 5, dtype=torch.float64)
+    members = torch.tensor([2, 0])
+    for chosen in (None, members):
+        ids = range(E) if chosen is None else chosen.tolist()
+        xs = x if chosen is None else x[:2]
+        out = reference.ensemble_mlp(xs, ws, bs, "silu", chosen)
+        for row, e in enumerate(ids):
+            for r in range(B):
+                h = xs[row, r]
+                for i, (w, b) in enumerate(zip(ws, bs)):
+                    h = sum(h[k] * w[e, k] for k in range(w.shape[1])) + b[e]
+                    h = h * torch.sigmoid(h) if i < len(ws) - 1 else h
+                torch.testing.assert_close(out[row, r], h)
+
+
+def test_the_soft_clamp_keeps_log_variances_within_their_bounds():
+    """PETS's soft clamp (max - softplus(max - raw), then min + softplus(that - min)): from min far
+    below to min + softplus(max - min) far above (0.03 past max here: the outer softplus's own
+    overshoot, as PETS has it), increasing, about the raw value well inside."""
+    hi, lo = torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([[-3.0]], dtype=torch.float64)
+    raw = torch.tensor([[[-1e4], [-30.0], [-1.25], [40.0], [1e4]]], dtype=torch.float64)
+    out = reference.soft_clamp_logvar(raw, hi, lo).flatten()
+    top = -3.0 + math.log1p(math.exp(3.5))
+    assert ((out >= -3.0) & (out <= top)).all() and (out.diff() >= 0).all()
+    assert out[0] == pytest.approx(-3.0) and out[1] == pytest.approx(-3.0, abs=1e-9)
+    assert out[3] == pytest.approx(top, abs=1e-9) and out[4] == pytest.approx(top)
+    assert out[2] == pytest.approx(-1.25, abs=0.1)
 
 
 @pytest.mark.parametrize("variant", sorted(cpu.VARIANTS))

@@ -171,8 +171,34 @@ def test_tf32_and_bf16_precision():
     torch.testing.assert_close(tf32.double(), ref, **tol)
     torch.testing.assert_close(bf16.double(), ref, **BF16_TOL)
     torch.testing.assert_close(bf16_layered.double(), ref, **BF16_TOL)
-    # bf16 really rounds the operands: it must differ from the fp32 result
-    assert (bf16.double() - ref).abs().max() > 1e-4
+    # bf16 really rounds the operands, on both paths: each must differ from the fp32 result
+    assert (bf16.double() - ref).abs().max() > 1e-4 and (bf16_layered.double() - ref).abs().max() > 1e-4
+
+
+def test_bf16_training_gradients_and_gaussian_head():
+    """The bf16 path a fit trains through on a GPU: the Gaussian head's outputs and every gradient
+    (inputs, weights, biases, bounds) near float64's, and really rounded (not fp32's)."""
+    E, widths = 2, [23, 40, 40, 12]
+    ws, bs, max_lv, min_lv = gaussian_inputs(E, widths, seed=14, requires_grad=True)
+    x = rand_x(E, 15, 23).requires_grad_()
+    inputs = [x, *ws, *bs, max_lv, min_lv]
+    grad = torch.randn(E, 15, 12, generator=torch.Generator().manual_seed(15)).to(DEVICE)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        mean, logvar = kernels.ensemble_gaussian_mlp(x, ws, bs, max_lv, min_lv, precision=precision)
+        out = torch.cat((mean, logvar), -1)
+        results[precision] = (out.detach(), torch.autograd.grad(out, inputs, grad))
+    xd, wd, bd = x.detach().double().requires_grad_(), f64(ws), f64(bs)
+    hid, lod = f64([max_lv, min_lv])
+    ref = torch.cat(reference.ensemble_gaussian_mlp(xd, wd, bd, hid, lod), -1)
+    want = torch.autograd.grad(ref, [xd, *wd, *bd, hid, lod], grad.double())
+    out, grads = results["bf16"]
+    torch.testing.assert_close(out.double(), ref.detach(), **BF16_TOL)
+    for got, expected, fp32 in zip(grads, want, results["fp32"][1], strict=True):
+        scale = expected.abs().max()
+        assert (got.double() - expected).abs().max() <= 3e-2 * scale  # near the exact gradient
+        torch.testing.assert_close(fp32.double(), expected, rtol=1e-4, atol=2e-4)
+    assert max((g - f).abs().max() for g, f in zip(grads, results["fp32"][1])) > 1e-4  # rounded: not fp32's
 
 
 def gaussian_inputs(E, widths, seed=8, requires_grad=False):
@@ -263,6 +289,31 @@ def test_gaussian_backward_including_bounds():
     out = torch.cat((mean, logvar), -1)
     ref = torch.cat((rm, rlv), -1)
     check_grads(out, ref, [x, *ws, *bs, max_lv, min_lv], [xd, *wd, *bd, hid, lod])
+
+
+def test_backward_goes_down_only_as_far_as_a_gradient_is_needed(monkeypatch):
+    """Only the last layer's bias (then layer 1's weights) needs a gradient: the backward launches no
+    dX product below the lowest layer that needs one, and the gradients asked for are right."""
+    from kernels import triton_mlp
+
+    E, widths = 2, [23, 24, 24, 24, 6]
+    ws, bs = make_params(E, widths, seed=16)
+    x = rand_x(E, 9, 23)
+    launches = []
+    linear = triton_mlp._linear
+    monkeypatch.setattr(triton_mlp, "_linear", lambda *a, **k: launches.append(k) or linear(*a, **k))
+    for lowest, param in ((3, bs[-1]), (1, ws[1])):
+        param.requires_grad_(True)
+        out = kernels.ensemble_mlp(x, ws, bs)
+        launches.clear()
+        (got,) = torch.autograd.grad(out, param, torch.ones_like(out))
+        backward_dx = sum(k.get("w_transposed", False) for k in launches)
+        assert backward_dx == 3 - lowest  # dX through layers 3 .. lowest + 1 only
+        wd, bd = f64(ws), f64(bs)
+        ref = reference.ensemble_mlp(x.double(), wd, bd)
+        (want,) = torch.autograd.grad(ref, (bd[-1] if lowest == 3 else wd[1]), torch.ones_like(ref))
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=2e-4)
+        param.requires_grad_(False)
 
 
 def test_nan_input_propagates_never_masked():

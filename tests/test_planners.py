@@ -97,8 +97,10 @@ def test_plan_is_for_inspection_and_keeps_no_state(name):
     model = point_mass()
     planner = PLANNERS[name](model, model.spec(), horizon=5)
     planner.act(torch.zeros(2))
-    carried = [k for k in ("_plan", "_kept") if hasattr(planner, k)]  # what the next act() reuses
+    carried = planner.EPISODE_STATE  # what the next act() reuses (the warm start, the last action, ...)
+    assert {"_plan", "previous_action"} <= set(carried)
     before = {k: getattr(planner, k).clone() for k in carried}
+    assert before["previous_action"] is not None
     planner.plan(torch.tensor([0.5, 0.5]))
     for key in carried:
         assert torch.equal(getattr(planner, key), before[key]), key

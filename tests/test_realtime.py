@@ -129,6 +129,27 @@ def test_box_and_slew_limits_hold_on_every_executed_action(hopper, worker):
     assert (actions.diff(dim=0).abs() <= 0.05 + 1e-6).all()
 
 
+def test_actions_outside_the_box_are_clipped_to_it(hopper):
+    """A planner, a safe action or an action sent by other means outside the box: what goes out is
+    inside it (the planner here plans 10x its own actions, as a user's planner might)."""
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    inner = planner.act_ahead
+    planner.act_ahead = lambda start, deterministic: 10 * inner(start, deterministic)
+    high, low = spec.action_high, spec.action_low
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=200), safe_action=torch.full((3,), 5.0)) as rt:
+        assert torch.equal(rt.safe_action, high)
+        assert torch.equal(rt.limit(torch.full((3,), -5.0)), low)
+        executed = []
+        for i in range(200):
+            executed.append(rt.act(data["obs"][i], i * rt.config.period))
+            time.sleep(0.002)
+    actions = torch.stack(executed)
+    assert rt.counts["fresh"] > 10
+    assert ((actions == low) | (actions == high)).float().mean() > 0.5  # the planner's overshoot reached the box
+    assert (actions >= low).all() and (actions <= high).all()
+
+
 @pytest.mark.parametrize("worker", ["thread", "process"])
 def test_a_model_emitting_nan_never_produces_an_action(hopper, worker):
     spec, model, data = hopper
@@ -829,7 +850,8 @@ def test_sigterm_stops_the_simulated_robot_command_cleanly(tmp_path):
     wait_for(lambda: not any(map(running, children)), timeout=10)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
-    assert summary["logged_transitions"] == len(TransitionLog(run_dir / "transitions", 11, 3)) >= 150
+    # every transition the loop took (its own count) is in the log, read afresh
+    assert summary["real_steps"] == summary["logged_transitions"] == len(TransitionLog(run_dir / "transitions", 11, 3)) >= 150
 
 
 def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):

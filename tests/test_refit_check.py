@@ -52,14 +52,15 @@ def test_each_precision_is_a_refit_of_its_own(run_dir):
     assert row["refit_beta0.5_bf16_steps"] == row["refit_beta0.5_fp32_steps"] == 2
 
 
-def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, tmp_path):
+def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
+    assert "is not a run directory with a transition log (config.yaml, transitions/)" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="logged 120 transitions"):
         main([str(run_dir)])  # the defaults need 2,000
 
 
-def test_a_refit_can_start_from_the_runs_checkpoint_instead_of_a_replayed_first_fit(tmp_path):
+def test_a_refit_can_start_from_the_runs_checkpoint_instead_of_a_replayed_first_fit(tmp_path, capsys):
     """A run stopped at 90 steps last fitted at 60: its checkpoint's model (and optimiser) saw 60
     transitions (progress.fit_written), and a refit on 80 starts from it; a copy of it serves as well."""
     import shutil
@@ -77,5 +78,11 @@ def test_a_refit_can_start_from_the_runs_checkpoint_instead_of_a_replayed_first_
     assert again["no_refit"] == row["no_refit"] and again["refit_beta0.5"] == row["refit_beta0.5"]
     with pytest.raises(SystemExit, match="leave --first out"):
         main([*args, "--first", "50"])
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*args[:2], str(tmp_path / "missing.pt"), *args[3:]])
+    assert "give fit, checkpoint, or the file of one run's copied checkpoint.pt" in capsys.readouterr().err
+    shutil.copytree(run_dir, tmp_path / "bare", ignore=shutil.ignore_patterns("checkpoint.pt"))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bare"), *args[1:]])
+    assert "has no checkpoint.pt" in capsys.readouterr().err

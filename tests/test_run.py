@@ -43,9 +43,13 @@ def test_refits_hold_out_among_the_rows_since_the_last_fit_across_a_resume(tmp_p
 
 
 @pytest.mark.parametrize("planner", ["mppi", "cem", "icem", "random"])
-def test_short_run_writes_every_artifact(tmp_path, planner):
+def test_short_run_writes_every_artifact(tmp_path, planner, capsys):
     run_dir = tmp_path / planner
     summary = main([f"planner={planner}", "env=hopper", "env_steps=120", f"run_dir={run_dir}", *TINY])
+    out = capsys.readouterr().out.splitlines()  # where it went, said first and last
+    assert out[0].startswith(f"run directory: {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'}")
+    assert out[-1] == (f"finished: {run_dir} (summary.json, learning_curve.png, model.pt); "
+                       f"final evaluation return {summary['final_eval_return']:.1f}")  # fmt: skip
     for name in ["config.yaml", "metrics.jsonl", "checkpoint.pt", "learning_curve.png", "summary.json"]:
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "summary.json").read_text())
@@ -65,6 +69,9 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     run_dir = tmp_path / "run"
     first = main(["env=dmc/cartpole-swingup", "env_steps=60", f"run_dir={run_dir}", *TINY])
     assert first["env_steps"] == 60
+    from torch import load
+
+    kept = ReplayBuffer.from_state_dict(load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
     (run_dir / "metrics.jsonl").open("a").write('{"kind": "eval", "step": 75, "ret": 0.0}\n')  # after the checkpoint
     with pytest.raises(SystemExit, match=r"is a planner=mppi run; a resumed run keeps its planner \(planner=cem given\)"):
         main([f"resume={run_dir}", "planner=cem", "env_steps=120"])
@@ -82,10 +89,11 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]  # the stale record was dropped
     events = EventAccumulator(str(run_dir / "tb")).Reload()
     assert [e.step for e in events.Scalars("eval/ret")] == [60, 120]  # and TensorBoard shows it no more
-    from torch import load
-
-    buffer = ReplayBuffer.from_state_dict(load(run_dir / "checkpoint.pt", weights_only=True)["buffer"])
-    assert len(buffer) == 120
+    after = ReplayBuffer.from_state_dict(load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
+    assert len(after) == 120  # the first 60 transitions, as they were, then 60 new ones
+    for key in ("obs", "action", "reward", "next_obs"):
+        assert torch.equal(after[key][:60], kept[key]), key
+    assert not torch.equal(after["obs"][60:], kept["obs"])
 
 
 def test_an_error_hours_into_a_run_is_a_failure_with_its_traceback_not_bad_input(tmp_path, monkeypatch):

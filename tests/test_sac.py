@@ -319,9 +319,14 @@ def test_a_loaded_training_state_is_the_loaders_own_not_shared_with_the_saver():
     saver, loader = SAC(O, LOW, HIGH, config), SAC(O, LOW, HIGH, config)
     saver.update(transitions(32, terminated=False))
     loader.load_training_state(saver.training_state())
-    moments = [s["exp_avg"].clone() for s in loader.critic_optim.state.values()]
+    optimisers = ("critic_optim", "actor_optim", "alpha_optim")
+    loaded = {name: [{k: s[k].clone() for k in ("exp_avg", "exp_avg_sq")} for s in getattr(loader, name).state.values()]
+              for name in optimisers}  # fmt: skip
+    assert all(len(loaded[name]) == len(getattr(saver, name).state) > 0 for name in optimisers)  # (moments were loaded)
     saver.update(transitions(32, terminated=False))
-    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, loader.critic_optim.state.values()))
+    for name in optimisers:
+        for before, now in zip(loaded[name], getattr(loader, name).state.values(), strict=True):
+            assert all(torch.equal(before[k], now[k]) for k in before), name
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -67,6 +68,39 @@ print(n, threads.current()["mode"])
 def test_auto_leaves_the_cores_another_process_keeps_busy(before, after):
     used, mode = _in_subprocess(BESIDE_A_BUSY_PROCESS.format(before=before, after=after)).split()
     assert int(used) <= threads.available_cores() - 1 and mode == "auto"
+
+
+def test_auto_follows_the_load_as_it_comes_and_goes(monkeypatch):
+    """set_threads('auto') on an idle machine takes every core; adapt() gives one up while another
+    process keeps a core busy and takes it back when it stops (the load read from a fake /proc)."""
+    load = {"others": 0.0, "busy": 0.0, "at": time.monotonic()}
+
+    def ticks():  # busy ticks of our cores: the others' share of the time since the last read
+        now = time.monotonic()
+        load["busy"] += load["others"] * (now - load["at"]) * threads._CLOCK_TICKS
+        load["at"] = now
+        return load["busy"], 0
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_cpu_ticks", ticks)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads, "ADAPT_EVERY_S", 0.05)
+    for name in ("auto", "count", "_last"):
+        monkeypatch.setattr(threads._BUDGET, name, getattr(threads._BUDGET, name))
+    before = torch.get_num_threads()
+    try:
+        assert threads.set_threads("auto") == 4 and threads.current()["mode"] == "auto"
+        load["others"] = 1.0
+        time.sleep(0.1)
+        assert threads.adapt() == 3 == torch.get_num_threads()
+        load["others"] = 2.5
+        time.sleep(0.1)
+        assert threads.adapt() == 1
+        load["others"] = 0.0
+        time.sleep(0.1)
+        assert threads.adapt() == 4 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_target_leaves_cores_that_others_use():

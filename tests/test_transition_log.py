@@ -59,6 +59,28 @@ def test_a_torn_last_record_is_dropped_and_appending_goes_on(tmp_path, hopper_st
     assert len(TransitionLog(tmp_path, O, A)) == 12
 
 
+def test_with_fsyncs_every_few_records_only_the_unsynced_tail_may_be_torn(tmp_path, hopper_steps):
+    """sync_every=4 (a robot log's is larger): damage within the last 4 records (unsynced at a
+    crash) drops the tail from the first bad record; damage one record earlier is an error."""
+    for damaged, expect in (((16, 18), 16), ((15,), None)):
+        directory = tmp_path / f"log-{damaged[0]}"
+        with TransitionLog(directory, O, A, sync_every=4) as log:
+            log.append(hopper_steps[:20])
+            record = log.record_bytes
+        segment = directory / "segment-000000.bin"
+        raw = bytearray(segment.read_bytes())
+        for i in damaged:
+            raw[16 + i * record + 5] ^= 0xFF
+        segment.write_bytes(bytes(raw))
+        if expect is None:
+            with pytest.raises(LogCorruptError, match="record 15 of 20 fails its checksum"):
+                TransitionLog(directory, O, A, sync_every=4)
+        else:
+            with TransitionLog(directory, O, A, sync_every=4) as log:
+                assert len(log) == expect
+                assert_same(log.read(), hopper_steps[:expect])
+
+
 def test_damage_before_the_tail_is_an_error_naming_the_record(tmp_path, hopper_steps):
     with TransitionLog(tmp_path, O, A) as log:
         log.append(hopper_steps[:10])
@@ -89,13 +111,15 @@ def test_other_dimensions_or_a_foreign_file_are_clear_errors(tmp_path, hopper_st
 
 @pytest.mark.parametrize("format", ["d4rl", "minari"])
 def test_a_log_exports_as_an_offline_dataset(tmp_path, hopper_steps, format):
+    steps = hopper_steps.clone()
+    steps["truncated"][29] = True  # (an episode cut by a time limit, as well as the terminations collected)
     with TransitionLog(tmp_path / "log", O, A) as log:
-        log.append(hopper_steps)
+        log.append(steps)
         out = tmp_path / ("robot.hdf5" if format == "d4rl" else "robot")
         log.export(out, format, {"env": "hopper", "quality": "robot"})
     data, metadata = load_dataset(out, O, A)
     assert metadata["quality"] == "robot" and len(data) == 60
-    assert torch.equal(data["obs"], hopper_steps["obs"]) and torch.equal(data["reward"], hopper_steps["reward"])
+    assert_same(data, steps)
 
 
 WRITER = textwrap.dedent("""
