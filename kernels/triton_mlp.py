@@ -173,7 +173,7 @@ def _linear_kernel(
     w_base = w_ptr + we * s_we + cols[None, :] * s_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        kk = k0 + ks
+        kk = (k0 + ks).to(tl.int64)  # (in the weight gradient K is the batch: kk * stride passes 2^31 past ~10M rows)
         k_ok = kk < K
         a = tl.load(a_base + kk[None, :] * s_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_base + kk[:, None] * s_wk, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
@@ -433,13 +433,6 @@ def _fused_candidates(configs, named_args, **kwargs):
 def _autotuned(kernel, configs, keys, prune):
     return triton.autotune(configs=configs, key=keys, prune_configs_by={"early_config_prune": prune},
                            **_TUNING_MS)(kernel) if AUTOTUNE else None  # fmt: skip
-
-
-def tuned_choices() -> dict[str, dict[str, str]]:
-    """Each autotuned kernel's choice per key it has seen: {kernel: {key: config}} (empty without tuning)."""
-    tuned = {"linear": _linear_tuned, "gaussian": _gaussian_tuned, "fused": _fused_tuned}
-    return {name: {str(key): str(config) for key, config in t.cache.items()} for name, t in tuned.items()
-            if t is not None and t.cache}
 
 
 _recording: list[str] | None = None  # recorded_tiles(): the tiles of each launch, while recording
@@ -748,7 +741,9 @@ class _EnsembleMLPFunction(torch.autograd.Function):
         grad_w: list[Tensor | None] = [None] * L
         grad_b: list[Tensor | None] = [None] * L
         grad_x = None
-        for i in range(L - 1, -1, -1):
+        # the dX pass goes down only as far as the lowest layer whose parameters (or x) need a gradient
+        lowest = 0 if need[0] else min((i for i in range(L) if need_w[i] or need_b[i]), default=L)
+        for i in range(L - 1, lowest - 1, -1):
             h = hs[i]
             if need_w[i]:
                 # dW[p] = h[p]^T @ g[p]: A = h viewed [P, K, B] by strides, "W" = g indexed by p
@@ -756,9 +751,9 @@ class _EnsembleMLPFunction(torch.autograd.Function):
                 grad_w[i] = _scatter(dw, members, E).to(weights[i].dtype)
             if need_b[i]:
                 grad_b[i] = _scatter(g.sum(1), members, E).to(biases[i].dtype)
-            if i > 0:
+            if i > lowest:
                 g, _ = _linear(g, weights[i], None, members, act, prec, w_transposed=True, grad_z=zs[i - 1])
-            elif need[0]:
+            elif i == 0 and need[0]:
                 grad_x, _ = _linear(g, weights[0], None, members, 0, prec, w_transposed=True)
                 grad_x = grad_x.to(ctx.x_dtype)
         return (grad_x, None, None, None, None, None, *grad_w, *grad_b, *grad_bounds[: 2 if ctx.gauss else 0])
