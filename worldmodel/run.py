@@ -548,6 +548,14 @@ class Run:
             self._lock.release()
 
 
+def _outcome(summary: dict) -> str:
+    """The run's result in words: its final evaluation (and D4RL-normalised score, where known)."""
+    ret, score = summary.get("final_eval_return"), summary.get("normalized_score")
+    if ret is None:
+        return "no evaluation yet"
+    return f"final evaluation return {ret:.1f}" + ("" if score is None else f", normalised score {score:.1f}")
+
+
 def _bar(total: int, initial: int, desc: str, unit: str):
     """A progress bar whose ETA averages over the whole run, fits and evaluations included."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
@@ -706,7 +714,10 @@ def main(argv: list[str] | None = None) -> dict:
         with run.stop:  # from here, SIGINT/SIGTERM stop the run cleanly
             with _bad_input_exits():
                 run.open(run_dir)
-            return run.run()  # (an error from here on is a failure, with its traceback: summary.json says "failed")
+            print(f"run directory: {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'}; Ctrl-C saves and stops)")
+            summary = run.run()  # (an error from here on is a failure, with its traceback: summary.json says "failed")
+            print(f"{summary['status']}: {run_dir} (summary.json, learning_curve.png, model.pt); {_outcome(summary)}")
+            return summary
     except RunInterrupted as stop:
         command = " ".join(["python -m worldmodel.run", f"resume={shlex.quote(str(run.run_dir))}"])
         print(f"{stop.signal_name}: stopped at step {run.progress['step']} "
