@@ -526,7 +526,7 @@ _gaussian_tuned = _autotuned(_gaussian_kernel, _GEMM_CANDIDATES, ["R_BUCKET", "K
 _fused_tuned = _autotuned(
     _fused_mlp_kernel,
     [triton.Config(dict(BLOCK_M=bm), num_warps=w, num_stages=1) for bm, w in _FUSED_CANDIDATES],
-    ["R_BUCKET", "IN", "H", "D_OUT", "N_MID", "ACT", "GAUSS", "HAS_MEMBERS", "PREC"], _fused_candidates,
+    ["R_BUCKET", "P", "IN", "H", "D_OUT", "N_MID", "ACT", "GAUSS", "HAS_MEMBERS", "PREC"], _fused_candidates,
 )
 
 
