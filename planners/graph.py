@@ -123,15 +123,11 @@ class PlanGraph:
                     gc.enable()
 
     def _run(self, planner: MPCPlanner) -> tuple[Tensor, Tensor | None, Tensor]:
-        kept = planner.previous_action
-        planner.previous_action, planner._finite = self.previous, None
+        kept, planner.previous_action = planner.previous_action, self.previous
         try:
-            plan, std = planner.optimize(self.obs, self.warm)
+            return planner.optimize_checked(self.obs, self.warm)
         finally:
             planner.previous_action = kept
-        finite = torch.isfinite(plan).all()  # (the plan's own, as the eager step checks it)
-        finite = finite if planner._finite is None else planner._finite & finite
-        return plan, std, finite
 
     def replay(self, obs: Tensor, warm: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
         self.obs.copy_(obs)

@@ -304,16 +304,21 @@ class MPCPlanner(Planner):
                 self._graphs = PlanGraphs()
             plan, std, self._finite = self._graphs.replay(self, obs, warm)
         else:
-            self._finite = None
-            plan, std = self.optimize(obs, warm)
-            finite = torch.isfinite(plan).all()  # (and the plan's own: folded into the one sync below)
-            self._finite = finite if self._finite is None else self._finite & finite
-        if self._finite is not None and not bool(self._finite):  # the step's one host sync
+            plan, std, self._finite = self.optimize_checked(obs, warm)
+        if not bool(self._finite):  # the step's one host sync
             raise PlanningError(
                 "the model predicted non-finite rewards or states from a finite observation while "
                 "planning; refit it (or check its training data) before acting"
             )
         return plan, std
+
+    def optimize_checked(self, obs: Tensor, warm: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """optimize(obs, warm) and whether every candidate's return and the plan itself were finite
+        (a device bool, not synced: the caller's one sync, or a CUDA graph's output)."""
+        self._finite = None
+        plan, std = self.optimize(obs, warm)
+        finite = torch.isfinite(plan).all()
+        return plan, std, finite if self._finite is None else self._finite & finite
 
     # ---------------------------------------------------------------- shared machinery
 

@@ -129,7 +129,7 @@ class Run:
         (re)starts: after the offline phase and its switch, which a checkpoint from before the
         switch makes again (the rejoined steps were taken by the policy after it)."""
         p = self.progress
-        logged = len(self.log) - p.get("log_offset", 0)
+        logged = self._logged_steps()
         if logged < p["step"]:  # a log begun after the run (older runs): align it from here
             p["log_offset"] = len(self.log) - p["step"]
         elif logged > p["step"]:
@@ -145,13 +145,17 @@ class Run:
             tqdm.write(f"{len(extra)} real transition(s) logged after the checkpoint rejoin the buffer "
                        f"(now at step {p['step']})")  # fmt: skip
 
+    def _logged_steps(self) -> int:
+        """Steps of this run the transition log holds (a log begun after the run: from its offset)."""
+        return len(self.log) - self.progress.get("log_offset", 0)
+
     def _kept_on_resume(self) -> Callable[[dict], bool]:
         """Which metrics records the checkpoint covers (in file order): its first progress["fits"]
         fit records (a fit logged, then killed before its checkpoint, is fitted again), the offline
         fit's epochs once that fit is in it, episodes up to the last step the transition log holds
         (those steps rejoin the buffer), and other records up to its step or update."""
         p, fits_seen = self.progress, [0]
-        logged = p["step"] if self.log is None else max(p["step"], len(self.log) - p.get("log_offset", 0))
+        logged = p["step"] if self.log is None else max(p["step"], self._logged_steps())
 
         def keep(record: dict) -> bool:
             if record["kind"] == "offline_fit":
