@@ -395,10 +395,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--from-json", metavar="PATH", help="print the table (and --markdown) of a saved run")
     args = ap.parse_args(argv)
     if args.from_json and not os.path.isfile(args.from_json):
-        ap.error(f"--from-json {args.from_json}: no such file")
+        ap.error(f"--from-json {args.from_json}: {'a directory' if os.path.isdir(args.from_json) else 'no such file'}"
+                 "; give a --json file of an earlier run")  # fmt: skip
     if args.from_json:
         with open(args.from_json) as f:
-            rows = json.load(f)
+            try:
+                rows = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                ap.error(f"--from-json {args.from_json}: not JSON ({e}); give a --json file of an earlier run")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            ap.error(f"--from-json {args.from_json}: not a kernels.bench --json file (a list of rows)")
         print(format_table(rows))
         if args.markdown:
             print()

@@ -144,7 +144,8 @@ def candidate_tiles(launch: tm.Launch) -> Iterator[tm.Launch]:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
+    ap.add_argument("--arch", type=int, default=90, choices=(80, 86, 89, 90),
+                    help="CUDA compute capability x10 (90 = H100/H200, 80 = A100)")
     ap.add_argument("--all-tiles", action="store_true", help="every tile the autotuner may time, not only the heuristic one")
     args = ap.parse_args(argv)
     print(f"sm_{args.arch}, triton {triton.__version__}; the launches of 7 x 23 -> 200 x4 -> 36 and 10 x 23 -> 256 x3 -> 1 "

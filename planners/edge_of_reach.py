@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from planners import make_planner
+from planners import DYNA_PLANNERS, make_planner
 from planners.base import evaluation_rollouts
 from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.config import check_counts, compose_config, run_dir_for, save_config
@@ -95,17 +95,17 @@ def saved_states(cfg: DictConfig, run_dir: Path) -> dict:
 def compare(cfg: DictConfig) -> dict:
     run_dir = run_dir_for(cfg, "edge_of_reach", cfg.task)
     others = compared_runs(cfg)  # (bad compare_with dirs fail before hours of learning)
+    eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
+    spec = eval_env.task_spec
+    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.task, {})  # (another task's: before any file)
     lock = RunDirLock(run_dir)  # (creates the directory)
     try:
-        return _compare(cfg, run_dir, saved_states(cfg, run_dir), others)
+        return _compare(cfg, run_dir, saved_states(cfg, run_dir), others, eval_env, data)
     finally:
         lock.release()
 
 
-def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, list[str]]) -> dict:
-    eval_env = make_env(cfg.task, seed=cfg.seed + 10_000)
-    spec = eval_env.task_spec
-    data, _ = load_dataset(cfg.dataset, spec.obs_dim, spec.act_dim, cfg.task, {})
+def _compare(cfg: DictConfig, run_dir: Path, states: dict, others: dict[Path, list[str]], eval_env, data) -> dict:
     probe = data["obs"][torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:2000]]
     logger, summary = MetricsLogger(run_dir), {}
     logger.truncate(lambda r: r["step"] <= states.get(r["kind"], {}).get("done", 0))
@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         check_counts(cfg, {"updates": 1, "eval_every": 1, "eval_episodes": 1, "rollout_length": 1,
                            "rollout_batch_size": 1, "rollout_every": 1, "seed": 0})  # (before any work or file)
+        methods = list(cfg.methods)
+        if (unknown := [m for m in methods if m not in DYNA_PLANNERS]) or len(set(methods)) < len(methods):
+            raise ValueError(f"methods={methods}: give distinct Dyna planners ({', '.join(DYNA_PLANNERS)}); "
+                             f"{unknown[0] + ' is not one' if unknown else 'one is repeated'}")  # fmt: skip
         set_threads(cfg.threads)
         return compare(cfg)
     except (ValueError, CheckpointError) as e:

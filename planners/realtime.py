@@ -683,10 +683,10 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, OSError, CheckpointError) as e:  # (before any file: a corrected command starts afresh)
         raise SystemExit(f"error: {e}") from None
 
-    run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
-    if resume_dir is None and (run_dir / "transitions").exists():
-        raise SystemExit(f"error: run_dir={run_dir} holds a run already: resume={run_dir} continues it")
     try:
+        run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
+        if resume_dir is None and (run_dir / "transitions").exists():
+            raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it")
         lock = RunDirLock(run_dir)  # one process per run directory
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

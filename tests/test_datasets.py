@@ -262,6 +262,16 @@ def test_a_cached_behaviour_run_with_other_settings_is_not_reused(tmp_path):
         main([*common, "behaviour.start_steps=20", "behaviour.agent.hidden=32"])
 
 
+def test_make_refuses_an_out_of_the_wrong_kind_before_any_work(tmp_path):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit, match="is a directory: give a file"):  # (before an hour of behaviour training)
+        main(["make", "env=hopper", "quality=medium", f"out={tmp_path / 'adir'}"])
+    with pytest.raises(SystemExit, match="is a file: format=minari writes a directory"):
+        main(["make", "env=hopper", "quality=medium", "format=minari", f"out={tmp_path / 'afile'}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] and not any((tmp_path / "adir").iterdir())
+
+
 def test_make_refuses_unknown_quality_and_missing_out(tmp_path):
     with pytest.raises(SystemExit, match="unknown quality 'great'"):
         main(["make", "env=hopper", "quality=great", f"out={tmp_path / 'x.hdf5'}"])

@@ -392,6 +392,9 @@ def test_mismatched_corrupt_or_foreign_checkpoint_is_a_clear_error(fitted, tmp_p
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         EnsembleDynamics.load(tmp_path / "cut.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)  # torch's own words advise weights_only=False: not ours
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated\?\): Unsupported operand \d+$"):
+        EnsembleDynamics.load(tmp_path / "garbage.pt")
     buffer = ReplayBuffer(O, A)
     buffer.extend(linear_system(10))
     buffer.save(tmp_path / "buffer.pt")

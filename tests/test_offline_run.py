@@ -178,9 +178,14 @@ def test_online_settings_without_a_dataset_and_old_checkpoints_are_clear_errors(
         main([f"resume={run_dir}"])
 
 
-def test_a_dataset_for_another_task_is_refused(tmp_path, dataset):
-    with pytest.raises(SystemExit, match="expected \\[600, 17\\]"):
+def test_a_dataset_for_another_task_is_refused(tmp_path, dataset, capsys):
+    with pytest.raises(SystemExit, match="holds hopper transitions .* not halfcheetah's: give env=hopper"):
         main(["planner=mopo", f"dataset={dataset}", "env=halfcheetah", f"run_dir={tmp_path}"])
+    assert "settings from configs/offline.yaml" not in capsys.readouterr().out  # (no preset named for the wrong task)
+    # data without metadata: its shapes say it is not this task's
+    save_d4rl(tmp_path / "bare.hdf5", load_dataset(dataset)[0])
+    with pytest.raises(SystemExit, match="expected \\[600, 17\\]"):
+        main(["planner=mopo", f"dataset={tmp_path / 'bare.hdf5'}", "env=halfcheetah", f"run_dir={tmp_path}"])
     # walker2d's and halfcheetah's data have the same shapes: the task the dataset's metadata names decides
     walker = make_env("walker2d", seed=0)
     save_d4rl(tmp_path / "walker.hdf5", collect(walker, correlated_noise_policy(walker), 50),

@@ -955,6 +955,17 @@ def test_bad_robot_settings_or_an_unreadable_pretrained_file_fail_before_any_fil
     assert not (tmp_path / "rt").exists()
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(drop_rate=1.5), r"drop_rate must be in \[0, 1\), got 1.5"), (dict(latency_ms=float("nan")), "latency_ms must be >= 0, got nan"),
+    (dict(control_hz=0), "control_hz must be > 0, got 0"), (dict(actuator_ms=-1), "actuator_ms must be >= 0, got -1"),
+])  # fmt: skip
+def test_a_simulated_robot_names_the_setting_it_refuses(bad, message):
+    from worldmodel.robot import SimulatedRobot
+
+    with pytest.raises(ValueError, match=message):
+        SimulatedRobot("hopper", **bad)
+
+
 def test_the_simulated_robot_measures_a_state_when_it_is_reached():
     """A reading is stamped at the tick its state is reached (where the step from it starts) and
     arrives latency_ms later, so an action sent in answer to reading j acts from the state after

@@ -218,3 +218,15 @@ def test_runs_linked_into_a_folder_are_found_once(tmp_path):
     (tmp_path / "table" / "loop").symlink_to(tmp_path / "table")  # a link back up the tree
     (row,) = report([str(tmp_path / "table")])
     assert sorted(row["scores"]) == [70.0, 90.0]
+
+
+def test_a_missing_path_or_an_out_that_is_a_file_is_a_clear_error(tmp_path):
+    import pytest
+
+    fake_run(tmp_path / "runs" / "mopo-s0", 0, 90.0, penalty=2.5)
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'nowhere'}: no such directory"):
+        report([str(tmp_path / "nowhere")])
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is a file; give a directory for the report"):
+        report([str(tmp_path / "runs"), "--out", str(tmp_path / "notes.txt")])
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -282,6 +282,9 @@ BAD_INPUTS = {
     "planner=bc": r"planner=bc clones the actions of a dataset: give dataset=<file>",
     f"dataset={NO_DATASET}": rf"dataset={NO_DATASET}: no such file or directory",
     "+env.reset_noise=2": r"env dmc/cartpole-swingup: the simulator refused the arguments \['reset_noise'\]",
+    "planner.discount=nan": r"planner.discount=nan: settings are finite numbers \(not nan or inf\)",
+    "fit_beta=-inf": r"fit_beta=-inf: settings are finite numbers",
+    "planner.discount=1.5": r"discount must be in \(0, 1\], got 1.5",
 }
 if not torch.cuda.is_available():
     BAD_INPUTS["device=cuda"] = r"device=cuda, but no CUDA device is available .*use device=cpu"
@@ -294,6 +297,14 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, monkeypatch, a
         main([arg])
     assert str(error.value.code).startswith("error: ")
     assert list(tmp_path.iterdir()) == []  # no run directory, no debris
+
+
+def test_a_run_dir_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for run_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        with pytest.raises(SystemExit, match=f"run_dir={run_dir}: {tmp_path / 'notes.txt'} is a file; give a directory"):
+            main([f"run_dir={run_dir}"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_failed_resume_leaves_the_run_untouched(tmp_path):

@@ -57,7 +57,10 @@ def test_edge_of_reach_command_logs_values_against_returns(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [("updates=0", "updates must be a whole number >= 1, got 0"),
                                           ("eval_every=0", "eval_every must be a whole number >= 1, got 0"),
-                                          ("eval_episodes=0", "eval_episodes must be a whole number >= 1, got 0")])
+                                          ("eval_episodes=0", "eval_episodes must be a whole number >= 1, got 0"),
+                                          ("methods=[mbpo,ravll]", "give distinct Dyna planners .*; ravll is not one"),
+                                          ("methods=[ravl,ravl]", "one is repeated"),
+                                          ("task=halfcheetah", r"expected \[50, 17\]")])  # (another task's data: before any file)
 def test_edge_of_reach_refuses_counts_that_would_fail_after_the_work_or_skip_it(tmp_path, bad, message):
     from planners.edge_of_reach import main
 

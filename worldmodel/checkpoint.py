@@ -97,6 +97,15 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
                       "run would have", stacklevel=2)  # fmt: skip
 
 
+def _load_error(e: Exception) -> str:
+    """torch.load's reason, without its advice to load with weights_only=False (unsafe, and no help for
+    a damaged file) or to file an issue: the weights-only unpickler's own words, else the first line."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+    return text.strip().split("\n")[0].split(". This is an internal")[0] or type(e).__name__
+
+
 def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> dict:
     """Load a checkpoint written with `{"format": kind, ...}`; a clear error otherwise."""
     path = Path(path)
@@ -107,7 +116,7 @@ def load_checked(path: str | os.PathLike, kind: str, map_location: Any = "cpu") 
     except Exception as e:  # torch raises several types for truncated/garbled files
         why = ("holds objects other than tensors and plain values, which are not loaded (not written by this "
                "engine's save, or edited since?)" if "Unsupported global" in str(e) else "corrupt or truncated?")
-        raise CheckpointError(f"{path} is not a readable {kind} checkpoint ({why}): {e}") from e
+        raise CheckpointError(f"{path} is not a readable {kind} checkpoint ({why}): {_load_error(e)}") from e
     found = obj.get(FORMAT_KEY) if isinstance(obj, dict) else type(obj).__name__
     if found != kind:
         raise CheckpointError(f"{path} holds a {found!r} checkpoint, expected {kind!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -214,9 +215,11 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
                 message += f"\nvalid keys for {name}: {', '.join(valid())}"
             raise SystemExit(f"error: {message}") from None
     known = set(flatten(base))
-    for key in flatten(cfg):
+    for key, value in flatten(cfg).items():
         if key not in known and not key.startswith(tuple(f"{k}." for k in open_keys)):
             raise SystemExit(_unknown_key(key, known, name))
+        if isinstance(value, float) and not math.isfinite(value):  # (NaN passes every range check)
+            raise SystemExit(f"error: {key}={value}: settings are finite numbers (not nan or inf)")
     return cfg
 
 
@@ -245,7 +248,11 @@ def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
     that exists: a run begun in the same second with the same seed; two started at once still meet
     on one name, and the run directory lock refuses the second). Creates nothing."""
     if cfg.get("run_dir"):
-        return Path(cfg.run_dir)
+        run_dir = Path(cfg.run_dir)
+        there = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # (the path itself, or its nearest parent)
+        if not there.is_dir():
+            raise ValueError(f"run_dir={run_dir}: {there} is a file; give a directory (new, or a run's to resume)")
+        return run_dir
     seed = f"-s{cfg.seed}" if cfg.get("seed") is not None else ""
     base = Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}{seed}"
     return next(p for p in (base.with_name(f"{base.name}-{i}") if i > 1 else base for i in itertools.count(1))

@@ -185,6 +185,14 @@ def _read(path: Path, d4rl, minari):
         raise DatasetError(f"{path}: cannot read it as HDF5 (corrupt or truncated?): {e}") from None
 
 
+def check_task(path: str | Path, metadata: Mapping, task: str) -> None:
+    """A DatasetError where the dataset's metadata names a task other than `task`."""
+    made_on = metadata.get("env")
+    if made_on and canonical_task_name(str(made_on)) != canonical_task_name(task):
+        raise DatasetError(f"{path} holds {made_on} transitions (its metadata), not {task}'s: give env={made_on}, "
+                           f"or a dataset of {task}")  # fmt: skip
+
+
 def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: int | None = None,
                  task: str | None = None, env: Mapping | None = None) -> tuple[TensorDict, dict]:  # fmt: skip
     """Read a D4RL-layout .hdf5 file or a Minari dataset (its directory, or its main_data.hdf5).
@@ -197,6 +205,8 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
     """
     path = _main_file(path)
     data, metadata = _read(path, _read_d4rl, lambda f: _read_minari(f, path))
+    if task is not None:
+        check_task(path, metadata, task)  # (before the shapes: another task's data is named as such)
     try:
         data = validate_transitions(data, obs_dim, act_dim)
     except ValueError as e:
@@ -204,9 +214,6 @@ def load_dataset(path: str | os.PathLike, obs_dim: int | None = None, act_dim: i
     if len(data) == 0:
         raise DatasetError(f"{path}: the dataset holds no transitions")
     made_on = metadata.get("env")
-    if task is not None and made_on and canonical_task_name(str(made_on)) != canonical_task_name(task):
-        raise DatasetError(f"{path} holds {made_on} transitions (its metadata), not {task}'s: give env={made_on}, "
-                           f"or a dataset of {task}")  # fmt: skip
     if env is not None and made_on and (made := metadata.get("env_args", {"action_repeat": 1})) != dynamics_args(env):
         raise DatasetError(f"{path} was collected with {made}, but this command steps the task with "
                            f"{dynamics_args(env)}: a model of one would plan in the other; give a new run the data's "
@@ -323,6 +330,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("give the output file: out=<path>.hdf5 (D4RL layout) or out=<dir> with format=minari")
         if cfg.format not in ("d4rl", "minari"):
             raise ValueError(f"unknown format {cfg.format!r}; choose d4rl (one .hdf5 file) or minari (a directory)")
+        if cfg.format == "d4rl" and Path(cfg.out).is_dir():
+            raise ValueError(f"out={cfg.out} is a directory: give a file (out=<path>.hdf5), or format=minari to write "
+                             "a Minari dataset directory")  # fmt: skip
+        if cfg.format == "minari" and Path(cfg.out).is_file():
+            raise ValueError(f"out={cfg.out} is a file: format=minari writes a directory; give a new path")
         check_counts(cfg, {"seed": 0, "size": 1})  # (before a behaviour agent trains for hours)
         set_threads(cfg.threads)
         return make_dataset(cfg)

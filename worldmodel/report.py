@@ -55,6 +55,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     is a ValueError naming it."""
     runs = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise ValueError(f"{path}: no such directory")
         found = [p.parent for p in ([path / "summary.json"] if (path / "summary.json").is_file()
                                     else _summaries_under(path)) if _is_run_summary(p)]  # fmt: skip
         if not found:
@@ -428,6 +430,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.raw and not args.out:
         raise SystemExit("error: --raw copies the runs' files beside the report: give --out <dir> too")
+    if args.out and (there := next(p for p in (Path(args.out), *Path(args.out).parents) if p.exists())).is_file():
+        raise SystemExit(f"error: --out {args.out}: {there} is a file; give a directory for the report")
     try:
         runs = [load_run(d) for d in find_runs(args.paths)]
     except ValueError as e:

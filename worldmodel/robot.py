@@ -54,8 +54,12 @@ class SimulatedRobot:
     def __init__(self, task: str, control_hz: float = 20.0, latency_ms: float = 10.0, jitter_ms: float = 0.0,
                  drop_rate: float = 0.0, actuator_ms: float = 0.0, seed: int = 0, priority: int | None = None,
                  **env_kwargs):  # fmt: skip
-        if not control_hz > 0 or min(latency_ms, jitter_ms, actuator_ms) < 0 or not 0 <= drop_rate < 1:
-            raise ValueError("control_hz must be > 0, latency_ms, jitter_ms and actuator_ms >= 0, drop_rate in [0, 1)")
+        rules = {"control_hz": (control_hz, control_hz > 0, "> 0"), "latency_ms": (latency_ms, latency_ms >= 0, ">= 0"),
+                 "jitter_ms": (jitter_ms, jitter_ms >= 0, ">= 0"), "actuator_ms": (actuator_ms, actuator_ms >= 0, ">= 0"),
+                 "drop_rate": (drop_rate, 0 <= drop_rate < 1, "in [0, 1)")}  # fmt: skip  (NaN fails each)
+        for name, (value, ok, allowed) in rules.items():
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         if jitter_ms > latency_ms:
             raise ValueError(f"jitter_ms={jitter_ms} > latency_ms={latency_ms}: a reading cannot arrive before it is taken")
         if priority is not None:

@@ -38,7 +38,8 @@ from worldmodel.checkpoint import (RUN_FORMAT, CheckpointError, RunDirLock, atom
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_device, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
-from worldmodel.datasets import DatasetError, fingerprint, load_dataset, normalized_score, offline_settings, read_metadata
+from worldmodel.datasets import (DatasetError, check_task, fingerprint, load_dataset, normalized_score, offline_settings,
+                                 read_metadata)
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, make_env
 from worldmodel.fitting import fit_record
@@ -643,6 +644,7 @@ def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
     """Set the planner settings configs/offline.yaml gives this dataset (its task and quality),
     except those given on the command line; returns what it set (and says so)."""
     metadata = read_metadata(cfg.dataset)
+    check_task(cfg.dataset, metadata, cfg.env.name)  # (another task's data: said before its settings are)
     given = {a.lstrip("+").split("=", 1)[0].removeprefix("planner.") for a in argv if a.lstrip("+").startswith("planner.")}
     preset = cfg.offline.preset
     applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name, preset).items() if k not in given}
