@@ -56,7 +56,10 @@ def test_a_directory_without_a_log_or_too_short_a_log_is_a_clear_error(run_dir, 
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
     assert "is not a run directory with a transition log (config.yaml, transitions/)" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="logged 120 transitions"):
+    with pytest.raises(SystemExit):
+        main([str(run_dir), "--beta", "nan"])
+    assert "--beta: 'nan': give a number in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="logged 120 real transitions, fewer than --refit-at"):
         main([str(run_dir)])  # the defaults need 2,000
 
 

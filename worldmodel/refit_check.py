@@ -66,7 +66,8 @@ def check_run(run_dir: Path, first: int | None, refit_at: int, ahead: int, refit
     if not first < refit_at:
         raise SystemExit(f"error: {run_dir}: the first fit saw {first} transitions, so --refit-at must be larger")
     if len(data) < refit_at + ahead:
-        raise SystemExit(f"error: {run_dir} logged {len(data)} transitions; refit_at + ahead = {refit_at + ahead}")
+        raise SystemExit(f"error: {run_dir} logged {len(data)} real transitions, fewer than --refit-at + --ahead = "
+                         f"{refit_at + ahead}: give smaller ones, or an online run that has gone further")  # fmt: skip
     fit = OmegaConf.to_container(cfg.model.fit) | {"progress": False}
     model_args = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "fit"}
     seen, nxt = data[:refit_at], data[refit_at : refit_at + ahead]
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--refit-at", type=int, default=1500, help="transitions of the refit (default 1500)")
     parser.add_argument("--ahead", type=int, default=500, help="next transitions scored (default 500)")
     parser.add_argument("--refit-epochs", type=int, default=30, help="the refit's epochs (default 30: the run command's fit_epochs)")
-    parser.add_argument("--beta", type=float, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
+    parser.add_argument("--beta", type=_beta, nargs="+", default=[0.0, 0.5], help="beta-NLL of the refits")
     parser.add_argument("--refit-steps", nargs="+", type=_cap, default=[None], metavar="N|none",
                         help="the refits' gradient-step caps, each a refit of its own (default: none, uncapped, "
                              "as the run command's fit_steps)")
@@ -142,6 +143,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               not args.no_scratch))  # fmt: skip
         print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
     return rows
+
+
+def _beta(text: str) -> float:
+    """--beta's values: a beta the fit's own check accepts (a number in [0, 1])."""
+    try:
+        check_settings(beta=float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number in [0, 1]") from None
+    return float(text)
 
 
 def _cap(text: str) -> int | None:
