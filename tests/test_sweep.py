@@ -198,7 +198,11 @@ def test_search_settings_are_read_as_the_runs_overrides_are_and_type_checked():
     assert rest == ["planner=mopo"] and cfg.min_penalty == 0.01 and cfg.trials == 3
     for bad, message in (("search.trials=2.5", "search.trials must be int, got 2.5"),
                          ("search.save=1", "search.save must be bool, got 1"),
-                         ("search.max_penalty=lots", "search.max_penalty must be float, got 'lots'")):  # fmt: skip
+                         ("search.max_penalty=lots", "search.max_penalty must be float, got 'lots'"),
+                         ("search.trials=0", "search.trials must be >= 1, got 0"),
+                         ("search.parallel=0", "search.parallel must be >= 1, got 0"),
+                         ("search.max_penalty=.nan", r"0 < search.min_penalty < search.max_penalty \(finite\), got .* and nan"),
+                         ("search.max_penalty=.inf", "got .* and inf")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             _split([bad])
 

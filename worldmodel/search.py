@@ -23,6 +23,7 @@ per-dataset settings `python -m worldmodel.run dataset=...` picks).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -121,8 +122,12 @@ def _split(argv: list[str]) -> tuple[list[str], SearchConfig]:
         if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) != (kinds is bool)):
             raise ValueError(f"search.{f.name} must be {str(f.type).replace(' | None', '')}, got {value!r}")
     cfg = SearchConfig(**given)
-    if cfg.trials < 1 or (cfg.parallel is not None and cfg.parallel < 1) or not 0 < cfg.min_penalty < cfg.max_penalty:
-        raise ValueError("search.trials and search.parallel must be >= 1 and 0 < search.min_penalty < search.max_penalty")
+    for name in ("trials", "parallel"):
+        if (value := getattr(cfg, name)) is not None and value < 1:
+            raise ValueError(f"search.{name} must be >= 1, got {value}")
+    if not 0 < cfg.min_penalty < cfg.max_penalty < math.inf:  # (NaN fails it too)
+        raise ValueError(f"search needs 0 < search.min_penalty < search.max_penalty (finite), got {cfg.min_penalty} "
+                         f"and {cfg.max_penalty}")  # fmt: skip
     return rest, cfg
 
 
