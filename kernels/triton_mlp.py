@@ -173,7 +173,9 @@ def _linear_kernel(
     w_base = w_ptr + we * s_we + cols[None, :] * s_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        kk = (k0 + ks).to(tl.int64)  # (in the weight gradient K is the batch: kk * stride passes 2^31 past ~10M rows)
+        kk = k0 + ks
+        if not W_BY_MEMBER:  # the weight gradient, whose K is the batch: kk * stride passes 2^31 past ~10M rows
+            kk = kk.to(tl.int64)
         k_ok = kk < K
         a = tl.load(a_base + kk[None, :] * s_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_base + kk[:, None] * s_wk, mask=k_ok[:, None] & col_ok[None, :], other=0.0)

@@ -77,8 +77,8 @@ class MPCConfig:
             raise ValueError(f"unknown propagation {self.propagation!r}; choose from {sorted(_MODEL_MODE)}")
         if self.horizon < 1 or self.particles < 1:
             raise ValueError("horizon and particles must be >= 1")
-        if not 0 < self.discount <= 1:
-            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if not 0 <= self.discount <= 1:  # (0: the first step's reward alone)
+            raise ValueError(f"discount must be in [0, 1], got {self.discount}")
         if self.value_penalty < 0 or self.policy_samples < 0 or self.value_updates_per_step < 0:
             raise ValueError(f"value_penalty, policy_samples and value_updates_per_step must be >= 0, got "
                              f"{self.value_penalty}, {self.policy_samples}, {self.value_updates_per_step}")

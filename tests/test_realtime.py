@@ -131,22 +131,24 @@ def test_box_and_slew_limits_hold_on_every_executed_action(hopper, worker):
 
 def test_actions_outside_the_box_are_clipped_to_it(hopper):
     """A planner, a safe action or an action sent by other means outside the box: what goes out is
-    inside it (the planner here plans 10x its own actions, as a user's planner might)."""
+    inside it (the planner here plans 10x its own actions, as a user's planner might; the safe
+    action is the box's middle, so every action at the box's edge is a clipped plan's)."""
     spec, model, data = hopper
+    high, low = spec.action_high, spec.action_low
+    assert torch.equal(RealtimeController(mppi(model, spec), spec, safe_action=torch.full((3,), 5.0)).safe_action, high)
     planner = mppi(model, spec)
     inner = planner.act_ahead
     planner.act_ahead = lambda start, deterministic: 10 * inner(start, deterministic)
-    high, low = spec.action_high, spec.action_low
-    with RealtimeController(planner, spec, RealtimeConfig(control_hz=200), safe_action=torch.full((3,), 5.0)) as rt:
-        assert torch.equal(rt.safe_action, high)
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=200)) as rt:
         assert torch.equal(rt.limit(torch.full((3,), -5.0)), low)
-        executed = []
-        for i in range(200):
-            executed.append(rt.act(data["obs"][i], i * rt.config.period))
+        executed, deadline = [], time.monotonic() + 60
+        while rt.counts["fresh"] < 10 and time.monotonic() < deadline:  # (as long as plans take on a busy machine)
+            i = len(executed)
+            executed.append(rt.act(data["obs"][i % len(data)], i * rt.config.period))
             time.sleep(0.002)
     actions = torch.stack(executed)
-    assert rt.counts["fresh"] > 10
-    assert ((actions == low) | (actions == high)).float().mean() > 0.5  # the planner's overshoot reached the box
+    assert rt.counts["fresh"] >= 10
+    assert ((actions == low) | (actions == high)).any(-1).sum() >= rt.counts["fresh"] // 2  # the overshoot reached the box
     assert (actions >= low).all() and (actions <= high).all()
 
 

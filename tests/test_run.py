@@ -75,6 +75,8 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     (run_dir / "metrics.jsonl").open("a").write('{"kind": "eval", "step": 75, "ret": 0.0}\n')  # after the checkpoint
     with pytest.raises(SystemExit, match=r"is a planner=mppi run; a resumed run keeps its planner \(planner=cem given\)"):
         main([f"resume={run_dir}", "planner=cem", "env_steps=120"])
+    with pytest.raises(SystemExit, match=r"planner.temperature=nan: settings are finite numbers"):
+        main([f"resume={run_dir}", "planner.temperature=.nan", "env_steps=120"])  # (YAML's NaN; 'nan' is a string there)
     # the command the run began with, resume= added, names its groups again: that is no change
     resumed = main([f"resume={run_dir}", "planner=mppi", "env=dmc/cartpole-swingup", "env_steps=120"])
     from worldmodel.config import resumed_config
@@ -284,7 +286,7 @@ BAD_INPUTS = {
     "+env.reset_noise=2": r"env dmc/cartpole-swingup: the simulator refused the arguments \['reset_noise'\]",
     "planner.discount=nan": r"planner.discount=nan: settings are finite numbers \(not nan or inf\)",
     "fit_beta=-inf": r"fit_beta=-inf: settings are finite numbers",
-    "planner.discount=1.5": r"discount must be in \(0, 1\], got 1.5",
+    "planner.discount=1.5": r"discount must be in \[0, 1\], got 1.5",
 }
 if not torch.cuda.is_available():
     BAD_INPUTS["device=cuda"] = r"device=cuda, but no CUDA device is available .*use device=cpu"

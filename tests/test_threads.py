@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -72,33 +71,36 @@ def test_auto_leaves_the_cores_another_process_keeps_busy(before, after):
 
 def test_auto_follows_the_load_as_it_comes_and_goes(monkeypatch):
     """set_threads('auto') on an idle machine takes every core; adapt() gives one up while another
-    process keeps a core busy and takes it back when it stops (the load read from a fake /proc)."""
-    load = {"others": 0.0, "busy": 0.0, "at": time.monotonic()}
+    process keeps a core busy and takes it back when it stops (the load read from a fake /proc,
+    on a clock of the test's own, so a busy machine cannot skew it)."""
+    import types
+
+    clock = {"now": 1000.0}
+    load = {"others": 0.0, "busy": 0.0, "at": clock["now"]}
 
     def ticks():  # busy ticks of our cores: the others' share of the time since the last read
-        now = time.monotonic()
-        load["busy"] += load["others"] * (now - load["at"]) * threads._CLOCK_TICKS
-        load["at"] = now
+        load["busy"] += load["others"] * (clock["now"] - load["at"]) * threads._CLOCK_TICKS
+        load["at"] = clock["now"]
         return load["busy"], 0
 
+    def wait(seconds):
+        clock["now"] += seconds
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], sleep=wait))
     monkeypatch.setattr(threads, "_cpu_ticks", ticks)
     monkeypatch.setattr(threads, "available_cores", lambda: 4)
-    monkeypatch.setattr(threads, "ADAPT_EVERY_S", 0.05)
     for name in ("auto", "count", "_last"):
         monkeypatch.setattr(threads._BUDGET, name, getattr(threads._BUDGET, name))
     before = torch.get_num_threads()
     try:
         assert threads.set_threads("auto") == 4 and threads.current()["mode"] == "auto"
-        load["others"] = 1.0
-        time.sleep(0.1)
-        assert threads.adapt() == 3 == torch.get_num_threads()
-        load["others"] = 2.5
-        time.sleep(0.1)
-        assert threads.adapt() == 1
-        load["others"] = 0.0
-        time.sleep(0.1)
-        assert threads.adapt() == 4 == torch.get_num_threads()
+        for others, expected in ((1.0, 3), (2.5, 1), (0.0, 4)):
+            load["others"] = others
+            wait(0.5 * threads.ADAPT_EVERY_S)
+            assert threads.adapt() == threads._BUDGET.count  # (not re-read within ADAPT_EVERY_S)
+            wait(threads.ADAPT_EVERY_S)
+            assert threads.adapt() == expected == torch.get_num_threads(), others
     finally:
         torch.set_num_threads(before)
 

@@ -215,12 +215,24 @@ def compose_config(name: str, overrides: list[str], usage: str | None = None, op
                 message += f"\nvalid keys for {name}: {', '.join(valid())}"
             raise SystemExit(f"error: {message}") from None
     known = set(flatten(base))
-    for key, value in flatten(cfg).items():
+    for key in flatten(cfg):
         if key not in known and not key.startswith(tuple(f"{k}." for k in open_keys)):
             raise SystemExit(_unknown_key(key, known, name))
-        if isinstance(value, float) and not math.isfinite(value):  # (NaN passes every range check)
-            raise SystemExit(f"error: {key}={value}: settings are finite numbers (not nan or inf)")
+    check_finite(cfg)
     return cfg
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """A SystemExit naming the first setting that is NaN or infinite (NaN passes every range check)."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SystemExit(f"error: {key}={value}: settings are finite numbers (not nan or inf)")
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file at `path` or at its nearest existing parent, where a directory is to be made; else None."""
+    there = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    return None if there.is_dir() else there
 
 
 def _unknown_key(key: str, known: Iterable[str], name: str) -> str:
@@ -248,11 +260,9 @@ def run_dir_for(cfg: DictConfig, kind: str, label: str) -> Path:
     that exists: a run begun in the same second with the same seed; two started at once still meet
     on one name, and the run directory lock refuses the second). Creates nothing."""
     if cfg.get("run_dir"):
-        run_dir = Path(cfg.run_dir)
-        there = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # (the path itself, or its nearest parent)
-        if not there.is_dir():
-            raise ValueError(f"run_dir={run_dir}: {there} is a file; give a directory (new, or a run's to resume)")
-        return run_dir
+        if (there := file_in_the_way(cfg.run_dir)) is not None:
+            raise ValueError(f"run_dir={cfg.run_dir}: {there} is a file; give a directory (new, or a run's to resume)")
+        return Path(cfg.run_dir)
     seed = f"-s{cfg.seed}" if cfg.get("seed") is not None else ""
     base = Path("runs") / kind / f"{label.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}{seed}"
     return next(p for p in (base.with_name(f"{base.name}-{i}") if i > 1 else base for i in itertools.count(1))
@@ -324,5 +334,6 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except Exception as e:
         raise SystemExit(f"error: bad override for a resumed run: {e}") from None
+    check_finite(cfg)
     cfg.run_dir, cfg.resume = resume, resume
     return cfg

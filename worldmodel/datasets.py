@@ -1,6 +1,6 @@
 """Offline datasets: the D4RL HDF5 layout and Minari's, D4RL-normalised scores, and the `make` command.
 
-    python -m worldmodel.datasets make env=hopper quality=medium-replay out=data/hopper-mr.hdf5
+    python -m worldmodel.datasets make env=hopper quality=medium-replay out=data/hopper-medium-replay.hdf5
 
 The public D4RL/Minari files cannot be downloaded here, so `make` builds them by D4RL's
 recipe (random, medium, expert, medium-replay, medium-expert; see planners.behaviour).

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldmodel.config import file_in_the_way
 from worldmodel.metrics import read_records, write_json
 from worldmodel.ope import model_selected
 
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.raw and not args.out:
         raise SystemExit("error: --raw copies the runs' files beside the report: give --out <dir> too")
-    if args.out and (there := next(p for p in (Path(args.out), *Path(args.out).parents) if p.exists())).is_file():
+    if args.out and (there := file_in_the_way(args.out)) is not None:
         raise SystemExit(f"error: --out {args.out}: {there} is a file; give a directory for the report")
     try:
         runs = [load_run(d) for d in find_runs(args.paths)]
