@@ -690,6 +690,8 @@ def main(argv: list[str] | None = None) -> dict:
         lock = RunDirLock(run_dir)  # one process per run directory
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    print(f"run directory: {run_dir} (Ctrl-C stops the robot; every real transition is in its log, and "
+          f"resume={run_dir} continues from it)")
     with contextlib.ExitStack() as cleanup:  # on every path out: the lock, the metrics and the transition log
         cleanup.callback(lock.release)
         if resume_dir is None:  # (a resumed run's, once its agent is restored: a failed resume keeps the old one)

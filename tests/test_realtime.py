@@ -856,7 +856,7 @@ def test_sigterm_stops_the_simulated_robot_command_cleanly(tmp_path):
     assert summary["real_steps"] == summary["logged_transitions"] == len(TransitionLog(run_dir / "transitions", 11, 3)) >= 150
 
 
-def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
+def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path, capsys):
     """The Agent both loops build: a worldmodel.run directory is a robot run's `pretrained=`, the
     robot run's directory (agent.pt, model.pt) a pretrained agent again, learned value included."""
     from planners.agent import Agent
@@ -868,8 +868,11 @@ def test_one_agent_from_the_synchronous_loop_to_the_robot_and_back(tmp_path):
          "env.max_episode_steps=100", "model.fit.max_epochs=2", "model.ensemble_size=3", "model.num_elites=2",
          "model.hidden=32", "planner.candidates=64", "planner.horizon=5", f"run_dir={sim}"])  # fmt: skip
     robot = tmp_path / "robot"
+    capsys.readouterr()
     summary = main([*REALTIME_TINY, "real_steps=120", f"pretrained={sim}", "eval_at=[0]", "worker=thread",
                     f"run_dir={robot}"])  # (the kill -9 test above runs worker=process)
+    said = capsys.readouterr().out
+    assert f"run directory: {robot} (Ctrl-C stops the robot" in said and said.rstrip().splitlines()[-1].startswith(f"{robot}: act p50")
     assert summary["status"] == "finished" and summary["seed_actions"] == 0  # pretrained: the planner acts at once
     spec = make_env("hopper").task_spec
     for source in (sim, robot):
