@@ -8,13 +8,14 @@ import yaml
 from worldmodel.report import load_settings, main as report
 
 
-def fake_run(path, seed: int, score: float, penalty: float, threads: int = 1, compiled: bool = False) -> None:
+def fake_run(path, seed: int, score: float, penalty: float, threads: int = 1, compiled: bool = False,
+             hidden: int = 256) -> None:
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({
         "status": "finished", "env": "hopper", "planner": "mopo", "seed": seed, "dataset": "d.hdf5",
         "dataset_name": "hopper-medium-replay", "env_steps": 0, "offline_updates": 100, "normalized_score": score}))
     (path / "metrics.jsonl").write_text(json.dumps({"kind": "offline_eval", "step": 100, "score": score}) + "\n")
-    config = {"planner": {"name": "mopo", "penalty": penalty, "agent": {"hidden": 256, "compile_critic_step": compiled}},
+    config = {"planner": {"name": "mopo", "penalty": penalty, "agent": {"hidden": hidden, "compile_critic_step": compiled}},
               "seed": seed,
               "threads": threads, "run_dir": str(path)}  # fmt: skip
     (path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -30,6 +31,22 @@ def test_runs_with_different_settings_get_rows_of_their_own(tmp_path):
     assert by_planner["mopo (planner.penalty=2.5)"]["scores"] == [90.0, 80.0]
     assert by_planner["mopo (planner.penalty=5.0)"]["mean"] == 40.0
     assert "mopo (planner.penalty=5.0)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_pool_keeps_runs_differing_only_in_a_named_setting_in_one_row_that_names_the_mix(tmp_path):
+    """Seeds run in bf16 on one machine and fp32 on another: one row with --pool, two without; a
+    setting that still differs (the penalty) keeps its rows apart, and an unknown key is an error."""
+    import pytest
+
+    for seed, (score, hidden) in enumerate(((90.0, 256), (80.0, 256), (70.0, 512))):
+        fake_run(tmp_path / f"a-s{seed}", seed, score, penalty=2.5, hidden=hidden)
+    fake_run(tmp_path / "b-s0", 0, 40.0, penalty=5.0, hidden=512)
+    assert len(report([str(tmp_path)])) == 3  # (2.5 with 256, 2.5 with 512, 5.0)
+    rows = {r["planner"]: r["scores"] for r in report([str(tmp_path), "--pool", "planner.agent.hidden"])}
+    assert rows == {"mopo (planner.penalty=2.5; pooled planner.agent.hidden: 256 x2, 512 x1)": [90.0, 80.0, 70.0],
+                    "mopo (planner.penalty=5.0)": [40.0]}  # fmt: skip
+    with pytest.raises(SystemExit, match="--pool planner.agent.hiden: no run records that setting"):
+        report([str(tmp_path), "--pool", "planner.agent.hiden"])
 
 
 def test_a_setting_written_as_1_or_1_point_0_is_one_setting(tmp_path):

@@ -4,7 +4,9 @@
 
 Runs (directories holding summary.json, searched recursively) are grouped by dataset (or task,
 for online runs) and planner, and apart where their settings (config.yaml) differ: the row's
-planner then reads, say, "mopo (planner.penalty=5.0)", the overrides that set it apart. Each group's final score is the mean over its runs with the
+planner then reads, say, "mopo (planner.penalty=5.0)", the overrides that set it apart
+(`--pool planner.agent.precision` keeps runs that differ only in that setting in one row, which names
+the mix). Each group's final score is the mean over its runs with the
 sample standard deviation, a 95% percentile-bootstrap confidence interval of the mean (10,000
 resamples, fixed seed) and Student's t interval; the interquartile mean (IQM, rliable's robust
 aggregate: the mean of the middle half) with its own bootstrap interval where a group has 4
@@ -152,9 +154,11 @@ def _flatten(node: dict, prefix: str = "") -> dict:
     return flat
 
 
-def label_variants(runs: list[dict]) -> None:
+def label_variants(runs: list[dict], pooled: tuple[str, ...] = ()) -> None:
     """Set each run's "variant": its planner, plus the settings in which runs of the same group and
-    planner differ (keys every one of them records), e.g. "mopo (planner.penalty=5.0)"."""
+    planner differ (keys every one of them records), e.g. "mopo (planner.penalty=5.0)". Runs that
+    differ only in `pooled` keys (the user's call: say, a precision that does not change the
+    method) share a variant that names the mix, "ravl (pooled planner.agent.precision: bf16 x2, fp32 x1)"."""
     buckets = defaultdict(list)
     for run in runs:
         buckets[run["group"], run["planner"]].append(run)
@@ -162,8 +166,20 @@ def label_variants(runs: list[dict]) -> None:
         shared = set.intersection(*(set(r["settings"]) for r in members))
         differ = sorted(k for k in shared if len({_setting_value(r["settings"][k]) for r in members}) > 1)
         for run in members:
-            told = ", ".join(f"{k}={run['settings'][k]}" for k in differ)
-            run["variant"] = f"{planner} ({told})" if told else planner
+            told = [f"{k}={run['settings'][k]}" for k in differ if k not in pooled]
+            alike = [m for m in members if all(_setting_value(m["settings"][k]) == _setting_value(run["settings"][k])
+                                               for k in differ if k not in pooled)]  # fmt: skip
+            told += [f"pooled {k}: " + ", ".join(f"{v} x{n}" for v, n in sorted(_counts(alike, k).items()))
+                     for k in differ if k in pooled and len(_counts(alike, k)) > 1]  # fmt: skip
+            run["variant"] = f"{planner} ({'; '.join(told)})" if told else planner
+
+
+def _counts(runs: list[dict], key: str) -> dict[str, int]:
+    """How many of `runs` ran with each value of setting `key`."""
+    counts = defaultdict(int)
+    for run in runs:
+        counts[str(run["settings"][key])] += 1
+    return dict(counts)
 
 
 def _setting_value(value) -> str:
@@ -295,9 +311,10 @@ def bootstrap_ci(scores: list[float], statistic=np.mean, level: float = 0.95,
     return float(low), float(high)
 
 
-def report(runs: list[dict]) -> list[dict]:
-    """One row per (group, planner variant): the aggregate over its runs, their seeds and progress."""
-    label_variants(runs)
+def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
+    """One row per (group, planner variant): the aggregate over its runs, their seeds and progress
+    (runs differing only in `pooled` settings in one row: label_variants)."""
+    label_variants(runs, pooled)
     groups = defaultdict(list)
     for run in runs:
         groups[run["group"], run["variant"]].append(run)
@@ -383,7 +400,7 @@ def shared_points(runs: list[dict]) -> list[tuple[int, list[float]]]:
     return [(step, p) for step, p in zip(steps, points) if len(p) == len(runs)]
 
 
-def plot_curves(runs: list[dict], out: Path) -> list[Path]:
+def plot_curves(runs: list[dict], out: Path, pooled: tuple[str, ...] = ()) -> list[Path]:
     """One PNG per group: each planner variant's mean curve over runs, the band its 95% bootstrap interval."""
     import matplotlib
 
@@ -391,7 +408,7 @@ def plot_curves(runs: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    label_variants(runs)
+    label_variants(runs, pooled)
     by_group = defaultdict(lambda: defaultdict(list))
     for run in runs:
         by_group[run["group"]][run["variant"]].append(run)
@@ -428,6 +445,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", help="write report.md, summary.json, report.json and the learning-curve PNGs here")
     parser.add_argument("--raw", action="store_true",
                         help="with --out: also copy each run's metrics.jsonl, summary.json and config.yaml to out/raw/")
+    parser.add_argument("--pool", action="append", default=[], metavar="KEY",
+                        help="a setting (dotted config key, e.g. planner.agent.precision) whose values do not set "
+                             "runs apart: runs differing only in it share a row that names the mix (repeatable)")
     args = parser.parse_args(argv)
     if args.raw and not args.out:
         raise SystemExit("error: --raw copies the runs' files beside the report: give --out <dir> too")
@@ -437,7 +457,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = [load_run(d) for d in find_runs(args.paths)]
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    rows = report(runs)
+    pooled = tuple(args.pool)
+    if unknown := [k for k in pooled if not any(k in r["settings"] for r in runs)]:
+        raise SystemExit(f"error: --pool {unknown[0]}: no run records that setting (dotted config keys, e.g. "
+                         "planner.agent.precision; see a run's config.yaml)")  # fmt: skip
+    rows = report(runs, pooled)
     table = markdown(rows)
     print(table)
     if args.out:
@@ -448,7 +472,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    out / "summary.json")  # fmt: skip
         write_json({"rows": rows, "runs": [{k: v for k, v in r.items() if k not in ("curve", "settings")} for r in runs]},
                    out / "report.json")  # fmt: skip
-        for path in plot_curves(runs, out):
+        for path in plot_curves(runs, out, pooled):
             print(f"wrote {path}")
         if args.raw:
             print(f"copied {copy_raw(runs, out / 'raw')} files to {out / 'raw'}")
