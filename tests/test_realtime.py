@@ -816,7 +816,9 @@ def test_the_simulated_robot_command_writes_its_summary_and_resumes_after_kill_9
     assert (resumed["terminated"] | resumed["truncated"])[:-1][breaks].all()
     if len(resumed) > 100:  # (not vacuous where the kill came early enough: a loaded machine's learner
         assert breaks.sum() >= 1  # saves agent-100 late, and the kill waits for it)
-    assert summary["fresh"] > 0 and summary["model_version"] >= 1  # it planned, with refitted models
+    assert summary["model_version"] >= 1  # it planned with refitted models
+    if len(resumed) >= 150:  # (3 s at 50 Hz: a kill that came late on a loaded machine leaves the resumed
+        assert summary["fresh"] > 0  # session less time than its planning process takes to start)
     assert (run_dir / "realtime.png").is_file() and (run_dir / "agent.pt").is_file()
     # the agents saved after 100 and 400 real steps were evaluated (the first before the kill)
     assert sorted(summary["eval_returns"]) == ["100", "400"] and all(r > 0 for r in summary["eval_returns"].values())
