@@ -1,28 +1,43 @@
-"""worldmodel: a probabilistic ensemble dynamics model, the data it learns from, and the tasks it models."""
+"""worldmodel: a probabilistic ensemble dynamics model, the data it learns from, and the tasks it models.
 
-from worldmodel.checkpoint import CheckpointError
-from worldmodel.collect import collect, correlated_noise_policy, uniform_policy
-from worldmodel.ensemble import EnsembleDynamics
-from worldmodel.envs import TaskSpec, make_env, task_names
-from worldmodel.replay import ReplayBuffer
-from worldmodel.threads import set_threads
-from worldmodel.transition_log import TransitionLog
-from worldmodel.transitions import validate_transitions
-from worldmodel.uncertainty import MEASURES, Uncertainty
+The names below load on first use (PEP 562), so a command that needs few of them (`python -m
+worldmodel.report`, a typo's error) does not pay for torch's compiler stack, which tensordict imports.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "EnsembleDynamics",
-    "MEASURES",
-    "ReplayBuffer",
-    "TaskSpec",
-    "TransitionLog",
-    "Uncertainty",
-    "collect",
-    "correlated_noise_policy",
-    "make_env",
-    "set_threads",
-    "task_names",
-    "uniform_policy",
-    "validate_transitions",
-]
+import importlib
+import importlib.util
+
+_HOMES = {
+    "CheckpointError": "worldmodel.checkpoint",
+    "EnsembleDynamics": "worldmodel.ensemble",
+    "MEASURES": "worldmodel.uncertainty",
+    "ReplayBuffer": "worldmodel.replay",
+    "TaskSpec": "worldmodel.envs",
+    "TransitionLog": "worldmodel.transition_log",
+    "Uncertainty": "worldmodel.uncertainty",
+    "collect": "worldmodel.collect",
+    "correlated_noise_policy": "worldmodel.collect",
+    "make_env": "worldmodel.envs",
+    "set_threads": "worldmodel.threads",
+    "task_names": "worldmodel.envs",
+    "uniform_policy": "worldmodel.collect",
+    "validate_transitions": "worldmodel.transitions",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    """A name above from its module, or a submodule (`import worldmodel; worldmodel.envs.task_names()`)."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'worldmodel' has no attribute {name!r}")
+    globals()[name] = value  # (once: later lookups skip this function)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
