@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-import worldmodel
-
 
 def test_every_exported_name_is_its_module_s_object_and_submodules_are_attributes():
     import worldmodel.envs
