@@ -311,7 +311,7 @@ def clear_diverged_moments(optimizer: torch.optim.Optimizer, params: list[torch.
 def training_precision(model: EnsembleDynamics, precision: str | None) -> str:
     """The precision of a fit's training steps: None is the model's own; "auto" is bf16 on a CPU
     with bf16 units (AVX-512 BF16 or AMX; the model's own elsewhere): there a refit ran 1.43x
-    faster and predicted within 0.2% of fp32's (README, "How refits learn new data")."""
+    faster and predicted within 0.2% of fp32's (docs/model_fitting.md, "How refits learn new data")."""
     if precision == "auto":
         return "bf16" if model.device.type == "cpu" and bf16_units() else model.precision
     return precision or model.precision
