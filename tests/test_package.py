@@ -9,11 +9,21 @@ import pytest
 
 
 def test_every_exported_name_is_its_module_s_object_and_submodules_are_attributes():
+    """Each name is its home module's object, also where that module was imported first and has
+    the same name (worldmodel.collect, the module of the function collect)."""
+    import importlib
+
     import worldmodel.envs
     import worldmodel.transition_log
+    from worldmodel import _HOMES
 
+    for home in _HOMES.values():
+        importlib.import_module(home)
     for name in worldmodel.__all__:
-        assert getattr(worldmodel, name) is not None, name
+        assert getattr(worldmodel, name) is getattr(importlib.import_module(_HOMES[name]), name), name
+    from worldmodel import collect
+
+    assert callable(collect) and collect.__module__ == "worldmodel.collect"
     assert worldmodel.TransitionLog is worldmodel.transition_log.TransitionLog
     assert worldmodel.task_names is worldmodel.envs.task_names
     assert "EnsembleDynamics" in dir(worldmodel)

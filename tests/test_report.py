@@ -47,6 +47,17 @@ def test_pool_keeps_runs_differing_only_in_a_named_setting_in_one_row_that_names
                     "mopo (planner.penalty=5.0)": [40.0]}  # fmt: skip
     with pytest.raises(SystemExit, match="--pool planner.agent.hiden: no run records that setting"):
         report([str(tmp_path), "--pool", "planner.agent.hiden"])
+    with pytest.raises(SystemExit, match="--pool threads: runs are never set apart by it"):
+        report([str(tmp_path), "--pool", "threads"])
+
+
+def test_pooled_rows_count_values_by_number_and_keep_1_and_1_point_0_together(tmp_path):
+    for seed, (penalty, hidden) in enumerate(((1, 1024), (1.0, 256), (1, 256))):
+        fake_run(tmp_path / f"a-s{seed}", seed, 50.0 + seed, penalty=penalty, hidden=hidden)
+    fake_run(tmp_path / "b-s0", 0, 40.0, penalty=5, hidden=256)
+    rows = {r["planner"]: r["scores"] for r in report([str(tmp_path), "--pool", "planner.agent.hidden"])}
+    assert rows == {"mopo (planner.penalty=1; pooled planner.agent.hidden: 256 x2, 1024 x1)": [50.0, 51.0, 52.0],
+                    "mopo (planner.penalty=5)": [40.0]}  # fmt: skip
 
 
 def test_a_setting_written_as_1_or_1_point_0_is_one_setting(tmp_path):

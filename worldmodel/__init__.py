@@ -6,6 +6,8 @@ worldmodel.report`, a typo's error) does not pay for torch's compiler stack, whi
 
 import importlib
 import importlib.util
+import sys
+import types
 
 _HOMES = {
     "CheckpointError": "worldmodel.checkpoint",
@@ -41,3 +43,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
+
+
+class _Package(types.ModuleType):
+    """Keeps an exported name bound to its object when the import system binds the submodule it
+    comes from under the same name (`worldmodel.collect`, the module of `collect`, the function),
+    as the package's eager imports did: a module imported first no longer shadows the function."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _HOMES.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

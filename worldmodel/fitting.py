@@ -353,8 +353,8 @@ def loss(model: EnsembleDynamics, mean: Tensor, logvar: Tensor, target: Tensor, 
 
     With beta = 0 (the plain NLL) a member stops fitting rows it can explain by a larger
     variance instead, so a warm-started refit on data from a new region trades accuracy for
-    variance there: its holdout MSE rises epoch after epoch (measured on hopper: README, "How
-    refits learn new data"). beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
+    variance there: its holdout MSE rises epoch after epoch (measured on hopper: docs/model_fitting.md,
+    "How refits learn new data"). beta > 0 keeps those rows' pull on the mean (beta = 1: the mean's gradient is MSE's)."""
     nll = ((mean - target) ** 2) * torch.exp(-logvar) + logvar
     if beta:
         nll = nll * torch.exp(beta * logvar.detach())

@@ -165,21 +165,26 @@ def label_variants(runs: list[dict], pooled: tuple[str, ...] = ()) -> None:
     for (_, planner), members in buckets.items():
         shared = set.intersection(*(set(r["settings"]) for r in members))
         differ = sorted(k for k in shared if len({_setting_value(r["settings"][k]) for r in members}) > 1)
+        apart = [k for k in differ if k not in pooled]
         for run in members:
-            told = [f"{k}={run['settings'][k]}" for k in differ if k not in pooled]
+            # (each key told by its first run's spelling of the value: 1 and 1.0 are one row)
             alike = [m for m in members if all(_setting_value(m["settings"][k]) == _setting_value(run["settings"][k])
-                                               for k in differ if k not in pooled)]  # fmt: skip
-            told += [f"pooled {k}: " + ", ".join(f"{v} x{n}" for v, n in sorted(_counts(alike, k).items()))
+                                               for k in apart)]  # fmt: skip
+            told = [f"{k}={alike[0]['settings'][k]}" for k in apart]
+            told += [f"pooled {k}: " + ", ".join(f"{v} x{n}" for v, n in _counts(alike, k))
                      for k in differ if k in pooled and len(_counts(alike, k)) > 1]  # fmt: skip
             run["variant"] = f"{planner} ({'; '.join(told)})" if told else planner
 
 
-def _counts(runs: list[dict], key: str) -> dict[str, int]:
-    """How many of `runs` ran with each value of setting `key`."""
-    counts = defaultdict(int)
+def _counts(runs: list[dict], key: str) -> list[tuple[object, int]]:
+    """Each value of setting `key` among `runs` (1 and 1.0 one value) with how many ran with it,
+    numbers in numeric order."""
+    counts: dict[str, list] = {}
     for run in runs:
-        counts[str(run["settings"][key])] += 1
-    return dict(counts)
+        value = run["settings"][key]
+        counts.setdefault(_setting_value(value), [value, 0])[1] += 1
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return sorted(((v, n) for v, n in counts.values()), key=lambda c: (0, c[0], "") if number(c[0]) else (1, 0, repr(c[0])))
 
 
 def _setting_value(value) -> str:
@@ -458,6 +463,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     pooled = tuple(args.pool)
+    if never := [k for k in pooled if k in _NOT_SETTINGS]:
+        raise SystemExit(f"error: --pool {never[0]}: runs are never set apart by it (nor by seed, paths or threads)")
     if unknown := [k for k in pooled if not any(k in r["settings"] for r in runs)]:
         raise SystemExit(f"error: --pool {unknown[0]}: no run records that setting (dotted config keys, e.g. "
                          "planner.agent.precision; see a run's config.yaml)")  # fmt: skip

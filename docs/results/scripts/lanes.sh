@@ -32,10 +32,17 @@ online() {
   TASKS="dmc/reacher-easy dmc/cheetah-run" "$here/online_table.sh"
 }
 
-status=0
-for lane in ${LANES:-offline online}; do
+lanes=(${LANES:-offline online})
+for lane in "${lanes[@]}"; do
   case $lane in offline|online) ;; *) echo "unknown lane $lane (offline, online)" >&2; exit 1 ;; esac
-  ( "$lane"; code=$?; echo "$(date -u +%FT%TZ) lane $lane ended (exit $code)"; exit $code ) &
 done
-for job in $(jobs -p); do wait "$job" || status=$?; done
+exec 7> runs/.lanes.lock  # (one copy at a time: a dataset being made has no lock of its own)
+flock -n 7 || { echo "lanes.sh is running already (stop it with kill -TERM -- -<its process group>)" >&2; exit 75; }
+pids=()
+for lane in "${lanes[@]}"; do
+  ( "$lane"; code=$?; echo "$(date -u +%FT%TZ) lane $lane ended (exit $code)"; exit $code ) &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit $status
