@@ -1,5 +1,6 @@
-"""The results scripts' guards (docs/results/scripts/work_queue.sh, lanes.sh): a run begun with other settings
-is neither skipped as done nor resumed as the one asked for."""
+"""The results scripts' guards (docs/results/scripts/): a run begun with other settings is neither
+skipped as done nor resumed as the one asked for (work_queue.sh); the lanes of lanes.sh run their
+steps in order, one copy at a time, and stop on a signal."""
 
 import subprocess
 import sys
