@@ -366,8 +366,10 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         ms = _median_ms(lambda: bc.learn(10), repeats, warmup=1) / 10
         out.append({"work": "behaviour cloning (2x256)", "per_s": 1000 / ms, "unit": "updates/s", "ms": ms,
                     "floor_ms": 256 * 3 * _linear_flops(bc.policy) / (peak * 1e6)})  # fmt: skip
+    tiles = sys.modules.get("kernels.triton_mlp")  # (on CUDA: whether its kernels ran autotuned tiles)
     for r in out:
-        r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device, threads=torch.get_num_threads())
+        r.update(peak_gflops=peak, bf16_peak_gflops=peaks.get("bf16"), device=device, threads=torch.get_num_threads(),
+                 **({"triton_autotune": tiles.AUTOTUNE} if tiles is not None and device == "cuda" else {}))
     return out
 
 
@@ -549,10 +551,19 @@ def _print_dyna(table: list[dict]) -> None:
     bf16 = table[0].get("bf16_peak_gflops")
     print(f"floor: matmul FLOPs at {table[0]['peak_gflops']:.0f} GFLOP/s (fp32 matmul measured in this run"
           + (f"; bf16 rows at bf16's {bf16:.0f})" if bf16 else "; no bf16 rows: this CPU has no bf16 units)"))
+    if table[0].get("triton_autotune") is False:
+        print("(Triton's heuristic tiles, WORLDMODEL_AUTOTUNE=0: the suite's Dyna section does not autotune its shapes)")
 
 
 PLANNING_SECTION = "planning steps (eager, and on CUDA replayed from one CUDA graph)"
 SUITE_SECTIONS = ("correctness", "planning", "dyna", "kernels", "compile")  # --gpu-suite's, in run order
+# Each section in a process of its own is stopped past this many seconds (its own error in the JSON,
+# the next section goes on), so that one slow section cannot eat a short GPU loan: 2026-12-04's
+# Dyna section ran past a whole call's limit and left nothing. The Dyna section runs the heuristic
+# tiles (WORLDMODEL_AUTOTUNE=0; its rows say so): autotuning each of its many shapes compiles every
+# candidate tile, and the kernel grid is where tuned kernels are timed.
+SECTION_LIMIT_S = {"correctness": 300, "planning": 180, "dyna": 180, "kernels": 240, "compile": 120}
+SECTION_ENV = {"dyna": {"WORLDMODEL_AUTOTUNE": "0"}}
 
 
 def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = False,
@@ -613,23 +624,29 @@ def gpu_suite(device: str, repeats: int, json_path: str | None, quick: bool = Fa
 
 
 def _section_in_child(key: str, device: str, repeats: int, bf16: bool, quick: bool,
-                      kernels_json: str | None) -> dict:
-    """One suite section in a process of its own (its output streams through): its JSON entry,
-    rows or the child's error and traceback (a child that died: an error, and the kernel grid's
-    finished cells from kernels_json)."""
+                      kernels_json: str | None, limit_s: float | None = None) -> dict:
+    """One suite section in a process of its own (its output streams through; SECTION_ENV's
+    settings; stopped past limit_s, SECTION_LIMIT_S's by default): its JSON entry, rows or the
+    child's error and traceback (a child that died or ran out of time: an error, and the kernel
+    grid's finished cells from kernels_json)."""
     started = time.perf_counter()
+    limit_s = SECTION_LIMIT_S.get(key) if limit_s is None else limit_s
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "section.json")
         cmd = [sys.executable, "-m", "planners.bench", "--gpu-suite", "--device", device, "--sections", key,
                "--repeats", str(repeats), "--json", path, *(["--kernels-json", kernels_json] if kernels_json else []),
                *([] if bf16 else ["--no-bf16"]), *(["--quick"] if quick else [])]
-        code = subprocess.run(cmd, check=False).returncode
+        try:
+            code = subprocess.run(cmd, check=False, timeout=limit_s, env={**os.environ, **SECTION_ENV.get(key, {})}).returncode
+            ended = f"ended (exit code {code})"
+        except subprocess.TimeoutExpired:
+            ended = f"was stopped at its {limit_s:g} s limit (SECTION_LIMIT_S)"
         sections = json.load(open(path))["sections"] if os.path.exists(path) else {}
     if sections:
         (result,) = sections.values()
         return result
     partial = json.load(open(kernels_json)) if key == "kernels" and kernels_json and os.path.exists(kernels_json) else []
-    return {"error": f"the section's process ended (exit code {code}) before it wrote its results; its output is above",
+    return {"error": f"the section's process {ended} before it wrote its results; its output is above",
             "rows": partial, "wall_s": time.perf_counter() - started}
 
 
