@@ -42,6 +42,27 @@ def test_refits_hold_out_among_the_rows_since_the_last_fit_across_a_resume(tmp_p
     assert all("start_holdout_mse" in f and "start_kept" in f for f in fits[1:])
 
 
+def test_a_stall_inside_one_planned_step_does_not_move_the_reported_plan_time(tmp_path, monkeypatch):
+    """A process paused mid-plan (SIGSTOP, a laptop asleep) made one step minutes long, and the
+    run's mean plan time then read high for the rest of the run: plan_ms is the recent median."""
+    from planners.agent import Agent
+
+    act, calls = Agent.act, []
+
+    def stalling(self, obs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(1.2)  # (a stall of 1.2 s: 60 planned steps' mean moves by 20 ms)
+        return act(self, obs)
+
+    monkeypatch.setattr(Agent, "act", stalling)
+    summary = main(["env=hopper", "env_steps=100", f"run_dir={tmp_path / 'run'}", *TINY])
+    assert len(calls) == 60  # (100 steps, the first 40 random)
+    assert summary["plan_ms_mean"] > summary["plan_ms_per_step"] + 15
+    evals = records(tmp_path / "run", "eval")
+    assert evals[-1]["plan_ms"] == summary["plan_ms_per_step"] < 500
+
+
 @pytest.mark.parametrize("planner", ["mppi", "cem", "icem", "random"])
 def test_short_run_writes_every_artifact(tmp_path, planner, capsys):
     run_dir = tmp_path / planner

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import math
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,11 @@ _VERSION = 2
 _LEARN_CHUNK = 100  # offline agent updates between checks for an interrupt
 _FIT_STATE, _FIT_STATE_FORMAT = "fit_state.pt", "worldmodel.FitState"  # a long fit's progress
 _FIT_SAVE_EVERY_S = 60.0
+# plan_ms (progress bar, evaluations, summary.json's plan_ms_per_step) is the median time of the last
+# this many planned steps: a stall inside one (a process paused with SIGSTOP or Ctrl-Z, a laptop
+# asleep) moved the run's mean by 36 ms for good (cartpole-swingup seed 1 of #12's table: 74 ms
+# before a 15-minute pause, 103 after); the mean stays in summary.json as plan_ms_mean
+PLAN_TIMES_KEPT = 1000
 
 
 class Run:
@@ -385,8 +391,13 @@ class Run:
             tqdm.write(f"step {p['step']}: {e}; taking a random action instead")
             self.planner.reset()
             return self.random_policy(obs)
-        p["plan_s"] += time.perf_counter() - start
+        took = time.perf_counter() - start
+        p["plan_s"] += took
         p["plan_steps"] += 1
+        recent = p.setdefault("plan_recent_ms", [])  # (runs saved before it was kept start it now)
+        recent.append(1000 * took)
+        if len(recent) >= 2 * PLAN_TIMES_KEPT:  # (trimmed now and then, not at every step)
+            del recent[:-PLAN_TIMES_KEPT]
         return action.cpu()
 
     def _fit(self, step: int, max_epochs: int | None | str = "default", started: float | None = None) -> None:
@@ -515,6 +526,11 @@ class Run:
         return {} if score is None else {key: score}
 
     def _plan_ms(self) -> float:
+        """A planned step's time: the median of the last PLAN_TIMES_KEPT (the run's mean before any)."""
+        recent = self.progress.get("plan_recent_ms")
+        return statistics.median(recent[-PLAN_TIMES_KEPT:]) if recent else self._plan_ms_mean()
+
+    def _plan_ms_mean(self) -> float:
         p = self.progress
         return 1000 * p["plan_s"] / max(p["plan_steps"], 1)
 
@@ -525,7 +541,8 @@ class Run:
             "final_eval_return": p["final_eval"], "best_eval_return": p["best_eval"],
             **self._score("normalized_score", p["final_eval"]), **self._score("best_normalized_score", p["best_eval"]),
             "env_steps": p["step"], "episodes": p["episodes"], "model_fits": p["fits"],
-            "wall_s": p["wall_s"], "plan_ms_per_step": self._plan_ms(), "planning_errors": p["planning_errors"],
+            "wall_s": p["wall_s"], "plan_ms_per_step": self._plan_ms(), "plan_ms_mean": self._plan_ms_mean(),
+            "planning_errors": p["planning_errors"],
             "threads": threads.current(),
         }  # fmt: skip
         if self.dataset is not None:
