@@ -5,10 +5,16 @@ import sys
 
 import pytest
 
+# Both modes in the state an entry point calls keep_freed_memory in (set_threads, after its imports):
+# before 2026-12-07 only "keep" imported the package's modules, whose allocations changed the heap,
+# so the test compared a small process's faults with a large one's; with the package's names loaded
+# lazily, keep_freed_memory in a process holding torch alone faulted as often as the default
+# (6,144 each), and in a large process the default faults little on this loop (it then skips)
 _LOOP = """
 import resource, sys, torch
+import worldmodel.ensemble, worldmodel.replay, worldmodel.transition_log, worldmodel.envs
+from worldmodel.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
-    from worldmodel.allocator import keep_freed_memory
     assert keep_freed_memory()
 for _ in range(3):
     torch.empty(2**20).fill_(1.0)  # 4 MiB, above glibc's default mmap threshold
