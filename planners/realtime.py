@@ -276,7 +276,8 @@ class RealtimeController:
                     action = self._last_action = limited
                 else:
                     self.counts["vetoed"] += not allowed
-                    action, source = self._last_action = self._limit(self.safe_action), "fallback"
+                    action = self._last_action = self._limit(self.safe_action)
+                    source = "fallback"
         else:
             with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
                 action = self._last_action = self._limit(action)

@@ -443,6 +443,29 @@ def test_a_constraint_hook_that_hangs_does_not_silence_the_watchdog(hopper):
         assert torch.equal(answer[0], safe)
 
 
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_vetoed_action_leaves_the_controller_acting_under_a_slew_limit(hopper, worker):
+    """A veto sends the safe action (slew-limited) and act() goes on, each action limited around the
+    last one sent, the watchdog's too (a veto once left a pair in place of the last action: under a
+    slew limit the next act() and every watchdog trip raised, the watchdog's thread died, and a
+    planning process's next post failed)."""
+    spec, model, data = hopper
+    veto, sent = threading.Event(), []
+    config = RealtimeConfig(control_hz=100, slew=0.1, watchdog_ms=40, worker=worker)
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.tensor([0.5, -0.5, 0.5]),
+                            constraint=lambda obs, action: not veto.is_set(), on_stale=sent.append) as rt:  # fmt: skip
+        executed = [rt.act(data["obs"][i]) for i in range(3)]
+        veto.set()
+        executed += [rt.act(data["obs"][i]) for i in range(3, 6)]
+        veto.clear()
+        executed += [rt.act(data["obs"][i]) for i in range(6, 9)]
+        wait_for(lambda: len(sent) >= 2, timeout=5)  # then silence: the watchdog trips, twice
+        assert rt._watcher.is_alive() and rt.error is None
+    assert rt.counts["vetoed"] == 3 and rt.counts["fallback"] >= 3
+    actions = torch.stack(executed + sent)  # (in the order they were sent)
+    assert (actions.diff(dim=0).abs() <= 0.1 + 1e-6).all()
+
+
 def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):
     spec, model, data = hopper
     rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100))
