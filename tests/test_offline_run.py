@@ -204,6 +204,8 @@ def test_offline_learning_resumes_where_it_stopped(tmp_path, dataset):
     assert [r["step"] for r in records(run_dir, "offline_eval")] == [20, 40]
     assert [r["step"] for r in records(run_dir, "fit")] == [0, 30]  # the dataset was fitted once
     assert [r["step"] for r in records(run_dir, "eval")] == [0, 30]  # one switch point, the latest offline policy
+    with pytest.raises(SystemExit, match="went online after 40 offline updates; offline.updates=60 would add more"):
+        main([f"resume={run_dir}", "offline.updates=60", "env_steps=60"])  # (in the middle of its online phase)
 
 
 def test_an_offline_budget_extended_after_the_switch_goes_on_along_one_cosine(tmp_path, dataset):

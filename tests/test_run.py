@@ -96,10 +96,14 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     (run_dir / "metrics.jsonl").open("a").write('{"kind": "eval", "step": 75, "ret": 0.0}\n')  # after the checkpoint
     with pytest.raises(SystemExit, match=r"is a planner=mppi run; a resumed run keeps its planner \(planner=cem given\)"):
         main([f"resume={run_dir}", "planner=cem", "env_steps=120"])
+    with pytest.raises(SystemExit, match=r"is a seed=0 run; a resumed run keeps its seed \(seed=1 given\)"):
+        main([f"resume={run_dir}", "seed=1", "env_steps=120"])  # (its envs would be rebuilt from another seed)
+    with pytest.raises(SystemExit, match=r"is a dataset=None run; a resumed run keeps its dataset"):
+        main([f"resume={run_dir}", f"dataset={tmp_path / 'data.hdf5'}", "env_steps=120"])
     with pytest.raises(SystemExit, match=r"planner.temperature=nan: settings are finite numbers"):
         main([f"resume={run_dir}", "planner.temperature=.nan", "env_steps=120"])  # (YAML's NaN; 'nan' is a string there)
     # the command the run began with, resume= added, names its groups again: that is no change
-    resumed = main([f"resume={run_dir}", "planner=mppi", "env=dmc/cartpole-swingup", "env_steps=120"])
+    resumed = main([f"resume={run_dir}", "planner=mppi", "env=dmc/cartpole-swingup", "seed=0", "env_steps=120"])
     from worldmodel.config import resumed_config
     from worldmodel.run import _compose
 
@@ -117,6 +121,58 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     for key in ("obs", "action", "reward", "next_obs"):
         assert torch.equal(after[key][:60], kept[key]), key
     assert not torch.equal(after["obs"][60:], kept["obs"])
+
+
+def test_a_run_resumed_at_an_episode_end_goes_on_as_if_never_stopped(tmp_path):
+    """The envs are rebuilt from the seed on resume; their random states come from the checkpoint,
+    so the next training episode starts where an uninterrupted run's does and the evaluations go on
+    with fresh episodes (they used to replay the first evaluation's starts). Checkpoints fall on
+    episode ends here, as dm-control's do with the defaults (500-decision episodes)."""
+    tiny = [*TINY[:-1], "env.max_episode_steps=30"]
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    main(["env=dmc/cartpole-swingup", "env_steps=120", f"run_dir={whole}", *tiny])
+    main(["env=dmc/cartpole-swingup", "env_steps=60", f"run_dir={halves}", *tiny])
+    main([f"resume={halves}", "env_steps=120"])
+    for kind in ("episode", "eval"):
+        assert [r["ret"] for r in records(whole, kind)] == [r["ret"] for r in records(halves, kind)], kind
+    a, b = (ReplayBuffer.from_state_dict(torch.load(d / "checkpoint.pt", weights_only=True)["buffer"]).data()
+            for d in (whole, halves))  # fmt: skip
+    assert len(a) == 120 and all(torch.equal(a[k], b[k]) for k in ("obs", "action", "reward", "next_obs"))
+
+
+def test_a_crash_after_an_evaluation_keeps_it(tmp_path, monkeypatch):
+    """An evaluation is checkpointed: a run that dies after it, before the next periodic checkpoint,
+    keeps its record on resume (it used to be dropped, and one done at the step the logged
+    transitions rejoined up to, of the checkpoint's policy)."""
+    act, run_dir = Run._act, tmp_path / "run"
+
+    def crashing(self, obs):
+        if self.progress["step"] == 80:
+            raise MemoryError("the machine ran out of memory")
+        return act(self, obs)
+
+    monkeypatch.setattr(Run, "_act", crashing)
+    with pytest.raises(MemoryError):
+        main(["env=hopper", "env_steps=120", f"run_dir={run_dir}", *TINY, "checkpoint_every=50"])
+    monkeypatch.setattr(Run, "_act", act)
+    main([f"resume={run_dir}"])
+    assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]
+
+
+def test_a_new_run_checks_for_a_run_in_its_directory_under_the_lock(tmp_path, monkeypatch):
+    """Two commands given one new run_dir: the second, past its first check while the first wrote
+    its checkpoint, finds that checkpoint once it holds the directory's lock (not a new run there)."""
+    run_dir, open_run, first = tmp_path / "run", Run.open, []
+
+    def another_run_began_meanwhile(self, path):
+        if not first:  # (the second command, about to take the lock: the first runs to its end meanwhile)
+            first.append(path)
+            main(["env=hopper", "env_steps=60", f"run_dir={path}", *TINY])
+        return open_run(self, path)
+
+    monkeypatch.setattr(Run, "open", another_run_began_meanwhile)
+    with pytest.raises(SystemExit, match="holds a run already"):
+        main(["env=hopper", "env_steps=60", f"run_dir={run_dir}", *TINY])
 
 
 def test_an_error_hours_into_a_run_is_a_failure_with_its_traceback_not_bad_input(tmp_path, monkeypatch):

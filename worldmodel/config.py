@@ -296,13 +296,26 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+# what a run is: a resumed run refuses another value (its environments' seeds, the data it learned
+# from, the model it started from); budgets, evaluation and checkpoint settings may change
+KEPT_ON_RESUME = ("seed", "dataset", "pretrained")
+
+
+def _same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether a value given on resume is the saved one (paths compared as the files they name)."""
+    if key in ("dataset", "pretrained") and given is not None and saved is not None:
+        return Path(str(given)).resolve() == Path(str(saved)).resolve()
+    return given == saved
+
+
 def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig],
                    removed: tuple[str, ...] = (), open_keys: tuple[str, ...] = ("env",)) -> DictConfig:  # fmt: skip
     """A run directory's saved config.yaml over today's defaults (`compose([planner=, env=])`, for
     runs saved by an older version; top-level keys in `removed`, settings that are gone, dropped),
     with the other `argv` overrides (e.g. a larger budget) on top; a SystemExit that says why if
-    `resume` holds no config, it holds a key this version does not know, or an override does not
-    fit. `open_keys`: nodes whose keys their consumer checks (compose_config's; env's backend
+    `resume` holds no config, it holds a key this version does not know, an override does not
+    fit, or one changes what the run is (its planner, env or a KEPT_ON_RESUME setting).
+    `open_keys`: nodes whose keys their consumer checks (compose_config's; env's backend
     arguments, given as +env.<key>= when the run began)."""
     saved_path = Path(resume) / "config.yaml"
     if not saved_path.is_file():
@@ -330,6 +343,11 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
             raise SystemExit(f"error: {resume} is a {group}={cfg[group].name} run; a resumed run keeps its {group} "
                              f"({group}={given[-1]} given): start a new run with another run_dir for another one")
         overrides = [a for a in overrides if a.partition("=")[0] != group]
+    for key in (k for k in KEPT_ON_RESUME if k in cfg):  # (given again as they were: no change)
+        given = [a.partition("=")[2] for a in overrides if a.lstrip("+").partition("=")[0] == key]
+        if not all(_same_setting(key, OmegaConf.from_dotlist([f"v={v}"]).v, cfg[key]) for v in given):
+            raise SystemExit(f"error: {resume} is a {key}={cfg[key]} run; a resumed run keeps its {key} ({key}="
+                             f"{given[-1]} given): start a new run with another run_dir for another one")  # fmt: skip
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except Exception as e:

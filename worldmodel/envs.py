@@ -13,6 +13,7 @@ import functools
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -191,6 +192,34 @@ def make_env(
         termination_fn=termination_fn,
     )
     return env
+
+
+def episode_random_state(env) -> dict:
+    """The numpy random state `env` (made by `make_env`) draws its episodes' starts from, gymnasium's
+    env's or dm-control's task's, as plain Python values for a checkpoint: a resumed run rebuilds
+    its envs from the seed, and without this its evaluations would start where the first one did."""
+    rng = _episode_rng(env)
+    if isinstance(rng, np.random.Generator):
+        return {"kind": "Generator", "state": rng.bit_generator.state}
+    state = rng.get_state(legacy=False)
+    return {"kind": "RandomState", "state": {**state, "state": {**state["state"], "key": state["state"]["key"].tolist()}}}
+
+
+def set_episode_random_state(env, saved: dict) -> None:
+    """Put back an `episode_random_state(env)` saved from an env of the same task."""
+    rng, state = _episode_rng(env), saved["state"]
+    if saved["kind"] != type(rng).__name__:
+        raise ValueError(f"a saved episode random state of a {saved['kind']} does not fit this task's {type(rng).__name__}")
+    if isinstance(rng, np.random.Generator):
+        rng.bit_generator.state = state
+    else:
+        rng.set_state({**state, "state": {**state["state"], "key": np.asarray(state["state"]["key"], dtype=np.uint32)}})
+
+
+def _episode_rng(env) -> np.random.Generator | np.random.RandomState:
+    inner = env.base_env._env  # (gymnasium's env with its wrappers, or dm-control's Environment)
+    task = getattr(inner, "task", None)
+    return task.random if task is not None else inner.unwrapped.np_random
 
 
 @functools.cache

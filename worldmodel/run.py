@@ -42,7 +42,7 @@ from worldmodel.config import (check_counts, check_device, check_model_settings,
 from worldmodel.datasets import (DatasetError, check_task, fingerprint, load_dataset, normalized_score, offline_settings,
                                  read_metadata)
 from worldmodel.ensemble import EnsembleDynamics
-from worldmodel.envs import check_task_name, make_env
+from worldmodel.envs import check_task_name, episode_random_state, make_env, set_episode_random_state
 from worldmodel.fitting import fit_record
 from worldmodel.interrupts import RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
@@ -100,6 +100,11 @@ class Run:
         self._saved_t = time.monotonic()  # when (checkpoint_minutes counts from here)
         self._fit_due = False  # refit at the next step (logged transitions rejoined the buffer)
         self._eval_due = False  # evaluate before going on (likewise)
+        # the training env's random state before the reset that began the episode now under way, while
+        # no step of it is taken: a run resumed from a checkpoint then (dm-control's, which fall on
+        # episode ends) begins the same episode; from one mid-episode it begins the next one's
+        self._episode_began_from: dict | None = None
+        self.resumed = False  # restored from a checkpoint
         # offline model-score selection (Dyna): the evaluated agent whose actor's model return was best
         # so far, and while that snapshot stands in (offline.select=model_score), the trained one
         self.selected_agent: dict | None = None  # offline.select=model_score's snapshot (SAC.training_state)
@@ -121,6 +126,9 @@ class Run:
         """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
         self.run_dir = run_dir
         self._lock = RunDirLock(run_dir)  # one process per run directory
+        if not self.resumed and (run_dir / "checkpoint.pt").exists():  # (checked under the lock: a run may have
+            raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "  # begun meanwhile)
+                             "or choose another run_dir")  # fmt: skip
         self.logger = MetricsLogger(run_dir)
         try:
             self.agent.open_log(run_dir / "transitions")
@@ -181,7 +189,8 @@ class Run:
     def save(self) -> None:
         atomic_save({"format": RUN_FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
                      "selected_agent": self.selected_agent, "trained_agent": self.trained_agent,
-                     "torch_rng": rng_state()},
+                     "torch_rng": rng_state(), "env_rng": {"train": self._episode_began_from or episode_random_state(self.env),
+                                                           "eval": episode_random_state(self.eval_env)}},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
 
     def restore(self, run_dir: Path) -> None:
@@ -196,6 +205,7 @@ class Run:
             raise CheckpointError(f"{path}: the run learned from dataset {learned_from}, but {self.cfg.dataset} now "
                                   f"holds {self.dataset_fingerprint}: the file was made again or replaced; resume "
                                   "with that data, or start a new run")  # fmt: skip
+        self.resumed = True
         self.agent.load_state_dict(ckpt, source=str(path))  # (a larger env_steps gets a larger buffer)
         self.progress = ckpt["progress"]
         self.progress.setdefault("dataset_fingerprint", self.dataset_fingerprint)  # (a run from before it was kept)
@@ -206,7 +216,15 @@ class Run:
         if self.progress["selected"] is False and self.cfg.offline.select == "model_score":
             raise ValueError(f"{path} was written before worldmodel kept the actor of each evaluation, so "
                              "offline.select=model_score cannot pick among them: resume it with offline.select=last")  # fmt: skip
+        p = self.progress
+        if self.dataset is not None and p["step"] > 0 and self._offline_updates() > p["offline_updates"]:
+            raise ValueError(f"{path}: the run went online after {p['offline_updates']} offline updates; "
+                             f"offline.updates={self.cfg.offline.updates} would add more in the middle of its online "
+                             "phase: resume without it, or start a new run from its model (pretrained=)")  # fmt: skip
         set_rng_state(ckpt["torch_rng"])
+        if "env_rng" in ckpt:  # (runs saved before 2026-12-07 start their episodes from the seed's first again)
+            set_episode_random_state(self.env, ckpt["env_rng"]["train"])
+            set_episode_random_state(self.eval_env, ckpt["env_rng"]["eval"])
 
     # -------------------------------------------------------------- the run
 
@@ -243,8 +261,7 @@ class Run:
             self._checkpoint(started)
             (self.run_dir / _FIT_STATE).unlink(missing_ok=True)
             self._stop_if_requested(started)
-        learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
-        total, every = (cfg.offline.updates if learns else 0), cfg.offline.eval_every
+        total, every = self._offline_updates(), cfg.offline.eval_every
         if p["offline_updates"] < total and p["step"] == 0 and self.trained_agent is not None:
             self._use_agent(self.trained_agent)  # learning goes on from the trained agent, not the snapshot
             self.trained_agent = None
@@ -311,13 +328,16 @@ class Run:
         while p["step"] < cfg.env_steps:
             threads.adapt()
             td["action"] = self._act(td["observation"])
+            before = episode_random_state(self.env)  # (a checkpoint at an episode's start saves the state it began from)
             transition, td = self.env.step_and_maybe_reset(td)
             real = from_rollout(transition.unsqueeze(0))
             self.agent.observe(real)  # durable in the log before it counts
             p["step"] += 1
             step = p["step"]
             episode_return += transition["next", "reward"].item()
+            self._episode_began_from = None
             if transition["next", "done"].item():
+                self._episode_began_from = before
                 p["episodes"] += 1
                 self.logger.log("episode", step, ret=episode_return)
                 bar.set_postfix(ret=f"{episode_return:.1f}", plan_ms=f"{self._plan_ms():.1f}")
@@ -329,16 +349,25 @@ class Run:
                 bar.set_postfix(plan_ms=f"{self._plan_ms():.1f}")
             if p["fits"] > 0 or cfg.pretrained or self.dataset is not None:
                 learned = self.planner.learn()
-            if self._eval_at(step):
+            evaluated = self._eval_at(step)
+            if evaluated:
                 if learned:
                     self.logger.log("train", step, **learned)
                 self._evaluate(step, bar)
             bar.update()
             if step < cfg.env_steps:  # (at the last step the run is finished, not interrupted)
-                if step % cfg.checkpoint_every == 0 or self._checkpoint_due():
+                # (after an evaluation too: one killed before the next checkpoint would be dropped with the
+                # records after it, and done again at another step, of another policy)
+                if step % cfg.checkpoint_every == 0 or evaluated or self._checkpoint_due():
                     self._checkpoint(started)
                 self._stop_if_requested(started, bar)
         bar.close()
+
+    def _offline_updates(self) -> int:
+        """The offline phase's gradient steps: offline.updates where the planner learns offline (a
+        Dyna agent, behaviour cloning, an MPC planner's learned value), else none."""
+        learns = not isinstance(self.planner, MPCPlanner) or self.planner.value_agent is not None
+        return self.cfg.offline.updates if learns else 0
 
     def _fit_at(self, step: int) -> bool:
         """Whether the model is refitted after online step `step`: at the end of the seed steps,
@@ -731,9 +760,6 @@ def main(argv: list[str] | None = None) -> dict:
                 run_dir = resume_dir
             else:
                 run_dir = run_dir_for(cfg, "run", cfg.env.name)
-                if (run_dir / "checkpoint.pt").exists():
-                    raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it, "
-                                     "or choose another run_dir")  # fmt: skip
         with run.stop:  # from here, SIGINT/SIGTERM stop the run cleanly
             with _bad_input_exits():
                 run.open(run_dir)
