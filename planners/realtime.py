@@ -326,15 +326,18 @@ class RealtimeController:
             self.counts["late_plans"] += step > 0  # came after its first step's time: planning took longer than its lead
         return plan.actions[step], "fresh" if fresh else "shifted"
 
-    def limit(self, action: Tensor) -> Tensor:
+    def limit(self, action: Tensor, first: bool = False) -> Tensor:
         """An action [A] the robot is sent by other means (e.g. a random seed action), clipped to the
-        box and the slew limit as act's are, and the last executed action from now on."""
+        box and the slew limit as act's are, and the last executed action from now on. `first`: as
+        act's, the robot is at rest after a reset (the slew limit steps from the safe action)."""
         action = torch.as_tensor(action).float()
         if action.shape != self.low.shape or not _all_finite(action):  # (NaN would pass the clamps, and every
             # action after it would be limited around NaN)
             raise ValueError(f"limit() takes a finite action of shape {list(self.low.shape)}, got {action}: not "
                              "sent; send controller.safe_action instead")  # fmt: skip
         with self._action_lock:
+            if first:
+                self._last_action = self.safe_action
             self._last_action = self._limit(action)
             return self._last_action
 
@@ -819,7 +822,9 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                         if latest is acted:
                             pass  # (only readings older than the one acted on came: they complete transitions)
                         elif steps < seeding or not ready():
-                            robot.send_action(controller.limit(random_policy(latest.obs)))  # (slew-limited too)
+                            # (slew-limited too; told of the episodes begun, so the first act after the seed
+                            # steps steps on from the last seed action, not from rest)
+                            robot.send_action(controller.limit(random_policy(latest.obs), first=paired.episode_begun()))
                             seeded += 1
                         else:
                             robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))

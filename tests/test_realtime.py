@@ -129,6 +129,41 @@ def test_box_and_slew_limits_hold_on_every_executed_action(hopper, worker):
     assert (actions.diff(dim=0).abs() <= 0.05 + 1e-6).all()
 
 
+def test_an_action_sent_by_other_means_at_an_episode_start_slews_from_rest(hopper):
+    spec, model, data = hopper
+    safe = torch.tensor([0.5, -0.5, 0.5])
+    rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100, slew=0.1), safe_action=safe)
+    for _ in range(20):
+        rt.limit(-torch.ones(3))  # (driven to the box's edge)
+    assert torch.equal(rt.limit(torch.ones(3)), -torch.ones(3) + 0.1)  # from there, mid-episode
+    assert torch.allclose(rt.limit(-torch.ones(3), first=True), safe - 0.1)  # after a reset, from rest
+
+
+def test_the_robot_loop_tells_the_controller_of_episodes_begun_during_the_seed_steps(tmp_path, monkeypatch):
+    """Seed actions go out through limit(); the episode they began is said there, so the first
+    act() after them (mid-episode) does not act as at a reset, which dropped the slew limit's
+    reference to the last seed action (the robot was sent a jump of up to half the box)."""
+    from planners.realtime import main
+
+    calls = {"limit": [], "act": []}
+    limit, act = RealtimeController.limit, RealtimeController.act
+
+    def limit_told(self, action, first=False):
+        calls["limit"].append(first)
+        return limit(self, action, first)
+
+    def act_told(self, obs, stamp=None, first=False):
+        calls["act"].append(first)
+        return act(self, obs, stamp, first)
+
+    monkeypatch.setattr(RealtimeController, "limit", limit_told)
+    monkeypatch.setattr(RealtimeController, "act", act_told)
+    main(["env=dmc/cartpole-swingup", *REALTIME_TINY[1:-1], "seed_steps=40", "train_every=40", "real_steps=100",
+          "worker=thread", "slew=0.2", f"run_dir={tmp_path / 'rt'}"])  # fmt: skip  (one 500-decision episode)
+    assert calls["limit"][0] and not any(calls["limit"][1:]) and len(calls["limit"]) >= 30
+    assert calls["act"] and not any(calls["act"])
+
+
 def test_actions_outside_the_box_are_clipped_to_it(hopper):
     """A planner, a safe action or an action sent by other means outside the box: what goes out is
     inside it (the planner here plans 10x its own actions, as a user's planner might; the safe
