@@ -163,7 +163,8 @@ class RealtimeController:
 
     def __init__(self, planner: Planner, spec: TaskSpec, config: RealtimeConfig | None = None,
                  safe_action: Tensor | None = None, constraint: Callable[[Tensor, Tensor], bool] | None = None,
-                 on_stale: Callable[[Tensor], None] | None = None, clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 on_stale: Callable[[Tensor], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 version: int = 0):  # fmt: skip
         self.planner, self.spec = planner, spec
         self.config = cfg = config or RealtimeConfig()
         self.low, self.high = spec.action_low.float(), spec.action_high.float()
@@ -177,7 +178,7 @@ class RealtimeController:
         self.ahead = math.ceil(cfg.delay_ms / 1000 / cfg.period - 1e-9)  # control periods the delay spans
         # its lock is held for a whole plan (swaps happen between plans); with a planning process
         # its queue carries them there
-        self.swapper = Swapper(planner, queue=new_queue() if cfg.worker == "process" else None)
+        self.swapper = Swapper(planner, version, queue=new_queue() if cfg.worker == "process" else None)
         self._maker = PlanMaker(planner, cfg.period, self.ahead, cfg.deterministic, cfg.max_shift, self.safe_action,
                                 cfg.wait_ms / 1000)  # fmt: skip
         self._process: PlanningProcess | None = None  # worker="process", while running
@@ -527,7 +528,8 @@ class RealtimeController:
 
     @property
     def version(self) -> int:
-        """The version of the planner's model (and value): 0, then one more at every swap."""
+        """The version of the planner's model (and value): 0 (or the one given: a resumed run's), then
+        one more at every swap."""
         return self.swapper.version
 
     def between_plans(self) -> contextlib.AbstractContextManager:
@@ -738,20 +740,22 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
         raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
     agent_file = run_dir / "agent.pt"
     unfitted = 0  # the buffer's last rows the model was not fitted on (a resumed run's refit holds out among them)
+    version = 0  # the model's (a resumed run's goes on from its saved agent's)
     if resume_dir is not None:
         if len(log):
             agent.buffer.extend(log.read())
         unfitted = len(log)
         if agent_file.is_file():
             try:
-                agent.fit_written = agent.restore(agent_file).get("fit_written")
+                saved = agent.restore(agent_file)
+                agent.fit_written, version = saved.get("fit_written"), saved.get("model_version", 0)
             except CheckpointError as e:
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
             unfitted = agent.buffer.written - agent.fit_written if agent.fit_written is not None else unfitted
         save_config(cfg, run_dir)
         tqdm.write(f"resumed {run_dir}: {len(log)} logged real transitions back in the buffer")
 
-    controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action)
+    controller = RealtimeController(agent.planner, spec, config, on_stale=robot.send_action, version=version)
 
     def log_refit(version: int, record: dict) -> None:
         """A refit's `fit_record` (a learning process sends it so) as a line of metrics."""

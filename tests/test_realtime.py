@@ -1171,6 +1171,20 @@ def test_a_run_that_never_refitted_still_leaves_its_agent_files(tmp_path):
     assert (run_dir / "agent.pt").is_file() and (run_dir / "model.pt").is_file()
 
 
+def test_a_resumed_robot_run_goes_on_numbering_its_model_versions(tmp_path):
+    """Refit records, snapshots and agent.pt name the model version they come from: a resumed run
+    goes on from its saved agent's version (it began at 0 again, so two refits shared a number)."""
+    from planners.realtime import main
+
+    run_dir = tmp_path / "rt"
+    first = main([*REALTIME_TINY, "real_steps=120", "worker=thread", f"run_dir={run_dir}"])
+    resumed = main([f"resume={run_dir}", "real_steps=240"])
+    versions = [r["model_version"] for r in (json.loads(line) for line in (run_dir / "metrics.jsonl").open())
+                if r["kind"] == "refit"]  # fmt: skip
+    assert first["model_version"] >= 1 and resumed["model_version"] > first["model_version"]
+    assert versions == sorted(set(versions)), versions
+
+
 def test_a_planning_process_that_stalls_gives_the_shifted_plan_then_the_safe_action(hopper, tmp_path):
     spec, model, data = hopper
     planner = Stalling(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
