@@ -267,7 +267,7 @@ class RealtimeController:
                       "clock=<that clock>)", file=sys.stderr)  # fmt: skip
         if posted and self.config.wait_ms > 0:
             self._await_answer(stamp, began + self.config.wait_ms / 1000)
-        action, source = self._choose(stamp) if finite else (self.safe_action, "fallback")
+        action, source, late = self._choose(stamp) if finite else (self.safe_action, "fallback", False)
         if self.constraint is not None and finite:  # (outside the lock: a hook that hangs must not stop the watchdog)
             with self._action_lock:
                 reference, limited = self._last_action, self._limit(action)
@@ -283,6 +283,7 @@ class RealtimeController:
             with self._action_lock:  # (the watchdog's thread sends actions too: each is limited around the last)
                 action = self._last_action = self._limit(action)
         self.counts[source] += 1
+        self.counts["late_plans"] += late and source == "fresh"  # (a plan vetoed or overtaken never ran late)
         self.act_latency_s.append(time.perf_counter() - began)
         return action
 
@@ -308,10 +309,12 @@ class RealtimeController:
                     self._answered.wait_for(answered, timeout=left)
         self.counts["wait_timeouts"] += not answered()
 
-    def _choose(self, stamp: float) -> tuple[Tensor, str]:
+    def _choose(self, stamp: float) -> tuple[Tensor, str, bool]:
+        """The action for the reading taken at `stamp`, its source, and whether it is a fresh plan's
+        that came after its first step's time (planning took longer than its lead)."""
         prior, plan = self._plans  # one read: the planning worker replaces the pair, never edits it
         if plan is None or self.error is not None:
-            return self.safe_action, "fallback"
+            return self.safe_action, "fallback", False
         # the action chosen now takes effect once the delay has passed: the plan's step for then,
         # the plan before it while it has not begun (it came sooner than its maker planned for)
         effect = stamp + self.ahead * self.config.period
@@ -320,12 +323,11 @@ class RealtimeController:
             plan, step = prior, prior.step_at(effect, self.config.period)
         step = max(0, step)
         if step > self._maker.reach(plan):
-            return self.safe_action, "fallback"
+            return self.safe_action, "fallback", False
         fresh = plan.serial > self._used_serial
         if fresh:
             self._used_serial = plan.serial
-            self.counts["late_plans"] += step > 0  # came after its first step's time: planning took longer than its lead
-        return plan.actions[step], "fresh" if fresh else "shifted"
+        return plan.actions[step], "fresh" if fresh else "shifted", fresh and step > 0
 
     def limit(self, action: Tensor, first: bool = False) -> Tensor:
         """An action [A] the robot is sent by other means (e.g. a random seed action), clipped to the
@@ -880,7 +882,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                                         "nonfinite_obs", "bad_stamps", "vetoed", "constraint_errors", "watchdog_trips",
                                         "watchdog_errors", "plans", "wait_timeouts")},
                "real_steps": steps, "session_began_at": session_began,  # (handed to the learner; logged: len(log))
-               "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "seed_actions": seeded, "robot_steps": robot.steps,
+               "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "late_readings": paired.too_late, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,
                "refits": learner.refits, "value_updates": learner.value_updates, "learner_ended_early": learner.ended_early,
                "episodes": robot.episodes, "episode_returns": robot.episode_returns, "final_eval_return": final,
@@ -913,7 +915,8 @@ def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
 class ReadingPairs:
     """Real transitions from sensor readings that may arrive out of order (delivery jitter):
     readings seq and seq + 1 make one, whichever arrives first, unless seq + 1 begins an episode;
-    a pair that is not finite is counted (`nonfinite`) and dropped (the log refuses it).
+    a pair that is not finite is counted (`nonfinite`) and dropped (the log refuses it), and so is
+    a reading WINDOW or more readings older than the newest (`too_late`).
     `newest` is the latest reading by seq, the one to act on."""
 
     WINDOW = 32  # readings kept to pair with one that arrives late
@@ -922,6 +925,7 @@ class ReadingPairs:
         self._recent: dict = {}  # seq -> Reading
         self.newest = None
         self.nonfinite = 0
+        self.too_late = 0  # readings that came WINDOW or more readings after the newest: dropped
         self._episode_start = self._told = -1  # seqs: the newest episode-beginning reading; the last told of
 
     def episode_begun(self) -> bool:
@@ -936,6 +940,9 @@ class ReadingPairs:
         for r in readings:
             if r.seq in self._recent:
                 continue  # (delivered twice)
+            if self.newest is not None and r.seq <= self.newest.seq - self.WINDOW:  # (its neighbours may be gone, or
+                self.too_late += 1  # it may have come before: pairs made again would log a transition twice)
+                continue
             for before, after in ((self._recent.get(r.seq - 1), r), (r, self._recent.get(r.seq + 1))):
                 if before is None or after is None or after.first:
                     continue

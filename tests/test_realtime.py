@@ -501,6 +501,20 @@ def test_a_vetoed_action_leaves_the_controller_acting_under_a_slew_limit(hopper,
     assert (actions.diff(dim=0).abs() <= 0.1 + 1e-6).all()
 
 
+def test_a_late_plan_that_is_vetoed_is_not_counted_as_run_late(hopper):
+    """late_plans counts the fresh plans executed after their first step's time; one the constraint
+    vetoes is never executed (it was counted, so late_plan_rate could pass 1)."""
+    spec, model, data = hopper
+    planner = Slow(model, spec, MPPIConfig(horizon=H, candidates=64, value_learning=False, seed=0))
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=100), constraint=lambda obs, action: False) as rt:
+        deadline = time.monotonic() + 30
+        while counts(rt)["plans"] < 3 and time.monotonic() < deadline:  # (each plan 0.2 s: 20 periods late)
+            rt.act(data["obs"][0])
+            time.sleep(0.01)
+    assert counts(rt)["plans"] >= 3 and rt.counts["vetoed"] > 0
+    assert rt.counts["fresh"] == rt.counts["late_plans"] == 0
+
+
 def test_act_refuses_a_wrong_shaped_observation_and_a_controller_not_started(hopper):
     spec, model, data = hopper
     rt = RealtimeController(mppi(model, spec), spec, RealtimeConfig(control_hz=100))
@@ -1141,6 +1155,9 @@ def test_readings_that_arrive_out_of_order_still_make_every_transition():
     assert not paired.episode_begun()
     paired.add([reading(10, first=True)])
     assert paired.newest.seq == 11 and paired.episode_begun()
+    # a reading delivered again (or for the first time) a window late: no pair, none logged twice
+    assert len(paired.add([reading(s) for s in range(12, 45)])) == 33 and paired.newest.seq == 44
+    assert paired.add([reading(12)]) == [] and paired.too_late == 1
 
 
 def test_a_non_finite_reading_makes_no_transition():
