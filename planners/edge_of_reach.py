@@ -34,7 +34,7 @@ from worldmodel.checkpoint import FORMAT_KEY, CheckpointError, RunDirLock, atomi
 from worldmodel.config import check_counts, compose_config, run_dir_for, save_config
 from worldmodel.datasets import load_dataset
 from worldmodel.envs import make_env
-from worldmodel.metrics import MetricsLogger, read_records, write_json
+from worldmodel.metrics import MetricsLogger, read_records, save_figure, write_json
 from worldmodel.replay import ReplayBuffer
 from worldmodel.simulator import SimulatorDynamics
 from worldmodel.threads import adapt, set_threads
@@ -212,8 +212,7 @@ def _plot(curves: dict[str, list[dict]], out, task: str) -> None:
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> dict:

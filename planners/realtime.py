@@ -983,6 +983,8 @@ def _plot(controller: RealtimeController, returns: list[float], out: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from worldmodel.metrics import save_figure
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     latency = sorted(1000 * t for t in controller.act_latency_s)
     if latency:
@@ -994,8 +996,7 @@ def _plot(controller: RealtimeController, returns: list[float], out: Path, title
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 if __name__ == "__main__":

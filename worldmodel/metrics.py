@@ -35,6 +35,16 @@ def write_json(obj: Any, path: Path) -> None:
         Path(tmp).write_text(strict_json(obj, indent=2) + "\n")
 
 
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG at `path`, written atomically (a reader, or a kill mid-write,
+    never meets half a file), then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def read_records(run_dir: Path, kind: str) -> list[dict]:
     """The `kind` records of run_dir/metrics.jsonl, oldest first ([] without the file); reading
     opens no TensorBoard writer, so another process's run can be read while it runs, and a
@@ -152,8 +162,7 @@ class MetricsLogger:
                 ax.legend(loc="best")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
+        save_figure(fig, out)
 
     def close(self) -> None:
         self.writer.close()

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodel.config import file_in_the_way
-from worldmodel.metrics import read_records, write_json
+from worldmodel.metrics import read_records, save_figure, write_json
 from worldmodel.ope import model_selected
 
 # Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal's 1.96)
@@ -434,8 +434,7 @@ def plot_curves(runs: list[dict], out: Path, pooled: tuple[str, ...] = ()) -> li
         ax.grid(alpha=0.3)
         path = out / f"{re.sub(r'[^A-Za-z0-9.+-]+', '_', group).strip('_')}.png"  # (no spaces or commas)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
         written.append(path)
     return written
 
