@@ -693,9 +693,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         run_dir = resume_dir or run_dir_for(cfg, "realtime", cfg.env.name)
-        if resume_dir is None and (run_dir / "transitions").exists():
-            raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it")
         lock = RunDirLock(run_dir)  # one process per run directory
+        if resume_dir is None and (run_dir / "transitions").exists():  # (under the lock: one may have begun meanwhile)
+            lock.release()
+            raise ValueError(f"run_dir={run_dir} holds a run already: resume={run_dir} continues it")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"run directory: {run_dir} (Ctrl-C stops the robot; every real transition is in its log, and "
@@ -720,7 +721,8 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
     """The control loop on the simulated robot, then the evaluations and the summary (main holds the
     run directory's lock and closes what this opens). The summary's robot and controller figures
     (episodes, seed actions, robot steps, action sources, latencies, wall_s) are this session's,
-    from real step `session_began_at` on; real_steps and logged_transitions count the whole run."""
+    from real step `session_began_at` on; real_steps, logged_transitions and model_version count the
+    whole run."""
     from tqdm.auto import tqdm
 
     from planners import evaluate
@@ -925,7 +927,7 @@ class ReadingPairs:
         self._recent: dict = {}  # seq -> Reading
         self.newest = None
         self.nonfinite = 0
-        self.too_late = 0  # readings that came WINDOW or more readings after the newest: dropped
+        self.too_late = 0  # readings WINDOW or more readings older than the newest when they came: dropped
         self._episode_start = self._told = -1  # seqs: the newest episode-beginning reading; the last told of
 
     def episode_begun(self) -> bool:

@@ -140,23 +140,46 @@ def test_a_run_resumed_at_an_episode_end_goes_on_as_if_never_stopped(tmp_path):
     assert len(a) == 120 and all(torch.equal(a[k], b[k]) for k in ("obs", "action", "reward", "next_obs"))
 
 
-def test_a_crash_after_an_evaluation_keeps_it(tmp_path, monkeypatch):
-    """An evaluation is checkpointed: a run that dies after it, before the next periodic checkpoint,
-    keeps its record on resume (it used to be dropped, and one done at the step the logged
-    transitions rejoined up to, of the checkpoint's policy)."""
-    act, run_dir = Run._act, tmp_path / "run"
+def crash_at(step: int, monkeypatch, argv: list[str]) -> None:
+    """`main(argv)` dying of an error as it is about to act after `step` steps: its checkpoint and
+    transition log as a kill -9 there leaves them (summary.json says "failed")."""
+    act = Run._act
 
     def crashing(self, obs):
-        if self.progress["step"] == 80:
+        if self.progress["step"] == step:
             raise MemoryError("the machine ran out of memory")
         return act(self, obs)
 
     monkeypatch.setattr(Run, "_act", crashing)
     with pytest.raises(MemoryError):
-        main(["env=hopper", "env_steps=120", f"run_dir={run_dir}", *TINY, "checkpoint_every=50"])
+        main(argv)
     monkeypatch.setattr(Run, "_act", act)
+
+
+def test_a_crash_after_an_evaluation_keeps_it(tmp_path, monkeypatch):
+    """An evaluation is checkpointed: a run that dies after it, before the next periodic checkpoint,
+    keeps its record on resume (it used to be dropped, and one done at the step the logged
+    transitions rejoined up to, of the checkpoint's policy)."""
+    run_dir = tmp_path / "run"
+    crash_at(80, monkeypatch, ["env=hopper", "env_steps=120", f"run_dir={run_dir}", *TINY, "checkpoint_every=50"])
     main([f"resume={run_dir}"])
     assert [r["step"] for r in records(run_dir, "eval")] == [60, 120]
+
+
+def test_a_killed_run_begins_its_next_episode_where_a_run_never_killed_does(tmp_path, monkeypatch):
+    """The transitions logged after the checkpoint rejoin the buffer, and the episode starts drawn
+    meanwhile are drawn again: the episode after them begins from the start an uninterrupted run's
+    does (it repeated the start of the first episode they held). Episodes of 30 steps; the
+    checkpoint at 60 is at an episode's start, the kill after 90 at another's."""
+    tiny = [*TINY[:-1], "env.max_episode_steps=30", "checkpoint_every=60", "checkpoint_minutes=null"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    main(["env=dmc/cartpole-swingup", "env_steps=120", f"run_dir={whole}", *tiny])
+    crash_at(90, monkeypatch, ["env=dmc/cartpole-swingup", "env_steps=120", f"run_dir={killed}", *tiny])
+    main([f"resume={killed}"])
+    a, b = (ReplayBuffer.from_state_dict(torch.load(d / "checkpoint.pt", weights_only=True)["buffer"]).data()
+            for d in (whole, killed))  # fmt: skip
+    assert torch.equal(a["obs"][:90], b["obs"][:90])  # (the same run up to the kill)
+    assert torch.equal(a["obs"][90], b["obs"][90])  # the next episode's start
 
 
 def test_a_new_run_checks_for_a_run_in_its_directory_under_the_lock(tmp_path, monkeypatch):

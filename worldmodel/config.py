@@ -296,15 +296,16 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-# what a run is: a resumed run refuses another value (its environments' seeds, the data it learned
-# from, the model it started from); budgets, evaluation and checkpoint settings may change
+# what a run is: a resumed run refuses another seed (its environments'), and a dataset or pretrained
+# model given or taken away (one moved may be named again: the run checks its data's fingerprint, and
+# its checkpoint holds the model); budgets, evaluation and checkpoint settings may change
 KEPT_ON_RESUME = ("seed", "dataset", "pretrained")
 
 
 def _same_setting(key: str, given: Any, saved: Any) -> bool:
-    """Whether a value given on resume is the saved one (paths compared as the files they name)."""
-    if key in ("dataset", "pretrained") and given is not None and saved is not None:
-        return Path(str(given)).resolve() == Path(str(saved)).resolve()
+    """Whether a value given on resume keeps what the run is (a file, wherever it now lies, is kept)."""
+    if key in ("dataset", "pretrained"):
+        return (given is None) == (saved is None)
     return given == saved
 
 
@@ -343,15 +344,15 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
             raise SystemExit(f"error: {resume} is a {group}={cfg[group].name} run; a resumed run keeps its {group} "
                              f"({group}={given[-1]} given): start a new run with another run_dir for another one")
         overrides = [a for a in overrides if a.partition("=")[0] != group]
-    for key in (k for k in KEPT_ON_RESUME if k in cfg):  # (given again as they were: no change)
-        given = [a.partition("=")[2] for a in overrides if a.lstrip("+").partition("=")[0] == key]
-        if not all(_same_setting(key, OmegaConf.from_dotlist([f"v={v}"]).v, cfg[key]) for v in given):
-            raise SystemExit(f"error: {resume} is a {key}={cfg[key]} run; a resumed run keeps its {key} ({key}="
-                             f"{given[-1]} given): start a new run with another run_dir for another one")  # fmt: skip
+    saved = {key: cfg[key] for key in KEPT_ON_RESUME if key in cfg}
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except Exception as e:
         raise SystemExit(f"error: bad override for a resumed run: {e}") from None
+    for key, was in saved.items():  # (given again as they were, or a file moved: no change)
+        if not _same_setting(key, cfg[key], was):
+            raise SystemExit(f"error: {resume} is a {key}={was} run; a resumed run keeps its {key} ({key}={cfg[key]} "
+                             "given): start a new run with another run_dir for another one")  # fmt: skip
     check_finite(cfg)
     cfg.run_dir, cfg.resume = resume, resume
     return cfg

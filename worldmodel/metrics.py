@@ -36,12 +36,12 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure as a PNG at `path`, written atomically (a reader, or a kill mid-write,
-    never meets half a file), then closed."""
+    """A matplotlib figure at `path` (its format from the suffix: .png, .pdf, .svg), written
+    atomically (a reader, or a kill mid-write, never meets half a file), then closed."""
     import matplotlib.pyplot as plt
 
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -105,6 +105,7 @@ class Run:
         # episode ends) begins the same episode; from one mid-episode it begins the next one's
         self._episode_began_from: dict | None = None
         self.resumed = False  # restored from a checkpoint
+        self._restored_at_episode_start = 0  # 1: the restored training env's state is from before its episode's reset
         # offline model-score selection (Dyna): the evaluated agent whose actor's model return was best
         # so far, and while that snapshot stands in (offline.select=model_score), the trained one
         self.selected_agent: dict | None = None  # offline.select=model_score's snapshot (SAC.training_state)
@@ -123,7 +124,9 @@ class Run:
         return self.agent.log
 
     def open(self, run_dir: Path) -> None:
-        """Create the run directory (config.yaml, metrics) for a new run or a restored one."""
+        """Create the run directory (config.yaml, metrics) for a new run or a restored one; under its
+        lock, a ValueError for a new run in a directory that holds one, or a restored run that went
+        online (its checkpoint or its transition log says so) given more offline.updates."""
         self.run_dir = run_dir
         self._lock = RunDirLock(run_dir)  # one process per run directory
         if not self.resumed and (run_dir / "checkpoint.pt").exists():  # (checked under the lock: a run may have
@@ -135,6 +138,12 @@ class Run:
         except LogCorruptError as e:
             raise LogCorruptError(f"{e}: move {run_dir / 'transitions'} aside to resume from the checkpoint without "
                                   "the transitions logged after it") from None  # fmt: skip
+        p = self.progress
+        went_online = p["step"] > 0 or (self.log is not None and self._logged_steps() > 0)
+        if self.resumed and self.dataset is not None and went_online and self._offline_updates() > p["offline_updates"]:
+            raise ValueError(f"{run_dir}: the run went online after {p['offline_updates']} offline updates; "
+                             f"offline.updates={self.cfg.offline.updates} would add more in the middle of its online "
+                             "phase: resume without it, or start a new run from its model (pretrained=)")  # fmt: skip
         self.logger.truncate(self._kept_on_resume())  # a resumed run drops the records after its checkpoint
         save_config(self.cfg, run_dir)  # (last: a resume that fails above leaves the saved config as it was)
 
@@ -152,7 +161,13 @@ class Run:
             self.planner.observe(extra)
             rejoined = range(p["step"] + 1, p["step"] + len(extra) + 1)
             p["step"] += len(extra)
-            p["episodes"] += int((extra["terminated"] | extra["truncated"]).sum())
+            ends = int((extra["terminated"] | extra["truncated"]).sum())
+            p["episodes"] += ends
+            # the starts the run drew meanwhile, drawn again (the next reset begins the episode under way
+            # at the kill, or the next): the one at the checkpoint where it saved the state before it,
+            # and one at each episode end but the last step's (its episode is the one that goes on)
+            for _ in range(self._restored_at_episode_start + ends - bool(extra["terminated"][-1] | extra["truncated"][-1])):
+                self.env.reset()
             # a refit or an evaluation that fell due in the rejoined steps was skipped: one now, before
             # the next action (none where none fell due, as in a run never killed)
             self._fit_due = any(map(self._fit_at, rejoined))
@@ -190,6 +205,7 @@ class Run:
         atomic_save({"format": RUN_FORMAT, "version": _VERSION, "progress": self.progress, **self.agent.state_dict(),
                      "selected_agent": self.selected_agent, "trained_agent": self.trained_agent,
                      "torch_rng": rng_state(), "env_rng": {"train": self._episode_began_from or episode_random_state(self.env),
+                                                           "train_at_episode_start": self._episode_began_from is not None,
                                                            "eval": episode_random_state(self.eval_env)}},
                     self.run_dir / "checkpoint.pt")  # fmt: skip
 
@@ -216,15 +232,11 @@ class Run:
         if self.progress["selected"] is False and self.cfg.offline.select == "model_score":
             raise ValueError(f"{path} was written before worldmodel kept the actor of each evaluation, so "
                              "offline.select=model_score cannot pick among them: resume it with offline.select=last")  # fmt: skip
-        p = self.progress
-        if self.dataset is not None and p["step"] > 0 and self._offline_updates() > p["offline_updates"]:
-            raise ValueError(f"{path}: the run went online after {p['offline_updates']} offline updates; "
-                             f"offline.updates={self.cfg.offline.updates} would add more in the middle of its online "
-                             "phase: resume without it, or start a new run from its model (pretrained=)")  # fmt: skip
         set_rng_state(ckpt["torch_rng"])
         if "env_rng" in ckpt:  # (runs saved before 2026-12-07 start their episodes from the seed's first again)
             set_episode_random_state(self.env, ckpt["env_rng"]["train"])
             set_episode_random_state(self.eval_env, ckpt["env_rng"]["eval"])
+            self._restored_at_episode_start = int(ckpt["env_rng"]["train_at_episode_start"])
 
     # -------------------------------------------------------------- the run
 
@@ -315,9 +327,9 @@ class Run:
 
     def _online(self, started: float) -> None:
         cfg, p = self.cfg, self.progress
+        self._rejoin_logged_transitions()
         td, episode_return, learned = self.env.reset(), 0.0, {}
         self.planner.reset()
-        self._rejoin_logged_transitions()
         bar = _bar(cfg.env_steps, p["step"], f"{cfg.planner.name} {cfg.env.name}", "step")
         if self._fit_due:
             self._fit(p["step"])
@@ -325,6 +337,7 @@ class Run:
         if self._eval_due:
             self._evaluate(p["step"], bar)
             self._eval_due = False
+            self._checkpoint(started)  # (as after any evaluation)
         while p["step"] < cfg.env_steps:
             threads.adapt()
             td["action"] = self._act(td["observation"])
