@@ -23,8 +23,10 @@ maximal change per period (actions sent by other means, e.g. random seed actions
 safe one is taken instead, as far towards it as the slew limit allows). With `delay_ms` (sensor + actuator latency) a plan starts from the
 state the model predicts once the delay has passed, under the actions already committed. A
 watchdog, a thread of its own whatever the worker (so a long plan or a dead planner does not
-silence it), calls `on_stale(safe_action)` when neither a finite observation nor an act() call
-came for `watchdog_ms` (under a slew limit, each trip a step on towards it). Stamps are read on
+silence it), calls `on_stale(safe_action)` when neither a finite observation nor an act() (or
+limit()) call came for `watchdog_ms` (under a slew limit, each trip a step on towards it); an
+act() that comes while on_stale is sending returns after it (up to a period), so the robot is
+sent the actions in the order they were slew-limited. Stamps are read on
 `clock` (default time.monotonic): give the stamps' own clock where they come from another one.
 `swap(model)` replaces the planner's model between two plans (one plan never mixes two).
 Plans are made in a thread of this process (`worker="thread"`, the default: any planner) or in
@@ -88,7 +90,7 @@ class RealtimeConfig:
     delay_ms: float = 0.0  # sensor + actuator latency: plans start from the state predicted after it
     max_shift: int | None = None  # a plan serves at most this many periods past its start (None: its length)
     slew: float | None = None  # the largest change of any action dim per control period (None: unlimited)
-    watchdog_ms: float | None = None  # no observation nor act() for this long -> on_stale(safe action) (None: 3 periods)
+    watchdog_ms: float | None = None  # no observation nor act()/limit() for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
     # act() waits up to this long for the plan from its own reading (0: never waits, act takes
     # microseconds): its first action then acts once the delay has passed, planned from one
@@ -195,6 +197,9 @@ class RealtimeController:
         self._action_lock = threading.Lock()  # (act's thread and the watchdog's both send actions)
         self._last_obs_time: float | None = None  # the watchdog is armed by the first observation
         self._last_act_time: float | None = None
+        self._loop_calls = 0  # act() and limit() calls: a watchdog trip they overtake sends nothing
+        self._stale_done = threading.Event()  # cleared while on_stale sends (act() and limit() return after it)
+        self._stale_done.set()
         self._stopping = False
         self._generation = 0  # start()s so far: each planning thread serves its own
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
@@ -211,7 +216,7 @@ class RealtimeController:
                                                     "planner_errors": 0, "deadline_misses": 0, "watchdog_trips": 0,
                                                     "plans": 0, "late_plans": 0, "skipped_posts": 0,
                                                     "wait_timeouts": 0, "constraint_errors": 0,
-                                                    "watchdog_errors": 0}  # fmt: skip
+                                                    "watchdog_errors": 0, "watchdog_overlaps": 0}  # fmt: skip
         # (bounded: a robot left running for days; the newest LATENCY_WINDOW of each)
         self.act_latency_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.plan_latency_s: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -246,6 +251,7 @@ class RealtimeController:
                 self._last_action = self.safe_action
         self._count_deadline(stamp)
         self._last_act_time = now  # (the watchdog stays quiet while act() answers, fallbacks included)
+        self._loop_calls += 1
         finite = posted = good_stamp and _all_finite(obs)
         if finite:
             self._last_obs_time = now
@@ -284,8 +290,18 @@ class RealtimeController:
                 action = self._last_action = self._limit(action)
         self.counts[source] += 1
         self.counts["late_plans"] += late and source == "fresh"  # (a plan vetoed or overtaken never ran late)
+        self._after_stale_send()
         self.act_latency_s.append(time.perf_counter() - began)
         return action
+
+    def _after_stale_send(self) -> None:
+        """Wait (up to a control period) for a safe action the watchdog is sending, so the action
+        returned (slew-limited around that one) reaches the robot after it, not before: sent the
+        other way round, the robot would hold the safe action while the next one is limited around
+        this one. Counted as `watchdog_overlaps`."""
+        if not self._stale_done.is_set():
+            self.counts["watchdog_overlaps"] += 1
+            self._stale_done.wait(self.config.period)
 
     def _allowed(self, obs: Tensor, action: Tensor) -> bool:
         """The constraint's verdict; one that raises vetoes the action (counted: act() still answers)."""
@@ -338,11 +354,14 @@ class RealtimeController:
             # action after it would be limited around NaN)
             raise ValueError(f"limit() takes a finite action of shape {list(self.low.shape)}, got {action}: not "
                              "sent; send controller.safe_action instead")  # fmt: skip
+        self._last_act_time = self.clock()  # (the loop is alive: the watchdog stays quiet)
+        self._loop_calls += 1
         with self._action_lock:
             if first:
                 self._last_action = self.safe_action
-            self._last_action = self._limit(action)
-            return self._last_action
+            action = self._last_action = self._limit(action)
+        self._after_stale_send()
+        return action
 
     def _limit(self, action: Tensor) -> Tensor:
         """The action box, then the slew limit around the last executed action."""
@@ -509,22 +528,27 @@ class RealtimeController:
 
     def _watchdog(self) -> None:
         """on_stale(the safe action, slew-limited) once per silent interval: no finite reading for
-        watchdog_s, and no act() either (one answering NaN readings sends the safe action itself).
+        watchdog_s, and no act() or limit() either (one answering NaN readings sends the safe action
+        itself). An act() or limit() that comes after the trip is decided wins: nothing is sent.
         An on_stale that raises is counted and kept in `watchdog_error`; the watchdog goes on."""
-        now = self.clock()
+        calls, now = self._loop_calls, self.clock()
         quiet = lambda t: t is not None and now - t > self.watchdog_s  # noqa: E731
         if self.on_stale is None or not quiet(self._last_obs_time) or not quiet(self._last_act_time):
             return
-        self.counts["watchdog_trips"] += 1
-        self._last_obs_time = now  # once per silent interval
         with self._action_lock:
-            action = self._limit(self.safe_action)
-            self._last_action = action  # (under a slew limit each trip steps on towards the safe action)
+            if self._loop_calls != calls:  # the loop came back meanwhile: its action goes out, not the safe one
+                return
+            self.counts["watchdog_trips"] += 1
+            self._last_obs_time = now  # once per silent interval
+            action = self._last_action = self._limit(self.safe_action)  # (under a slew limit: a step towards it)
+            self._stale_done.clear()
         try:
             self.on_stale(action)
         except Exception as e:  # noqa: BLE001  (the robot's driver: the safety net must outlive its errors)
             self.counts["watchdog_errors"] += 1
             self.watchdog_error = e
+        finally:
+            self._stale_done.set()
 
     # ---------------------------------------------------------------- learning in the background
 
@@ -882,7 +906,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                **{k: stats[k] for k in _SUMMARY_KEYS},
                **{k: stats[k] for k in ("fresh", "shifted", "fallback", "deadline_misses", "planner_errors", "skipped_posts",
                                         "nonfinite_obs", "bad_stamps", "vetoed", "constraint_errors", "watchdog_trips",
-                                        "watchdog_errors", "plans", "wait_timeouts")},
+                                        "watchdog_errors", "watchdog_overlaps", "plans", "wait_timeouts")},
                "real_steps": steps, "session_began_at": session_began,  # (handed to the learner; logged: len(log))
                "logged_transitions": len(log), "nonfinite_transitions": paired.nonfinite, "late_readings": paired.too_late, "seed_actions": seeded, "robot_steps": robot.steps,
                "robot_overruns": robot.overruns, "dropped_readings": robot.dropped, "model_version": controller.version,

@@ -274,6 +274,32 @@ def test_the_watchdog_sends_the_safe_action_when_observations_stop(hopper):
     assert rt.counts["watchdog_trips"] >= 2 and all(torch.equal(a, torch.ones(3) * 0.5) for a in sent)
 
 
+def test_an_action_asked_for_while_the_watchdog_sends_goes_out_after_it(hopper):
+    """A loop sends what act() (or limit()) returns once it returns. Returned while on_stale was still
+    sending the safe action, it would reach the robot first and the safe action after it: the robot
+    would hold the safe action while the next action is slew-limited around the other one. So both
+    return after the watchdog's send (up to a period), counted as overlaps."""
+    spec, model, data = hopper
+    sending, order = threading.Event(), []
+
+    def slow_driver(action):
+        sending.set()
+        time.sleep(0.1)
+        order.append("safe action sent")
+
+    config = RealtimeConfig(control_hz=2, watchdog_ms=50, slew=0.1)  # (a 0.5 s period: act() waits up to that)
+    with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.zeros(3), on_stale=slow_driver) as rt:
+        rt.act(data["obs"][0])
+        for call in (lambda: rt.act(data["obs"][1]), lambda: rt.limit(torch.ones(3))):
+            sending.clear()
+            assert sending.wait(5), "the watchdog never tripped"
+            call()
+            order.append("returned")
+            assert order[-2:] == ["safe action sent", "returned"]
+        overlaps = rt.counts["watchdog_overlaps"]
+    assert overlaps == 2
+
+
 def test_under_a_slew_limit_the_watchdog_steps_on_to_the_safe_action_and_seed_actions_are_limited(hopper):
     """Each trip is a slew step from the last action sent, the watchdog's own included, so a stalled
     sensor ends at the safe action; an action sent by other means (limit) is held to the slew too."""
