@@ -120,7 +120,8 @@ def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     assert len(after) == 120  # the first 60 transitions, as they were, then 60 new ones
     for key in ("obs", "action", "reward", "next_obs"):
         assert torch.equal(after[key][:60], kept[key]), key
-    assert not torch.equal(after["obs"][60:], kept["obs"])
+    # the resumed run began the next episode from the envs' saved random state: not the first one's start again
+    assert not torch.allclose(after["obs"][60], kept["obs"][0])
 
 
 def test_a_run_resumed_at_an_episode_end_goes_on_as_if_never_stopped(tmp_path):
