@@ -3,8 +3,13 @@
 One training run per (task, seed) yields every quality: the policy the first time its
 evaluation return reaches `medium_return` (medium), every transition seen until then
 (medium-replay) and the policy after `max_steps` (expert). The run is checkpointed in
-`policy_dir` after each evaluation (`<task>-seed<seed>.pt`), so an interrupted run resumes, the
-other qualities reuse it, and a larger `max_steps` continues it.
+`policy_dir` after each evaluation (`<task>-seed<seed>.pt`, one process at a time), so an
+interrupted run resumes, the other qualities reuse it, and a larger `max_steps` continues it. A
+resumed run is the run it continues: it draws its episodes' starts and evaluations' from the
+saved random states and replays the episode under way at the checkpoint with its logged actions,
+so it sees the transitions an uninterrupted run would (on the same kind of CPU). Each policy's
+data is collected from the random state of its snapshot, so a quality's data does not depend on
+which qualities were made before it (medium-expert holds the medium and expert datasets).
 
 Each policy a dataset is collected from is also written beside the dataset
 (`data/x.hdf5` -> `data/x.<medium|expert>-policy.pt`, ~300 KB: the actor, its settings, the random
@@ -26,11 +31,11 @@ from tqdm.auto import tqdm
 
 from planners.sac import SAC, SACConfig
 from worldmodel import threads
-from worldmodel.checkpoint import atomic_save, load_checked, rng_state, set_rng_state
+from worldmodel.checkpoint import RunDirLock, atomic_save, load_checked, rng_state, set_rng_state
 from worldmodel.collect import collect, uniform_policy
 from worldmodel.datasets import (REFERENCE_RETURNS, dynamics_args, episode_ends, fingerprint, normalized_score,
                                  save_d4rl, save_minari)
-from worldmodel.envs import make_env
+from worldmodel.envs import episode_random_state, make_env, set_episode_random_state
 from worldmodel.replay import ReplayBuffer
 from worldmodel.transitions import from_rollout
 
@@ -134,9 +139,23 @@ class BehaviourTraining:
         self.buffer = ReplayBuffer(spec.obs_dim, spec.act_dim, capacity=settings.max_steps)
         self.medium_return = settings.medium_return if settings.medium_return is not None else default_medium_return(task)
         self.state = {"step": 0, "medium": None, "history": []}
+        # the training env's episode under way (the step it began at, its env's random state before the
+        # reset that began it) and the evaluation env's random state: a resumed run's envs as they were
+        self.envs: dict | None = None
+        self.trained_rng: dict | None = None  # torch's random state where train() ended (the expert's collection starts there)
+        self._lock = RunDirLock(path.parent, guards=path.name)  # (two makes would train one run twice over)
         self.source = path if path.is_file() else _legacy_path(path, settings.max_steps)
-        if self.source is not None:
-            self._restore(load_checked(self.source, _FORMAT))
+        try:
+            if self.source is not None:
+                self._restore(load_checked(self.source, _FORMAT))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let another process train this run (the lock taken at construction; train() releases it
+        when it ends, however it ends: an exception's traceback may keep this object alive)."""
+        self._lock.release()
 
     def _identity(self) -> dict:
         """The settings a cached run must share to be reused (the training budget may grow)."""
@@ -146,14 +165,21 @@ class BehaviourTraining:
 
     def train(self, until: str) -> None:
         """Train until the medium snapshot exists (until="medium") or for max_steps ("expert")."""
+        try:
+            self._train(until)
+        finally:
+            self.release()
+
+    def _train(self, until: str) -> None:
         s, cfg = self.state, self.settings
         done = (lambda: s["medium"] is not None) if until == "medium" else (lambda: s["step"] >= cfg.max_steps)
         if done():
+            self.trained_rng = rng_state()
             return
         if s["step"] == 0:
             torch.manual_seed(self.seed)
         random_policy = uniform_policy(self.env)
-        td = self.env.reset()
+        td = self._episode_under_way()
         bar = tqdm(total=cfg.max_steps, initial=s["step"], desc=f"behaviour SAC {self.task}", unit="step")
         while not done():
             threads.adapt()
@@ -162,15 +188,45 @@ class BehaviourTraining:
                                  f"behaviour.max_steps={cfg.max_steps} (best so far: {self._best():.0f}); raise "
                                  f"behaviour.max_steps: the run continues from its checkpoint {self.path}")  # fmt: skip
             td["action"] = random_policy(None) if s["step"] < cfg.start_steps else self.agent.act(td["observation"])
+            before = episode_random_state(self.env)  # (the state the next episode's reset draws from, if this one ends)
             transition, td = self.env.step_and_maybe_reset(td)
             self.buffer.extend(from_rollout(transition.unsqueeze(0)))
             s["step"] += 1
+            if transition["next", "done"].item():
+                self.envs["episode_start"], self.envs["began_from"] = s["step"], before
             if s["step"] >= cfg.start_steps:
                 self.agent.update(self.buffer.sample(self.agent.config.batch_size))
             if s["step"] % cfg.eval_every == 0 or s["step"] == cfg.max_steps:
                 self._evaluate(bar)
             bar.update()
         bar.close()
+        self.trained_rng = rng_state()
+
+    def _episode_under_way(self):
+        """The training env's first observation to act on: a fresh run's first reset; a resumed
+        run's episode under way at its checkpoint, as an uninterrupted run has it (its start drawn
+        again from the saved random state, its steps so far replayed with the logged actions; the
+        evaluation env's random state put back too). A checkpoint of before these were saved, or a
+        replay that does not reach the logged state (another kind of CPU), begins a new episode."""
+        s, saved = self.state, self.envs
+        if saved is not None:
+            set_episode_random_state(self.env, saved["began_from"])
+            set_episode_random_state(self.eval_env, saved["eval"])
+            td = self.env.reset()
+            logged = self.buffer.data()[saved["episode_start"] : s["step"]]
+            for action in logged["action"]:
+                td["action"] = action
+                td = self.env.step_and_maybe_reset(td)[1]
+            if not len(logged) or torch.equal(td["observation"], logged["next_obs"][-1]):
+                return td
+            tqdm.write(f"the episode under way at step {s['step']} did not replay to its logged state (another kind of "
+                       "CPU?): a new episode begins; the data from here differs from an uninterrupted run's")  # fmt: skip
+        elif s["step"]:
+            tqdm.write(f"{self.source} saved no env random states (an older version): the run goes on with a new "
+                       "episode; its data from here differs from an uninterrupted run's")  # fmt: skip
+        self.envs = {"episode_start": s["step"], "began_from": episode_random_state(self.env),
+                     "eval": episode_random_state(self.eval_env)}  # fmt: skip
+        return self.env.reset()
 
     def _evaluate(self, bar) -> None:
         s = self.state
@@ -179,10 +235,11 @@ class BehaviourTraining:
         bar.set_postfix(ret=f"{ret:.0f}", medium=f"{self.medium_return:.0f}")
         if s["medium"] is None and ret >= self.medium_return:
             s["medium"] = {"actor": {k: v.clone() for k, v in self.agent.actor.state_dict().items()},
-                           "return": ret, "step": s["step"]}  # fmt: skip
+                           "return": ret, "step": s["step"], "rng": rng_state()}  # fmt: skip
             tqdm.write(f"{self.task}: medium policy at step {s['step']} (return {ret:.0f})")
+        self.envs["eval"] = episode_random_state(self.eval_env)
         atomic_save({"format": _FORMAT, "version": 1, "state": s, "agent": self.agent.training_state(),
-                     "buffer": self.buffer.state_dict(), "torch_rng": rng_state(),
+                     "buffer": self.buffer.state_dict(), "torch_rng": rng_state(), "envs": self.envs,
                      "identity": self._identity()}, self.path)  # fmt: skip
 
     def _restore(self, ckpt: dict) -> None:
@@ -206,9 +263,15 @@ class BehaviourTraining:
         else:
             self.buffer = buffer
         set_rng_state(ckpt["torch_rng"])
+        self.envs = ckpt.get("envs")  # (None in a checkpoint of before they were saved)
 
     def _best(self) -> float:
         return max((h["return"] for h in self.state["history"]), default=-math.inf)
+
+    def collection_rng(self, which: str) -> dict | None:
+        """The random state `which` policy's data is collected from: the medium snapshot's (None in
+        a checkpoint of before it was kept), or, for the expert, the run's at its end."""
+        return self.state["medium"].get("rng") if which == "medium" else self.trained_rng
 
     def policy(self, which: str) -> SAC:
         """The agent with the medium snapshot's actor, or as trained (expert)."""
@@ -264,8 +327,11 @@ def make_dataset(cfg: DictConfig) -> dict:
                              f"continues from its checkpoint {training.path}")  # fmt: skip
         if quality == "medium-replay":
             parts.append(training.buffer.data()[: training.state["medium"]["step"]])
+            notes.append("size= does not apply: medium-replay is every transition until the medium policy")
         for which in ("medium", "expert"):
             if which in quality.split("-") and quality != "medium-replay":
+                if (snapshot := training.collection_rng(which)) is not None:
+                    set_rng_state(snapshot)
                 agent, rng = training.policy(which), rng_state()
                 metadata[f"{which}_policy_return"], part = collect_policy(task, cfg.seed, agent,
                                                                           cfg.behaviour.eval_episodes, size, **env_kwargs)  # fmt: skip

@@ -42,6 +42,10 @@ def test_minari_layout_round_trips_by_episode(hopper_data, tmp_path):
     with h5py.File(tmp_path / "m" / "data" / "main_data.hdf5") as f:
         ep = f["episode_0"]
         assert len(ep["observations"]) == len(ep["actions"]) + 1
+    with h5py.File(tmp_path / "m" / "data" / "main_data.hdf5", "r+") as f:
+        _replace(f["episode_1"], "rewards", lambda a: a[:-1])
+    with pytest.raises(DatasetError, match=r"episode_1 has \d+ actions but \{'rewards': \d+\}"):
+        load_dataset(tmp_path / "m")
 
 
 def test_a_fingerprint_names_the_transitions_whatever_the_layout(hopper_data, tmp_path):
@@ -253,6 +257,54 @@ def test_a_larger_budget_continues_the_behaviour_run_it_did_not_reach_medium_in(
     assert len(buffer) == 90 and buffer.capacity == 90  # every step kept (the buffer grew with the budget)
 
 
+def test_a_resumed_behaviour_run_sees_the_transitions_an_uninterrupted_one_does(tmp_path):
+    """Stopped at a checkpoint in the middle of an episode and continued, the behaviour run replays
+    the episode under way and draws the next starts and its evaluations' from the saved random
+    states: its data and evaluations are those of the run never stopped (a resumed run began a
+    new episode from the first one's start, and evaluated from the first evaluation's starts)."""
+    common = ["make", "env=hopper", "quality=medium-replay", "size=10", f"out={tmp_path / 'x.hdf5'}",
+              "behaviour.start_steps=40", "behaviour.eval_every=30", "behaviour.eval_episodes=2",
+              "behaviour.medium_return=100000", "behaviour.agent.hidden=16"]  # fmt: skip
+    for policy_dir, budgets in (("split", (60, 120)), ("whole", (120,))):
+        for budget in budgets:
+            with pytest.raises(SystemExit, match="raise behaviour.max_steps"):
+                main([*common, f"policy_dir={tmp_path / policy_dir}", f"behaviour.max_steps={budget}"])
+            if budget == 60:  # (the check bites only if the run stopped in the middle of an episode)
+                assert load_checked(tmp_path / "split" / "hopper-seed0.pt", "worldmodel.BehaviourRun")["envs"]["episode_start"] < 60
+    split, whole = (load_checked(tmp_path / d / "hopper-seed0.pt", "worldmodel.BehaviourRun") for d in ("split", "whole"))
+    assert [h["step"] for h in split["state"]["history"]] == [30, 60, 90, 120]
+    assert split["state"]["history"] == whole["state"]["history"]  # (the same evaluation starts, the same agent)
+    resumed, never_stopped = (ReplayBuffer.from_state_dict(run["buffer"]).data() for run in (split, whole))
+    for key in never_stopped.keys():
+        assert torch.equal(resumed[key], never_stopped[key]), key
+
+
+def test_a_qualitys_data_does_not_depend_on_the_qualities_made_before_it(tmp_path):
+    """Each policy's data is collected from the random state of its snapshot: medium made after
+    expert (from the same behaviour run) is the medium made first, and medium-expert holds both."""
+    common = ["env=hopper", "size=100", "behaviour.start_steps=50", "behaviour.eval_every=50",
+              "behaviour.eval_episodes=1", "behaviour.max_steps=100", "behaviour.medium_return=-1000",
+              "behaviour.agent.hidden=16"]  # fmt: skip
+    first = main(["make", "quality=medium", f"out={tmp_path / 'm1.hdf5'}", f"policy_dir={tmp_path / 'a'}", *common])
+    expert = main(["make", "quality=expert", f"out={tmp_path / 'e.hdf5'}", f"policy_dir={tmp_path / 'b'}", *common])
+    after = main(["make", "quality=medium", f"out={tmp_path / 'm2.hdf5'}", f"policy_dir={tmp_path / 'b'}", *common])
+    assert after["fingerprint"] == first["fingerprint"]
+    main(["make", "quality=medium-expert", f"out={tmp_path / 'me.hdf5'}", f"policy_dir={tmp_path / 'b'}", *common])
+    both, _ = load_dataset(tmp_path / "me.hdf5")
+    assert fingerprint(both[:100]) == first["fingerprint"] and fingerprint(both[100:]) == expert["fingerprint"]
+
+
+def test_one_behaviour_run_trains_in_one_process_at_a_time(tmp_path):
+    from worldmodel.checkpoint import RunDirLock
+
+    held = RunDirLock(tmp_path, guards="hopper-seed0.pt")  # (as another make training it holds it)
+    with pytest.raises(SystemExit, match="hopper-seed0.pt is in use by process"):
+        main(["make", "env=hopper", "quality=medium", "size=10", f"out={tmp_path / 'x.hdf5'}",
+              f"policy_dir={tmp_path}", "behaviour.max_steps=60", "behaviour.start_steps=40"])  # fmt: skip
+    held.release()
+    RunDirLock(tmp_path, guards="walker2d-seed0.pt").release()  # (another task's run beside it is free)
+
+
 def test_a_cached_behaviour_run_with_other_settings_is_not_reused(tmp_path):
     common = ["make", "env=hopper", "quality=medium-replay", "size=10", f"out={tmp_path / 'x.hdf5'}",
               f"policy_dir={tmp_path}", "behaviour.max_steps=60", "behaviour.start_steps=40", "behaviour.eval_every=30",
@@ -283,4 +335,7 @@ def test_make_refuses_unknown_quality_and_missing_out(tmp_path):
         main(["make", "env=hopper", "quality=random", "format=minnari", f"out={tmp_path / 'x'}"])
     with pytest.raises(SystemExit, match="size must be a whole number >= 1, got 0"):
         main(["make", "env=hopper", "quality=medium", "size=0", f"out={tmp_path / 'x.hdf5'}"])
+    for bad in ("eval_every=0", "eval_episodes=0", "max_steps=0"):  # (a division by zero minutes in, or an unnamed error)
+        with pytest.raises(SystemExit, match=f"behaviour.{bad.split('=')[0]} must be a whole number >= 1, got 0"):
+            main(["make", "env=hopper", "quality=medium", f"behaviour.{bad}", f"out={tmp_path / 'x.hdf5'}"])
     assert not list(tmp_path.iterdir())

@@ -127,12 +127,15 @@ class RunDirLock:
     """An exclusive lock on a run directory for as long as this process holds it (`run_dir/.lock`,
     flock: released when the process exits, however it exits), so that two processes (say, a
     sweep's retried job and an orphan of its first attempt) never write one run directory. Taking
-    it removes the temporaries atomic_write left in the directory when a holder was killed mid-write."""
+    it removes the temporaries atomic_write left in the directory when a holder was killed mid-write.
+    `guards=<file name>`: the lock of that one file in run_dir instead (`.<name>.lock`; only its
+    temporaries removed), for a directory several runs share (e.g. behaviour runs)."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, guards: str | None = None):
         import fcntl
 
-        path = Path(run_dir) / ".lock"
+        path = Path(run_dir) / (f".{guards}.lock" if guards else ".lock")
+        what = f"{Path(run_dir) / guards}" if guards else f"run_dir={run_dir}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a+")
         try:
@@ -141,13 +144,13 @@ class RunDirLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise ValueError(f"run_dir={run_dir} is in use by {holder}: wait for it to end or stop it") from None
+            raise ValueError(f"{what} is in use by {holder}: wait for it to end or stop it") from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"process {os.getpid()}")
         self._file.flush()
         # half-written files of a killed holder (atomic_write's temporaries: checkpoints of hundreds of MB)
-        for stale in Path(run_dir).glob(f".*{TEMP_SUFFIX}"):
+        for stale in Path(run_dir).glob(f".{guards + '.' if guards else ''}*{TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
 
     def release(self) -> None:

@@ -251,9 +251,12 @@ def _read_minari(f: h5py.File, path: Path) -> tuple[TensorDict, dict]:
         obs, action = _array(g, "observations", str(path)), _array(g, "actions", str(path))
         if len(obs) != len(action) + 1:
             raise DatasetError(f"{path}: {name} has {len(obs)} observations for {len(action)} actions (needs one more)")
+        steps = {key: _array(g, key, str(path)) for key in ("rewards", "terminations", "truncations")}
+        if wrong := {key: len(a) for key, a in steps.items() if len(a) != len(action)}:
+            raise DatasetError(f"{path}: {name} has {len(action)} actions but {wrong} (one of each per action)")
         episodes.append(_transitions({
-            "obs": obs[:-1], "next_obs": obs[1:], "action": action, "reward": _array(g, "rewards", str(path)),
-            "terminated": _array(g, "terminations", str(path)), "truncated": _array(g, "truncations", str(path)),
+            "obs": obs[:-1], "next_obs": obs[1:], "action": action, "reward": steps["rewards"],
+            "terminated": steps["terminations"], "truncated": steps["truncations"],
         }, f"{path}: {name}"))  # fmt: skip
     return torch.cat(episodes), _minari_metadata(f, path)
 
@@ -335,7 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "a Minari dataset directory")  # fmt: skip
         if cfg.format == "minari" and Path(cfg.out).is_file():
             raise ValueError(f"out={cfg.out} is a file: format=minari writes a directory; give a new path")
-        check_counts(cfg, {"seed": 0, "size": 1})  # (before a behaviour agent trains for hours)
+        check_counts(cfg, {"seed": 0, "size": 1, "behaviour.max_steps": 1, "behaviour.start_steps": 0,
+                           "behaviour.eval_every": 1, "behaviour.eval_episodes": 1})  # (before a behaviour agent trains for hours)
         set_threads(cfg.threads)
         return make_dataset(cfg)
     except (ValueError, DatasetError, CheckpointError) as e:  # (a policy= file among them)
