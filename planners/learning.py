@@ -14,6 +14,7 @@ import copy
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class Learner:
         self.refits = 0
         self.value_updates = 0  # the learned value's updates
         self.ended_early = False  # stop() ended the worker before it finished (grace_s)
+        # a clean stop waits for the worker as long as it takes, unless this turns true meanwhile (a
+        # signal: the run command's StopRequest); from then the worker gets STOP_GRACE_S
+        self.interrupted: Callable[[], bool] | None = None
         self._writer: LogWriter | None = None  # while started
 
     def add(self, transitions) -> None:
@@ -107,7 +111,8 @@ class Learner:
             self._writer = None
         if not self._stop(grace_s):
             self.ended_early = True
-            print(f"the learner was still busy {grace_s:g} s after it was asked to stop; ended it (the transition "
+            waited = grace_s if grace_s is not None else self.STOP_GRACE_S  # (a clean stop a signal cut short)
+            print(f"the learner was still busy {waited:g} s after it was asked to stop; ended it (the transition "
                   "log keeps every transition: resume=<run dir> learns from them again)", file=sys.stderr)
 
     @property
@@ -120,8 +125,21 @@ class Learner:
         raise NotImplementedError
 
     def _stop(self, grace_s: float | None) -> bool:
-        """Stop the worker, waiting at most grace_s (None: unbounded); whether it finished in time."""
+        """Stop the worker, waiting at most grace_s (None: unbounded, see `interrupted`); whether it finished in time."""
         raise NotImplementedError
+
+    def _out_of_time(self, grace_s: float | None) -> Callable[[], bool]:
+        """For a stop's wait: a function saying whether it is over, grace_s after now (None: never),
+        or STOP_GRACE_S after `interrupted()` first said so (a signal during a clean stop's wait)."""
+        deadline = None if grace_s is None else time.monotonic() + grace_s
+
+        def over() -> bool:
+            nonlocal deadline
+            if deadline is None and self.interrupted is not None and self.interrupted():
+                deadline = time.monotonic() + self.STOP_GRACE_S
+            return deadline is not None and time.monotonic() >= deadline
+
+        return over
 
     def __enter__(self) -> Learner:
         return self.start()
@@ -259,7 +277,9 @@ class BackgroundLearner(Learner):
         if self._thread is None:
             return True
         self._queue.put(None)
-        self._thread.join(grace_s)
+        over = self._out_of_time(grace_s)
+        while self._thread.is_alive() and not over():
+            self._thread.join(0.1)
         finished = not self._thread.is_alive()
         if not finished:
             self._abort.set()

@@ -570,8 +570,8 @@ class LearningProcess(Learner):
             return True
         self._stopping = True
         self._inbox.put(None)
-        deadline = None if grace_s is None else time.monotonic() + grace_s
-        while self.process.is_alive() and (deadline is None or time.monotonic() < deadline):
+        over = self._out_of_time(grace_s)
+        while self.process.is_alive() and not over():
             self.poll()  # (reading what it sends meanwhile: a full pipe would block its exit)
             self.process.join(0.1)
         finished = not self.process.is_alive()

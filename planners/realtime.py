@@ -834,6 +834,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
     status, last_report, seeded, logged_episodes, paired = "finished", time.monotonic(), 0, 0, ReadingPairs()
     began = time.perf_counter()
     with StopRequest("the control period") as stop:  # (SIGINT, SIGTERM: leave the loop as Ctrl-C does)
+        learner.interrupted = lambda: stop.requested is not None  # (a signal while it drains at the end: its grace)
         try:
             with learner, controller, robot:  # (left in reverse: the robot stops first, then planning, then learning)
                 if (dataset is not None and not agent.model.fitted) or (resume_dir is not None and len(log)):
@@ -885,6 +886,8 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
         finally:  # (leaving the with-block stopped the robot, the planner and the learner; main closes the log)
             bar.close()
             log_episodes(logged_episodes)  # (the episodes that ended after the last pass of the loop)
+        if stop.requested is not None:  # (one that came while the learner drained: no evaluation; a resume makes it)
+            status = "interrupted"
         interrupted_by = stop.requested or ("SIGINT" if status == "interrupted" else None)
     wall = time.perf_counter() - began
     if (cfg.worker == "thread" or not agent_file.is_file()) and not learner.busy:

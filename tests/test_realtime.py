@@ -1639,3 +1639,30 @@ def test_a_planner_that_imagines_learns_its_value_only_from_a_fitted_models_rows
         wait_for(lambda: learner.value_updates == 120)
     assert fitted_at_rollout and all(fitted_at_rollout)
     assert learner.value_updates == 2 * (120 - 60)  # owed from the transitions added after the first fit
+
+
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_signal_while_the_learner_drains_at_the_end_gives_it_its_grace_and_skips_the_evaluation(tmp_path, monkeypatch,
+                                                                                                  worker):
+    """At the last step a clean exit waits for the learner to finish what it owes (here tens of
+    thousands of value updates); a SIGTERM then (a supervisor stopping the run) gives it
+    STOP_GRACE_S, and the run ends interrupted, without its final evaluation (a resume makes it),
+    instead of draining for minutes and evaluating as if finished."""
+    from planners.learning import Learner
+    from planners.realtime import main
+
+    monkeypatch.setattr(Learner, "STOP_GRACE_S", 0.5)
+    stop = Learner.stop
+
+    def signalled(self, grace_s=None):
+        if grace_s is None:  # (the clean exit's drain)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stop(self, grace_s)
+
+    monkeypatch.setattr(Learner, "stop", signalled)
+    began = time.monotonic()
+    summary = main([*REALTIME_TINY, "real_steps=100", "planner.value_updates_per_step=500", f"worker={worker}",
+                    f"run_dir={tmp_path / 'rt'}"])  # fmt: skip
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+    assert summary["final_eval_return"] is None and summary["learner_ended_early"]
+    assert summary["logged_transitions"] == 100 and time.monotonic() - began < 60
