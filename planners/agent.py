@@ -85,6 +85,9 @@ class Agent:
         # the buffer's rows (buffer.written) the model's last refit fitted on: a learner sets it, a
         # resumed robot run reads it from its agent.pt (None: not known, every logged row is new)
         self.fit_written: int | None = None
+        # the buffer's rows whose value updates the planner's learned value has had (a learner sets it
+        # at each swap; a resumed robot run reads it from agent.pt: the rows after it are owed again)
+        self.value_covered: int | None = None
 
     @classmethod
     def from_config(cls, cfg, spec: TaskSpec, capacity: int, **planner_settings) -> Agent:

@@ -179,15 +179,19 @@ class BackgroundLearner(Learner):
         self._queue = queue.Queue() if inbox is None else inbox
         self._thread: threading.Thread | None = None
         self.new = 0  # transitions since the last refit
-        self.added = 0  # transitions added since the start (what the value's updates are owed for)
+        self.added = 0  # transitions added since the start
+        self._start_rows = agent.buffer.written  # the buffer's rows at the start (a dataset's, a resumed run's log)
         self._unswapped = 0  # value updates not swapped in yet
         self._value = None  # the learned value this thread trains (a copy of the planner's)
         self._value_stats: dict[str, float] = {}  # the sums of the unswapped updates' stats
         self._abort = threading.Event()  # stop() ran out of grace: drop what is left
         self._value_rate = self.planner.learn_updates_per_step if self.planner.learned is not None else 0
-        # the transition count the value's updates are owed from: 0, or for a planner that imagines
-        # part of its batches, the count when its model was first seen fitted (None until then)
-        self._owed_from: int | None = 0 if getattr(self.planner, "imagination", None) is None else None
+        # the buffer row the value's updates are owed from: where a resumed run's saved value had them to
+        # (those its killed process made since were lost: owed again), else the start, or for a planner
+        # that imagines part of its batches, the row when its model was first seen fitted (None until then)
+        imagines = getattr(self.planner, "imagination", None) is not None
+        self._owed_from: int | None = agent.value_covered if agent.value_covered is not None else \
+            None if imagines else self._start_rows  # fmt: skip
 
     def _refit(self) -> None:
         """Fit a copy of the model on the buffer (Agent.refit_data); swap it in (with the learned value
@@ -202,6 +206,7 @@ class BackgroundLearner(Learner):
         swapped = {} if self._value is None else {self.planner.LEARNED: self._value}  # (apply_swap copies it)
         stats = self._take_value_stats()
         version = self.controller.swap(model, **swapped)
+        self.agent.value_covered = self._covered()
         if getattr(self.planner, "imagination", None) is not None:
             self.planner.imagination.expire()  # (its rows are the old model's)
         self.refits += 1
@@ -210,7 +215,8 @@ class BackgroundLearner(Learner):
         self._report_value(version, stats)
 
     def _value_owed(self) -> int:
-        """Value updates owed: learn_updates_per_step per transition added, but none while the planner
+        """Value updates owed: learn_updates_per_step per transition added (and in a resumed run per
+        row its saved value had not had them for, Agent.value_covered), but none while the planner
         would imagine with a model never fitted (its rows would be noise, and would stay in the model
         buffer for retain_rounds rounds): from its first fit on, as the synchronous loop's do."""
         if not self._value_rate:
@@ -218,8 +224,14 @@ class BackgroundLearner(Learner):
         if self._owed_from is None:
             if not getattr(self.planner.model, "fitted", True):
                 return 0
-            self._owed_from = self.added
-        return int(self._value_rate * (self.added - self._owed_from)) - self.value_updates
+            self._owed_from = self._start_rows + self.added
+        return int(self._value_rate * (self._start_rows + self.added - self._owed_from)) - self.value_updates
+
+    def _covered(self) -> int:
+        """The buffer's rows whose value updates the learned value has had (Agent.value_covered)."""
+        if self._owed_from is None or not self._value_rate:
+            return self._start_rows + self.added
+        return self._owed_from + int(self.value_updates / self._value_rate)
 
     def _train_value(self) -> None:
         """The updates owed to this thread's learned value, up to the next VALUE_SWAP_EVERY-th since
@@ -247,6 +259,7 @@ class BackgroundLearner(Learner):
     def _swap_value(self) -> None:
         stats = self._take_value_stats()
         version = self.controller.swap(**{self.planner.LEARNED: self._value})  # (apply_swap copies it)
+        self.agent.value_covered = self._covered()
         if self.on_swap is not None:
             self.on_swap(version, None)
         self._report_value(version, stats)

@@ -777,6 +777,7 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
             try:
                 saved = agent.restore(agent_file)
                 agent.fit_written, version = saved.get("fit_written"), saved.get("model_version", 0)
+                agent.value_covered = saved.get("value_covered")  # (the value updates lost with the killed run: owed)
             except CheckpointError as e:
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
             unfitted = agent.buffer.written - agent.fit_written if agent.fit_written is not None else unfitted
@@ -935,10 +936,12 @@ def _all_finite(values: Tensor) -> bool:
 
 def save_agent_files(run_dir: Path, agent: Agent, version: int) -> None:
     """run_dir/model.pt, then run_dir/agent.pt (what a resume reads, with the buffer's row count the
-    model's last refit fitted on, agent.fit_written: the rows after it are new to the model);
+    model's last refit fitted on, agent.fit_written: the rows after it are new to the model, and the
+    one the learned value had its updates for, agent.value_covered: the rows after it are owed them);
     `pretrained=<run dir>` reads model.pt's architecture and agent.pt's weights (its model among them)."""
     agent.model.save(run_dir / "model.pt")
-    agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.fit_written)
+    agent.save(run_dir / "agent.pt", model_version=version, fit_written=agent.fit_written,
+               value_covered=agent.value_covered)
 
 
 class ReadingPairs:

@@ -1463,6 +1463,38 @@ def test_the_learned_value_trains_between_refits_one_update_per_real_transition(
         assert all(s["imagined"] >= 32 and s["penalty_mean"] == 0 for s in stats)  # (the last round's, in each row)
 
 
+def test_a_resumed_learner_owes_the_value_updates_its_saved_value_did_not_have(hopper, tmp_path):
+    """Each swap records the buffer rows the learned value has had its updates for (agent.pt's
+    value_covered); a learner on an agent restored from it owes, before any new transition, the
+    updates for the rows logged after it (a killed run made them and lost them with its process)."""
+    from planners.agent import Agent
+    from planners.realtime import BackgroundLearner, save_agent_files
+
+    spec, model, data = hopper
+
+    def new_agent(rows: int) -> Agent:
+        agent = Agent(spec, {"name": "mppi", "candidates": 16, "horizon": 3, "value_updates_per_step": 2},
+                      model={"ensemble_size": 3, "num_elites": 2, "hidden": 32, "layers": 2})  # fmt: skip
+        agent.planner.model = model
+        agent.buffer.extend(data[:rows]) if rows else None
+        return agent
+
+    def learner(agent: Agent) -> BackgroundLearner:
+        return BackgroundLearner(RealtimeController(agent.planner, spec, RealtimeConfig(control_hz=50)), agent, 10_000)
+
+    agent = new_agent(0)
+    agent.open_log(tmp_path / "log")
+    with learner(agent) as running:
+        running.add(data[:100])
+        wait_for(lambda: running.value_updates == 200)
+    assert agent.value_covered == 100
+    save_agent_files(tmp_path, agent, 3)
+    resumed = new_agent(130)  # (killed 30 transitions later: logged, so in the buffer again)
+    resumed.value_covered = resumed.restore(tmp_path / "agent.pt")["value_covered"]  # (as the robot run resumes)
+    assert learner(resumed)._value_owed() == 60
+    assert learner(new_agent(130))._value_owed() == 0  # (a fresh agent owes nothing for a dataset's rows)
+
+
 def test_each_value_row_is_the_mean_of_the_updates_it_brought_refits_between_included(hopper, tmp_path, monkeypatch):
     """on_value reports every learned-value update once, in the swap that brought it: a value swap
     or a refit (which swaps the value as it stands); each row's q is the mean of its updates' q."""
