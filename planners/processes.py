@@ -475,20 +475,30 @@ def _plan_forever(maker, slot: Tensor, slot_lock, wake, stop, swaps, results, th
     gc.freeze()
     results.send(("ready",))
     planned = 0.0  # the serial of the last reading planned from
+
+    def take_swaps() -> None:
+        """Apply the swaps sent so far (`version`: the one they bring the planner to)."""
+        nonlocal version
+        while True:
+            try:
+                version, attributes = swaps.get_nowait()
+            except queue.Empty:
+                return
+            apply_swap(maker.planner, _loads(attributes))
+
     try:
         while not stop.is_set():
-            while True:  # (taken while idle too: a learning process cannot end before its swaps are read)
-                try:
-                    version, attributes = swaps.get_nowait()
-                except queue.Empty:
-                    break
-                apply_swap(maker.planner, _loads(attributes))
+            take_swaps()  # (taken while idle too: a learning process cannot end before its swaps are read)
             if not wake.acquire(timeout=0.2):
                 continue
             while wake.acquire(False):  # (readings posted while planning: only the latest counts)
                 pass
             if stop.is_set():
                 return
+            # and again once woken: the first reading after a refit comes when the control process heard of it,
+            # which the learning process says after it sends the swap (waiting here, it would be planned from
+            # the model before it, a never-fitted one at the start)
+            take_swaps()
             with slot_lock:
                 reading = slot.clone()
             if reading[1].item() == planned:  # (posted while the last wake-up was drained: planned already)
