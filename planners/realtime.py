@@ -609,7 +609,7 @@ def _load_config(argv: list[str]):
         cfg = compose(argv)
         _inherit_planner(cfg, argv)
         return cfg, None
-    return resumed_config(resume, argv, compose, removed=_REMOVED_KEYS), Path(resume)
+    return resumed_config(resume, argv, compose, removed=_REMOVED_KEYS, command="realtime"), Path(resume)
 
 
 def _inherit_planner(cfg, argv: list[str]) -> None:

@@ -91,7 +91,9 @@ def test_scores_and_seeds_line_up_whatever_the_directories_order(tmp_path):
     (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
     assert row["seeds"] == [0, 1, 2, 3, 10]
     assert list(zip(row["scored_seeds"], row["scores"])) == [(0, 10.0), (1, 11.0), (3, 13.0), (10, 20.0)]
-    assert "s0: 10.0, s1: 11.0, s3: 13.0, s10: 20.0" in (tmp_path / "report" / "report.md").read_text()
+    # the run without a score is in the table, not dropped from it silently
+    assert "| 4 (+1 without a score) | s0: 10.0, s1: 11.0, s3: 13.0, s10: 20.0, s2: - |" in \
+        (tmp_path / "report" / "report.md").read_text()  # fmt: skip
 
 
 def test_an_offline_then_online_run_in_its_offline_phase_is_not_grouped_with_offline_runs(tmp_path):
@@ -229,8 +231,8 @@ def test_an_offline_then_online_run_scores_its_online_end_and_an_unnormalised_of
 
 
 def test_raw_copies_each_run_s_files_beside_the_report(tmp_path):
-    for group in ("a", "b"):  # two runs of one name in different folders: kept apart
-        fake_run(tmp_path / "runs" / group / "mopo-s0", 0, 90.0, penalty=2.5)
+    for seed, group in enumerate(("a", "b")):  # two runs of one name in different folders: kept apart
+        fake_run(tmp_path / "runs" / group / "mopo-s0", seed, 90.0, penalty=2.5)
     report([str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--raw"])
     raw = tmp_path / "report" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(
@@ -246,6 +248,31 @@ def test_runs_linked_into_a_folder_are_found_once(tmp_path):
     (tmp_path / "table" / "loop").symlink_to(tmp_path / "table")  # a link back up the tree
     (row,) = report([str(tmp_path / "table")])
     assert sorted(row["scores"]) == [70.0, 90.0]
+    (row,) = report([str(tmp_path / "table"), str(tmp_path / "kept")])  # (the linked run named again: still once)
+    assert sorted(row["scores"]) == [70.0, 90.0]
+
+
+def test_a_seed_twice_in_one_row_is_an_error_not_a_mean_over_both(tmp_path):
+    """Two runs of one seed whose settings read alike (runs from two models fitted differently:
+    run settings do not record how a given model was fitted) would be averaged as two seeds."""
+    fake_run(tmp_path / "a" / "mopo-s0", 0, 90.0, penalty=2.5)
+    fake_run(tmp_path / "b" / "mopo-s0", 0, 30.0, penalty=2.5)
+    fake_run(tmp_path / "b" / "mopo-s1", 1, 70.0, penalty=2.5)
+    try:
+        report([str(tmp_path / "a"), str(tmp_path / "b")])
+    except SystemExit as e:
+        assert "seed(s) [0] twice in one row" in str(e) and "report them apart" in str(e)
+    else:
+        raise AssertionError("a seed counted twice")
+
+
+def test_the_interval_of_a_few_runs_is_student_s_t_not_the_bootstrap_s_min_and_max(tmp_path):
+    for seed, score in ((0, 10.0), (1, 11.0), (2, 13.0)):
+        fake_run(tmp_path / f"mopo-s{seed}", seed, score, penalty=2.5)
+    (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert (row["ci_low"], row["ci_high"]) == (10.0, 13.0)  # (the bootstrap's, kept in summary.json: the min and max)
+    # mean 11.33, std 1.53, t(2) 4.303: 11.33 +- 3.79
+    assert "11.3 ± 1.5 [7.5, 15.1]" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_missing_path_or_an_out_that_is_a_file_is_a_clear_error(tmp_path):

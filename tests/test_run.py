@@ -86,6 +86,23 @@ def test_short_run_writes_every_artifact(tmp_path, planner, capsys):
     assert saved["status"] == "finished" and saved["threads"]["threads"] == 1  # tests run on one thread
 
 
+def test_a_resumed_run_whose_config_predates_a_setting_goes_on_as_it_ran(tmp_path):
+    """fit_beta arrived with beta-NLL refits (default 0.5); a run saved before it refitted with the plain
+    NLL: resumed, it goes on so (worldmodel.config.PREDATED), not with today's default midway."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from worldmodel.config import resumed_config
+    from worldmodel.run import _compose
+
+    saved = OmegaConf.to_container(_compose(["env=dmc/cartpole-swingup"]), resolve=True)
+    assert saved.pop("fit_beta") == 0.5  # (today's default)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert resumed_config(str(tmp_path), [], _compose).fit_beta == 0.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**saved, "fit_beta": 0.25}))  # (a run that names it keeps its own)
+    assert resumed_config(str(tmp_path), [], _compose).fit_beta == 0.25
+
+
 def test_resume_continues_from_the_checkpoint_without_losing_data(tmp_path):
     run_dir = tmp_path / "run"
     first = main(["env=dmc/cartpole-swingup", "env_steps=60", f"run_dir={run_dir}", *TINY])

@@ -301,6 +301,15 @@ def pretrained_files(path: str | Path) -> tuple[Path, Path | None]:
 # its checkpoint holds the model); budgets, evaluation and checkpoint settings may change
 KEPT_ON_RESUME = ("seed", "dataset", "pretrained")
 
+# settings whose introduction changed what a run does: the value a config that predates the key ran
+# with, by command (configs/<command>.yaml): a resumed run goes on with it, a report reads it so (an
+# entry belongs here whenever a new key's default is not the old behaviour)
+PREDATED = {
+    "config": {"fit_beta": 0.0},  # plain-NLL refits before beta-NLL (98f913e)
+    "realtime": {"fit_beta": 0.0, "worker": "thread",  # (367f35e: planning processes)
+                 "refit_offline_ratio": None},  # whole-buffer refits before bounded ones (b57857a)
+}
+
 
 def _same_setting(key: str, given: Any, saved: Any) -> bool:
     """Whether a value given on resume keeps what the run is (a file, wherever it now lies, is kept)."""
@@ -310,9 +319,11 @@ def _same_setting(key: str, given: Any, saved: Any) -> bool:
 
 
 def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], DictConfig],
-                   removed: tuple[str, ...] = (), open_keys: tuple[str, ...] = ("env",)) -> DictConfig:  # fmt: skip
+                   removed: tuple[str, ...] = (), open_keys: tuple[str, ...] = ("env",),
+                   command: str = "config") -> DictConfig:  # fmt: skip
     """A run directory's saved config.yaml over today's defaults (`compose([planner=, env=])`, for
-    runs saved by an older version; top-level keys in `removed`, settings that are gone, dropped),
+    runs saved by an older version, but PREDATED[command]'s keys where it predates them: what the run
+    ran with; top-level keys in `removed`, settings that are gone, dropped),
     with the other `argv` overrides (e.g. a larger budget) on top; a SystemExit that says why if
     `resume` holds no config, it holds a key this version does not know, an override does not
     fit, or one changes what the run is (its planner, env or a KEPT_ON_RESUME setting).
@@ -334,6 +345,10 @@ def resumed_config(resume: str, argv: list[str], compose: Callable[[list[str]], 
         raise SystemExit(f"error: cannot resume from {resume}: its config.yaml does not fit this version ({e}); "
                          "start a new run, or edit that file") from None
     OmegaConf.set_struct(cfg, True)
+    absent = object()
+    for key, value in PREDATED.get(command, {}).items():  # (not today's default: it would change the run midway)
+        if OmegaConf.select(saved, key, default=absent) is absent:
+            OmegaConf.update(cfg, key, value)
     overrides = [a for a in argv if not a.startswith(("resume=", "run_dir="))]
     from worldmodel.envs import canonical_task_name
 

@@ -43,20 +43,24 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodel.config import file_in_the_way
+from worldmodel.config import PREDATED, file_in_the_way
 from worldmodel.metrics import read_records, save_figure, write_json
 from worldmodel.ope import model_selected
 
 # Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal's 1.96)
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, IQM_MIN_RUNS = 10_000, 0, 4
+# the fewest runs whose table interval is the percentile bootstrap's (below: Student's t): with 3 runs
+# every resample of the lowest alone has probability 1/27 > 2.5%, so the bootstrap's interval is [min, max]
+BOOTSTRAP_MIN_RUNS = 8
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run directories (those with a summary.json) at or under `paths`, sorted; a path with none
-    is a ValueError naming it."""
-    runs = []
+    """Run directories (those with a summary.json) at or under `paths`, sorted, each real directory
+    once (a results folder may link a run another path names too); a path with none is a
+    ValueError naming it."""
+    runs, seen = [], set()
     for path in map(Path, paths):
         if not path.exists():
             raise ValueError(f"{path}: no such directory")
@@ -64,8 +68,11 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
                                     else _summaries_under(path)) if _is_run_summary(p)]  # fmt: skip
         if not found:
             raise ValueError(f"{path}: no run directory (summary.json) there or below it")
-        runs += found
-    return sorted(set(runs))
+        for run in found:
+            if (real := os.path.realpath(run)) not in seen:
+                seen.add(real)
+                runs.append(run)
+    return sorted(runs)
 
 
 def _summaries_under(root: Path) -> list[Path]:
@@ -97,13 +104,6 @@ _NOT_SETTINGS = {"seed", "run_dir", "resume", "threads", "device", "pretrained",
                  "planner.agent.compile_critic_step", "planner.value_agent.compile_critic_step"}  # (speed alone)
 
 
-# settings whose introduction changed what a run does: the value a config that predates the key ran
-# with, by command (an entry belongs here whenever a new key's default is not the old behaviour)
-PREDATED = {
-    "config": {"fit_beta": 0.0},  # plain-NLL refits before beta-NLL (98f913e)
-    "realtime": {"fit_beta": 0.0, "worker": "thread",  # (367f35e: planning processes)
-                 "refit_offline_ratio": None},  # whole-buffer refits before bounded ones (b57857a)
-}
 
 
 def load_settings(run_dir: Path, command: str = "config") -> dict:
@@ -326,6 +326,11 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
     rows = []
     for (group, planner), members in sorted(groups.items()):
         members = sorted(members, key=lambda r: r["seed"])  # (scores, seeds and selected_scores in one order)
+        if twice := sorted({r["seed"] for r in members if [m["seed"] for m in members].count(r["seed"]) > 1}):
+            raise ValueError(f"{group}, {planner}: seed(s) {twice} twice in one row ("
+                             + ", ".join(r["dir"] for r in members if r["seed"] in twice)
+                             + "): runs that differ in what their settings do not record (say, the model they "
+                             "started from) or one run copied; report them apart")  # fmt: skip
         scored = [r for r in members if r["score"] is not None]
         bests = [r["best"] for r in members if r["best"] is not None]
         selected = [r["selected"] for r in scored if r.get("selected") is not None]
@@ -336,6 +341,7 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
                      "selected_std": statistics.stdev(selected) if len(selected) > 1 else None,
                      "seeds": [r["seed"] for r in members], "scores": [r["score"] for r in scored],
                      "scored_seeds": [r["seed"] for r in scored],
+                     "unscored_seeds": [r["seed"] for r in members if r["score"] is None],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
                      "normalized": all(r["normalized"] for r in scored),
@@ -348,9 +354,11 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The rows as a markdown table: final score mean +- std [95% bootstrap CI], IQM, mean best,
-    model-selected mean +- std, runs, per-run scores, progress; below it, runs on the robot as
-    `robot_markdown` gives them."""
+    """The rows as a markdown table: final score mean +- std [95% CI: Student's t under
+    BOOTSTRAP_MIN_RUNS runs, the percentile bootstrap from there; with 3 runs the bootstrap's is
+    their min and max], IQM, mean best, model-selected mean +- std, runs, per-run scores (a run
+    without a score, say one whose evaluation was not finite: "-"), progress; below it, runs on the
+    robot as `robot_markdown` gives them."""
     robot = [r for r in rows if "robot" in r]
     lines = ["| dataset / task | planner | final: mean ± std [95% CI] | IQM [95% CI] | best (max over evaluations: optimistic) | model-selected | runs | "
              "per run | updates or steps |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -361,15 +369,19 @@ def markdown(rows: list[dict]) -> str:
             group += f" **on {len(r['datasets'])} different datasets: {', '.join(r['datasets'])}**"
         if r["datasets"] and r.get("unknown_data"):  # (runs from before fingerprints, beside ones with)
             group += f" **{r['unknown_data']} run(s) on unrecorded data**"
-        score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+        low_ci, high_ci = (r["ci_low"], r["ci_high"]) if r["n"] >= BOOTSTRAP_MIN_RUNS else \
+            (r["mean"] - r["ci95"], r["mean"] + r["ci95"])  # fmt: skip
+        score = f"{fmt(r['mean'])} ± {fmt(r['std'])} [{fmt(low_ci)}, {fmt(high_ci)}]"
         robust = f"{fmt(r['iqm'])} [{fmt(r['iqm_ci_low'])}, {fmt(r['iqm_ci_high'])}]" if "iqm" in r else "-"
         selected = f"{fmt(r['selected_mean'])} ± {fmt(r['selected_std'])}" if r["selected_scores"] else "-"
         low, high = r["progress"][0], r["progress"][-1]
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
         unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
-        lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {selected} | {r['n']} | "
-                     f"{', '.join(f's{seed}: {fmt(x)}' for seed, x in zip(r['scored_seeds'], r['scores']))} | "
-                     f"{progress}{unfinished} |")  # fmt: skip
+        unscored = r.get("unscored_seeds", [])
+        runs = f"{r['n']}" + (f" (+{len(unscored)} without a score)" if unscored else "")
+        per_run = [f"s{seed}: {fmt(x)}" for seed, x in zip(r["scored_seeds"], r["scores"])] + [f"s{s}: -" for s in unscored]
+        lines.append(f"| {group} | {r['planner']} | {score} | {robust} | {fmt(r['best'])} | {selected} | {runs} | "
+                     f"{', '.join(per_run)} | {progress}{unfinished} |")  # fmt: skip
     return "\n".join(lines) + ("\n\n" + robot_markdown(robot) if robot else "")
 
 
@@ -467,7 +479,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown := [k for k in pooled if not any(k in r["settings"] for r in runs)]:
         raise SystemExit(f"error: --pool {unknown[0]}: no run records that setting (dotted config keys, e.g. "
                          "planner.agent.precision; see a run's config.yaml)")  # fmt: skip
-    rows = report(runs, pooled)
+    try:
+        rows = report(runs, pooled)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     table = markdown(rows)
     print(table)
     if args.out:
