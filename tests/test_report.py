@@ -217,10 +217,10 @@ def test_an_offline_run_ended_on_its_model_selected_snapshot_still_scores_its_la
 def test_an_offline_then_online_run_scores_its_online_end_and_an_unnormalised_offline_run_its_last_returns(tmp_path):
     fake_run(tmp_path / "online", 0, 30.0, penalty=1.0)
     summary = json.loads((tmp_path / "online" / "summary.json").read_text())
-    summary.update(env_steps=1000, offline_normalized_score=20.0)  # went on online: its end is the score
-    (tmp_path / "online" / "summary.json").write_text(json.dumps(summary))
+    summary.update(env_steps=1000, offline_normalized_score=20.0, selected_normalized_score=25.0)  # went on online:
+    (tmp_path / "online" / "summary.json").write_text(json.dumps(summary))  # its end is the score
     (row,) = report([str(tmp_path)])
-    assert row["scores"] == [30.0]
+    assert row["scores"] == [30.0] and row["selected_scores"] == []  # (its offline phase's selection: not beside it)
     fake_run(tmp_path / "raw" / "s0", 0, 30.0, penalty=1.0)  # a task without reference returns
     summary = json.loads((tmp_path / "raw" / "s0" / "summary.json").read_text())
     del summary["normalized_score"]

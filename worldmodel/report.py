@@ -220,7 +220,9 @@ def load_run(run_dir: Path) -> dict:
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best,
-            "selected": summary.get("selected_normalized_score", summary.get("selected_eval_return", picked)),
+            # (an offline-then-online run's selection is its offline phase's: no figure beside its online score)
+            "selected": summary.get("selected_normalized_score", summary.get("selected_eval_return", picked))
+            if offline or "dataset" not in summary else None,
             "progress": summary.get(key, 0), "curve": curve,
             "normalized": normalized, "data_score": summary.get("dataset_normalized_score"),
             "data": summary.get("dataset_fingerprint"), "settings": load_settings(run_dir)}  # fmt: skip
