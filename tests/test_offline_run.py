@@ -367,6 +367,19 @@ def test_mopo_takes_the_settings_of_its_dataset(tmp_path, quality, given, expect
                                            and f"planner.{k}={v}" not in given}  # fmt: skip
 
 
+def test_a_dataset_without_task_and_quality_says_no_preset_applies(tmp_path, capsys):
+    """A D4RL or Minari file of one's own names no task and quality: MOPO runs at its defaults, and
+    says so (with how to pick a dataset's settings), rather than leaving a table to imply tuned ones."""
+    env = make_env("hopper", seed=1)
+    save_d4rl(tmp_path / "mine.hdf5", collect(env, correlated_noise_policy(env), 200))
+    main(["planner=mopo", f"dataset={tmp_path / 'mine.hdf5'}", "offline.updates=0", "env_steps=0",
+          f"run_dir={tmp_path / 'run'}", *TINY, *DYNA_TINY])  # fmt: skip
+    assert "names no task and quality: no per-dataset mopo settings" in capsys.readouterr().out
+    main(["planner=bc", f"dataset={tmp_path / 'mine.hdf5'}", "offline.preset=hopper-medium", "offline.updates=0",
+          "env_steps=0", f"run_dir={tmp_path / 'bc'}", *TINY])  # fmt: skip
+    assert "offline.preset=hopper-medium: configs/offline.yaml gives bc no settings" in capsys.readouterr().out
+
+
 def test_an_unknown_preset_lists_the_known_ones(tmp_path, dataset):
     with pytest.raises(SystemExit, match="offline.preset=hopper-mediocre is not in configs/offline.yaml; known: "
                                          "halfcheetah-medium, halfcheetah-medium-replay, hopper-medium"):

@@ -39,8 +39,8 @@ from worldmodel.checkpoint import (RUN_FORMAT, CheckpointError, RunDirLock, atom
 from worldmodel.collect import uniform_policy
 from worldmodel.config import (check_counts, check_device, check_model_settings, check_paths, compose_config, resumed_config,
                                run_dir_for, save_config)
-from worldmodel.datasets import (DatasetError, check_task, fingerprint, load_dataset, normalized_score, offline_settings,
-                                 read_metadata)
+from worldmodel.datasets import (DatasetError, check_task, fingerprint, load_dataset, normalized_score, offline_presets,
+                                 offline_settings, read_metadata)
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, episode_random_state, make_env, set_episode_random_state
 from worldmodel.fitting import fit_record
@@ -709,10 +709,17 @@ def _apply_dataset_settings(cfg: DictConfig, argv: list[str]) -> dict:
     applied = {k: v for k, v in offline_settings(metadata, cfg.planner.name, preset).items() if k not in given}
     for key, value in applied.items():
         cfg.planner[key] = value
+    name = preset or f"{metadata.get('env')}-{metadata.get('quality')}"
     if applied:
-        name = preset or f"{metadata.get('env')}-{metadata.get('quality')}"
         print(f"{name}: {cfg.planner.name} settings from configs/offline.yaml: "
               + ", ".join(f"{k}={v}" for k, v in applied.items()) + " (planner.<key>=... overrides)")  # fmt: skip
+    elif preset is None and not (metadata.get("env") and metadata.get("quality")) and offline_presets().get(cfg.planner.name):
+        # (a D4RL or Minari file of its own: no task and quality to look up, so none of the tuned settings)
+        print(f"{cfg.dataset} names no task and quality: no per-dataset {cfg.planner.name} settings from "
+              "configs/offline.yaml apply; offline.preset=<task>-<quality> (e.g. hopper-medium-replay) picks them")  # fmt: skip
+    elif preset is not None and not (offline_presets().get(cfg.planner.name) or {}).get(preset):
+        print(f"offline.preset={preset}: configs/offline.yaml gives {cfg.planner.name} no settings for it (its "
+              "defaults run)")  # fmt: skip
     return applied
 
 
