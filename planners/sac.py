@@ -324,6 +324,13 @@ class SAC(nn.Module):
         stats = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha.item(),
                  "q": q.mean().item(), "entropy": -log_prob.mean().item(), "diversity": diversity,
                  "actor_lr": self.actor_optim.param_groups[0]["lr"]}  # fmt: skip
+        if not all(map(math.isfinite, (stats["critic_loss"], stats["actor_loss"], stats["alpha"]))):
+            # (Adam has written the non-finite gradients into the weights: nothing after this is learned;
+            # without this a run went on and evaluated NaN, a table then left it out)
+            raise FloatingPointError(
+                f"SAC update {self.updates}: critic loss {stats['critic_loss']}, actor loss {stats['actor_loss']}, "
+                f"temperature {stats['alpha']}: the agent diverged. Lower the learning rates (planner.agent.*_lr), "
+                "cap the temperature (alpha_max) or the penalty, or look for non-finite or huge rewards in the data")
         return stats if gap is None else {**stats, "anchor_gap": gap.item()}
 
     def _critic_step(self, batch: TensorDict) -> tuple[Tensor, Tensor, float]:

@@ -452,3 +452,15 @@ def test_bf16_agent_keeps_fp32_parameters_and_matches_fp32_values():
     assert low.dtype == torch.float32 and 0 < (low - high).abs().max() < 0.05 * high.abs().max() + 0.01
     low, high = agent.act(obs, deterministic=True), exact.act(obs, deterministic=True)
     assert low.dtype == torch.float32 and 0 < (low - high).abs().max() < 0.05
+
+
+def test_an_update_whose_losses_are_not_finite_is_an_error_not_a_silent_divergence():
+    """A huge reward (an exploding critic) makes the losses inf or NaN, and Adam writes them into the
+    weights: the update says the agent diverged and what to do, rather than training on NaN."""
+    torch.manual_seed(0)
+    agent = SAC(O, LOW, HIGH, SACConfig(hidden=16))
+    batch = transitions(64, terminated=True)
+    agent.update(batch)  # (a finite one goes through)
+    batch["reward"] = torch.full_like(batch["reward"], 1e30)
+    with pytest.raises(FloatingPointError, match=r"SAC update 2: critic loss inf.*the agent diverged. Lower the learning"):
+        agent.update(batch)
