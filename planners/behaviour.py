@@ -342,7 +342,7 @@ def make_dataset(cfg: DictConfig) -> dict:
     returns = [r for part in parts for r in episode_returns(part)]
     metadata.update(transitions=len(data), episodes=len(returns), fingerprint=fingerprint(data),
                     mean_episode_return=sum(returns) / max(len(returns), 1))  # fmt: skip
-    score = normalized_score(task, metadata["mean_episode_return"])
+    score = normalized_score(task, metadata["mean_episode_return"], cfg.env)  # (None under other env settings)
     if score is not None:
         metadata["mean_normalized_score"] = score
     (save_minari if cfg.format == "minari" else save_d4rl)(cfg.out, data, metadata)

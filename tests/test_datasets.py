@@ -135,6 +135,16 @@ def test_normalized_score_uses_d4rl_reference_returns():
     assert normalized_score("halfcheetah", 12135.0) == pytest.approx(100.0)
     assert normalized_score("walker2d", (1.629008 + 4592.3) / 2) == pytest.approx(50.0)
     assert normalized_score("dmc/cheetah-run", 500.0) is None
+    # not under other episode lengths or an action repeat (the references are 1000-step returns)
+    assert normalized_score("hopper", 3234.3, {"max_episode_steps": 1000, "action_repeat": 1}) == pytest.approx(100.0)
+    assert normalized_score("hopper", 3234.3, {"max_episode_steps": 500}) is None
+    assert normalized_score("hopper", 3234.3, {"action_repeat": 2}) is None
+
+
+def test_a_dataset_made_under_other_env_settings_has_no_normalised_score(tmp_path):
+    meta = main(["make", "env=hopper", "env.max_episode_steps=50", "quality=random", "size=120",
+                 f"out={tmp_path / 'short.hdf5'}"])  # fmt: skip
+    assert "mean_normalized_score" not in meta and meta["episodes"] >= 1
 
 
 def test_make_random_dataset(tmp_path, capsys):

@@ -43,9 +43,12 @@ class DatasetError(ValueError):
     """A dataset file is missing, corrupt, truncated or does not match the task."""
 
 
-def normalized_score(task: str, episode_return: float) -> float | None:
-    """D4RL's 100 * (R - random) / (expert - random), or None for tasks without reference returns."""
-    if task not in REFERENCE_RETURNS:
+def normalized_score(task: str, episode_return: float, env: Mapping | None = None) -> float | None:
+    """D4RL's 100 * (R - random) / (expert - random), or None for tasks without reference returns,
+    or whose env settings (`env`: a config's env node) are not the references' (1000-step episodes,
+    no action repeat)."""
+    standard = env is None or (env.get("max_episode_steps") in (None, 1000) and env.get("action_repeat", 1) == 1)
+    if task not in REFERENCE_RETURNS or not standard:
         return None
     low, high = REFERENCE_RETURNS[task]
     return 100.0 * (episode_return - low) / (high - low)

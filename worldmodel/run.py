@@ -563,8 +563,7 @@ class Run:
     def _score(self, key: str, ret: float | None) -> dict:
         """{key: D4RL-normalised score} where the task has reference returns (and its usual
         1000-step episodes and no action repeat), else {}."""
-        standard = self.cfg.env.get("max_episode_steps") in (None, 1000) and self.cfg.env.get("action_repeat", 1) == 1
-        score = normalized_score(self.cfg.env.name, ret) if ret is not None and standard else None
+        score = normalized_score(self.cfg.env.name, ret, self.cfg.env) if ret is not None else None
         return {} if score is None else {key: score}
 
     def _plan_ms(self) -> float:
