@@ -38,6 +38,8 @@ def test_sweep_overrides_expand_to_their_cartesian_product_in_hydras_grammar():
     (["seed=0,1", "env=hopper", "hydra.launcher.cpus_per_job=abc"], "cpus_per_job must be a number, got 'abc'"),
     (["seed=0,1", "env=hopper", "hydra.launcher.threads_per_job=0"], "threads_per_job must be >= 1"),
     (["seed=0,1", "env=hopper", "hydra/launcher=ray", "hydra.launcher.threads_per_job=999"], "every job would fail"),
+    (["seed=0,1", "env=hopper", "hydra/launcher=ray", "hydra.launcher.threads_per_job=1",
+      "hydra.launcher.max_workers=999"], "would oversubscribe this machine's"),
 ])  # fmt: skip
 def test_a_bad_sweep_is_refused_before_any_job_starts(tmp_path, argv, message):
     from worldmodel.run import main
@@ -219,6 +221,41 @@ def test_a_searchs_trials_get_absolute_paths_and_no_run_directory_of_the_users(t
     for bad, message in (("resume=elsewhere", "sets each job's run_dir itself"), ("threads=2", "sets each job's threads")):
         with pytest.raises(SystemExit, match=message):
             search([*OFFLINE_TINY, f"dataset={dataset}", bad, f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])
+
+
+def test_a_resumed_search_draws_new_settings_not_its_first_trials_again(tmp_path):
+    """TPE's start-up trials are random draws from its seed: a sampler seeded as at the study's start
+    would give a resumed study its first trials' settings again (wasted trials, a narrower search)."""
+    import optuna
+
+    from worldmodel.search import SearchConfig, sampler
+
+    cfg, storage = SearchConfig(trials=24), f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def session(count: int) -> list[float]:
+        study = optuna.create_study(study_name="s", direction="maximize", sampler=sampler(cfg, 0), storage=storage,
+                                    load_if_exists=True)  # fmt: skip
+        study.sampler = sampler(cfg, len(study.trials))  # (as main resumes one)
+        drawn = []
+        for _ in range(count):
+            trial = study.ask()
+            drawn.append(trial.suggest_float("x", 0.0, 1.0))
+            study.tell(trial, drawn[-1])
+        return drawn
+
+    first, resumed = session(3), session(3)
+    assert not set(first) & set(resumed)
+
+
+def test_a_search_scores_the_offline_protocol_so_refuses_a_run_that_goes_on_online(tmp_path, offline_setup):
+    from worldmodel.search import main as search
+
+    dataset, _ = offline_setup
+    online = [a for a in OFFLINE_TINY if a != "env_steps=0"]
+    with pytest.raises(SystemExit, match="give env_steps=0, not 20000"):
+        search([*online, f"dataset={dataset}", f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_search_refuses_a_run_directory_whose_trained_agent_would_start_every_trial(tmp_path, offline_setup):

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from worldmodel.sweep import Job, JobPool, expand, shared_overrides, split_args
+from worldmodel.sweep import Job, JobPool, check_cores, expand, shared_overrides, split_args
 
 @dataclass
 class SearchConfig:
@@ -63,6 +63,15 @@ def space(trial, cfg: SearchConfig, planner: str, fits_model: bool, ensemble_siz
     if fits_model:
         dimensions["model.num_elites"] = lambda k: trial.suggest_int(k, max(1, ensemble_size - 4), ensemble_size)
     return {key: sample(key) for key, sample in dimensions.items() if key not in fixed}
+
+
+def sampler(cfg: SearchConfig, trials_so_far: int):
+    """The study's TPE sampler, its random stream seeded by the search's seed and the trials the study
+    holds: seeded alike on a resume, its random start-up trials would draw the first ones' settings again."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=cfg.seed + trials_so_far, constant_liar=True,
+                                      n_startup_trials=min(8, max(2, cfg.trials // 3)))  # fmt: skip
 
 
 def objective(summary: dict) -> float | None:
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         rest, cfg = _split(argv)
         fixed, launcher, sweep_dir, launcher_cfg = split_args(rest)
+        check_cores(launcher, launcher_cfg)
         if len(expand(fixed)) > 1:
             raise ValueError("the search samples the settings itself: give fixed key=value overrides, no sweeps")
         fixed = shared_overrides(fixed)
@@ -154,6 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"the search tunes the Dyna planners' offline settings (mopo, mbpo, ravl), not {run_cfg.planner.name}")
         if not run_cfg.dataset:
             raise ValueError("give the offline dataset: dataset=<file>")
+        if run_cfg.env_steps != 0:  # (configs/config.yaml's default goes on online)
+            raise ValueError(f"the search scores a trial by the offline protocol (the mean of its last offline "
+                             f"evaluations): give env_steps=0, not {run_cfg.env_steps} (a trial that went on online "
+                             "would be scored by its online end)")  # fmt: skip
         if run_cfg.get("pretrained") and pretrained_files(run_cfg.pretrained)[1] is not None:
             raise ValueError(f"pretrained={run_cfg.pretrained} brings its trained agent, which would start every trial: "
                              f"give the fitted model alone, model={Path(run_cfg.pretrained) / 'model.pt'}")
@@ -166,9 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     fits_model = not run_cfg.get("pretrained")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, constant_liar=True, n_startup_trials=min(8, max(2, cfg.trials // 3)))
-    study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler, load_if_exists=True,
+    study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler(cfg, 0), load_if_exists=True,
                                 storage=f"sqlite:///{(sweep_dir / 'study.db').resolve()}")  # fmt: skip
+    study.sampler = sampler(cfg, len(study.trials))  # (a resumed study's: see sampler)
     # what makes it one study (not how many trials, nor how many at once): a resume must not mix in another
     setup = {"fixed": sorted(fixed),  # (the space and the sampler's seed; not how many trials, nor saving the best)
              "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel", "save")}}

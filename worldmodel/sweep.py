@@ -46,7 +46,7 @@ class LauncherConfig:
     cpus_per_job: float = 1.0  # Ray CPUs each job reserves
     gpus_per_job: float = 0.0  # Ray GPUs (fractions allowed) each job reserves
     threads_per_job: int | None = None  # torch threads of a job (default: cpus_per_job, at least 1)
-    max_workers: int | None = None  # local Ray: jobs at once (default: the cores / cpus_per_job)
+    max_workers: int | None = None  # local Ray: jobs at once (default: the cores / max(cpus_per_job, threads))
     max_retries: int = 2  # Ray's retries of a killed job (each resumes from its last checkpoint; basic: none)
 
     @property
@@ -57,6 +57,20 @@ class LauncherConfig:
     @property
     def threads(self) -> int:
         return self.threads_per_job or max(1, int(self.cpus_per_job))
+
+
+def check_cores(launcher: str, config: LauncherConfig) -> None:
+    """On this machine (not a cluster's), a ValueError where a job's threads, or max_workers jobs'
+    threads at once, exceed its cores (two 2-thread jobs on 2 cores ran one fit 30x slower)."""
+    if config.cluster and launcher != "basic":  # (a cluster's machines may have more)
+        return
+    if config.threads > available_cores():
+        raise ValueError(f"{config.threads} thread(s) a job, but this machine gives {available_cores()} core(s): "
+                         "every job would fail; lower hydra.launcher.threads_per_job (or cpus_per_job)")  # fmt: skip
+    if launcher == "ray" and config.max_workers and config.max_workers * config.threads > available_cores():
+        raise ValueError(f"hydra.launcher.max_workers={config.max_workers} jobs of {config.threads} thread(s) at once "
+                         f"would oversubscribe this machine's {available_cores()} core(s): lower max_workers or "
+                         "threads_per_job")  # fmt: skip
 
 
 @dataclass
@@ -271,7 +285,7 @@ class JobPool:
             if self._started_ray and address:
                 ray.init(address=address, log_to_driver=False)
             elif self._started_ray:  # a new local instance (address="local": not one `ray start` left running)
-                workers = config.max_workers or max(1, int(available_cores() // config.cpus_per_job))
+                workers = config.max_workers or max(1, int(available_cores() // max(config.cpus_per_job, config.threads)))
                 ray.init(address="local", num_cpus=workers * config.cpus_per_job,
                          num_gpus=None if config.gpus_per_job else 0, include_dashboard=False, log_to_driver=False)  # fmt: skip
             self._remote = ray.remote(run_job).options(num_cpus=config.cpus_per_job, num_gpus=config.gpus_per_job,
@@ -377,9 +391,7 @@ def main(argv: list[str]) -> dict:
         sweep_dir = (sweep_dir or Path("runs") / "multirun" / time.strftime("%Y%m%d-%H%M%S")).resolve()
         jobs = plan_jobs(overrides, sweep_dir)
         _check_same_sweep(sweep_dir, jobs)
-        if (launcher == "basic" or not config.cluster) and config.threads > available_cores():  # (a cluster's machines may have more)
-            raise ValueError(f"{config.threads} thread(s) a job, but this machine gives {available_cores()} core(s): "
-                             "every job would fail; lower hydra.launcher.threads_per_job (or cpus_per_job)")  # fmt: skip
+        check_cores(launcher, config)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     sweep_dir.mkdir(parents=True, exist_ok=True)
