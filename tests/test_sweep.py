@@ -248,6 +248,17 @@ def test_a_resumed_search_draws_new_settings_not_its_first_trials_again(tmp_path
     assert not set(first) & set(resumed)
 
 
+def test_a_search_directory_whose_study_is_gone_is_refused(tmp_path, offline_setup):
+    """A study.db deleted to start over, its trial directories kept: a new trial-0 would resume the old
+    trial-0's run (a job resumes the checkpoint in its directory) and report its score for new settings."""
+    from worldmodel.search import main as search
+
+    dataset, _ = offline_setup
+    (tmp_path / "s" / "trial-0").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds trial-0 of a search whose study.db is gone"):
+        search([*OFFLINE_TINY, f"dataset={dataset}", f"hydra.sweep.dir={tmp_path / 's'}", "hydra/launcher=basic"])
+
+
 def test_a_search_scores_the_offline_protocol_so_refuses_a_run_that_goes_on_online(tmp_path, offline_setup):
     from worldmodel.search import main as search
 

@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> dict:
     study = optuna.create_study(study_name="offline", direction="maximize", sampler=sampler(cfg, 0), load_if_exists=True,
                                 storage=f"sqlite:///{(sweep_dir / 'study.db').resolve()}")  # fmt: skip
     study.sampler = sampler(cfg, len(study.trials))  # (a resumed study's: see sampler)
+    if not study.trials and (old := sorted(p.name for p in sweep_dir.glob("trial-*"))):
+        raise SystemExit(f"error: {sweep_dir} holds {', '.join(old[:3])}{', ...' if len(old) > 3 else ''} of a search "
+                         "whose study.db is gone: a new study's trial-0 would resume the old one's run under new "
+                         "settings; give another hydra.sweep.dir")  # fmt: skip
     # what makes it one study (not how many trials, nor how many at once): a resume must not mix in another
     setup = {"fixed": sorted(fixed),  # (the space and the sampler's seed; not how many trials, nor saving the best)
              "search": {k: v for k, v in asdict(cfg).items() if k not in ("trials", "parallel", "save")}}
