@@ -92,7 +92,7 @@ class RealtimeConfig:
     slew: float | None = None  # the largest change of any action dim per control period (None: unlimited)
     watchdog_ms: float | None = None  # no observation nor act()/limit() for this long -> on_stale(safe action) (None: 3 periods)
     deterministic: bool = True  # the plans' mean actions; exploration noise is opt-in
-    # act() waits up to this long for the plan from its own reading (0: never waits, act takes
+    # act() waits up to this long for the plan from its own reading (0: never waits for it, act takes
     # microseconds): its first action then acts once the delay has passed, planned from one
     # period fresher a state than otherwise. delay_ms + wait_ms must fit in the periods the delay
     # spans (at least one): the answer must reach the robot before it takes effect; the wait is
@@ -200,6 +200,8 @@ class RealtimeController:
         self._loop_calls = 0  # act() and limit() calls: a watchdog trip they overtake sends nothing
         self._stale_done = threading.Event()  # cleared while on_stale sends (act() and limit() return after it)
         self._stale_done.set()
+        self._waited_trip = 0  # the last trip an act() or limit() waited for (one wait a trip: a hung driver
+        # must not cost every later call a period)
         self._stopping = False
         self._generation = 0  # start()s so far: each planning thread serves its own
         self._thread: threading.Thread | None = None  # the planning thread (worker="thread")
@@ -295,11 +297,12 @@ class RealtimeController:
         return action
 
     def _after_stale_send(self) -> None:
-        """Wait (up to a control period) for a safe action the watchdog is sending, so the action
-        returned (slew-limited around that one) reaches the robot after it, not before: sent the
-        other way round, the robot would hold the safe action while the next one is limited around
-        this one. Counted as `watchdog_overlaps`."""
-        if not self._stale_done.is_set():
+        """Wait (up to a control period, once a trip) for a safe action the watchdog is sending, so
+        the action returned (slew-limited around that one) reaches the robot after it, not before:
+        sent the other way round, the robot would hold the safe action while the next one is limited
+        around this one. Counted as `watchdog_overlaps`."""
+        if not self._stale_done.is_set() and self._waited_trip != self.counts["watchdog_trips"]:
+            self._waited_trip = self.counts["watchdog_trips"]
             self.counts["watchdog_overlaps"] += 1
             self._stale_done.wait(self.config.period)
 
@@ -389,6 +392,7 @@ class RealtimeController:
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(self.config.switch_interval_ms / 1000)
             self._stopping = False
+            self._stale_done.set()  # (a watchdog a stop() left behind, its on_stale hung, does not hold up this one's acts)
             # a restart begins clean: no error, plans, reading or warm start of the worker before
             self.error, self._latest, self._plans, self._used_serial = None, None, (None, None), -1
             self._last_obs_time = self._last_act_time = None

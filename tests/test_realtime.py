@@ -278,26 +278,56 @@ def test_an_action_asked_for_while_the_watchdog_sends_goes_out_after_it(hopper):
     """A loop sends what act() (or limit()) returns once it returns. Returned while on_stale was still
     sending the safe action, it would reach the robot first and the safe action after it: the robot
     would hold the safe action while the next action is slew-limited around the other one. So both
-    return after the watchdog's send (up to a period), counted as overlaps."""
+    return after the watchdog's send (up to a period, once a trip), counted as overlaps."""
     spec, model, data = hopper
-    sending, order = threading.Event(), []
+    sending, gates, order, trips = threading.Event(), [threading.Event(), threading.Event()], [], itertools.count()
 
     def slow_driver(action):
+        trip = next(trips)
         sending.set()
-        time.sleep(0.1)
+        if trip < len(gates):  # (the first two trips' sends last until the test lets them go)
+            gates[trip].wait(10)
         order.append("safe action sent")
 
-    config = RealtimeConfig(control_hz=2, watchdog_ms=50, slew=0.1)  # (a 0.5 s period: act() waits up to that)
+    config = RealtimeConfig(control_hz=1, watchdog_ms=50, slew=0.1)  # (a 1 s period: act() waits up to that)
     with RealtimeController(mppi(model, spec), spec, config, safe_action=torch.zeros(3), on_stale=slow_driver) as rt:
         rt.act(data["obs"][0])
-        for call in (lambda: rt.act(data["obs"][1]), lambda: rt.limit(torch.ones(3))):
-            sending.clear()
+        for n, call in enumerate((lambda: rt.act(data["obs"][1]), lambda: rt.limit(torch.ones(3)))):
             assert sending.wait(5), "the watchdog never tripped"
+            sending.clear()
+            letting_go = threading.Thread(target=lambda n=n: (wait_for(lambda: rt.counts["watchdog_overlaps"] == n + 1),
+                                                              gates[n].set()))  # fmt: skip
+            letting_go.start()  # (once the call waits for the send)
             call()
             order.append("returned")
+            letting_go.join()
             assert order[-2:] == ["safe action sent", "returned"]
         overlaps = rt.counts["watchdog_overlaps"]
     assert overlaps == 2
+
+
+def test_a_hung_driver_holds_up_one_act_a_trip_not_every_act(hopper):
+    """A watchdog send stuck on a dead bus: the first act() after the trip waits (a period), the next
+    ones answer at once (each would miss its deadline otherwise), and a restarted controller's too."""
+    spec, model, data = hopper
+    dead_bus = threading.Event()
+    config = RealtimeConfig(control_hz=5, watchdog_ms=50)  # (a 0.2 s period)
+    rt = RealtimeController(mppi(model, spec), spec, config, safe_action=torch.zeros(3),
+                            on_stale=lambda action: dead_bus.wait(30))  # fmt: skip
+    try:
+        with rt:
+            rt.act(data["obs"][0])
+            wait_for(lambda: rt.counts["watchdog_trips"] == 1)
+            began = time.monotonic()
+            rt.act(data["obs"][1])  # (waits for the send, a period at most)
+            waited = time.monotonic() - began
+            began = time.monotonic()
+            for i in range(5):
+                rt.act(data["obs"][2 + i])
+            assert waited >= 0.15 and time.monotonic() - began < 0.15 and rt.counts["watchdog_overlaps"] == 1
+            dead_bus.set()  # (the bus comes back: the watchdog stops with the controller)
+    finally:
+        dead_bus.set()
 
 
 def test_under_a_slew_limit_the_watchdog_steps_on_to_the_safe_action_and_seed_actions_are_limited(hopper):
