@@ -164,7 +164,10 @@ class BehaviourTraining:
         return {"task": self.task, "seed": self.seed, **same, "medium_return": self.medium_return, **env}
 
     def train(self, until: str) -> None:
-        """Train until the medium snapshot exists (until="medium") or for max_steps ("expert")."""
+        """Train until the medium snapshot exists (until="medium") or for max_steps ("expert"), once
+        (it releases the run's lock when it ends: a second call would train without it)."""
+        if not self._lock.held:
+            raise RuntimeError("this BehaviourTraining trained already and let its run go: make a new one")
         try:
             self._train(until)
         finally:

@@ -264,6 +264,25 @@ def test_a_seed_twice_in_one_row_is_an_error_not_a_mean_over_both(tmp_path):
         assert "seed(s) [0] twice in one row" in str(e) and "report them apart" in str(e)
     else:
         raise AssertionError("a seed counted twice")
+    fake_run(tmp_path / "c" / "mopo-s0", 0, 30.0, penalty=2.5, hidden=512)  # (pooled: two hidden sizes, one seed)
+    try:
+        report([str(tmp_path / "a"), str(tmp_path / "c"), "--pool", "planner.agent.hidden"])
+    except SystemExit as e:
+        assert "differ in a pooled setting (planner.agent.hidden) are no more seeds" in str(e)
+    else:
+        raise AssertionError("a seed counted twice")
+
+
+def test_a_failed_run_is_listed_without_a_score(tmp_path):
+    """A run that failed (say, its agent diverged: SAC raises) keeps the evaluations it made before in its
+    summary; they are not its score: the row lists it without one and says it failed."""
+    for seed, score in ((0, 10.0), (1, 11.0), (2, 13.0)):
+        fake_run(tmp_path / f"mopo-s{seed}", seed, score, penalty=2.5)
+    summary = json.loads((tmp_path / "mopo-s2" / "summary.json").read_text())
+    (tmp_path / "mopo-s2" / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    (row,) = report([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert row["scores"] == [10.0, 11.0] and row["unscored_seeds"] == [2] and row["failed"] == 1
+    assert "s2: - | 100 (1 unfinished, 1 failed) |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_the_interval_of_a_few_runs_is_student_s_t_not_the_bootstrap_s_min_and_max(tmp_path):

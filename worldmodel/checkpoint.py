@@ -153,6 +153,10 @@ class RunDirLock:
         for stale in Path(run_dir).glob(f".{guards + '.' if guards else ''}*{TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
 
+    @property
+    def held(self) -> bool:
+        return not self._file.closed
+
     def release(self) -> None:
         if not self._file.closed:
             self._file.close()  # (closing drops the flock)

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "behaviour.eval_every": 1, "behaviour.eval_episodes": 1})  # (before a behaviour agent trains for hours)
         set_threads(cfg.threads)
         return make_dataset(cfg)
-    except (ValueError, DatasetError, CheckpointError) as e:  # (a policy= file among them)
+    except (ValueError, DatasetError, CheckpointError, FloatingPointError) as e:  # (a policy= file; a diverged behaviour agent)
         raise SystemExit(f"error: {e}") from None
 
 

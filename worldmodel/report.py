@@ -218,6 +218,8 @@ def load_run(run_dir: Path) -> dict:
     normalized = ("offline_normalized_score" if last is not None else "normalized_score") in summary
     score = last if last is not None else summary.get("normalized_score", summary.get("final_eval_return"))
     best = summary.get("best_normalized_score", summary.get("best_eval_return"))
+    if summary["status"] == "failed":  # (say, an agent that diverged: its evaluations before it are not its score)
+        score = None
     return {"dir": str(run_dir), "group": group, "planner": summary["planner"], "seed": summary["seed"],
             "status": summary["status"], "score": score, "best": best,
             # (an offline-then-online run's selection is its offline phase's: no figure beside its online score)
@@ -329,10 +331,11 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
     for (group, planner), members in sorted(groups.items()):
         members = sorted(members, key=lambda r: r["seed"])  # (scores, seeds and selected_scores in one order)
         if twice := sorted({r["seed"] for r in members if [m["seed"] for m in members].count(r["seed"]) > 1}):
+            why = (f"runs that differ in a pooled setting ({', '.join(pooled)}) are no more seeds" if pooled else
+                   "runs that differ in what their settings do not record (say, the model they started from), or a "
+                   "copy of one")  # fmt: skip
             raise ValueError(f"{group}, {planner}: seed(s) {twice} twice in one row ("
-                             + ", ".join(r["dir"] for r in members if r["seed"] in twice)
-                             + "): runs that differ in what their settings do not record (say, the model they "
-                             "started from) or one run copied; report them apart")  # fmt: skip
+                             + ", ".join(r["dir"] for r in members if r["seed"] in twice) + f"): {why}; report them apart")
         scored = [r for r in members if r["score"] is not None]
         bests = [r["best"] for r in members if r["best"] is not None]
         selected = [r["selected"] for r in scored if r.get("selected") is not None]
@@ -346,6 +349,7 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
                      "unscored_seeds": [r["seed"] for r in members if r["score"] is None],
                      "progress": sorted({r["progress"] for r in members}),
                      "unfinished": sum(r["status"] != "finished" for r in members),
+                     "failed": sum(r["status"] == "failed" for r in members),
                      "normalized": all(r["normalized"] for r in scored),
                      "data_score": next((r["data_score"] for r in members if r["data_score"] is not None), None),
                      "datasets": sorted({r["data"] for r in members if r.get("data")}),
@@ -378,7 +382,8 @@ def markdown(rows: list[dict]) -> str:
         selected = f"{fmt(r['selected_mean'])} ± {fmt(r['selected_std'])}" if r["selected_scores"] else "-"
         low, high = r["progress"][0], r["progress"][-1]
         progress = f"{low:,}" if low == high else f"{low:,}-{high:,}"
-        unfinished = f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""
+        unfinished = f" ({r['unfinished']} unfinished" + (f", {r['failed']} failed" if r.get("failed") else "") + ")" \
+            if r["unfinished"] else ""  # fmt: skip
         unscored = r.get("unscored_seeds", [])
         runs = f"{r['n']}" + (f" (+{len(unscored)} without a score)" if unscored else "")
         per_run = [f"s{seed}: {fmt(x)}" for seed, x in zip(r["scored_seeds"], r["scores"])] + [f"s{s}: -" for s in unscored]
