@@ -123,6 +123,14 @@ def test_arguments_that_change_termination_are_refused_where_a_termination_funct
     assert make_env("hopper", reset_noise_scale=0.01).task_spec.termination_fn is not None
 
 
+@pytest.mark.parametrize("name", ["hopper", "dmc/cartpole-swingup"])
+def test_torchrls_own_wrapper_arguments_are_refused_as_backend_arguments(name):
+    """frame_skip never reaches the simulator: TorchRL repeats each action itself, behind the episode
+    length TaskSpec gives (hopper's episodes lasted 500 decisions, its spec said 1000)."""
+    with pytest.raises(ValueError, match=r"\['frame_skip'\] are TorchRL's wrapper arguments.*env.action_repeat"):
+        make_env(name, frame_skip=2)
+
+
 def test_max_episode_steps_truncates_episodes():
     env = make_env("halfcheetah", seed=0, max_episode_steps=30)
     data = collect(env, uniform_policy(env), 70)
@@ -138,3 +146,5 @@ def test_a_suite_task_without_a_time_limit_ends_its_episodes_as_the_others_do(ac
     data = collect(env, lambda obs: torch.zeros(env.task_spec.act_dim), steps + 3)  # (random pushes diverge)
     assert env.task_spec.max_episode_steps == steps
     assert data["truncated"].nonzero().flatten().tolist() == [steps - 1]
+    longer = make_env("dmc/lqr-lqr_2_1", seed=0, action_repeat=action_repeat, max_episode_steps=steps + 200)
+    assert longer.task_spec.max_episode_steps == steps + 200  # (a cap above 1,000 steps is the episode's length too)

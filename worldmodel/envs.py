@@ -45,14 +45,18 @@ GYM_TASKS: dict[str, tuple[str, TerminationFn | None]] = {
     "walker2d": ("Walker2d-v5", walker2d_termination),
 }
 GYM_IDS = {env_id: name for name, (env_id, _) in GYM_TASKS.items()}  # "Hopper-v5" -> "hopper"
-# dm-control suite tasks never terminate; episodes end on the time limit (1000 steps; the lqr
-# tasks have none, and end after as many here)
+# dm-control suite tasks do not terminate (lqr's would, once its state's norm fell under 1e-6: not met
+# in practice, so no termination function); episodes end on the time limit (1000 steps; the lqr tasks
+# have none, and end after as many here, or after max_episode_steps)
 DMC_EPISODE_STEPS = 1000
 NEEDS_RENDERING = {"dmc/quadruped-escape"}  # resets upload a heightfield through an OpenGL context
 # gymnasium arguments that change when a task terminates or what its observation holds: its
 # termination function (what the planners imagine) reads the defaults, so these are refused
 TERMINATION_ARGS = ("terminate_when_unhealthy", "healthy_z_range", "healthy_angle_range", "healthy_state_range",
                     "exclude_current_positions_from_observation")  # fmt: skip
+# TorchRL's GymEnv/DMControlEnv keyword arguments that never reach the simulator (frame_skip becomes TorchRL's
+# own action repeat, unknown to TaskSpec's episode length): refused in backend_kwargs
+TORCHRL_WRAPPER_ARGS = ("frame_skip", "from_pixels", "pixels_only", "categorical_action_encoding")
 
 
 @functools.cache
@@ -143,6 +147,9 @@ def make_env(
         raise ValueError(f"action_repeat must be >= 1, got {action_repeat}")
     if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
         raise ValueError(f"max_episode_steps must be a whole number >= 1 or None, got {max_episode_steps!r}")
+    if wrapper := sorted(set(backend_kwargs) & set(TORCHRL_WRAPPER_ARGS)):  # (TorchRL takes them, not the simulator)
+        raise ValueError(f"env {name}: {wrapper} are TorchRL's wrapper arguments, not the simulator's (frame_skip "
+                         "would repeat each action behind the episode length's back): use env.action_repeat")  # fmt: skip
     if GYM_TASKS.get(name, (None, None))[1] is not None and (changed := sorted(set(backend_kwargs) & set(TERMINATION_ARGS))):
         raise ValueError(f"env {name}: {changed} would change when it terminates or what it observes, but its "
                          "termination function (what the planners imagine) reads the task's defaults")  # fmt: skip
@@ -171,8 +178,8 @@ def make_env(
     if action_repeat > 1:
         transforms.append(_episode_aware_frame_skip()(action_repeat))
     if native_steps == float("inf"):  # (an episode that never ends would never reset the planner or be logged)
-        native_steps = DMC_EPISODE_STEPS
-        max_episode_steps = max_episode_steps or -(-native_steps // action_repeat)
+        max_episode_steps = max_episode_steps or -(-DMC_EPISODE_STEPS // action_repeat)
+        native_steps = max_episode_steps * action_repeat  # (the cap is the whole limit: no native one under it)
     native_steps = int(native_steps)
     episode_steps = -(-native_steps // action_repeat)
     if max_episode_steps is not None:
