@@ -862,10 +862,12 @@ def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Pat
                         elif steps < seeding or not ready():
                             # (slew-limited too; told of the episodes begun, so the first act after the seed
                             # steps steps on from the last seed action, not from rest)
-                            robot.send_action(controller.limit(random_policy(latest.obs), first=paired.episode_begun()))
+                            robot.send_action(controller.limit(random_policy(latest.obs), first=paired.episode_begun()),
+                                              answers=latest.seq)  # fmt: skip
                             seeded += 1
                         else:
-                            robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()))
+                            robot.send_action(controller.act(latest.obs, latest.stamp, first=paired.episode_begun()),
+                                              answers=latest.seq)  # fmt: skip
                     finally:
                         if pairs:
                             learner.add(_transitions(pairs))

@@ -1188,6 +1188,20 @@ def test_a_new_episode_starts_at_rest_whatever_was_sent_for_the_last(pause_s):
     assert later and all(torch.equal(r.action, full) for r in later)
 
 
+def test_a_command_that_names_the_reading_it_answers_counts_for_that_readings_episode():
+    """With jitter the time a command was sent does not say which episode it answered: an answer to
+    an episode's last reading may be sent after the next one's first reading arrived (it must not
+    move the robot in the new episode), and an answer to the new episode's second reading, delivered
+    before its first, before that one arrived (it must). `answers=<seq>` decides; without it, the time."""
+    from worldmodel.robot import SimulatedRobot
+
+    robot = SimulatedRobot("hopper", control_hz=20, latency_ms=20, jitter_ms=10, seed=0)
+    robot._episode_first_seq, robot._episode_delivered = 40, 10.0  # (a reset: reading 40 began the episode at 10 s)
+    assert not robot._for_this_episode(effective=10.2, answers=39)  # sent after the new first reading: the old one's
+    assert robot._for_this_episode(effective=9.9, answers=41)  # sent before it: the new episode's second reading's
+    assert robot._for_this_episode(effective=10.2, answers=None) and not robot._for_this_episode(9.9, None)
+
+
 def test_readings_that_arrive_out_of_order_still_make_every_transition():
     from planners.realtime import ReadingPairs
     from worldmodel.robot import Reading

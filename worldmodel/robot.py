@@ -10,9 +10,12 @@ from the state after it, at the earliest, as on a sample-and-hold robot: floor(l
 + 1 steps on, which is RealtimeController's ceil(delay_ms / period) for a latency that is not a
 whole number of periods (at 0 or exactly one period the controller plans one step short).
 Episodes reset on their own, as a robot's would by a reset routine, which hands the robot back
-at rest (the middle of the action box) and takes no command sent before the new episode's first
-reading reached the driver: those answered the old episode (a falling walker's last torques,
-held into the new episode, toppled it within 7-11 steps). A reading carries what a robot's
+at rest (the middle of the action box) and takes no command that answered the old episode (a
+falling walker's last torques, held into the new episode, toppled it within 7-11 steps): one
+sent with `answers=<the reading's seq>` by that reading's episode, else one sent before the new
+episode's first reading reached the driver (with jitter the two can disagree: an answer to the
+old episode's last reading sent after the new first one arrived, or to the new episode's second
+reading, delivered first, sent before it). A reading carries what a robot's
 driver would report, plus the reward and the action that was in effect, so the loop can build
 the real transitions. With `priority` the simulation thread runs under SCHED_FIFO, as the
 robot's own clock that no worker on the machine delays.
@@ -72,8 +75,9 @@ class SimulatedRobot:
         self.rng = random.Random(seed)
         self.rest = ((self.spec.action_low + self.spec.action_high) / 2).float()  # held at the start and after a reset
         self._held = self.rest
-        self._commands: list[tuple[float, int, Tensor]] = []  # (effective time, order, action)
+        self._commands: list[tuple[float, int, Tensor, int | None]] = []  # (effective time, order, action, answers)
         self._episode_delivered = 0.0  # when the current episode's first reading reaches the driver
+        self._episode_first_seq = 0  # that reading's seq
         self._in_flight: list[Reading] = []  # readings not yet delivered (a heap by delivery time)
         self._cond = threading.Condition()
         self._running = False
@@ -101,12 +105,20 @@ class SimulatedRobot:
                     wait = min(wait, self._in_flight[0].delivery - now)
                 self._cond.wait(max(wait, 1e-4))
 
-    def send_action(self, action: Tensor) -> None:
-        """Command `action` [A]; it takes effect `actuator_ms` from now and holds until replaced."""
+    def send_action(self, action: Tensor, answers: int | None = None) -> None:
+        """Command `action` [A]; it takes effect `actuator_ms` from now and holds until replaced.
+        `answers`: the seq of the reading it was chosen for (its episode's, then, at a reset)."""
         action = torch.as_tensor(action).float().reshape(self.spec.act_dim).clamp(self.spec.action_low,
                                                                                    self.spec.action_high)  # fmt: skip
         with self._cond:
-            heapq.heappush(self._commands, (time.monotonic() + self.actuator, id(action), action))
+            heapq.heappush(self._commands, (time.monotonic() + self.actuator, id(action), action, answers))
+
+    def _for_this_episode(self, effective: float, answers: int | None) -> bool:
+        """Whether a command taking effect at `effective` (answering reading `answers`, if said) is
+        the current episode's, not one that answered the episode before the last reset."""
+        if answers is not None:
+            return answers >= self._episode_first_seq
+        return effective - self.actuator >= self._episode_delivered
 
     # ---------------------------------------------------------------- the physics
 
@@ -155,8 +167,8 @@ class SimulatedRobot:
             with self._cond:  # (the commands in effect at the tick: one that came later waits for the next
                 # step, also when the simulation runs late, so a late step never acts on an answer to a later reading)
                 while self._commands and self._commands[0][0] <= tick:
-                    effective, _, command = heapq.heappop(self._commands)
-                    if effective - self.actuator >= self._episode_delivered:  # (else sent for the last episode)
+                    effective, _, command, answers = heapq.heappop(self._commands)
+                    if self._for_this_episode(effective, answers):  # (else sent for the last episode)
                         self._held = command
                 action = self._held
             td["action"] = action
@@ -179,7 +191,7 @@ class SimulatedRobot:
                 first = Reading(0.0, seq, td["observation"].clone(), reached, first=True)
                 self._send(first, always=True, not_before=last.delivery)
                 with self._cond:  # the reset routine hands the robot back at rest
-                    self._held, self._episode_delivered = self.rest, first.delivery
+                    self._held, self._episode_delivered, self._episode_first_seq = self.rest, first.delivery, first.seq
 
     def _send(self, reading: Reading, always: bool = False, not_before: float = 0.0) -> None:
         """Deliver after the latency (+- jitter), and not before `not_before`, unless the reading is dropped."""
