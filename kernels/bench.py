@@ -39,9 +39,11 @@ def widths(hidden: int) -> list[int]:
 
 
 def gflop(E: int, B: int, hidden: int, pass_: str) -> float:
-    """2*E*B*sum(in_l*out_l), x3 for forward+backward."""
+    """2*E*B*sum(in_l*out_l), x3 for forward+backward less the first layer's input gradient (the
+    inputs need none: that product never runs)."""
     w = widths(hidden)
-    return 2 * E * B * sum(a * b for a, b in zip(w[:-1], w[1:])) * (3 if pass_ == PASSES[1] else 1) / 1e9
+    products = sum(a * b for a, b in zip(w[:-1], w[1:]))
+    return 2 * E * B * (3 * products - w[0] * w[1] if pass_ == PASSES[1] else products) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------

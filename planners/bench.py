@@ -202,26 +202,33 @@ def rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict]:
     if device == "cpu":  # torchrl's planners at equal work (their env wrapper is CPU-only here)
         theirs = torchrl_cem(model, spec, horizon=30, candidates=400, top_k=40, iterations=5)
         their_mppi = torchrl_mppi(model, spec, horizon=15, candidates=512, iterations=1)
-        cases.insert(1, ("MPPI 512 x 15, model only", "torchrl MPPIPlanner", lambda: their_mppi(start.clone()), 512 * 15))
-        cases.insert(4, ("CEM 400 x 30 x 5", "torchrl CEMPlanner", lambda: theirs(start), 400 * 30 * 5))
+        # (under no_grad, as ours plans: with autograd on, the model ran its training path, ~3% slower)
+        cases.insert(1, ("MPPI 512 x 15, model only", "torchrl MPPIPlanner",
+                         torch.no_grad()(lambda: their_mppi(start.clone())), 512 * 15))  # fmt: skip
+        cases.insert(4, ("CEM 400 x 30 x 5", "torchrl CEMPlanner", torch.no_grad()(lambda: theirs(start)), 400 * 30 * 5))
         their_pets = mbrl_pets(model, spec, horizon=30, candidates=400, num_elites=40, iterations=5, particles=20)
         if their_pets is not None:
             at = next(i for i, case in enumerate(cases) if case[0].startswith("CEM PETS"))
-            cases.insert(at, ("CEM PETS (400 x 20 particles x 30 x 5)", "mbrl-lib CEMOptimizer", lambda: their_pets(obs),
-                              400 * 20 * 30 * 5))  # fmt: skip
+            cases.insert(at, ("CEM PETS (400 x 20 particles x 30 x 5)", "mbrl-lib CEMOptimizer",
+                              torch.no_grad()(lambda: their_pets(obs)), 400 * 20 * 30 * 5))  # fmt: skip
+    out = []
+    for config, impl, fn, row_steps in cases:  # (a median of 3 at least: one disturbed call does not move it)
+        ms = _median_ms(fn, repeats if row_steps < 100_000 else max(3, repeats // 5), device=device)
+        out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms, "steps": row_steps,
+                    "device": device, "threads": torch.get_num_threads()})  # fmt: skip
+    # the floors from the peaks measured before and after the rows, the higher (a shared machine's peak
+    # moves: a low first reading made every floor look easier to reach), as kernels.bench takes them
+    peak = max(peak, _peak_gflops(device))
+    bf16_peak = max(bf16_peak, _bf16_peak(device) or 0.0) if bf16_peak else None
     # the learned value's floor: its actor and critics on the 512 candidates' last states, in fp32
     agent = valued.value_agent
     value_ms = 512 * (agent.config.num_critics * _mlp_flops(agent.critics.weights) + _linear_flops(agent.actor.net)) \
         / (peak * 1e6)  # fmt: skip
-    out = []
-    for config, impl, fn, row_steps in cases:
-        ms = _median_ms(fn, repeats if row_steps < 100_000 else max(2, repeats // 5), device=device)
-        precision = "bf16" if "bf16" in impl else "fp32"
-        floor_ms = row_steps * _model_floor_ms(model, precision, peak, bf16_peak, device) \
-            + (value_ms if "learned value" in config else 0.0)  # fmt: skip
-        out.append({"config": config, "planner": impl, "ms_per_step": ms, "hz": 1000 / ms,
-                    "floor_ms": floor_ms, "peak_gflops": peak, "bf16_peak_gflops": bf16_peak, "device": device,
-                    "threads": torch.get_num_threads()})  # fmt: skip
+    for r in out:
+        precision = "bf16" if "bf16" in r["planner"] else "fp32"
+        r["floor_ms"] = r.pop("steps") * _model_floor_ms(model, precision, peak, bf16_peak, device) \
+            + (value_ms if "learned value" in r["config"] else 0.0)  # fmt: skip
+        r.update(peak_gflops=peak, bf16_peak_gflops=bf16_peak)
     if device == "cuda":  # graphed and eager plans from the same seed: the same actions, step by step
         eager_ms = {r["config"]: r["ms_per_step"] for r in out if r["planner"] == "ours"}
         for r in out:
@@ -329,7 +336,8 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
         model.precision = precision
         mopo = MOPO(model, spec, MOPOConfig(penalty=penalty, rollout_length=5, rollout_batch_size=50_000, seed=0))
         mopo.observe(real)
-        ms = _median_ms(mopo.rollout, max(2, repeats // 5), warmup=1, device=device)
+        ms = _median_ms(mopo.rollout, max(3, repeats // 5), warmup=1, device=device)
+        imagined = mopo.last_rollout.get("imagined", 250_000)  # (rows kept: non-finite or escaped ones end early)
         # penalised rollouts run every member the measure reads on every row; plain ones one elite per row;
         # the policy acts on every row too (its own precision, fp32 here)
         scored = model.num_elites if mopo.config.uncertainty_elites_only else model.ensemble_size
@@ -337,7 +345,7 @@ def dyna_rows(repeats: int, device: str = "cpu", bf16: bool = True) -> list[dict
                                                                              device)  # fmt: skip
         policy_flops = 5 * 50_000 * _linear_flops(mopo.agent.actor.net)
         out.append({"work": f"MOPO rollout 50k x 5{' + penalty' if penalty else ''}{_tag(precision)}",
-                    "per_s": 250_000 / ms * 1e3, "unit": "transitions/s", "ms": ms,
+                    "per_s": imagined / ms * 1e3, "unit": "transitions/s", "ms": ms,
                     "floor_ms": model_ms + policy_flops / (peak * 1e6)})  # fmt: skip
     model.precision = "fp32"
     agents = (("MBPO/MOPO SAC (2 critics 2x256)", MOPO, MOPOConfig, {}),
