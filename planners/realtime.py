@@ -741,7 +741,16 @@ def main(argv: list[str] | None = None) -> dict:
             except ValueError as e:
                 raise SystemExit(f"error: cannot resume {run_dir}: {e}") from None
         cleanup.callback(agent.close)
-        return _run(cfg, config, agent, robot, dataset, run_dir, resume_dir, logger)
+        try:
+            return _run(cfg, config, agent, robot, dataset, run_dir, resume_dir, logger)
+        except Exception as e:  # (a worker that died, a robot that failed: the summary says so, as a run's does)
+            from worldmodel.metrics import write_json
+
+            write_json({"status": "failed", "error": f"{type(e).__name__}: {e}", "env": cfg.env.name,
+                        "planner": cfg.planner.name, "seed": cfg.seed, "control_hz": cfg.control_hz,
+                        "latency_ms": cfg.latency_ms, "logged_transitions": len(agent.log) if agent.log else 0,
+                        "final_eval_return": None}, run_dir / "summary.json")  # fmt: skip
+            raise
 
 
 def _run(cfg, config: RealtimeConfig, agent: Agent, robot, dataset, run_dir: Path, resume_dir: Path | None,

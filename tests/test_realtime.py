@@ -1076,6 +1076,22 @@ def test_a_dyna_agent_acts_on_the_robot_and_its_policy_fine_tunes_in_the_backgro
     assert not torch.equal(before.planner.act(obs, True), after.planner.act(obs, True))
 
 
+def test_a_robot_run_whose_learner_dies_says_so_in_its_summary(tmp_path, monkeypatch):
+    """A background worker that dies (here the learner's refit) ends the run with the error, and its
+    summary.json says failed and why (a report lists it without a score), as a simulation run's does."""
+    from planners.learning import BackgroundLearner
+    from planners.realtime import main
+
+    def broken(self):
+        raise RuntimeError("the refit broke")
+
+    monkeypatch.setattr(BackgroundLearner, "_refit", broken)
+    with pytest.raises(RuntimeError, match="a background worker died: the refit broke"):
+        main([*REALTIME_TINY, "real_steps=200", "worker=thread", f"run_dir={tmp_path / 'rt'}"])
+    summary = json.loads((tmp_path / "rt" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "the refit broke" in summary["error"] and summary["logged_transitions"] > 0
+
+
 def test_bad_robot_settings_or_an_unreadable_pretrained_file_fail_before_any_file(tmp_path):
     from planners.realtime import main
 
