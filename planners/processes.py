@@ -252,6 +252,10 @@ class Swapper:
     `between_plans()` block) waiting for the plan in progress goes before the next one, so a
     planner that plans back to back cannot starve it (a plain lock is not fair)."""
 
+    # how long a swap (or between_plans block) waits for the plan in progress: a plan still running then
+    # never returns (a planner hung on, say, a stuck call): an error, not a learner blocked for good
+    WAIT_S = 120.0
+
     def __init__(self, planner, version: int = 0, queue=None):
         self.planner, self.version, self.queue = planner, version, queue
         self.lock = threading.Lock()  # held for a whole plan, a swap or a between_plans() block
@@ -264,8 +268,13 @@ class Swapper:
         with self._turn:
             self._waiting += 1
         try:
-            with self.lock:
+            if not self.lock.acquire(timeout=self.WAIT_S):
+                raise TimeoutError(f"the plan in progress did not end within {self.WAIT_S:g} s: the planner is hung "
+                                   "(a call inside it that never returns); the model cannot be swapped")  # fmt: skip
+            try:
                 yield
+            finally:
+                self.lock.release()
         finally:
             with self._turn:
                 self._waiting -= 1

@@ -83,6 +83,32 @@ def wait_for(predicate, timeout=30.0):
         time.sleep(0.002)
 
 
+def test_a_swap_waiting_on_a_hung_plan_is_an_error_not_a_learner_blocked_for_good(hopper, monkeypatch):
+    """A plan that never returns holds the swap lock: the learner's swap gave up never, so refits
+    stopped without a word. Past Swapper.WAIT_S it raises (the learner dies, the run says why)."""
+    from planners.processes import Swapper
+
+    spec, model, data = hopper
+    planner = mppi(model, spec)
+    hung, release = threading.Event(), threading.Event()
+    plan = planner.act_ahead
+
+    def hanging(obs, deterministic=True):
+        hung.set()
+        release.wait(30)
+        return plan(obs, deterministic)
+
+    planner.act_ahead = hanging
+    monkeypatch.setattr(Swapper, "WAIT_S", 0.3)
+    with RealtimeController(planner, spec, RealtimeConfig(control_hz=50)) as rt:
+        rt.act(data["obs"][0])
+        assert hung.wait(10)
+        with pytest.raises(TimeoutError, match="did not end within 0.3 s: the planner is hung"):
+            rt.swap(model)
+        release.set()
+        assert rt.swap(model) == 1  # (the plan ended: swaps go on)
+
+
 def test_fresh_then_shifted_then_the_safe_action_when_the_planner_stalls(hopper):
     spec, model, data = hopper
     planner = mppi(model, spec)
