@@ -86,6 +86,21 @@ def test_short_run_writes_every_artifact(tmp_path, planner, capsys):
     assert saved["status"] == "finished" and saved["threads"]["threads"] == 1  # tests run on one thread
 
 
+def test_a_resumed_run_says_running_until_it_saves_again(tmp_path, monkeypatch):
+    """A finished run resumed with a larger budget and killed before its next checkpoint said
+    finished at the old step count, so a sweep skipped it for good."""
+    run_dir = tmp_path / "run"
+    main(["env=dmc/cartpole-swingup", "env_steps=60", f"run_dir={run_dir}", *TINY])
+
+    def killed(self, started):
+        raise KeyboardInterrupt("killed before its next checkpoint")
+
+    monkeypatch.setattr(Run, "_online", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([f"resume={run_dir}", "env_steps=120"])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+
+
 def test_a_resumed_run_whose_config_predates_a_setting_goes_on_as_it_ran(tmp_path):
     """fit_beta arrived with beta-NLL refits (default 0.5); a run saved before it refitted with the plain
     NLL: resumed, it goes on so (worldmodel.config.PREDATED), not with today's default midway."""

@@ -248,6 +248,8 @@ class Run:
         try:
             if not (self.run_dir / "checkpoint.pt").is_file():
                 self._checkpoint(started)  # from here on, any run can resume
+            elif self.resumed:  # (its summary said finished or interrupted: a sweep skips a run that says finished)
+                write_json(self._summary("running"), self.run_dir / "summary.json")
             self._stop_if_requested(started)
             if self.dataset is not None:
                 self._offline(started)
