@@ -76,6 +76,19 @@ def newest(rt):
     return rt._plans[1]
 
 
+def hangs_until(planner, entered: threading.Event, release: threading.Event, timeout: float = 30.0):
+    """`planner`, its plans setting `entered` and then not returning until `release` (or `timeout`)."""
+    plan = planner.act_ahead
+
+    def hanging(obs, deterministic=True):
+        entered.set()
+        release.wait(timeout)
+        return plan(obs, deterministic)
+
+    planner.act_ahead = hanging
+    return planner
+
+
 def wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -89,16 +102,8 @@ def test_a_swap_waiting_on_a_hung_plan_is_an_error_not_a_learner_blocked_for_goo
     from planners.processes import Swapper
 
     spec, model, data = hopper
-    planner = mppi(model, spec)
     hung, release = threading.Event(), threading.Event()
-    plan = planner.act_ahead
-
-    def hanging(obs, deterministic=True):
-        hung.set()
-        release.wait(30)
-        return plan(obs, deterministic)
-
-    planner.act_ahead = hanging
+    planner = hangs_until(mppi(model, spec), hung, release)
     monkeypatch.setattr(Swapper, "WAIT_S", 0.3)
     with RealtimeController(planner, spec, RealtimeConfig(control_hz=50)) as rt:
         rt.act(data["obs"][0])
@@ -473,15 +478,8 @@ def test_a_plan_left_behind_by_stop_never_becomes_the_restarted_controllers(hopp
 
     monkeypatch.setattr(realtime, "STOP_TIMEOUT_S", 0.1)
     spec, model, data = hopper
-    planner, entered, stuck = mppi(model, spec), threading.Event(), threading.Event()
-    plan = planner.act_ahead
-
-    def hanging(obs, deterministic=True):
-        entered.set()
-        stuck.wait(10)
-        return plan(obs, deterministic)
-
-    planner.act_ahead = hanging
+    entered, stuck = threading.Event(), threading.Event()
+    planner = hangs_until(mppi(model, spec), entered, stuck, timeout=10)
     rt = RealtimeController(planner, spec, RealtimeConfig(control_hz=100))
     with rt:
         rt.act(data["obs"][0])
