@@ -346,6 +346,28 @@ def test_interrupt_saves_everything_and_resume_loses_no_finished_step(tmp_path, 
     strict_json(run_dir / "metrics.jsonl")
 
 
+def test_ctrl_c_that_also_ends_the_pipe_reading_the_run_still_saves(tmp_path):
+    """`python -m worldmodel.run ... 2>&1 | tee log`, then Ctrl-C: tee ends too, and the next progress
+    bar write raised BrokenPipeError: the run was marked failed, with no checkpoint at the stop. Here
+    the pipe's reader goes away before the signal: the run saves and says interrupted."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "worldmodel.run", "env=hopper", "env_steps=5000", f"run_dir={run_dir}",
+           *[a for a in TINY if not a.startswith("checkpoint_every")], "checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or (run_dir / "metrics.jsonl").read_text().count('"episode"') < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.stdout.close()  # (the reader, tee, is gone)
+    time.sleep(0.5)  # (progress bars write into the broken pipe meanwhile)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    summary = strict_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted" and summary.get("error") is None
+    saved = ReplayBuffer.from_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["buffer"]).data()
+    assert len(saved) == summary["env_steps"] > 0  # (saved at the stop, not at the start)
+
+
 def test_a_run_killed_before_its_first_periodic_checkpoint_resumes(tmp_path):
     """SIGKILL (no chance to save) after the first fit, long before checkpoint_every: the
     checkpoint written at the very start is there to resume from."""

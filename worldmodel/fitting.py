@@ -6,6 +6,7 @@ epoch by epoch. Shapes: E members, N rows, O obs dims, A action dims (inputs [N,
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from kernels import PRECISIONS
 from kernels.cpu import bf16_units
 from worldmodel import threads
 from worldmodel.checkpoint import rng_state, set_rng_state
+from worldmodel.interrupts import PipeSafe
 from worldmodel.optim import adam
 from worldmodel.transitions import validate_transitions
 
@@ -174,7 +176,8 @@ def fit(
                 "epochs_since_update": epochs_since_update, "train_loss": train_loss, "history": history,
                 "torch_rng": rng_state(), "wall_s": time.perf_counter() - start}  # fmt: skip
 
-    bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch)
+    bar = tqdm(desc="fit ensemble", unit="epoch", disable=not progress, total=max_epochs, initial=epoch,
+               file=PipeSafe(sys.stderr))  # fmt: skip
     while (epochs_since_update < patience and (max_epochs is None or epoch < max_epochs)
            and (max_steps is None or steps < max_steps)):  # fmt: skip
         train_loss, batches = train_epoch(model, optimizer, x_train, y_train, batch_size, resample, beta,

@@ -44,7 +44,7 @@ from worldmodel.datasets import (DatasetError, check_task, fingerprint, load_dat
 from worldmodel.ensemble import EnsembleDynamics
 from worldmodel.envs import check_task_name, episode_random_state, make_env, set_episode_random_state
 from worldmodel.fitting import fit_record
-from worldmodel.interrupts import RunInterrupted, StopRequest
+from worldmodel.interrupts import PipeSafe, RunInterrupted, StopRequest
 from worldmodel.metrics import MetricsLogger, write_json
 from worldmodel.ope import episode_starts, model_return
 from worldmodel.transition_log import LogCorruptError, TransitionLog
@@ -395,9 +395,9 @@ class Run:
 
     def _stop_if_requested(self, started: float, bar=None) -> None:
         if self.stop.requested:
+            self._checkpoint(started, status="interrupted")  # (first: nothing written to a terminal comes before it)
             if bar is not None:
                 bar.close()
-            self._checkpoint(started, status="interrupted")
             raise RunInterrupted(self.stop.requested)
 
     def _checkpoint_due(self) -> bool:
@@ -623,7 +623,8 @@ def _outcome(summary: dict) -> str:
 
 def _bar(total: int, initial: int, desc: str, unit: str):
     """A progress bar whose ETA averages over the whole run, fits and evaluations included."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, smoothing=0, dynamic_ncols=True,
+                file=PipeSafe(sys.stderr))  # (a reader that Ctrl-C ended too: no error where the run saves)
 
 
 def _mean(xs: list[float]) -> float:
@@ -800,4 +801,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)  # (`| tee` that a Ctrl-C ended too)
     main()
