@@ -4,9 +4,9 @@
 # `kill -TERM -- -<pgid>`: each run saves; a lane stopped by a signal does not go on to its next step):
 #   . .venv/bin/activate; nohup setsid docs/results/scripts/lanes.sh >> runs/lanes.log 2>&1 < /dev/null &
 # offline (issue #10): halfcheetah-medium's data from the shipped policy and its RAVL seed 2; then
-#   hopper-medium-replay's data (a behaviour SAC's replay: about 1 h 45 min; on an AVX2-only machine
-#   the data of docs/results.md's 2026-12-03 grid, fingerprint 55bc490ae5bb28ee) and its whole table
-#   (3 models, then BC, MOPO and RAVL x 3 seeds).
+#   hopper-medium-replay's data (a behaviour SAC's replay, until its medium policy: on this AVX2-only
+#   machine 180,000 transitions, fingerprint 9a7078783a3738b2, made 2026-12-07 by a run resumed once)
+#   and its whole table (3 models fitted to convergence, then BC, MOPO and RAVL x 3 seeds).
 # online (issue #12): cartpole-swingup seeds 1-2 (seed 0's figures are in docs/results/online), then
 #   reacher-easy and cheetah-run seeds 0-2, 50k decisions each.
 # LANES="offline" or "online" runs one of them (the other core left to other work).
