@@ -170,6 +170,7 @@ class BehaviourTraining:
             raise RuntimeError("this BehaviourTraining trained already and let its run go: make a new one")
         try:
             self._train(until)
+            self.trained_rng = rng_state()
         finally:
             self.release()
 
@@ -177,7 +178,6 @@ class BehaviourTraining:
         s, cfg = self.state, self.settings
         done = (lambda: s["medium"] is not None) if until == "medium" else (lambda: s["step"] >= cfg.max_steps)
         if done():
-            self.trained_rng = rng_state()
             return
         if s["step"] == 0:
             torch.manual_seed(self.seed)
@@ -203,7 +203,6 @@ class BehaviourTraining:
                 self._evaluate(bar)
             bar.update()
         bar.close()
-        self.trained_rng = rng_state()
 
     def _episode_under_way(self):
         """The training env's first observation to act on: a fresh run's first reset; a resumed

@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict:
     from worldmodel.checkpoint import CheckpointError, RunDirLock
     from worldmodel.config import check_model_settings, run_dir_for, save_config
     from worldmodel.datasets import load_dataset
-    from worldmodel.metrics import MetricsLogger
+    from worldmodel.metrics import MetricsLogger, write_json
     from worldmodel.robot import SimulatedRobot
 
     argv = sys.argv[1:] if argv is None else argv
@@ -744,8 +744,6 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             return _run(cfg, config, agent, robot, dataset, run_dir, resume_dir, logger)
         except Exception as e:  # (a worker that died, a robot that failed: the summary says so, as a run's does)
-            from worldmodel.metrics import write_json
-
             write_json({"status": "failed", "error": f"{type(e).__name__}: {e}", "env": cfg.env.name,
                         "planner": cfg.planner.name, "seed": cfg.seed, "control_hz": cfg.control_hz,
                         "latency_ms": cfg.latency_ms, "logged_transitions": len(agent.log) if agent.log else 0,

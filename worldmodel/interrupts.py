@@ -19,9 +19,9 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
 
 
 class PipeSafe:
-    """A stream (sys.stderr, for progress bars) whose reader may go away with the Ctrl-C that stops
-    the run: a write or flush that finds the pipe broken sends this process's stderr to /dev/null
-    from then on, instead of raising a BrokenPipeError where the run saves."""
+    """A stream (stdout, stderr, a progress bar's) whose reader may go away with the Ctrl-C that
+    stops the run: a write or flush that finds the pipe broken points the stream's file descriptor
+    at /dev/null from then on, instead of raising a BrokenPipeError where the run saves."""
 
     def __init__(self, stream):
         self.stream = stream

@@ -38,7 +38,7 @@ import math
 import os
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -330,7 +330,7 @@ def report(runs: list[dict], pooled: tuple[str, ...] = ()) -> list[dict]:
     rows = []
     for (group, planner), members in sorted(groups.items()):
         members = sorted(members, key=lambda r: r["seed"])  # (scores, seeds and selected_scores in one order)
-        if twice := sorted({r["seed"] for r in members if [m["seed"] for m in members].count(r["seed"]) > 1}):
+        if twice := sorted(seed for seed, runs in Counter(r["seed"] for r in members).items() if runs > 1):
             why = (f"runs that differ in a pooled setting ({', '.join(pooled)}) are no more seeds" if pooled else
                    "runs that differ in what their settings do not record (say, the model they started from), or a "
                    "copy of one")  # fmt: skip
